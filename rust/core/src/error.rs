@@ -1,0 +1,40 @@
+//! The one error type of the core. The Python binding maps each variant to an
+//! exception class in exactly one place (`rust/python/src/error.rs`).
+
+use std::time::Duration;
+
+/// Everything that can go wrong in the core, each variant saying what and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A quota, a cost or an option that can never be valid.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// A request costs more than a quota's bucket can ever hold, so waiting would never help.
+    #[error(
+        "quota {quota:?}: a cost of {cost} {unit} can never be admitted, the bucket holds at most {capacity}; \
+         raise {hint} or lower the request's cost"
+    )]
+    CostExceedsCapacity { quota: String, unit: &'static str, cost: u64, capacity: u64, hint: &'static str },
+
+    /// The store URL cannot be used.
+    #[error("invalid store URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+
+    /// The shared store could not be reached or answered with an error, and the failure
+    /// policy is fail-closed (or the operation has no local fallback).
+    #[error("the Redis store is unavailable ({0}); check that Redis is reachable, or use failure_policy=\"fail_open\"")]
+    StoreUnavailable(String),
+
+    /// `acquire` gave up: the quota had no room before the deadline.
+    #[error("rate limited on quota {quota:?}: no room within the timeout; retry after {:.3}s", retry_after.as_secs_f64())]
+    RateLimited { quota: String, retry_after: Duration },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+}

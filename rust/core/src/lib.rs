@@ -1,0 +1,19 @@
+//! fleetgate's core: a fleet-wide rate limiter for OpenAI quotas, over Redis (standalone or
+//! cluster) or in process. Pure Rust; the Python binding lives in `rust/python`.
+
+pub mod decision;
+pub mod duration;
+pub mod error;
+pub mod headers;
+pub mod keys;
+pub mod limiter;
+pub mod local;
+pub mod quota;
+pub mod redis_store;
+pub mod scripts;
+pub mod state;
+
+pub use decision::{Decision, Reservation, Source};
+pub use error::{Error, Result};
+pub use limiter::{FailurePolicy, Limiter, LimiterOptions};
+pub use quota::{Algorithm, QuotaOptions, QuotaSpec};

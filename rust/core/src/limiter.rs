@@ -1,0 +1,342 @@
+//! The limiter: one API over the embedded store and the shared Redis store, with the
+//! failure policy that applies while Redis is unreachable.
+
+use crate::decision::{Decision, Reservation, Source};
+use crate::error::{Error, Result};
+use crate::headers::RateLimitReport;
+use crate::local::LocalStore;
+use crate::quota::QuotaSpec;
+use crate::redis_store::{RedisStore, RedisTimeouts};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the limiter does while the shared store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Decide locally on this pod's share (`local_share`) of each quota.
+    FailOpen,
+    /// Refuse with `Error::StoreUnavailable`.
+    FailClosed,
+}
+
+impl FailurePolicy {
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "fail_open" => Ok(FailurePolicy::FailOpen),
+            "fail_closed" => Ok(FailurePolicy::FailClosed),
+            other => Err(Error::invalid(format!("unknown failure_policy {other:?}: use \"fail_open\" or \"fail_closed\""))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::FailOpen => "fail_open",
+            FailurePolicy::FailClosed => "fail_closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LimiterOptions {
+    pub failure_policy: FailurePolicy,
+    /// The fraction of each quota one pod may use alone while Redis is unreachable
+    /// (fail-open); about 1 / the number of pods.
+    pub local_share: f64,
+    pub connect_timeout: Duration,
+    /// How long one Redis operation may take before the failure policy applies.
+    pub timeout: Duration,
+    /// After a Redis failure, how long to decide locally before trying Redis again, so
+    /// that an outage costs each request nothing, not a timeout.
+    pub recheck_after: Duration,
+}
+
+impl Default for LimiterOptions {
+    fn default() -> Self {
+        LimiterOptions {
+            failure_policy: FailurePolicy::FailOpen,
+            local_share: 0.1,
+            connect_timeout: Duration::from_millis(500),
+            timeout: Duration::from_millis(250),
+            recheck_after: Duration::from_millis(500),
+        }
+    }
+}
+
+impl LimiterOptions {
+    fn validate(&self) -> Result<()> {
+        if !(self.local_share > 0.0 && self.local_share <= 1.0) {
+            return Err(Error::invalid(format!("local_share must be in (0, 1], got {}", self.local_share)));
+        }
+        for (name, d) in [("connect_timeout", self.connect_timeout), ("timeout", self.timeout)] {
+            if d.is_zero() || d > Duration::from_secs(60) {
+                return Err(Error::invalid(format!("{name} must be between 0 and 60 seconds, got {d:?}")));
+            }
+        }
+        if self.recheck_after > Duration::from_secs(600) {
+            return Err(Error::invalid("recheck_after must be at most 600 seconds"));
+        }
+        Ok(())
+    }
+}
+
+enum Backend {
+    Embedded(LocalStore),
+    Redis(RedisStore),
+}
+
+/// A fleet-wide (or, with no store, in-process) rate limiter.
+pub struct Limiter {
+    backend: Backend,
+    fallback: LocalStore,
+    options: LimiterOptions,
+    epoch: Instant,
+    /// Microseconds since `epoch` until which Redis is not tried again (0: healthy).
+    redis_down_until: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+impl Limiter {
+    /// `store`: `None` for the embedded store, or a `redis://`, `rediss://` or
+    /// `redis+cluster://` URL.
+    pub fn new(store: Option<&str>, options: LimiterOptions) -> Result<Self> {
+        options.validate()?;
+        let backend = match store {
+            None => Backend::Embedded(LocalStore::new()),
+            Some(url) => Backend::Redis(RedisStore::new(
+                url,
+                RedisTimeouts { connect: options.connect_timeout, response: options.timeout },
+            )?),
+        };
+        Ok(Limiter {
+            backend,
+            fallback: LocalStore::with_share(options.local_share, Source::Fallback),
+            options,
+            epoch: Instant::now(),
+            redis_down_until: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
+        })
+    }
+
+    pub fn options(&self) -> &LimiterOptions {
+        &self.options
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.backend, Backend::Embedded(_))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(&self.backend, Backend::Redis(r) if r.is_cluster())
+    }
+
+    /// How many times the shared store has failed an operation.
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.load(Ordering::Relaxed)
+    }
+
+    /// True while decisions are being made on the fail-open fallback.
+    pub fn is_degraded(&self) -> bool {
+        self.redis_suspended()
+    }
+
+    /// Decide without waiting on the embedded store. `None` when the limiter is shared:
+    /// use `try_acquire`.
+    #[inline]
+    pub fn try_acquire_embedded(&self, quotas: &[&Arc<QuotaSpec>], requests: u64, tokens: u64) -> Option<Result<Decision>> {
+        let Backend::Embedded(store) = &self.backend else { return None };
+        Some(check_costs(quotas.iter().copied(), requests, tokens).map(|()| store.try_acquire(quotas, requests, tokens)))
+    }
+
+    /// Reserve `requests` and `tokens` on every quota, or on none.
+    pub async fn try_acquire(&self, quotas: &[Arc<QuotaSpec>], requests: u64, tokens: u64) -> Result<Decision> {
+        check_costs(quotas.iter(), requests, tokens)?;
+        let store = match &self.backend {
+            Backend::Embedded(store) => {
+                let refs: Vec<&Arc<QuotaSpec>> = quotas.iter().collect();
+                return Ok(store.try_acquire(&refs, requests, tokens));
+            }
+            Backend::Redis(store) => store,
+        };
+        if !self.redis_suspended() {
+            match store.try_acquire(quotas, requests, tokens).await {
+                Ok(decision) => {
+                    self.redis_down_until.store(0, Ordering::Relaxed);
+                    return Ok(decision);
+                }
+                Err(e @ Error::StoreUnavailable(_)) => {
+                    self.suspend_redis();
+                    if self.options.failure_policy == FailurePolicy::FailClosed {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        } else if self.options.failure_policy == FailurePolicy::FailClosed {
+            return Err(Error::StoreUnavailable(format!(
+                "it failed within the last {:?} and is not retried until then",
+                self.options.recheck_after
+            )));
+        }
+        let refs: Vec<&Arc<QuotaSpec>> = quotas.iter().collect();
+        Ok(self.fallback.try_acquire(&refs, requests, tokens))
+    }
+
+    /// Wait (sleeping exactly as long as the store says, never polling) until admitted, or
+    /// fail with `Error::RateLimited` when admission cannot come before `timeout`.
+    pub async fn acquire(&self, quotas: &[Arc<QuotaSpec>], requests: u64, tokens: u64, timeout: Option<Duration>) -> Result<Decision> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let decision = self.try_acquire(quotas, requests, tokens).await?;
+            if decision.allowed {
+                return Ok(decision);
+            }
+            tokio::time::sleep(wait_before_retry(&decision, deadline)?).await;
+        }
+    }
+
+    /// Settle a reservation with the real token usage: the difference from the estimate is
+    /// given back or charged. A reservation settles once; a second call is an error.
+    pub async fn settle(&self, reservation: &Reservation, actual_tokens: u64) -> Result<()> {
+        if !reservation.claim_settlement() {
+            return Err(Error::invalid("this reservation was already settled; settle each reservation once"));
+        }
+        let give_back = reservation.tokens as i64 - actual_tokens as i64;
+        if give_back == 0 {
+            return Ok(());
+        }
+        match (reservation.source, &self.backend) {
+            (Source::Local, Backend::Embedded(store)) => store.adjust(&reservation.parts, 0, give_back),
+            (Source::Fallback, _) => self.fallback.adjust(&reservation.parts, 0, give_back),
+            (Source::Redis, Backend::Redis(store)) => {
+                return store.adjust(&reservation.parts, 0, give_back).await.inspect_err(|_| self.note_store_error());
+            }
+            _ => return Err(Error::invalid("this reservation belongs to another limiter")),
+        }
+        Ok(())
+    }
+
+    /// Synchronous settle for the embedded store and the fallback; `None` when the
+    /// reservation lives in Redis (use `settle`).
+    pub fn settle_local(&self, reservation: &Reservation, actual_tokens: u64) -> Option<Result<()>> {
+        match (reservation.source, &self.backend) {
+            (Source::Redis, _) => None,
+            (Source::Local, Backend::Redis(_)) => Some(Err(Error::invalid("this reservation belongs to another limiter"))),
+            _ => {
+                if !reservation.claim_settlement() {
+                    return Some(Err(Error::invalid("this reservation was already settled; settle each reservation once")));
+                }
+                let give_back = reservation.tokens as i64 - actual_tokens as i64;
+                let store = match &self.backend {
+                    Backend::Embedded(store) if reservation.source == Source::Local => store,
+                    _ => &self.fallback,
+                };
+                store.adjust(&reservation.parts, 0, give_back);
+                Some(Ok(()))
+            }
+        }
+    }
+
+    /// Make this quota's view claim no more room than upstream reports (headers parsed by
+    /// `RateLimitReport::from_headers`). The fallback share is lowered too.
+    pub async fn sync(&self, quota: &Arc<QuotaSpec>, report: &RateLimitReport) -> Result<()> {
+        if report.is_empty() {
+            return Ok(());
+        }
+        let pair = |d: Option<crate::headers::DimensionReport>| d.map(|d| (d.remaining as f64, d.reset));
+        let (requests, tokens) = (pair(report.requests), pair(report.tokens));
+        match &self.backend {
+            Backend::Embedded(store) => store.clamp(quota, requests, tokens),
+            Backend::Redis(store) => {
+                self.fallback.clamp(quota, requests, tokens);
+                if !self.redis_suspended() {
+                    store.sync(quota, report).await.inspect_err(|_| self.suspend_redis())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Synchronous sync for the embedded store; `None` when the limiter is shared.
+    pub fn sync_embedded(&self, quota: &Arc<QuotaSpec>, report: &RateLimitReport) -> Option<()> {
+        let Backend::Embedded(store) = &self.backend else { return None };
+        let pair = |d: Option<crate::headers::DimensionReport>| d.map(|d| (d.remaining as f64, d.reset));
+        store.clamp(quota, pair(report.requests), pair(report.tokens));
+        Some(())
+    }
+
+    /// Check that the shared store answers (always true for the embedded store).
+    pub async fn ping(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Redis(store) => store.ping().await,
+        }
+    }
+
+    fn now_micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    #[inline]
+    fn redis_suspended(&self) -> bool {
+        let until = self.redis_down_until.load(Ordering::Relaxed);
+        until != 0 && self.now_micros() < until
+    }
+
+    fn note_store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn suspend_redis(&self) {
+        self.note_store_error();
+        let until = self.now_micros() + self.options.recheck_after.as_micros() as u64;
+        self.redis_down_until.store(until.max(1), Ordering::Relaxed);
+    }
+}
+
+fn check_costs<'a>(quotas: impl Iterator<Item = &'a Arc<QuotaSpec>>, requests: u64, tokens: u64) -> Result<()> {
+    let mut any = false;
+    for quota in quotas {
+        quota.check_cost(requests, tokens)?;
+        any = true;
+    }
+    if !any {
+        return Err(Error::invalid("no quotas given: pass a Quota or a list of them"));
+    }
+    Ok(())
+}
+
+/// How long to sleep after a refusal before trying again, or `RateLimited` when that would
+/// pass the deadline. A little jitter keeps waiters that were refused together from all
+/// waking at the same instant.
+pub fn wait_before_retry(decision: &Decision, deadline: Option<Instant>) -> Result<Duration> {
+    let base = decision.retry_after.max(Duration::from_micros(100));
+    let jitter_ceiling = (base / 20).min(Duration::from_millis(20));
+    let wait = base + jitter_ceiling.mul_f64(jitter_fraction());
+    if let Some(deadline) = deadline {
+        if Instant::now() + base > deadline {
+            return Err(Error::RateLimited {
+                quota: decision.limited_by.as_ref().map_or_else(String::new, |q| q.name.clone()),
+                retry_after: decision.retry_after,
+            });
+        }
+        return Ok(wait.min(deadline.saturating_duration_since(Instant::now())));
+    }
+    Ok(wait)
+}
+
+/// A cheap pseudo-random fraction in [0, 1): jitter needs spread, not quality.
+fn jitter_fraction() -> f64 {
+    use std::cell::Cell;
+    thread_local!(static STATE: Cell<u64> = Cell::new(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x9E37_79B9, |d| d.as_nanos() as u64) | 1
+    ));
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}

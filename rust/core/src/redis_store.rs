@@ -1,0 +1,387 @@
+//! The shared store: quotas in Redis (standalone or cluster), each decision one EVALSHA
+//! on the node that owns the quota's slot, using Redis server time.
+
+use crate::decision::{tighter, Decision, Reservation, ReservedPart, Source, WindowMark};
+use crate::error::{Error, Result};
+use crate::headers::RateLimitReport;
+use crate::keys;
+use crate::quota::{Algorithm, Dimension, QuotaSpec};
+use crate::scripts::{LuaScript, ACQUIRE, SETTLE, SYNC};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// How a store URL names its Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Topology {
+    Standalone(String),
+    Cluster(Vec<String>),
+}
+
+/// Parse `redis://…`, `rediss://…` (TLS) or `redis+cluster://host:port,host:port`
+/// (`rediss+cluster://` for TLS; credentials before the first host apply to all nodes).
+pub fn parse_url(url: &str) -> Result<Topology> {
+    let bad = |reason: &str| Error::InvalidUrl { url: redact(url), reason: reason.to_owned() };
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected a scheme such as redis://"))?;
+    match scheme {
+        "redis" | "rediss" => {
+            let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(bad("no host"));
+            }
+            redis::Client::open(url).map_err(|e| bad(&e.to_string()))?;
+            Ok(Topology::Standalone(url.to_owned()))
+        }
+        "redis+cluster" | "rediss+cluster" => {
+            let node_scheme = if scheme == "rediss+cluster" { "rediss" } else { "redis" };
+            let (userinfo, hosts) = match rest.rsplit_once('@') {
+                Some((user, hosts)) => (format!("{user}@"), hosts),
+                None => (String::new(), rest),
+            };
+            let hosts = hosts.split(['/', '?']).next().unwrap_or_default();
+            let nodes: Vec<String> = hosts
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("{node_scheme}://{userinfo}{h}"))
+                .collect();
+            if nodes.is_empty() {
+                return Err(bad("a cluster URL needs at least one host:port"));
+            }
+            for node in &nodes {
+                let parsed = url::Url::parse(node).map_err(|e| bad(&e.to_string()))?;
+                if parsed.port().is_none() {
+                    return Err(bad("every cluster node needs an explicit port"));
+                }
+            }
+            Ok(Topology::Cluster(nodes))
+        }
+        other => Err(bad(&format!("unknown scheme {other:?}: use redis://, rediss:// or redis+cluster://"))),
+    }
+}
+
+/// A URL with its password replaced, fit for errors and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[derive(Clone)]
+enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Timeouts for the shared store.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisTimeouts {
+    pub connect: Duration,
+    pub response: Duration,
+}
+
+pub struct RedisStore {
+    topology: Topology,
+    timeouts: RedisTimeouts,
+    connection: OnceCell<Connection>,
+}
+
+impl RedisStore {
+    /// Validate the URL; the connection is made on first use (so a pod can start while
+    /// Redis is down and run on its failure policy).
+    pub fn new(url: &str, timeouts: RedisTimeouts) -> Result<Self> {
+        Ok(RedisStore { topology: parse_url(url)?, timeouts, connection: OnceCell::new() })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.topology, Topology::Cluster(_))
+    }
+
+    async fn connection(&self) -> Result<Connection> {
+        let conn = self
+            .connection
+            .get_or_try_init(|| async {
+                let t = self.timeouts;
+                match &self.topology {
+                    Topology::Standalone(url) => {
+                        let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                        let config = ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(t.connect))
+                            .set_response_timeout(Some(t.response))
+                            .set_number_of_retries(1);
+                        let manager = tokio::time::timeout(t.connect * 2, ConnectionManager::new_with_config(client, config))
+                            .await
+                            .map_err(|_| Error::StoreUnavailable("timed out connecting".into()))?
+                            .map_err(unavailable)?;
+                        Ok(Connection::Standalone(manager))
+                    }
+                    Topology::Cluster(nodes) => {
+                        let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                            .connection_timeout(t.connect)
+                            .response_timeout(t.response)
+                            .retries(2)
+                            .min_retry_wait(10)
+                            .max_retry_wait(200)
+                            .build()
+                            .map_err(unavailable)?;
+                        let conn = tokio::time::timeout(t.connect * 2, client.get_async_connection())
+                            .await
+                            .map_err(|_| Error::StoreUnavailable("timed out connecting to the cluster".into()))?
+                            .map_err(unavailable)?;
+                        Ok(Connection::Cluster(conn))
+                    }
+                }
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// EVALSHA; on NOSCRIPT (a restarted or failed-over node has an empty script cache)
+    /// EVAL the source, which runs it on that same node and caches it there.
+    async fn run(&self, script: &LuaScript, keys: &[String], args: &[String]) -> Result<Value> {
+        let mut conn = self.connection().await?;
+        let call = |verb: &str, body: &str| {
+            let mut cmd = Cmd::new();
+            cmd.arg(verb).arg(body).arg(keys.len()).arg(keys).arg(args);
+            cmd
+        };
+        let deadline = self.timeouts.response * 4;
+        let attempt = async {
+            match query(&mut conn, &call("EVALSHA", &script.sha)).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    query(&mut conn, &call("EVAL", script.source)).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(deadline, attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Error::StoreUnavailable(format!("{} script: {e}", script.name))),
+            Err(_) => Err(Error::StoreUnavailable(format!("{} script: no answer within {deadline:?}", script.name))),
+        }
+    }
+
+    /// Reserve on every quota or on none. On a cluster, quotas are grouped by slot; the
+    /// groups are reserved in turn and those already reserved are given back when a later
+    /// one refuses.
+    pub async fn try_acquire(&self, quotas: &[Arc<QuotaSpec>], requests: u64, tokens: u64) -> Result<Decision> {
+        let groups: Vec<Vec<&Arc<QuotaSpec>>> = if self.is_cluster() && quotas.len() > 1 {
+            group_by_slot(quotas, |q| q)
+        } else {
+            vec![quotas.iter().collect()]
+        };
+        let mut parts: Vec<ReservedPart> = Vec::with_capacity(quotas.len());
+        let (mut remaining_requests, mut remaining_tokens) = (None, None);
+        for group in &groups {
+            let outcome = self.acquire_group(group, requests, tokens).await;
+            match outcome {
+                Ok(GroupOutcome::Admitted { remaining_requests: r, remaining_tokens: t, marks }) => {
+                    remaining_requests = tighter(remaining_requests, r);
+                    remaining_tokens = tighter(remaining_tokens, t);
+                    parts.extend(group.iter().zip(marks).map(|(q, mark)| ReservedPart { quota: Arc::clone(q), mark }));
+                }
+                Ok(GroupOutcome::Refused { retry_after, index }) => {
+                    self.give_back(&parts, requests, tokens).await?;
+                    return Ok(Decision::denied(retry_after, Arc::clone(group[index]), Source::Redis));
+                }
+                Err(e) => {
+                    // Give back what earlier groups hold; if that fails too, they refill by
+                    // themselves within a burst period. The original error is what matters.
+                    let _ = self.give_back(&parts, requests, tokens).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Decision {
+            allowed: true,
+            retry_after: Duration::ZERO,
+            remaining_requests,
+            remaining_tokens,
+            limited_by: None,
+            reservation: Some(Arc::new(Reservation::new(parts, requests, tokens, Source::Redis))),
+            source: Source::Redis,
+        })
+    }
+
+    async fn acquire_group(&self, group: &[&Arc<QuotaSpec>], requests: u64, tokens: u64) -> Result<GroupOutcome> {
+        let mut keys = Vec::with_capacity(group.len() * 2);
+        let mut args = Vec::with_capacity(3 + group.len() * 5);
+        args.extend([requests.to_string(), tokens.to_string(), group.len().to_string()]);
+        for quota in group {
+            push_keys(&mut keys, quota);
+            push_limits(&mut args, quota);
+        }
+        let reply = self.run(&ACQUIRE, &keys, &args).await?;
+        parse_acquire(reply, group.len())
+    }
+
+    async fn give_back(&self, parts: &[ReservedPart], requests: u64, tokens: u64) -> Result<()> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        self.adjust(parts, requests as i64, tokens as i64).await
+    }
+
+    /// Give back (positive) or charge (negative) amounts on every quota of a reservation.
+    pub async fn adjust(&self, parts: &[ReservedPart], requests: i64, tokens: i64) -> Result<()> {
+        let groups: Vec<Vec<&ReservedPart>> = if self.is_cluster() && parts.len() > 1 {
+            group_by_slot(parts, |p| &p.quota)
+        } else {
+            vec![parts.iter().collect()]
+        };
+        for group in groups {
+            let mut keys = Vec::with_capacity(group.len() * 2);
+            let mut args = Vec::with_capacity(3 + group.len() * 6);
+            args.extend([requests.to_string(), tokens.to_string(), group.len().to_string()]);
+            for part in group {
+                push_keys(&mut keys, &part.quota);
+                push_limits(&mut args, &part.quota);
+                args.push(match &part.mark {
+                    WindowMark::Redis(member) => member.clone(),
+                    _ => String::new(),
+                });
+            }
+            self.run(&SETTLE, &keys, &args).await?;
+        }
+        Ok(())
+    }
+
+    /// Lower a quota's shared view to what upstream reports.
+    pub async fn sync(&self, quota: &QuotaSpec, report: &RateLimitReport) -> Result<bool> {
+        let mut keys = Vec::with_capacity(2);
+        push_keys(&mut keys, quota);
+        let mut args = Vec::with_capacity(9);
+        push_limits(&mut args, quota);
+        for dim in [report.requests, report.tokens] {
+            match dim {
+                Some(d) => args.extend([d.remaining.to_string(), d.reset.to_string()]),
+                None => args.extend(["-1".to_owned(), "0".to_owned()]),
+            }
+        }
+        let reply = self.run(&SYNC, &keys, &args).await?;
+        Ok(matches!(reply, Value::Int(1)))
+    }
+
+    /// A round trip to the node of a quota, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.connection().await?;
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(self.timeouts.response * 4, query(&mut conn, &ping)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(Error::StoreUnavailable("PING: no answer".into())),
+        }
+    }
+}
+
+enum GroupOutcome {
+    Admitted { remaining_requests: Option<f64>, remaining_tokens: Option<f64>, marks: Vec<WindowMark> },
+    Refused { retry_after: f64, index: usize },
+}
+
+async fn query(conn: &mut Connection, cmd: &Cmd) -> redis::RedisResult<Value> {
+    match conn {
+        Connection::Standalone(c) => c.req_packed_command(cmd).await,
+        Connection::Cluster(c) => c.req_packed_command(cmd).await,
+    }
+}
+
+fn unavailable(e: RedisError) -> Error {
+    Error::StoreUnavailable(e.to_string())
+}
+
+fn algorithm_arg(quota: &QuotaSpec) -> &'static str {
+    match quota.algorithm {
+        Algorithm::TokenBucket => "tb",
+        Algorithm::SlidingWindow => "sw",
+    }
+}
+
+fn push_keys(keys: &mut Vec<String>, quota: &QuotaSpec) {
+    match quota.algorithm {
+        Algorithm::TokenBucket => keys.push(keys::bucket(&quota.tag)),
+        Algorithm::SlidingWindow => {
+            keys.push(keys::window_sums(&quota.tag));
+            keys.push(keys::window_log(&quota.tag));
+        }
+    }
+}
+
+fn push_limits(args: &mut Vec<String>, quota: &QuotaSpec) {
+    let dim = |d: Option<Dimension>| d.map_or((0, 0), |d| (d.per_minute, d.capacity));
+    let (rpm, rcap) = dim(quota.requests);
+    let (tpm, tcap) = dim(quota.tokens);
+    args.extend([algorithm_arg(quota).to_owned(), rpm.to_string(), rcap.to_string(), tpm.to_string(), tcap.to_string()]);
+}
+
+/// Split items into groups whose quotas share a cluster slot, keeping their order.
+fn group_by_slot<T>(items: &[T], quota: impl Fn(&T) -> &QuotaSpec) -> Vec<Vec<&T>> {
+    let mut groups: Vec<(u16, Vec<&T>)> = Vec::new();
+    for item in items {
+        let slot = keys::slot(&keys::bucket(&quota(item).tag));
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, g)) => g.push(item),
+            None => groups.push((slot, vec![item])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+fn parse_acquire(reply: Value, n: usize) -> Result<GroupOutcome> {
+    let malformed = || Error::StoreUnavailable("acquire script: malformed reply (is another fleetgate version sharing this Redis?)".into());
+    let Value::Array(items) = reply else { return Err(malformed()) };
+    let int = |v: &Value| match v {
+        Value::Int(i) => Ok(*i),
+        _ => Err(malformed()),
+    };
+    match items.first().map(int).transpose()? {
+        Some(1) if items.len() == 3 + n => {
+            let remaining = |v: i64| (v >= 0).then_some(v as f64);
+            let marks = items[3..]
+                .iter()
+                .map(|v| match v {
+                    Value::BulkString(b) if b.is_empty() => Ok(WindowMark::None),
+                    Value::BulkString(b) => Ok(WindowMark::Redis(String::from_utf8_lossy(b).into_owned())),
+                    _ => Err(malformed()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(GroupOutcome::Admitted {
+                remaining_requests: remaining(int(&items[1])?),
+                remaining_tokens: remaining(int(&items[2])?),
+                marks,
+            })
+        }
+        Some(0) if items.len() == 3 => {
+            let index = int(&items[2])? as usize;
+            if index == 0 || index > n {
+                return Err(malformed());
+            }
+            Ok(GroupOutcome::Refused { retry_after: int(&items[1])? as f64 / 1e6, index: index - 1 })
+        }
+        _ => Err(malformed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_store_urls() {
+        assert_eq!(parse_url("redis://127.0.0.1:6379/0").unwrap(), Topology::Standalone("redis://127.0.0.1:6379/0".into()));
+        assert!(matches!(parse_url("rediss://:pw@example:6380").unwrap(), Topology::Standalone(_)));
+        assert_eq!(
+            parse_url("redis+cluster://:secret@10.0.0.1:7000,10.0.0.2:7001").unwrap(),
+            Topology::Cluster(vec!["redis://:secret@10.0.0.1:7000".into(), "redis://:secret@10.0.0.2:7001".into()])
+        );
+        for bad in ["localhost:6379", "http://x:1", "redis+cluster://", "redis+cluster://a,b", "redis://"] {
+            assert!(parse_url(bad).is_err(), "{bad} should be rejected");
+        }
+        let err = parse_url("http://user:hunter2@x:1").unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,23 @@
+//! The Lua scripts, embedded from `lua/` with their SHA1 digests computed once.
+
+use std::sync::LazyLock;
+
+/// One Lua script: its source and its SHA1 (for EVALSHA).
+pub struct LuaScript {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub sha: String,
+}
+
+impl LuaScript {
+    fn new(name: &'static str, source: &'static str) -> Self {
+        LuaScript { name, source, sha: redis::Script::new(source).get_hash().to_owned() }
+    }
+}
+
+pub static ACQUIRE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("acquire", include_str!("../../../lua/acquire-n.lua")));
+pub static SETTLE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("settle", include_str!("../../../lua/settle-n.lua")));
+pub static SYNC: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("sync", include_str!("../../../lua/sync-n.lua")));
