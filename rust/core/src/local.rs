@@ -5,7 +5,7 @@
 use crate::decision::{tighter, Decision, Reservation, ReservedPart, Source, WindowMark};
 use crate::quota::QuotaSpec;
 use crate::state::{Check, QuotaState};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -24,7 +24,7 @@ impl LocalStore {
 
     /// A store holding `share` (0 < share ≤ 1) of every quota.
     pub fn with_share(share: f64, source: Source) -> Self {
-        LocalStore { states: Mutex::new(HashMap::new()), epoch: Instant::now(), share, source }
+        LocalStore { states: Mutex::new(HashMap::default()), epoch: Instant::now(), share, source }
     }
 
     #[inline]
@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn all_or_nothing_across_quotas() {
         let store = LocalStore::new();
-        let mut states = HashMap::new();
+        let mut states = HashMap::default();
         let wide = quota("wide", Algorithm::TokenBucket, Some(600), None, 1.0); // burst 10
         let narrow = quota("narrow", Algorithm::TokenBucket, Some(60), None, 2.0); // burst 2
         for _ in 0..2 {
@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn sliding_window_is_exact_and_settles() {
         let store = LocalStore::new();
-        let mut states = HashMap::new();
+        let mut states = HashMap::default();
         let q = quota("sw", Algorithm::SlidingWindow, Some(3), Some(100), 1.0);
         let first = acquire(&store, &mut states, &[&q], 1, 50, 0.0);
         assert!(first.allowed);
@@ -257,7 +257,7 @@ mod tests {
         #[test]
         fn token_bucket_never_exceeds_allowance(steps in steps(), rpm in 1i64..600, tpm in 400i64..30_000, burst in 0.5f64..10.0) {
             let store = LocalStore::new();
-            let mut states = HashMap::new();
+            let mut states = HashMap::default();
             let q = quota("q", Algorithm::TokenBucket, Some(rpm), Some(tpm), burst);
             let (rd, td) = (q.requests.unwrap(), q.tokens.unwrap());
             let (mut now, mut admitted_r, mut admitted_t) = (0.0, 0u64, 0u64);
@@ -284,7 +284,7 @@ mod tests {
         #[test]
         fn sliding_window_never_exceeds_limit(steps in steps(), rpm in 1i64..20, tpm in 400i64..2_000) {
             let store = LocalStore::new();
-            let mut states = HashMap::new();
+            let mut states = HashMap::default();
             let q = quota("q", Algorithm::SlidingWindow, Some(rpm), Some(tpm), 1.0);
             let mut now = 0.0;
             let mut log: Vec<(f64, u64, u64)> = Vec::new();
@@ -303,7 +303,7 @@ mod tests {
         #[test]
         fn retry_after_is_sufficient(steps in steps(), sliding in any::<bool>()) {
             let store = LocalStore::new();
-            let mut states = HashMap::new();
+            let mut states = HashMap::default();
             let algorithm = if sliding { Algorithm::SlidingWindow } else { Algorithm::TokenBucket };
             let q = quota("q", algorithm, Some(120), Some(6_000), 1.0);
             let mut now = 0.0;

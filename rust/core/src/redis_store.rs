@@ -283,11 +283,13 @@ enum GroupOutcome {
     Refused { retry_after: f64, index: usize },
 }
 
+/// One command; a server error reply (NOSCRIPT, a script error) comes back as `Err`.
 async fn query(conn: &mut Connection, cmd: &Cmd) -> redis::RedisResult<Value> {
-    match conn {
+    let reply = match conn {
         Connection::Standalone(c) => c.req_packed_command(cmd).await,
         Connection::Cluster(c) => c.req_packed_command(cmd).await,
-    }
+    };
+    reply?.extract_error()
 }
 
 fn unavailable(e: RedisError) -> Error {
@@ -332,7 +334,12 @@ fn group_by_slot<T>(items: &[T], quota: impl Fn(&T) -> &QuotaSpec) -> Vec<Vec<&T
 }
 
 fn parse_acquire(reply: Value, n: usize) -> Result<GroupOutcome> {
-    let malformed = || Error::StoreUnavailable("acquire script: malformed reply (is another fleetgate version sharing this Redis?)".into());
+    let shown = format!("{reply:?}");
+    let malformed = || {
+        Error::StoreUnavailable(format!(
+            "acquire script: unexpected reply {shown:.200} (is another fleetgate version sharing this Redis?)"
+        ))
+    };
     let Value::Array(items) = reply else { return Err(malformed()) };
     let int = |v: &Value| match v {
         Value::Int(i) => Ok(*i),

@@ -1,0 +1,27 @@
+//! `fleetgate._core`: the PyO3 binding of `fleetgate-core`. It converts types and errors
+//! and nothing else; the policy lives in the core.
+
+mod error;
+mod limiter;
+mod quota;
+mod runtime;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<quota::Quota>()?;
+    m.add_class::<limiter::Limiter>()?;
+    m.add_class::<limiter::Decision>()?;
+    m.add_class::<limiter::Reservation>()?;
+    m.add_function(wrap_pyfunction!(parse_duration, m)?)?;
+    Ok(())
+}
+
+/// Seconds in a Go-style duration as OpenAI sends it (`"20ms"`, `"6m0s"`, `"1h2m3.5s"`).
+#[pyfunction]
+fn parse_duration(text: &str) -> PyResult<f64> {
+    use error::IntoPyResult;
+    fleetgate_core::duration::parse_go_duration(text).map(|d| d.as_secs_f64()).py_err()
+}

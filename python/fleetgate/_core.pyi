@@ -1,0 +1,126 @@
+"""Type stubs for the Rust extension ``fleetgate._core``."""
+
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Literal, final
+
+__version__: str
+
+Algorithm = Literal["token_bucket", "sliding_window"]
+FailurePolicy = Literal["fail_open", "fail_closed"]
+Quotas = Quota | Sequence[Quota]
+Headers = Mapping[str, str]
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration as OpenAI sends it ("20ms", "6m0s", "1h2m3.5s")."""
+
+@final
+class Quota:
+    """A named requests-per-minute and/or tokens-per-minute limit.
+
+    Token buckets refill at limit/60 per second up to a burst of ``burst_seconds`` of the
+    rate (default one second's share, as OpenAI slices its limits), or an explicit
+    ``request_burst`` / ``token_burst``. Sliding windows admit at most the limit in any
+    60 seconds. Quotas with the same name share state.
+    """
+
+    def __new__(
+        cls,
+        name: str,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        *,
+        algorithm: Algorithm = "token_bucket",
+        burst_seconds: float = 1.0,
+        request_burst: int | None = None,
+        token_burst: int | None = None,
+    ) -> Quota: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def requests_per_minute(self) -> int | None: ...
+    @property
+    def tokens_per_minute(self) -> int | None: ...
+    @property
+    def request_capacity(self) -> int | None: ...
+    @property
+    def token_capacity(self) -> int | None: ...
+    @property
+    def algorithm(self) -> Algorithm: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class Reservation:
+    """What an admission reserved; settle it once with the real token usage."""
+
+    @property
+    def requests(self) -> int: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def quotas(self) -> list[str]: ...
+    @property
+    def source(self) -> Literal["local", "redis", "fallback"]: ...
+    @property
+    def settled(self) -> bool: ...
+
+@final
+class Decision:
+    """A limiter's answer. Truthy when allowed."""
+
+    @property
+    def allowed(self) -> bool: ...
+    @property
+    def retry_after(self) -> float: ...
+    @property
+    def remaining_requests(self) -> int | None: ...
+    @property
+    def remaining_tokens(self) -> int | None: ...
+    @property
+    def limited_by(self) -> str | None: ...
+    @property
+    def source(self) -> Literal["local", "redis", "fallback"]: ...
+    @property
+    def degraded(self) -> bool: ...
+    @property
+    def reservation(self) -> Reservation | None: ...
+    def __bool__(self) -> bool: ...
+
+@final
+class Limiter:
+    """Admits requests against quotas, in process (``store=None``) or across every
+    process that shares a Redis (``redis://``, ``rediss://``, ``redis+cluster://h:p,h:p``).
+
+    While Redis is unreachable, ``failure_policy="fail_open"`` decides on this pod's
+    ``local_share`` of each quota; ``"fail_closed"`` raises :class:`StoreUnavailable`.
+    """
+
+    def __new__(
+        cls,
+        store: str | None = None,
+        *,
+        failure_policy: FailurePolicy = "fail_open",
+        local_share: float = 0.1,
+        timeout: float = 0.25,
+        connect_timeout: float = 0.5,
+        recheck_after: float = 0.5,
+    ) -> Limiter: ...
+    @property
+    def store(self) -> str | None: ...
+    @property
+    def failure_policy(self) -> FailurePolicy: ...
+    @property
+    def degraded(self) -> bool: ...
+    @property
+    def store_errors(self) -> int: ...
+    def try_acquire(self, quotas: Quotas, requests: int = 1, tokens: int = 0) -> Decision: ...
+    def try_acquire_async(self, quotas: Quotas, requests: int = 1, tokens: int = 0) -> Awaitable[Decision]: ...
+    def acquire(self, quotas: Quotas, requests: int = 1, tokens: int = 0, timeout: float | None = None) -> Decision: ...
+    def acquire_async(
+        self, quotas: Quotas, requests: int = 1, tokens: int = 0, timeout: float | None = None
+    ) -> Awaitable[Decision]: ...
+    def settle(self, reservation: Reservation, tokens: int) -> None: ...
+    def settle_async(self, reservation: Reservation, tokens: int) -> Awaitable[None]: ...
+    def sync_from_headers(self, quota: Quota, headers: Headers) -> None: ...
+    def sync_from_headers_async(self, quota: Quota, headers: Headers) -> Awaitable[None]: ...
+    def ping(self) -> None: ...

@@ -1,0 +1,33 @@
+//! The one seam where core errors become Python exceptions. The classes live in
+//! `fleetgate/errors.py` (with their docstrings and attributes) and are imported lazily,
+//! so raising needs no GIL until Python sees the error.
+
+use fleetgate_core::Error;
+use pyo3::PyErr;
+
+pyo3::import_exception!(fleetgate.errors, ConfigError);
+pyo3::import_exception!(fleetgate.errors, RateLimited);
+pyo3::import_exception!(fleetgate.errors, StoreUnavailable);
+
+pub fn to_py(err: Error) -> PyErr {
+    let message = err.to_string();
+    match err {
+        Error::InvalidArgument(_) | Error::CostExceedsCapacity { .. } | Error::InvalidUrl { .. } => {
+            ConfigError::new_err(message)
+        }
+        Error::StoreUnavailable(_) => StoreUnavailable::new_err(message),
+        Error::RateLimited { quota, retry_after } => RateLimited::new_err((message, retry_after.as_secs_f64(), quota)),
+    }
+}
+
+/// Shorthand for `.map_err(to_py)`.
+pub trait IntoPyResult<T> {
+    fn py_err(self) -> pyo3::PyResult<T>;
+}
+
+impl<T> IntoPyResult<T> for Result<T, Error> {
+    #[inline]
+    fn py_err(self) -> pyo3::PyResult<T> {
+        self.map_err(to_py)
+    }
+}
