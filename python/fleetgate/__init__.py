@@ -9,8 +9,6 @@ True
 >>> limiter.settle(decision.reservation, tokens=900)
 """
 
-from __future__ import annotations
-
 from fleetgate._core import Decision, Limiter, Quota, Reservation, __version__, parse_duration
 from fleetgate.errors import ConfigError, FleetgateError, RateLimited, StoreUnavailable
 

@@ -1,0 +1,20 @@
+import fleetgate
+import fleetgate.errors
+import fleetgate.testing
+
+
+def test_all_names_exist_and_are_public() -> None:
+    for module in (fleetgate, fleetgate.errors, fleetgate.testing):
+        for member in module.__all__:
+            assert hasattr(module, member), f"{module.__name__}.__all__ names missing {member}"
+    public = {n for n in dir(fleetgate) if not n.startswith("_")}
+    # Submodules are reachable as attributes once imported; everything else must be exported.
+    submodules = {"errors", "testing", "cli", "demo"}
+    assert public - submodules <= set(fleetgate.__all__)
+
+
+def test_errors_share_one_base_and_match_stdlib_meanings() -> None:
+    assert issubclass(fleetgate.ConfigError, ValueError)
+    assert issubclass(fleetgate.StoreUnavailable, ConnectionError)
+    for cls in (fleetgate.ConfigError, fleetgate.RateLimited, fleetgate.StoreUnavailable):
+        assert issubclass(cls, fleetgate.FleetgateError)
