@@ -22,7 +22,7 @@ test-python: build
 	$(PY) -m pytest -q
 
 stubtest: build
-	$(PY) -m mypy.stubtest fleetgate._core --allowlist .stubtest-allowlist
+	$(PY) -m mypy.stubtest fleetgate._core
 
 # The environment: a virtualenv with maturin and the test tools.
 $(VENV)/.ready: pyproject.toml

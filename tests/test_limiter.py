@@ -141,8 +141,11 @@ def test_async_twins(make_limiter: MakeLimiter, name: str) -> None:
             await limiter.acquire_async(quota, tokens=1, timeout=0.01)
         many = await asyncio.gather(*(limiter.try_acquire_async(quota) for _ in range(20)))
         assert all(not d.allowed for d in many)
+        await limiter.ping_async()
 
     asyncio.run(main())
+    # The async methods are coroutines: they can be made outside a running loop.
+    assert not asyncio.run(limiter.try_acquire_async(quota)).allowed
 
 
 def test_costs_that_can_never_fit_are_errors_not_waits(make_limiter: MakeLimiter, name: str) -> None:

@@ -1,8 +1,8 @@
 //! `fleetgate.Limiter`, `fleetgate.Decision` and `fleetgate.Reservation`.
 
 use crate::error::{ConfigError, IntoPyResult};
-use crate::quota::{whole, Quota};
-use crate::runtime::{awaitable, block_on};
+use crate::quota::Quota;
+use crate::runtime::{block_on, on_runtime};
 use fleetgate_core::headers::RateLimitReport;
 use fleetgate_core::limiter::wait_before_retry;
 use fleetgate_core::quota::check_amount;
@@ -172,18 +172,16 @@ fn owned_quotas(quotas: &Bound<'_, PyAny>) -> PyResult<Vec<Arc<QuotaSpec>>> {
     with_quotas(quotas, |qs| qs.iter().map(|q| Arc::clone(q)).collect())
 }
 
-/// The cost arguments: requests (default 1) and tokens (default 0).
+/// The cost arguments, checked.
 #[inline]
-fn amounts(requests: Option<&Bound<'_, PyAny>>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<(u64, u64)> {
-    let requests = match requests {
-        None => 1,
-        Some(r) => check_amount("requests", whole("requests", Some(r))?.unwrap_or(1)).py_err()?,
-    };
-    let tokens = match tokens {
-        None => 0,
-        Some(t) => check_amount("tokens", whole("tokens", Some(t))?.unwrap_or(0)).py_err()?,
-    };
-    Ok((requests, tokens))
+fn amounts(requests: i64, tokens: i64) -> PyResult<(u64, u64)> {
+    Ok((check_amount("requests", requests).py_err()?, check_amount("tokens", tokens).py_err()?))
+}
+
+/// Arguments of an async method, owned so the coroutine can carry them.
+fn owned_arguments(quotas: &Py<PyAny>, requests: i64, tokens: i64) -> PyResult<(Vec<Arc<QuotaSpec>>, u64, u64)> {
+    let (requests, tokens) = amounts(requests, tokens)?;
+    Python::attach(|py| Ok((owned_quotas(quotas.bind(py))?, requests, tokens)))
 }
 
 fn seconds(name: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
@@ -273,44 +271,39 @@ impl Limiter {
     }
 
     /// Reserve on every quota given, or on none, without waiting.
-    #[pyo3(signature = (quotas, requests=None, tokens=None))]
+    #[pyo3(signature = (quotas, requests=1, tokens=0))]
     fn try_acquire(
         &self,
         py: Python<'_>,
         quotas: &Bound<'_, PyAny>,
-        requests: Option<&Bound<'_, PyAny>>,
-        tokens: Option<&Bound<'_, PyAny>>,
+        requests: i64,
+        tokens: i64,
     ) -> PyResult<Decision> {
         let (requests, tokens) = amounts(requests, tokens)?;
         Ok(Decision { inner: self.decide(py, quotas, requests, tokens)? })
     }
 
-    #[pyo3(signature = (quotas, requests=None, tokens=None))]
-    fn try_acquire_async<'py>(
-        &self,
-        py: Python<'py>,
-        quotas: &Bound<'py, PyAny>,
-        requests: Option<&Bound<'py, PyAny>>,
-        tokens: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let (requests, tokens) = amounts(requests, tokens)?;
-        let quotas = owned_quotas(quotas)?;
+    #[pyo3(signature = (quotas, requests=1, tokens=0))]
+    async fn try_acquire_async(&self, quotas: Py<PyAny>, requests: i64, tokens: i64) -> PyResult<Decision> {
+        let (quotas, requests, tokens) = owned_arguments(&quotas, requests, tokens)?;
         let limiter = Arc::clone(&self.inner);
-        awaitable(py, async move {
-            let inner = limiter.try_acquire(&quotas, requests, tokens).await.py_err()?;
-            Ok(Decision { inner })
-        })
+        let inner = if limiter.is_embedded() {
+            limiter.try_acquire(&quotas, requests, tokens).await
+        } else {
+            on_runtime(async move { limiter.try_acquire(&quotas, requests, tokens).await }).await?
+        };
+        Ok(Decision { inner: inner.py_err()? })
     }
 
     /// Wait until admitted (sleeping exactly as long as needed), or raise RateLimited when
     /// admission cannot come within `timeout` seconds.
-    #[pyo3(signature = (quotas, requests=None, tokens=None, timeout=None))]
+    #[pyo3(signature = (quotas, requests=1, tokens=0, timeout=None))]
     fn acquire(
         &self,
         py: Python<'_>,
         quotas: &Bound<'_, PyAny>,
-        requests: Option<&Bound<'_, PyAny>>,
-        tokens: Option<&Bound<'_, PyAny>>,
+        requests: i64,
+        tokens: i64,
         timeout: Option<f64>,
     ) -> PyResult<Decision> {
         let (requests, tokens) = amounts(requests, tokens)?;
@@ -326,29 +319,25 @@ impl Limiter {
         }
     }
 
-    #[pyo3(signature = (quotas, requests=None, tokens=None, timeout=None))]
-    fn acquire_async<'py>(
+    #[pyo3(signature = (quotas, requests=1, tokens=0, timeout=None))]
+    async fn acquire_async(
         &self,
-        py: Python<'py>,
-        quotas: &Bound<'py, PyAny>,
-        requests: Option<&Bound<'py, PyAny>>,
-        tokens: Option<&Bound<'py, PyAny>>,
+        quotas: Py<PyAny>,
+        requests: i64,
+        tokens: i64,
         timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let (requests, tokens) = amounts(requests, tokens)?;
+    ) -> PyResult<Decision> {
+        let (quotas, requests, tokens) = owned_arguments(&quotas, requests, tokens)?;
         let timeout = seconds("timeout", timeout)?;
-        let quotas = owned_quotas(quotas)?;
         let limiter = Arc::clone(&self.inner);
-        awaitable(py, async move {
-            let inner = limiter.acquire(&quotas, requests, tokens, timeout).await.py_err()?;
-            Ok(Decision { inner })
-        })
+        let inner = on_runtime(async move { limiter.acquire(&quotas, requests, tokens, timeout).await }).await?;
+        Ok(Decision { inner: inner.py_err()? })
     }
 
     /// Settle a reservation with the tokens really used: the difference from the estimate
     /// is given back (or charged).
-    fn settle(&self, py: Python<'_>, reservation: &Reservation, tokens: &Bound<'_, PyAny>) -> PyResult<()> {
-        let tokens = check_amount("tokens", whole("tokens", Some(tokens))?.unwrap_or(0)).py_err()?;
+    fn settle(&self, py: Python<'_>, reservation: &Reservation, tokens: i64) -> PyResult<()> {
+        let tokens = check_amount("tokens", tokens).py_err()?;
         if let Some(done) = self.inner.settle_local(&reservation.inner, tokens) {
             return done.py_err();
         }
@@ -356,10 +345,14 @@ impl Limiter {
         block_on(py, limiter.settle(reservation, tokens)).py_err()
     }
 
-    fn settle_async<'py>(&self, py: Python<'py>, reservation: &Reservation, tokens: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let tokens = check_amount("tokens", whole("tokens", Some(tokens))?.unwrap_or(0)).py_err()?;
-        let (limiter, reservation) = (Arc::clone(&self.inner), Arc::clone(&reservation.inner));
-        awaitable(py, async move { limiter.settle(&reservation, tokens).await.py_err() })
+    async fn settle_async(&self, reservation: Py<Reservation>, tokens: i64) -> PyResult<()> {
+        let tokens = check_amount("tokens", tokens).py_err()?;
+        let reservation = Arc::clone(&reservation.get().inner);
+        if let Some(done) = self.inner.settle_local(&reservation, tokens) {
+            return done.py_err();
+        }
+        let limiter = Arc::clone(&self.inner);
+        on_runtime(async move { limiter.settle(&reservation, tokens).await }).await?.py_err()
     }
 
     /// Lower the quota's shared view to what OpenAI's x-ratelimit-* headers report, so
@@ -373,16 +366,25 @@ impl Limiter {
         block_on(py, limiter.sync(spec, &report)).py_err()
     }
 
-    fn sync_from_headers_async<'py>(&self, py: Python<'py>, quota: &Quota, headers: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let report = report_from(headers)?;
-        let (limiter, spec) = (Arc::clone(&self.inner), Arc::clone(&quota.spec));
-        awaitable(py, async move { limiter.sync(&spec, &report).await.py_err() })
+    async fn sync_from_headers_async(&self, quota: Py<Quota>, headers: Py<PyAny>) -> PyResult<()> {
+        let report = Python::attach(|py| report_from(headers.bind(py)))?;
+        let spec = Arc::clone(&quota.get().spec);
+        if self.inner.sync_embedded(&spec, &report).is_some() {
+            return Ok(());
+        }
+        let limiter = Arc::clone(&self.inner);
+        on_runtime(async move { limiter.sync(&spec, &report).await }).await?.py_err()
     }
 
     /// Check that the store answers; raises StoreUnavailable if not.
     fn ping(&self, py: Python<'_>) -> PyResult<()> {
         let limiter = &self.inner;
         block_on(py, limiter.ping()).py_err()
+    }
+
+    async fn ping_async(&self) -> PyResult<()> {
+        let limiter = Arc::clone(&self.inner);
+        on_runtime(async move { limiter.ping().await }).await?.py_err()
     }
 
     fn __repr__(&self) -> String {

@@ -1,5 +1,5 @@
-//! One lazily built tokio runtime for every Redis operation, shared with
-//! pyo3-async-runtimes so asyncio callers get real awaitables.
+//! One lazily built tokio runtime for every Redis operation and every async wait; the
+//! async methods are real coroutines (PyO3 `async fn`) that await tasks on it.
 
 use pyo3::prelude::*;
 use std::future::Future;
@@ -29,16 +29,14 @@ where
     py.detach(|| runtime().block_on(future))
 }
 
-/// Hand a future to asyncio as an awaitable.
-pub fn awaitable<'py, F, T>(py: Python<'py>, future: F) -> PyResult<Bound<'py, PyAny>>
+/// Run a future on the I/O runtime and wait for it from any executor (an asyncio
+/// coroutine polls the join handle; tokio's timers and sockets need its own runtime).
+pub async fn on_runtime<F>(future: F) -> PyResult<F::Output>
 where
-    F: Future<Output = PyResult<T>> + Send + 'static,
-    T: for<'a> IntoPyObject<'a> + Send + 'static,
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
 {
-    static SHARED: OnceLock<()> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        // Fails only if another runtime was registered first, which this module never does.
-        let _ = pyo3_async_runtimes::tokio::init_with_runtime(runtime());
-    });
-    pyo3_async_runtimes::tokio::future_into_py(py, future)
+    runtime().spawn(future).await.map_err(|e| {
+        pyo3::exceptions::PyRuntimeError::new_err(format!("fleetgate: an I/O task failed ({e}); please report this as a bug"))
+    })
 }
