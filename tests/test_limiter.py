@@ -195,3 +195,38 @@ def test_bad_options() -> None:
         fg.Limiter("redis://127.0.0.1:1", local_share=0)
     with pytest.raises(fg.ConfigError, match="timeout"):
         fg.Limiter("redis://127.0.0.1:1", timeout=0)
+
+
+def test_a_cancelled_wait_gives_its_admission_back(make_limiter: MakeLimiter, name: str) -> None:
+    limiter = make_limiter()
+    # Tokens refill at 100/s: had the cancelled wait kept its 900, the next could not have
+    # them within its 2 s timeout.
+    quota = fg.Quota(name, requests_per_minute=600, request_burst=1, tokens_per_minute=6_000, token_burst=1_000)
+
+    async def main() -> None:
+        assert (await limiter.try_acquire_async(quota)).allowed
+        # This wait is admitted about 0.1 s from now, after its caller has given up.
+        waiter = asyncio.ensure_future(limiter.acquire_async(quota, tokens=900))
+        await asyncio.sleep(0.02)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await asyncio.sleep(0.2)  # the cancelled wait is admitted meanwhile, and given back
+        decision = await limiter.acquire_async(quota, tokens=900, timeout=2)
+        assert decision.allowed, "the 900 tokens of the cancelled wait came back"
+
+    asyncio.run(main())
+
+
+def test_async_errors_raise_at_the_call_or_the_await(make_limiter: MakeLimiter, name: str) -> None:
+    limiter = make_limiter()
+    quota = fg.Quota(name, requests_per_minute=1)
+    with pytest.raises(fg.ConfigError, match="tokens must be zero or more"):
+        limiter.try_acquire_async(quota, tokens=-5)  # checked before any coroutine exists
+
+    async def main() -> None:
+        assert (await limiter.try_acquire_async(quota)).allowed
+        with pytest.raises(fg.RateLimited):
+            await limiter.acquire_async(quota, timeout=0.01)
+
+    asyncio.run(main())

@@ -2,7 +2,9 @@
 
 use crate::error::{ConfigError, IntoPyResult};
 use crate::quota::Quota;
-use crate::runtime::{block_on, on_runtime};
+use crate::completions::{Outcome, Submission};
+use crate::runtime::block_on;
+use pyo3::sync::PyOnceLock;
 use fleetgate_core::headers::RateLimitReport;
 use fleetgate_core::limiter::wait_before_retry;
 use fleetgate_core::quota::check_amount;
@@ -17,6 +19,18 @@ use std::time::{Duration, Instant};
 #[pyclass(frozen, module = "fleetgate", name = "Decision")]
 pub struct Decision {
     inner: core::Decision,
+}
+
+impl From<core::Decision> for Decision {
+    fn from(inner: core::Decision) -> Self {
+        Decision { inner }
+    }
+}
+
+impl Decision {
+    pub fn reservation_arc(&self) -> Option<Arc<core::Reservation>> {
+        self.inner.reservation.clone()
+    }
 }
 
 #[pymethods]
@@ -178,10 +192,24 @@ fn amounts(requests: i64, tokens: i64) -> PyResult<(u64, u64)> {
     Ok((check_amount("requests", requests).py_err()?, check_amount("tokens", tokens).py_err()?))
 }
 
-/// Arguments of an async method, owned so the coroutine can carry them.
-fn owned_arguments(quotas: &Py<PyAny>, requests: i64, tokens: i64) -> PyResult<(Vec<Arc<QuotaSpec>>, u64, u64)> {
-    let (requests, tokens) = amounts(requests, tokens)?;
-    Python::attach(|py| Ok((owned_quotas(quotas.bind(py))?, requests, tokens)))
+/// An async method's coroutine: arguments were checked at the call; the operation starts
+/// when the coroutine is first awaited, on the running loop (`fleetgate._aio`).
+fn submit<'py>(
+    py: Python<'py>,
+    limiter: &Arc<core::Limiter>,
+    task: impl std::future::Future<Output = Outcome> + Send + 'static,
+) -> PyResult<Bound<'py, PyAny>> {
+    static AWAIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let await_submission = AWAIT.import(py, "fleetgate._aio", "await_submission")?;
+    await_submission.call1((Submission::new(limiter, task),))
+}
+
+fn decided(result: core::Result<core::Decision>) -> Outcome {
+    result.map_or_else(Outcome::Failed, Outcome::Decision)
+}
+
+fn done(result: core::Result<()>) -> Outcome {
+    result.map_or_else(Outcome::Failed, |()| Outcome::Done)
 }
 
 fn seconds(name: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
@@ -284,15 +312,11 @@ impl Limiter {
     }
 
     #[pyo3(signature = (quotas, requests=1, tokens=0))]
-    async fn try_acquire_async(&self, quotas: Py<PyAny>, requests: i64, tokens: i64) -> PyResult<Decision> {
-        let (quotas, requests, tokens) = owned_arguments(&quotas, requests, tokens)?;
+    fn try_acquire_async<'py>(&self, py: Python<'py>, quotas: &Bound<'py, PyAny>, requests: i64, tokens: i64) -> PyResult<Bound<'py, PyAny>> {
+        let (requests, tokens) = amounts(requests, tokens)?;
+        let quotas = owned_quotas(quotas)?;
         let limiter = Arc::clone(&self.inner);
-        let inner = if limiter.is_embedded() {
-            limiter.try_acquire(&quotas, requests, tokens).await
-        } else {
-            on_runtime(async move { limiter.try_acquire(&quotas, requests, tokens).await }).await?
-        };
-        Ok(Decision { inner: inner.py_err()? })
+        submit(py, &self.inner, async move { decided(limiter.try_acquire(&quotas, requests, tokens).await) })
     }
 
     /// Wait until admitted (sleeping exactly as long as needed), or raise RateLimited when
@@ -320,18 +344,19 @@ impl Limiter {
     }
 
     #[pyo3(signature = (quotas, requests=1, tokens=0, timeout=None))]
-    async fn acquire_async(
+    fn acquire_async<'py>(
         &self,
-        quotas: Py<PyAny>,
+        py: Python<'py>,
+        quotas: &Bound<'py, PyAny>,
         requests: i64,
         tokens: i64,
         timeout: Option<f64>,
-    ) -> PyResult<Decision> {
-        let (quotas, requests, tokens) = owned_arguments(&quotas, requests, tokens)?;
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (requests, tokens) = amounts(requests, tokens)?;
         let timeout = seconds("timeout", timeout)?;
+        let quotas = owned_quotas(quotas)?;
         let limiter = Arc::clone(&self.inner);
-        let inner = on_runtime(async move { limiter.acquire(&quotas, requests, tokens, timeout).await }).await?;
-        Ok(Decision { inner: inner.py_err()? })
+        submit(py, &self.inner, async move { decided(limiter.acquire(&quotas, requests, tokens, timeout).await) })
     }
 
     /// Settle a reservation with the tokens really used: the difference from the estimate
@@ -345,14 +370,10 @@ impl Limiter {
         block_on(py, limiter.settle(reservation, tokens)).py_err()
     }
 
-    async fn settle_async(&self, reservation: Py<Reservation>, tokens: i64) -> PyResult<()> {
+    fn settle_async<'py>(&self, py: Python<'py>, reservation: &Reservation, tokens: i64) -> PyResult<Bound<'py, PyAny>> {
         let tokens = check_amount("tokens", tokens).py_err()?;
-        let reservation = Arc::clone(&reservation.get().inner);
-        if let Some(done) = self.inner.settle_local(&reservation, tokens) {
-            return done.py_err();
-        }
-        let limiter = Arc::clone(&self.inner);
-        on_runtime(async move { limiter.settle(&reservation, tokens).await }).await?.py_err()
+        let (limiter, reservation) = (Arc::clone(&self.inner), Arc::clone(&reservation.inner));
+        submit(py, &self.inner, async move { done(limiter.settle(&reservation, tokens).await) })
     }
 
     /// Lower the quota's shared view to what OpenAI's x-ratelimit-* headers report, so
@@ -366,14 +387,10 @@ impl Limiter {
         block_on(py, limiter.sync(spec, &report)).py_err()
     }
 
-    async fn sync_from_headers_async(&self, quota: Py<Quota>, headers: Py<PyAny>) -> PyResult<()> {
-        let report = Python::attach(|py| report_from(headers.bind(py)))?;
-        let spec = Arc::clone(&quota.get().spec);
-        if self.inner.sync_embedded(&spec, &report).is_some() {
-            return Ok(());
-        }
-        let limiter = Arc::clone(&self.inner);
-        on_runtime(async move { limiter.sync(&spec, &report).await }).await?.py_err()
+    fn sync_from_headers_async<'py>(&self, py: Python<'py>, quota: &Quota, headers: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let report = report_from(headers)?;
+        let (limiter, spec) = (Arc::clone(&self.inner), Arc::clone(&quota.spec));
+        submit(py, &self.inner, async move { done(limiter.sync(&spec, &report).await) })
     }
 
     /// Check that the store answers; raises StoreUnavailable if not.
@@ -382,9 +399,9 @@ impl Limiter {
         block_on(py, limiter.ping()).py_err()
     }
 
-    async fn ping_async(&self) -> PyResult<()> {
+    fn ping_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let limiter = Arc::clone(&self.inner);
-        on_runtime(async move { limiter.ping().await }).await?.py_err()
+        submit(py, &self.inner, async move { done(limiter.ping().await) })
     }
 
     fn __repr__(&self) -> String {

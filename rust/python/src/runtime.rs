@@ -1,5 +1,4 @@
-//! One lazily built tokio runtime for every Redis operation and every async wait; the
-//! async methods are real coroutines (PyO3 `async fn`) that await tasks on it.
+//! One lazily built tokio runtime for every Redis operation and every async wait.
 
 use pyo3::prelude::*;
 use std::future::Future;
@@ -27,16 +26,4 @@ where
     F::Output: Send,
 {
     py.detach(|| runtime().block_on(future))
-}
-
-/// Run a future on the I/O runtime and wait for it from any executor (an asyncio
-/// coroutine polls the join handle; tokio's timers and sockets need its own runtime).
-pub async fn on_runtime<F>(future: F) -> PyResult<F::Output>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    runtime().spawn(future).await.map_err(|e| {
-        pyo3::exceptions::PyRuntimeError::new_err(format!("fleetgate: an I/O task failed ({e}); please report this as a bug"))
-    })
 }
