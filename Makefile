@@ -21,8 +21,9 @@ test-rust:
 test-python: build
 	$(PY) -m pytest -q
 
-stubtest: build
+stubtest: build  ## the stubs match the extension, and the package type-checks strictly
 	$(PY) -m mypy.stubtest fleetgate._core
+	$(PY) -m mypy --strict python/fleetgate
 
 # The environment: a virtualenv with maturin and the test tools.
 $(VENV)/.ready: pyproject.toml
@@ -46,7 +47,7 @@ redis-server:
 bench: bench-rust bench-python
 
 bench-rust:
-	cargo bench -p fleetgate-core --locked
+	cargo bench -p fleetgate-core --bench limiter --locked
 
 bench-python: redis-server build
 	$(PY) benches/limiter_accuracy.py

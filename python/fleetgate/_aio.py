@@ -35,6 +35,7 @@ class _LoopBridge:
             elif ok:
                 future.set_result(value)
             else:
+                assert isinstance(value, BaseException)
                 future.set_exception(value)
 
 

@@ -55,22 +55,24 @@ impl LocalStore {
         now: f64,
     ) -> Decision {
         let (req, tok, share) = (requests as f64, tokens as f64, self.share);
+        if let [quota] = quotas {
+            // One quota (the common case): check and take on one lookup.
+            let state = state_for(states, quota, now, share);
+            return match check(state, quota, req, tok, now, share) {
+                Check::Wait(wait) => Decision::denied(wait, Arc::clone(quota), self.source),
+                Check::Room { remaining_requests: r, remaining_tokens: t } => {
+                    let mark = take(state, quota, req, tok, now);
+                    let parts = vec![ReservedPart { quota: Arc::clone(quota), mark }];
+                    self.admitted(parts, requests, tokens, tighter(None, r), tighter(None, t))
+                }
+            };
+        }
         let mut remaining_requests = None;
         let mut remaining_tokens = None;
         let mut refusal: Option<(f64, &Arc<QuotaSpec>)> = None;
         for quota in quotas {
             let state = state_for(states, quota, now, share);
-            let check = match state {
-                QuotaState::Bucket(b) => {
-                    b.refill(quota, now, share);
-                    b.check(quota, req, tok, share)
-                }
-                QuotaState::Window(w) => {
-                    w.expire(now);
-                    w.check(quota, req, tok, now, share)
-                }
-            };
-            match check {
+            match check(state, quota, req, tok, now, share) {
                 Check::Room { remaining_requests: r, remaining_tokens: t } => {
                     remaining_requests = tighter(remaining_requests, r);
                     remaining_tokens = tighter(remaining_tokens, t);
@@ -85,18 +87,24 @@ impl LocalStore {
         if let Some((wait, quota)) = refusal {
             return Decision::denied(wait, Arc::clone(quota), self.source);
         }
-        let mut parts = Vec::with_capacity(quotas.len());
-        for quota in quotas {
-            let mark = match states.get_mut(quota.name.as_str()) {
-                Some(QuotaState::Bucket(b)) => {
-                    b.take(quota, req, tok);
-                    WindowMark::None
-                }
-                Some(QuotaState::Window(w)) => WindowMark::Local(w.take(req, tok, now)),
-                None => unreachable!("state_for inserted every quota above"),
-            };
-            parts.push(ReservedPart { quota: Arc::clone(quota), mark });
-        }
+        let parts = quotas
+            .iter()
+            .map(|quota| {
+                let state = states.get_mut(quota.name.as_str()).expect("state_for inserted every quota above");
+                ReservedPart { quota: Arc::clone(quota), mark: take(state, quota, req, tok, now) }
+            })
+            .collect();
+        self.admitted(parts, requests, tokens, remaining_requests, remaining_tokens)
+    }
+
+    fn admitted(
+        &self,
+        parts: Vec<ReservedPart>,
+        requests: u64,
+        tokens: u64,
+        remaining_requests: Option<u64>,
+        remaining_tokens: Option<u64>,
+    ) -> Decision {
         Decision {
             allowed: true,
             retry_after: std::time::Duration::ZERO,
@@ -152,6 +160,33 @@ impl LocalStore {
 impl Default for LocalStore {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Bring a quota's state up to `now` and check it.
+#[inline]
+fn check(state: &mut QuotaState, quota: &QuotaSpec, req: f64, tok: f64, now: f64, share: f64) -> Check {
+    match state {
+        QuotaState::Bucket(b) => {
+            b.refill(quota, now, share);
+            b.check(quota, req, tok, share)
+        }
+        QuotaState::Window(w) => {
+            w.expire(now);
+            w.check(quota, req, tok, now, share)
+        }
+    }
+}
+
+/// Take an admission that `check` found room for.
+#[inline]
+fn take(state: &mut QuotaState, quota: &QuotaSpec, req: f64, tok: f64, now: f64) -> WindowMark {
+    match state {
+        QuotaState::Bucket(b) => {
+            b.take(quota, req, tok);
+            WindowMark::None
+        }
+        QuotaState::Window(w) => WindowMark::Local(w.take(req, tok, now)),
     }
 }
 
