@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from fleetgate import Limiter, Quota
+from fleetgate import Limiter, Quota, RateLimited
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,10 @@ def run_limiter_demo(
     *, store: str | None = None, callers: int = 16, seconds: float = 3.0, echo: bool = True
 ) -> DemoResult:
     """`callers` threads call a model as fast as they can for `seconds`; every call first
-    waits for room on a shared quota of 1,200 requests and 60,000 tokens per minute,
+    waits for room on a shared quota of 600 requests and 90,000 tokens per minute,
     reserves 150 tokens and settles with the 100 it "used"."""
     limiter = Limiter(store)
-    quota = Quota("demo:gpt-4.1-mini", requests_per_minute=1_200, tokens_per_minute=60_000)
+    quota = Quota("demo:gpt-4.1-mini", requests_per_minute=600, tokens_per_minute=90_000)
     counts = {"requests": 0, "tokens": 0}
     lock = threading.Lock()
     start = time.monotonic()
@@ -39,7 +39,7 @@ def run_limiter_demo(
                 return
             try:
                 decision = limiter.acquire(quota, tokens=150, timeout=remaining)
-            except Exception:  # RateLimited: the demo's time is up before there is room
+            except RateLimited:  # the demo's time is up before there is room
                 return
             assert decision.reservation is not None
             limiter.settle(decision.reservation, tokens=100)
@@ -67,13 +67,13 @@ def run_limiter_demo(
         seconds=elapsed,
         admitted_requests=counts["requests"],
         admitted_tokens=counts["tokens"],
-        request_allowance=1_200 / 60 * elapsed + (quota.request_capacity or 0),
-        token_allowance=60_000 / 60 * elapsed + (quota.token_capacity or 0),
+        request_allowance=600 / 60 * elapsed + (quota.request_capacity or 0),
+        token_allowance=90_000 / 60 * elapsed + (quota.token_capacity or 0),
     )
     if echo:
         used = result.admitted_requests / result.request_allowance
         print(
-            f"\nadmitted {result.admitted_requests} requests in {elapsed:.2f}s; "
-            f"allowance (rate x time + burst) {result.request_allowance:.0f}: {used:.1%} used, never over."
+            f"\nadmitted {result.admitted_requests} requests and {result.admitted_tokens} tokens in {elapsed:.2f}s"
+            f"\nrequest allowance (rate x time + burst): {result.request_allowance:.0f}, {used:.1%} used, never over"
         )
     return result
