@@ -1,0 +1,13 @@
+"""A local OpenAI-compatible server that behaves like the real one under load and
+failure: limits enforced as OpenAI does, faults on a schedule, batches that take time,
+expire, fail per line and come back out of order.
+
+Needs the ``testing`` extra (``pip install fleetgate[testing]``) for aiohttp.
+"""
+
+from __future__ import annotations
+
+from fleetgate.testing.fake_openai.config import BatchTimings, FakeConfig, Fault, Latency, ModelLimits, load_config
+from fleetgate.testing.fake_openai.server import FakeOpenAI, ModelCounters
+
+__all__ = ["BatchTimings", "FakeConfig", "FakeOpenAI", "Fault", "Latency", "ModelCounters", "ModelLimits", "load_config"]

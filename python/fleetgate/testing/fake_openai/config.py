@@ -1,0 +1,99 @@
+"""What the fake OpenAI server is told: per-model limits, injected faults, batch timings.
+
+Everything is data (pydantic models), loadable from a TOML or JSON file for the
+``fleetgate fake-openai --config`` command.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["BatchTimings", "FakeConfig", "Fault", "Latency", "ModelLimits", "load_config"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelLimits(_Strict):
+    """A model's limits, enforced as OpenAI does: per minute, in one-second slices."""
+
+    requests_per_minute: int = Field(default=10_000, gt=0)
+    tokens_per_minute: int = Field(default=2_000_000, gt=0)
+    #: Tokens that may wait in unfinished batches of this model at once.
+    batch_enqueued_tokens: int = Field(default=20_000_000, gt=0)
+
+
+class Latency(_Strict):
+    """A latency distribution, in milliseconds."""
+
+    kind: Literal["fixed", "uniform", "lognormal"] = "fixed"
+    ms: float = Field(default=0.0, ge=0)
+    #: uniform: upper bound; lognormal: sigma of the underlying normal.
+    spread: float = Field(default=0.0, ge=0)
+
+
+class Fault(_Strict):
+    """A fault injected into matching requests while it is active.
+
+    ``start`` and ``end`` are seconds since the server started; ``probability`` is per
+    request, drawn from the server's seeded generator.
+    """
+
+    kind: Literal["error", "latency", "timeout", "reset", "cut_stream", "malformed_json", "markdown_fence", "insufficient_quota"]
+    model: str = "*"
+    start: float = Field(default=0.0, ge=0)
+    end: float = Field(default=float("inf"), gt=0)
+    probability: float = Field(default=1.0, ge=0, le=1)
+    #: error: the HTTP status to answer with.
+    status: int = Field(default=500, ge=400, le=599)
+    #: latency: the extra delay; timeout: how long to hold the request before closing it.
+    latency: Latency = Latency()
+
+    @model_validator(mode="after")
+    def _window(self) -> Fault:
+        if self.end <= self.start:
+            raise ValueError(f"fault {self.kind!r}: end ({self.end}) must be after start ({self.start})")
+        return self
+
+
+class BatchTimings(_Strict):
+    """How fast batches move, so that a test runs in seconds."""
+
+    validating_seconds: float = Field(default=0.2, ge=0)
+    #: Requests processed per second while in progress.
+    requests_per_second: float = Field(default=500.0, gt=0)
+    finalizing_seconds: float = Field(default=0.2, ge=0)
+    cancelling_seconds: float = Field(default=0.2, ge=0)
+    #: What "24h" lasts here; a batch still unfinished then expires.
+    completion_window_seconds: float = Field(default=60.0, gt=0)
+    #: Fraction of lines that fail with a per-line 500 (seeded).
+    line_failure_rate: float = Field(default=0.0, ge=0, le=1)
+
+
+class FakeConfig(_Strict):
+    seed: int = 0
+    #: Limits per model; models not listed use ``default_limits``.
+    models: dict[str, ModelLimits] = Field(default_factory=dict)
+    default_limits: ModelLimits = ModelLimits()
+    faults: list[Fault] = Field(default_factory=list)
+    batch: BatchTimings = BatchTimings()
+    #: Words in a generated answer when the request sets no maximum.
+    answer_words: int = Field(default=24, gt=0)
+    embedding_dimensions: int = Field(default=256, gt=0, le=3072)
+
+    def limits_for(self, model: str) -> ModelLimits:
+        return self.models.get(model, self.default_limits)
+
+
+def load_config(path: str | Path) -> FakeConfig:
+    """Read a TOML or JSON file into a :class:`FakeConfig` (unknown keys are errors)."""
+    p = Path(path)
+    text = p.read_text()
+    data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    return FakeConfig.model_validate(data)

@@ -1,0 +1,98 @@
+"""Deterministic content: answers, token counts and embeddings that depend only on the
+request and the seed, so a test can assert on them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import struct
+from typing import Any
+
+_WORDS = (
+    "the quick answer is that fleet quotas hold when every pod reserves before it calls and "
+    "settles after it hears back so nothing is lost and nothing is counted twice"
+).split()
+
+
+def estimate_tokens(text: str) -> int:
+    """OpenAI's rate-limit estimate: about four characters per token."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def _digest(*parts: object) -> bytes:
+    h = hashlib.blake2b(digest_size=32)
+    for part in parts:
+        h.update(repr(part).encode())
+        h.update(b"\x00")
+    return h.digest()
+
+
+def answer(seed: int, model: str, prompt: str, words: int) -> str:
+    """A deterministic answer of `words` words."""
+    d = _digest(seed, model, prompt)
+    start = d[0] % len(_WORDS)
+    return " ".join(_WORDS[(start + i * (1 + d[1] % 7)) % len(_WORDS)] for i in range(words)).capitalize() + "."
+
+
+def split_for_stream(text: str) -> list[str]:
+    """Text as stream deltas, one word (with its leading space) at a time."""
+    words = text.split(" ")
+    return [words[0]] + [" " + w for w in words[1:]]
+
+
+def embedding(seed: int, model: str, text: str, dimensions: int) -> list[float]:
+    """A unit vector that depends only on (seed, model, text)."""
+    values: list[float] = []
+    counter = 0
+    while len(values) < dimensions:
+        block = _digest(seed, model, text, counter)
+        values.extend((b - 127.5) / 127.5 for b in block)
+        counter += 1
+    vec = values[:dimensions]
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]
+
+
+def encode_base64(vector: list[float]) -> str:
+    """The API's base64 encoding: little-endian float32."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def message_text(messages: Any) -> str:
+    """All text of chat messages (strings or content parts), for estimates and answers."""
+    out: list[str] = []
+    for m in messages if isinstance(messages, list) else []:
+        if not isinstance(m, dict):
+            continue
+        content = m.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out.extend(p.get("text", "") for p in content if isinstance(p, dict))
+    return "\n".join(out)
+
+
+def responses_input_text(body: dict[str, Any]) -> str:
+    """All text of a Responses API request's instructions and input."""
+    parts = [body.get("instructions") or ""]
+    inp = body.get("input")
+    if isinstance(inp, str):
+        parts.append(inp)
+    elif isinstance(inp, list):
+        for item in inp:
+            if isinstance(item, dict):
+                content = item.get("content")
+                if isinstance(content, str):
+                    parts.append(content)
+                elif isinstance(content, list):
+                    parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+    return "\n".join(p for p in parts if p)
+
+
+def cached_tokens(prompt_tokens: int, seen_before: bool) -> int:
+    """Prompt caching as OpenAI reports it: for prompts of 1,024 tokens or more seen
+    before, the longest multiple of 128 tokens is served from cache."""
+    if not seen_before or prompt_tokens < 1024:
+        return 0
+    return (prompt_tokens // 128) * 128
