@@ -118,6 +118,20 @@ class _Server:
         plan = planner(self.config, body)
         now = self.now()
         quota = self.quota(plan.model)
+        tpm = quota.limits.tokens_per_minute
+        if plan.rate_tokens > tpm:
+            with self.counters_lock:
+                self.counters[plan.model].requests += 1
+                self.counters[plan.model].rate_limited += 1
+            error = ApiError(
+                429,
+                f"Request too large for {plan.model} in organization org-fleetgate-fake on tokens per min (TPM): "
+                f"Limit {tpm}, Requested {plan.rate_tokens}. The input or output tokens must be reduced.",
+                type="tokens", code="rate_limit_exceeded",
+            )
+            # Waiting cannot help, so tell the SDK not to retry.
+            return _json(error.body(), status=429, headers={**quota.headers(now), "x-should-retry": "false",
+                                                             "x-request-id": api.new_id("req")})
         wait = quota.try_take(now, plan.rate_tokens)
         headers = quota.headers(now)
         headers["x-request-id"] = api.new_id("req")
