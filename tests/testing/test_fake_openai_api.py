@@ -141,3 +141,38 @@ def test_context_manager_frees_the_port() -> None:
         assert client(fake).models.list()
     with pytest.raises(openai.APIConnectionError):
         openai.OpenAI(base_url=url, api_key="sk-fake", max_retries=0).models.list()
+
+
+def test_command_line_server(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    config = tmp_path / "fake.toml"
+    config.write_text('[models."cli-model"]\nrequests_per_minute = 120\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetgate.cli", "fake-openai", "--port", "0", "--config", str(config)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        match = re.search(r"(http://\S+/v1)", proc.stdout.readline())
+        assert match, "the server prints its URL"
+        raw = openai.OpenAI(base_url=match.group(1), api_key="sk-fake").chat.completions.with_raw_response.create(
+            model="cli-model", messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["x-ratelimit-limit-requests"] == "120"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_command_line_rejects_a_bad_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from fleetgate.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("seed = 'seven'\n")
+    result = CliRunner().invoke(main, ["fake-openai", "--config", str(bad)])
+    assert result.exit_code == 2 and "seed" in result.output

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from fleetgate.testing.fake_openai import api
 from fleetgate.testing.fake_openai.api import ApiError, Completion
@@ -49,12 +49,13 @@ class FileStore:
 
     def add(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
         now = int(time.time())
-        meta = {
-            "id": api.new_id("file"), "object": "file", "bytes": len(data), "created_at": now,
+        file_id = api.new_id("file")
+        meta: dict[str, Any] = {
+            "id": file_id, "object": "file", "bytes": len(data), "created_at": now,
             "filename": filename, "purpose": purpose, "status": "processed", "status_details": None,
             "expires_at": now + 30 * 86400 if purpose in ("batch", "batch_output") else None,
         }
-        self.files[meta["id"]] = StoredFile(meta, data)
+        self.files[file_id] = StoredFile(meta, data)
         return meta
 
     def get(self, file_id: str) -> StoredFile:
@@ -66,6 +67,8 @@ class FileStore:
     async def upload(self, request: web.Request) -> web.Response:
         fields: dict[str, Any] = {}
         async for part in await request.multipart():
+            if not isinstance(part, BodyPartReader):
+                raise ApiError(400, "Nested multipart bodies are not supported.", code="invalid_value")
             if part.name == "file":
                 fields["filename"] = part.filename or "upload.jsonl"
                 fields["data"] = await part.read(decode=False)
@@ -80,7 +83,7 @@ class FileStore:
             raise ApiError(400, "File is larger than 512 MB.", param="file", code="file_too_large")
         return _json(self.add(fields["filename"], purpose, bytes(fields["data"])))
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def list_all(self, request: web.Request) -> web.Response:
         data = [f.meta for f in self.files.values()]
         return _json({"object": "list", "data": data, "has_more": False,
                       "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
@@ -181,7 +184,7 @@ class BatchStore:
         batch.obj["cancelling_at"] = int(time.time())
         return _json(batch.obj)
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def list_all(self, request: web.Request) -> web.Response:
         try:
             limit = int(request.query.get("limit", "20"))
         except ValueError:

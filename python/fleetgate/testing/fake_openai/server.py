@@ -67,12 +67,12 @@ class _Server:
             web.post("/v1/responses", self.responses),
             web.post("/v1/embeddings", self.embeddings),
             web.post("/v1/files", self.files.upload),
-            web.get("/v1/files", self.files.list),
+            web.get("/v1/files", self.files.list_all),
             web.get("/v1/files/{id}", self.files.retrieve),
             web.get("/v1/files/{id}/content", self.files.content),
             web.delete("/v1/files/{id}", self.files.delete),
             web.post("/v1/batches", self.batches.create),
-            web.get("/v1/batches", self.batches.list),
+            web.get("/v1/batches", self.batches.list_all),
             web.get("/v1/batches/{id}", self.batches.retrieve),
             web.post("/v1/batches/{id}/cancel", self.batches.cancel),
             web.get("/fleetgate/counters", self.counters_view),
@@ -356,8 +356,7 @@ class FakeOpenAI:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()
-        sockets = site._server.sockets if site._server is not None else []  # the bound port, when 0 was asked
-        self.port = sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]  # the bound port, when 0 was asked
         self._stopped = asyncio.Event()
         ready.set()
         await self._stopped.wait()
