@@ -50,8 +50,10 @@ bench-rust:
 	cargo bench -p fleetgate-core --bench limiter --locked
 
 bench-python: redis-server build
+	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(PY) benches/limiter_accuracy.py
 	$(PY) benches/limiter_speed.py
+	$(PY) benches/fake_openai_throughput.py
 
 clean:
 	rm -rf $(VENV) target
