@@ -181,3 +181,14 @@ def test_embeddings_batches(fake_openai: FakeOpenAI) -> None:
     assert done.status == "completed"
     bodies = [o["response"]["body"] for o in jsonl(c, done.output_file_id)]
     assert all(b["object"] == "list" and len(b["data"][0]["embedding"]) == 256 for b in bodies)
+
+
+def test_at_most_50000_requests_per_batch(fake_openai: FakeOpenAI) -> None:
+    c = client(fake_openai)
+    template = json.dumps(line("X"))
+    data = "\n".join(template.replace("req-X", f"req-{i}") for i in range(50_001)).encode()
+    uploaded = c.files.create(file=("big.jsonl", data), purpose="batch")
+    batch = c.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait(c, batch.id)
+    assert done.status == "failed"
+    assert done.errors.data[0].code == "too_many_requests" and done.errors.data[0].line == 50_001
