@@ -118,17 +118,24 @@ def test_injected_faults(fake_openai: FakeOpenAI) -> None:
     assert fake_openai.counters("laggy").faults == {"latency": 1}
 
 
-@pytest.mark.fake_openai(config=FakeConfig(seed=7, faults=[Fault(kind="error", model="flaky", probability=0.5)]))
-def test_probabilistic_faults_are_seeded(fake_openai: FakeOpenAI) -> None:
-    c = client(fake_openai, max_retries=0)
-    outcomes = []
-    for _ in range(40):
-        try:
-            c.chat.completions.create(model="flaky", messages=MSG)
-            outcomes.append(True)
-        except openai.InternalServerError:
-            outcomes.append(False)
-    assert 5 < outcomes.count(False) < 35
+def test_probabilistic_faults_follow_the_seed() -> None:
+    def outcomes(seed: int) -> list[bool]:
+        config = FakeConfig(seed=seed, faults=[Fault(kind="error", model="flaky", probability=0.5)])
+        with FakeOpenAI(config) as fake:
+            c = client(fake, max_retries=0)
+            seen = []
+            for _ in range(40):
+                try:
+                    c.chat.completions.create(model="flaky", messages=MSG)
+                    seen.append(True)
+                except openai.InternalServerError:
+                    seen.append(False)
+            return seen
+
+    first = outcomes(7)
+    assert 5 < first.count(False) < 35, "about half the requests fail"
+    assert outcomes(7) == first, "the same seed fails the same requests"
+    assert outcomes(8) != first
 
 
 def test_config_files_and_their_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
