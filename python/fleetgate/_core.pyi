@@ -3,7 +3,10 @@
 from collections.abc import Mapping, Sequence
 from typing import Literal, final
 
-__all__ = ["__version__", "Quota", "Limiter", "Decision", "Reservation", "Completions", "Submission", "parse_duration"]
+__all__ = [
+    "__version__", "Quota", "Limiter", "Decision", "Reservation", "Completions", "Submission", "parse_duration",
+    "count_tokens", "chat_prompt_tokens", "encoding_for_model",
+]
 __version__: str
 
 _Algorithm = Literal["token_bucket", "sliding_window"]
@@ -13,6 +16,15 @@ _Headers = Mapping[str, str]
 
 def parse_duration(text: str) -> float:
     """Seconds in a Go-style duration as OpenAI sends it ("20ms", "6m0s", "1h2m3.5s")."""
+
+def count_tokens(model: str, text: str) -> int:
+    """Tokens in `text` under `model`'s encoding (o200k_base or cl100k_base), offline."""
+
+def chat_prompt_tokens(model: str, messages: list[str]) -> int:
+    """Tokens of a chat prompt: each message's text plus the chat format's overhead."""
+
+def encoding_for_model(model: str) -> Literal["o200k_base", "cl100k_base"]:
+    """The encoding OpenAI uses for `model`; unknown models get o200k_base."""
 
 @final
 class Quota:

@@ -12,6 +12,7 @@ pub mod quota;
 pub mod redis_store;
 pub mod scripts;
 pub mod state;
+pub mod tokens;
 
 pub use decision::{Decision, Reservation, Source};
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@ mod error;
 mod limiter;
 mod quota;
 mod runtime;
+mod tokens;
 
 use pyo3::prelude::*;
 
@@ -19,6 +20,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<completions::Completions>()?;
     m.add_class::<completions::Submission>()?;
     m.add_function(wrap_pyfunction!(parse_duration, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::count_tokens, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::chat_prompt_tokens, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::encoding_for_model, m)?)?;
     Ok(())
 }
 
