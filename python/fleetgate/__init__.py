@@ -9,18 +9,42 @@ True
 >>> limiter.settle(decision.reservation, tokens=900)
 """
 
-from fleetgate._core import Decision, Limiter, Quota, Reservation, __version__, parse_duration
+from fleetgate._core import (
+    Decision,
+    Limiter,
+    Quota,
+    Reservation,
+    __version__,
+    chat_prompt_tokens,
+    count_tokens,
+    encoding_for_model,
+    parse_duration,
+)
+from fleetgate.config import GatewayConfig, QuotaLimits
 from fleetgate.errors import ConfigError, FleetgateError, RateLimited, StoreUnavailable
+from fleetgate.gateway import Gateway, GatewayStats
+from fleetgate.scope import Priority, Scope, current_scope, scope
 
 __all__ = [
     "ConfigError",
     "Decision",
     "FleetgateError",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayStats",
     "Limiter",
+    "Priority",
     "Quota",
+    "QuotaLimits",
     "RateLimited",
     "Reservation",
+    "Scope",
     "StoreUnavailable",
     "__version__",
+    "chat_prompt_tokens",
+    "count_tokens",
+    "current_scope",
+    "encoding_for_model",
     "parse_duration",
+    "scope",
 ]

@@ -1,0 +1,76 @@
+"""What a request will count against tokens per minute before it is sent: its prompt,
+counted offline with the model's encoding, plus the most output it may produce."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fleetgate._core import chat_prompt_tokens, count_tokens
+
+__all__ = ["Estimate", "GATED_PATHS", "estimate_request", "usage_tokens"]
+
+#: The endpoints whose calls pass through quotas, by the end of their URL path.
+GATED_PATHS = ("/chat/completions", "/responses", "/embeddings")
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    endpoint: str
+    model: str
+    prompt_tokens: int
+    max_output_tokens: int
+    stream: bool
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.max_output_tokens
+
+
+def _texts(value: Any) -> list[str]:
+    """Text of a message's content: a string, or the text of its parts."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return []
+
+
+def estimate_request(endpoint: str, body: dict[str, Any], assumed_max_output: int) -> Estimate:
+    """Estimate one request. `endpoint` is one of :data:`GATED_PATHS`."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ValueError("the request has no model")
+    stream = bool(body.get("stream"))
+    if endpoint == "/embeddings":
+        raw = body.get("input")
+        inputs = [raw] if isinstance(raw, str) else [i for i in raw or [] if isinstance(i, str)]
+        return Estimate(endpoint, model, sum(count_tokens(model, i) for i in inputs), 0, False)
+    if endpoint == "/chat/completions":
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        prompt = chat_prompt_tokens(model, ["\n".join(_texts(m.get("content"))) for m in messages])
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    else:
+        parts = _texts(body.get("instructions"))
+        raw_input = body.get("input")
+        if isinstance(raw_input, str):
+            parts.append(raw_input)
+        elif isinstance(raw_input, list):
+            for item in raw_input:
+                if isinstance(item, dict):
+                    parts.extend(_texts(item.get("content")))
+        prompt = count_tokens(model, "\n".join(parts))
+        limit = body.get("max_output_tokens")
+    max_output = limit if isinstance(limit, int) and limit > 0 else assumed_max_output
+    return Estimate(endpoint, model, prompt, max_output, stream)
+
+
+def usage_tokens(usage: Any) -> int | None:
+    """Tokens a response's ``usage`` reports (chat, responses or embeddings), or None."""
+    if not isinstance(usage, dict):
+        return None
+    if "total_tokens" in usage and isinstance(usage["total_tokens"], int):
+        return int(usage["total_tokens"])
+    parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")]
+    numbers = [p for p in parts if isinstance(p, int)]
+    return sum(numbers) if numbers else None

@@ -1,0 +1,120 @@
+"""The gateway: fleetgate between an application and the OpenAI API, in process.
+
+    gate = fleetgate.Gateway.from_config("fleetgate.toml")
+    client = gate.openai()
+    with gate.scope(user="u-42", feature="support-chat"):
+        client.responses.create(model="gpt-4.1-mini", input="…")
+
+This issue's path is scope → limit → upstream → settle; budgets, cache, dedup, routing,
+queueing and breakers plug in as their own steps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai as openai_sdk
+
+from fleetgate._core import Limiter, Quota
+from fleetgate.config import GatewayConfig, QuotaLimits
+from fleetgate.scope import Scope, scope
+from fleetgate.transport import AsyncGateTransport, GateTransport
+
+__all__ = ["Gateway", "GatewayStats"]
+
+
+class GatewayStats:
+    """Counters of what the gateway did, safe to read from any thread.
+
+    ``requests`` gated calls; ``refused`` by the gateway (no quota before the deadline, or
+    the store down and fail-closed); ``upstream_rate_limited`` 429s from upstream, of which
+    ``upstream_retries`` were retried by the gateway; ``settled_from_usage`` /
+    ``settled_from_estimate`` how calls were settled; ``settle_failures``.
+    """
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def __getitem__(self, name: str) -> int:
+        with self._lock:
+            return self._counts[name]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class Gateway:
+    """Composes the request path; hands out openai clients that go through it."""
+
+    def __init__(self, config: GatewayConfig | None = None, **overrides: Any) -> None:
+        self.config = config.model_copy(update=overrides) if config is not None else GatewayConfig(**overrides)
+        self.limiter = Limiter(self.config.redis_url, failure_policy=self.config.failure_policy,
+                               local_share=self.config.local_share)
+        self.stats = GatewayStats()
+        self._quotas: dict[tuple[str, str], Quota | None] = {}
+        self._quotas_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, path: str | Path, **overrides: Any) -> Gateway:
+        """A gateway configured from a TOML file (``FLEETGATE_*`` variables win over it)."""
+        return cls(GatewayConfig.from_toml(path, **overrides))
+
+    #: ``gate.scope(user=…, feature=…, team=…, priority=…, deadline=…)``
+    scope = staticmethod(scope)
+
+    def quotas_for(self, model: str, sc: Scope) -> tuple[Quota | None, list[Quota]]:
+        """The model's quota, and every quota a call of `model` in scope `sc` draws on."""
+        cfg = self.config
+        model_quota = self._quota("model", model, cfg.models.get(model, cfg.default_model_limits))
+        quotas = [model_quota] if model_quota is not None else []
+        for kind, name, limits in (
+            ("user", sc.user, cfg.per_user),
+            ("feature", sc.feature, cfg.features.get(sc.feature) if sc.feature else None),
+            ("team", sc.team, cfg.teams.get(sc.team) if sc.team else None),
+        ):
+            if name is not None and limits is not None:
+                quota = self._quota(kind, name, limits)
+                if quota is not None:
+                    quotas.append(quota)
+        return model_quota, quotas
+
+    def _quota(self, kind: str, name: str, limits: QuotaLimits | None) -> Quota | None:
+        key = (kind, name)
+        quota = self._quotas.get(key)
+        if quota is None and key not in self._quotas:
+            if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute):
+                quota = Quota(f"{kind}:{name}", limits.requests_per_minute, limits.tokens_per_minute,
+                              algorithm=limits.algorithm, burst_seconds=limits.burst_seconds)
+            with self._quotas_lock:
+                self._quotas[key] = quota
+        return quota
+
+    def openai(self, **kwargs: Any) -> openai_sdk.OpenAI:
+        """An ``openai.OpenAI`` whose every call goes through this gateway."""
+        kwargs.setdefault("base_url", self.config.base_url)
+        http_client = openai_sdk.DefaultHttpx2Client(transport=GateTransport(self))
+        return openai_sdk.OpenAI(http_client=http_client, **kwargs)
+
+    def async_openai(self, **kwargs: Any) -> openai_sdk.AsyncOpenAI:
+        """An ``openai.AsyncOpenAI`` whose every call goes through this gateway."""
+        kwargs.setdefault("base_url", self.config.base_url)
+        http_client = openai_sdk.DefaultAsyncHttpx2Client(transport=AsyncGateTransport(self))
+        return openai_sdk.AsyncOpenAI(http_client=http_client, **kwargs)
+
+    def transport(self, inner: httpx2.BaseTransport | None = None) -> GateTransport:
+        """The sync transport alone, for an ``httpx2.Client`` of your own."""
+        return GateTransport(self, inner)
+
+    def async_transport(self, inner: httpx2.AsyncBaseTransport | None = None) -> AsyncGateTransport:
+        """The async transport alone, for an ``httpx2.AsyncClient`` of your own."""
+        return AsyncGateTransport(self, inner)

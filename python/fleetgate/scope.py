@@ -1,0 +1,95 @@
+"""Who is calling and how urgently: the scope of a request, carried by contextvars so it
+follows the code through threads started with ``contextvars.copy_context`` and through
+asyncio tasks."""
+
+from __future__ import annotations
+
+import enum
+import time
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, replace
+from types import TracebackType
+
+__all__ = ["Priority", "Scope", "current_scope", "scope"]
+
+
+class Priority(enum.IntEnum):
+    """How urgent a request is; lower is more urgent."""
+
+    REALTIME = 0
+    INTERACTIVE = 1
+    BATCH = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The scope a request runs in. ``deadline`` is a ``time.monotonic()`` instant."""
+
+    user: str | None = None
+    feature: str | None = None
+    team: str | None = None
+    priority: Priority = Priority.INTERACTIVE
+    deadline: float | None = None
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+_current: ContextVar[Scope] = ContextVar("fleetgate_scope", default=Scope())
+
+
+def current_scope() -> Scope:
+    """The scope of the running code (an empty scope outside any ``scope`` block)."""
+    return _current.get()
+
+
+class scope:  # noqa: N801 - used as a context manager, like contextlib's helpers
+    """Set who is calling for the code inside the block; nested blocks refine the outer one.
+
+        with gate.scope(user="u-42", feature="support-chat", deadline=10):
+            client.responses.create(...)
+
+    ``deadline`` is seconds from entering the block; an inner deadline never extends an
+    outer one. Works with ``with`` and ``async with``.
+    """
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, *, user: str | None = None, feature: str | None = None, team: str | None = None,
+                 priority: Priority | int | None = None, deadline: float | None = None) -> None:
+        if deadline is not None and not deadline >= 0:
+            raise ValueError(f"deadline must be a number of seconds >= 0, got {deadline!r}")
+        for name, value in (("user", user), ("feature", feature), ("team", team)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise TypeError(f"{name} must be a non-empty str, got {value!r}")
+        self._fields = (user, feature, team, None if priority is None else Priority(priority), deadline)
+        self._token: Token[Scope] | None = None
+
+    def __enter__(self) -> Scope:
+        user, feature, team, priority, deadline = self._fields
+        outer = _current.get()
+        absolute = outer.deadline
+        if deadline is not None:
+            mine = time.monotonic() + deadline
+            absolute = mine if absolute is None else min(absolute, mine)
+        inner = replace(
+            outer,
+            user=user if user is not None else outer.user,
+            feature=feature if feature is not None else outer.feature,
+            team=team if team is not None else outer.team,
+            priority=priority if priority is not None else outer.priority,
+            deadline=absolute,
+        )
+        self._token = _current.set(inner)
+        return inner
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+
+    async def __aenter__(self) -> Scope:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)

@@ -1,0 +1,340 @@
+"""The openai SDK's HTTP transport: every chat, responses and embeddings call passes
+through the gateway's path (scope → limit → upstream → settle); everything else goes
+straight through.
+
+Sync and async transports are twins: the policy (what a call costs, which quotas apply,
+what a refusal or an upstream 429 means) is shared; only the I/O differs.
+
+Retries have one owner. The gateway waits for quota itself, and retries an upstream
+``rate_limit_exceeded`` 429 after the server's ``retry-after`` within the caller's
+deadline; every 429 it hands back carries ``x-should-retry: false`` so the SDK does not
+retry on top. The SDK keeps its own retries for connection errors and 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+
+from fleetgate._core import Decision, Quota
+from fleetgate.errors import FleetgateError, RateLimited, StoreUnavailable
+from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request, usage_tokens
+from fleetgate.scope import current_scope
+
+if TYPE_CHECKING:
+    from fleetgate.gateway import Gateway
+
+__all__ = ["AsyncGateTransport", "GateTransport"]
+
+log = logging.getLogger("fleetgate")
+
+
+@dataclass(slots=True)
+class _Call:
+    estimate: Estimate
+    quotas: list[Quota]
+    model_quota: Quota | None
+    deadline: float
+
+    def seconds_left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+
+def _prepare(gateway: Gateway, request: httpx2.Request) -> _Call | None:
+    """The gated call a request is, or None for requests that pass straight through."""
+    if request.method != "POST":
+        return None
+    path = request.url.path
+    endpoint = next((p for p in GATED_PATHS if path.endswith(p)), None)
+    if endpoint is None:
+        return None
+    try:
+        body = json.loads(request.content)
+        estimate = estimate_request(endpoint, body, gateway.config.assumed_max_output_tokens)
+    except (ValueError, TypeError, httpx2.RequestNotRead):
+        return None  # not a JSON body we can read: let upstream judge it
+    sc = current_scope()
+    deadline = sc.deadline if sc.deadline is not None else time.monotonic() + gateway.config.default_deadline_seconds
+    model_quota, quotas = gateway.quotas_for(estimate.model, sc)
+    if not quotas:
+        return None
+    return _Call(estimate, quotas, model_quota, deadline)
+
+
+def _refusal(request: httpx2.Request, error: FleetgateError) -> httpx2.Response:
+    """A refusal by the gateway, shaped as the SDK expects an error, never retried by it."""
+    status = 503 if isinstance(error, StoreUnavailable) else 429
+    headers = {"x-should-retry": "false", "x-fleetgate": "refused"}
+    if isinstance(error, RateLimited):
+        headers["retry-after-ms"] = str(max(1, int(error.retry_after * 1000)))
+    body = {"error": {"message": f"fleetgate: {error}", "type": "fleetgate", "param": None,
+                      "code": "fleetgate_store_unavailable" if status == 503 else "fleetgate_rate_limited"}}
+    return httpx2.Response(status, headers=headers, json=body, request=request)
+
+
+def _retry_wait(response: httpx2.Response) -> float:
+    """Seconds the server asks to wait: retry-after-ms, then retry-after (seconds)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = response.headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return 1.0
+
+
+def _error_code(response: httpx2.Response) -> str | None:
+    try:
+        error = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+class _UsageScanner:
+    """Watches a passing SSE stream for its usage, without holding it back."""
+
+    __slots__ = ("_pending", "usage", "deltas")
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self.usage: int | None = None
+        self.deltas = 0
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._pending + chunk
+        lines = data.split(b"\n")
+        self._pending = lines.pop()
+        for line in lines:
+            if not line.startswith(b"data: "):
+                continue
+            if b'"usage"' in line and b'"usage": null' not in line and b'"usage":null' not in line:
+                try:
+                    event = json.loads(line[6:])
+                except ValueError:
+                    continue
+                usage = event.get("usage") or (event.get("response") or {}).get("usage")
+                tokens = usage_tokens(usage)
+                if tokens is not None:
+                    self.usage = tokens
+            elif b'"delta"' in line:
+                self.deltas += 1
+
+
+class _Policy:
+    """What both transports do around the upstream call."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def may_retry(self, call: _Call, response: httpx2.Response, attempt: int) -> float | None:
+        """After an upstream 429: seconds to wait before retrying, or None to hand it back."""
+        stats = self.gateway.stats
+        stats.count("upstream_rate_limited")
+        if response.headers.get("x-should-retry") == "false" or _error_code(response) != "rate_limit_exceeded":
+            return None
+        wait = _retry_wait(response)
+        if attempt >= self.gateway.config.max_upstream_retries or wait > call.seconds_left():
+            return None
+        stats.count("upstream_retries")
+        return wait
+
+    def settle_tokens(self, call: _Call, response: httpx2.Response) -> int:
+        """Tokens to settle a finished non-streamed call with."""
+        if response.status_code != 200:
+            return 0  # refused or failed upstream: no tokens were spent
+        try:
+            tokens = usage_tokens(response.json().get("usage"))
+        except (ValueError, AttributeError):
+            tokens = None
+        if tokens is None:
+            self.gateway.stats.count("settled_from_estimate")
+            return call.estimate.tokens
+        self.gateway.stats.count("settled_from_usage")
+        return tokens
+
+    def stream_tokens(self, call: _Call, scanner: _UsageScanner) -> int:
+        if scanner.usage is not None:
+            self.gateway.stats.count("settled_from_usage")
+            return scanner.usage
+        # No usage event (the caller did not ask for one, or the stream was cut): estimate
+        # one token per content delta, and say so.
+        self.gateway.stats.count("settled_from_estimate")
+        return call.estimate.prompt_tokens + scanner.deltas
+
+    def note_settle_failure(self, error: FleetgateError) -> None:
+        self.gateway.stats.count("settle_failures")
+        log.warning("fleetgate: could not settle a reservation (%s); the quota refills by itself", error)
+
+
+class _SettlingStream(httpx2.SyncByteStream):
+    def __init__(self, inner: httpx2.SyncByteStream, done: Callable[[_UsageScanner], None]) -> None:
+        self._inner, self._done, self._scanner, self._finished = inner, done, _UsageScanner(), False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            self._scanner.feed(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            if not self._finished:
+                self._finished = True
+                self._done(self._scanner)
+
+
+class _AsyncSettlingStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, done: Callable[[_UsageScanner], Any]) -> None:
+        self._inner, self._done, self._scanner, self._finished = inner, done, _UsageScanner(), False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            self._scanner.feed(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            if not self._finished:
+                self._finished = True
+                await self._done(self._scanner)
+
+
+class GateTransport(httpx2.BaseTransport):
+    """The sync transport (``gate.openai()`` installs it)."""
+
+    def __init__(self, gateway: Gateway, inner: httpx2.BaseTransport | None = None) -> None:
+        self.gateway = gateway
+        self.inner = inner or httpx2.HTTPTransport(limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+        self.policy = _Policy(gateway)
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        call = _prepare(self.gateway, request)
+        if call is None:
+            return self.inner.handle_request(request)
+        gateway, limiter, stats = self.gateway, self.gateway.limiter, self.gateway.stats
+        stats.count("requests")
+        attempt = 0
+        while True:
+            try:
+                decision = limiter.acquire(call.quotas, tokens=call.estimate.tokens, timeout=call.seconds_left())
+            except (RateLimited, StoreUnavailable) as e:
+                stats.count("refused")
+                return _refusal(request, e)
+            response = self.inner.handle_request(request)
+            self._sync(call, response)
+            if response.status_code == 429:
+                response.read()
+                self._settle(decision, 0)
+                wait = self.policy.may_retry(call, response, attempt)
+                if wait is not None:
+                    response.close()
+                    attempt += 1
+                    time.sleep(wait)
+                    continue
+                response.headers["x-should-retry"] = "false"
+                return response
+            if call.estimate.stream and response.status_code == 200:
+                return httpx2.Response(
+                    response.status_code, headers=response.headers, request=request, extensions=response.extensions,
+                    stream=_SettlingStream(response.stream, lambda s: self._settle(decision, self.policy.stream_tokens(call, s))),  # type: ignore[arg-type]
+                )
+            response.read()
+            self._settle(decision, self.policy.settle_tokens(call, response))
+            return response
+
+    def _sync(self, call: _Call, response: httpx2.Response) -> None:
+        if call.model_quota is not None and "x-ratelimit-remaining-requests" in response.headers:
+            try:
+                self.gateway.limiter.sync_from_headers(call.model_quota, response.headers)
+            except FleetgateError as e:
+                self.policy.note_settle_failure(e)
+
+    def _settle(self, decision: Decision, tokens: int) -> None:
+        if decision.reservation is None:
+            return
+        try:
+            self.gateway.limiter.settle(decision.reservation, tokens)
+        except FleetgateError as e:
+            self.policy.note_settle_failure(e)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncGateTransport(httpx2.AsyncBaseTransport):
+    """The async transport (``gate.async_openai()`` installs it)."""
+
+    def __init__(self, gateway: Gateway, inner: httpx2.AsyncBaseTransport | None = None) -> None:
+        self.gateway = gateway
+        self.inner = inner or httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+        self.policy = _Policy(gateway)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        call = _prepare(self.gateway, request)
+        if call is None:
+            return await self.inner.handle_async_request(request)
+        limiter, stats = self.gateway.limiter, self.gateway.stats
+        stats.count("requests")
+        attempt = 0
+        while True:
+            try:
+                decision = await limiter.acquire_async(call.quotas, tokens=call.estimate.tokens, timeout=call.seconds_left())
+            except (RateLimited, StoreUnavailable) as e:
+                stats.count("refused")
+                return _refusal(request, e)
+            response = await self.inner.handle_async_request(request)
+            await self._sync(call, response)
+            if response.status_code == 429:
+                await response.aread()
+                await self._settle(decision, 0)
+                wait = self.policy.may_retry(call, response, attempt)
+                if wait is not None:
+                    await response.aclose()
+                    attempt += 1
+                    await asyncio.sleep(wait)
+                    continue
+                response.headers["x-should-retry"] = "false"
+                return response
+            if call.estimate.stream and response.status_code == 200:
+
+                async def done(scanner: _UsageScanner, decision: Decision = decision) -> None:
+                    await self._settle(decision, self.policy.stream_tokens(call, scanner))
+
+                return httpx2.Response(
+                    response.status_code, headers=response.headers, request=request, extensions=response.extensions,
+                    stream=_AsyncSettlingStream(response.stream, done),  # type: ignore[arg-type]
+                )
+            await response.aread()
+            await self._settle(decision, self.policy.settle_tokens(call, response))
+            return response
+
+    async def _sync(self, call: _Call, response: httpx2.Response) -> None:
+        if call.model_quota is not None and "x-ratelimit-remaining-requests" in response.headers:
+            try:
+                await self.gateway.limiter.sync_from_headers_async(call.model_quota, response.headers)
+            except FleetgateError as e:
+                self.policy.note_settle_failure(e)
+
+    async def _settle(self, decision: Decision, tokens: int) -> None:
+        if decision.reservation is None:
+            return
+        try:
+            await self.gateway.limiter.settle_async(decision.reservation, tokens)
+        except FleetgateError as e:
+            self.policy.note_settle_failure(e)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
