@@ -61,11 +61,8 @@ class GatewayConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_file = getattr(cls, "_toml_file", None)
-        if toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
-        return tuple(sources)
+        # Arguments, then FLEETGATE_* variables, then the TOML file (when one is set).
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> GatewayConfig:
@@ -73,5 +70,5 @@ class GatewayConfig(BaseSettings):
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"fleetgate config file not found: {p}")
-        loader = type("GatewayConfigFromToml", (cls,), {"_toml_file": p})
+        loader = type("GatewayConfigFromToml", (cls,), {"model_config": {**cls.model_config, "toml_file": p}})
         return cls.model_validate(loader(**overrides).model_dump())

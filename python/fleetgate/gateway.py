@@ -33,7 +33,8 @@ class GatewayStats:
     ``requests`` gated calls; ``refused`` by the gateway (no quota before the deadline, or
     the store down and fail-closed); ``upstream_rate_limited`` 429s from upstream, of which
     ``upstream_retries`` were retried by the gateway; ``settled_from_usage`` /
-    ``settled_from_estimate`` how calls were settled; ``settle_failures``.
+    ``settled_from_estimate`` / ``settled_from_failure`` (nothing spent) how reservations
+    were settled; ``settle_failures``.
     """
 
     def __init__(self) -> None:

@@ -63,8 +63,7 @@ def _prepare(gateway: Gateway, request: httpx2.Request) -> _Call | None:
     sc = current_scope()
     deadline = sc.deadline if sc.deadline is not None else time.monotonic() + gateway.config.default_deadline_seconds
     model_quota, quotas = gateway.quotas_for(estimate.model, sc)
-    if not quotas:
-        return None
+    # With no quota to draw on, the call is still the gateway's: it owns the 429 retries.
     return _Call(estimate, quotas, model_quota, deadline)
 
 
@@ -148,28 +147,22 @@ class _Policy:
         stats.count("upstream_retries")
         return wait
 
-    def settle_tokens(self, call: _Call, response: httpx2.Response) -> int:
-        """Tokens to settle a finished non-streamed call with."""
+    def settle_tokens(self, call: _Call, response: httpx2.Response) -> tuple[int, str]:
+        """Tokens to settle a finished non-streamed call with, and where they come from."""
         if response.status_code != 200:
-            return 0  # refused or failed upstream: no tokens were spent
+            return 0, "failure"  # refused or failed upstream: no tokens were spent
         try:
             tokens = usage_tokens(response.json().get("usage"))
         except (ValueError, AttributeError):
             tokens = None
-        if tokens is None:
-            self.gateway.stats.count("settled_from_estimate")
-            return call.estimate.tokens
-        self.gateway.stats.count("settled_from_usage")
-        return tokens
+        return (call.estimate.tokens, "estimate") if tokens is None else (tokens, "usage")
 
-    def stream_tokens(self, call: _Call, scanner: _UsageScanner) -> int:
+    def stream_tokens(self, call: _Call, scanner: _UsageScanner) -> tuple[int, str]:
         if scanner.usage is not None:
-            self.gateway.stats.count("settled_from_usage")
-            return scanner.usage
+            return scanner.usage, "usage"
         # No usage event (the caller did not ask for one, or the stream was cut): estimate
         # one token per content delta, and say so.
-        self.gateway.stats.count("settled_from_estimate")
-        return call.estimate.prompt_tokens + scanner.deltas
+        return call.estimate.prompt_tokens + scanner.deltas, "estimate"
 
     def note_settle_failure(self, error: FleetgateError) -> None:
         self.gateway.stats.count("settle_failures")
@@ -229,7 +222,8 @@ class GateTransport(httpx2.BaseTransport):
         attempt = 0
         while True:
             try:
-                decision = limiter.acquire(call.quotas, tokens=call.estimate.tokens, timeout=call.seconds_left())
+                decision = (limiter.acquire(call.quotas, tokens=call.estimate.tokens, timeout=call.seconds_left())
+                            if call.quotas else None)
             except (RateLimited, StoreUnavailable) as e:
                 stats.count("refused")
                 return _refusal(request, e)
@@ -237,7 +231,7 @@ class GateTransport(httpx2.BaseTransport):
             self._sync(call, response)
             if response.status_code == 429:
                 response.read()
-                self._settle(decision, 0)
+                self._settle(decision, (0, "failure"))
                 wait = self.policy.may_retry(call, response, attempt)
                 if wait is not None:
                     response.close()
@@ -262,11 +256,13 @@ class GateTransport(httpx2.BaseTransport):
             except FleetgateError as e:
                 self.policy.note_settle_failure(e)
 
-    def _settle(self, decision: Decision, tokens: int) -> None:
-        if decision.reservation is None:
+    def _settle(self, decision: Decision | None, settlement: tuple[int, str]) -> None:
+        if decision is None or decision.reservation is None:
             return
+        tokens, source = settlement
         try:
             self.gateway.limiter.settle(decision.reservation, tokens)
+            self.gateway.stats.count(f"settled_from_{source}")
         except FleetgateError as e:
             self.policy.note_settle_failure(e)
 
@@ -291,7 +287,9 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         attempt = 0
         while True:
             try:
-                decision = await limiter.acquire_async(call.quotas, tokens=call.estimate.tokens, timeout=call.seconds_left())
+                decision = (await limiter.acquire_async(call.quotas, tokens=call.estimate.tokens,
+                                                        timeout=call.seconds_left())
+                            if call.quotas else None)
             except (RateLimited, StoreUnavailable) as e:
                 stats.count("refused")
                 return _refusal(request, e)
@@ -299,7 +297,7 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
             await self._sync(call, response)
             if response.status_code == 429:
                 await response.aread()
-                await self._settle(decision, 0)
+                await self._settle(decision, (0, "failure"))
                 wait = self.policy.may_retry(call, response, attempt)
                 if wait is not None:
                     await response.aclose()
@@ -310,7 +308,7 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
                 return response
             if call.estimate.stream and response.status_code == 200:
 
-                async def done(scanner: _UsageScanner, decision: Decision = decision) -> None:
+                async def done(scanner: _UsageScanner, decision: Decision | None = decision) -> None:
                     await self._settle(decision, self.policy.stream_tokens(call, scanner))
 
                 return httpx2.Response(
@@ -328,11 +326,13 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
             except FleetgateError as e:
                 self.policy.note_settle_failure(e)
 
-    async def _settle(self, decision: Decision, tokens: int) -> None:
-        if decision.reservation is None:
+    async def _settle(self, decision: Decision | None, settlement: tuple[int, str]) -> None:
+        if decision is None or decision.reservation is None:
             return
+        tokens, source = settlement
         try:
             await self.gateway.limiter.settle_async(decision.reservation, tokens)
+            self.gateway.stats.count(f"settled_from_{source}")
         except FleetgateError as e:
             self.policy.note_settle_failure(e)
 
