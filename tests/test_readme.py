@@ -20,12 +20,17 @@ def test_readme_example_runs(block: str) -> None:
     exec(compile(block, str(README), "exec"), {"__name__": "readme"})
 
 
-def test_readme_fake_openai_config_loads(tmp_path: Path) -> None:
+def test_readme_config_files_load(tmp_path: Path) -> None:
     from fleetgate.testing.fake_openai import load_config
 
+    import fleetgate as fg
+
     toml_blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
-    assert toml_blocks
+    assert len(toml_blocks) == 2
     for i, block in enumerate(toml_blocks):
         path = tmp_path / f"block{i}.toml"
         path.write_text(block)
-        load_config(path)
+        if "redis_url" in block:
+            assert fg.GatewayConfig.from_toml(path).models["gpt-4.1"].tokens_per_minute == 30_000
+        else:
+            load_config(path)
