@@ -5,6 +5,9 @@ straight through.
 Sync and async transports are twins: the policy (what a call costs, which quotas apply,
 what a refusal or an upstream 429 means) is shared; only the I/O differs.
 
+Bookkeeping never delays an answer: settling and header sync run in the background on a
+shared store (``settle_later``, ``sync_from_headers_later``).
+
 Retries have one owner. The gateway waits for quota itself, and retries an upstream
 ``rate_limit_exceeded`` 429 after the server's ``retry-after`` within the caller's
 deadline; every 429 it hands back carries ``x-should-retry: false`` so the SDK does not
@@ -252,7 +255,7 @@ class GateTransport(httpx2.BaseTransport):
     def _sync(self, call: _Call, response: httpx2.Response) -> None:
         if call.model_quota is not None and "x-ratelimit-remaining-requests" in response.headers:
             try:
-                self.gateway.limiter.sync_from_headers(call.model_quota, response.headers)
+                self.gateway.limiter.sync_from_headers_later(call.model_quota, response.headers)
             except FleetgateError as e:
                 self.policy.note_settle_failure(e)
 
@@ -261,7 +264,7 @@ class GateTransport(httpx2.BaseTransport):
             return
         tokens, source = settlement
         try:
-            self.gateway.limiter.settle(decision.reservation, tokens)
+            self.gateway.limiter.settle_later(decision.reservation, tokens)
             self.gateway.stats.count(f"settled_from_{source}")
         except FleetgateError as e:
             self.policy.note_settle_failure(e)
@@ -322,7 +325,7 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
     async def _sync(self, call: _Call, response: httpx2.Response) -> None:
         if call.model_quota is not None and "x-ratelimit-remaining-requests" in response.headers:
             try:
-                await self.gateway.limiter.sync_from_headers_async(call.model_quota, response.headers)
+                self.gateway.limiter.sync_from_headers_later(call.model_quota, response.headers)
             except FleetgateError as e:
                 self.policy.note_settle_failure(e)
 
@@ -331,7 +334,7 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
             return
         tokens, source = settlement
         try:
-            await self.gateway.limiter.settle_async(decision.reservation, tokens)
+            self.gateway.limiter.settle_later(decision.reservation, tokens)
             self.gateway.stats.count(f"settled_from_{source}")
         except FleetgateError as e:
             self.policy.note_settle_failure(e)

@@ -201,6 +201,12 @@ impl Limiter {
         if !reservation.claim_settlement() {
             return Err(Error::invalid("this reservation was already settled; settle each reservation once"));
         }
+        self.apply_settlement(reservation, actual_tokens).await
+    }
+
+    /// The second half of `settle`, for a caller that has already claimed the settlement
+    /// (`Reservation::claim_settlement`) and applies it later, in the background.
+    pub async fn apply_settlement(&self, reservation: &Reservation, actual_tokens: u64) -> Result<()> {
         let give_back = reservation.tokens as i64 - actual_tokens as i64;
         if give_back == 0 {
             return Ok(());

@@ -3,7 +3,7 @@
 use crate::error::{ConfigError, IntoPyResult};
 use crate::quota::Quota;
 use crate::completions::{Outcome, Submission};
-use crate::runtime::block_on;
+use crate::runtime::{block_on, runtime};
 use pyo3::sync::PyOnceLock;
 use fleetgate_core::headers::RateLimitReport;
 use fleetgate_core::limiter::wait_before_retry;
@@ -374,6 +374,40 @@ impl Limiter {
         let tokens = check_amount("tokens", tokens).py_err()?;
         let (limiter, reservation) = (Arc::clone(&self.inner), Arc::clone(&reservation.inner));
         submit(py, &self.inner, async move { done(limiter.settle(&reservation, tokens).await) })
+    }
+
+    /// Settle without waiting: the embedded store settles in place; a shared store settles
+    /// on the I/O runtime in the background (a failure counts in `store_errors`). For the
+    /// request path, where the caller should not wait for bookkeeping.
+    fn settle_later(&self, reservation: &Reservation, tokens: i64) -> PyResult<()> {
+        let tokens = check_amount("tokens", tokens).py_err()?;
+        if let Some(done) = self.inner.settle_local(&reservation.inner, tokens) {
+            return done.py_err();
+        }
+        // Claimed now, so a second settle fails here and not silently in the background.
+        if !reservation.inner.claim_settlement() {
+            return Err(ConfigError::new_err("this reservation was already settled; settle each reservation once"));
+        }
+        let (limiter, reservation) = (Arc::clone(&self.inner), Arc::clone(&reservation.inner));
+        runtime().spawn(async move {
+            // Counted in store_errors by the core; nobody is waiting to be told.
+            let _ = limiter.apply_settlement(&reservation, tokens).await;
+        });
+        Ok(())
+    }
+
+    /// `sync_from_headers` without waiting (see `settle_later`).
+    fn sync_from_headers_later(&self, quota: &Quota, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+        let report = report_from(headers)?;
+        if report.is_empty() || self.inner.sync_embedded(&quota.spec, &report).is_some() {
+            return Ok(());
+        }
+        let (limiter, spec) = (Arc::clone(&self.inner), Arc::clone(&quota.spec));
+        runtime().spawn(async move {
+            // A failure suspends Redis like any other; the next header report tries again.
+            let _ = limiter.sync(&spec, &report).await;
+        });
+        Ok(())
     }
 
     /// Lower the quota's shared view to what OpenAI's x-ratelimit-* headers report, so
