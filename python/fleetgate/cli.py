@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from fleetgate import __version__
@@ -22,6 +24,40 @@ def demo(store: str | None, callers: int, seconds: float) -> None:
     from fleetgate.demo import run_limiter_demo
 
     run_limiter_demo(store=store, callers=callers, seconds=seconds)
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "output_path", required=True, type=click.Path(dir_okay=False),
+              help="Results, one line per custom_id (Batch API output format); appended to on resume.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="A fleetgate TOML file.")
+@click.option("--base-url", help="The upstream API (default: the config's, or the SDK's).")
+@click.option("--redis", "redis_url", help="Share the quotas through this Redis (redis://… or redis+cluster://…).")
+@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 4096),
+              help="Requests in flight at most; the quotas set the pace.")
+@click.option("--errors", "errors_path", type=click.Path(dir_okay=False),
+              help="Where bad input lines are reported (default: OUTPUT.errors.jsonl).")
+@click.option("--api-key", envvar="OPENAI_API_KEY", help="Defaults to $OPENAI_API_KEY.")
+def run(input_path: str, output_path: str, config_path: str | None, base_url: str | None, redis_url: str | None,
+        concurrency: int, errors_path: str | None, api_key: str | None) -> None:
+    """Send every request of INPUT.jsonl through the gateway; resumable."""
+    from fleetgate.gateway import Gateway
+    from fleetgate.run import run_file
+
+    overrides: dict[str, Any] = {}
+    if base_url:
+        overrides["base_url"] = base_url
+    if redis_url:
+        overrides["redis_url"] = redis_url
+    gate = Gateway.from_config(config_path, **overrides) if config_path else Gateway(**overrides)
+    if not api_key:
+        raise click.UsageError("no API key: pass --api-key or set OPENAI_API_KEY")
+    summary = run_file(input_path, output_path, gateway=gate, concurrency=concurrency,
+                       errors_path=errors_path, api_key=api_key)
+    if summary.bad_lines:
+        click.echo(f"{summary.bad_lines} bad input lines were skipped: see the errors file", err=True)
+    models = {limits.requests_per_minute for limits in gate.config.models.values() if limits.requests_per_minute}
+    click.echo(summary.render(quota_rpm=models.pop() if len(models) == 1 else None))
 
 
 @main.command("fake-openai")

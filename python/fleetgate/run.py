@@ -1,0 +1,230 @@
+"""``fleetgate run``: send a file of requests through the gateway at the highest rate the
+quotas allow, and write one result per request.
+
+The input is the Batch API's line format (``custom_id``, ``method``, ``url``, ``body``);
+the output is the Batch API's output format, one line per ``custom_id``, written as each
+answer arrives. A run that is stopped and started again skips every ``custom_id`` already
+in the output. Lines that cannot be sent are reported with their line numbers in an errors
+file and do not stop the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx2
+import openai
+from tqdm import tqdm
+
+from fleetgate.gateway import Gateway
+from fleetgate.prices import PriceTable, default_prices
+
+__all__ = ["RunSummary", "read_requests", "run_file"]
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLine:
+    number: int
+    custom_id: str
+    url: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    number: int
+    reason: str
+
+
+def read_requests(path: Path) -> Iterator[RequestLine | BadLine]:
+    """Every line of a Batch API input file, parsed, or the reason it cannot be sent."""
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                item = json.loads(raw)
+            except json.JSONDecodeError as e:
+                yield BadLine(number, f"not valid JSON ({e.msg})")
+                continue
+            if not isinstance(item, dict):
+                yield BadLine(number, "a line must be a JSON object")
+                continue
+            custom_id, url, body = item.get("custom_id"), item.get("url"), item.get("body")
+            if not isinstance(custom_id, str) or not custom_id:
+                yield BadLine(number, "missing a string custom_id")
+            elif custom_id in seen:
+                yield BadLine(number, f"custom_id {custom_id!r} appears more than once")
+            elif item.get("method", "POST") != "POST":
+                yield BadLine(number, "only the POST method is supported")
+            elif url not in ENDPOINTS:
+                yield BadLine(number, f"url must be one of {', '.join(ENDPOINTS)}, got {url!r}")
+            elif not isinstance(body, dict) or not isinstance(body.get("model"), str):
+                yield BadLine(number, "body must be a JSON object with a model")
+            elif body.get("stream"):
+                yield BadLine(number, "streaming requests cannot be run from a file")
+            else:
+                seen.add(custom_id)
+                yield RequestLine(number, custom_id, url, body)
+
+
+def finished_ids(path: Path) -> set[str]:
+    """custom_ids already answered in an output file (a cut-off last line is ignored)."""
+    done: set[str] = set()
+    if not path.exists():
+        return done
+    with path.open(encoding="utf-8") as lines:
+        for raw in lines:
+            try:
+                done.add(json.loads(raw)["custom_id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    skipped: int = 0
+    sent: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    bad_lines: int = 0
+    elapsed: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    tokens: Counter[str] = field(default_factory=Counter)
+    cost: float = 0.0
+    unpriced: int = 0
+    gateway: dict[str, int] = field(default_factory=dict)
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+    def render(self, quota_rpm: int | None = None) -> str:
+        rate = self.sent / self.elapsed if self.elapsed else 0.0
+        lines = [
+            f"requests: {self.sent} sent ({self.succeeded} ok, {self.failed} failed), "
+            f"{self.skipped} already done, {self.bad_lines} bad lines",
+            f"time: {self.elapsed:.1f} s, throughput {rate:.1f} requests/s ({rate * 60:.0f}/min)",
+        ]
+        if quota_rpm:
+            lines.append(f"quota use: {rate * 60 / quota_rpm:.1%} of {quota_rpm} requests/min")
+        lines += [
+            f"latency: p50 {self.percentile(0.5):.0f} ms, p95 {self.percentile(0.95):.0f} ms, "
+            f"p99 {self.percentile(0.99):.0f} ms",
+            f"tokens: {self.tokens['input']:,} in, {self.tokens['output']:,} out",
+            f"cost: ${self.cost:.4f}" + (f" ({self.unpriced} responses of unpriced models)" if self.unpriced else ""),
+            "gateway: " + ", ".join(f"{k} {v}" for k, v in sorted(self.gateway.items())),
+        ]
+        return "\n".join(lines)
+
+
+def _usage(body: Any) -> dict[str, Any] | None:
+    usage = body.get("usage") if isinstance(body, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+async def _send(client: openai.AsyncOpenAI, line: RequestLine) -> tuple[int, str | None, Any]:
+    try:
+        response = await client.post(line.url.removeprefix("/v1"), body=line.body, cast_to=httpx2.Response)
+        return response.status_code, response.headers.get("x-request-id"), response.json()
+    except openai.APIStatusError as e:
+        return e.status_code, e.request_id, {"error": e.body}
+    except openai.APIConnectionError as e:
+        return 0, None, {"error": {"message": str(e), "type": "connection_error", "code": None}}
+
+
+async def _run(gateway: Gateway, lines: list[RequestLine], out: TextIO, summary: RunSummary,
+               concurrency: int, prices: PriceTable, bar: tqdm[Any], client_options: dict[str, Any]) -> None:
+    client = gateway.async_openai(**client_options)
+    queue: asyncio.Queue[RequestLine] = asyncio.Queue()
+    for line in lines:
+        queue.put_nowait(line)
+
+    async def worker() -> None:
+        while True:
+            try:
+                line = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            started = time.perf_counter()
+            status, request_id, body = await _send(client, line)
+            summary.latencies_ms.append((time.perf_counter() - started) * 1000)
+            summary.sent += 1
+            ok = status == 200
+            summary.succeeded += ok
+            summary.failed += not ok
+            usage = _usage(body) if ok else None
+            if usage is not None:
+                summary.tokens["input"] += int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
+                summary.tokens["output"] += int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
+                cost = prices.cost(str(line.body["model"]), usage)
+                if cost is None:
+                    summary.unpriced += 1
+                else:
+                    summary.cost += cost
+            record = {"id": f"fgrun_{line.number}", "custom_id": line.custom_id,
+                      "response": {"status_code": status, "request_id": request_id, "body": body}
+                      if status else None,
+                      "error": None if status else body.get("error")}
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            stats = gateway.stats.snapshot()
+            bar.set_postfix(upstream_429=stats.get("upstream_rate_limited", 0), errors=summary.failed, refresh=False)
+            bar.update(1)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    await client.close()
+
+
+def run_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    gateway: Gateway,
+    concurrency: int = 32,
+    errors_path: str | Path | None = None,
+    prices: PriceTable | None = None,
+    progress: bool = True,
+    **client_options: Any,
+) -> RunSummary:
+    """Run every request of `input_path` not yet answered in `output_path`."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    errors_path = Path(errors_path) if errors_path else output_path.with_suffix(".errors.jsonl")
+    done = finished_ids(output_path)
+    summary = RunSummary()
+    todo: list[RequestLine] = []
+    bad: list[BadLine] = []
+    for item in read_requests(input_path):
+        if isinstance(item, BadLine):
+            bad.append(item)
+            continue
+        summary.total += 1
+        if item.custom_id in done:
+            summary.skipped += 1
+        else:
+            todo.append(item)
+    summary.bad_lines = len(bad)
+    if bad:
+        with errors_path.open("w", encoding="utf-8") as errors:
+            for b in bad:
+                errors.write(json.dumps({"line": b.number, "error": b.reason}) + "\n")
+    started = time.perf_counter()
+    with output_path.open("a", encoding="utf-8") as out, tqdm(
+        total=len(todo), disable=not progress, unit="req", dynamic_ncols=True, desc="fleetgate run"
+    ) as bar:
+        asyncio.run(_run(gateway, todo, out, summary, concurrency, prices or default_prices(), bar, client_options))
+    summary.elapsed = time.perf_counter() - started
+    summary.gateway = gateway.stats.snapshot()
+    return summary

@@ -1,0 +1,96 @@
+"""fleetgate run: results per custom_id, bad lines reported, and resume after a stop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import fleetgate as fg
+from fleetgate.run import run_file
+from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, ModelLimits
+
+MODEL = "gpt-4.1-mini"
+
+
+def write_input(path: Path, n: int, extra: list[str] | None = None) -> None:
+    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": MODEL, "messages": [{"role": "user", "content": f"question {i}"}],
+                                  "max_tokens": 16}}) for i in range(n)]
+    path.write_text("\n".join(lines + (extra or [])) + "\n")
+
+
+def results(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_line_answered_once_and_bad_lines_reported(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(src, 40, extra=["{broken", json.dumps({"custom_id": "x", "url": "/v1/nowhere", "body": {}})])
+    gate = fg.Gateway(base_url=fake_openai.base_url, models={MODEL: fg.QuotaLimits(requests_per_minute=6_000)})
+    summary = run_file(src, out, gateway=gate, progress=False, api_key="sk-fake")
+    answered = results(out)
+    assert sorted(r["custom_id"] for r in answered) == sorted(f"r{i}" for i in range(40))
+    assert all(r["response"]["status_code"] == 200 for r in answered)
+    assert summary.sent == 40 and summary.bad_lines == 2 and summary.tokens["output"] > 0 and summary.cost > 0
+    errors = [json.loads(x) for x in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    assert [e["line"] for e in errors] == [41, 42]
+    # Run again: nothing left to do.
+    again = run_file(src, out, gateway=gate, progress=False, api_key="sk-fake")
+    assert again.sent == 0 and again.skipped == 40
+    assert fake_openai.counters(MODEL).requests == 40
+
+
+SLOW = FakeConfig(models={MODEL: ModelLimits(requests_per_minute=6_000)},
+                  faults=[Fault(kind="latency", latency=Latency(ms=50))])
+
+
+def test_a_stopped_run_resumes_without_redoing_finished_lines(tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(src, 60)
+    with FakeOpenAI(SLOW) as fake:
+        cmd = [sys.executable, "-m", "fleetgate.cli", "run", str(src), "--out", str(out),
+               "--base-url", fake.base_url, "--api-key", "sk-fake", "--concurrency", "4"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 10):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        first = {r["custom_id"] for r in results(out)}
+        assert 10 <= len(first) < 60, "stopped part-way"
+        sent_before = fake.counters(MODEL).requests
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert f"{len(first)} already done" in done.stdout
+        answered = [r["custom_id"] for r in results(out)]
+        assert sorted(answered) == sorted(f"r{i}" for i in range(60)), "each custom_id exactly once"
+        # Only the unfinished lines (plus at most the 4 in flight at the stop) were sent again.
+        assert fake.counters(MODEL).requests - sent_before == 60 - len(first)
+        assert sent_before <= len(first) + 4
+
+
+def test_the_command_needs_an_api_key(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fleetgate.cli import main
+
+    src = tmp_path / "in.jsonl"
+    write_input(src, 1)
+    result = CliRunner(env={"OPENAI_API_KEY": ""}).invoke(main, ["run", str(src), "--out", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 2 and "API key" in result.output
+
+
+@pytest.mark.fake_openai(config=FakeConfig(models={MODEL: ModelLimits(requests_per_minute=600)}))
+def test_the_run_is_paced_by_the_quota(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(src, 30)
+    gate = fg.Gateway(base_url=fake_openai.base_url, models={MODEL: fg.QuotaLimits(requests_per_minute=570)})
+    summary = run_file(src, out, gateway=gate, concurrency=16, progress=False, api_key="sk-fake")
+    assert summary.succeeded == 30
+    assert fake_openai.counters(MODEL).rate_limited == 0, "paced by the gateway, never refused upstream"
