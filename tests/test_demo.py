@@ -1,17 +1,21 @@
 from click.testing import CliRunner
 
 from fleetgate.cli import main
-from fleetgate.demo import run_limiter_demo
+from fleetgate.demo import run_demo
 
 
-def test_demo_uses_the_allowance_and_never_exceeds_it() -> None:
-    result = run_limiter_demo(callers=8, seconds=1.5, echo=False)
-    assert result.admitted_requests <= result.request_allowance
-    assert result.admitted_tokens <= result.token_allowance
-    assert result.admitted_requests >= 0.8 * result.request_allowance
+def test_demo_runs_the_workload_within_the_limits() -> None:
+    summary, upstream = run_demo(requests=30, echo=False)
+    assert summary.succeeded == 30 and summary.sent == 30
+    assert upstream["rate_limited"] <= 1, "the gateway paces the workload, upstream almost never refuses"
 
 
-def test_cli_demo_runs() -> None:
-    out = CliRunner().invoke(main, ["demo", "--callers", "4", "--seconds", "1"])
+def test_cli_demo_needs_redis_for_several_workers() -> None:
+    out = CliRunner().invoke(main, ["demo", "--workers", "2"])
+    assert out.exit_code == 2 and "--redis" in out.output
+
+
+def test_cli_demo_shares_the_quota_through_redis(redis_url: str) -> None:
+    out = CliRunner().invoke(main, ["demo", "--requests", "20", "--workers", "2", "--redis", redis_url])
     assert out.exit_code == 0, out.output
-    assert "never over" in out.output
+    assert "20 sent (20 ok" in out.output

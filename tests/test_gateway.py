@@ -40,15 +40,23 @@ def test_sync_calls_are_limited_and_settled_from_usage(fake_openai: FakeOpenAI) 
 
 
 @pytest.mark.fake_openai(config=FakeConfig(answer_words=2))
-def test_settling_gives_back_the_unused_maximum(fake_openai: FakeOpenAI) -> None:
-    # 6,000 tokens per minute is a 100-token burst: two 90-token reservations only fit
-    # together if the first gives back what it did not use.
-    gate = gateway(fake_openai, models={MODEL: fg.QuotaLimits(tokens_per_minute=6_000)})
-    client = gate.openai(api_key="sk-fake")
-    with gate.scope(deadline=0.05):
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=80)
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=80)
-    assert gate.stats["refused"] == 0 and gate.stats["settled_from_usage"] == 2
+def test_settling_keeps_what_upstream_counts_and_gives_back_the_rest(fake_openai: FakeOpenAI) -> None:
+    """Chinese text takes more tokens than its characters suggest: the gateway reserves the
+    tokenizer's count, then gives back all but what OpenAI counts (characters / 4 plus the
+    maximum output), since the short answer's usage is below that."""
+    from fleetgate.estimate import estimate_request
+
+    gate = gateway(fake_openai, models={MODEL: fg.QuotaLimits(tokens_per_minute=6_000, burst_seconds=60)})
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "你好，我忘记了密码。" * 20}], "max_tokens": 50}
+    estimate = estimate_request("/chat/completions", body, 1024)
+    assert estimate.tokens > estimate.upstream_tokens + 20
+    gate.openai(api_key="sk-fake").chat.completions.create(**body)
+    model_quota, _ = gate.quotas_for(MODEL, fg.Scope())
+    assert model_quota is not None
+    left = gate.limiter.try_acquire(model_quota, requests=0, tokens=0).remaining_tokens
+    assert left is not None
+    # 100 tokens/s of refill: a few at most in the time the call took.
+    assert 6_000 - estimate.upstream_tokens <= left <= 6_000 - estimate.upstream_tokens + 30
 
 
 def test_async_client(fake_openai: FakeOpenAI) -> None:

@@ -16,14 +16,18 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--store", envvar="FLEETGATE_REDIS_URL", default=None, help="redis://… or redis+cluster://…; embedded when omitted.")
-@click.option("--callers", default=16, show_default=True, type=click.IntRange(1, 1024), help="Concurrent callers.")
-@click.option("--seconds", default=3.0, show_default=True, type=click.FloatRange(0.5, 600), help="How long to run.")
-def demo(store: str | None, callers: int, seconds: float) -> None:
-    """Many callers share one quota and get exactly its allowance."""
-    from fleetgate.demo import run_limiter_demo
+@click.option("--requests", default=240, show_default=True, type=click.IntRange(1, 100_000), help="Requests to send.")
+@click.option("--redis", "redis_url", envvar="FLEETGATE_REDIS_URL", default=None,
+              help="Share the quota through this Redis; embedded when omitted.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes sharing the quota (needs --redis when more than 1).")
+def demo(requests: int, redis_url: str | None, workers: int) -> None:
+    """Run a workload through the gateway against a local fake OpenAI."""
+    from fleetgate.demo import run_demo
 
-    run_limiter_demo(store=store, callers=callers, seconds=seconds)
+    if workers > 1 and not redis_url:
+        raise click.UsageError("several workers share a quota through Redis: pass --redis URL")
+    run_demo(requests=requests, redis_url=redis_url, workers=workers)
 
 
 @main.command()

@@ -1,79 +1,113 @@
-"""The main job on embedded defaults: many callers share one quota, and together they get
-exactly the allowance — no more, no less — waiting instead of failing."""
+"""``fleetgate demo``: the main job on embedded defaults, with nothing to set up.
+
+It starts a local FakeOpenAI with realistic limits and faults (per-model RPM/TPM in
+one-second slices, lognormal latency, a few 5xx), writes a workload of chat and responses
+calls of mixed sizes, and runs it through the gateway with ``fleetgate run``'s machinery.
+With ``--redis URL --workers N``, N processes share the quota through Redis.
+"""
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass
+import json
+import multiprocessing
+import random
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
-from fleetgate import Limiter, Quota, RateLimited
+from fleetgate.config import QuotaLimits
+from fleetgate.gateway import Gateway
+from fleetgate.run import RunSummary, run_file
+from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, ModelLimits
+
+__all__ = ["DEMO_LIMITS", "run_demo", "write_workload"]
+
+MODEL = "gpt-4.1-mini"
+#: What the fake upstream enforces.
+DEMO_LIMITS = ModelLimits(requests_per_minute=1_200, tokens_per_minute=200_000)
+#: What the gateway is told: a little headroom, since no client can count exactly as
+#: OpenAI does (it estimates from characters).
+GATEWAY_LIMITS = QuotaLimits(requests_per_minute=1_140, tokens_per_minute=190_000)
 
 
-@dataclass(frozen=True)
-class DemoResult:
-    seconds: float
-    admitted_requests: int
-    admitted_tokens: int
-    request_allowance: float
-    token_allowance: float
+def write_workload(path: Path, requests: int, seed: int = 1) -> None:
+    """Chat and responses calls with prompts of 5 to 400 words and maximum outputs of 16
+    to 256 tokens."""
+    rng = random.Random(seed)
+    words = "fleet quota token request answer model budget cache pod minute limit".split()
+    with path.open("w") as out:
+        for i in range(requests):
+            prompt = " ".join(rng.choice(words) for _ in range(rng.choice([5, 20, 60, 150, 400])))
+            max_out = rng.choice([16, 64, 128, 256])
+            if i % 3:
+                body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": prompt}],
+                                        "max_tokens": max_out}
+                url = "/v1/chat/completions"
+            else:
+                body = {"model": MODEL, "input": prompt, "max_output_tokens": max_out}
+                url = "/v1/responses"
+            out.write(json.dumps({"custom_id": f"demo-{i}", "method": "POST", "url": url, "body": body}) + "\n")
 
 
-def run_limiter_demo(
-    *, store: str | None = None, callers: int = 16, seconds: float = 3.0, echo: bool = True
-) -> DemoResult:
-    """`callers` threads call a model as fast as they can for `seconds`; every call first
-    waits for room on a shared quota of 600 requests and 90,000 tokens per minute,
-    reserves 150 tokens and settles with the 100 it "used"."""
-    limiter = Limiter(store)
-    quota = Quota("demo:gpt-4.1-mini", requests_per_minute=600, tokens_per_minute=90_000)
-    counts = {"requests": 0, "tokens": 0}
-    lock = threading.Lock()
-    start = time.monotonic()
-    stop_at = start + seconds
+def _worker(base_url: str, redis_url: str | None, src: str, out: str, queue: Any) -> None:
+    gate = Gateway(base_url=base_url, redis_url=redis_url, models={MODEL: GATEWAY_LIMITS})
+    summary = run_file(src, out, gateway=gate, concurrency=32, progress=False, api_key="sk-fleetgate-demo")
+    queue.put(asdict(summary))
 
-    def caller() -> None:
-        while True:
-            remaining = stop_at - time.monotonic()
-            if remaining <= 0:
-                return
-            try:
-                decision = limiter.acquire(quota, tokens=150, timeout=remaining)
-            except RateLimited:  # the demo's time is up before there is room
-                return
-            assert decision.reservation is not None
-            limiter.settle(decision.reservation, tokens=100)
-            with lock:
-                counts["requests"] += 1
-                counts["tokens"] += 100
 
-    threads = [threading.Thread(target=caller, name=f"caller-{i}") for i in range(callers)]
-    for t in threads:
-        t.start()
-    if echo:
-        print(f"{callers} callers share {quota!r} on the embedded store for {seconds:.0f}s")
-        print(f"burst: {quota.request_capacity} requests, {quota.token_capacity} tokens\n")
-        last = 0
-        while any(t.is_alive() for t in threads):
-            time.sleep(min(1.0, max(0.0, stop_at - time.monotonic())) or 0.05)
-            with lock:
-                now_count = counts["requests"]
-            print(f"  t={time.monotonic() - start:4.1f}s  admitted {now_count:5d} requests (+{now_count - last})")
-            last = now_count
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - start
-    result = DemoResult(
-        seconds=elapsed,
-        admitted_requests=counts["requests"],
-        admitted_tokens=counts["tokens"],
-        request_allowance=600 / 60 * elapsed + (quota.request_capacity or 0),
-        token_allowance=90_000 / 60 * elapsed + (quota.token_capacity or 0),
+def _merge(parts: list[dict[str, Any]]) -> RunSummary:
+    total = RunSummary()
+    for p in parts:
+        for name in ("total", "skipped", "sent", "succeeded", "failed", "bad_lines", "cost", "unpriced"):
+            setattr(total, name, getattr(total, name) + p[name])
+        total.elapsed = max(total.elapsed, p["elapsed"])
+        total.latencies_ms.extend(p["latencies_ms"])
+        total.tokens.update(p["tokens"])
+        for k, v in p["gateway"].items():
+            total.gateway[k] = total.gateway.get(k, 0) + v
+    return total
+
+
+def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int = 1, echo: bool = True) -> tuple[RunSummary, dict[str, Any]]:
+    """Run the demo; returns the summary and what the fake upstream counted."""
+    config = FakeConfig(
+        models={MODEL: DEMO_LIMITS},
+        faults=[Fault(kind="latency", latency=Latency(kind="lognormal", ms=120, spread=0.4)),
+                Fault(kind="error", status=503, probability=0.01)],
     )
+    with FakeOpenAI(config) as fake, tempfile.TemporaryDirectory(prefix="fleetgate-demo-") as tmp:
+        if echo:
+            print(f"fake OpenAI at {fake.base_url}: {MODEL} limited to {DEMO_LIMITS.requests_per_minute} requests "
+                  f"and {DEMO_LIMITS.tokens_per_minute:,} tokens per minute, lognormal latency, 1% 503s")
+            print(f"{requests} requests of mixed sizes, {workers} worker(s), "
+                  f"{'quota shared through ' + redis_url if redis_url else 'embedded limiter'}\n")
+        shards = []
+        for w in range(workers):
+            src = Path(tmp) / f"in-{w}.jsonl"
+            write_workload(src, requests // workers + (w < requests % workers), seed=w + 1)
+            # Distinct ids per worker.
+            src.write_text(src.read_text().replace('"demo-', f'"w{w}-demo-'))
+            shards.append((str(src), str(Path(tmp) / f"out-{w}.jsonl")))
+        if workers == 1:
+            gate = Gateway(base_url=fake.base_url, redis_url=redis_url, models={MODEL: GATEWAY_LIMITS})
+            summary = run_file(shards[0][0], shards[0][1], gateway=gate, concurrency=32, progress=echo,
+                               api_key="sk-fleetgate-demo")
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            procs = [ctx.Process(target=_worker, args=(fake.base_url, redis_url, s, o, queue)) for s, o in shards]
+            for p in procs:
+                p.start()
+            summary = _merge([queue.get(timeout=600) for _ in procs])
+            for p in procs:
+                p.join()
+        upstream = asdict(fake.counters(MODEL))
     if echo:
-        used = result.admitted_requests / result.request_allowance
-        print(
-            f"\nadmitted {result.admitted_requests} requests and {result.admitted_tokens} tokens in {elapsed:.2f}s"
-            f"\nrequest allowance (rate x time + burst): {result.request_allowance:.0f}, {used:.1%} used, never over"
-        )
-    return result
+        print()
+        print(summary.render(quota_rpm=DEMO_LIMITS.requests_per_minute))
+        minutes = summary.elapsed / 60
+        print(f"upstream saw {upstream['requests']} requests, refused {upstream['rate_limited']} with 429; "
+              f"it counted {upstream['tokens_admitted']:,} tokens: "
+              f"{upstream['tokens_admitted'] / minutes / DEMO_LIMITS.tokens_per_minute:.1%} of its tokens per minute")
+    return summary, upstream

@@ -1,5 +1,13 @@
-"""What a request will count against tokens per minute before it is sent: its prompt,
-counted offline with the model's encoding, plus the most output it may produce."""
+"""What a request will count against tokens per minute before it is sent.
+
+OpenAI counts a request against TPM at its arrival, from the request's characters (about
+four per token) plus the most output it may produce, and that count stands whatever the
+answer turns out to be. fleetgate reserves the larger of that character estimate and the
+prompt counted with the model's real encoding (``o200k_base`` / ``cl100k_base``), plus the
+maximum output; afterwards it settles to what upstream counted: the character estimate
+plus the maximum output, or the real usage if that is larger. So the fleet's view never
+falls below OpenAI's, and a prompt the tokenizer finds longer than its characters suggest
+(non-Latin text) is still covered."""
 
 from __future__ import annotations
 
@@ -18,13 +26,31 @@ GATED_PATHS = ("/chat/completions", "/responses", "/embeddings")
 class Estimate:
     endpoint: str
     model: str
+    #: The prompt counted with the model's encoding.
     prompt_tokens: int
+    #: The prompt as OpenAI's rate limiter counts it, from characters.
+    prompt_chars_estimate: int
     max_output_tokens: int
     stream: bool
 
     @property
     def tokens(self) -> int:
-        return self.prompt_tokens + self.max_output_tokens
+        """What to reserve."""
+        return max(self.prompt_tokens, self.prompt_chars_estimate) + self.max_output_tokens
+
+    @property
+    def upstream_tokens(self) -> int:
+        """What OpenAI counts against tokens per minute for this request."""
+        return self.prompt_chars_estimate + self.max_output_tokens
+
+    def settle_with(self, usage: int | None) -> int:
+        """What to settle the reservation to, given the real usage (None if unknown)."""
+        return self.upstream_tokens if usage is None else max(usage, self.upstream_tokens)
+
+
+def chars_estimate(texts: list[str], per_message: int = 0) -> int:
+    """OpenAI's character-based count: about four characters per token."""
+    return sum(-(-len(t) // 4) for t in texts if t) + per_message
 
 
 def _texts(value: Any) -> list[str]:
@@ -45,10 +71,12 @@ def estimate_request(endpoint: str, body: dict[str, Any], assumed_max_output: in
     if endpoint == "/embeddings":
         raw = body.get("input")
         inputs = [raw] if isinstance(raw, str) else [i for i in raw or [] if isinstance(i, str)]
-        return Estimate(endpoint, model, sum(count_tokens(model, i) for i in inputs), 0, False)
+        return Estimate(endpoint, model, sum(count_tokens(model, i) for i in inputs), chars_estimate(inputs), 0, False)
     if endpoint == "/chat/completions":
         messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-        prompt = chat_prompt_tokens(model, ["\n".join(_texts(m.get("content"))) for m in messages])
+        texts = ["\n".join(_texts(m.get("content"))) for m in messages]
+        prompt = chat_prompt_tokens(model, texts)
+        by_chars = chars_estimate(texts, per_message=3 * len(messages))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
     else:
         parts = _texts(body.get("instructions"))
@@ -60,9 +88,10 @@ def estimate_request(endpoint: str, body: dict[str, Any], assumed_max_output: in
                 if isinstance(item, dict):
                     parts.extend(_texts(item.get("content")))
         prompt = count_tokens(model, "\n".join(parts))
+        by_chars = chars_estimate(["\n".join(parts)])
         limit = body.get("max_output_tokens")
     max_output = limit if isinstance(limit, int) and limit > 0 else assumed_max_output
-    return Estimate(endpoint, model, prompt, max_output, stream)
+    return Estimate(endpoint, model, prompt, by_chars, max_output, stream)
 
 
 def usage_tokens(usage: Any) -> int | None:

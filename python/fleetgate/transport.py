@@ -81,6 +81,9 @@ def _refusal(request: httpx2.Request, error: FleetgateError) -> httpx2.Response:
     return httpx2.Response(status, headers=headers, json=body, request=request)
 
 
+_EXHAUSTED = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "0"}
+
+
 def _retry_wait(response: httpx2.Response) -> float:
     """Seconds the server asks to wait: retry-after-ms, then retry-after (seconds)."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
@@ -139,9 +142,17 @@ class _Policy:
         self.gateway = gateway
 
     def may_retry(self, call: _Call, response: httpx2.Response, attempt: int) -> float | None:
-        """After an upstream 429: seconds to wait before retrying, or None to hand it back."""
+        """After an upstream 429: seconds to wait before retrying, or None to hand it back.
+
+        Upstream refused what the fleet's view admitted, so the view was too generous: it is
+        emptied for the whole fleet, which then waits for room like this call does."""
         stats = self.gateway.stats
         stats.count("upstream_rate_limited")
+        if call.model_quota is not None and _error_code(response) == "rate_limit_exceeded":
+            try:
+                self.gateway.limiter.sync_from_headers_later(call.model_quota, _EXHAUSTED)
+            except FleetgateError as e:
+                self.note_settle_failure(e)
         if response.headers.get("x-should-retry") == "false" or _error_code(response) != "rate_limit_exceeded":
             return None
         wait = _retry_wait(response)
@@ -158,14 +169,15 @@ class _Policy:
             tokens = usage_tokens(response.json().get("usage"))
         except (ValueError, AttributeError):
             tokens = None
-        return (call.estimate.tokens, "estimate") if tokens is None else (tokens, "usage")
+        settled = call.estimate.settle_with(tokens)
+        return (settled, "estimate") if tokens is None else (settled, "usage")
 
     def stream_tokens(self, call: _Call, scanner: _UsageScanner) -> tuple[int, str]:
         if scanner.usage is not None:
-            return scanner.usage, "usage"
-        # No usage event (the caller did not ask for one, or the stream was cut): estimate
-        # one token per content delta, and say so.
-        return call.estimate.prompt_tokens + scanner.deltas, "estimate"
+            return call.estimate.settle_with(scanner.usage), "usage"
+        # No usage event (the caller did not ask for one, or the stream was cut): what
+        # upstream counted stands, at least the prompt plus one token per content delta.
+        return call.estimate.settle_with(call.estimate.prompt_tokens + scanner.deltas), "estimate"
 
     def note_settle_failure(self, error: FleetgateError) -> None:
         self.gateway.stats.count("settle_failures")
