@@ -94,3 +94,12 @@ def test_the_run_is_paced_by_the_quota(fake_openai: FakeOpenAI, tmp_path: Path) 
     summary = run_file(src, out, gateway=gate, concurrency=16, progress=False, api_key="sk-fake")
     assert summary.succeeded == 30
     assert fake_openai.counters(MODEL).rate_limited == 0, "paced by the gateway, never refused upstream"
+
+
+def test_a_run_waits_for_quota_past_the_interactive_deadline(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(src, 6)
+    gate = fg.Gateway(base_url=fake_openai.base_url, default_deadline_seconds=0.1,
+                      models={MODEL: fg.QuotaLimits(requests_per_minute=240)})  # one every 0.25 s
+    summary = run_file(src, out, gateway=gate, concurrency=6, progress=False, api_key="sk-fake")
+    assert summary.succeeded == 6 and gate.stats["refused"] == 0

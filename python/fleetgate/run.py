@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from fleetgate.gateway import Gateway
 from fleetgate.prices import PriceTable, default_prices
+from fleetgate.scope import Priority, scope
 
 __all__ = ["RunSummary", "read_requests", "run_file"]
 
@@ -221,9 +222,11 @@ def run_file(
             for b in bad:
                 errors.write(json.dumps({"line": b.number, "error": b.reason}) + "\n")
     started = time.perf_counter()
+    # A file run waits as long as the quotas make it (a week at most), not the gateway's
+    # default deadline for interactive calls; a caller's own scope still applies.
     with output_path.open("a", encoding="utf-8") as out, tqdm(
         total=len(todo), disable=not progress, unit="req", dynamic_ncols=True, desc="fleetgate run"
-    ) as bar:
+    ) as bar, scope(priority=Priority.BATCH, deadline=7 * 86_400):
         asyncio.run(_run(gateway, todo, out, summary, concurrency, prices or default_prices(), bar, client_options))
     summary.elapsed = time.perf_counter() - started
     summary.gateway = gateway.stats.snapshot()
