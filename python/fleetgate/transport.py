@@ -179,6 +179,25 @@ class _Policy:
         # upstream counted stands, at least the prompt plus one token per content delta.
         return call.estimate.settle_with(call.estimate.prompt_tokens + scanner.deltas), "estimate"
 
+    def sync_headers(self, call: _Call, response: httpx2.Response) -> None:
+        """Lower the model's shared view to what upstream reports (in the background)."""
+        if call.model_quota is not None and "x-ratelimit-remaining-requests" in response.headers:
+            try:
+                self.gateway.limiter.sync_from_headers_later(call.model_quota, response.headers)
+            except FleetgateError as e:
+                self.note_settle_failure(e)
+
+    def settle(self, decision: Decision | None, settlement: tuple[int, str]) -> None:
+        """Settle a reservation (in the background on a shared store), counted by source."""
+        if decision is None or decision.reservation is None:
+            return
+        tokens, source = settlement
+        try:
+            self.gateway.limiter.settle_later(decision.reservation, tokens)
+            self.gateway.stats.count(f"settled_from_{source}")
+        except FleetgateError as e:
+            self.note_settle_failure(e)
+
     def note_settle_failure(self, error: FleetgateError) -> None:
         self.gateway.stats.count("settle_failures")
         log.warning("fleetgate: could not settle a reservation (%s); the quota refills by itself", error)
@@ -203,7 +222,7 @@ class _SettlingStream(httpx2.SyncByteStream):
 
 
 class _AsyncSettlingStream(httpx2.AsyncByteStream):
-    def __init__(self, inner: httpx2.AsyncByteStream, done: Callable[[_UsageScanner], Any]) -> None:
+    def __init__(self, inner: httpx2.AsyncByteStream, done: Callable[[_UsageScanner], None]) -> None:
         self._inner, self._done, self._scanner, self._finished = inner, done, _UsageScanner(), False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -217,7 +236,7 @@ class _AsyncSettlingStream(httpx2.AsyncByteStream):
         finally:
             if not self._finished:
                 self._finished = True
-                await self._done(self._scanner)
+                self._done(self._scanner)
 
 
 class GateTransport(httpx2.BaseTransport):
@@ -243,10 +262,10 @@ class GateTransport(httpx2.BaseTransport):
                 stats.count("refused")
                 return _refusal(request, e)
             response = self.inner.handle_request(request)
-            self._sync(call, response)
+            self.policy.sync_headers(call, response)
             if response.status_code == 429:
                 response.read()
-                self._settle(decision, (0, "failure"))
+                self.policy.settle(decision, (0, "failure"))
                 wait = self.policy.may_retry(call, response, attempt)
                 if wait is not None:
                     response.close()
@@ -258,28 +277,11 @@ class GateTransport(httpx2.BaseTransport):
             if call.estimate.stream and response.status_code == 200:
                 return httpx2.Response(
                     response.status_code, headers=response.headers, request=request, extensions=response.extensions,
-                    stream=_SettlingStream(response.stream, lambda s: self._settle(decision, self.policy.stream_tokens(call, s))),  # type: ignore[arg-type]
+                    stream=_SettlingStream(response.stream, lambda s: self.policy.settle(decision, self.policy.stream_tokens(call, s))),  # type: ignore[arg-type]
                 )
             response.read()
-            self._settle(decision, self.policy.settle_tokens(call, response))
+            self.policy.settle(decision, self.policy.settle_tokens(call, response))
             return response
-
-    def _sync(self, call: _Call, response: httpx2.Response) -> None:
-        if call.model_quota is not None and "x-ratelimit-remaining-requests" in response.headers:
-            try:
-                self.gateway.limiter.sync_from_headers_later(call.model_quota, response.headers)
-            except FleetgateError as e:
-                self.policy.note_settle_failure(e)
-
-    def _settle(self, decision: Decision | None, settlement: tuple[int, str]) -> None:
-        if decision is None or decision.reservation is None:
-            return
-        tokens, source = settlement
-        try:
-            self.gateway.limiter.settle_later(decision.reservation, tokens)
-            self.gateway.stats.count(f"settled_from_{source}")
-        except FleetgateError as e:
-            self.policy.note_settle_failure(e)
 
     def close(self) -> None:
         self.inner.close()
@@ -309,10 +311,10 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
                 stats.count("refused")
                 return _refusal(request, e)
             response = await self.inner.handle_async_request(request)
-            await self._sync(call, response)
+            self.policy.sync_headers(call, response)
             if response.status_code == 429:
                 await response.aread()
-                await self._settle(decision, (0, "failure"))
+                self.policy.settle(decision, (0, "failure"))
                 wait = self.policy.may_retry(call, response, attempt)
                 if wait is not None:
                     await response.aclose()
@@ -323,33 +325,16 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
                 return response
             if call.estimate.stream and response.status_code == 200:
 
-                async def done(scanner: _UsageScanner, decision: Decision | None = decision) -> None:
-                    await self._settle(decision, self.policy.stream_tokens(call, scanner))
+                def done(scanner: _UsageScanner, decision: Decision | None = decision) -> None:
+                    self.policy.settle(decision, self.policy.stream_tokens(call, scanner))
 
                 return httpx2.Response(
                     response.status_code, headers=response.headers, request=request, extensions=response.extensions,
                     stream=_AsyncSettlingStream(response.stream, done),  # type: ignore[arg-type]
                 )
             await response.aread()
-            await self._settle(decision, self.policy.settle_tokens(call, response))
+            self.policy.settle(decision, self.policy.settle_tokens(call, response))
             return response
-
-    async def _sync(self, call: _Call, response: httpx2.Response) -> None:
-        if call.model_quota is not None and "x-ratelimit-remaining-requests" in response.headers:
-            try:
-                self.gateway.limiter.sync_from_headers_later(call.model_quota, response.headers)
-            except FleetgateError as e:
-                self.policy.note_settle_failure(e)
-
-    async def _settle(self, decision: Decision | None, settlement: tuple[int, str]) -> None:
-        if decision is None or decision.reservation is None:
-            return
-        tokens, source = settlement
-        try:
-            self.gateway.limiter.settle_later(decision.reservation, tokens)
-            self.gateway.stats.count(f"settled_from_{source}")
-        except FleetgateError as e:
-            self.policy.note_settle_failure(e)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
