@@ -165,12 +165,28 @@ def test_costs_that_can_never_fit_are_errors_not_waits(make_limiter: MakeLimiter
         limiter.acquire(quota, timeout=-1)
 
 
-def test_reservations_belong_to_their_limiter(name: str) -> None:
+def test_reservations_belong_to_their_limiter(name: str, redis_url: str) -> None:
     quota = fg.Quota(name, tokens_per_minute=60_000)
-    d = fg.Limiter().try_acquire(quota, tokens=10)
+    embedded, shared = fg.Limiter(), fg.Limiter(redis_url, failure_policy="fail_closed")
+    for owner, stranger in ((embedded, shared), (shared, embedded)):
+        d = owner.try_acquire(quota, tokens=10)
+        assert d.reservation is not None
+        for settle in (stranger.settle, stranger.settle_later):
+            with pytest.raises(fg.ConfigError, match="another limiter"):
+                settle(d.reservation, 1)
+        assert not d.reservation.settled, "a refused settle leaves the reservation to its owner"
+        owner.settle(d.reservation, 1)
+        assert d.reservation.settled
+
+
+def test_settle_later_claims_at_once(name: str, redis_url: str) -> None:
+    limiter = fg.Limiter(redis_url, failure_policy="fail_closed")
+    d = limiter.try_acquire(fg.Quota(name, tokens_per_minute=60_000), tokens=10)
     assert d.reservation is not None
-    with pytest.raises(fg.ConfigError, match="another limiter"):
-        fg.Limiter("redis://127.0.0.1:1").settle(d.reservation, tokens=1)
+    limiter.settle_later(d.reservation, 5)
+    assert d.reservation.settled
+    with pytest.raises(fg.ConfigError, match="already settled"):
+        limiter.settle_later(d.reservation, 5)
 
 
 @pytest.mark.parametrize(

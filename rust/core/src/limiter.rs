@@ -126,10 +126,6 @@ impl Limiter {
         matches!(self.backend, Backend::Embedded(_))
     }
 
-    pub fn is_cluster(&self) -> bool {
-        matches!(&self.backend, Backend::Redis(r) if r.is_cluster())
-    }
-
     /// How many times the shared store has failed an operation.
     pub fn store_errors(&self) -> u64 {
         self.store_errors.load(Ordering::Relaxed)
@@ -196,51 +192,45 @@ impl Limiter {
     }
 
     /// Settle a reservation with the real token usage: the difference from the estimate is
-    /// given back or charged. A reservation settles once; a second call is an error.
+    /// given back or charged. A reservation settles once; a second call is an error, and so
+    /// is a reservation made by another limiter (which is then left unsettled).
     pub async fn settle(&self, reservation: &Reservation, actual_tokens: u64) -> Result<()> {
-        if !reservation.claim_settlement() {
-            return Err(Error::invalid("this reservation was already settled; settle each reservation once"));
+        if let Some(done) = self.settle_local(reservation, actual_tokens) {
+            return done;
         }
+        self.claim_shared(reservation)?;
         self.apply_settlement(reservation, actual_tokens).await
     }
 
-    /// The second half of `settle`, for a caller that has already claimed the settlement
-    /// (`Reservation::claim_settlement`) and applies it later, in the background.
+    /// Settle in place a reservation held by the embedded store or the fallback; `None`
+    /// when it lives in Redis (use `settle`, or `claim_shared` and `apply_settlement`).
+    pub fn settle_local(&self, reservation: &Reservation, actual_tokens: u64) -> Option<Result<()>> {
+        let store = match (reservation.source, &self.backend) {
+            (Source::Redis, _) => return None,
+            (Source::Local, Backend::Embedded(store)) => store,
+            (Source::Fallback, _) => &self.fallback,
+            (Source::Local, Backend::Redis(_)) => return Some(Err(another_limiter())),
+        };
+        Some(claim(reservation).map(|()| store.adjust(&reservation.parts, 0, give_back(reservation, actual_tokens))))
+    }
+
+    /// Claim a shared-store reservation of this limiter for `apply_settlement`, which may
+    /// then run later, in the background: a second settle fails here, not out of sight.
+    pub fn claim_shared(&self, reservation: &Reservation) -> Result<()> {
+        if reservation.source != Source::Redis || !matches!(self.backend, Backend::Redis(_)) {
+            return Err(another_limiter());
+        }
+        claim(reservation)
+    }
+
+    /// The Redis half of `settle`, for a reservation claimed with `claim_shared`.
     pub async fn apply_settlement(&self, reservation: &Reservation, actual_tokens: u64) -> Result<()> {
-        let give_back = reservation.tokens as i64 - actual_tokens as i64;
+        let give_back = give_back(reservation, actual_tokens);
+        let Backend::Redis(store) = &self.backend else { return Err(another_limiter()) };
         if give_back == 0 {
             return Ok(());
         }
-        match (reservation.source, &self.backend) {
-            (Source::Local, Backend::Embedded(store)) => store.adjust(&reservation.parts, 0, give_back),
-            (Source::Fallback, _) => self.fallback.adjust(&reservation.parts, 0, give_back),
-            (Source::Redis, Backend::Redis(store)) => {
-                return store.adjust(&reservation.parts, 0, give_back).await.inspect_err(|_| self.note_store_error());
-            }
-            _ => return Err(Error::invalid("this reservation belongs to another limiter")),
-        }
-        Ok(())
-    }
-
-    /// Synchronous settle for the embedded store and the fallback; `None` when the
-    /// reservation lives in Redis (use `settle`).
-    pub fn settle_local(&self, reservation: &Reservation, actual_tokens: u64) -> Option<Result<()>> {
-        match (reservation.source, &self.backend) {
-            (Source::Redis, _) => None,
-            (Source::Local, Backend::Redis(_)) => Some(Err(Error::invalid("this reservation belongs to another limiter"))),
-            _ => {
-                if !reservation.claim_settlement() {
-                    return Some(Err(Error::invalid("this reservation was already settled; settle each reservation once")));
-                }
-                let give_back = reservation.tokens as i64 - actual_tokens as i64;
-                let store = match &self.backend {
-                    Backend::Embedded(store) if reservation.source == Source::Local => store,
-                    _ => &self.fallback,
-                };
-                store.adjust(&reservation.parts, 0, give_back);
-                Some(Ok(()))
-            }
-        }
+        store.adjust(&reservation.parts, 0, give_back).await.inspect_err(|_| self.note_store_error())
     }
 
     /// Make this quota's view claim no more room than upstream reports (headers parsed by
@@ -249,8 +239,7 @@ impl Limiter {
         if report.is_empty() {
             return Ok(());
         }
-        let pair = |d: Option<crate::headers::DimensionReport>| d.map(|d| (d.remaining as f64, d.reset));
-        let (requests, tokens) = (pair(report.requests), pair(report.tokens));
+        let (requests, tokens) = remaining_and_reset(report);
         match &self.backend {
             Backend::Embedded(store) => store.clamp(quota, requests, tokens),
             Backend::Redis(store) => {
@@ -266,8 +255,8 @@ impl Limiter {
     /// Synchronous sync for the embedded store; `None` when the limiter is shared.
     pub fn sync_embedded(&self, quota: &Arc<QuotaSpec>, report: &RateLimitReport) -> Option<()> {
         let Backend::Embedded(store) = &self.backend else { return None };
-        let pair = |d: Option<crate::headers::DimensionReport>| d.map(|d| (d.remaining as f64, d.reset));
-        store.clamp(quota, pair(report.requests), pair(report.tokens));
+        let (requests, tokens) = remaining_and_reset(report);
+        store.clamp(quota, requests, tokens);
         Some(())
     }
 
@@ -298,6 +287,29 @@ impl Limiter {
         let until = self.now_micros() + self.options.recheck_after.as_micros() as u64;
         self.redis_down_until.store(until.max(1), Ordering::Relaxed);
     }
+}
+
+fn claim(reservation: &Reservation) -> Result<()> {
+    if reservation.claim_settlement() {
+        Ok(())
+    } else {
+        Err(Error::invalid("this reservation was already settled; settle each reservation once"))
+    }
+}
+
+fn another_limiter() -> Error {
+    Error::invalid("this reservation belongs to another limiter; settle it with the limiter that made it")
+}
+
+/// Tokens to give back (positive) or charge (negative) when `actual` were used.
+fn give_back(reservation: &Reservation, actual: u64) -> i64 {
+    reservation.tokens as i64 - actual as i64
+}
+
+/// `(remaining, seconds to reset)` per dimension of an upstream report.
+fn remaining_and_reset(report: &RateLimitReport) -> (Option<(f64, f64)>, Option<(f64, f64)>) {
+    let pair = |d: Option<crate::headers::DimensionReport>| d.map(|d| (d.remaining as f64, d.reset));
+    (pair(report.requests), pair(report.tokens))
 }
 
 fn check_costs<'a>(quotas: impl Iterator<Item = &'a Arc<QuotaSpec>>, requests: u64, tokens: u64) -> Result<()> {

@@ -151,10 +151,6 @@ impl LocalStore {
         }
     }
 
-    /// Forget all state (tests, and a pod rejoining the fleet after a fallback period).
-    pub fn clear(&self) {
-        self.lock().clear();
-    }
 }
 
 impl Default for LocalStore {
@@ -247,6 +243,9 @@ mod tests {
         store.adjust(&d.reservation.unwrap().parts, 0, 500); // used 300 of 800
         let d = store.try_acquire(&[&q], 1, 700);
         assert!(d.allowed, "the refund made room");
+        assert!(d.remaining_tokens.unwrap() < 100, "{:?}", d.remaining_tokens);
+        store.adjust(&d.reservation.unwrap().parts, 0, -400); // used 1,100 of 700
+        assert!(!store.try_acquire(&[&q], 1, 100).allowed, "the overrun was charged");
     }
 
     #[test]

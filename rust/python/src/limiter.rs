@@ -385,9 +385,7 @@ impl Limiter {
             return done.py_err();
         }
         // Claimed now, so a second settle fails here and not silently in the background.
-        if !reservation.inner.claim_settlement() {
-            return Err(ConfigError::new_err("this reservation was already settled; settle each reservation once"));
-        }
+        self.inner.claim_shared(&reservation.inner).py_err()?;
         let (limiter, reservation) = (Arc::clone(&self.inner), Arc::clone(&reservation.inner));
         runtime().spawn(async move {
             // Counted in store_errors by the core; nobody is waiting to be told.

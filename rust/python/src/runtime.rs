@@ -9,13 +9,12 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
 pub fn runtime() -> &'static Runtime {
     RUNTIME.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("fleetgate-io")
             .enable_all()
             .build()
-            .expect("fleetgate: cannot start the I/O runtime (out of threads or file descriptors?)");
-        runtime
+            .expect("fleetgate: cannot start the I/O runtime (out of threads or file descriptors?)")
     })
 }
 
