@@ -111,8 +111,7 @@ def main() -> None:
         shards = []
         for w in range(args.workers):
             src = Path(tmp) / f"in-{w}.jsonl"
-            write_workload(src, args.requests // args.workers, seed=w + 1)
-            src.write_text(src.read_text().replace('"demo-', f'"w{w}-'))
+            write_workload(src, args.requests // args.workers, seed=w + 1, prefix=f"w{w}")
             shards.append(str(src))
         limits = FakeConfig(models={MODEL: ModelLimits(requests_per_minute=RPM, tokens_per_minute=TPM)})
         print(f"{args.workers} processes, {args.requests} requests, {RPM} RPM / {TPM:,} TPM\n")

@@ -216,3 +216,21 @@ def test_shared_limiter_through_redis(fake_openai: FakeOpenAI, redis_url: str) -
     client = gate.openai(api_key="sk-fake")
     assert client.chat.completions.create(model="gpt-4.1-nano", messages=MSG).choices
     assert gate.stats["settled_from_usage"] == 1
+
+
+@pytest.mark.fake_openai(config=FakeConfig(models={MODEL: ModelLimits(requests_per_minute=60)}))
+def test_an_upstream_429_empties_the_fleets_view(fake_openai: FakeOpenAI) -> None:
+    # The gateway believes in 600 per minute with a minute's burst; upstream allows 1 per second.
+    gate = gateway(fake_openai, max_upstream_retries=0,
+                   models={MODEL: fg.QuotaLimits(requests_per_minute=600, burst_seconds=60)})
+    client = gate.openai(api_key="sk-fake", max_retries=2)
+    client.chat.completions.create(model=MODEL, messages=MSG)
+    with pytest.raises(openai.RateLimitError) as upstream:
+        client.chat.completions.create(model=MODEL, messages=MSG)
+    assert upstream.value.code == "rate_limit_exceeded"
+    # The view is empty now: the gateway waits (here: refuses within its deadline) instead
+    # of sending into another refusal.
+    with gate.scope(deadline=0.05), pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model=MODEL, messages=MSG)
+    assert refused.value.code == "fleetgate_rate_limited"
+    assert fake_openai.counters(MODEL).requests == 2

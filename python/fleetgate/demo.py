@@ -31,9 +31,9 @@ DEMO_LIMITS = ModelLimits(requests_per_minute=1_200, tokens_per_minute=200_000)
 GATEWAY_LIMITS = QuotaLimits(requests_per_minute=1_140, tokens_per_minute=190_000)
 
 
-def write_workload(path: Path, requests: int, seed: int = 1) -> None:
+def write_workload(path: Path, requests: int, seed: int = 1, prefix: str = "demo") -> None:
     """Chat and responses calls with prompts of 5 to 400 words and maximum outputs of 16
-    to 256 tokens."""
+    to 256 tokens, with custom_ids ``<prefix>-<n>``."""
     rng = random.Random(seed)
     words = "fleet quota token request answer model budget cache pod minute limit".split()
     with path.open("w") as out:
@@ -47,7 +47,7 @@ def write_workload(path: Path, requests: int, seed: int = 1) -> None:
             else:
                 body = {"model": MODEL, "input": prompt, "max_output_tokens": max_out}
                 url = "/v1/responses"
-            out.write(json.dumps({"custom_id": f"demo-{i}", "method": "POST", "url": url, "body": body}) + "\n")
+            out.write(json.dumps({"custom_id": f"{prefix}-{i}", "method": "POST", "url": url, "body": body}) + "\n")
 
 
 def _worker(base_url: str, redis_url: str | None, src: str, out: str, queue: Any) -> None:
@@ -85,9 +85,7 @@ def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int 
         shards = []
         for w in range(workers):
             src = Path(tmp) / f"in-{w}.jsonl"
-            write_workload(src, requests // workers + (w < requests % workers), seed=w + 1)
-            # Distinct ids per worker.
-            src.write_text(src.read_text().replace('"demo-', f'"w{w}-demo-'))
+            write_workload(src, requests // workers + (w < requests % workers), seed=w + 1, prefix=f"w{w}-demo")
             shards.append((str(src), str(Path(tmp) / f"out-{w}.jsonl")))
         if workers == 1:
             gate = Gateway(base_url=fake.base_url, redis_url=redis_url, models={MODEL: GATEWAY_LIMITS})

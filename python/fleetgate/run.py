@@ -181,9 +181,10 @@ async def _run(gateway: Gateway, lines: list[RequestLine], out: TextIO, summary:
                       "error": None if status else body.get("error")}
             out.write(json.dumps(record) + "\n")
             out.flush()
-            stats = gateway.stats.snapshot()
-            bar.set_postfix(upstream_429=stats.get("upstream_rate_limited", 0), errors=summary.failed, refresh=False)
-            bar.update(1)
+            if not bar.disable:
+                bar.set_postfix(upstream_429=gateway.stats["upstream_rate_limited"], errors=summary.failed,
+                                refresh=False)
+                bar.update(1)
 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     await client.close()

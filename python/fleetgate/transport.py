@@ -148,12 +148,14 @@ class _Policy:
         emptied for the whole fleet, which then waits for room like this call does."""
         stats = self.gateway.stats
         stats.count("upstream_rate_limited")
-        if call.model_quota is not None and _error_code(response) == "rate_limit_exceeded":
+        if _error_code(response) != "rate_limit_exceeded":
+            return None  # insufficient_quota and the like: waiting will not help
+        if call.model_quota is not None:
             try:
                 self.gateway.limiter.sync_from_headers_later(call.model_quota, _EXHAUSTED)
             except FleetgateError as e:
                 self.note_settle_failure(e)
-        if response.headers.get("x-should-retry") == "false" or _error_code(response) != "rate_limit_exceeded":
+        if response.headers.get("x-should-retry") == "false":
             return None
         wait = _retry_wait(response)
         if attempt >= self.gateway.config.max_upstream_retries or wait > call.seconds_left():
