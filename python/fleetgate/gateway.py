@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,14 @@ from fleetgate.scope import Scope, scope
 from fleetgate.transport import AsyncGateTransport, GateTransport
 
 __all__ = ["Gateway", "GatewayStats"]
+
+
+@lru_cache(maxsize=65_536)
+def _make_quota(name: str, limits: QuotaLimits) -> Quota:
+    """Quota objects, reused across calls; bounded, since user names are unbounded (a quota
+    made again has the same name, so the same state)."""
+    return Quota(name, limits.requests_per_minute, limits.tokens_per_minute,
+                 algorithm=limits.algorithm, burst_seconds=limits.burst_seconds)
 
 
 class GatewayStats:
@@ -62,8 +71,6 @@ class Gateway:
         self.limiter = Limiter(self.config.redis_url, failure_policy=self.config.failure_policy,
                                local_share=self.config.local_share)
         self.stats = GatewayStats()
-        self._quotas: dict[tuple[str, str], Quota | None] = {}
-        self._quotas_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> Gateway:
@@ -89,16 +96,11 @@ class Gateway:
                     quotas.append(quota)
         return model_quota, quotas
 
-    def _quota(self, kind: str, name: str, limits: QuotaLimits | None) -> Quota | None:
-        key = (kind, name)
-        quota = self._quotas.get(key)
-        if quota is None and key not in self._quotas:
-            if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute):
-                quota = Quota(f"{kind}:{name}", limits.requests_per_minute, limits.tokens_per_minute,
-                              algorithm=limits.algorithm, burst_seconds=limits.burst_seconds)
-            with self._quotas_lock:
-                self._quotas[key] = quota
-        return quota
+    @staticmethod
+    def _quota(kind: str, name: str, limits: QuotaLimits | None) -> Quota | None:
+        if limits is None or not (limits.requests_per_minute or limits.tokens_per_minute):
+            return None
+        return _make_quota(f"{kind}:{name}", limits)
 
     def openai(self, **kwargs: Any) -> openai_sdk.OpenAI:
         """An ``openai.OpenAI`` whose every call goes through this gateway."""
