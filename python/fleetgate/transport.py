@@ -105,6 +105,30 @@ def _error_code(response: httpx2.Response) -> str | None:
     return code if isinstance(code, str) else None
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _usage_of(body: bytes) -> object:
+    """The top-level ``usage`` of a JSON response. OpenAI puts it last, so it is parsed
+    alone from its key on (the answer, often most of the body, is not parsed twice); the
+    whole body is parsed only when that fails."""
+    at = body.rfind(b'"usage"')
+    if at >= 0:
+        try:
+            rest = body[at + 7:].decode().lstrip()
+            if rest.startswith(":"):
+                value, _ = _DECODER.raw_decode(rest[1:].lstrip())
+                if isinstance(value, dict):
+                    return value
+        except (ValueError, UnicodeDecodeError):
+            pass  # not where it usually is: parse the whole body below
+    try:
+        whole = json.loads(body)
+    except ValueError:
+        return None
+    return whole.get("usage") if isinstance(whole, dict) else None
+
+
 class _UsageScanner:
     """Watches a passing SSE stream for its usage, without holding it back."""
 
@@ -167,10 +191,7 @@ class _Policy:
         """Tokens to settle a finished non-streamed call with, and where they come from."""
         if response.status_code != 200:
             return 0, "failure"  # refused or failed upstream: no tokens were spent
-        try:
-            tokens = usage_tokens(response.json().get("usage"))
-        except (ValueError, AttributeError):
-            tokens = None
+        tokens = usage_tokens(_usage_of(response.content))
         settled = call.estimate.settle_with(tokens)
         return (settled, "estimate") if tokens is None else (settled, "usage")
 

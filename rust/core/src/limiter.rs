@@ -236,7 +236,7 @@ impl Limiter {
     /// Make this quota's view claim no more room than upstream reports (headers parsed by
     /// `RateLimitReport::from_headers`). The fallback share is lowered too.
     pub async fn sync(&self, quota: &Arc<QuotaSpec>, report: &RateLimitReport) -> Result<()> {
-        if report.is_empty() {
+        if !quota.could_be_lowered_by(report) {
             return Ok(());
         }
         let (requests, tokens) = remaining_and_reset(report);

@@ -2,6 +2,7 @@
 //! the algorithm that enforces them. Validated once, at construction.
 
 use crate::error::{Error, Result};
+use crate::headers::{DimensionReport, RateLimitReport};
 use crate::keys;
 
 /// The largest per-minute limit accepted. Far above any real OpenAI tier; larger values are
@@ -150,6 +151,17 @@ impl QuotaSpec {
         })
     }
 
+    /// Whether an upstream report could lower this quota's view at all. The view never
+    /// claims more than a dimension's capacity, so a report of at least that much room in
+    /// every limited dimension changes nothing and needs no round trip.
+    pub fn could_be_lowered_by(&self, report: &RateLimitReport) -> bool {
+        let lowers = |dim: Option<Dimension>, reported: Option<DimensionReport>| match (dim, reported) {
+            (Some(d), Some(r)) => r.remaining < d.capacity,
+            _ => false,
+        };
+        lowers(self.requests, report.requests) || lowers(self.tokens, report.tokens)
+    }
+
     /// Reject a cost that no amount of waiting could ever admit.
     pub fn check_cost(&self, requests: u64, tokens: u64) -> Result<()> {
         let check = |dim: Option<Dimension>, cost: u64, unit: &'static str, hint: &'static str| match dim {
@@ -225,6 +237,25 @@ mod tests {
         let mut o = opts(Some(10), None);
         o.request_burst = Some(11);
         assert!(QuotaSpec::new("q", &o).unwrap_err().to_string().contains("exceeds"));
+    }
+
+    #[test]
+    fn only_a_report_below_capacity_can_lower_the_view() {
+        let q = QuotaSpec::new("q", &opts(Some(600), Some(60_000))).unwrap(); // capacity 10 / 1,000
+        let report = |r: Option<u64>, t: Option<u64>| RateLimitReport {
+            requests: r.map(|remaining| DimensionReport { limit: None, remaining, reset: 1.0 }),
+            tokens: t.map(|remaining| DimensionReport { limit: None, remaining, reset: 1.0 }),
+        };
+        assert!(!q.could_be_lowered_by(&report(Some(10), Some(1_000))));
+        assert!(!q.could_be_lowered_by(&report(None, None)));
+        assert!(q.could_be_lowered_by(&report(Some(9), Some(50_000))));
+        assert!(q.could_be_lowered_by(&report(None, Some(999))));
+        let rpm_only = QuotaSpec::new("r", &opts(Some(600), None)).unwrap();
+        assert!(!rpm_only.could_be_lowered_by(&report(None, Some(0))), "an unlimited dimension is never lowered");
+        let mut sw = opts(Some(600), None);
+        sw.algorithm = Algorithm::SlidingWindow;
+        let sw = QuotaSpec::new("w", &sw).unwrap();
+        assert!(sw.could_be_lowered_by(&report(Some(599), None)) && !sw.could_be_lowered_by(&report(Some(600), None)));
     }
 
     #[test]

@@ -397,7 +397,8 @@ impl Limiter {
     /// `sync_from_headers` without waiting (see `settle_later`).
     fn sync_from_headers_later(&self, quota: &Quota, headers: &Bound<'_, PyAny>) -> PyResult<()> {
         let report = report_from(headers)?;
-        if report.is_empty() || self.inner.sync_embedded(&quota.spec, &report).is_some() {
+        // Most reports show more room than the quota's burst: nothing to lower, no task.
+        if !quota.spec.could_be_lowered_by(&report) || self.inner.sync_embedded(&quota.spec, &report).is_some() {
             return Ok(());
         }
         let (limiter, spec) = (Arc::clone(&self.inner), Arc::clone(&quota.spec));
