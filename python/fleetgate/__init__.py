@@ -10,6 +10,8 @@ True
 """
 
 from fleetgate._core import (
+    Breaker,
+    Breakers,
     Decision,
     Limiter,
     Quota,
@@ -21,11 +23,14 @@ from fleetgate._core import (
     parse_duration,
 )
 from fleetgate.config import GatewayConfig, QuotaLimits
-from fleetgate.errors import ConfigError, FleetgateError, RateLimited, StoreUnavailable
+from fleetgate.errors import CircuitOpen, ConfigError, FleetgateError, RateLimited, StoreUnavailable
 from fleetgate.gateway import Gateway, GatewayStats
 from fleetgate.scope import Priority, Scope, current_scope, scope
 
 __all__ = [
+    "Breaker",
+    "Breakers",
+    "CircuitOpen",
     "ConfigError",
     "Decision",
     "FleetgateError",

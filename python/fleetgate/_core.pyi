@@ -1,10 +1,10 @@
 """Type stubs for the Rust extension ``fleetgate._core``."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, final
 
 __all__ = [
-    "__version__", "Quota", "Limiter", "Decision", "Reservation", "Completions", "Submission", "parse_duration",
+    "__version__", "Breaker", "Breakers", "Quota", "Limiter", "Decision", "Reservation", "Completions", "Submission", "parse_duration",
     "count_tokens", "chat_prompt_tokens", "encoding_for_model",
 ]
 __version__: str
@@ -144,6 +144,56 @@ class Limiter:
     async def ping_async(self) -> None: ...
 
 @final
+_BreakerState = Literal["closed", "open", "half_open", "isolated"]
+_OnTransition = Callable[[str, _BreakerState, _BreakerState, str, bool, float | None], object]
+
+@final
+class Breaker:
+    """One circuit breaker; see :class:`Breakers`."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> _BreakerState: ...
+    @property
+    def trips(self) -> int: ...
+    def allow(self) -> int:
+        """A permit for one call; raises :class:`CircuitOpen` when refused."""
+    def record(self, permit: int, status: int | None, code: str | None = None, elapsed: float = 0.0,
+               retry_after: float = 0.0) -> None: ...
+    def release(self, permit: int) -> None: ...
+    def isolate(self) -> None: ...
+    def reset(self) -> None: ...
+
+@final
+class Breakers:
+    """Circuit breakers by name, created closed on first use; shared with the fleet when
+    ``limiter`` is on Redis. ``on_transition(name, from, to, reason, remote, lasts)``."""
+
+    def __new__(
+        cls,
+        limiter: Limiter | None = None,
+        *,
+        window: int = 50,
+        window_seconds: int | None = None,
+        failure_rate: float = 0.5,
+        slow_rate: float = 1.0,
+        slow_call: float = 30.0,
+        min_calls: int = 10,
+        half_open_probes: int = 3,
+        probe_max_wait: float = 30.0,
+        open_base: float = 5.0,
+        open_max: float = 300.0,
+        jitter: float = 0.2,
+        share_every: float = 0.25,
+        on_transition: _OnTransition | None = None,
+    ) -> Breakers: ...
+    def get(self, name: str) -> Breaker: ...
+    def states(self) -> dict[str, _BreakerState]: ...
+    @property
+    def shared(self) -> bool: ...
+    def sync_now(self) -> int: ...
+
 class Completions:
     """Finished async operations of one event loop (used by fleetgate._aio)."""
 

@@ -6,6 +6,7 @@ same thing, it is a base too, so existing ``except`` clauses keep working::
     FleetgateError
     ├── ConfigError (ValueError)        bad input: a quota, a cost, a URL, an option
     ├── RateLimited                     acquire() found no room before its timeout
+    ├── CircuitOpen                     a circuit breaker refused: upstream is failing
     └── StoreUnavailable (ConnectionError)
                                         Redis unreachable and the policy is fail-closed
 
@@ -14,7 +15,7 @@ The Rust core raises these through one mapping (``rust/python/src/error.rs``).
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "FleetgateError", "RateLimited", "StoreUnavailable"]
+__all__ = ["CircuitOpen", "ConfigError", "FleetgateError", "RateLimited", "StoreUnavailable"]
 
 
 class FleetgateError(Exception):
@@ -41,3 +42,21 @@ class RateLimited(FleetgateError):
 
 class StoreUnavailable(FleetgateError, ConnectionError):
     """The shared Redis store cannot be reached and the failure policy is fail-closed."""
+
+
+class CircuitOpen(FleetgateError):
+    """A circuit breaker refused the call.
+
+    Attributes:
+        breaker: the breaker's name (``"<endpoint>:<model>"`` in the gateway).
+        reason: ``"open"`` (failing), ``"probes_out"`` (half-open, its probes are out),
+            ``"isolated"`` (until reset: ``insufficient_quota`` or by hand) or ``"paused"``
+            (upstream's ``rate_limit_exceeded``, until its reset).
+        retry_after: seconds until it may admit again, or None when only a reset will.
+    """
+
+    def __init__(self, message: str, breaker: str = "", reason: str = "open", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.breaker = breaker
+        self.reason = reason
+        self.retry_after = retry_after

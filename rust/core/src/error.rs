@@ -29,6 +29,14 @@ pub enum Error {
     /// `acquire` gave up: the quota had no room before the deadline.
     #[error("rate limited on quota {quota:?}: no room within the timeout; retry after {:.3}s", retry_after.as_secs_f64())]
     RateLimited { quota: String, retry_after: Duration },
+
+    /// A circuit breaker refused the call: upstream is failing, its probes are out, or it
+    /// is isolated until someone resets it.
+    #[error("circuit {breaker:?} is {reason}: {}", match retry_after {
+        Some(d) => format!("upstream is failing; try again in {:.3}s or serve a fallback", d.as_secs_f64()),
+        None => "isolated until reset (insufficient_quota, or by hand); add credit, then reset it".to_owned(),
+    })]
+    CircuitOpen { breaker: String, reason: &'static str, retry_after: Option<Duration> },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -27,6 +27,15 @@ pub fn window_sums(tag: &str) -> String {
     format!("fg:{{{tag}}}:sw")
 }
 
+/// Every circuit breaker's fleet-wide state (a hash: breaker name → state record). One
+/// hash, one slot: a pod reads the whole fleet's breakers in one round trip.
+pub const BREAKERS: &str = "fg:{breakers}";
+
+/// Which pod probes a half-open breaker this round (a string with a lease).
+pub fn breaker_prober(name: &str) -> String {
+    format!("fg:{{breakers}}:prober:{name}")
+}
+
 /// The sliding window log of a quota (a sorted set of `seq|requests|tokens` by time).
 pub fn window_log(tag: &str) -> String {
     format!("fg:{{{tag}}}:swlog")

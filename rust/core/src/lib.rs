@@ -1,6 +1,8 @@
 //! fleetgate's core: a fleet-wide rate limiter for OpenAI quotas, over Redis (standalone or
 //! cluster) or in process. Pure Rust; the Python binding lives in `rust/python`.
 
+pub mod breaker;
+pub mod breaker_fleet;
 pub mod decision;
 pub mod duration;
 pub mod error;

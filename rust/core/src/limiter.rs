@@ -126,6 +126,15 @@ impl Limiter {
         matches!(self.backend, Backend::Embedded(_))
     }
 
+    /// The shared store, if any (other fleet-wide state, such as circuit breakers, uses
+    /// the same connection).
+    pub fn shared_store(&self) -> Option<&RedisStore> {
+        match &self.backend {
+            Backend::Redis(store) => Some(store),
+            Backend::Embedded(_) => None,
+        }
+    }
+
     /// How many times the shared store has failed an operation.
     pub fn store_errors(&self) -> u64 {
         self.store_errors.load(Ordering::Relaxed)

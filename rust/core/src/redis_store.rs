@@ -142,7 +142,7 @@ impl RedisStore {
 
     /// EVALSHA; on NOSCRIPT (a restarted or failed-over node has an empty script cache)
     /// EVAL the source, which runs it on that same node and caches it there.
-    async fn run(&self, script: &LuaScript, keys: &[String], args: &[String]) -> Result<Value> {
+    pub(crate) async fn run(&self, script: &LuaScript, keys: &[String], args: &[String]) -> Result<Value> {
         let mut conn = self.connection().await?;
         let call = |verb: &str, body: &str| {
             let mut cmd = Cmd::new();
@@ -264,6 +264,16 @@ impl RedisStore {
         }
         let reply = self.run(&SYNC, &keys, &args).await?;
         Ok(matches!(reply, Value::Int(1)))
+    }
+
+    /// One plain command, with the store's timeout; errors as `StoreUnavailable`.
+    pub(crate) async fn command(&self, cmd: &Cmd) -> Result<Value> {
+        let mut conn = self.connection().await?;
+        match tokio::time::timeout(self.timeouts.response * 4, query(&mut conn, cmd)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(Error::StoreUnavailable(format!("no answer within {:?}", self.timeouts.response * 4))),
+        }
     }
 
     /// A round trip to the node of a quota, for health checks.

@@ -21,3 +21,5 @@ pub static SETTLE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("settle", include_str!("../../../lua/settle-n.lua")));
 pub static SYNC: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("sync", include_str!("../../../lua/sync-n.lua")));
+pub static BREAKER_PROBE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("breaker-probe", include_str!("../../../lua/breaker-probe.lua")));

@@ -5,6 +5,7 @@
 use fleetgate_core::Error;
 use pyo3::PyErr;
 
+pyo3::import_exception!(fleetgate.errors, CircuitOpen);
 pyo3::import_exception!(fleetgate.errors, ConfigError);
 pyo3::import_exception!(fleetgate.errors, RateLimited);
 pyo3::import_exception!(fleetgate.errors, StoreUnavailable);
@@ -17,6 +18,9 @@ pub fn to_py(err: Error) -> PyErr {
         }
         Error::StoreUnavailable(_) => StoreUnavailable::new_err(message),
         Error::RateLimited { quota, retry_after } => RateLimited::new_err((message, retry_after.as_secs_f64(), quota)),
+        Error::CircuitOpen { breaker, reason, retry_after } => {
+            CircuitOpen::new_err((message, breaker, reason, retry_after.map(|d| d.as_secs_f64())))
+        }
     }
 }
 

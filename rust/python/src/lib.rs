@@ -1,6 +1,7 @@
 //! `fleetgate._core`: the PyO3 binding of `fleetgate-core`. It converts types and errors
 //! and nothing else; the policy lives in the core.
 
+mod breaker;
 mod completions;
 mod error;
 mod limiter;
@@ -17,6 +18,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<limiter::Limiter>()?;
     m.add_class::<limiter::Decision>()?;
     m.add_class::<limiter::Reservation>()?;
+    m.add_class::<breaker::Breakers>()?;
+    m.add_class::<breaker::Breaker>()?;
     m.add_class::<completions::Completions>()?;
     m.add_class::<completions::Submission>()?;
     m.add_function(wrap_pyfunction!(parse_duration, m)?)?;

@@ -150,7 +150,7 @@ impl Reservation {
 
 #[pyclass(frozen, module = "fleetgate", name = "Limiter")]
 pub struct Limiter {
-    inner: Arc<core::Limiter>,
+    pub(crate) inner: Arc<core::Limiter>,
     store: Option<String>,
 }
 
