@@ -11,12 +11,12 @@ def test_all_names_exist_and_are_public() -> None:
     # (pytest's assertion rewriting may add "@py_…" names to modules of plugins: not ours.)
     public = {n for n in dir(fleetgate) if n.isidentifier() and not n.startswith("_")}
     # Submodules are reachable as attributes once imported; everything else must be exported.
-    submodules = {"errors", "testing", "cli", "demo", "config", "estimate", "gateway", "scope", "transport", "run", "prices"}
+    submodules = {"errors", "testing", "cli", "demo", "config", "estimate", "gateway", "scope", "transport", "run", "prices", "fallback"}
     assert public - submodules <= set(fleetgate.__all__)
 
 
 def test_errors_share_one_base_and_match_stdlib_meanings() -> None:
     assert issubclass(fleetgate.ConfigError, ValueError)
     assert issubclass(fleetgate.StoreUnavailable, ConnectionError)
-    for cls in (fleetgate.ConfigError, fleetgate.RateLimited, fleetgate.StoreUnavailable):
+    for cls in (fleetgate.ConfigError, fleetgate.RateLimited, fleetgate.StoreUnavailable, fleetgate.CircuitOpen):
         assert issubclass(cls, fleetgate.FleetgateError)

@@ -143,7 +143,6 @@ class Limiter:
     def ping(self) -> None: ...
     async def ping_async(self) -> None: ...
 
-@final
 _BreakerState = Literal["closed", "open", "half_open", "isolated"]
 _OnTransition = Callable[[str, _BreakerState, _BreakerState, str, bool, float | None], object]
 
@@ -194,6 +193,7 @@ class Breakers:
     def shared(self) -> bool: ...
     def sync_now(self) -> int: ...
 
+@final
 class Completions:
     """Finished async operations of one event loop (used by fleetgate._aio)."""
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-__all__ = ["GatewayConfig", "QuotaLimits"]
+__all__ = ["BreakerSettings", "FallbackSettings", "GatewayConfig", "QuotaLimits"]
 
 
 class QuotaLimits(BaseModel):
@@ -22,6 +22,43 @@ class QuotaLimits(BaseModel):
     tokens_per_minute: int | None = Field(default=None, gt=0)
     algorithm: Literal["token_bucket", "sliding_window"] = "token_bucket"
     burst_seconds: float = Field(default=1.0, gt=0, le=60)
+
+
+class BreakerSettings(BaseModel):
+    """Circuit breakers, one per (endpoint, model); see :class:`fleetgate.Breakers`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    #: The last N calls judged; or, when set, the calls of the last ``window_seconds``.
+    window: int = Field(default=50, gt=0, le=100_000)
+    window_seconds: int | None = Field(default=None, gt=0, le=3_600)
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    slow_rate: float = Field(default=1.0, gt=0, le=1)
+    #: A call slower than this is slow (time to first byte for streams).
+    slow_call_seconds: float = Field(default=30.0, gt=0)
+    min_calls: int = Field(default=10, gt=0)
+    half_open_probes: int = Field(default=3, gt=0)
+    probe_max_wait_seconds: float = Field(default=30.0, gt=0)
+    #: The first open period; doubled per consecutive trip up to ``open_max_seconds``.
+    open_seconds: float = Field(default=5.0, gt=0)
+    open_max_seconds: float = Field(default=300.0, gt=0)
+    jitter: float = Field(default=0.2, ge=0, lt=1)
+    #: How often a pod reads the fleet's breaker states from Redis.
+    share_every_seconds: float = Field(default=0.25, gt=0, le=1)
+
+
+class FallbackSettings(BaseModel):
+    """The fallback ladder (:mod:`fleetgate.fallback`): what serves when the primary cannot."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: A cheaper model per model: ``{"gpt-4.1" = "gpt-4.1-mini"}``.
+    models: dict[str, str] = Field(default_factory=dict)
+    #: An answer to give when nothing upstream can serve (chat completions and responses).
+    static_answer: str | None = None
+    #: A JSONL file (Batch API format) to queue requests in for later.
+    defer_to: Path | None = None
 
 
 class GatewayConfig(BaseSettings):
@@ -51,6 +88,8 @@ class GatewayConfig(BaseSettings):
     default_deadline_seconds: float = Field(default=60.0, gt=0)
     #: Upstream 429s (rate_limit_exceeded) retried by the gateway within the deadline.
     max_upstream_retries: int = Field(default=3, ge=0, le=20)
+    breakers: BreakerSettings = Field(default_factory=BreakerSettings)
+    fallback: FallbackSettings = Field(default_factory=FallbackSettings)
 
     @classmethod
     def settings_customise_sources(

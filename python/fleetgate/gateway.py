@@ -5,12 +5,13 @@
     with gate.scope(user="u-42", feature="support-chat"):
         client.responses.create(model="gpt-4.1-mini", input="…")
 
-This issue's path is scope → limit → upstream → settle; budgets, cache, dedup, routing,
-queueing and breakers plug in as their own steps.
+The path: scope → circuit breaker → limit → upstream → settle, and the fallback ladder
+(:mod:`fleetgate.fallback`) when the primary path cannot serve a call.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from functools import lru_cache
@@ -20,12 +21,15 @@ from typing import Any
 import httpx2
 import openai as openai_sdk
 
-from fleetgate._core import Limiter, Quota
+from fleetgate._core import Breaker, Breakers, Limiter, Quota
 from fleetgate.config import GatewayConfig, QuotaLimits
+from fleetgate.fallback import Ladder
 from fleetgate.scope import Scope, scope
 from fleetgate.transport import AsyncGateTransport, GateTransport
 
 __all__ = ["Gateway", "GatewayStats"]
+
+log = logging.getLogger("fleetgate")
 
 
 @lru_cache(maxsize=65_536)
@@ -71,6 +75,16 @@ class Gateway:
         self.limiter = Limiter(self.config.redis_url, failure_policy=self.config.failure_policy,
                                local_share=self.config.local_share)
         self.stats = GatewayStats()
+        b = self.config.breakers
+        self.breakers: Breakers | None = Breakers(
+            self.limiter, window=b.window, window_seconds=b.window_seconds, failure_rate=b.failure_rate,
+            slow_rate=b.slow_rate, slow_call=b.slow_call_seconds, min_calls=b.min_calls,
+            half_open_probes=b.half_open_probes, probe_max_wait=b.probe_max_wait_seconds, open_base=b.open_seconds,
+            open_max=b.open_max_seconds, jitter=b.jitter, share_every=b.share_every_seconds,
+            on_transition=self._on_transition,
+        ) if b.enabled else None
+        self._breaker_cache: dict[tuple[str, str], Breaker] = {}
+        self.ladder = Ladder(self.config.fallback)
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> Gateway:
@@ -101,6 +115,23 @@ class Gateway:
         if limits is None or not (limits.requests_per_minute or limits.tokens_per_minute):
             return None
         return _make_quota(f"{kind}:{name}", limits)
+
+    def breaker_for(self, endpoint: str, model: str) -> Breaker | None:
+        """The circuit breaker of (endpoint, model): ``"/chat/completions:gpt-4.1"``."""
+        if self.breakers is None:
+            return None
+        key = (endpoint, model)
+        found = self._breaker_cache.get(key)
+        if found is None:
+            found = self._breaker_cache[key] = self.breakers.get(f"{endpoint}:{model}")
+        return found
+
+    def _on_transition(self, name: str, was: str, now: str, reason: str, remote: bool, lasts: float | None) -> None:
+        self.stats.count(f"breaker_{now}")
+        where = "the fleet" if remote else "this pod"
+        level = logging.ERROR if now == "isolated" else logging.WARNING if now == "open" else logging.INFO
+        span = f" for {lasts:.1f}s" if lasts is not None else ""
+        log.log(level, "fleetgate: circuit %s %s → %s%s (%s, decided by %s)", name, was, now, span, reason, where)
 
     def openai(self, **kwargs: Any) -> openai_sdk.OpenAI:
         """An ``openai.OpenAI`` whose every call goes through this gateway."""

@@ -22,13 +22,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from fleetgate._core import Decision, Quota
-from fleetgate.errors import FleetgateError, RateLimited, StoreUnavailable
+from fleetgate._core import Breaker, Decision, Quota
+from fleetgate.errors import CircuitOpen, FleetgateError, RateLimited, StoreUnavailable
 from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request, usage_tokens
+from fleetgate.fallback import TIER_HEADER
 from fleetgate.scope import current_scope
 
 if TYPE_CHECKING:
@@ -41,10 +42,13 @@ log = logging.getLogger("fleetgate")
 
 @dataclass(slots=True)
 class _Call:
+    endpoint: str
+    body: dict[str, Any]
     estimate: Estimate
     quotas: list[Quota]
     model_quota: Quota | None
     deadline: float
+    breaker: Breaker | None
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -67,17 +71,30 @@ def _prepare(gateway: Gateway, request: httpx2.Request) -> _Call | None:
     deadline = sc.deadline if sc.deadline is not None else time.monotonic() + gateway.config.default_deadline_seconds
     model_quota, quotas = gateway.quotas_for(estimate.model, sc)
     # With no quota to draw on, the call is still the gateway's: it owns the 429 retries.
-    return _Call(estimate, quotas, model_quota, deadline)
+    return _Call(endpoint, body, estimate, quotas, model_quota, deadline, gateway.breaker_for(endpoint, estimate.model))
+
+
+class _Unserved(Exception):
+    """The primary path cannot serve a call: its circuit is open, or no quota comes in time."""
+
+    def __init__(self, error: FleetgateError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _refusal(request: httpx2.Request, error: FleetgateError) -> httpx2.Response:
     """A refusal by the gateway, shaped as the SDK expects an error, never retried by it."""
-    status = 503 if isinstance(error, StoreUnavailable) else 429
-    headers = {"x-should-retry": "false", "x-fleetgate": "refused"}
-    if isinstance(error, RateLimited):
-        headers["retry-after-ms"] = str(max(1, int(error.retry_after * 1000)))
-    body = {"error": {"message": f"fleetgate: {error}", "type": "fleetgate", "param": None,
-                      "code": "fleetgate_store_unavailable" if status == 503 else "fleetgate_rate_limited"}}
+    if isinstance(error, StoreUnavailable):
+        status, code = 503, "fleetgate_store_unavailable"
+    elif isinstance(error, CircuitOpen) and error.reason != "paused":  # paused: upstream's quota, a 429
+        status, code = 503, "fleetgate_circuit_open"
+    else:
+        status, code = 429, "fleetgate_rate_limited"
+    headers = {"x-should-retry": "false", "x-fleetgate": "refused", TIER_HEADER: "refused"}
+    retry_after = error.retry_after if isinstance(error, (RateLimited, CircuitOpen)) else None
+    if retry_after is not None:
+        headers["retry-after-ms"] = str(max(1, int(retry_after * 1000)))
+    body = {"error": {"message": f"fleetgate: {error}", "type": "fleetgate", "param": None, "code": code}}
     return httpx2.Response(status, headers=headers, json=body, request=request)
 
 
@@ -164,6 +181,62 @@ class _Policy:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+
+    def permit(self, call: _Call) -> tuple[int | None, float]:
+        """Ask the call's breaker: ``(permit, 0)`` to go (``None`` without a breaker),
+        ``(None, seconds)`` to wait first (upstream paused the model with a 429 whose reset
+        comes within the deadline). Raises ``_Unserved`` when the circuit refuses."""
+        if call.breaker is None:
+            return None, 0.0
+        try:
+            return call.breaker.allow(), 0.0
+        except CircuitOpen as e:
+            if e.reason == "paused" and e.retry_after is not None and e.retry_after < call.seconds_left():
+                return None, e.retry_after
+            self.gateway.stats.count("breaker_refused")
+            raise _Unserved(e) from e
+
+    def acquire_failed(self, call: _Call, permit: int | None, error: FleetgateError) -> _Unserved:
+        """No quota in time (or the store is down and fail-closed): the permit goes back."""
+        if permit is not None and call.breaker is not None:
+            call.breaker.release(permit)
+        self.gateway.stats.count("refused")
+        return _Unserved(error)
+
+    def record(self, call: _Call, permit: int | None, response: httpx2.Response | None, started: float,
+               code: str | None = None) -> None:
+        """Tell the breaker how the call went (None: no response came)."""
+        if permit is None or call.breaker is None:
+            return
+        elapsed = time.perf_counter() - started
+        if response is None:
+            call.breaker.record(permit, None, None, elapsed)
+        elif response.status_code == 429:
+            call.breaker.record(permit, 429, code, elapsed, _retry_wait(response))
+        else:
+            call.breaker.record(permit, response.status_code, None, elapsed)
+
+    def served(self, response: httpx2.Response, tier: str) -> httpx2.Response:
+        response.headers[TIER_HEADER] = tier
+        self.gateway.stats.count(f"served_{tier}")
+        return response
+
+    def cheaper(self, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | None:
+        """The first rung: the request for the cheaper model, prepared, or None."""
+        cheaper = self.gateway.ladder.cheaper_request(request, call.body)
+        prepared = _prepare(self.gateway, cheaper) if cheaper is not None else None
+        return (cheaper, prepared) if cheaper is not None and prepared is not None else None
+
+    def last_rungs(self, request: httpx2.Request, call: _Call, error: FleetgateError) -> httpx2.Response:
+        """Below the models: the static answer, then the deferred queue, then the refusal."""
+        ladder = self.gateway.ladder
+        static = ladder.static_response(request, call.endpoint, call.body)
+        if static is not None:
+            return self.served(static, "static")
+        deferred = ladder.defer(request, call.endpoint, call.body, str(error))
+        if deferred is not None:
+            return self.served(deferred, "deferred")
+        return _refusal(request, error)
 
     def may_retry(self, call: _Call, response: httpx2.Response, attempt: int) -> float | None:
         """After an upstream 429: seconds to wait before retrying, or None to hand it back.
@@ -274,37 +347,66 @@ class GateTransport(httpx2.BaseTransport):
         call = _prepare(self.gateway, request)
         if call is None:
             return self.inner.handle_request(request)
-        gateway, limiter, stats = self.gateway, self.gateway.limiter, self.gateway.stats
-        stats.count("requests")
+        self.gateway.stats.count("requests")
+        try:
+            return self._serve(request, call, "primary")
+        except _Unserved as unserved:
+            error = unserved.error
+        cheaper = self.policy.cheaper(request, call)
+        if cheaper is not None:
+            try:
+                return self._serve(*cheaper, "fallback_model")
+            except _Unserved:
+                pass  # the cheaper model cannot serve either: the rungs below take the call
+        return self.policy.last_rungs(request, call, error)
+
+    def _serve(self, request: httpx2.Request, call: _Call, tier: str) -> httpx2.Response:
+        """Breaker → limit → upstream → settle, retrying upstream 429s within the deadline."""
+        limiter, policy = self.gateway.limiter, self.policy
         attempt = 0
         while True:
+            permit, wait = policy.permit(call)
+            if wait:
+                time.sleep(wait)
+                continue
             try:
                 decision = (limiter.acquire(call.quotas, tokens=call.estimate.tokens, timeout=call.seconds_left())
                             if call.quotas else None)
             except (RateLimited, StoreUnavailable) as e:
-                stats.count("refused")
-                return _refusal(request, e)
-            response = self.inner.handle_request(request)
-            self.policy.sync_headers(call, response)
+                raise policy.acquire_failed(call, permit, e) from e
+            started = time.perf_counter()
+            try:
+                response = self.inner.handle_request(request)
+            except httpx2.TransportError:
+                policy.record(call, permit, None, started)
+                raise
+            except BaseException:
+                if permit is not None and call.breaker is not None:
+                    call.breaker.release(permit)
+                raise
+            policy.sync_headers(call, response)
             if response.status_code == 429:
                 response.read()
-                self.policy.settle(decision, (0, "failure"))
-                wait = self.policy.may_retry(call, response, attempt)
-                if wait is not None:
+                policy.record(call, permit, response, started, _error_code(response))
+                policy.settle(decision, (0, "failure"))
+                retry_in = policy.may_retry(call, response, attempt)
+                if retry_in is not None:
                     response.close()
                     attempt += 1
-                    time.sleep(wait)
+                    time.sleep(retry_in)
                     continue
                 response.headers["x-should-retry"] = "false"
-                return response
+                return policy.served(response, tier)
             if call.estimate.stream and response.status_code == 200:
-                return httpx2.Response(
+                policy.record(call, permit, response, started)  # time to first byte
+                return policy.served(httpx2.Response(
                     response.status_code, headers=response.headers, request=request, extensions=response.extensions,
-                    stream=_SettlingStream(response.stream, lambda s: self.policy.settle(decision, self.policy.stream_tokens(call, s))),  # type: ignore[arg-type]
-                )
+                    stream=_SettlingStream(response.stream, lambda s: policy.settle(decision, policy.stream_tokens(call, s))),  # type: ignore[arg-type]
+                ), tier)
             response.read()
-            self.policy.settle(decision, self.policy.settle_tokens(call, response))
-            return response
+            policy.record(call, permit, response, started)
+            policy.settle(decision, policy.settle_tokens(call, response))
+            return policy.served(response, tier)
 
     def close(self) -> None:
         self.inner.close()
@@ -322,42 +424,75 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         call = _prepare(self.gateway, request)
         if call is None:
             return await self.inner.handle_async_request(request)
-        limiter, stats = self.gateway.limiter, self.gateway.stats
-        stats.count("requests")
+        self.gateway.stats.count("requests")
+        try:
+            return await self._serve(request, call, "primary")
+        except _Unserved as unserved:
+            error = unserved.error
+        cheaper = self.policy.cheaper(request, call)
+        if cheaper is not None:
+            try:
+                return await self._serve(*cheaper, "fallback_model")
+            except _Unserved:
+                pass  # the cheaper model cannot serve either: the rungs below take the call
+        return self.policy.last_rungs(request, call, error)
+
+    async def _serve(self, request: httpx2.Request, call: _Call, tier: str) -> httpx2.Response:
+        """Breaker → limit → upstream → settle, retrying upstream 429s within the deadline."""
+        limiter, policy = self.gateway.limiter, self.policy
         attempt = 0
         while True:
+            permit, wait = policy.permit(call)
+            if wait:
+                await asyncio.sleep(wait)
+                continue
             try:
                 decision = (await limiter.acquire_async(call.quotas, tokens=call.estimate.tokens,
                                                         timeout=call.seconds_left())
                             if call.quotas else None)
             except (RateLimited, StoreUnavailable) as e:
-                stats.count("refused")
-                return _refusal(request, e)
-            response = await self.inner.handle_async_request(request)
-            self.policy.sync_headers(call, response)
+                raise policy.acquire_failed(call, permit, e) from e
+            except BaseException:
+                if permit is not None and call.breaker is not None:
+                    call.breaker.release(permit)
+                raise
+            started = time.perf_counter()
+            try:
+                response = await self.inner.handle_async_request(request)
+            except httpx2.TransportError:
+                policy.record(call, permit, None, started)
+                raise
+            except BaseException:  # cancelled: says nothing about upstream's health
+                if permit is not None and call.breaker is not None:
+                    call.breaker.release(permit)
+                raise
+            policy.sync_headers(call, response)
             if response.status_code == 429:
                 await response.aread()
-                self.policy.settle(decision, (0, "failure"))
-                wait = self.policy.may_retry(call, response, attempt)
-                if wait is not None:
+                policy.record(call, permit, response, started, _error_code(response))
+                policy.settle(decision, (0, "failure"))
+                retry_in = policy.may_retry(call, response, attempt)
+                if retry_in is not None:
                     await response.aclose()
                     attempt += 1
-                    await asyncio.sleep(wait)
+                    await asyncio.sleep(retry_in)
                     continue
                 response.headers["x-should-retry"] = "false"
-                return response
+                return policy.served(response, tier)
             if call.estimate.stream and response.status_code == 200:
+                policy.record(call, permit, response, started)  # time to first byte
 
                 def done(scanner: _UsageScanner, decision: Decision | None = decision) -> None:
-                    self.policy.settle(decision, self.policy.stream_tokens(call, scanner))
+                    policy.settle(decision, policy.stream_tokens(call, scanner))
 
-                return httpx2.Response(
+                return policy.served(httpx2.Response(
                     response.status_code, headers=response.headers, request=request, extensions=response.extensions,
                     stream=_AsyncSettlingStream(response.stream, done),  # type: ignore[arg-type]
-                )
+                ), tier)
             await response.aread()
-            self.policy.settle(decision, self.policy.settle_tokens(call, response))
-            return response
+            policy.record(call, permit, response, started)
+            policy.settle(decision, policy.settle_tokens(call, response))
+            return policy.served(response, tier)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

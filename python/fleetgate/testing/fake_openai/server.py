@@ -376,6 +376,12 @@ class FakeOpenAI:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def uptime(self) -> float:
+        """Seconds since the server started: the clock of fault windows (``Fault.start``/``end``)."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return self._server.now()
+
     def counters(self, model: str) -> ModelCounters:
         """What the server has seen for `model` so far (a copy)."""
         if self._server is None:
