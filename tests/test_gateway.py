@@ -46,7 +46,7 @@ def test_settling_keeps_what_upstream_counts_and_gives_back_the_rest(fake_openai
     maximum output), since the short answer's usage is below that."""
     from fleetgate.estimate import estimate_request
 
-    gate = gateway(fake_openai, models={MODEL: fg.QuotaLimits(tokens_per_minute=6_000, burst_seconds=60)})
+    gate = gateway(fake_openai, model_headroom=0, models={MODEL: fg.QuotaLimits(tokens_per_minute=6_000, burst_seconds=60)})
     body = {"model": MODEL, "messages": [{"role": "user", "content": "你好，我忘记了密码。" * 20}], "max_tokens": 50}
     estimate = estimate_request("/chat/completions", body, 1024)
     assert estimate.tokens > estimate.upstream_tokens + 20
@@ -234,3 +234,13 @@ def test_an_upstream_429_empties_the_fleets_view(fake_openai: FakeOpenAI) -> Non
         client.chat.completions.create(model=MODEL, messages=MSG)
     assert refused.value.code == "fleetgate_rate_limited"
     assert fake_openai.counters(MODEL).requests == 2
+
+
+def test_model_quotas_keep_the_configured_headroom() -> None:
+    limits = fg.QuotaLimits(requests_per_minute=600, tokens_per_minute=100_000)
+    for headroom, rpm, tpm in ((0.01, 594, 99_000), (0.0, 600, 100_000)):
+        gate = fg.Gateway(models={MODEL: limits}, per_user=limits, model_headroom=headroom)
+        model_quota, quotas = gate.quotas_for(MODEL, fg.Scope(user="u"))
+        assert model_quota is not None
+        assert (model_quota.requests_per_minute, model_quota.tokens_per_minute) == (rpm, tpm)
+        assert quotas[1].requests_per_minute == 600, "only the model's limits (upstream's) keep headroom"

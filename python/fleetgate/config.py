@@ -75,6 +75,10 @@ class GatewayConfig(BaseSettings):
     base_url: str | None = None
     #: The organization's limits per model, as OpenAI shows them.
     models: dict[str, QuotaLimits] = Field(default_factory=dict)
+    #: Share of each model's limits left unused: the margin for what no client can count
+    #: exactly (the jitter between deciding and arriving upstream). 0.01 costs 1% of
+    #: throughput and keeps upstream 429s near zero.
+    model_headroom: float = Field(default=0.01, ge=0, lt=0.5)
     #: Limits for models not listed (None: such models are not limited).
     default_model_limits: QuotaLimits | None = None
     #: Limits every user (``scope(user=…)``) gets, per user, across models.

@@ -40,6 +40,16 @@ def _make_quota(name: str, limits: QuotaLimits) -> Quota:
                  algorithm=limits.algorithm, burst_seconds=limits.burst_seconds)
 
 
+@lru_cache(maxsize=1_024)
+def _with_headroom(limits: QuotaLimits, headroom: float) -> QuotaLimits:
+    """A model's limits less the headroom kept for what no client can count exactly: the
+    jitter between deciding and arriving upstream, and OpenAI's own estimate."""
+    def less(value: int | None) -> int | None:
+        return None if value is None else max(1, int(value * (1 - headroom)))
+    return limits.model_copy(update={"requests_per_minute": less(limits.requests_per_minute),
+                                     "tokens_per_minute": less(limits.tokens_per_minute)})
+
+
 class GatewayStats:
     """Counters of what the gateway did, safe to read from any thread.
 
@@ -97,7 +107,8 @@ class Gateway:
     def quotas_for(self, model: str, sc: Scope) -> tuple[Quota | None, list[Quota]]:
         """The model's quota, and every quota a call of `model` in scope `sc` draws on."""
         cfg = self.config
-        model_quota = self._quota("model", model, cfg.models.get(model, cfg.default_model_limits))
+        limits = cfg.models.get(model, cfg.default_model_limits)
+        model_quota = self._quota("model", model, _with_headroom(limits, cfg.model_headroom) if limits else None)
         quotas = [model_quota] if model_quota is not None else []
         for kind, name, limits in (
             ("user", sc.user, cfg.per_user),
