@@ -22,4 +22,4 @@ pub static SETTLE: LazyLock<LuaScript> =
 pub static SYNC: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("sync", include_str!("../../../lua/sync-n.lua")));
 pub static BREAKER_PROBE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("breaker-probe", include_str!("../../../lua/breaker-probe.lua")));
+    LazyLock::new(|| LuaScript::new("breaker-probe", include_str!("../../../lua/breaker-probe-1.lua")));
