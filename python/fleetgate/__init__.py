@@ -13,9 +13,11 @@ from fleetgate._core import (
     Breaker,
     Breakers,
     Decision,
+    Lanes,
     Limiter,
     Quota,
     Reservation,
+    Slot,
     __version__,
     chat_prompt_tokens,
     count_tokens,
@@ -23,7 +25,15 @@ from fleetgate._core import (
     parse_duration,
 )
 from fleetgate.config import GatewayConfig, QuotaLimits
-from fleetgate.errors import CircuitOpen, ConfigError, FleetgateError, RateLimited, StoreUnavailable
+from fleetgate.errors import (
+    CircuitOpen,
+    ConfigError,
+    DeadlineExpired,
+    FleetgateError,
+    QueueFull,
+    RateLimited,
+    StoreUnavailable,
+)
 from fleetgate.gateway import Gateway, GatewayStats
 from fleetgate.scope import Priority, Scope, current_scope, scope
 
@@ -32,18 +42,22 @@ __all__ = [
     "Breakers",
     "CircuitOpen",
     "ConfigError",
+    "DeadlineExpired",
     "Decision",
     "FleetgateError",
     "Gateway",
     "GatewayConfig",
     "GatewayStats",
+    "Lanes",
     "Limiter",
     "Priority",
     "Quota",
+    "QueueFull",
     "QuotaLimits",
     "RateLimited",
     "Reservation",
     "Scope",
+    "Slot",
     "StoreUnavailable",
     "__version__",
     "chat_prompt_tokens",

@@ -4,7 +4,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, final
 
 __all__ = [
-    "__version__", "Breaker", "Breakers", "Quota", "Limiter", "Decision", "Reservation", "Completions", "Submission", "parse_duration",
+    "__version__", "Breaker", "Breakers", "Lanes", "Slot", "Quota", "Limiter", "Decision", "Reservation", "Completions", "Submission", "parse_duration",
     "count_tokens", "chat_prompt_tokens", "encoding_for_model",
 ]
 __version__: str
@@ -192,6 +192,34 @@ class Breakers:
     @property
     def shared(self) -> bool: ...
     def sync_now(self) -> int: ...
+
+_LaneName = Literal["realtime", "interactive", "batch"]
+
+@final
+class Slot:
+    """A held slot of :class:`Lanes`; release it when the upstream call is over."""
+
+    @property
+    def lane(self) -> _LaneName: ...
+    @property
+    def held(self) -> bool: ...
+    def release(self) -> None: ...
+
+@final
+class Lanes:
+    """Priority lanes in front of a model: at most ``concurrency`` slots held; realtime
+    (0) strictly first, interactive (1) and batch (2) shared by weight."""
+
+    def __new__(cls, concurrency: int, queue_limit: int = 1000, interactive_weight: int = 4,
+                batch_weight: int = 1) -> Lanes: ...
+    def enter(self, priority: int, timeout: float | None = None) -> Slot: ...
+    async def enter_async(self, priority: int, timeout: float | None = None) -> Slot: ...
+    @property
+    def in_use(self) -> int: ...
+    @property
+    def concurrency(self) -> int: ...
+    def queued(self, priority: int) -> int: ...
+    def stats(self) -> dict[_LaneName, dict[str, int]]: ...
 
 @final
 class Completions:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-__all__ = ["BreakerSettings", "FallbackSettings", "GatewayConfig", "QuotaLimits"]
+__all__ = ["BreakerSettings", "FallbackSettings", "GatewayConfig", "LaneSettings", "QuotaLimits"]
 
 
 class QuotaLimits(BaseModel):
@@ -46,6 +46,22 @@ class BreakerSettings(BaseModel):
     jitter: float = Field(default=0.2, ge=0, lt=1)
     #: How often a pod reads the fleet's breaker states from Redis.
     share_every_seconds: float = Field(default=0.25, gt=0, le=1)
+
+
+class LaneSettings(BaseModel):
+    """Priority lanes per model (:class:`fleetgate.Lanes`): a cap on calls in flight, a
+    strict realtime lane, interactive and batch lanes shared by weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Calls in flight upstream per model at most (None: no cap and no queueing), and per
+    #: model exceptions.
+    concurrency: int | None = Field(default=None, gt=0)
+    models: dict[str, int] = Field(default_factory=dict)
+    #: Requests that may wait per lane and model; beyond it a call is refused (QueueFull).
+    queue_limit: int = Field(default=1000, ge=0)
+    interactive_weight: int = Field(default=4, gt=0, le=1_000_000)
+    batch_weight: int = Field(default=1, gt=0, le=1_000_000)
 
 
 class FallbackSettings(BaseModel):
@@ -93,6 +109,7 @@ class GatewayConfig(BaseSettings):
     #: Upstream 429s (rate_limit_exceeded) retried by the gateway within the deadline.
     max_upstream_retries: int = Field(default=3, ge=0, le=20)
     breakers: BreakerSettings = Field(default_factory=BreakerSettings)
+    lanes: LaneSettings = Field(default_factory=LaneSettings)
     fallback: FallbackSettings = Field(default_factory=FallbackSettings)
 
     @classmethod

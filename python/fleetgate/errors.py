@@ -7,6 +7,8 @@ same thing, it is a base too, so existing ``except`` clauses keep working::
     ├── ConfigError (ValueError)        bad input: a quota, a cost, a URL, an option
     ├── RateLimited                     acquire() found no room before its timeout
     ├── CircuitOpen                     a circuit breaker refused: upstream is failing
+    ├── QueueFull                       a priority lane is full: shed load
+    ├── DeadlineExpired (TimeoutError)  the deadline passed before a slot came: not sent
     └── StoreUnavailable (ConnectionError)
                                         Redis unreachable and the policy is fail-closed
 
@@ -15,7 +17,7 @@ The Rust core raises these through one mapping (``rust/python/src/error.rs``).
 
 from __future__ import annotations
 
-__all__ = ["CircuitOpen", "ConfigError", "FleetgateError", "RateLimited", "StoreUnavailable"]
+__all__ = ["CircuitOpen", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "StoreUnavailable"]
 
 
 class FleetgateError(Exception):
@@ -60,3 +62,30 @@ class CircuitOpen(FleetgateError):
         self.breaker = breaker
         self.reason = reason
         self.retry_after = retry_after
+
+
+class QueueFull(FleetgateError):
+    """Every slot of a model is busy and the request's lane already holds ``limit`` waiting
+    requests: shed load, or raise ``queue_limit`` or the concurrency.
+
+    Attributes:
+        lane: ``"realtime"``, ``"interactive"`` or ``"batch"``.
+        limit: the lane's queue limit.
+    """
+
+    def __init__(self, message: str, lane: str = "", limit: int = 0) -> None:
+        super().__init__(message)
+        self.lane = lane
+        self.limit = limit
+
+
+class DeadlineExpired(FleetgateError, TimeoutError):
+    """The request's deadline passed while it waited for a slot; it was never sent.
+
+    Attributes:
+        lane: the lane it waited in.
+    """
+
+    def __init__(self, message: str, lane: str = "") -> None:
+        super().__init__(message)
+        self.lane = lane

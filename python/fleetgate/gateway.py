@@ -21,7 +21,7 @@ from typing import Any
 import httpx2
 import openai as openai_sdk
 
-from fleetgate._core import Breaker, Breakers, Limiter, Quota
+from fleetgate._core import Breaker, Breakers, Lanes, Limiter, Quota
 from fleetgate.config import GatewayConfig, QuotaLimits
 from fleetgate.fallback import Ladder
 from fleetgate.scope import Scope, scope
@@ -30,6 +30,7 @@ from fleetgate.transport import AsyncGateTransport, GateTransport
 __all__ = ["Gateway", "GatewayStats"]
 
 log = logging.getLogger("fleetgate")
+_MISSING = object()
 
 
 @lru_cache(maxsize=65_536)
@@ -95,6 +96,8 @@ class Gateway:
         ) if b.enabled else None
         self._breaker_cache: dict[tuple[str, str], Breaker] = {}
         self.ladder = Ladder(self.config.fallback)
+        self._lanes: dict[str, Lanes | None] = {}
+        self._lanes_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> Gateway:
@@ -136,6 +139,19 @@ class Gateway:
         if found is None:
             found = self._breaker_cache[key] = self.breakers.get(f"{endpoint}:{model}")
         return found
+
+    def lanes_for(self, model: str) -> Lanes | None:
+        """The priority lanes in front of `model`, or None when its calls are not capped."""
+        found = self._lanes.get(model, _MISSING)
+        if found is not _MISSING:
+            return found  # type: ignore[return-value]
+        with self._lanes_lock:
+            if model not in self._lanes:
+                cfg = self.config.lanes
+                cap = cfg.models.get(model, cfg.concurrency)
+                self._lanes[model] = None if cap is None else Lanes(
+                    cap, cfg.queue_limit, interactive_weight=cfg.interactive_weight, batch_weight=cfg.batch_weight)
+            return self._lanes[model]
 
     def _on_transition(self, name: str, was: str, now: str, reason: str, remote: bool, lasts: float | None) -> None:
         self.stats.count(f"breaker_{now}")

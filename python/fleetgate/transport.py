@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from fleetgate._core import Breaker, Decision, Quota
-from fleetgate.errors import CircuitOpen, FleetgateError, RateLimited, StoreUnavailable
+from fleetgate._core import Breaker, Decision, Quota, Slot
+from fleetgate.errors import CircuitOpen, DeadlineExpired, FleetgateError, QueueFull, RateLimited, StoreUnavailable
 from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request, usage_tokens
 from fleetgate.fallback import TIER_HEADER
 from fleetgate.scope import current_scope
@@ -49,6 +49,7 @@ class _Call:
     model_quota: Quota | None
     deadline: float
     breaker: Breaker | None
+    priority: int
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -71,7 +72,13 @@ def _prepare(gateway: Gateway, request: httpx2.Request) -> _Call | None:
     deadline = sc.deadline if sc.deadline is not None else time.monotonic() + gateway.config.default_deadline_seconds
     model_quota, quotas = gateway.quotas_for(estimate.model, sc)
     # With no quota to draw on, the call is still the gateway's: it owns the 429 retries.
-    return _Call(endpoint, body, estimate, quotas, model_quota, deadline, gateway.breaker_for(endpoint, estimate.model))
+    return _Call(endpoint, body, estimate, quotas, model_quota, deadline, gateway.breaker_for(endpoint, estimate.model),
+                 int(sc.priority))
+
+
+def _release(slot: Slot | None) -> None:
+    if slot is not None:
+        slot.release()
 
 
 class _Unserved(Exception):
@@ -86,6 +93,10 @@ def _refusal(request: httpx2.Request, error: FleetgateError) -> httpx2.Response:
     """A refusal by the gateway, shaped as the SDK expects an error, never retried by it."""
     if isinstance(error, StoreUnavailable):
         status, code = 503, "fleetgate_store_unavailable"
+    elif isinstance(error, QueueFull):
+        status, code = 503, "fleetgate_queue_full"
+    elif isinstance(error, DeadlineExpired):
+        status, code = 504, "fleetgate_deadline_expired"
     elif isinstance(error, CircuitOpen) and error.reason != "paused":  # paused: upstream's quota, a 429
         status, code = 503, "fleetgate_circuit_open"
     else:
@@ -182,6 +193,38 @@ class _Policy:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
+    def enter_lane(self, call: _Call) -> Slot | None:
+        """A slot in the model's lanes (waiting in the call's priority lane), or None when
+        the model is not capped. Raises ``_Unserved`` when the lane is full or the deadline
+        passes first: such a call is never sent."""
+        lanes = self.gateway.lanes_for(call.estimate.model)
+        if lanes is None:
+            return None
+        try:
+            return lanes.enter(call.priority, call.seconds_left())
+        except (QueueFull, DeadlineExpired) as e:
+            raise self.lane_refused(e) from e
+
+    async def enter_lane_async(self, call: _Call) -> Slot | None:
+        lanes = self.gateway.lanes_for(call.estimate.model)
+        if lanes is None:
+            return None
+        try:
+            return await lanes.enter_async(call.priority, call.seconds_left())
+        except (QueueFull, DeadlineExpired) as e:
+            raise self.lane_refused(e) from e
+
+    def lane_refused(self, error: QueueFull | DeadlineExpired) -> _Unserved:
+        self.gateway.stats.count("lane_full" if isinstance(error, QueueFull) else "deadline_expired")
+        return _Unserved(error)
+
+    def check_deadline(self, call: _Call, permit: int | None) -> None:
+        """An expired call is never sent (its breaker permit goes back)."""
+        if call.deadline <= time.monotonic():
+            if permit is not None and call.breaker is not None:
+                call.breaker.release(permit)
+            raise self.lane_refused(DeadlineExpired("the request's deadline passed before it could be sent; it was not sent"))
+
     def permit(self, call: _Call) -> tuple[int | None, float]:
         """Ask the call's breaker: ``(permit, 0)`` to go (``None`` without a breaker),
         ``(None, seconds)`` to wait first (upstream paused the model with a 429 whose reset
@@ -215,6 +258,15 @@ class _Policy:
             call.breaker.record(permit, 429, code, elapsed, _retry_wait(response))
         else:
             call.breaker.record(permit, response.status_code, None, elapsed)
+
+    def stream_done(self, call: _Call, decision: Decision | None, slot: Slot | None) -> Callable[[_UsageScanner], None]:
+        """What to do when a stream ends: settle from what it carried, free the lane's slot."""
+        def done(scanner: _UsageScanner) -> None:
+            try:
+                self.settle(decision, self.stream_tokens(call, scanner))
+            finally:
+                _release(slot)
+        return done
 
     def served(self, response: httpx2.Response, tier: str) -> httpx2.Response:
         response.headers[TIER_HEADER] = tier
@@ -361,6 +413,19 @@ class GateTransport(httpx2.BaseTransport):
         return self.policy.last_rungs(request, call, error)
 
     def _serve(self, request: httpx2.Request, call: _Call, tier: str) -> httpx2.Response:
+        """Lane → breaker → limit → upstream → settle; the lane's slot is held until the
+        answer (a stream: its end) is in."""
+        slot = self.policy.enter_lane(call)
+        try:
+            response = self._call(request, call, tier, slot)
+        except BaseException:
+            _release(slot)
+            raise
+        if not isinstance(response.stream, _SettlingStream):
+            _release(slot)
+        return response
+
+    def _call(self, request: httpx2.Request, call: _Call, tier: str, slot: Slot | None) -> httpx2.Response:
         """Breaker → limit → upstream → settle, retrying upstream 429s within the deadline."""
         limiter, policy = self.gateway.limiter, self.policy
         attempt = 0
@@ -374,6 +439,7 @@ class GateTransport(httpx2.BaseTransport):
                             if call.quotas else None)
             except (RateLimited, StoreUnavailable) as e:
                 raise policy.acquire_failed(call, permit, e) from e
+            policy.check_deadline(call, permit)
             started = time.perf_counter()
             try:
                 response = self.inner.handle_request(request)
@@ -401,7 +467,7 @@ class GateTransport(httpx2.BaseTransport):
                 policy.record(call, permit, response, started)  # time to first byte
                 return policy.served(httpx2.Response(
                     response.status_code, headers=response.headers, request=request, extensions=response.extensions,
-                    stream=_SettlingStream(response.stream, lambda s: policy.settle(decision, policy.stream_tokens(call, s))),  # type: ignore[arg-type]
+                    stream=_SettlingStream(response.stream, policy.stream_done(call, decision, slot)),  # type: ignore[arg-type]
                 ), tier)
             response.read()
             policy.record(call, permit, response, started)
@@ -438,6 +504,19 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         return self.policy.last_rungs(request, call, error)
 
     async def _serve(self, request: httpx2.Request, call: _Call, tier: str) -> httpx2.Response:
+        """Lane → breaker → limit → upstream → settle; the lane's slot is held until the
+        answer (a stream: its end) is in."""
+        slot = await self.policy.enter_lane_async(call)
+        try:
+            response = await self._call(request, call, tier, slot)
+        except BaseException:
+            _release(slot)
+            raise
+        if not isinstance(response.stream, _AsyncSettlingStream):
+            _release(slot)
+        return response
+
+    async def _call(self, request: httpx2.Request, call: _Call, tier: str, slot: Slot | None) -> httpx2.Response:
         """Breaker → limit → upstream → settle, retrying upstream 429s within the deadline."""
         limiter, policy = self.gateway.limiter, self.policy
         attempt = 0
@@ -456,6 +535,7 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
                 if permit is not None and call.breaker is not None:
                     call.breaker.release(permit)
                 raise
+            policy.check_deadline(call, permit)
             started = time.perf_counter()
             try:
                 response = await self.inner.handle_async_request(request)
@@ -481,13 +561,9 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
                 return policy.served(response, tier)
             if call.estimate.stream and response.status_code == 200:
                 policy.record(call, permit, response, started)  # time to first byte
-
-                def done(scanner: _UsageScanner, decision: Decision | None = decision) -> None:
-                    policy.settle(decision, policy.stream_tokens(call, scanner))
-
                 return policy.served(httpx2.Response(
                     response.status_code, headers=response.headers, request=request, extensions=response.extensions,
-                    stream=_AsyncSettlingStream(response.stream, done),  # type: ignore[arg-type]
+                    stream=_AsyncSettlingStream(response.stream, policy.stream_done(call, decision, slot)),  # type: ignore[arg-type]
                 ), tier)
             await response.aread()
             policy.record(call, permit, response, started)

@@ -8,6 +8,7 @@ pub mod duration;
 pub mod error;
 pub mod headers;
 pub mod keys;
+pub mod lanes;
 pub mod limiter;
 pub mod local;
 pub mod quota;

@@ -23,6 +23,8 @@ pub enum Outcome {
     Decision(core::Decision),
     Done,
     Failed(core::Error),
+    /// Any other result, converted to Python on the loop's thread when drained.
+    Value(Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>),
 }
 
 struct Queue {
@@ -77,6 +79,10 @@ impl Completions {
                     Outcome::Decision(inner) => (id, true, Py::new(py, Decision::from(inner))?.into_any()),
                     Outcome::Done => (id, true, py.None()),
                     Outcome::Failed(e) => (id, false, to_py(e).into_value(py).into_any()),
+                    Outcome::Value(convert) => match convert(py) {
+                        Ok(value) => (id, true, value),
+                        Err(e) => (id, false, e.into_value(py).into_any()),
+                    },
                 })
             })
             .collect()
@@ -88,20 +94,32 @@ impl Completions {
 pub struct Submission {
     /// The operation, not yet polled (futures do nothing until then).
     task: Mutex<Option<Task>>,
-    limiter: Arc<Limiter>,
+    /// The limiter whose admissions an abandoned operation gives back, if any.
+    limiter: Option<Arc<Limiter>>,
     cancelled: Arc<AtomicBool>,
 }
 
 type Task = std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 impl Submission {
-    pub fn new(limiter: &Arc<Limiter>, task: impl Future<Output = Outcome> + Send + 'static) -> Self {
+    pub fn new(limiter: Option<&Arc<Limiter>>, task: impl Future<Output = Outcome> + Send + 'static) -> Self {
         Submission {
             task: Mutex::new(Some(Box::pin(task))),
-            limiter: Arc::clone(limiter),
+            limiter: limiter.map(Arc::clone),
             cancelled: Arc::new(AtomicBool::new(false)),
         }
     }
+}
+
+/// A coroutine (from `fleetgate._aio.await_submission`) that runs `task` on the I/O runtime.
+pub fn submit<'py>(
+    py: Python<'py>,
+    limiter: Option<&Arc<Limiter>>,
+    task: impl Future<Output = Outcome> + Send + 'static,
+) -> PyResult<Bound<'py, PyAny>> {
+    static AWAIT: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    let await_submission = AWAIT.import(py, "fleetgate._aio", "await_submission")?;
+    await_submission.call1((Submission::new(limiter, task),))
 }
 
 /// Give back what an admission holds when nobody is left to use it (the awaiting
@@ -130,11 +148,11 @@ impl Submission {
             .take()
             .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("this operation was already started"))?;
         let queue = Arc::clone(&completions.queue);
-        let (limiter, cancelled) = (Arc::clone(&self.limiter), Arc::clone(&self.cancelled));
+        let (limiter, cancelled) = (self.limiter.clone(), Arc::clone(&self.cancelled));
         runtime().spawn(async move {
             let outcome = task.await;
             if cancelled.load(Ordering::Acquire) {
-                if let Outcome::Decision(core::Decision { reservation: Some(r), .. }) = outcome {
+                if let (Some(limiter), Outcome::Decision(core::Decision { reservation: Some(r), .. })) = (limiter, outcome) {
                     release_orphan(&limiter, r);
                 }
                 return;
@@ -151,10 +169,9 @@ impl Submission {
 
     /// An outcome arrived for a coroutine that was cancelled meanwhile: give it back.
     fn orphaned(&self, value: &Bound<'_, PyAny>) {
-        if let Ok(decision) = value.cast::<Decision>() {
-            if let Some(r) = decision.get().reservation_arc() {
-                release_orphan(&self.limiter, r);
-            }
+        let (Some(limiter), Ok(decision)) = (&self.limiter, value.cast::<Decision>()) else { return };
+        if let Some(r) = decision.get().reservation_arc() {
+            release_orphan(limiter, r);
         }
     }
 }

@@ -2,11 +2,14 @@
 //! `fleetgate/errors.py` (with their docstrings and attributes) and are imported lazily,
 //! so raising needs no GIL until Python sees the error.
 
+use fleetgate_core::lanes::LaneError;
 use fleetgate_core::Error;
 use pyo3::PyErr;
 
 pyo3::import_exception!(fleetgate.errors, CircuitOpen);
 pyo3::import_exception!(fleetgate.errors, ConfigError);
+pyo3::import_exception!(fleetgate.errors, DeadlineExpired);
+pyo3::import_exception!(fleetgate.errors, QueueFull);
 pyo3::import_exception!(fleetgate.errors, RateLimited);
 pyo3::import_exception!(fleetgate.errors, StoreUnavailable);
 
@@ -21,6 +24,16 @@ pub fn to_py(err: Error) -> PyErr {
         Error::CircuitOpen { breaker, reason, retry_after } => {
             CircuitOpen::new_err((message, breaker, reason, retry_after.map(|d| d.as_secs_f64())))
         }
+    }
+}
+
+/// A lane's refusal as an exception: QueueFull (shed load), DeadlineExpired (not started).
+pub fn lane_to_py(err: LaneError) -> PyErr {
+    let message = err.to_string();
+    match err {
+        LaneError::QueueFull { lane, limit } => QueueFull::new_err((message, lane.as_str(), limit)),
+        LaneError::Expired { lane } => DeadlineExpired::new_err((message, lane.as_str())),
+        LaneError::Closed => QueueFull::new_err((message, "", 0)),
     }
 }
 

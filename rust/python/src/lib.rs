@@ -4,6 +4,7 @@
 mod breaker;
 mod completions;
 mod error;
+mod lanes;
 mod limiter;
 mod quota;
 mod runtime;
@@ -20,6 +21,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<limiter::Reservation>()?;
     m.add_class::<breaker::Breakers>()?;
     m.add_class::<breaker::Breaker>()?;
+    m.add_class::<lanes::Lanes>()?;
+    m.add_class::<lanes::Slot>()?;
     m.add_class::<completions::Completions>()?;
     m.add_class::<completions::Submission>()?;
     m.add_function(wrap_pyfunction!(parse_duration, m)?)?;

@@ -2,9 +2,8 @@
 
 use crate::error::{ConfigError, IntoPyResult};
 use crate::quota::Quota;
-use crate::completions::{Outcome, Submission};
+use crate::completions::Outcome;
 use crate::runtime::{block_on, runtime};
-use pyo3::sync::PyOnceLock;
 use fleetgate_core::headers::RateLimitReport;
 use fleetgate_core::limiter::wait_before_retry;
 use fleetgate_core::quota::check_amount;
@@ -199,9 +198,7 @@ fn submit<'py>(
     limiter: &Arc<core::Limiter>,
     task: impl std::future::Future<Output = Outcome> + Send + 'static,
 ) -> PyResult<Bound<'py, PyAny>> {
-    static AWAIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let await_submission = AWAIT.import(py, "fleetgate._aio", "await_submission")?;
-    await_submission.call1((Submission::new(limiter, task),))
+    crate::completions::submit(py, Some(limiter), task)
 }
 
 fn decided(result: core::Result<core::Decision>) -> Outcome {
