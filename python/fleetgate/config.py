@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-__all__ = ["BreakerSettings", "FallbackSettings", "GatewayConfig", "LaneSettings", "QuotaLimits"]
+__all__ = ["BreakerSettings", "DedupSettings", "FallbackSettings", "GatewayConfig", "LaneSettings", "QuotaLimits"]
 
 
 class QuotaLimits(BaseModel):
@@ -64,6 +64,20 @@ class LaneSettings(BaseModel):
     batch_weight: int = Field(default=1, gt=0, le=1_000_000)
 
 
+class DedupSettings(BaseModel):
+    """Collapsing identical in-flight requests into one upstream call (:mod:`fleetgate.dedup`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    #: Which requests may share an answer: "deterministic" (``temperature`` 0 and one
+    #: choice), "always", or "never" (a scope's ``dedup=True`` still collapses).
+    when: Literal["deterministic", "always", "never"] = "deterministic"
+    #: Who may share: everyone with the same API key ("global"), or only the same user,
+    #: team or feature of the scope.
+    namespace: Literal["global", "user", "team", "feature"] = "global"
+
+
 class FallbackSettings(BaseModel):
     """The fallback ladder (:mod:`fleetgate.fallback`): what serves when the primary cannot."""
 
@@ -110,6 +124,7 @@ class GatewayConfig(BaseSettings):
     max_upstream_retries: int = Field(default=3, ge=0, le=20)
     breakers: BreakerSettings = Field(default_factory=BreakerSettings)
     lanes: LaneSettings = Field(default_factory=LaneSettings)
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
     fallback: FallbackSettings = Field(default_factory=FallbackSettings)
 
     @classmethod

@@ -5,8 +5,10 @@
     with gate.scope(user="u-42", feature="support-chat"):
         client.responses.create(model="gpt-4.1-mini", input="…")
 
-The path: scope → circuit breaker → limit → upstream → settle, and the fallback ladder
-(:mod:`fleetgate.fallback`) when the primary path cannot serve a call.
+The path: scope → dedup (:mod:`fleetgate.dedup`) → lane → circuit breaker → limit →
+upstream → settle, and the fallback ladder (:mod:`fleetgate.fallback`) when the primary
+path cannot serve a call. The breaker is asked before the limiter, so a call it refuses
+never takes quota.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import openai as openai_sdk
 
 from fleetgate._core import Breaker, Breakers, Lanes, Limiter, Quota
 from fleetgate.config import GatewayConfig, QuotaLimits
+from fleetgate.dedup import Collapser
 from fleetgate.fallback import Ladder
 from fleetgate.scope import Scope, scope
 from fleetgate.transport import AsyncGateTransport, GateTransport
@@ -96,6 +99,7 @@ class Gateway:
         ) if b.enabled else None
         self._breaker_cache: dict[tuple[str, str], Breaker] = {}
         self.ladder = Ladder(self.config.fallback)
+        self.collapser = Collapser(self.config.dedup, self.stats)
         self._lanes: dict[str, Lanes | None] = {}
         self._lanes_lock = threading.Lock()
 

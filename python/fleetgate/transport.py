@@ -29,6 +29,7 @@ import httpx2
 from fleetgate._core import Breaker, Decision, Quota, Slot
 from fleetgate.errors import CircuitOpen, DeadlineExpired, FleetgateError, QueueFull, RateLimited, StoreUnavailable
 from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request, usage_tokens
+from fleetgate.dedup import DEDUP_HEADER
 from fleetgate.fallback import TIER_HEADER
 from fleetgate.scope import current_scope
 
@@ -399,7 +400,30 @@ class GateTransport(httpx2.BaseTransport):
         call = _prepare(self.gateway, request)
         if call is None:
             return self.inner.handle_request(request)
-        self.gateway.stats.count("requests")
+        gateway = self.gateway
+        gateway.stats.count("requests")
+        collapser = gateway.collapser
+        # Threads collapse answers read whole; streams go their own way.
+        namespace = None if call.estimate.stream else collapser.namespace(call, request, current_scope())
+        if namespace is None:
+            return self._answer(request, call)
+        flight, leader = collapser.join(call, namespace, request)
+        if not leader:
+            gateway.stats.count("dedup_followers")
+            return collapser.follow_sync(flight, request, call.seconds_left())
+        try:
+            response = self._answer(request, call)
+        except BaseException as e:
+            flight.finish(failure=(type(e).__name__, str(e)))
+            collapser.leave(flight)
+            raise
+        collapser.publish(flight, response)
+        collapser.leave(flight)
+        response.headers[DEDUP_HEADER] = "leader"
+        return response
+
+    def _answer(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
+        """The primary path, then the fallback ladder."""
         try:
             return self._serve(request, call, "primary")
         except _Unserved as unserved:
@@ -490,7 +514,23 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         call = _prepare(self.gateway, request)
         if call is None:
             return await self.inner.handle_async_request(request)
-        self.gateway.stats.count("requests")
+        gateway = self.gateway
+        gateway.stats.count("requests")
+        collapser = gateway.collapser
+        namespace = collapser.namespace(call, request, current_scope())
+        if namespace is None:
+            return await self._answer(request, call)
+        flight, leader = collapser.join(call, namespace, request)
+        if leader:
+            # The call is its own task: any caller, this one included, may give up alone.
+            task = asyncio.get_running_loop().create_task(collapser.lead(flight, self._answer(request, call)))
+            collapser.track(flight, task)
+        else:
+            gateway.stats.count("dedup_followers")
+        return await collapser.follow(flight, request, "leader" if leader else "follower", call.estimate.stream)
+
+    async def _answer(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
+        """The primary path, then the fallback ladder."""
         try:
             return await self._serve(request, call, "primary")
         except _Unserved as unserved:

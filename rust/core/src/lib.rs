@@ -4,6 +4,7 @@
 pub mod breaker;
 pub mod breaker_fleet;
 pub mod decision;
+pub mod dedup;
 pub mod duration;
 pub mod error;
 pub mod headers;

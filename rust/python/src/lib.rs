@@ -3,6 +3,7 @@
 
 mod breaker;
 mod completions;
+mod dedup;
 mod error;
 mod lanes;
 mod limiter;
@@ -21,6 +22,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<limiter::Reservation>()?;
     m.add_class::<breaker::Breakers>()?;
     m.add_class::<breaker::Breaker>()?;
+    m.add_class::<dedup::Flights>()?;
+    m.add_class::<dedup::Flight>()?;
     m.add_class::<lanes::Lanes>()?;
     m.add_class::<lanes::Slot>()?;
     m.add_class::<completions::Completions>()?;

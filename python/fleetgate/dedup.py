@@ -1,0 +1,242 @@
+"""Collapsing identical in-flight requests: the first makes the upstream call, every
+identical request that arrives while it is on gets the same answer (or the same error).
+
+Identical means the same endpoint, the same JSON body (key order and whitespace aside),
+the same API key and upstream, and the same scope namespace (``[dedup] namespace``). Which
+requests may share an answer is a policy: by default only deterministic ones
+(``temperature`` 0, one choice); ``[dedup] when = "always"`` or a scope's ``dedup=True``
+widens it, ``dedup=False`` turns it off for a block.
+
+With asyncio the upstream call runs as its own task, so any caller (the first included)
+may give up alone; the call is cancelled only when nobody waits any more. Streams fan out
+to every caller, and a late joiner gets what was already sent. With threads, the first
+caller makes the call itself and streams are not collapsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import httpx2
+
+from fleetgate._core import Flight, Flights
+from fleetgate.config import DedupSettings
+from fleetgate.errors import FleetgateError
+from fleetgate.scope import Scope
+
+if TYPE_CHECKING:
+    from fleetgate.gateway import GatewayStats
+    from fleetgate.transport import _Call
+
+__all__ = ["DEDUP_HEADER", "Collapser"]
+
+#: Response header: "leader" for the caller whose request made the call, "follower" for
+#: the callers that shared it.
+DEDUP_HEADER = "x-fleetgate-dedup"
+
+#: Headers that describe the bytes on the wire, not the decoded body a follower gets.
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+class Collapser:
+    """The flights of one gateway, and the policy of which requests join them."""
+
+    def __init__(self, settings: DedupSettings, stats: GatewayStats) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.flights = Flights()
+        self._leaders: dict[str, asyncio.Task[httpx2.Response | None]] = {}
+        self._lock = threading.Lock()
+
+    def namespace(self, call: _Call, request: httpx2.Request, sc: Scope) -> str | None:
+        """The namespace this call may share answers in, or None if it must not share."""
+        if not self.settings.enabled:
+            return None
+        if sc.dedup is None:
+            when = self.settings.when
+            if when == "never" or (when == "deterministic" and not _deterministic(call.body)):
+                return None
+        elif not sc.dedup:
+            return None
+        part = {"global": None, "user": sc.user, "team": sc.team, "feature": sc.feature}[self.settings.namespace]
+        if self.settings.namespace != "global" and part is None:
+            return None  # no such scope: nothing to share within
+        credential = request.headers.get("authorization", "")
+        account = hashlib.blake2b(f"{credential}\0{request.url.host}".encode(), digest_size=16).hexdigest()
+        return f"{account}\0{self.settings.namespace}\0{part or ''}"
+
+    def join(self, call: _Call, namespace: str, request: httpx2.Request) -> tuple[Flight, bool]:
+        return self.flights.join(call.endpoint, namespace, request.content)
+
+    # -- asyncio ----------------------------------------------------------------------------
+
+    def track(self, flight: Flight, task: asyncio.Task[httpx2.Response | None]) -> None:
+        with self._lock:
+            self._leaders[flight.key] = task
+        task.add_done_callback(lambda _: self._untrack(flight.key, task))
+
+    def _untrack(self, key: str, task: asyncio.Task[httpx2.Response | None]) -> None:
+        with self._lock:
+            if self._leaders.get(key) is task:
+                del self._leaders[key]
+
+    def leave(self, flight: Flight) -> None:
+        """A caller is done with `flight`; the last one of an unfinished flight cancels it."""
+        if flight.leave():
+            with self._lock:
+                task = self._leaders.get(flight.key)
+            if task is not None:
+                task.get_loop().call_soon_threadsafe(task.cancel)
+
+    async def lead(self, flight: Flight, answer: Any) -> httpx2.Response | None:
+        """Run the upstream call (`answer`, a coroutine giving the response) and publish it.
+        Returns the response when it was read whole (the leader's caller takes it as it is)."""
+        whole = None
+        try:
+            response: httpx2.Response = await answer
+            try:
+                if isinstance(response.stream, httpx2.AsyncByteStream) and not _is_read(response):
+                    flight.publish_head(response.status_code, response.headers.multi_items())
+                    async for chunk in response.aiter_raw():
+                        flight.publish_chunk(chunk)
+                else:
+                    flight.publish_head(response.status_code, _decoded_headers(response))
+                    flight.publish_chunk(response.content)
+                    whole = response
+            finally:
+                await response.aclose()
+        except asyncio.CancelledError:
+            flight.finish(cancelled=True)
+            self.stats.count("dedup_cancelled")
+            raise
+        except Exception as e:  # delivered to every waiter by the flight, not lost
+            flight.finish(failure=(type(e).__name__, str(e)))
+        else:
+            flight.finish()
+        finally:
+            if not flight.finished:  # anything else (interpreter exit): nobody waits forever
+                flight.finish(cancelled=True)
+        return whole
+
+    async def follow(self, flight: Flight, request: httpx2.Request, role: str, stream: bool) -> httpx2.Response:
+        """The answer of `flight` for one caller (who leaves when done with it)."""
+        handed_over = False
+        try:
+            if not stream:
+                # On the leader's own loop, waiting for its task costs no thread hop.
+                with self._lock:
+                    task = self._leaders.get(flight.key)
+                if task is not None and task.get_loop() is asyncio.get_running_loop():
+                    await asyncio.wait({task})
+                    whole = None if task.cancelled() else task.result()
+                    if role == "leader" and whole is not None:
+                        whole.headers[DEDUP_HEADER] = role  # the leader's caller takes the original
+                        return whole
+                if flight.finished:
+                    return _whole(flight, request, role, timeout=0.0)
+            head = await flight.wait_head_async()
+            if head is None:
+                _raise_end(flight, request)
+            status, headers = head
+            headers = [*headers, (DEDUP_HEADER, role)]
+            if stream:
+                handed_over = True
+                return httpx2.Response(status, headers=headers, stream=_FlightStream(self, flight, request),
+                                       request=request)
+            start = 0
+            while True:
+                chunks, end = await flight.next_chunks_async(start)
+                start += len(chunks)
+                if end is not None:
+                    return _whole(flight, request, role, timeout=0.0)
+        finally:
+            if not handed_over:
+                self.leave(flight)
+
+    # -- threads ----------------------------------------------------------------------------
+
+    @staticmethod
+    def publish(flight: Flight, response: httpx2.Response) -> None:
+        """A thread's leader publishes its (read) answer."""
+        flight.publish_head(response.status_code, _decoded_headers(response))
+        flight.publish_chunk(response.content)
+        flight.finish()
+
+    def follow_sync(self, flight: Flight, request: httpx2.Request, timeout: float) -> httpx2.Response:
+        try:
+            return _whole(flight, request, "follower", timeout)
+        finally:
+            self.leave(flight)
+
+
+class _FlightStream(httpx2.AsyncByteStream):
+    """A shared stream, from its first chunk, for one caller."""
+
+    def __init__(self, collapser: Collapser, flight: Flight, request: httpx2.Request) -> None:
+        self._collapser, self._flight, self._request, self._left = collapser, flight, request, False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        start = 0
+        while True:
+            chunks, end = await self._flight.next_chunks_async(start)
+            for chunk in chunks:
+                yield chunk
+            start += len(chunks)
+            if end is not None:
+                if end[0] != "complete":
+                    _raise_end(self._flight, self._request)
+                return
+
+    async def aclose(self) -> None:
+        if not self._left:
+            self._left = True
+            self._collapser.leave(self._flight)
+
+
+def _whole(flight: Flight, request: httpx2.Request, role: str, timeout: float) -> httpx2.Response:
+    """The flight's whole answer, waiting at most `timeout` for each part (threads)."""
+    head = flight.wait_head(timeout)
+    if head is None:
+        _raise_end(flight, request)
+    status, headers = head
+    body, start = [], 0
+    while True:
+        chunks, end = flight.next_chunks(start, timeout)
+        body.extend(chunks)
+        start += len(chunks)
+        if end is not None:
+            break
+    if end[0] != "complete":
+        _raise_end(flight, request)
+    return httpx2.Response(status, headers=[*headers, (DEDUP_HEADER, role)], content=b"".join(body), request=request)
+
+
+def _deterministic(body: dict[str, Any]) -> bool:
+    return body.get("temperature") == 0 and body.get("n", 1) == 1
+
+
+def _is_read(response: httpx2.Response) -> bool:
+    try:
+        response.content  # noqa: B018 - raises until the body has been read
+    except httpx2.ResponseNotRead:
+        return False
+    return True
+
+
+def _decoded_headers(response: httpx2.Response) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
+
+
+def _raise_end(flight: Flight, request: httpx2.Request) -> NoReturn:
+    """Raise, for one caller, how the shared call ended without an answer."""
+    outcome, kind, message = flight.end() or ("cancelled", "", "")
+    if outcome == "failed":
+        error = getattr(httpx2, kind, None)
+        if isinstance(error, type) and issubclass(error, httpx2.TransportError):
+            raise error(message, request=request)
+        raise FleetgateError(f"the shared upstream call failed ({kind}: {message})")
+    raise FleetgateError("the shared upstream call was cancelled before it answered; send the request again")
