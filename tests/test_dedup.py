@@ -14,6 +14,8 @@ import openai
 import pytest
 
 import fleetgate as fg
+from fleetgate._core import FleetFlights
+from fleetgate.transport import _prepare
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency
 
 MODEL = "gpt-4.1-mini"
@@ -206,3 +208,71 @@ def test_which_requests_collapse_is_a_policy(fake_openai: FakeOpenAI) -> None:
     assert upstream_calls(per_user, [{"user": "a"}, {"user": "a"}, {"user": "b"}], temperature=0) == 2
     never = fg.Gateway(base_url=fake_openai.base_url, dedup={"enabled": False})
     assert upstream_calls(never, [{}] * 3, temperature=0) == 3
+
+
+@pytest.mark.fake_openai(config=SLOW)
+def test_pods_share_one_call_through_redis(fake_openai: FakeOpenAI, store_url: str) -> None:
+    """Two pods (two gateways, one Redis): the second waits for the first one's answer."""
+    pods = [fg.Gateway(base_url=fake_openai.base_url, redis_url=store_url, dedup={"across_pods": True})
+            for _ in range(2)]
+    clients = [pod.openai(api_key="sk-fake", max_retries=0) for pod in pods]
+    content = [{"role": "user", "content": f"fleet-wide question {id(pods)}"}]
+    raws: dict[int, Any] = {}
+
+    def one(i: int) -> None:
+        raws[i] = clients[i].chat.completions.with_raw_response.create(model=MODEL, messages=content, temperature=0)
+
+    first = threading.Thread(target=one, args=(0,))
+    first.start()
+    threading.Event().wait(0.1)  # the first pod has claimed the call and is waiting upstream
+    one(1)
+    first.join()
+    assert raws[0].headers["x-fleetgate-dedup"] == "leader" and raws[1].headers["x-fleetgate-dedup"] == "fleet"
+    assert raws[0].parse().id == raws[1].parse().id
+    assert fake_openai.counters(MODEL).requests == 1
+    assert pods[1].stats["dedup_fleet_followers"] == 1
+
+
+@pytest.mark.fake_openai(config=SLOW)
+def test_async_pods_share_one_call_through_redis(fake_openai: FakeOpenAI, redis_url: str) -> None:
+    pods = [fg.Gateway(base_url=fake_openai.base_url, redis_url=redis_url, dedup={"across_pods": True})
+            for _ in range(2)]
+    clients = [pod.async_openai(api_key="sk-fake", max_retries=0) for pod in pods]
+    content = [{"role": "user", "content": f"fleet-wide async question {id(pods)}"}]
+
+    async def one(i: int, after: float) -> Any:
+        await asyncio.sleep(after)
+        return await clients[i].chat.completions.with_raw_response.create(model=MODEL, messages=content, temperature=0)
+
+    async def main() -> list[Any]:
+        # Each pod also has local followers of its own flight.
+        return await asyncio.gather(one(0, 0), one(0, 0), one(1, 0.1), one(1, 0.1))
+
+    raws = asyncio.run(main())
+    roles = [r.headers["x-fleetgate-dedup"] for r in raws]
+    assert sorted(roles[:2]) == ["follower", "leader"] and sorted(roles[2:]) == ["fleet", "follower"]
+    assert len({r.parse().id for r in raws}) == 1
+    assert fake_openai.counters(MODEL).requests == 1
+    assert pods[1].stats["dedup_fleet_followers"] == 1
+
+
+@pytest.mark.fake_openai(config=FakeConfig())
+def test_a_pod_that_dies_holding_a_claim_blocks_nobody_past_its_lease(fake_openai: FakeOpenAI, store_url: str) -> None:
+    gate = fg.Gateway(base_url=fake_openai.base_url, redis_url=store_url, dedup={"across_pods": True})
+    content = [{"role": "user", "content": f"orphaned claim {id(gate)}"}]
+    body = json.dumps({"model": MODEL, "messages": content, "temperature": 0}).encode()
+    request = httpx2.Request("POST", f"{fake_openai.base_url}/chat/completions", content=body,
+                             headers={"authorization": "Bearer sk-fake"})
+    call = _prepare(gate, request)
+    assert call is not None
+    namespace = gate.collapser.namespace(call, request, fg.Scope())
+    assert namespace is not None
+    key = fg.Flights.key(call.endpoint, namespace, body)
+    # Another pod claims the call for half a second and dies without answering.
+    assert FleetFlights(fg.Limiter(store_url)).claim(key, 0.5)
+    raw = gate.openai(api_key="sk-fake", max_retries=0).chat.completions.with_raw_response.create(
+        model=MODEL, messages=content, temperature=0)
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-fleetgate-dedup"] == "leader"
+    assert fake_openai.counters(MODEL).requests == 1, "after the lease, this pod made the call itself"
+    assert gate.stats["dedup_fleet_followers"] == 1

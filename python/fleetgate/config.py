@@ -76,6 +76,12 @@ class DedupSettings(BaseModel):
     #: Who may share: everyone with the same API key ("global"), or only the same user,
     #: team or feature of the scope.
     namespace: Literal["global", "user", "team", "feature"] = "global"
+    #: Share answers between the pods of the fleet too (needs ``redis_url``): one pod makes
+    #: the call, the others wait for its answer (polling every ``poll_seconds``).
+    across_pods: bool = False
+    poll_seconds: float = Field(default=0.02, gt=0, le=1)
+    #: How long a shared answer stays readable for pods that asked late.
+    keep_seconds: float = Field(default=10.0, gt=0, le=3_600)
 
 
 class FallbackSettings(BaseModel):

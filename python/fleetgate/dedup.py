@@ -18,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import AsyncIterator
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx2
 
-from fleetgate._core import Flight, Flights
+from fleetgate._core import FleetFlights, Flight, Flights, Limiter
 from fleetgate.config import DedupSettings
-from fleetgate.errors import FleetgateError
+from fleetgate.errors import DeadlineExpired, FleetgateError, StoreUnavailable
 from fleetgate.scope import Scope
 
 if TYPE_CHECKING:
@@ -38,16 +40,20 @@ __all__ = ["DEDUP_HEADER", "Collapser"]
 #: the callers that shared it.
 DEDUP_HEADER = "x-fleetgate-dedup"
 
-#: Headers that describe the bytes on the wire, not the decoded body a follower gets.
-_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+log = logging.getLogger("fleetgate")
+
+#: Headers not handed on to the callers sharing an answer: those describing the bytes on
+#: the wire (a follower gets the decoded body) and each caller's own role.
+_UNSHARED_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding", DEDUP_HEADER})
 
 
 class Collapser:
     """The flights of one gateway, and the policy of which requests join them."""
 
-    def __init__(self, settings: DedupSettings, stats: GatewayStats) -> None:
+    def __init__(self, settings: DedupSettings, stats: GatewayStats, limiter: Limiter) -> None:
         self.settings = settings
         self.stats = stats
+        self.fleet = FleetFlights(limiter) if settings.enabled and settings.across_pods else None
         self.flights = Flights()
         self._leaders: dict[str, asyncio.Task[httpx2.Response | None]] = {}
         self._lock = threading.Lock()
@@ -71,6 +77,67 @@ class Collapser:
 
     def join(self, call: _Call, namespace: str, request: httpx2.Request) -> tuple[Flight, bool]:
         return self.flights.join(call.endpoint, namespace, request.content)
+
+    # -- across pods -----------------------------------------------------------------------
+
+    def across_pods(self, flight: Flight, request: httpx2.Request, call: _Call,
+                    answer: Callable[[], httpx2.Response],
+                    refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response:
+        """`answer()` made by this pod, or the answer another pod made for the same request."""
+        fleet = self.fleet
+        assert fleet is not None
+        try:
+            while True:
+                if fleet.claim(flight.key, max(call.seconds_left(), 1.0)):
+                    return self._share(fleet, flight.key, answer)
+                self.stats.count("dedup_fleet_followers")
+                shared = fleet.wait(flight.key, max(call.seconds_left(), 0.001), self.settings.poll_seconds)
+                if shared is not None:
+                    return _from_shared(shared, request)
+        except TimeoutError:
+            return refuse(DeadlineExpired("the deadline passed while another pod made this call"))
+        except StoreUnavailable as e:
+            log.warning("fleetgate: Redis unavailable for deduplication across pods (%s); this pod calls alone", e)
+            return answer()
+
+    async def across_pods_async(self, flight: Flight, request: httpx2.Request, call: _Call,
+                                answer: Callable[[], Awaitable[httpx2.Response]],
+                                refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response:
+        fleet = self.fleet
+        assert fleet is not None
+        try:
+            while True:
+                if await fleet.claim_async(flight.key, max(call.seconds_left(), 1.0)):
+                    try:
+                        response = await answer()
+                    except BaseException:
+                        fleet.release_later(flight.key)
+                        raise
+                    return self._share(fleet, flight.key, lambda: response)
+                self.stats.count("dedup_fleet_followers")
+                shared = await fleet.wait_async(flight.key, max(call.seconds_left(), 0.001), self.settings.poll_seconds)
+                if shared is not None:
+                    return _from_shared(shared, request)
+        except TimeoutError:
+            return refuse(DeadlineExpired("the deadline passed while another pod made this call"))
+        except StoreUnavailable as e:
+            log.warning("fleetgate: Redis unavailable for deduplication across pods (%s); this pod calls alone", e)
+            return await answer()
+
+    def _share(self, fleet: FleetFlights, key: str, answer: Callable[[], httpx2.Response]) -> httpx2.Response:
+        """Make the claimed call and publish its answer; only upstream's 200s are shared (a
+        refusal or a fallback answer is this pod's own state)."""
+        try:
+            response = answer()
+        except BaseException:
+            fleet.release_later(key)
+            raise
+        if response.status_code == 200 and response.headers.get("x-fleetgate-tier") in ("primary", "fallback_model"):
+            fleet.publish_later(key, 200, json.dumps(_decoded_headers(response)), response.content,
+                                self.settings.keep_seconds)
+        else:
+            fleet.release_later(key)
+        return response
 
     # -- asyncio ----------------------------------------------------------------------------
 
@@ -134,7 +201,7 @@ class Collapser:
                     await asyncio.wait({task})
                     whole = None if task.cancelled() else task.result()
                     if role == "leader" and whole is not None:
-                        whole.headers[DEDUP_HEADER] = role  # the leader's caller takes the original
+                        whole.headers.setdefault(DEDUP_HEADER, role)  # the leader's caller takes the original
                         return whole
                 if flight.finished:
                     return _whole(flight, request, role, timeout=0.0)
@@ -215,6 +282,12 @@ def _whole(flight: Flight, request: httpx2.Request, role: str, timeout: float) -
     return httpx2.Response(status, headers=[*headers, (DEDUP_HEADER, role)], content=b"".join(body), request=request)
 
 
+def _from_shared(shared: tuple[int, str, bytes], request: httpx2.Request) -> httpx2.Response:
+    status, headers, body = shared
+    pairs = [(k, v) for k, v in json.loads(headers)]
+    return httpx2.Response(status, headers=[*pairs, (DEDUP_HEADER, "fleet")], content=body, request=request)
+
+
 def _deterministic(body: dict[str, Any]) -> bool:
     return body.get("temperature") == 0 and body.get("n", 1) == 1
 
@@ -228,7 +301,7 @@ def _is_read(response: httpx2.Response) -> bool:
 
 
 def _decoded_headers(response: httpx2.Response) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
+    return [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _UNSHARED_HEADERS]
 
 
 def _raise_end(flight: Flight, request: httpx2.Request) -> NoReturn:

@@ -99,7 +99,7 @@ class Gateway:
         ) if b.enabled else None
         self._breaker_cache: dict[tuple[str, str], Breaker] = {}
         self.ladder = Ladder(self.config.fallback)
-        self.collapser = Collapser(self.config.dedup, self.stats)
+        self.collapser = Collapser(self.config.dedup, self.stats, self.limiter)
         self._lanes: dict[str, Lanes | None] = {}
         self._lanes_lock = threading.Lock()
 

@@ -412,14 +412,18 @@ class GateTransport(httpx2.BaseTransport):
             gateway.stats.count("dedup_followers")
             return collapser.follow_sync(flight, request, call.seconds_left())
         try:
-            response = self._answer(request, call)
+            if collapser.fleet is not None:
+                response = collapser.across_pods(flight, request, call, lambda: self._answer(request, call),
+                                                 lambda e: _refusal(request, e))
+            else:
+                response = self._answer(request, call)
         except BaseException as e:
             flight.finish(failure=(type(e).__name__, str(e)))
             collapser.leave(flight)
             raise
         collapser.publish(flight, response)
         collapser.leave(flight)
-        response.headers[DEDUP_HEADER] = "leader"
+        response.headers.setdefault(DEDUP_HEADER, "leader")  # "fleet" when another pod answered
         return response
 
     def _answer(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
@@ -523,7 +527,10 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         flight, leader = collapser.join(call, namespace, request)
         if leader:
             # The call is its own task: any caller, this one included, may give up alone.
-            task = asyncio.get_running_loop().create_task(collapser.lead(flight, self._answer(request, call)))
+            answer = (collapser.across_pods_async(flight, request, call, lambda: self._answer(request, call),
+                                                  lambda e: _refusal(request, e))
+                      if collapser.fleet is not None and not call.estimate.stream else self._answer(request, call))
+            task = asyncio.get_running_loop().create_task(collapser.lead(flight, answer))
             collapser.track(flight, task)
         else:
             gateway.stats.count("dedup_followers")

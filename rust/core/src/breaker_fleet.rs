@@ -35,11 +35,9 @@ impl BreakerFleet {
         if limiter.shared_store().is_none() {
             return Err(Error::invalid("breakers are shared through Redis: give the limiter a redis:// URL"));
         }
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let pod = format!("{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff);
         Ok(BreakerFleet {
             limiter,
-            pod,
+            pod: crate::redis_store::new_pod_token(),
             sequence: AtomicU64::new(0),
             breakers: Mutex::new(FxHashMap::default()),
             seen: Mutex::new(FxHashMap::default()),

@@ -36,6 +36,17 @@ pub fn breaker_prober(name: &str) -> String {
     format!("fg:{{breakers}}:prober:{name}")
 }
 
+/// Which pod makes a shared call (a string: the pod's token, with a lease). Both keys of a
+/// request share its hash tag.
+pub fn dedup_claim(key_hex: &str) -> String {
+    format!("fg:{{dd:{key_hex}}}:claim")
+}
+
+/// The answer of a shared call, for the pods that waited on it (a hash: `s`, `h`, `b`).
+pub fn dedup_answer(key_hex: &str) -> String {
+    format!("fg:{{dd:{key_hex}}}:answer")
+}
+
 /// The sliding window log of a quota (a sorted set of `seq|requests|tokens` by time).
 pub fn window_log(tag: &str) -> String {
     format!("fg:{{{tag}}}:swlog")

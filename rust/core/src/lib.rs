@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod breaker_fleet;
 pub mod decision;
 pub mod dedup;
+pub mod dedup_fleet;
 pub mod duration;
 pub mod error;
 pub mod headers;

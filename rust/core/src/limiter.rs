@@ -315,8 +315,11 @@ fn give_back(reservation: &Reservation, actual: u64) -> i64 {
     reservation.tokens as i64 - actual as i64
 }
 
-/// `(remaining, seconds to reset)` per dimension of an upstream report.
-fn remaining_and_reset(report: &RateLimitReport) -> (Option<(f64, f64)>, Option<(f64, f64)>) {
+/// `(remaining, seconds to reset)` of one dimension of an upstream report.
+type Seen = Option<(f64, f64)>;
+
+/// What an upstream report says of requests and of tokens.
+fn remaining_and_reset(report: &RateLimitReport) -> (Seen, Seen) {
     let pair = |d: Option<crate::headers::DimensionReport>| d.map(|d| (d.remaining as f64, d.reset));
     (pair(report.requests), pair(report.tokens))
 }

@@ -63,6 +63,12 @@ pub fn parse_url(url: &str) -> Result<Topology> {
     }
 }
 
+/// A token naming this process among the pods sharing a Redis (for claims and records).
+pub(crate) fn new_pod_token() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+}
+
 /// A URL with its password replaced, fit for errors and logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

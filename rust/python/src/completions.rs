@@ -24,8 +24,11 @@ pub enum Outcome {
     Done,
     Failed(core::Error),
     /// Any other result, converted to Python on the loop's thread when drained.
-    Value(Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>),
+    Value(Convert),
 }
+
+/// Turns a finished operation's result into a Python object (with the GIL held).
+pub type Convert = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
 
 struct Queue {
     done: Mutex<Vec<(u64, Outcome)>>,

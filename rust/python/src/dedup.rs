@@ -3,7 +3,10 @@
 
 use crate::completions::{submit, Outcome};
 use crate::error::IntoPyResult;
+use crate::limiter::Limiter;
+use crate::runtime::{block_on, runtime};
 use fleetgate_core::dedup::{self as core, End, FlightKey, Head, HeadOrEnd, Joined, Next};
+use fleetgate_core::dedup_fleet::{DedupFleet, SharedAnswer, Waited};
 use pyo3::exceptions::PyTimeoutError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -73,6 +76,13 @@ impl Flights {
             Joined::Leader(f) | Joined::Follower(f) => f,
         };
         Ok((Py::new(py, Flight { inner: flight })?, leader))
+    }
+
+    /// The key a request would join under (32 hex digits). Raises ConfigError when the
+    /// body is not JSON.
+    #[staticmethod]
+    fn key(endpoint: &str, namespace: &str, body: &[u8]) -> PyResult<String> {
+        Ok(FlightKey::new(endpoint, namespace, body).py_err()?.hex())
     }
 
     /// Flights started and not finished.
@@ -164,4 +174,103 @@ impl Flight {
     fn leave(&self) -> bool {
         self.inner.leave()
     }
+}
+
+/// Deduplication across the pods sharing the limiter's Redis: one pod makes a call, the
+/// others wait for the answer it publishes.
+#[pyclass(frozen, module = "fleetgate")]
+pub struct FleetFlights {
+    inner: Arc<DedupFleet>,
+}
+
+type Shared = (u16, String, Py<PyBytes>);
+
+fn waited(py: Python<'_>, result: fleetgate_core::Result<Waited>) -> PyResult<Option<Shared>> {
+    match result.py_err()? {
+        Waited::Answer(a) => Ok(Some((a.status, a.headers, PyBytes::new(py, &a.body).unbind()))),
+        Waited::Unclaimed => Ok(None),
+        Waited::TimedOut => Err(timed_out()),
+    }
+}
+
+fn seconds(value: f64) -> Duration {
+    Duration::from_secs_f64(value.clamp(0.001, 86_400.0))
+}
+
+#[pymethods]
+impl FleetFlights {
+    #[new]
+    fn new(limiter: &Limiter) -> PyResult<Self> {
+        Ok(FleetFlights { inner: Arc::new(DedupFleet::new(Arc::clone(&limiter.inner)).py_err()?) })
+    }
+
+    /// Claim the call of the request `key` for `lease` seconds; False when another pod
+    /// holds it (then `wait`). Raises StoreUnavailable.
+    fn claim(&self, py: Python<'_>, key: String, lease: f64) -> PyResult<bool> {
+        let fleet = Arc::clone(&self.inner);
+        block_on(py, async move { fleet.claim(&key, seconds(lease)).await }).py_err()
+    }
+
+    fn claim_async<'py>(&self, py: Python<'py>, key: String, lease: f64) -> PyResult<Bound<'py, PyAny>> {
+        let fleet = Arc::clone(&self.inner);
+        submit(py, None, async move {
+            let claimed = fleet.claim(&key, seconds(lease)).await;
+            Outcome::Value(Box::new(move |py| Ok(claimed.py_err()?.into_pyobject(py)?.to_owned().unbind().into_any())))
+        })
+    }
+
+    /// Wait for another pod's answer: `(status, headers, body)`, or None when its claim
+    /// vanished without one (claim the call yourself). Raises TimeoutError after `timeout`.
+    #[pyo3(signature = (key, timeout, poll=0.02))]
+    fn wait(&self, py: Python<'_>, key: String, timeout: f64, poll: f64) -> PyResult<Option<Shared>> {
+        let fleet = Arc::clone(&self.inner);
+        let result = block_on(py, async move { fleet.wait(&key, seconds(timeout), seconds(poll)).await });
+        waited(py, result)
+    }
+
+    #[pyo3(signature = (key, timeout, poll=0.02))]
+    fn wait_async<'py>(&self, py: Python<'py>, key: String, timeout: f64, poll: f64) -> PyResult<Bound<'py, PyAny>> {
+        let fleet = Arc::clone(&self.inner);
+        submit(py, None, async move {
+            let result = fleet.wait(&key, seconds(timeout), seconds(poll)).await;
+            Outcome::Value(Box::new(move |py| waited(py, result)?.into_pyobject(py).map(|v| v.unbind().into_any())))
+        })
+    }
+
+    /// Publish this pod's answer (kept `keep` seconds) and drop the claim, in the
+    /// background: the caller's answer is not delayed by it. A failure is logged on the
+    /// `fleetgate` logger; the claim's lease then runs out and a waiting pod calls itself.
+    #[pyo3(signature = (key, status, headers, body, keep=10.0))]
+    fn publish_later(&self, key: String, status: u16, headers: String, body: Vec<u8>, keep: f64) {
+        let fleet = Arc::clone(&self.inner);
+        runtime().spawn(async move {
+            if let Err(e) = fleet.publish(&key, &SharedAnswer { status, headers, body }, seconds(keep)).await {
+                log_warning(&format!("could not share an answer with the other pods ({e}); they wait out its lease"));
+            }
+        });
+    }
+
+    /// Give the claim up without an answer (in the background): a waiting pod then calls.
+    /// A failure is logged; the lease runs out instead.
+    fn release_later(&self, key: String) {
+        let fleet = Arc::clone(&self.inner);
+        runtime().spawn(async move {
+            if let Err(e) = fleet.release(&key).await {
+                log_warning(&format!("could not give up a shared call's claim ({e}); the other pods wait out its lease"));
+            }
+        });
+    }
+}
+
+/// A warning on Python's `fleetgate` logger, from a background task.
+fn log_warning(message: &str) {
+    Python::attach(|py| {
+        let logged = py
+            .import("logging")
+            .and_then(|logging| logging.call_method1("getLogger", ("fleetgate",)))
+            .and_then(|logger| logger.call_method1("warning", ("fleetgate: %s", message)));
+        if let Err(e) = logged {
+            e.write_unraisable(py, None);
+        }
+    });
 }

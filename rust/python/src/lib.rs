@@ -24,6 +24,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<breaker::Breaker>()?;
     m.add_class::<dedup::Flights>()?;
     m.add_class::<dedup::Flight>()?;
+    m.add_class::<dedup::FleetFlights>()?;
     m.add_class::<lanes::Lanes>()?;
     m.add_class::<lanes::Slot>()?;
     m.add_class::<completions::Completions>()?;

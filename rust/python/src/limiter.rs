@@ -212,7 +212,7 @@ fn done(result: core::Result<()>) -> Outcome {
 fn seconds(name: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
     match value {
         None => Ok(None),
-        Some(s) if s.is_finite() && s >= 0.0 && s <= 86_400.0 * 366.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) if (0.0..=86_400.0 * 366.0).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
         Some(s) => Err(ConfigError::new_err(format!("{name} must be a number of seconds from 0 to a year, got {s}"))),
     }
 }
