@@ -133,7 +133,9 @@ impl BreakerOptions {
         let bad = |msg: String| Err(Error::invalid(format!("circuit breaker: {msg}")));
         match self.window {
             Window::Count(0) | Window::Time(0) => return bad("the window must hold at least one call or second".into()),
-            Window::Count(n) if n > 100_000 => return bad(format!("a window of {n} calls is too large (at most 100,000)")),
+            Window::Count(n) if n > 100_000 => {
+                return bad(format!("a window of {n} calls is too large (at most 100,000)"))
+            }
             Window::Time(s) if s > 3_600 => return bad(format!("a window of {s} s is too long (at most 3,600)")),
             _ => {}
         }
@@ -149,7 +151,10 @@ impl BreakerOptions {
             return bad("half_open_probes must be at least 1".into());
         }
         if self.open_base.is_zero() || self.open_max < self.open_base {
-            return bad(format!("open periods must satisfy 0 < open_base ({:?}) <= open_max ({:?})", self.open_base, self.open_max));
+            return bad(format!(
+                "open periods must satisfy 0 < open_base ({:?}) <= open_max ({:?})",
+                self.open_base, self.open_max
+            ));
         }
         if !(0.0..1.0).contains(&self.jitter) {
             return bad(format!("jitter must be in [0, 1), got {}", self.jitter));
@@ -226,15 +231,25 @@ struct Mark {
 /// per-second buckets on demand.
 #[derive(Debug)]
 enum Outcomes {
-    Count { ring: Vec<Mark>, next: usize, len: usize, failed: u32, slow: u32 },
+    Count {
+        ring: Vec<Mark>,
+        next: usize,
+        len: usize,
+        failed: u32,
+        slow: u32,
+    },
     /// Per-second buckets: (second, calls, failures, slow).
-    Time { buckets: Vec<(u64, u32, u32, u32)> },
+    Time {
+        buckets: Vec<(u64, u32, u32, u32)>,
+    },
 }
 
 impl Outcomes {
     fn new(window: Window) -> Self {
         match window {
-            Window::Count(n) => Outcomes::Count { ring: vec![Mark::default(); n as usize], next: 0, len: 0, failed: 0, slow: 0 },
+            Window::Count(n) => {
+                Outcomes::Count { ring: vec![Mark::default(); n as usize], next: 0, len: 0, failed: 0, slow: 0 }
+            }
             Window::Time(s) => Outcomes::Time { buckets: vec![(u64::MAX, 0, 0, 0); s as usize] },
         }
     }
@@ -337,7 +352,13 @@ impl Breaker {
             rng: seed | 1,
             events: Vec::new(),
         };
-        Ok(Breaker { name: name.to_owned(), options, created: now, inner: Mutex::new(inner), pending: AtomicBool::new(false) })
+        Ok(Breaker {
+            name: name.to_owned(),
+            options,
+            created: now,
+            inner: Mutex::new(inner),
+            pending: AtomicBool::new(false),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -389,7 +410,10 @@ impl Breaker {
                 if inner.probes_granted >= self.options.half_open_probes {
                     let oldest = inner.probes_out.iter().map(|p| p.1).min();
                     let wait = oldest.map(|t| (t + self.options.probe_max_wait).saturating_duration_since(now));
-                    return Err(Refused { reason: Refusal::ProbesOut, retry_after: wait.or(Some(Duration::from_millis(100))) });
+                    return Err(Refused {
+                        reason: Refusal::ProbesOut,
+                        retry_after: wait.or(Some(Duration::from_millis(100))),
+                    });
                 }
                 let probe = inner.next_probe;
                 inner.next_probe += 1;
@@ -576,7 +600,15 @@ impl Breaker {
         self.enter(inner, to, reason, lasts, false, now);
     }
 
-    fn enter(&self, inner: &mut Inner, to: State, reason: &'static str, lasts: Option<Duration>, remote: bool, now: Instant) {
+    fn enter(
+        &self,
+        inner: &mut Inner,
+        to: State,
+        reason: &'static str,
+        lasts: Option<Duration>,
+        remote: bool,
+        now: Instant,
+    ) {
         let from = inner.state;
         inner.state = to;
         inner.epoch += 1;

@@ -71,7 +71,8 @@ impl DedupFleet {
 
     /// Give the claim up without an answer: a waiting pod then makes the call.
     pub async fn release(&self, key: &str) -> Result<bool> {
-        let reply = self.store().run(&DEDUP_RELEASE, &[keys::dedup_claim(key)], std::slice::from_ref(&self.token)).await?;
+        let reply =
+            self.store().run(&DEDUP_RELEASE, &[keys::dedup_claim(key)], std::slice::from_ref(&self.token)).await?;
         Ok(matches!(reply, Value::Int(1)))
     }
 

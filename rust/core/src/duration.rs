@@ -8,12 +8,18 @@ use std::time::Duration;
 /// allowed; a bare `0` is zero). A plain number is read as seconds, as `retry-after` is.
 pub fn parse_go_duration(text: &str) -> Result<Duration> {
     let s = text.trim();
-    let bad = |why: &str| Error::invalid(format!("invalid duration {text:?}: {why} (expected e.g. \"20ms\", \"6m0s\", \"1h2m3.5s\")"));
+    let bad = |why: &str| {
+        Error::invalid(format!("invalid duration {text:?}: {why} (expected e.g. \"20ms\", \"6m0s\", \"1h2m3.5s\")"))
+    };
     if s.is_empty() {
         return Err(bad("empty"));
     }
     if let Ok(secs) = s.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 { Ok(Duration::from_secs_f64(secs)) } else { Err(bad("not a non-negative number")) };
+        return if secs.is_finite() && secs >= 0.0 {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err(bad("not a non-negative number"))
+        };
     }
     let bytes = s.as_bytes();
     let mut i = 0;

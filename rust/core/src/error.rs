@@ -23,7 +23,9 @@ pub enum Error {
 
     /// The shared store could not be reached or answered with an error, and the failure
     /// policy is fail-closed (or the operation has no local fallback).
-    #[error("the Redis store is unavailable ({0}); check that Redis is reachable, or use failure_policy=\"fail_open\"")]
+    #[error(
+        "the Redis store is unavailable ({0}); check that Redis is reachable, or use failure_policy=\"fail_open\""
+    )]
     StoreUnavailable(String),
 
     /// `acquire` gave up: the quota had no room before the deadline.

@@ -41,9 +41,9 @@ impl RateLimitReport {
         let count = |i: usize| -> Result<Option<u64>> {
             raw[i]
                 .map(|v| {
-                    v.trim().parse::<u64>().map_err(|_| {
-                        Error::invalid(format!("header {}: expected a whole number, got {v:?}", NAMES[i]))
-                    })
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| Error::invalid(format!("header {}: expected a whole number, got {v:?}", NAMES[i])))
                 })
                 .transpose()
         };
@@ -90,7 +90,9 @@ mod tests {
     fn names_the_bad_header() {
         let err = RateLimitReport::from_headers([("x-ratelimit-remaining-tokens", "lots")]).unwrap_err();
         assert!(err.to_string().contains("x-ratelimit-remaining-tokens"));
-        let err = RateLimitReport::from_headers([("x-ratelimit-remaining-tokens", "1"), ("x-ratelimit-reset-tokens", "5y")]).unwrap_err();
+        let err =
+            RateLimitReport::from_headers([("x-ratelimit-remaining-tokens", "1"), ("x-ratelimit-reset-tokens", "5y")])
+                .unwrap_err();
         assert!(err.to_string().contains("x-ratelimit-reset-tokens"));
         assert!(RateLimitReport::from_headers([("content-type", "json")]).unwrap().is_empty());
     }

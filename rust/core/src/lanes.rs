@@ -912,7 +912,8 @@ mod tests {
         let lanes = lanes(1, 4);
         let held = granted(lanes.enter(Lane::Batch, None));
         let ticket = queued(lanes.enter(Lane::Interactive, Some(Instant::now() + Duration::from_millis(20))));
-        let outcome = std::thread::spawn(move || ticket.wait_blocking().map(|slot| slot.lane())).join().expect("thread");
+        let outcome =
+            std::thread::spawn(move || ticket.wait_blocking().map(|slot| slot.lane())).join().expect("thread");
         assert_eq!(outcome, Err(LaneError::Expired { lane: Lane::Interactive }));
         assert_eq!(lanes.in_use(), 1);
         drop(held);
@@ -1011,7 +1012,8 @@ mod tests {
         let ran = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..THREADS)
             .map(|t| {
-                let (lanes, active, max, ran) = (Arc::clone(&lanes), Arc::clone(&active), Arc::clone(&max), Arc::clone(&ran));
+                let (lanes, active, max, ran) =
+                    (Arc::clone(&lanes), Arc::clone(&active), Arc::clone(&max), Arc::clone(&ran));
                 std::thread::spawn(move || {
                     for round in 0..ROUNDS {
                         let slot = match lanes.enter(Lane::ALL[(t + round) % 3], None).expect("room in the queue") {

@@ -25,7 +25,9 @@ impl FailurePolicy {
         match text {
             "fail_open" => Ok(FailurePolicy::FailOpen),
             "fail_closed" => Ok(FailurePolicy::FailClosed),
-            other => Err(Error::invalid(format!("unknown failure_policy {other:?}: use \"fail_open\" or \"fail_closed\""))),
+            other => {
+                Err(Error::invalid(format!("unknown failure_policy {other:?}: use \"fail_open\" or \"fail_closed\"")))
+            }
         }
     }
 
@@ -148,9 +150,16 @@ impl Limiter {
     /// Decide without waiting on the embedded store. `None` when the limiter is shared:
     /// use `try_acquire`.
     #[inline]
-    pub fn try_acquire_embedded(&self, quotas: &[&Arc<QuotaSpec>], requests: u64, tokens: u64) -> Option<Result<Decision>> {
+    pub fn try_acquire_embedded(
+        &self,
+        quotas: &[&Arc<QuotaSpec>],
+        requests: u64,
+        tokens: u64,
+    ) -> Option<Result<Decision>> {
         let Backend::Embedded(store) = &self.backend else { return None };
-        Some(check_costs(quotas.iter().copied(), requests, tokens).map(|()| store.try_acquire(quotas, requests, tokens)))
+        Some(
+            check_costs(quotas.iter().copied(), requests, tokens).map(|()| store.try_acquire(quotas, requests, tokens)),
+        )
     }
 
     /// Reserve `requests` and `tokens` on every quota, or on none.
@@ -189,7 +198,13 @@ impl Limiter {
 
     /// Wait (sleeping exactly as long as the store says, never polling) until admitted, or
     /// fail with `Error::RateLimited` when admission cannot come before `timeout`.
-    pub async fn acquire(&self, quotas: &[Arc<QuotaSpec>], requests: u64, tokens: u64, timeout: Option<Duration>) -> Result<Decision> {
+    pub async fn acquire(
+        &self,
+        quotas: &[Arc<QuotaSpec>],
+        requests: u64,
+        tokens: u64,
+        timeout: Option<Duration>,
+    ) -> Result<Decision> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let decision = self.try_acquire(quotas, requests, tokens).await?;

@@ -150,7 +150,6 @@ impl LocalStore {
             }
         }
     }
-
 }
 
 impl Default for LocalStore {
@@ -207,11 +206,24 @@ mod tests {
     use proptest::prelude::*;
 
     fn quota(name: &str, algorithm: Algorithm, rpm: Option<i64>, tpm: Option<i64>, burst: f64) -> Arc<QuotaSpec> {
-        let opts = QuotaOptions { requests_per_minute: rpm, tokens_per_minute: tpm, algorithm, burst_seconds: burst, ..Default::default() };
+        let opts = QuotaOptions {
+            requests_per_minute: rpm,
+            tokens_per_minute: tpm,
+            algorithm,
+            burst_seconds: burst,
+            ..Default::default()
+        };
         Arc::new(QuotaSpec::new(name, &opts).unwrap())
     }
 
-    fn acquire(store: &LocalStore, states: &mut HashMap<String, QuotaState>, qs: &[&Arc<QuotaSpec>], r: u64, t: u64, now: f64) -> Decision {
+    fn acquire(
+        store: &LocalStore,
+        states: &mut HashMap<String, QuotaState>,
+        qs: &[&Arc<QuotaSpec>],
+        r: u64,
+        t: u64,
+        now: f64,
+    ) -> Decision {
         store.try_acquire_at(states, qs, r, t, now)
     }
 

@@ -24,9 +24,9 @@ impl Algorithm {
         match text {
             "token_bucket" => Ok(Algorithm::TokenBucket),
             "sliding_window" => Ok(Algorithm::SlidingWindow),
-            other => Err(Error::invalid(format!(
-                "unknown algorithm {other:?}: use \"token_bucket\" or \"sliding_window\""
-            ))),
+            other => {
+                Err(Error::invalid(format!("unknown algorithm {other:?}: use \"token_bucket\" or \"sliding_window\"")))
+            }
         }
     }
 
@@ -122,7 +122,9 @@ impl QuotaSpec {
         let dimension = |what: &str, limit: Option<i64>, burst: Option<i64>| -> Result<Option<Dimension>> {
             let Some(limit) = limit else {
                 if burst.is_some() {
-                    return Err(Error::invalid(format!("quota {name:?}: {what}_burst given without {what}s_per_minute")));
+                    return Err(Error::invalid(format!(
+                        "quota {name:?}: {what}_burst given without {what}s_per_minute"
+                    )));
                 }
                 return Ok(None);
             };

@@ -119,10 +119,11 @@ impl RedisStore {
                             .set_connection_timeout(Some(t.connect))
                             .set_response_timeout(Some(t.response))
                             .set_number_of_retries(1);
-                        let manager = tokio::time::timeout(t.connect * 2, ConnectionManager::new_with_config(client, config))
-                            .await
-                            .map_err(|_| Error::StoreUnavailable("timed out connecting".into()))?
-                            .map_err(unavailable)?;
+                        let manager =
+                            tokio::time::timeout(t.connect * 2, ConnectionManager::new_with_config(client, config))
+                                .await
+                                .map_err(|_| Error::StoreUnavailable("timed out connecting".into()))?
+                                .map_err(unavailable)?;
                         Ok(Connection::Standalone(manager))
                     }
                     Topology::Cluster(nodes) => {
@@ -333,7 +334,13 @@ fn push_limits(args: &mut Vec<String>, quota: &QuotaSpec) {
     let dim = |d: Option<Dimension>| d.map_or((0, 0), |d| (d.per_minute, d.capacity));
     let (rpm, rcap) = dim(quota.requests);
     let (tpm, tcap) = dim(quota.tokens);
-    args.extend([algorithm_arg(quota).to_owned(), rpm.to_string(), rcap.to_string(), tpm.to_string(), tcap.to_string()]);
+    args.extend([
+        algorithm_arg(quota).to_owned(),
+        rpm.to_string(),
+        rcap.to_string(),
+        tpm.to_string(),
+        tcap.to_string(),
+    ]);
 }
 
 /// Split items into groups whose quotas share a cluster slot, keeping their order.
@@ -395,7 +402,10 @@ mod tests {
 
     #[test]
     fn parses_store_urls() {
-        assert_eq!(parse_url("redis://127.0.0.1:6379/0").unwrap(), Topology::Standalone("redis://127.0.0.1:6379/0".into()));
+        assert_eq!(
+            parse_url("redis://127.0.0.1:6379/0").unwrap(),
+            Topology::Standalone("redis://127.0.0.1:6379/0".into())
+        );
         assert!(matches!(parse_url("rediss://:pw@example:6380").unwrap(), Topology::Standalone(_)));
         assert_eq!(
             parse_url("redis+cluster://:secret@10.0.0.1:7000,10.0.0.2:7001").unwrap(),

@@ -88,7 +88,11 @@ fn bucket_wait(dim: Option<Scaled>, level: f64, cost: f64) -> f64 {
     match dim {
         Some(d) if cost > 0.0 => {
             let need = cost.min(d.capacity);
-            if level >= need { 0.0 } else { (need - level) / d.rate }
+            if level >= need {
+                0.0
+            } else {
+                (need - level) / d.rate
+            }
         }
         _ => 0.0,
     }

@@ -141,7 +141,11 @@ fn spawn_poller(fleet: Weak<BreakerFleet>, period: Duration) {
 }
 
 fn refused(name: &str, r: Refused) -> PyErr {
-    crate::error::to_py(Error::CircuitOpen { breaker: name.to_owned(), reason: r.reason.as_str(), retry_after: r.retry_after })
+    crate::error::to_py(Error::CircuitOpen {
+        breaker: name.to_owned(),
+        reason: r.reason.as_str(),
+        retry_after: r.retry_after,
+    })
 }
 
 fn pack(p: Permit) -> u64 {
@@ -205,9 +209,22 @@ impl Breaker {
     /// a timeout or a connection error), the error's `code`, the latency in seconds (time to
     /// first byte for streams) and, for a 429, upstream's `retry_after` in seconds.
     #[pyo3(signature = (permit, status, code=None, elapsed=0.0, retry_after=0.0))]
-    fn record(&self, py: Python<'_>, permit: u64, status: Option<u16>, code: Option<&str>, elapsed: f64, retry_after: f64) -> PyResult<()> {
+    fn record(
+        &self,
+        py: Python<'_>,
+        permit: u64,
+        status: Option<u16>,
+        code: Option<&str>,
+        elapsed: f64,
+        retry_after: f64,
+    ) -> PyResult<()> {
         let verdict = classify(status, code, Duration::from_secs_f64(retry_after.clamp(0.0, 86_400.0)));
-        self.inner.record(unpack(permit), verdict, Duration::from_secs_f64(elapsed.clamp(0.0, 86_400.0)), Instant::now());
+        self.inner.record(
+            unpack(permit),
+            verdict,
+            Duration::from_secs_f64(elapsed.clamp(0.0, 86_400.0)),
+            Instant::now(),
+        );
         if self.inner.has_transitions() {
             self.publish(py)?;
         }
@@ -255,7 +272,14 @@ impl Breaker {
         // The callback's own errors reach the caller: a broken alert hook must be seen.
         if let Some(callback) = &self.on_transition {
             for t in transitions {
-                let event = (self.inner.name(), t.from.as_str(), t.to.as_str(), t.reason, t.remote, t.lasts.map(|d| d.as_secs_f64()));
+                let event = (
+                    self.inner.name(),
+                    t.from.as_str(),
+                    t.to.as_str(),
+                    t.reason,
+                    t.remote,
+                    t.lasts.map(|d| d.as_secs_f64()),
+                );
                 callback.call1(py, event)?;
             }
         }

@@ -155,7 +155,9 @@ impl Submission {
         runtime().spawn(async move {
             let outcome = task.await;
             if cancelled.load(Ordering::Acquire) {
-                if let (Some(limiter), Outcome::Decision(core::Decision { reservation: Some(r), .. })) = (limiter, outcome) {
+                if let (Some(limiter), Outcome::Decision(core::Decision { reservation: Some(r), .. })) =
+                    (limiter, outcome)
+                {
                     release_orphan(&limiter, r);
                 }
                 return;

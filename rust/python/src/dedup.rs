@@ -53,7 +53,11 @@ fn head_value(head: HeadOrEnd) -> PyResult<Option<(u16, Headers)>> {
 }
 
 /// Every chunk from `from` on once there is at least one (or the end): `(chunks, end)`.
-fn chunks_value<'py>(py: Python<'py>, flight: &core::Flight, from: usize) -> (Vec<Bound<'py, PyBytes>>, Option<EndTuple>) {
+fn chunks_value<'py>(
+    py: Python<'py>,
+    flight: &core::Flight,
+    from: usize,
+) -> (Vec<Bound<'py, PyBytes>>, Option<EndTuple>) {
     let (chunks, end) = flight.chunks_so_far(from);
     (chunks.iter().map(|c| PyBytes::new(py, c)).collect(), end.map(end_tuple))
 }
@@ -152,7 +156,12 @@ impl Flight {
     /// Wait until there are chunks past index `start` (or the end); returns them all and
     /// the end (None while the flight is on). Raises TimeoutError; releases the GIL.
     #[pyo3(signature = (start, timeout=None))]
-    fn next_chunks<'py>(&self, py: Python<'py>, start: usize, timeout: Option<f64>) -> PyResult<(Vec<Bound<'py, PyBytes>>, Option<EndTuple>)> {
+    fn next_chunks<'py>(
+        &self,
+        py: Python<'py>,
+        start: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<(Vec<Bound<'py, PyBytes>>, Option<EndTuple>)> {
         let flight = Arc::clone(&self.inner);
         let next = py.detach(move || flight.next_chunk(start, self::timeout(timeout)));
         if next == Next::TimedOut {
@@ -165,7 +174,9 @@ impl Flight {
         let flight = Arc::clone(&self.inner);
         submit(py, None, async move {
             flight.next_chunk_async(start).await;
-            Outcome::Value(Box::new(move |py| chunks_value(py, &flight, start).into_pyobject(py).map(|v| v.unbind().into_any())))
+            Outcome::Value(Box::new(move |py| {
+                chunks_value(py, &flight, start).into_pyobject(py).map(|v| v.unbind().into_any())
+            }))
         })
     }
 
@@ -256,7 +267,9 @@ impl FleetFlights {
         let fleet = Arc::clone(&self.inner);
         runtime().spawn(async move {
             if let Err(e) = fleet.release(&key).await {
-                log_warning(&format!("could not give up a shared call's claim ({e}); the other pods wait out its lease"));
+                log_warning(&format!(
+                    "could not give up a shared call's claim ({e}); the other pods wait out its lease"
+                ));
             }
         });
     }

@@ -29,14 +29,17 @@ impl Slot {
 }
 
 fn lane_of(priority: i64) -> PyResult<Lane> {
-    Lane::from_index(priority)
-        .ok_or_else(|| ConfigError::new_err(format!("priority must be 0 (realtime), 1 (interactive) or 2 (batch), got {priority}")))
+    Lane::from_index(priority).ok_or_else(|| {
+        ConfigError::new_err(format!("priority must be 0 (realtime), 1 (interactive) or 2 (batch), got {priority}"))
+    })
 }
 
 fn deadline_in(timeout: Option<f64>) -> PyResult<Option<Instant>> {
     match timeout {
         None => Ok(None),
-        Some(t) if t.is_finite() && t <= 86_400.0 * 366.0 => Ok(Some(Instant::now() + Duration::from_secs_f64(t.max(0.0)))),
+        Some(t) if t.is_finite() && t <= 86_400.0 * 366.0 => {
+            Ok(Some(Instant::now() + Duration::from_secs_f64(t.max(0.0))))
+        }
         Some(t) => Err(ConfigError::new_err(format!("timeout must be a number of seconds up to a year, got {t}"))),
     }
 }

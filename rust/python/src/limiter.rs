@@ -1,8 +1,8 @@
 //! `fleetgate.Limiter`, `fleetgate.Decision` and `fleetgate.Reservation`.
 
+use crate::completions::Outcome;
 use crate::error::{ConfigError, IntoPyResult};
 use crate::quota::Quota;
-use crate::completions::Outcome;
 use crate::runtime::{block_on, runtime};
 use fleetgate_core::headers::RateLimitReport;
 use fleetgate_core::limiter::wait_before_retry;
@@ -223,7 +223,9 @@ fn report_from(headers: &Bound<'_, PyAny>) -> PyResult<RateLimitReport> {
     } else if headers.hasattr("items")? {
         headers.call_method0("items")?
     } else {
-        return Err(PyTypeError::new_err("headers must be a mapping of header names to values (a dict or httpx Headers)"));
+        return Err(PyTypeError::new_err(
+            "headers must be a mapping of header names to values (a dict or httpx Headers)",
+        ));
     };
     let mut pairs: Vec<(String, String)> = Vec::new();
     for item in items.try_iter()? {
@@ -237,7 +239,13 @@ impl Limiter {
     /// One decision, synchronously: in process for the embedded store, otherwise a Redis
     /// round trip with the GIL released.
     #[inline]
-    fn decide(&self, py: Python<'_>, quotas: &Bound<'_, PyAny>, requests: u64, tokens: u64) -> PyResult<core::Decision> {
+    fn decide(
+        &self,
+        py: Python<'_>,
+        quotas: &Bound<'_, PyAny>,
+        requests: u64,
+        tokens: u64,
+    ) -> PyResult<core::Decision> {
         if self.inner.is_embedded() {
             return with_quotas(quotas, |qs| self.inner.try_acquire_embedded(qs, requests, tokens))?
                 .expect("embedded limiter")
@@ -297,19 +305,19 @@ impl Limiter {
 
     /// Reserve on every quota given, or on none, without waiting.
     #[pyo3(signature = (quotas, requests=1, tokens=0))]
-    fn try_acquire(
-        &self,
-        py: Python<'_>,
-        quotas: &Bound<'_, PyAny>,
-        requests: i64,
-        tokens: i64,
-    ) -> PyResult<Decision> {
+    fn try_acquire(&self, py: Python<'_>, quotas: &Bound<'_, PyAny>, requests: i64, tokens: i64) -> PyResult<Decision> {
         let (requests, tokens) = amounts(requests, tokens)?;
         Ok(Decision { inner: self.decide(py, quotas, requests, tokens)? })
     }
 
     #[pyo3(signature = (quotas, requests=1, tokens=0))]
-    fn try_acquire_async<'py>(&self, py: Python<'py>, quotas: &Bound<'py, PyAny>, requests: i64, tokens: i64) -> PyResult<Bound<'py, PyAny>> {
+    fn try_acquire_async<'py>(
+        &self,
+        py: Python<'py>,
+        quotas: &Bound<'py, PyAny>,
+        requests: i64,
+        tokens: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let (requests, tokens) = amounts(requests, tokens)?;
         let quotas = owned_quotas(quotas)?;
         let limiter = Arc::clone(&self.inner);
@@ -367,7 +375,12 @@ impl Limiter {
         block_on(py, limiter.settle(reservation, tokens)).py_err()
     }
 
-    fn settle_async<'py>(&self, py: Python<'py>, reservation: &Reservation, tokens: i64) -> PyResult<Bound<'py, PyAny>> {
+    fn settle_async<'py>(
+        &self,
+        py: Python<'py>,
+        reservation: &Reservation,
+        tokens: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let tokens = check_amount("tokens", tokens).py_err()?;
         let (limiter, reservation) = (Arc::clone(&self.inner), Arc::clone(&reservation.inner));
         submit(py, &self.inner, async move { done(limiter.settle(&reservation, tokens).await) })
@@ -417,7 +430,12 @@ impl Limiter {
         block_on(py, limiter.sync(spec, &report)).py_err()
     }
 
-    fn sync_from_headers_async<'py>(&self, py: Python<'py>, quota: &Quota, headers: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn sync_from_headers_async<'py>(
+        &self,
+        py: Python<'py>,
+        quota: &Quota,
+        headers: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let report = report_from(headers)?;
         let (limiter, spec) = (Arc::clone(&self.inner), Arc::clone(&quota.spec));
         submit(py, &self.inner, async move { done(limiter.sync(&spec, &report).await) })

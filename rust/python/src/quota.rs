@@ -56,9 +56,12 @@ impl Quota {
         request_burst: Option<&Bound<'_, PyAny>>,
         token_burst: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let name: String = name
-            .extract()
-            .map_err(|_| PyTypeError::new_err(format!("a quota name must be a str, got {}", name.get_type().name().map(|n| n.to_string()).unwrap_or_default())))?;
+        let name: String = name.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "a quota name must be a str, got {}",
+                name.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            ))
+        })?;
         let opts = QuotaOptions {
             requests_per_minute: whole("requests_per_minute", requests_per_minute)?,
             tokens_per_minute: whole("tokens_per_minute", tokens_per_minute)?,
