@@ -276,3 +276,13 @@ def test_a_pod_that_dies_holding_a_claim_blocks_nobody_past_its_lease(fake_opena
     assert raw.headers["x-fleetgate-dedup"] == "leader"
     assert fake_openai.counters(MODEL).requests == 1, "after the lease, this pod made the call itself"
     assert gate.stats["dedup_fleet_followers"] == 1
+
+
+@pytest.mark.fake_openai(config=FakeConfig())
+def test_with_redis_down_each_pod_calls_alone(fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    gate = fg.Gateway(base_url=fake_openai.base_url, redis_url="redis://127.0.0.1:1/0", dedup={"across_pods": True})
+    raw = gate.openai(api_key="sk-fake", max_retries=0).chat.completions.with_raw_response.create(
+        model=MODEL, messages=MSG, temperature=0)
+    assert raw.status_code == 200 and raw.headers["x-fleetgate-dedup"] == "leader"
+    assert fake_openai.counters(MODEL).requests == 1
+    assert "this pod calls alone" in caplog.text

@@ -84,45 +84,56 @@ class Collapser:
                     answer: Callable[[], httpx2.Response],
                     refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response:
         """`answer()` made by this pod, or the answer another pod made for the same request."""
-        fleet = self.fleet
-        assert fleet is not None
-        try:
-            while True:
-                if fleet.claim(flight.key, max(call.seconds_left(), 1.0)):
-                    return self._share(fleet, flight.key, answer)
+        fleet = self._fleet()
+        while True:
+            try:
+                if fleet.claim(flight.key, _lease(call)):
+                    break
                 self.stats.count("dedup_fleet_followers")
-                shared = fleet.wait(flight.key, max(call.seconds_left(), 0.001), self.settings.poll_seconds)
-                if shared is not None:
-                    return _from_shared(shared, request)
-        except TimeoutError:
-            return refuse(DeadlineExpired("the deadline passed while another pod made this call"))
-        except StoreUnavailable as e:
-            log.warning("fleetgate: Redis unavailable for deduplication across pods (%s); this pod calls alone", e)
-            return answer()
+                shared = fleet.wait(flight.key, _lease(call, at_least=0.001), self.settings.poll_seconds)
+            except (TimeoutError, StoreUnavailable) as e:
+                refused = self._unshared(e, refuse)
+                return refused if refused is not None else answer()
+            if shared is not None:
+                return _from_shared(shared, request)
+        return self._share(fleet, flight.key, answer)
 
     async def across_pods_async(self, flight: Flight, request: httpx2.Request, call: _Call,
                                 answer: Callable[[], Awaitable[httpx2.Response]],
                                 refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response:
-        fleet = self.fleet
-        assert fleet is not None
-        try:
-            while True:
-                if await fleet.claim_async(flight.key, max(call.seconds_left(), 1.0)):
-                    try:
-                        response = await answer()
-                    except BaseException:
-                        fleet.release_later(flight.key)
-                        raise
-                    return self._share(fleet, flight.key, lambda: response)
+        fleet = self._fleet()
+        while True:
+            try:
+                if await fleet.claim_async(flight.key, _lease(call)):
+                    break
                 self.stats.count("dedup_fleet_followers")
-                shared = await fleet.wait_async(flight.key, max(call.seconds_left(), 0.001), self.settings.poll_seconds)
-                if shared is not None:
-                    return _from_shared(shared, request)
-        except TimeoutError:
-            return refuse(DeadlineExpired("the deadline passed while another pod made this call"))
-        except StoreUnavailable as e:
-            log.warning("fleetgate: Redis unavailable for deduplication across pods (%s); this pod calls alone", e)
-            return await answer()
+                shared = await fleet.wait_async(flight.key, _lease(call, at_least=0.001), self.settings.poll_seconds)
+            except (TimeoutError, StoreUnavailable) as e:
+                refused = self._unshared(e, refuse)
+                return refused if refused is not None else await answer()
+            if shared is not None:
+                return _from_shared(shared, request)
+        try:
+            response = await answer()
+        except BaseException:
+            fleet.release_later(flight.key)
+            raise
+        return self._share(fleet, flight.key, lambda: response)
+
+    def _fleet(self) -> FleetFlights:
+        if self.fleet is None:
+            raise RuntimeError("deduplication across pods is off ([dedup] across_pods)")
+        return self.fleet
+
+    @staticmethod
+    def _unshared(error: Exception, refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response | None:
+        """The refusal for a caller whose deadline passed while another pod made the call,
+        or None when Redis is down and this pod must call alone."""
+        if isinstance(error, StoreUnavailable):
+            log.warning("fleetgate: Redis unavailable for deduplication across pods (%s); this pod calls alone",
+                        error)
+            return None
+        return refuse(DeadlineExpired("the deadline passed while another pod made this call"))
 
     def _share(self, fleet: FleetFlights, key: str, answer: Callable[[], httpx2.Response]) -> httpx2.Response:
         """Make the claimed call and publish its answer; only upstream's 200s are shared (a
@@ -280,6 +291,11 @@ def _whole(flight: Flight, request: httpx2.Request, role: str, timeout: float) -
     if end[0] != "complete":
         _raise_end(flight, request)
     return httpx2.Response(status, headers=[*headers, (DEDUP_HEADER, role)], content=b"".join(body), request=request)
+
+
+def _lease(call: _Call, at_least: float = 1.0) -> float:
+    """How long a claim (or a wait) may last: the caller's deadline."""
+    return max(call.seconds_left(), at_least)
 
 
 def _from_shared(shared: tuple[int, str, bytes], request: httpx2.Request) -> httpx2.Response:
