@@ -74,8 +74,10 @@ def _answer(config: FakeConfig, model: str, prompt: str, limit: int | None) -> t
     words = config.answer_words if limit is None else min(config.answer_words, max(1, limit))
     text = content.answer(config.seed, model, prompt, words)
     tokens = max(1, content.estimate_tokens(text))
-    finish = "length" if limit is not None and words < config.answer_words else "stop"
-    return text, tokens, finish
+    cut = limit is not None and (words < config.answer_words or tokens > limit)
+    if limit is not None and tokens > limit:  # like OpenAI: never more output than the request allows
+        text, tokens = text[: limit * 4], limit
+    return text, tokens, "length" if cut else "stop"
 
 
 def plan_chat(config: FakeConfig, body: dict[str, Any]) -> Completion:
