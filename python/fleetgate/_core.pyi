@@ -5,7 +5,8 @@ from typing import Literal, final
 
 __all__ = [
     "__version__", "Breaker", "Breakers", "FleetFlights", "Flight", "Flights", "Lanes", "Slot", "Quota", "Limiter", "Decision", "Reservation", "Completions", "Submission", "parse_duration",
-    "count_tokens", "chat_prompt_tokens", "encoding_for_model",
+    "count_tokens", "chat_prompt_tokens", "encoding_for_model", "truncate_tokens",
+    "Budget", "BudgetReservation", "BudgetStatus", "Ledger",
 ]
 __version__: str
 
@@ -25,6 +26,10 @@ def chat_prompt_tokens(model: str, messages: list[str]) -> int:
 
 def encoding_for_model(model: str) -> Literal["o200k_base", "cl100k_base"]:
     """The encoding OpenAI uses for `model`; unknown models get o200k_base."""
+
+def truncate_tokens(text: str, max_tokens: int, model: str) -> tuple[str, bool]:
+    """`text` cut to its first `max_tokens` tokens under `model`'s encoding (never inside a
+    character), and whether anything was cut."""
 
 @final
 class Quota:
@@ -237,6 +242,124 @@ class FleetFlights:
     async def wait_async(self, key: str, timeout: float, poll: float = 0.02) -> tuple[int, str, bytes] | None: ...
     def publish_later(self, key: str, status: int, headers: str, body: bytes, keep: float = 10.0) -> None: ...
     def release_later(self, key: str) -> None: ...
+
+_BudgetPeriod = Literal["day", "month"]
+#: ``(budget, threshold, spent, limit, period)``
+_Alert = tuple[str, float, float, float, str]
+_OnAlert = Callable[[str, float, float, float, str], object]
+
+@final
+class Budget:
+    """At most ``limit`` dollars per day or month, in an IANA ``timezone``; alerts fire when
+    spending first reaches each of ``alerts`` (shares of the limit) in a period. Raises
+    :class:`ConfigError` on bad input. Budgets with the same name share their spending."""
+
+    def __new__(
+        cls,
+        name: str,
+        limit: float,
+        period: _BudgetPeriod = "day",
+        timezone: str = "UTC",
+        alerts: Sequence[float] = (0.5, 0.75, 0.9, 1.0),
+    ) -> Budget: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def limit(self) -> float: ...
+    @property
+    def period(self) -> _BudgetPeriod: ...
+    @property
+    def timezone(self) -> str: ...
+    @property
+    def alerts(self) -> tuple[float, ...]: ...
+    def window(self, now: float | None = None) -> tuple[str, float, float]:
+        """The period containing `now` (Unix seconds; default: the current time):
+        ``(period id, starts_at, resets_at)``, the id "YYYY-MM-DD" or "YYYY-MM"."""
+
+@final
+class BudgetReservation:
+    """What a ledger holds for one call; settle or release it once, with that ledger."""
+
+    @property
+    def dollars(self) -> float: ...
+    @property
+    def budgets(self) -> tuple[str, ...]: ...
+    @property
+    def period(self) -> tuple[str, ...]:
+        """The id of each budget's period it was made in."""
+
+@final
+class BudgetStatus:
+    """Where a budget stands in a period, in dollars."""
+
+    @property
+    def period(self) -> str: ...
+    @property
+    def spent(self) -> float: ...
+    @property
+    def reserved(self) -> float: ...
+    @property
+    def limit(self) -> float: ...
+    @property
+    def resets_at(self) -> float: ...
+
+@final
+class Ledger:
+    """Dollar budgets, in this process (no limiter, or an embedded one) or shared by every
+    pod on ``limiter``'s Redis. ``on_alert(budget, threshold, spent, limit, period)`` is
+    called for every alert, from whichever thread settles (its errors go to
+    ``sys.unraisablehook``). Spend records are kept by day in ``report_timezone``."""
+
+    def __new__(
+        cls,
+        limiter: Limiter | None = None,
+        *,
+        report_timezone: str = "UTC",
+        on_alert: _OnAlert | None = None,
+    ) -> Ledger: ...
+    @property
+    def embedded(self) -> bool: ...
+    def reserve(
+        self, budgets: Sequence[Budget], dollars: float, *, lease: float = 600.0, now: float | None = None
+    ) -> BudgetReservation:
+        """Hold `dollars` on every budget or on none; raises :class:`BudgetExceeded` (naming
+        the budget that refused) or :class:`StoreUnavailable`. Unsettled holds lapse after
+        `lease` seconds. With no budgets it holds nothing; settling it records the spend."""
+    async def reserve_async(
+        self, budgets: Sequence[Budget], dollars: float, *, lease: float = 600.0, now: float | None = None
+    ) -> BudgetReservation: ...
+    def settle(
+        self,
+        reservation: BudgetReservation,
+        dollars: float,
+        *,
+        model: str = "",
+        feature: str = "",
+        user: str = "",
+        team: str = "",
+    ) -> list[_Alert]:
+        """End the reservation and spend `dollars` on each of its budgets; returns the
+        alerts this crossed (also given to ``on_alert``)."""
+    def settle_later(
+        self,
+        reservation: BudgetReservation,
+        dollars: float,
+        *,
+        model: str = "",
+        feature: str = "",
+        user: str = "",
+        team: str = "",
+    ) -> None:
+        """settle without waiting (in the background on Redis; a failure is logged on the
+        "fleetgate" logger)."""
+    def release(self, reservation: BudgetReservation) -> None:
+        """Give the reservation back without spending."""
+    def release_later(self, reservation: BudgetReservation) -> None:
+        """release without waiting (in the background on Redis)."""
+    def status(self, budget: Budget, *, now: float | None = None) -> BudgetStatus: ...
+    def report(self, days: Sequence[str]) -> list[tuple[str, str, str, str, str, float]]:
+        """Spend records of `days` ("YYYY-MM-DD"), as ``(day, model, feature, user, team,
+        dollars)``, sorted."""
 
 _LaneName = Literal["realtime", "interactive", "batch"]
 

@@ -8,6 +8,7 @@ same thing, it is a base too, so existing ``except`` clauses keep working::
     ├── RateLimited                     acquire() found no room before its timeout
     ├── CircuitOpen                     a circuit breaker refused: upstream is failing
     ├── QueueFull                       a priority lane is full: shed load
+    ├── BudgetExceeded                  a dollar budget has no room for the call's worst case
     ├── DeadlineExpired (TimeoutError)  the deadline passed before a slot came: not sent
     └── StoreUnavailable (ConnectionError)
                                         Redis unreachable and the policy is fail-closed
@@ -17,7 +18,9 @@ The Rust core raises these through one mapping (``rust/python/src/error.rs``).
 
 from __future__ import annotations
 
-__all__ = ["CircuitOpen", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "StoreUnavailable"]
+import time
+
+__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "StoreUnavailable"]
 
 
 class FleetgateError(Exception):
@@ -79,6 +82,30 @@ class QueueFull(FleetgateError):
         self.limit = limit
 
 
+class BudgetExceeded(FleetgateError):
+    """A dollar budget cannot hold the call's worst-case cost until its period ends.
+
+    Attributes:
+        budget: the budget's name (``"feature:support-chat"``, ``"global"``, ...).
+        resets_at: when its period ends (Unix seconds); ``retry_after`` is the same, from now.
+        limit: the budget's limit in dollars.
+        spent: dollars spent and reserved in this period when it refused.
+    """
+
+    def __init__(self, message: str, budget: str = "", resets_at: float = 0.0, limit: float = 0.0,
+                 spent: float = 0.0) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.resets_at = resets_at
+        self.limit = limit
+        self.spent = spent
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the budget's period ends."""
+        return max(0.0, self.resets_at - time.time())
+
+
 class DeadlineExpired(FleetgateError, TimeoutError):
     """The request's deadline passed while it waited for a slot; it was never sent.
 
@@ -89,3 +116,31 @@ class DeadlineExpired(FleetgateError, TimeoutError):
     def __init__(self, message: str, lane: str = "") -> None:
         super().__init__(message)
         self.lane = lane
+
+
+class InputTruncated(UserWarning):
+    """A warning: a preset cut the request's input to its token limit before sending it.
+
+    Attributes:
+        cut: input tokens removed.
+        preset: the preset's name.
+    """
+
+    def __init__(self, message: str, cut: int = 0, preset: str = "") -> None:
+        super().__init__(message)
+        self.cut = cut
+        self.preset = preset
+
+
+#: The ``code`` of the error a gateway refusal answers with, per exception, and the
+#: attributes that ride along with it (the gateway's SDK clients raise the exception again
+#: from them).
+REFUSAL_CODES: dict[type[FleetgateError], tuple[str, tuple[str, ...]]] = {
+    BudgetExceeded: ("fleetgate_budget_exceeded", ("budget", "resets_at", "limit", "spent")),
+    RateLimited: ("fleetgate_rate_limited", ("retry_after", "quota")),
+    CircuitOpen: ("fleetgate_circuit_open", ("breaker", "reason", "retry_after")),
+    QueueFull: ("fleetgate_queue_full", ("lane", "limit")),
+    DeadlineExpired: ("fleetgate_deadline_expired", ("lane",)),
+    StoreUnavailable: ("fleetgate_store_unavailable", ()),
+    ConfigError: ("fleetgate_config", ()),
+}

@@ -39,6 +39,28 @@ pub enum Error {
         None => "isolated until reset (insufficient_quota, or by hand); add credit, then reset it".to_owned(),
     })]
     CircuitOpen { breaker: String, reason: &'static str, retry_after: Option<Duration> },
+
+    /// A dollar budget cannot hold a call's worst-case cost in its current period.
+    /// `spent` counts what is spent and what live reservations hold; `alerted` is true when
+    /// this was the period's first refusal across the fleet and fired the budget's 100% alert.
+    #[error(
+        "budget {budget:?} has no room for a call that may cost ${}: it holds ${} of its ${} for {period} \
+         (spent and reserved), and resets at {}; raise its limit, wait for the next period, or lower the call's \
+         max output tokens",
+        crate::budget::show_dollars(*requested),
+        crate::budget::show_dollars(*spent),
+        crate::budget::show_dollars(*limit),
+        crate::budget::show_instant(*resets_at)
+    )]
+    BudgetExceeded {
+        budget: String,
+        period: String,
+        resets_at: f64,
+        limit: f64,
+        spent: f64,
+        requested: f64,
+        alerted: bool,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

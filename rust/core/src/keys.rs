@@ -47,6 +47,25 @@ pub fn dedup_answer(key_hex: &str) -> String {
     format!("fg:{{dd:{key_hex}}}:answer")
 }
 
+/// One period of a budget (a hash: `spent`, `reserved` in nano-dollars, and `a<percent>`
+/// for each alert fired). `tag` is the budget's `bg:<escaped name>`: every period of a
+/// budget shares its slot.
+pub fn budget_totals(tag: &str, period: &str) -> String {
+    format!("fg:{{{tag}}}:{period}")
+}
+
+/// The live reservations of one period of a budget (a sorted set of `<id>|<nano-dollars>`
+/// scored by expiry, in Redis server milliseconds).
+pub fn budget_held(tag: &str, period: &str) -> String {
+    format!("fg:{{{tag}}}:{period}:held")
+}
+
+/// What was spent on one day, by label (a hash: model, feature, user and team joined by
+/// `\x1f` → nano-dollars).
+pub fn spend(day: &str) -> String {
+    format!("fg:{{spend:{day}}}")
+}
+
 /// The sliding window log of a quota (a sorted set of `seq|requests|tokens` by time).
 pub fn window_log(tag: &str) -> String {
     format!("fg:{{{tag}}}:swlog")
@@ -100,6 +119,15 @@ mod tests {
             let s = slot(&bucket(&tag));
             prop_assert_eq!(s, slot(&window_sums(&tag)));
             prop_assert_eq!(s, slot(&window_log(&tag)));
+            prop_assert_eq!(s, crc16_xmodem(tag.as_bytes()) % 16384);
+        }
+
+        /// Whatever the name, both keys of a budget's period share one slot, that of its tag.
+        #[test]
+        fn keys_of_a_budget_share_a_slot(name in "\\PC{1,40}", day in "20[0-9]{2}-[01][0-9]-[0-3][0-9]") {
+            let tag = format!("bg:{}", escape_tag(&name));
+            let s = slot(&budget_totals(&tag, &day));
+            prop_assert_eq!(s, slot(&budget_held(&tag, &day)));
             prop_assert_eq!(s, crc16_xmodem(tag.as_bytes()) % 16384);
         }
 

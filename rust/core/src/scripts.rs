@@ -27,3 +27,9 @@ pub static DEDUP_PUBLISH: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("dedup-publish", include_str!("../../../lua/dedup-publish-2.lua")));
 pub static DEDUP_RELEASE: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("dedup-release", include_str!("../../../lua/dedup-release-1.lua")));
+pub static BUDGET_RESERVE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("budget-reserve", include_str!("../../../lua/budget-reserve-2.lua")));
+pub static BUDGET_SETTLE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("budget-settle", include_str!("../../../lua/budget-settle-2.lua")));
+pub static SPEND_ADD: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("spend-add", include_str!("../../../lua/spend-add-1.lua")));

@@ -6,6 +6,7 @@
 //! every outcome at once and resolves the asyncio futures. Under load one wake-up carries
 //! many results, and no I/O thread ever waits for the GIL.
 
+use crate::budget::{release_orphan as release_orphan_budget, BudgetReservation, Held};
 use crate::error::to_py;
 use crate::limiter::Decision;
 use crate::runtime::runtime;
@@ -21,6 +22,8 @@ use std::sync::{Arc, Mutex};
 /// What a finished async operation produced.
 pub enum Outcome {
     Decision(core::Decision),
+    /// A budget reservation, given back when nobody is left to use it.
+    BudgetHeld(Held),
     Done,
     Failed(core::Error),
     /// Any other result, converted to Python on the loop's thread when drained.
@@ -80,6 +83,7 @@ impl Completions {
             .map(|(id, outcome)| {
                 Ok(match outcome {
                     Outcome::Decision(inner) => (id, true, Py::new(py, Decision::from(inner))?.into_any()),
+                    Outcome::BudgetHeld(held) => (id, true, Py::new(py, BudgetReservation::from(held))?.into_any()),
                     Outcome::Done => (id, true, py.None()),
                     Outcome::Failed(e) => (id, false, to_py(e).into_value(py).into_any()),
                     Outcome::Value(convert) => match convert(py) {
@@ -155,10 +159,12 @@ impl Submission {
         runtime().spawn(async move {
             let outcome = task.await;
             if cancelled.load(Ordering::Acquire) {
-                if let (Some(limiter), Outcome::Decision(core::Decision { reservation: Some(r), .. })) =
-                    (limiter, outcome)
-                {
-                    release_orphan(&limiter, r);
+                match (limiter, outcome) {
+                    (Some(limiter), Outcome::Decision(core::Decision { reservation: Some(r), .. })) => {
+                        release_orphan(&limiter, r)
+                    }
+                    (_, Outcome::BudgetHeld(held)) => release_orphan_budget(held),
+                    _ => {}
                 }
                 return;
             }
@@ -167,13 +173,18 @@ impl Submission {
         Ok(())
     }
 
-    /// The awaiting coroutine was cancelled: an admission that arrives later is given back.
+    /// The awaiting coroutine was cancelled: an admission (or a budget reservation) that
+    /// arrives later is given back.
     fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
     }
 
     /// An outcome arrived for a coroutine that was cancelled meanwhile: give it back.
     fn orphaned(&self, value: &Bound<'_, PyAny>) {
+        if let Ok(reservation) = value.cast::<BudgetReservation>() {
+            reservation.get().release_orphan();
+            return;
+        }
         let (Some(limiter), Ok(decision)) = (&self.limiter, value.cast::<Decision>()) else { return };
         if let Some(r) = decision.get().reservation_arc() {
             release_orphan(limiter, r);

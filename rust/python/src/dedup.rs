@@ -4,6 +4,7 @@
 use crate::completions::{submit, Outcome};
 use crate::error::IntoPyResult;
 use crate::limiter::Limiter;
+use crate::logger::log_warning;
 use crate::runtime::{block_on, runtime};
 use fleetgate_core::dedup::{self as core, End, FlightKey, Head, HeadOrEnd, Joined, Next};
 use fleetgate_core::dedup_fleet::{DedupFleet, SharedAnswer, Waited};
@@ -273,17 +274,4 @@ impl FleetFlights {
             }
         });
     }
-}
-
-/// A warning on Python's `fleetgate` logger, from a background task.
-fn log_warning(message: &str) {
-    Python::attach(|py| {
-        let logged = py
-            .import("logging")
-            .and_then(|logging| logging.call_method1("getLogger", ("fleetgate",)))
-            .and_then(|logger| logger.call_method1("warning", ("fleetgate: %s", message)));
-        if let Err(e) = logged {
-            e.write_unraisable(py, None);
-        }
-    });
 }

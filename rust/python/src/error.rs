@@ -6,6 +6,7 @@ use fleetgate_core::lanes::LaneError;
 use fleetgate_core::Error;
 use pyo3::PyErr;
 
+pyo3::import_exception!(fleetgate.errors, BudgetExceeded);
 pyo3::import_exception!(fleetgate.errors, CircuitOpen);
 pyo3::import_exception!(fleetgate.errors, ConfigError);
 pyo3::import_exception!(fleetgate.errors, DeadlineExpired);
@@ -23,6 +24,9 @@ pub fn to_py(err: Error) -> PyErr {
         Error::RateLimited { quota, retry_after } => RateLimited::new_err((message, retry_after.as_secs_f64(), quota)),
         Error::CircuitOpen { breaker, reason, retry_after } => {
             CircuitOpen::new_err((message, breaker, reason, retry_after.map(|d| d.as_secs_f64())))
+        }
+        Error::BudgetExceeded { budget, resets_at, limit, spent, .. } => {
+            BudgetExceeded::new_err((message, budget, resets_at, limit, spent))
         }
     }
 }

@@ -2,11 +2,13 @@
 //! and nothing else; the policy lives in the core.
 
 mod breaker;
+mod budget;
 mod completions;
 mod dedup;
 mod error;
 mod lanes;
 mod limiter;
+mod logger;
 mod quota;
 mod runtime;
 mod tokens;
@@ -27,12 +29,17 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dedup::FleetFlights>()?;
     m.add_class::<lanes::Lanes>()?;
     m.add_class::<lanes::Slot>()?;
+    m.add_class::<budget::Budget>()?;
+    m.add_class::<budget::BudgetReservation>()?;
+    m.add_class::<budget::BudgetStatus>()?;
+    m.add_class::<budget::Ledger>()?;
     m.add_class::<completions::Completions>()?;
     m.add_class::<completions::Submission>()?;
     m.add_function(wrap_pyfunction!(parse_duration, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::count_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::chat_prompt_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::encoding_for_model, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::truncate_tokens, m)?)?;
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! Token counting for Python: `count_tokens`, `chat_prompt_tokens`, `encoding_for_model`.
+//! Token counting for Python: `count_tokens`, `chat_prompt_tokens`, `encoding_for_model`, and
+//! `truncate_tokens`.
 
 use fleetgate_core::tokens::{chat_prompt_tokens as chat_tokens, Encoding};
 use pyo3::prelude::*;
@@ -32,4 +33,16 @@ pub fn chat_prompt_tokens(py: Python<'_>, model: &str, messages: Vec<String>) ->
         return py.detach(move || chat_tokens(encoding, messages.iter().map(String::as_str)));
     }
     chat_tokens(encoding, messages.iter().map(String::as_str))
+}
+
+/// `text` cut to its first `max_tokens` tokens under `model`'s encoding (never inside a
+/// character), and whether anything was cut.
+#[pyfunction]
+pub fn truncate_tokens(py: Python<'_>, text: &str, max_tokens: usize, model: &str) -> (String, bool) {
+    let encoding = Encoding::for_model(model);
+    if text.len() > DETACH_ABOVE {
+        let owned = text.to_owned();
+        return py.detach(move || encoding.truncate(&owned, max_tokens));
+    }
+    encoding.truncate(text, max_tokens)
 }
