@@ -10,7 +10,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-__all__ = ["BreakerSettings", "DedupSettings", "FallbackSettings", "GatewayConfig", "LaneSettings", "QuotaLimits"]
+__all__ = [
+    "BreakerSettings", "BudgetLimit", "BudgetSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
+    "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "QuotaLimits",
+]
 
 
 class QuotaLimits(BaseModel):
@@ -97,6 +100,81 @@ class FallbackSettings(BaseModel):
     defer_to: Path | None = None
 
 
+class PriceFields(BaseModel):
+    """One model's price, in dollars per million tokens. Reasoning tokens are output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    output: float = Field(default=0.0, ge=0)
+
+
+class PriceSettings(BaseModel):
+    """Model prices (:mod:`fleetgate.prices`): the table fleetgate ships, or ``file``,
+    with ``models`` added on top."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: A price file of your own (same format as the shipped ``prices.toml``) in place of it.
+    file: Path | None = None
+    #: Prices added to (or replacing entries of) the table.
+    models: dict[str, PriceFields] = Field(default_factory=dict)
+    #: What the Batch API costs, as a share of the synchronous price (None: the table's).
+    batch_discount: float | None = Field(default=None, gt=0, le=1)
+
+
+class BudgetLimit(BaseModel):
+    """One dollar budget. ``scope = "feature"`` with ``name`` is that feature's budget;
+    without ``name`` every feature gets a budget of this size (likewise users and teams)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scope: Literal["global", "team", "feature", "user"] = "global"
+    name: str | None = Field(default=None, min_length=1)
+    dollars: float = Field(gt=0)
+    period: Literal["day", "month"] = "day"
+    #: When it is spent: refuse with ``fleetgate.BudgetExceeded``, step down to the
+    #: ``[fallback] models`` cheaper model, serve only from the cache, or queue the call
+    #: until the next period (within its deadline).
+    on_exhausted: Literal["refuse", "cheaper", "cache_only", "queue"] = "refuse"
+
+
+class BudgetSettings(BaseModel):
+    """Dollar budgets (:mod:`fleetgate.budget`), held across the fleet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limits: list[BudgetLimit] = Field(default_factory=list)
+    #: The time zone days and months are counted in (IANA name, e.g. "Europe/Berlin").
+    timezone: str = "UTC"
+    #: Shares of a budget at which an alert fires, once per budget and period.
+    alerts: list[float] = Field(default_factory=lambda: [0.5, 0.75, 0.9, 1.0])
+    #: How long a reservation holds without being settled (a pod that died mid-call).
+    reservation_seconds: float = Field(default=600.0, gt=0, le=86_400)
+    #: A call of a model with no price under a budget: refuse it, or let it through
+    #: uncounted (logged).
+    unpriced: Literal["refuse", "allow"] = "refuse"
+    #: Record every call's cost for ``fleetgate costs`` even where no budget applies (calls
+    #: under a budget are always recorded).
+    record_spend: bool = False
+
+
+class PresetSettings(BaseModel):
+    """A token budget for one type of request (``scope(preset=…)``, or the feature's name)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The model requests of this type use (None: the one the caller asked for).
+    model: str | None = None
+    #: Longer input is cut to this many tokens (by the model's encoding), with a marker.
+    max_input_tokens: int | None = Field(default=None, gt=0)
+    #: The most output tokens a request of this type may ask for.
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    #: Appended where input was cut.
+    marker: str = " [... truncated]"
+
+
 class GatewayConfig(BaseSettings):
     """Everything a :class:`fleetgate.Gateway` is configured with."""
 
@@ -132,6 +210,10 @@ class GatewayConfig(BaseSettings):
     lanes: LaneSettings = Field(default_factory=LaneSettings)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     fallback: FallbackSettings = Field(default_factory=FallbackSettings)
+    prices: PriceSettings = Field(default_factory=PriceSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    #: Token budgets by request type.
+    presets: dict[str, PresetSettings] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(

@@ -28,6 +28,7 @@ from typing import Any
 import httpx2
 
 from fleetgate.config import FallbackSettings
+from fleetgate.rewrite import with_body
 
 __all__ = ["TIER_HEADER", "Ladder"]
 
@@ -48,10 +49,7 @@ class Ladder:
         cheaper = self.settings.models.get(model) if isinstance(model, str) else None
         if cheaper is None or cheaper == model:
             return None
-        content = json.dumps({**body, "model": cheaper}).encode()
-        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"]
-        return httpx2.Request(request.method, request.url, headers=headers, content=content,
-                              extensions=request.extensions)
+        return with_body(request, {**body, "model": cheaper})
 
     def static_response(self, request: httpx2.Request, endpoint: str, body: dict[str, Any]) -> httpx2.Response | None:
         """The configured answer, shaped as `endpoint` answers, or None."""

@@ -5,14 +5,16 @@
     with gate.scope(user="u-42", feature="support-chat"):
         client.responses.create(model="gpt-4.1-mini", input="…")
 
-The path: scope → dedup (:mod:`fleetgate.dedup`) → lane → circuit breaker → limit →
-upstream → settle, and the fallback ladder (:mod:`fleetgate.fallback`) when the primary
-path cannot serve a call. The breaker is asked before the limiter, so a call it refuses
+The path: scope (and its preset, :mod:`fleetgate.budget.presets`) → dedup
+(:mod:`fleetgate.dedup`) → budget (:mod:`fleetgate.budget.guard`) → lane → circuit breaker →
+limit → upstream → settle, and the fallback ladder (:mod:`fleetgate.fallback`) when the
+primary path cannot serve a call. The breaker is asked before the limiter, so a call it refuses
 never takes quota.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections import Counter
@@ -23,11 +25,17 @@ from typing import Any
 import httpx2
 import openai as openai_sdk
 
-from fleetgate._core import Breaker, Breakers, Lanes, Limiter, Quota
+from fleetgate._core import Breaker, Breakers, Budget, Lanes, Limiter, Quota
+from fleetgate.budget.guard import AlertCallback, Budgets
+from fleetgate.budget.presets import Presets
+from fleetgate.budget.report import By, days_between, spend_by
 from fleetgate.config import GatewayConfig, QuotaLimits
 from fleetgate.dedup import Collapser
+from fleetgate.errors import ConfigError
 from fleetgate.fallback import Ladder
-from fleetgate.scope import Scope, scope
+from fleetgate.prices import PriceTable
+from fleetgate.scope import Priority, Scope, scope
+from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
 from fleetgate.transport import AsyncGateTransport, GateTransport
 
 __all__ = ["Gateway", "GatewayStats"]
@@ -84,7 +92,11 @@ class GatewayStats:
 class Gateway:
     """Composes the request path; hands out openai clients that go through it."""
 
-    def __init__(self, config: GatewayConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: GatewayConfig | None = None, *, on_budget_alert: AlertCallback | None = None,
+                 **overrides: Any) -> None:
+        """`overrides` are :class:`GatewayConfig` fields. `on_budget_alert(budget, threshold,
+        spent, limit, period)` hears of each budget alert, once per budget and period across
+        the fleet (they are logged and counted in ``stats["budget_alerts"]`` too)."""
         self.config = config.model_copy(update=overrides) if config is not None else GatewayConfig(**overrides)
         self.limiter = Limiter(self.config.redis_url, failure_policy=self.config.failure_policy,
                                local_share=self.config.local_share)
@@ -100,6 +112,9 @@ class Gateway:
         self._breaker_cache: dict[tuple[str, str], Breaker] = {}
         self.ladder = Ladder(self.config.fallback)
         self.collapser = Collapser(self.config.dedup, self.stats, self.limiter)
+        self.prices = PriceTable.from_settings(self.config.prices)
+        self.budgets = Budgets(self.config.budgets, self.prices, self.limiter, self.stats.count, on_budget_alert)
+        self.presets = Presets(self.config.presets)
         self._lanes: dict[str, Lanes | None] = {}
         self._lanes_lock = threading.Lock()
 
@@ -108,8 +123,15 @@ class Gateway:
         """A gateway configured from a TOML file (``FLEETGATE_*`` variables win over it)."""
         return cls(GatewayConfig.from_toml(path, **overrides))
 
-    #: ``gate.scope(user=…, feature=…, team=…, priority=…, deadline=…)``
-    scope = staticmethod(scope)
+    def scope(self, *, user: str | None = None, feature: str | None = None, team: str | None = None,
+              priority: Priority | int | None = None, deadline: float | None = None, dedup: bool | None = None,
+              preset: str | None = None) -> scope:
+        """:class:`fleetgate.scope`, checking that `preset` is one of this gateway's."""
+        if preset is not None and preset not in self.config.presets:
+            raise ConfigError(f"preset {preset!r} is not configured: add [presets.{preset}] to the gateway's config "
+                              f"(known: {', '.join(sorted(self.config.presets)) or 'none'})")
+        return scope(user=user, feature=feature, team=team, priority=priority, deadline=deadline, dedup=dedup,
+                     preset=preset)
 
     def quotas_for(self, model: str, sc: Scope) -> tuple[Quota | None, list[Quota]]:
         """The model's quota, and every quota a call of `model` in scope `sc` draws on."""
@@ -164,17 +186,25 @@ class Gateway:
         span = f" for {lasts:.1f}s" if lasts is not None else ""
         log.log(level, "fleetgate: circuit %s %s → %s%s (%s, decided by %s)", name, was, now, span, reason, where)
 
+    def costs(self, since: dt.date | None = None, until: dt.date | None = None, by: By = "model") -> list[tuple[str, float]]:
+        """Dollars spent from `since` to `until` (days in ``[budgets] timezone``, both included;
+        default: the last 7 days), by model, feature, user, team or day, most first."""
+        today = dt.date.fromisoformat(Budget("today", 1.0, "day", self.config.budgets.timezone).window()[0])
+        until = until or today
+        since = since or until - dt.timedelta(days=6)
+        return spend_by(self.budgets.ledger, days_between(since, until), by)
+
     def openai(self, **kwargs: Any) -> openai_sdk.OpenAI:
         """An ``openai.OpenAI`` whose every call goes through this gateway."""
         kwargs.setdefault("base_url", self.config.base_url)
         http_client = openai_sdk.DefaultHttpx2Client(transport=GateTransport(self))
-        return openai_sdk.OpenAI(http_client=http_client, **kwargs)
+        return GatedOpenAI(http_client=http_client, **kwargs)
 
     def async_openai(self, **kwargs: Any) -> openai_sdk.AsyncOpenAI:
         """An ``openai.AsyncOpenAI`` whose every call goes through this gateway."""
         kwargs.setdefault("base_url", self.config.base_url)
         http_client = openai_sdk.DefaultAsyncHttpx2Client(transport=AsyncGateTransport(self))
-        return openai_sdk.AsyncOpenAI(http_client=http_client, **kwargs)
+        return GatedAsyncOpenAI(http_client=http_client, **kwargs)
 
     def transport(self, inner: httpx2.BaseTransport | None = None) -> GateTransport:
         """The sync transport alone, for an ``httpx2.Client`` of your own."""

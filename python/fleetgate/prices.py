@@ -1,5 +1,18 @@
 """Model prices as data (``prices.toml`` beside this file, or a file of your own), and the
-cost of a response's ``usage``."""
+cost of a response's ``usage``.
+
+A price file::
+
+    batch_discount = 0.5            # the Batch API costs half
+
+    [models."gpt-4.1-mini"]         # dollars per million tokens
+    input = 0.40
+    cached_input = 0.10             # optional: cached prompt tokens
+    output = 1.60                   # reasoning tokens are billed as output
+
+A dated snapshot (``gpt-4.1-mini-2025-04-14``) and a fine-tune (``ft:gpt-4.1-mini:…``) take
+the price of the model they are named after unless the file lists them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +21,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleetgate.config import PriceFields, PriceSettings
+from fleetgate.errors import ConfigError
 
 __all__ = ["ModelPrice", "PriceTable", "default_prices"]
 
@@ -20,6 +38,19 @@ class ModelPrice:
     cached_input: float | None = None
     output: float = 0.0
 
+    def dollars(self, prompt: int, output: int, cached: int = 0) -> float:
+        """The cost of `prompt` input tokens (`cached` of them from the prompt cache) and
+        `output` output tokens."""
+        cached = min(cached, prompt) if self.cached_input is not None else 0
+        return ((prompt - cached) * self.input + cached * (self.cached_input or 0.0) + output * self.output) / 1e6
+
+
+class _PriceFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_discount: float = Field(default=0.5, gt=0, le=1)
+    models: dict[str, PriceFields] = Field(default_factory=dict)
+
 
 @dataclass(frozen=True)
 class PriceTable:
@@ -28,29 +59,76 @@ class PriceTable:
 
     @classmethod
     def load(cls, path: str | Path) -> PriceTable:
-        data = tomllib.loads(Path(path).read_text())
-        models = {name: ModelPrice(**fields) for name, fields in data.get("models", {}).items()}
-        return cls(models, float(data.get("batch_discount", 0.5)))
+        """Read a price file. Raises ConfigError naming the model and the field at fault."""
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except OSError as e:
+            raise ConfigError(f"price file {p}: cannot read it ({e})") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"price file {p}: not valid TOML ({e})") from e
+        try:
+            parsed = _PriceFile.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"price file {p}: {_describe(e)}") from e
+        return cls({name: _price(f) for name, f in parsed.models.items()}, parsed.batch_discount)
+
+    @classmethod
+    def from_settings(cls, settings: PriceSettings) -> PriceTable:
+        """The table a gateway's ``[prices]`` describe."""
+        base = cls.load(settings.file) if settings.file is not None else default_prices()
+        if not settings.models and settings.batch_discount is None:
+            return base
+        models = {**base.models, **{name: _price(f) for name, f in settings.models.items()}}
+        discount = settings.batch_discount if settings.batch_discount is not None else base.batch_discount
+        return cls(models, discount)
 
     def price(self, model: str) -> ModelPrice | None:
-        """The price of `model`, or of the longest listed name it starts with (dated snapshots)."""
-        if model in self.models:
-            return self.models[model]
-        matches = [name for name in self.models if model.startswith(name + "-")]
-        return self.models[max(matches, key=len)] if matches else None
+        """The price of `model`, or of the model a snapshot or fine-tune is named after."""
+        found = self.models.get(model)
+        if found is not None:
+            return found
+        return _base_price(self, model)
 
     def cost(self, model: str, usage: dict[str, Any] | None, *, batch: bool = False) -> float | None:
         """Dollars for one response's usage (chat, responses or embeddings), or None when the
-        model has no price."""
+        model has no price or there is no usage."""
         price = self.price(model)
         if price is None or not isinstance(usage, dict):
             return None
         prompt = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
         output = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
         details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-        cached = int(details.get("cached_tokens", 0) or 0) if price.cached_input is not None else 0
-        dollars = ((prompt - cached) * price.input + cached * (price.cached_input or 0.0) + output * price.output) / 1e6
-        return dollars * (self.batch_discount if batch else 1.0)
+        cached = int(details.get("cached_tokens", 0) or 0) if isinstance(details, dict) else 0
+        return price.dollars(prompt, output, cached) * (self.batch_discount if batch else 1.0)
+
+
+def _price(fields: PriceFields) -> ModelPrice:
+    return ModelPrice(fields.input, fields.cached_input, fields.output)
+
+
+def _base_price(table: PriceTable, model: str) -> ModelPrice | None:
+    name = model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 1 else model
+    if name in table.models:
+        return table.models[name]
+    matches = [listed for listed in table.models if name.startswith(listed + "-")]
+    return table.models[max(matches, key=len)] if matches else None
+
+
+def _describe(error: ValidationError) -> str:
+    """A price file's errors, each naming the model and field: ``model "gpt-x", field
+    "input": Input should be a valid number``."""
+    parts = []
+    for e in error.errors():
+        loc = [str(x) for x in e["loc"]]
+        if loc[:1] == ["models"] and len(loc) >= 3:
+            where = f'model "{loc[1]}", field "{loc[2]}"'
+        elif loc[:1] == ["models"] and len(loc) == 2:
+            where = f'model "{loc[1]}"'
+        else:
+            where = f'"{".".join(loc)}"'
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

@@ -32,6 +32,8 @@ class Scope:
     deadline: float | None = None
     #: Collapse identical in-flight requests: None follows the gateway's ``[dedup]`` policy.
     dedup: bool | None = None
+    #: The request type's token budget (``[presets.<name>]``); None: the feature's, if any.
+    preset: str | None = None
 
     def seconds_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -53,7 +55,8 @@ class scope:  # noqa: N801 - used as a context manager, like contextlib's helper
 
     ``deadline`` is seconds from entering the block; an inner deadline never extends an
     outer one. ``dedup`` turns the collapsing of identical in-flight requests on or off for
-    the block, whatever the gateway's ``[dedup] when`` says. Works with ``with`` and
+    the block, whatever the gateway's ``[dedup] when`` says. ``preset`` names the token
+    budget of the block's requests (``[presets.<name>]``). Works with ``with`` and
     ``async with``.
     """
 
@@ -61,17 +64,17 @@ class scope:  # noqa: N801 - used as a context manager, like contextlib's helper
 
     def __init__(self, *, user: str | None = None, feature: str | None = None, team: str | None = None,
                  priority: Priority | int | None = None, deadline: float | None = None,
-                 dedup: bool | None = None) -> None:
+                 dedup: bool | None = None, preset: str | None = None) -> None:
         if deadline is not None and not deadline >= 0:
             raise ValueError(f"deadline must be a number of seconds >= 0, got {deadline!r}")
-        for name, value in (("user", user), ("feature", feature), ("team", team)):
+        for name, value in (("user", user), ("feature", feature), ("team", team), ("preset", preset)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise TypeError(f"{name} must be a non-empty str, got {value!r}")
-        self._fields = (user, feature, team, None if priority is None else Priority(priority), deadline, dedup)
+        self._fields = (user, feature, team, None if priority is None else Priority(priority), deadline, dedup, preset)
         self._token: Token[Scope] | None = None
 
     def __enter__(self) -> Scope:
-        user, feature, team, priority, deadline, dedup = self._fields
+        user, feature, team, priority, deadline, dedup, preset = self._fields
         outer = _current.get()
         absolute = outer.deadline
         if deadline is not None:
@@ -85,6 +88,7 @@ class scope:  # noqa: N801 - used as a context manager, like contextlib's helper
             priority=priority if priority is not None else outer.priority,
             deadline=absolute,
             dedup=dedup if dedup is not None else outer.dedup,
+            preset=preset if preset is not None else outer.preset,
         )
         self._token = _current.set(inner)
         return inner

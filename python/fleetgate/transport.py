@@ -27,11 +27,25 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 
 from fleetgate._core import Breaker, Decision, Quota, Slot
-from fleetgate.errors import CircuitOpen, DeadlineExpired, FleetgateError, QueueFull, RateLimited, StoreUnavailable
+from fleetgate.budget.guard import Budgets, Hold
+from fleetgate.budget.presets import TRUNCATED_HEADER
+from fleetgate.errors import (
+    BudgetExceeded,
+    CircuitOpen,
+    ConfigError,
+    REFUSAL_CODES,
+    DeadlineExpired,
+    FleetgateError,
+    QueueFull,
+    RateLimited,
+    StoreUnavailable,
+)
 from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request, usage_tokens
 from fleetgate.dedup import DEDUP_HEADER
 from fleetgate.fallback import TIER_HEADER
-from fleetgate.scope import current_scope
+from fleetgate.prices import ModelPrice
+from fleetgate.rewrite import with_body
+from fleetgate.scope import Scope, current_scope
 
 if TYPE_CHECKING:
     from fleetgate.gateway import Gateway
@@ -51,6 +65,9 @@ class _Call:
     deadline: float
     breaker: Breaker | None
     priority: int
+    scope: Scope
+    #: Input tokens its preset cut (0: none).
+    cut: int = 0
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -74,7 +91,39 @@ def _prepare(gateway: Gateway, request: httpx2.Request) -> _Call | None:
     model_quota, quotas = gateway.quotas_for(estimate.model, sc)
     # With no quota to draw on, the call is still the gateway's: it owns the 429 retries.
     return _Call(endpoint, body, estimate, quotas, model_quota, deadline, gateway.breaker_for(endpoint, estimate.model),
-                 int(sc.priority))
+                 int(sc.priority), sc)
+
+
+def _shaped(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | _Unserved:
+    """The request as the preset of its scope shapes it (model, output limit, input cut to
+    size), or a refusal naming a preset that is not configured."""
+    presets = gateway.presets
+    name = presets.for_scope(call.scope)
+    if name is None:
+        return request, call
+    try:
+        shaped = presets.shape(name, call.endpoint, call.body)
+    except KeyError:
+        return _Unserved(ConfigError(
+            f"preset {name!r} is not configured: add [presets.{name}] to the gateway's config "
+            f"(known: {', '.join(sorted(presets.presets)) or 'none'})"))
+    request = with_body(request, shaped.body)
+    prepared = _prepare(gateway, request)
+    if prepared is None:
+        return _Unserved(ConfigError(f"preset {name!r} made a request the gateway cannot read"))
+    prepared.cut = shaped.cut
+    return request, prepared
+
+
+def _enter(gateway: Gateway, request: httpx2.Request) -> tuple[httpx2.Request, _Call] | httpx2.Response | None:
+    """The gated call `request` is, shaped by its preset; a refusal; or None when it passes
+    straight through."""
+    call = _prepare(gateway, request)
+    if call is None:
+        return None
+    gateway.stats.count("requests")
+    shaped = _shaped(gateway, request, call)
+    return _refusal(request, shaped.error) if isinstance(shaped, _Unserved) else shaped
 
 
 def _release(slot: Slot | None) -> None:
@@ -91,22 +140,28 @@ class _Unserved(Exception):
 
 
 def _refusal(request: httpx2.Request, error: FleetgateError) -> httpx2.Response:
-    """A refusal by the gateway, shaped as the SDK expects an error, never retried by it."""
-    if isinstance(error, StoreUnavailable):
-        status, code = 503, "fleetgate_store_unavailable"
-    elif isinstance(error, QueueFull):
-        status, code = 503, "fleetgate_queue_full"
+    """A refusal by the gateway, shaped as the SDK expects an error, never retried by it.
+    The error's attributes ride along under ``error.fleetgate``: the gateway's clients
+    raise the fleetgate exception again from them (see :mod:`fleetgate.sdk`)."""
+    paused = isinstance(error, CircuitOpen) and error.reason == "paused"  # upstream's quota: a rate limit
+    code, names = REFUSAL_CODES[RateLimited] if paused else REFUSAL_CODES.get(type(error), REFUSAL_CODES[RateLimited])
+    if isinstance(error, (StoreUnavailable, QueueFull)):
+        status = 503
     elif isinstance(error, DeadlineExpired):
-        status, code = 504, "fleetgate_deadline_expired"
-    elif isinstance(error, CircuitOpen) and error.reason != "paused":  # paused: upstream's quota, a 429
-        status, code = 503, "fleetgate_circuit_open"
+        status = 504
+    elif isinstance(error, ConfigError):
+        status = 400
+    elif isinstance(error, CircuitOpen) and not paused:
+        status = 503
     else:
-        status, code = 429, "fleetgate_rate_limited"
+        status = 429
     headers = {"x-should-retry": "false", "x-fleetgate": "refused", TIER_HEADER: "refused"}
-    retry_after = error.retry_after if isinstance(error, (RateLimited, CircuitOpen)) else None
+    retry_after = error.retry_after if isinstance(error, (RateLimited, CircuitOpen, BudgetExceeded)) else None
     if retry_after is not None:
         headers["retry-after-ms"] = str(max(1, int(retry_after * 1000)))
-    body = {"error": {"message": f"fleetgate: {error}", "type": "fleetgate", "param": None, "code": code}}
+    fields = {name: getattr(error, name, None) for name in names if name != "retry_after"}
+    body = {"error": {"message": f"fleetgate: {error}", "type": "fleetgate", "param": None, "code": code,
+                      "fleetgate": fields}}
     return httpx2.Response(status, headers=headers, json=body, request=request)
 
 
@@ -161,11 +216,13 @@ def _usage_of(body: bytes) -> object:
 class _UsageScanner:
     """Watches a passing SSE stream for its usage, without holding it back."""
 
-    __slots__ = ("_pending", "usage", "deltas")
+    __slots__ = ("_pending", "usage", "detail", "deltas")
 
     def __init__(self) -> None:
         self._pending = b""
         self.usage: int | None = None
+        #: The usage object itself (for its cost).
+        self.detail: Any = None
         self.deltas = 0
 
     def feed(self, chunk: bytes) -> None:
@@ -183,7 +240,7 @@ class _UsageScanner:
                 usage = event.get("usage") or (event.get("response") or {}).get("usage")
                 tokens = usage_tokens(usage)
                 if tokens is not None:
-                    self.usage = tokens
+                    self.usage, self.detail = tokens, usage
             elif b'"delta"' in line:
                 self.deltas += 1
 
@@ -260,19 +317,112 @@ class _Policy:
         else:
             call.breaker.record(permit, response.status_code, None, elapsed)
 
-    def stream_done(self, call: _Call, decision: Decision | None, slot: Slot | None) -> Callable[[_UsageScanner], None]:
+    def stream_done(self, call: _Call, decision: Decision | None, slot: Slot | None,
+                    hold: Hold | None) -> Callable[[_UsageScanner], None]:
         """What to do when a stream ends: settle from what it carried, free the lane's slot."""
         def done(scanner: _UsageScanner) -> None:
             try:
                 self.settle(decision, self.stream_tokens(call, scanner))
+                self.spend(call, hold, scanner.detail, scanner.deltas)
             finally:
                 _release(slot)
         return done
 
-    def served(self, response: httpx2.Response, tier: str) -> httpx2.Response:
+    # -- budgets ----------------------------------------------------------------------------
+
+    def reserve_budget(self, call: _Call) -> Hold | None:
+        """Reserve the call's worst-case cost on its budgets (None: no budgets configured,
+        or an unpriced model allowed through). Raises ``_Unserved`` with BudgetExceeded
+        when one has no room."""
+        plan = self._budget_plan(call)
+        if plan is None:
+            return None
+        budgets, price, worst = plan
+        try:
+            reservation = budgets.ledger.reserve(budgets.applicable(call.scope), worst,
+                                                 lease=budgets.settings.reservation_seconds, now=budgets.clock())
+        except (BudgetExceeded, StoreUnavailable) as e:
+            raise self.budget_refused(e) from e
+        return budgets.hold(call.estimate, call.scope, reservation, price)
+
+    async def reserve_budget_async(self, call: _Call) -> Hold | None:
+        plan = self._budget_plan(call)
+        if plan is None:
+            return None
+        budgets, price, worst = plan
+        try:
+            reservation = await budgets.ledger.reserve_async(budgets.applicable(call.scope), worst,
+                                                             lease=budgets.settings.reservation_seconds,
+                                                             now=budgets.clock())
+        except (BudgetExceeded, StoreUnavailable) as e:
+            raise self.budget_refused(e) from e
+        return budgets.hold(call.estimate, call.scope, reservation, price)
+
+    def _budget_plan(self, call: _Call) -> tuple[Budgets, ModelPrice, float] | None:
+        budgets = self.gateway.budgets
+        if not budgets.active:
+            return None
+        try:
+            price, worst = budgets.worst_case(call.estimate)
+        except ConfigError as e:
+            raise self.budget_refused(e) from e
+        return None if price is None else (budgets, price, worst)
+
+    def budget_refused(self, error: FleetgateError) -> _Unserved:
+        self.gateway.stats.count("budget_refused" if isinstance(error, BudgetExceeded) else "refused")
+        return _Unserved(error)
+
+    def spend(self, call: _Call, hold: Hold | None, usage: Any, output_tokens: int | None = None) -> None:
+        """Settle the call's budgets with what it cost (its usage; else the prompt and
+        `output_tokens`, or the most it could produce when that is unknown)."""
+        if hold is None:
+            return
+        output = call.estimate.max_output_tokens if output_tokens is None else output_tokens
+        try:
+            self.gateway.budgets.spend(hold, usage, call.estimate.prompt_tokens, output)
+        except FleetgateError as e:
+            self.note_settle_failure(e)
+
+    def unspent(self, hold: Hold | None) -> None:
+        try:
+            self.gateway.budgets.release(hold)
+        except FleetgateError as e:
+            self.note_settle_failure(e)
+
+    def when_spent(self, call: _Call, error: FleetgateError) -> tuple[str, float]:
+        """What to do when a budget refused the call: ``("queue", seconds)`` to wait for the
+        next period, ``("cheaper", 0)`` to step down, or ``("refuse", 0)``."""
+        if isinstance(error, ConfigError):
+            return "refuse", 0.0  # a setting to fix: no rung below can help
+        if not isinstance(error, BudgetExceeded):
+            return "other", 0.0
+        action = self.gateway.budgets.action(error.budget)
+        if action == "queue":
+            wait = max(0.0, error.resets_at - self.gateway.budgets.clock()) + 0.001
+            if wait < call.seconds_left():
+                self.gateway.stats.count("budget_queued")
+                return "queue", wait
+            return "refuse", 0.0
+        return action, 0.0
+
+    def served(self, response: httpx2.Response, tier: str, call: _Call | None = None) -> httpx2.Response:
         response.headers[TIER_HEADER] = tier
+        if call is not None and call.cut:
+            response.headers[TRUNCATED_HEADER] = str(call.cut)
         self.gateway.stats.count(f"served_{tier}")
         return response
+
+    def finished(self, call: _Call, decision: Decision | None, hold: Hold | None,
+                 response: httpx2.Response, tier: str) -> httpx2.Response:
+        """A non-streamed answer read whole: settle the quotas and budgets, hand it over."""
+        if response.status_code == 200:
+            usage = _usage_of(response.content)
+            self.settle(decision, self.settle_tokens(call, response, usage))
+            self.spend(call, hold, usage)
+        else:
+            self.settle(decision, (0, "failure"))
+            self.unspent(hold)
+        return self.served(response, tier, call)
 
     def cheaper(self, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | None:
         """The first rung: the request for the cheaper model, prepared, or None."""
@@ -313,11 +463,11 @@ class _Policy:
         stats.count("upstream_retries")
         return wait
 
-    def settle_tokens(self, call: _Call, response: httpx2.Response) -> tuple[int, str]:
+    def settle_tokens(self, call: _Call, response: httpx2.Response, usage: object) -> tuple[int, str]:
         """Tokens to settle a finished non-streamed call with, and where they come from."""
         if response.status_code != 200:
             return 0, "failure"  # refused or failed upstream: no tokens were spent
-        tokens = usage_tokens(_usage_of(response.content))
+        tokens = usage_tokens(usage)
         settled = call.estimate.settle_with(tokens)
         return (settled, "estimate") if tokens is None else (settled, "usage")
 
@@ -397,11 +547,13 @@ class GateTransport(httpx2.BaseTransport):
         self.policy = _Policy(gateway)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        call = _prepare(self.gateway, request)
-        if call is None:
+        entered = _enter(self.gateway, request)
+        if entered is None:
             return self.inner.handle_request(request)
+        if isinstance(entered, httpx2.Response):
+            return entered
+        request, call = entered
         gateway = self.gateway
-        gateway.stats.count("requests")
         collapser = gateway.collapser
         # Threads collapse answers read whole; streams go their own way.
         namespace = None if call.estimate.stream else collapser.namespace(call, request, current_scope())
@@ -427,33 +579,50 @@ class GateTransport(httpx2.BaseTransport):
         return response
 
     def _answer(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
-        """The primary path, then the fallback ladder."""
-        try:
-            return self._serve(request, call, "primary")
-        except _Unserved as unserved:
-            error = unserved.error
+        """The primary path, then the fallback ladder (a spent budget: its own action)."""
+        while True:
+            try:
+                return self._serve(request, call, "primary")
+            except _Unserved as unserved:
+                error = unserved.error
+            action, wait = self.policy.when_spent(call, error)
+            if action != "queue":
+                break
+            time.sleep(wait)
+        if action == "refuse":
+            return _refusal(request, error)
         cheaper = self.policy.cheaper(request, call)
         if cheaper is not None:
             try:
                 return self._serve(*cheaper, "fallback_model")
-            except _Unserved:
-                pass  # the cheaper model cannot serve either: the rungs below take the call
+            except _Unserved as unserved:
+                if action == "cheaper":  # the step down was refused too: say why
+                    return _refusal(request, unserved.error)
+        if action == "cheaper":  # no cheaper model under [fallback] models
+            return _refusal(request, error)
         return self.policy.last_rungs(request, call, error)
 
     def _serve(self, request: httpx2.Request, call: _Call, tier: str) -> httpx2.Response:
-        """Lane → breaker → limit → upstream → settle; the lane's slot is held until the
-        answer (a stream: its end) is in."""
-        slot = self.policy.enter_lane(call)
+        """Budget → lane → breaker → limit → upstream → settle; the lane's slot is held until
+        the answer (a stream: its end) is in."""
+        hold = self.policy.reserve_budget(call)
         try:
-            response = self._call(request, call, tier, slot)
+            slot = self.policy.enter_lane(call)
+        except BaseException:
+            self.policy.unspent(hold)
+            raise
+        try:
+            response = self._call(request, call, tier, slot, hold)
         except BaseException:
             _release(slot)
+            self.policy.unspent(hold)
             raise
         if not isinstance(response.stream, _SettlingStream):
             _release(slot)
         return response
 
-    def _call(self, request: httpx2.Request, call: _Call, tier: str, slot: Slot | None) -> httpx2.Response:
+    def _call(self, request: httpx2.Request, call: _Call, tier: str, slot: Slot | None,
+              hold: Hold | None) -> httpx2.Response:
         """Breaker → limit → upstream → settle, retrying upstream 429s within the deadline."""
         limiter, policy = self.gateway.limiter, self.policy
         attempt = 0
@@ -490,17 +659,17 @@ class GateTransport(httpx2.BaseTransport):
                     time.sleep(retry_in)
                     continue
                 response.headers["x-should-retry"] = "false"
-                return policy.served(response, tier)
+                policy.unspent(hold)
+                return policy.served(response, tier, call)
             if call.estimate.stream and response.status_code == 200:
                 policy.record(call, permit, response, started)  # time to first byte
                 return policy.served(httpx2.Response(
                     response.status_code, headers=response.headers, request=request, extensions=response.extensions,
-                    stream=_SettlingStream(response.stream, policy.stream_done(call, decision, slot)),  # type: ignore[arg-type]
-                ), tier)
+                    stream=_SettlingStream(response.stream, policy.stream_done(call, decision, slot, hold)),  # type: ignore[arg-type]
+                ), tier, call)
             response.read()
             policy.record(call, permit, response, started)
-            policy.settle(decision, policy.settle_tokens(call, response))
-            return policy.served(response, tier)
+            return policy.finished(call, decision, hold, response, tier)
 
     def close(self) -> None:
         self.inner.close()
@@ -515,11 +684,13 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         self.policy = _Policy(gateway)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        call = _prepare(self.gateway, request)
-        if call is None:
+        entered = _enter(self.gateway, request)
+        if entered is None:
             return await self.inner.handle_async_request(request)
+        if isinstance(entered, httpx2.Response):
+            return entered
+        request, call = entered
         gateway = self.gateway
-        gateway.stats.count("requests")
         collapser = gateway.collapser
         namespace = collapser.namespace(call, request, current_scope())
         if namespace is None:
@@ -537,33 +708,50 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         return await collapser.follow(flight, request, "leader" if leader else "follower", call.estimate.stream)
 
     async def _answer(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
-        """The primary path, then the fallback ladder."""
-        try:
-            return await self._serve(request, call, "primary")
-        except _Unserved as unserved:
-            error = unserved.error
+        """The primary path, then the fallback ladder (a spent budget: its own action)."""
+        while True:
+            try:
+                return await self._serve(request, call, "primary")
+            except _Unserved as unserved:
+                error = unserved.error
+            action, wait = self.policy.when_spent(call, error)
+            if action != "queue":
+                break
+            await asyncio.sleep(wait)
+        if action == "refuse":
+            return _refusal(request, error)
         cheaper = self.policy.cheaper(request, call)
         if cheaper is not None:
             try:
                 return await self._serve(*cheaper, "fallback_model")
-            except _Unserved:
-                pass  # the cheaper model cannot serve either: the rungs below take the call
+            except _Unserved as unserved:
+                if action == "cheaper":  # the step down was refused too: say why
+                    return _refusal(request, unserved.error)
+        if action == "cheaper":  # no cheaper model under [fallback] models
+            return _refusal(request, error)
         return self.policy.last_rungs(request, call, error)
 
     async def _serve(self, request: httpx2.Request, call: _Call, tier: str) -> httpx2.Response:
-        """Lane → breaker → limit → upstream → settle; the lane's slot is held until the
-        answer (a stream: its end) is in."""
-        slot = await self.policy.enter_lane_async(call)
+        """Budget → lane → breaker → limit → upstream → settle; the lane's slot is held until
+        the answer (a stream: its end) is in."""
+        hold = await self.policy.reserve_budget_async(call)
         try:
-            response = await self._call(request, call, tier, slot)
+            slot = await self.policy.enter_lane_async(call)
+        except BaseException:
+            self.policy.unspent(hold)
+            raise
+        try:
+            response = await self._call(request, call, tier, slot, hold)
         except BaseException:
             _release(slot)
+            self.policy.unspent(hold)
             raise
         if not isinstance(response.stream, _AsyncSettlingStream):
             _release(slot)
         return response
 
-    async def _call(self, request: httpx2.Request, call: _Call, tier: str, slot: Slot | None) -> httpx2.Response:
+    async def _call(self, request: httpx2.Request, call: _Call, tier: str, slot: Slot | None,
+                    hold: Hold | None) -> httpx2.Response:
         """Breaker → limit → upstream → settle, retrying upstream 429s within the deadline."""
         limiter, policy = self.gateway.limiter, self.policy
         attempt = 0
@@ -605,17 +793,17 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
                     await asyncio.sleep(retry_in)
                     continue
                 response.headers["x-should-retry"] = "false"
-                return policy.served(response, tier)
+                policy.unspent(hold)
+                return policy.served(response, tier, call)
             if call.estimate.stream and response.status_code == 200:
                 policy.record(call, permit, response, started)  # time to first byte
                 return policy.served(httpx2.Response(
                     response.status_code, headers=response.headers, request=request, extensions=response.extensions,
-                    stream=_AsyncSettlingStream(response.stream, policy.stream_done(call, decision, slot)),  # type: ignore[arg-type]
-                ), tier)
+                    stream=_AsyncSettlingStream(response.stream, policy.stream_done(call, decision, slot, hold)),  # type: ignore[arg-type]
+                ), tier, call)
             await response.aread()
             policy.record(call, permit, response, started)
-            policy.settle(decision, policy.settle_tokens(call, response))
-            return policy.served(response, tier)
+            return policy.finished(call, decision, hold, response, tier)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
