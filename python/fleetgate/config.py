@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 __all__ = [
-    "BreakerSettings", "BudgetLimit", "BudgetSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
+    "BreakerSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
     "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "QuotaLimits",
 ]
 
@@ -85,6 +85,27 @@ class DedupSettings(BaseModel):
     poll_seconds: float = Field(default=0.02, gt=0, le=1)
     #: How long a shared answer stays readable for pods that asked late.
     keep_seconds: float = Field(default=10.0, gt=0, le=3_600)
+
+
+class CacheSettings(BaseModel):
+    """The answer cache (:mod:`fleetgate.cache`): exact repeats of a request answered from
+    a stored answer, in Redis (``redis_url``) or in memory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    #: Which requests are answered from the cache: deterministic ones (``temperature`` 0,
+    #: one choice), or all. Every successful answer is stored either way, so a budget whose
+    #: ``on_exhausted = "cache_only"`` can still serve the last answer to any request.
+    when: Literal["deterministic", "always"] = "deterministic"
+    #: Who may share answers: everyone with the same API key ("global"), or only the same
+    #: user, team or feature of the scope.
+    namespace: Literal["global", "user", "team", "feature"] = "global"
+    ttl_seconds: float = Field(default=3_600.0, gt=0, le=30 * 86_400)
+    #: In memory: the most answers kept (least recently used go first).
+    max_entries: int = Field(default=10_000, gt=0)
+    #: Larger answers are not stored.
+    max_entry_bytes: int = Field(default=1_000_000, gt=0)
 
 
 class FallbackSettings(BaseModel):
@@ -210,6 +231,7 @@ class GatewayConfig(BaseSettings):
     lanes: LaneSettings = Field(default_factory=LaneSettings)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     fallback: FallbackSettings = Field(default_factory=FallbackSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     prices: PriceSettings = Field(default_factory=PriceSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     #: Token budgets by request type.

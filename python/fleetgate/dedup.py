@@ -16,7 +16,6 @@ caller makes the call itself and streams are not collapsed.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 import json
 import logging
@@ -28,6 +27,7 @@ import httpx2
 from fleetgate._core import FleetFlights, Flight, Flights, Limiter
 from fleetgate.config import DedupSettings
 from fleetgate.errors import DeadlineExpired, FleetgateError, StoreUnavailable
+from fleetgate.sharing import deterministic, is_read, namespace_of
 from fleetgate.scope import Scope
 
 if TYPE_CHECKING:
@@ -64,16 +64,11 @@ class Collapser:
             return None
         if sc.dedup is None:
             when = self.settings.when
-            if when == "never" or (when == "deterministic" and not _deterministic(call.body)):
+            if when == "never" or (when == "deterministic" and not deterministic(call.body)):
                 return None
         elif not sc.dedup:
             return None
-        part = {"global": None, "user": sc.user, "team": sc.team, "feature": sc.feature}[self.settings.namespace]
-        if self.settings.namespace != "global" and part is None:
-            return None  # no such scope: nothing to share within
-        credential = request.headers.get("authorization", "")
-        account = hashlib.blake2b(f"{credential}\0{request.url.host}".encode(), digest_size=16).hexdigest()
-        return f"{account}\0{self.settings.namespace}\0{part or ''}"
+        return namespace_of(self.settings.namespace, request, sc)
 
     def join(self, call: _Call, namespace: str, request: httpx2.Request) -> tuple[Flight, bool]:
         return self.flights.join(call.endpoint, namespace, request.content)
@@ -177,7 +172,7 @@ class Collapser:
         try:
             response: httpx2.Response = await answer
             try:
-                if isinstance(response.stream, httpx2.AsyncByteStream) and not _is_read(response):
+                if isinstance(response.stream, httpx2.AsyncByteStream) and not is_read(response):
                     flight.publish_head(response.status_code, response.headers.multi_items())
                     async for chunk in response.aiter_raw():
                         flight.publish_chunk(chunk)
@@ -302,18 +297,6 @@ def _from_shared(shared: tuple[int, str, bytes], request: httpx2.Request) -> htt
     status, headers, body = shared
     pairs = [(k, v) for k, v in json.loads(headers)]
     return httpx2.Response(status, headers=[*pairs, (DEDUP_HEADER, "fleet")], content=body, request=request)
-
-
-def _deterministic(body: dict[str, Any]) -> bool:
-    return body.get("temperature") == 0 and body.get("n", 1) == 1
-
-
-def _is_read(response: httpx2.Response) -> bool:
-    try:
-        response.content  # noqa: B018 - raises until the body has been read
-    except httpx2.ResponseNotRead:
-        return False
-    return True
 
 
 def _decoded_headers(response: httpx2.Response) -> list[tuple[str, str]]:

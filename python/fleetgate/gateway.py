@@ -27,6 +27,7 @@ import openai as openai_sdk
 
 from fleetgate._core import Breaker, Breakers, Budget, Lanes, Limiter, Quota
 from fleetgate.budget.guard import AlertCallback, Budgets
+from fleetgate.cache import ExactCache
 from fleetgate.budget.presets import Presets
 from fleetgate.budget.report import By, days_between, spend_by
 from fleetgate.config import GatewayConfig, QuotaLimits
@@ -115,6 +116,9 @@ class Gateway:
         self.prices = PriceTable.from_settings(self.config.prices)
         self.budgets = Budgets(self.config.budgets, self.prices, self.limiter, self.stats.count, on_budget_alert)
         self.presets = Presets(self.config.presets)
+        self.cache = ExactCache(self.config.cache, self.config.redis_url, self.stats)
+        if not self.config.cache.enabled and any(r.on_exhausted == "cache_only" for r in self.config.budgets.limits):
+            raise ConfigError('a budget with on_exhausted = "cache_only" needs the cache: set [cache] enabled = true')
         self._lanes: dict[str, Lanes | None] = {}
         self._lanes_lock = threading.Lock()
 

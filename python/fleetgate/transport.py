@@ -68,6 +68,8 @@ class _Call:
     scope: Scope
     #: Input tokens its preset cut (0: none).
     cut: int = 0
+    #: Where its answer is cached (None: not cached).
+    cache_key: str | None = None
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -328,6 +330,13 @@ class _Policy:
                 _release(slot)
         return done
 
+    def cache_key(self, request: httpx2.Request, call: _Call) -> str | None:
+        """Give the call its cache key (None: its answer is not cached)."""
+        cache = self.gateway.cache
+        if cache.store is not None:
+            call.cache_key = cache.key(call.endpoint, call.body, request, call.scope)
+        return call.cache_key
+
     # -- budgets ----------------------------------------------------------------------------
 
     def reserve_budget(self, call: _Call) -> Hold | None:
@@ -554,6 +563,11 @@ class GateTransport(httpx2.BaseTransport):
             return entered
         request, call = entered
         gateway = self.gateway
+        key = self.policy.cache_key(request, call)
+        if key is not None:
+            hit = gateway.cache.lookup(key, request) if gateway.cache.serves(call.body) else None
+            if hit is not None:
+                return self.policy.served(hit, "cache", call)
         collapser = gateway.collapser
         # Threads collapse answers read whole; streams go their own way.
         namespace = None if call.estimate.stream else collapser.namespace(call, request, current_scope())
@@ -582,13 +596,18 @@ class GateTransport(httpx2.BaseTransport):
         """The primary path, then the fallback ladder (a spent budget: its own action)."""
         while True:
             try:
-                return self._serve(request, call, "primary")
+                response = self._serve(request, call, "primary")
             except _Unserved as unserved:
                 error = unserved.error
+            else:
+                return self.gateway.cache.keep(call.cache_key, response) if call.cache_key else response
             action, wait = self.policy.when_spent(call, error)
             if action != "queue":
                 break
             time.sleep(wait)
+        if action == "cache_only":
+            hit = self.gateway.cache.lookup(call.cache_key, request) if call.cache_key else None
+            return self.policy.served(hit, "cache", call) if hit is not None else _refusal(request, error)
         if action == "refuse":
             return _refusal(request, error)
         cheaper = self.policy.cheaper(request, call)
@@ -691,6 +710,11 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
             return entered
         request, call = entered
         gateway = self.gateway
+        key = self.policy.cache_key(request, call)
+        if key is not None:
+            hit = await gateway.cache.lookup_async(key, request) if gateway.cache.serves(call.body) else None
+            if hit is not None:
+                return self.policy.served(hit, "cache", call)
         collapser = gateway.collapser
         namespace = collapser.namespace(call, request, current_scope())
         if namespace is None:
@@ -711,13 +735,18 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         """The primary path, then the fallback ladder (a spent budget: its own action)."""
         while True:
             try:
-                return await self._serve(request, call, "primary")
+                response = await self._serve(request, call, "primary")
             except _Unserved as unserved:
                 error = unserved.error
+            else:
+                return await self.gateway.cache.keep_async(call.cache_key, response) if call.cache_key else response
             action, wait = self.policy.when_spent(call, error)
             if action != "queue":
                 break
             await asyncio.sleep(wait)
+        if action == "cache_only":
+            hit = await self.gateway.cache.lookup_async(call.cache_key, request) if call.cache_key else None
+            return self.policy.served(hit, "cache", call) if hit is not None else _refusal(request, error)
         if action == "refuse":
             return _refusal(request, error)
         cheaper = self.policy.cheaper(request, call)

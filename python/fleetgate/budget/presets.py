@@ -65,11 +65,9 @@ class Presets:
 
     def for_scope(self, sc: Scope) -> str | None:
         """The preset a call in scope `sc` runs under, or None."""
-        if not self.presets:
-            return None
         if sc.preset is not None:
             return sc.preset
-        return sc.feature if sc.feature in self.presets else None
+        return sc.feature if self.presets and sc.feature in self.presets else None
 
     def shape(self, name: str, endpoint: str, body: dict[str, Any]) -> Shaped:
         """`body` under preset `name`: its model, its output limit, its input cut to size.

@@ -1,0 +1,212 @@
+"""The exact layer: a key over everything in a request that changes its answer, and the
+answers stored under it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+
+from fleetgate.cache.store import AnswerStore, RedisAnswerStore, store_for
+from fleetgate.config import CacheSettings
+from fleetgate.errors import StoreUnavailable
+from fleetgate.sharing import deterministic, is_read, namespace_of
+from fleetgate.scope import Scope
+
+if TYPE_CHECKING:
+    from fleetgate.gateway import GatewayStats
+
+__all__ = ["CACHE_HEADER", "ExactCache"]
+
+#: Response header: ``hit`` for an answer from the cache.
+CACHE_HEADER = "x-fleetgate-cache"
+
+log = logging.getLogger("fleetgate")
+
+#: Body fields that do not change the answer (how it is delivered, or who asked).
+_NOT_IN_KEY = frozenset({"stream_options", "user", "metadata", "store", "service_tier", "safety_identifier",
+                         "prompt_cache_key"})
+#: Headers a stored answer does not keep: the wire's, and those of the call that made it.
+_NOT_STORED = frozenset({"content-encoding", "content-length", "transfer-encoding", "date", "x-request-id",
+                         "set-cookie", "x-fleetgate-dedup"})
+
+
+class ExactCache:
+    def __init__(self, settings: CacheSettings, redis_url: str | None, stats: GatewayStats) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.store: AnswerStore | None = store_for(redis_url, settings.max_entries) if settings.enabled else None
+
+    def key(self, endpoint: str, body: dict[str, Any], request: httpx2.Request, sc: Scope) -> str | None:
+        """The key of a request's answer, or None when its scope cannot share one."""
+        if self.store is None:
+            return None
+        namespace = namespace_of(self.settings.namespace, request, sc)
+        if namespace is None:
+            return None
+        kept = {k: v for k, v in body.items() if k not in _NOT_IN_KEY}
+        canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        digest = hashlib.blake2b(digest_size=20)
+        for part in (namespace, endpoint, canonical):
+            digest.update(part.encode())
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+    def serves(self, body: dict[str, Any]) -> bool:
+        """Whether the policy answers this request from the cache."""
+        return self.settings.when == "always" or deterministic(body)
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def lookup(self, key: str, request: httpx2.Request) -> httpx2.Response | None:
+        """The stored answer to `request`, or None. A Redis failure is logged and is a miss."""
+        assert self.store is not None
+        try:
+            stored = self.store.get(key)
+        except StoreUnavailable as e:
+            self.stats.count("cache_errors")
+            log.warning("fleetgate: %s; answering without the cache", e)
+            return None
+        if stored is None:
+            self.stats.count("cache_misses")
+            return None
+        self.stats.count("cache_hits")
+        return _response(stored, request)
+
+    # -- storing ----------------------------------------------------------------------------
+
+    def keep(self, key: str, response: httpx2.Response) -> httpx2.Response:
+        """Store `response` (a successful answer) under `key`: read whole, at once; a stream,
+        once it has ended whole. Returns the response to hand on."""
+        if response.status_code != 200:
+            return response
+        if isinstance(response.stream, httpx2.SyncByteStream) and not is_read(response):
+            return _rewrap(response, _TeeStream(response.stream, lambda body: self._put(key, response, body, True)))
+        if isinstance(response.stream, httpx2.AsyncByteStream) and not is_read(response):
+            return _rewrap(response, _AsyncTeeStream(response.stream,
+                                                     lambda body: self._put_later(key, response, body, True)))
+        self._put(key, response, response.content, False)
+        return response
+
+    async def keep_async(self, key: str, response: httpx2.Response) -> httpx2.Response:
+        """`keep`, with Redis off the event loop."""
+        if response.status_code == 200 and is_read(response) and self._shared:
+            await asyncio.to_thread(self._put, key, response, response.content, False)
+            return response
+        return self.keep(key, response)
+
+    async def lookup_async(self, key: str, request: httpx2.Request) -> httpx2.Response | None:
+        """`lookup`, with Redis off the event loop."""
+        if self._shared:
+            return await asyncio.to_thread(self.lookup, key, request)
+        return self.lookup(key, request)
+
+    @property
+    def _shared(self) -> bool:
+        return isinstance(self.store, RedisAnswerStore)
+
+    def _put_later(self, key: str, response: httpx2.Response, body: bytes, raw: bool) -> None:
+        """Store from a stream's end on the event loop: in a worker thread when in Redis."""
+        if not self._shared:
+            self._put(key, response, body, raw)
+            return
+        done = asyncio.get_running_loop().run_in_executor(None, self._put, key, response, body, raw)
+        done.add_done_callback(_log_failure)
+
+    def _put(self, key: str, response: httpx2.Response, body: bytes, raw: bool) -> None:
+        """Store `body`: the decoded answer, or (`raw`) the bytes as they came on the wire."""
+        assert self.store is not None
+        if len(body) > self.settings.max_entry_bytes:
+            self.stats.count("cache_too_large")
+            return
+        dropped = _NOT_STORED - {"content-encoding"} if raw else _NOT_STORED
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped]
+        head = json.dumps({"status": response.status_code, "headers": headers}).encode()
+        try:
+            self.store.put(key, head + b"\n" + body, self.settings.ttl_seconds)
+        except StoreUnavailable as e:
+            self.stats.count("cache_errors")
+            log.warning("fleetgate: %s; the answer was not stored", e)
+            return
+        self.stats.count("cache_stored")
+
+
+def _log_failure(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("fleetgate: storing an answer in the cache failed", exc_info=done.exception())
+
+
+def _response(stored: bytes, request: httpx2.Request) -> httpx2.Response:
+    head, _, body = stored.partition(b"\n")
+    meta = json.loads(head)
+    headers = [(k, v) for k, v in meta["headers"]] + [(CACHE_HEADER, "hit")]
+    return httpx2.Response(int(meta["status"]), headers=headers, content=body, request=request)
+
+
+def _rewrap(response: httpx2.Response, stream: httpx2.SyncByteStream | httpx2.AsyncByteStream) -> httpx2.Response:
+    return httpx2.Response(response.status_code, headers=response.headers, stream=stream,
+                           request=response.request, extensions=response.extensions)
+
+
+def _ended_whole(body: bytes) -> bool:
+    """Whether a stream's bytes carry its end: chat's ``[DONE]`` or the responses API's
+    ``response.completed`` (a reader may stop there and close without reading further)."""
+    return b"data: [DONE]" in body[-64:] or b"response.completed" in body
+
+
+class _Tee:
+    """A copy of a passing stream, stored once if it ended whole."""
+
+    def __init__(self, done: Callable[[bytes], None]) -> None:
+        self._done, self._parts, self._stored = done, list[bytes](), False
+
+    def add(self, chunk: bytes) -> bytes:
+        self._parts.append(chunk)
+        return chunk
+
+    def end(self, whole: bool) -> None:
+        if self._stored:
+            return
+        body = b"".join(self._parts)
+        if whole or _ended_whole(body):
+            self._stored = True
+            self._done(body)
+
+
+class _TeeStream(httpx2.SyncByteStream):
+    """Passes a stream through and keeps a copy; stores it only when it ended whole."""
+
+    def __init__(self, inner: httpx2.SyncByteStream, done: Callable[[bytes], None]) -> None:
+        self._inner, self._tee = inner, _Tee(done)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            yield self._tee.add(chunk)
+        self._tee.end(whole=True)
+
+    def close(self) -> None:
+        try:
+            self._tee.end(whole=False)
+        finally:
+            self._inner.close()
+
+
+class _AsyncTeeStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, done: Callable[[bytes], None]) -> None:
+        self._inner, self._tee = inner, _Tee(done)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield self._tee.add(chunk)
+        self._tee.end(whole=True)
+
+    async def aclose(self) -> None:
+        try:
+            self._tee.end(whole=False)
+        finally:
+            await self._inner.aclose()

@@ -1,0 +1,42 @@
+"""What the layers that share answers between callers (deduplication and the cache) agree
+on: who may share one (callers with the same API key and upstream, and, when a setting
+narrows it, the same user, team or feature of the scope), and which requests are
+deterministic."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import httpx2
+
+from fleetgate.scope import Scope
+
+__all__ = ["Sharing", "deterministic", "is_read", "namespace_of"]
+
+Sharing = Literal["global", "user", "team", "feature"]
+
+
+def namespace_of(sharing: Sharing, request: httpx2.Request, sc: Scope) -> str | None:
+    """The namespace `request` may share answers in, or None when the scope lacks the part
+    `sharing` names (nothing to share within). Credentials appear only hashed."""
+    part = {"global": "", "user": sc.user, "team": sc.team, "feature": sc.feature}[sharing]
+    if part is None:
+        return None
+    credential = request.headers.get("authorization", "")
+    account = hashlib.blake2b(f"{credential}\0{request.url.host}".encode(), digest_size=16).hexdigest()
+    return f"{account}\0{sharing}\0{part}"
+
+
+def deterministic(body: dict[str, Any]) -> bool:
+    """Whether a request asks for one answer that does not vary: temperature 0, one choice."""
+    return body.get("temperature") == 0 and body.get("n", 1) == 1
+
+
+def is_read(response: httpx2.Response) -> bool:
+    """Whether a response's body has been read whole (else it is a stream still to read)."""
+    try:
+        response.content  # noqa: B018 - raises until the body has been read
+    except httpx2.ResponseNotRead:
+        return False
+    return True
