@@ -185,6 +185,36 @@ def test_each_alert_fires_once_across_two_pods(store_url: str, fresh: Callable[[
     assert len(heard) == 3, "the refusal found the 100% alert already fired"
 
 
+def _alerting_pod(url: str, name: str, out: Any) -> None:
+    """A pod in its own process: spends on `name` and reports the alerts it heard of (from
+    its settlements and from a refusal)."""
+    budget = Budget(name, 1.0, alerts=(0.5, 0.75, 0.9, 1.0))
+    heard: list[float] = []
+    ledger = Ledger(Limiter(url), on_alert=lambda _budget, threshold, *_: heard.append(threshold))
+    for _ in range(40):
+        try:
+            held = ledger.reserve([budget], 0.01, now=NOW)
+        except BudgetExceeded:
+            break
+        ledger.settle(held, 0.01)
+    out.put(heard)
+
+
+def test_each_alert_fires_once_across_processes(store_url: str, fresh: Callable[[str], str]) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    name = fresh("alerts-procs")
+    procs = [ctx.Process(target=_alerting_pod, args=(store_url, name, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    fired = [threshold for _ in procs for threshold in out.get(timeout=60)]
+    for p in procs:
+        p.join(timeout=30)
+    assert sorted(fired) == [0.5, 0.75, 0.9, 1.0], "4 processes spent $1.00 together; each alert fired once"
+
+
 def test_the_first_refusal_fires_the_full_alert_once(make_ledger: MakeLedger, fresh: Callable[[str], str]) -> None:
     heard: list[tuple[Any, ...]] = []
     ledger = make_ledger(on_alert=lambda *a: heard.append(a))
