@@ -172,25 +172,63 @@ impl Limiter {
             }
             Backend::Redis(store) => store,
         };
-        if !self.redis_suspended() {
-            match store.try_acquire(quotas, requests, tokens).await {
-                Ok(decision) => {
-                    self.redis_down_until.store(0, Ordering::Relaxed);
-                    return Ok(decision);
-                }
-                Err(e @ Error::StoreUnavailable(_)) => {
-                    self.suspend_redis();
-                    if self.options.failure_policy == FailurePolicy::FailClosed {
-                        return Err(e);
-                    }
-                }
-                Err(e) => return Err(e),
+        let answer =
+            if self.redis_suspended() { None } else { Some(store.try_acquire(quotas, requests, tokens).await) };
+        self.on_policy(answer, quotas, requests, tokens)
+    }
+
+    /// `try_acquire` on the caller's thread, blocking (no runtime), where the store allows
+    /// it: embedded, or a standalone Redis. None for a cluster: use `try_acquire`.
+    pub fn try_acquire_blocking(
+        &self,
+        quotas: &[Arc<QuotaSpec>],
+        requests: u64,
+        tokens: u64,
+    ) -> Option<Result<Decision>> {
+        let store = match &self.backend {
+            Backend::Embedded(_) => {
+                let refs: Vec<&Arc<QuotaSpec>> = quotas.iter().collect();
+                return self.try_acquire_embedded(&refs, requests, tokens);
             }
-        } else if self.options.failure_policy == FailurePolicy::FailClosed {
-            return Err(Error::StoreUnavailable(format!(
-                "it failed within the last {:?} and is not retried until then",
-                self.options.recheck_after
-            )));
+            Backend::Redis(store) => store,
+        };
+        if let Err(e) = check_costs(quotas.iter(), requests, tokens) {
+            return Some(Err(e));
+        }
+        let answer =
+            if self.redis_suspended() { None } else { Some(store.try_acquire_blocking(quotas, requests, tokens)?) };
+        Some(self.on_policy(answer, quotas, requests, tokens))
+    }
+
+    /// The store's answer (None: it is suspended after a failure) under the failure
+    /// policy: a failure suspends it, then fail-closed refuses and fail-open decides on
+    /// this pod's share.
+    fn on_policy(
+        &self,
+        answer: Option<Result<Decision>>,
+        quotas: &[Arc<QuotaSpec>],
+        requests: u64,
+        tokens: u64,
+    ) -> Result<Decision> {
+        match answer {
+            Some(Ok(decision)) => {
+                self.redis_down_until.store(0, Ordering::Relaxed);
+                return Ok(decision);
+            }
+            Some(Err(e @ Error::StoreUnavailable(_))) => {
+                self.suspend_redis();
+                if self.options.failure_policy == FailurePolicy::FailClosed {
+                    return Err(e);
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            None if self.options.failure_policy == FailurePolicy::FailClosed => {
+                return Err(Error::StoreUnavailable(format!(
+                    "it failed within the last {:?} and is not retried until then",
+                    self.options.recheck_after
+                )));
+            }
+            None => {}
         }
         let refs: Vec<&Arc<QuotaSpec>> = quotas.iter().collect();
         Ok(self.fallback.try_acquire(&refs, requests, tokens))

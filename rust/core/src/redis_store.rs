@@ -10,7 +10,7 @@ use crate::scripts::{LuaScript, ACQUIRE, SETTLE, SYNC};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -94,13 +94,16 @@ pub struct RedisStore {
     topology: Topology,
     timeouts: RedisTimeouts,
     connection: OnceCell<Connection>,
+    /// Idle blocking connections (standalone only), for callers deciding on their own
+    /// thread: one round trip with no hand-off to the runtime's threads and back.
+    blocking: Mutex<Vec<redis::Connection>>,
 }
 
 impl RedisStore {
     /// Validate the URL; the connection is made on first use (so a pod can start while
     /// Redis is down and run on its failure policy).
     pub fn new(url: &str, timeouts: RedisTimeouts) -> Result<Self> {
-        Ok(RedisStore { topology: parse_url(url)?, timeouts, connection: OnceCell::new() })
+        Ok(RedisStore { topology: parse_url(url)?, timeouts, connection: OnceCell::new(), blocking: Mutex::default() })
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -203,27 +206,77 @@ impl RedisStore {
                 }
             }
         }
-        Ok(Decision {
-            allowed: true,
-            retry_after: Duration::ZERO,
-            remaining_requests,
-            remaining_tokens,
-            limited_by: None,
-            reservation: Some(Arc::new(Reservation::new(parts, requests, tokens, Source::Redis))),
-            source: Source::Redis,
-        })
+        Ok(admitted(parts, remaining_requests, remaining_tokens, requests, tokens))
     }
 
     async fn acquire_group(&self, group: &[&Arc<QuotaSpec>], requests: u64, tokens: u64) -> Result<GroupOutcome> {
-        let mut keys = Vec::with_capacity(group.len() * 2);
-        let mut args = Vec::with_capacity(3 + group.len() * 5);
-        args.extend([requests.to_string(), tokens.to_string(), group.len().to_string()]);
-        for quota in group {
-            push_keys(&mut keys, quota);
-            push_limits(&mut args, quota);
-        }
+        let (keys, args) = acquire_call(group, requests, tokens);
         let reply = self.run(&ACQUIRE, &keys, &args).await?;
         parse_acquire(reply, group.len())
+    }
+
+    /// `try_acquire` on the caller's thread, blocking, for a standalone Redis (one script
+    /// call decides all quotas there); None on a cluster, where the async path groups
+    /// quotas by slot.
+    pub fn try_acquire_blocking(
+        &self,
+        quotas: &[Arc<QuotaSpec>],
+        requests: u64,
+        tokens: u64,
+    ) -> Option<Result<Decision>> {
+        let Topology::Standalone(url) = &self.topology else { return None };
+        let group: Vec<&Arc<QuotaSpec>> = quotas.iter().collect();
+        let (keys, args) = acquire_call(&group, requests, tokens);
+        let outcome =
+            self.run_blocking(url, &ACQUIRE, &keys, &args).and_then(|reply| parse_acquire(reply, group.len()));
+        Some(outcome.map(|outcome| match outcome {
+            GroupOutcome::Admitted { remaining_requests, remaining_tokens, marks } => {
+                let parts = group.iter().zip(marks).map(|(q, mark)| ReservedPart { quota: Arc::clone(q), mark });
+                let (r, t) = (tighter(None, remaining_requests), tighter(None, remaining_tokens));
+                admitted(parts.collect(), r, t, requests, tokens)
+            }
+            GroupOutcome::Refused { retry_after, index } => {
+                Decision::denied(retry_after, Arc::clone(group[index]), Source::Redis)
+            }
+        }))
+    }
+
+    /// `run` on a blocking connection of the pool (made on first use); a connection that
+    /// failed is dropped, not reused.
+    fn run_blocking(&self, url: &str, script: &LuaScript, keys: &[String], args: &[String]) -> Result<Value> {
+        use redis::ConnectionLike as _;
+        let pooled = self.blocking.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => self.connect_blocking(url)?,
+        };
+        let call = |verb: &str, body: &str| {
+            let mut cmd = Cmd::new();
+            cmd.arg(verb).arg(body).arg(keys.len()).arg(keys).arg(args);
+            cmd
+        };
+        let reply = match conn.req_command(&call("EVALSHA", &script.sha)).and_then(Value::extract_error) {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                conn.req_command(&call("EVAL", script.source)).and_then(Value::extract_error)
+            }
+            other => other,
+        };
+        match reply {
+            Ok(value) => {
+                self.blocking.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                Ok(value)
+            }
+            Err(e) => Err(Error::StoreUnavailable(format!("{} script: {e}", script.name))),
+        }
+    }
+
+    fn connect_blocking(&self, url: &str) -> Result<redis::Connection> {
+        let t = self.timeouts;
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let conn = client.get_connection_with_timeout(t.connect).map_err(unavailable)?;
+        conn.set_read_timeout(Some(t.response * 4)).map_err(unavailable)?;
+        conn.set_write_timeout(Some(t.response * 4)).map_err(unavailable)?;
+        Ok(conn)
     }
 
     async fn give_back(&self, parts: &[ReservedPart], requests: u64, tokens: u64) -> Result<()> {
@@ -295,6 +348,37 @@ impl RedisStore {
     }
 }
 
+/// An admitted decision holding `parts`.
+fn admitted(
+    parts: Vec<ReservedPart>,
+    remaining_requests: Option<u64>,
+    remaining_tokens: Option<u64>,
+    requests: u64,
+    tokens: u64,
+) -> Decision {
+    Decision {
+        allowed: true,
+        retry_after: Duration::ZERO,
+        remaining_requests,
+        remaining_tokens,
+        limited_by: None,
+        reservation: Some(Arc::new(Reservation::new(parts, requests, tokens, Source::Redis))),
+        source: Source::Redis,
+    }
+}
+
+/// The keys and arguments of one acquire script call deciding `group`.
+fn acquire_call(group: &[&Arc<QuotaSpec>], requests: u64, tokens: u64) -> (Vec<String>, Vec<String>) {
+    let mut keys = Vec::with_capacity(group.len() * 2);
+    let mut args = Vec::with_capacity(3 + group.len() * 5);
+    args.extend([requests.to_string(), tokens.to_string(), group.len().to_string()]);
+    for quota in group {
+        push_keys(&mut keys, quota);
+        push_limits(&mut args, quota);
+    }
+    (keys, args)
+}
+
 enum GroupOutcome {
     Admitted { remaining_requests: Option<f64>, remaining_tokens: Option<f64>, marks: Vec<WindowMark> },
     Refused { retry_after: f64, index: usize },
@@ -357,13 +441,13 @@ fn group_by_slot<T>(items: &[T], quota: impl Fn(&T) -> &QuotaSpec) -> Vec<Vec<&T
 }
 
 fn parse_acquire(reply: Value, n: usize) -> Result<GroupOutcome> {
-    let shown = format!("{reply:?}");
     let malformed = || {
         Error::StoreUnavailable(format!(
-            "acquire script: unexpected reply {shown:.200} (is another fleetgate version sharing this Redis?)"
+            "acquire script: unexpected reply {:.200} (is another fleetgate version sharing this Redis?)",
+            format!("{reply:?}")
         ))
     };
-    let Value::Array(items) = reply else { return Err(malformed()) };
+    let Value::Array(items) = &reply else { return Err(malformed()) };
     let int = |v: &Value| match v {
         Value::Int(i) => Ok(*i),
         _ => Err(malformed()),

@@ -253,6 +253,10 @@ impl Limiter {
         }
         let quotas = owned_quotas(quotas)?;
         let limiter = &self.inner;
+        // A standalone Redis answers on this thread; a cluster goes through the runtime.
+        if let Some(decided) = py.detach(|| limiter.try_acquire_blocking(&quotas, requests, tokens)) {
+            return decided.py_err();
+        }
         block_on(py, limiter.try_acquire(&quotas, requests, tokens)).py_err()
     }
 }
