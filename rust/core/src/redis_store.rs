@@ -10,6 +10,7 @@ use crate::scripts::{LuaScript, ACQUIRE, SETTLE, SYNC};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -97,13 +98,25 @@ pub struct RedisStore {
     /// Idle blocking connections (standalone only), for callers deciding on their own
     /// thread: one round trip with no hand-off to the runtime's threads and back.
     blocking: Mutex<Vec<redis::Connection>>,
+    /// Blocking connections open (idle or in use), at most `MAX_BLOCKING`.
+    blocking_open: AtomicUsize,
 }
+
+/// Blocking connections kept at most: a few callers at a time get the lowest latency; the
+/// rest share the multiplexed connection, which pipelines many callers' scripts.
+const MAX_BLOCKING: usize = 4;
 
 impl RedisStore {
     /// Validate the URL; the connection is made on first use (so a pod can start while
     /// Redis is down and run on its failure policy).
     pub fn new(url: &str, timeouts: RedisTimeouts) -> Result<Self> {
-        Ok(RedisStore { topology: parse_url(url)?, timeouts, connection: OnceCell::new(), blocking: Mutex::default() })
+        Ok(RedisStore {
+            topology: parse_url(url)?,
+            timeouts,
+            connection: OnceCell::new(),
+            blocking: Mutex::default(),
+            blocking_open: AtomicUsize::new(0),
+        })
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -217,7 +230,7 @@ impl RedisStore {
 
     /// `try_acquire` on the caller's thread, blocking, for a standalone Redis (one script
     /// call decides all quotas there); None on a cluster, where the async path groups
-    /// quotas by slot.
+    /// quotas by slot, and while every blocking connection is busy.
     pub fn try_acquire_blocking(
         &self,
         quotas: &[Arc<QuotaSpec>],
@@ -226,9 +239,10 @@ impl RedisStore {
     ) -> Option<Result<Decision>> {
         let Topology::Standalone(url) = &self.topology else { return None };
         let group: Vec<&Arc<QuotaSpec>> = quotas.iter().collect();
+        let conn = self.blocking_connection(url)?;
         let (keys, args) = acquire_call(&group, requests, tokens);
         let outcome =
-            self.run_blocking(url, &ACQUIRE, &keys, &args).and_then(|reply| parse_acquire(reply, group.len()));
+            self.run_blocking(conn, &ACQUIRE, &keys, &args).and_then(|reply| parse_acquire(reply, group.len()));
         Some(outcome.map(|outcome| match outcome {
             GroupOutcome::Admitted { remaining_requests, remaining_tokens, marks } => {
                 let parts = group.iter().zip(marks).map(|(q, mark)| ReservedPart { quota: Arc::clone(q), mark });
@@ -241,15 +255,32 @@ impl RedisStore {
         }))
     }
 
-    /// `run` on a blocking connection of the pool (made on first use); a connection that
+    /// An idle blocking connection, or a new one while fewer than `MAX_BLOCKING` are open;
+    /// None when all are busy.
+    fn blocking_connection(&self, url: &str) -> Option<Result<redis::Connection>> {
+        if let Some(conn) = self.blocking.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Some(Ok(conn));
+        }
+        let opened = self
+            .blocking_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < MAX_BLOCKING).then_some(open + 1));
+        opened.ok()?;
+        Some(self.connect_blocking(url).inspect_err(|_| {
+            self.blocking_open.fetch_sub(1, Ordering::AcqRel);
+        }))
+    }
+
+    /// `run` on a blocking connection, given back to the pool after; a connection that
     /// failed is dropped, not reused.
-    fn run_blocking(&self, url: &str, script: &LuaScript, keys: &[String], args: &[String]) -> Result<Value> {
+    fn run_blocking(
+        &self,
+        conn: Result<redis::Connection>,
+        script: &LuaScript,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<Value> {
         use redis::ConnectionLike as _;
-        let pooled = self.blocking.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut conn = match pooled {
-            Some(conn) => conn,
-            None => self.connect_blocking(url)?,
-        };
+        let mut conn = conn?;
         let call = |verb: &str, body: &str| {
             let mut cmd = Cmd::new();
             cmd.arg(verb).arg(body).arg(keys.len()).arg(keys).arg(args);
@@ -266,7 +297,10 @@ impl RedisStore {
                 self.blocking.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
                 Ok(value)
             }
-            Err(e) => Err(Error::StoreUnavailable(format!("{} script: {e}", script.name))),
+            Err(e) => {
+                self.blocking_open.fetch_sub(1, Ordering::AcqRel);
+                Err(Error::StoreUnavailable(format!("{} script: {e}", script.name)))
+            }
         }
     }
 
