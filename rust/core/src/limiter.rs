@@ -178,7 +178,8 @@ impl Limiter {
     }
 
     /// `try_acquire` on the caller's thread, blocking (no runtime), where the store allows
-    /// it: embedded, or a standalone Redis. None for a cluster: use `try_acquire`.
+    /// it: embedded, or a standalone Redis with a blocking connection free. None otherwise
+    /// (a cluster, or every blocking connection busy): use `try_acquire`.
     pub fn try_acquire_blocking(
         &self,
         quotas: &[Arc<QuotaSpec>],
