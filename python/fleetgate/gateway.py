@@ -70,7 +70,11 @@ class GatewayStats:
     the store down and fail-closed); ``upstream_rate_limited`` 429s from upstream, of which
     ``upstream_retries`` were retried by the gateway; ``settled_from_usage`` /
     ``settled_from_estimate`` / ``settled_from_failure`` (nothing spent) how reservations
-    were settled; ``settle_failures``.
+    were settled; ``settle_failures``; ``served_<tier>`` per rung of the ladder (``primary``,
+    ``fallback_model``, ``static``, ``deferred``, ``cache``); ``breaker_refused``;
+    ``dedup_followers``, ``dedup_fleet_followers``, ``dedup_cancelled``; ``budget_refused``,
+    ``budget_queued``, ``budget_alerts``, ``budget_unpriced``, ``budget_settled_from_estimate``;
+    ``cache_hits``, ``cache_misses``, ``cache_stored``, ``cache_too_large``, ``cache_errors``.
     """
 
     def __init__(self) -> None:
