@@ -71,7 +71,8 @@ class GatewayStats:
     ``upstream_retries`` were retried by the gateway; ``settled_from_usage`` /
     ``settled_from_estimate`` / ``settled_from_failure`` (nothing spent) how reservations
     were settled; ``settle_failures``; ``served_<tier>`` per rung of the ladder (``primary``,
-    ``fallback_model``, ``static``, ``deferred``, ``cache``); ``breaker_refused``;
+    ``fallback_model``, ``static``, ``deferred``, ``cache``); ``lane_full``;
+    ``breaker_refused`` and ``breaker_<state>`` per transition;
     ``dedup_followers``, ``dedup_fleet_followers``, ``dedup_cancelled``; ``budget_refused``,
     ``budget_queued``, ``budget_alerts``, ``budget_unpriced``, ``budget_settled_from_estimate``;
     ``cache_hits``, ``cache_misses``, ``cache_stored``, ``cache_too_large``, ``cache_errors``.
