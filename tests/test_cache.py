@@ -9,10 +9,11 @@ import time
 import uuid
 from typing import Any
 
+import openai
 import pytest
 
 import fleetgate as fg
-from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI
+from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault
 
 MODEL = "gpt-4.1-mini"
 
@@ -129,14 +130,16 @@ def test_async_repeats_are_answered_from_the_cache(fake_openai: FakeOpenAI, stor
     assert fake_openai.counters(MODEL).requests == 1 and gate.stats["cache_hits"] == 1
 
 
-@pytest.mark.fake_openai(config=FakeConfig())
-def test_failures_are_not_stored(fake_openai: FakeOpenAI) -> None:
-    gate = fg.Gateway(**cached(fake_openai.base_url))
+@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="error", status=503, end=1_000)]))
+def test_failures_from_upstream_are_not_stored(fake_openai: FakeOpenAI) -> None:
+    gate = fg.Gateway(**cached(fake_openai.base_url), breakers={"enabled": False})
     client = gate.openai(api_key="sk-fake", max_retries=0)
-    with pytest.raises(fg.ConfigError):  # a 400 from the gateway: never stored
-        with fg.scope(preset="missing"):
-            client.chat.completions.create(**ask("x"))
-    assert gate.stats["cache_stored"] == 0
+    question = f"failing {uuid.uuid4()}"
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(**ask(question))
+    assert gate.stats["cache_stored"] == 0 and gate.stats["cache_hits"] == 0
+    assert fake_openai.counters(MODEL).requests == 2, "the second call went upstream again"
 
 
 @pytest.mark.fake_openai(config=FakeConfig(answer_words=400))
