@@ -43,8 +43,8 @@ _CACHED_BUDGETS = 65_536  # user names are unbounded; budget objects are cheap t
 class Hold:
     """The budgets a call has reserved on, and what to label its spend with."""
 
-    reservation: BudgetReservation | None
-    price: ModelPrice | None
+    reservation: BudgetReservation
+    price: ModelPrice
     model: str
     feature: str
     user: str
@@ -113,27 +113,22 @@ class Budgets:
             return None, 0.0
         return price, price.dollars(estimate.prompt_tokens, estimate.max_output_tokens)
 
-    def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation | None,
-             price: ModelPrice | None) -> Hold:
+    def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice) -> Hold:
         return Hold(reservation, price, estimate.model, sc.feature or "", sc.user or "", sc.team or "")
 
     def spend(self, hold: Hold, usage: Any, prompt_tokens: int, output_tokens: int) -> None:
         """Settle `hold` with what the call cost: from `usage` when the response had one,
         else from the token counts (in the background)."""
-        if hold.price is None:
-            return
         cost = self.prices.cost(hold.model, usage) if isinstance(usage, dict) else None
         if cost is None:
             cost = hold.price.dollars(prompt_tokens, output_tokens)
             self._count("budget_settled_from_estimate")
-        if hold.reservation is None:
-            return
         self.ledger.settle_later(hold.reservation, cost, model=hold.model, feature=hold.feature, user=hold.user,
                                  team=hold.team)
 
     def release(self, hold: Hold | None) -> None:
         """Nothing was spent (the call never reached upstream, or upstream refused it)."""
-        if hold is not None and hold.reservation is not None:
+        if hold is not None:
             self.ledger.release_later(hold.reservation)
 
     def _alert(self, budget: str, threshold: float, spent: float, limit: float, period: str) -> None:
