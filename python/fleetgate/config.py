@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 __all__ = [
     "BreakerSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
-    "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "QuotaLimits",
+    "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "QuotaLimits", "SemanticSettings",
 ]
 
 
@@ -87,6 +87,37 @@ class DedupSettings(BaseModel):
     keep_seconds: float = Field(default=10.0, gt=0, le=3_600)
 
 
+class SemanticSettings(BaseModel):
+    """The cache's semantic layer: a request whose last user message means the same as
+    one answered before (same model, same instructions and earlier messages, same
+    namespace) is answered from that answer, unless a guard sees a near miss."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    #: ``"local"`` (all-MiniLM-L6-v2 on onnxruntime: the ``local-embeddings`` extra), or
+    #: ``"openai:<model>"`` (OpenAI's embeddings, through the gateway itself).
+    embedder: str = Field(default="local", pattern=r"^(local|openai:[\w.:-]+)$")
+    #: The least cosine similarity of two prompts for one to be served the other's answer.
+    threshold: float = Field(default=0.90, gt=0, le=1)
+    #: Who may share answers. Unlike the exact layer this defaults to one user: a near
+    #: match across users is a leak waiting to happen unless configured.
+    namespace: Literal["global", "user", "team", "feature"] = "user"
+    #: Candidates checked per lookup (best first) before giving up.
+    candidates: int = Field(default=4, ge=1, le=64)
+    #: Two words that replaced one another must be at least this similar (by the
+    #: embedder) for the prompts to match: "fix" / "repair" pass, "Python" / "Ruby" not.
+    term_similarity: float = Field(default=0.4, ge=0, le=1)
+    #: Entries kept in this pod's index (oldest go first), and in the fleet's journal.
+    max_entries: int = Field(default=200_000, gt=0)
+    #: Exact search below this many entries in a namespace; HNSW above.
+    hnsw_from: int = Field(default=20_000, gt=0)
+    #: Embedded mode: a file to keep entries (and their answers) in across restarts.
+    path: str | None = None
+    #: With Redis: how long one wait for other pods' entries lasts.
+    poll_seconds: float = Field(default=0.25, gt=0, le=1)
+
+
 class CacheSettings(BaseModel):
     """The answer cache (:mod:`fleetgate.cache`): exact repeats of a request answered from
     a stored answer, in Redis (``redis_url``) or in memory."""
@@ -106,6 +137,7 @@ class CacheSettings(BaseModel):
     max_entries: int = Field(default=10_000, gt=0)
     #: Larger answers are not stored.
     max_entry_bytes: int = Field(default=1_000_000, gt=0)
+    semantic: SemanticSettings = Field(default_factory=SemanticSettings)
 
 
 class FallbackSettings(BaseModel):

@@ -27,10 +27,11 @@ import openai as openai_sdk
 
 from fleetgate._core import Breaker, Breakers, Budget, Lanes, Limiter, Quota
 from fleetgate.budget.guard import AlertCallback, Budgets
-from fleetgate.cache import ExactCache
+from fleetgate.cache import AnswerCache
+from fleetgate.cache.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from fleetgate.budget.presets import Presets
 from fleetgate.budget.report import By, days_between, spend_by
-from fleetgate.config import GatewayConfig, QuotaLimits
+from fleetgate.config import GatewayConfig, QuotaLimits, SemanticSettings
 from fleetgate.dedup import Collapser
 from fleetgate.errors import ConfigError
 from fleetgate.fallback import Ladder
@@ -75,7 +76,10 @@ class GatewayStats:
     ``breaker_refused`` and ``breaker_<state>`` per transition;
     ``dedup_followers``, ``dedup_fleet_followers``, ``dedup_cancelled``; ``budget_refused``,
     ``budget_queued``, ``budget_alerts``, ``budget_unpriced``, ``budget_settled_from_estimate``;
-    ``cache_hits``, ``cache_misses``, ``cache_stored``, ``cache_too_large``, ``cache_errors``.
+    ``cache_hits``, ``cache_misses``, ``cache_stored``, ``cache_too_large``, ``cache_errors``
+    (the exact layer's); ``semantic_hits``, ``semantic_misses``, ``semantic_guarded_<guard>``
+    per near-miss guard that refused a candidate, ``semantic_stale``, ``semantic_dropped``,
+    ``semantic_other_embedder``.
     """
 
     def __init__(self) -> None:
@@ -99,10 +103,11 @@ class Gateway:
     """Composes the request path; hands out openai clients that go through it."""
 
     def __init__(self, config: GatewayConfig | None = None, *, on_budget_alert: AlertCallback | None = None,
-                 **overrides: Any) -> None:
+                 embedder: Embedder | None = None, **overrides: Any) -> None:
         """`overrides` are :class:`GatewayConfig` fields. `on_budget_alert(budget, threshold,
         spent, limit, period)` hears of each budget alert, once per budget and period across
-        the fleet (they are logged and counted in ``stats["budget_alerts"]`` too)."""
+        the fleet (they are logged and counted in ``stats["budget_alerts"]`` too). `embedder`
+        replaces the one ``[cache.semantic] embedder`` names."""
         self.config = config.model_copy(update=overrides) if config is not None else GatewayConfig(**overrides)
         self.limiter = Limiter(self.config.redis_url, failure_policy=self.config.failure_policy,
                                local_share=self.config.local_share)
@@ -121,11 +126,26 @@ class Gateway:
         self.prices = PriceTable.from_settings(self.config.prices)
         self.budgets = Budgets(self.config.budgets, self.prices, self.limiter, self.stats.count, on_budget_alert)
         self.presets = Presets(self.config.presets)
-        self.cache = ExactCache(self.config.cache, self.config.redis_url, self.stats)
+        self.cache = AnswerCache(self.config.cache, self.config.redis_url, self.stats,
+                                 embedder or self._embedder() if self.config.cache.semantic.enabled else None)
         if not self.config.cache.enabled and any(r.on_exhausted == "cache_only" for r in self.config.budgets.limits):
             raise ConfigError('a budget with on_exhausted = "cache_only" needs the cache: set [cache] enabled = true')
         self._lanes: dict[str, Lanes | None] = {}
         self._lanes_lock = threading.Lock()
+
+    def _embedder(self) -> Embedder:
+        return self.embedder_for(self.config.cache.semantic)
+
+    def embedder_for(self, settings: SemanticSettings) -> Embedder:
+        """The embedder `settings` name: ``local``, or ``openai:<model>`` through this gateway."""
+        name = settings.embedder
+        if name == "local":
+            return LocalEmbedder()
+        return OpenAIEmbedder(self.openai(), name.removeprefix("openai:"))
+
+    def close(self) -> None:
+        """Stop the gateway's background work (the semantic layer's journal reader)."""
+        self.cache.close()
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> Gateway:

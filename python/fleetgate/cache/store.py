@@ -15,7 +15,7 @@ import redis.cluster
 
 from fleetgate.errors import ConfigError, StoreUnavailable
 
-__all__ = ["AnswerStore", "MemoryStore", "RedisAnswerStore", "store_for"]
+__all__ = ["AnswerStore", "MemoryStore", "RedisAnswerStore", "redis_client", "store_for"]
 
 
 class AnswerStore(Protocol):
@@ -54,7 +54,7 @@ class RedisAnswerStore:
     """Answers in Redis, each under ``fg:cache:<key>`` with its TTL."""
 
     def __init__(self, url: str) -> None:
-        self._client = _client(url)
+        self._client = redis_client(url)
 
     def get(self, key: str) -> bytes | None:
         try:
@@ -74,8 +74,9 @@ def store_for(redis_url: str | None, max_entries: int) -> AnswerStore:
     return MemoryStore(max_entries) if redis_url is None else RedisAnswerStore(redis_url)
 
 
-def _client(url: str) -> redis.Redis | redis.cluster.RedisCluster:
-    """A redis-py client for one of fleetgate's store URLs (``redis+cluster://h:p,h:p`` too)."""
+def redis_client(url: str, timeout: float | None = 2.0) -> redis.Redis | redis.cluster.RedisCluster:
+    """A redis-py client for one of fleetgate's store URLs (``redis+cluster://h:p,h:p`` too);
+    `timeout` bounds each socket wait (None: blocking reads may wait as long as they ask)."""
     if url.startswith("redis+cluster://"):
         hosts = url.removeprefix("redis+cluster://").split("/")[0].split("@")[-1]
         nodes = []
@@ -88,5 +89,5 @@ def _client(url: str) -> redis.Redis | redis.cluster.RedisCluster:
             raise ConfigError("redis_url: a redis+cluster:// URL names at least one host:port")
         parts = urlsplit(url.replace("redis+cluster://", "redis://", 1).split(",")[0])
         return redis.cluster.RedisCluster(startup_nodes=nodes, username=parts.username, password=parts.password,
-                                          socket_timeout=2.0)
-    return redis.Redis.from_url(url, socket_timeout=2.0)
+                                          socket_timeout=timeout)
+    return redis.Redis.from_url(url, socket_timeout=timeout)

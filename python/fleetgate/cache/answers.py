@@ -1,5 +1,6 @@
-"""The exact layer: a key over everything in a request that changes its answer, and the
-answers stored under it."""
+"""The answer cache: the exact layer (a key over everything in a request that changes its
+answer, and the answers stored under it), then the semantic layer
+(:mod:`fleetgate.cache.semantic`) for prompts that mean the same."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
+from fleetgate.cache.embedders import Embedder
+from fleetgate.cache.semantic import SemanticCache, SemanticQuery
 from fleetgate.cache.store import AnswerStore, RedisAnswerStore, store_for
 from fleetgate.config import CacheSettings
 from fleetgate.errors import StoreUnavailable
@@ -21,10 +24,12 @@ from fleetgate.scope import Scope
 if TYPE_CHECKING:
     from fleetgate.gateway import GatewayStats
 
-__all__ = ["CACHE_HEADER", "ExactCache"]
+__all__ = ["CACHE_HEADER", "SIMILARITY_HEADER", "AnswerCache"]
 
-#: Response header: ``hit`` for an answer from the cache.
+#: Response header: ``hit`` for an answer from the exact layer, ``semantic`` from the
+#: semantic one (then ``x-fleetgate-similarity`` gives the prompts' cosine similarity).
 CACHE_HEADER = "x-fleetgate-cache"
+SIMILARITY_HEADER = "x-fleetgate-similarity"
 
 log = logging.getLogger("fleetgate")
 
@@ -36,11 +41,26 @@ _NOT_STORED = frozenset({"content-encoding", "content-length", "transfer-encodin
                          "set-cookie", "x-fleetgate-dedup"})
 
 
-class ExactCache:
-    def __init__(self, settings: CacheSettings, redis_url: str | None, stats: GatewayStats) -> None:
+class AnswerCache:
+    def __init__(self, settings: CacheSettings, redis_url: str | None, stats: GatewayStats,
+                 embedder: Embedder | None = None) -> None:
+        """`embedder` is the semantic layer's (required when it is enabled)."""
         self.settings = settings
         self.stats = stats
         self.store: AnswerStore | None = store_for(redis_url, settings.max_entries) if settings.enabled else None
+        self.semantic: SemanticCache | None = None
+        if self.store is not None and settings.semantic.enabled:
+            if embedder is None:
+                raise ValueError("the semantic layer needs an embedder")
+            self.semantic = SemanticCache(settings.semantic, embedder, stats, redis_url, self.store)
+
+    def query(self, endpoint: str, body: dict[str, Any], request: httpx2.Request, sc: Scope) -> SemanticQuery | None:
+        """What the semantic layer matches the request on (None: it is off, or cannot)."""
+        return None if self.semantic is None else self.semantic.query(endpoint, body, request, sc)
+
+    def close(self) -> None:
+        if self.semantic is not None:
+            self.semantic.close()
 
     def key(self, endpoint: str, body: dict[str, Any], request: httpx2.Request, sc: Scope) -> str | None:
         """The key of a request's answer, or None when its scope cannot share one."""
@@ -63,62 +83,78 @@ class ExactCache:
 
     # -- lookup ----------------------------------------------------------------------------
 
-    def lookup(self, key: str, request: httpx2.Request) -> httpx2.Response | None:
-        """The stored answer to `request`, or None. A Redis failure is logged and is a miss."""
+    def lookup(self, key: str, request: httpx2.Request, query: SemanticQuery | None = None) -> httpx2.Response | None:
+        """The stored answer to `request` (or, by `query`, to one that means the same), or
+        None. A Redis failure is logged and is a miss."""
         assert self.store is not None
         try:
             stored = self.store.get(key)
+            if stored is not None:
+                self.stats.count("cache_hits")
+                return _response(stored, request, ("hit",))
+            self.stats.count("cache_misses")
+            if query is None or self.semantic is None:
+                return None
+            match = self.semantic.find(query)
+            stored = self.store.get(match.key) if match is not None else None
         except StoreUnavailable as e:
             self.stats.count("cache_errors")
             log.warning("fleetgate: %s; answering without the cache", e)
             return None
-        if stored is None:
-            self.stats.count("cache_misses")
+        if match is None:
             return None
-        self.stats.count("cache_hits")
-        return _response(stored, request)
+        if stored is None:  # the answer expired before its entry was swept
+            self.stats.count("semantic_stale")
+            return None
+        return _response(stored, request, ("semantic", f"{match.similarity:.4f}"))
 
     # -- storing ----------------------------------------------------------------------------
 
-    def keep(self, key: str, response: httpx2.Response) -> httpx2.Response:
-        """Store `response` (a successful answer) under `key`: read whole, at once; a stream,
-        once it has ended whole. Returns the response to hand on."""
+    def keep(self, key: str, response: httpx2.Response, query: SemanticQuery | None = None) -> httpx2.Response:
+        """Store `response` (a successful answer) under `key` (and, by `query`, in the
+        semantic layer): read whole, at once; a stream, once it has ended whole. Returns
+        the response to hand on."""
         if response.status_code != 200:
             return response
         if isinstance(response.stream, httpx2.SyncByteStream) and not is_read(response):
-            return _rewrap(response, _TeeStream(response.stream, lambda body: self._put(key, response, body, True)))
+            return _rewrap(response, _TeeStream(response.stream,
+                                                lambda body: self._put(key, response, body, True, query)))
         if isinstance(response.stream, httpx2.AsyncByteStream) and not is_read(response):
             return _rewrap(response, _AsyncTeeStream(response.stream,
-                                                     lambda body: self._put_later(key, response, body, True)))
-        self._put(key, response, response.content, False)
+                                                     lambda body: self._put_later(key, response, body, True, query)))
+        self._put(key, response, response.content, False, query)
         return response
 
-    async def keep_async(self, key: str, response: httpx2.Response) -> httpx2.Response:
+    async def keep_async(self, key: str, response: httpx2.Response,
+                         query: SemanticQuery | None = None) -> httpx2.Response:
         """`keep`, with Redis off the event loop."""
         if response.status_code == 200 and is_read(response) and self._shared:
-            await asyncio.to_thread(self._put, key, response, response.content, False)
+            await asyncio.to_thread(self._put, key, response, response.content, False, query)
             return response
-        return self.keep(key, response)
+        return self.keep(key, response, query)
 
-    async def lookup_async(self, key: str, request: httpx2.Request) -> httpx2.Response | None:
-        """`lookup`, with Redis off the event loop."""
-        if self._shared:
-            return await asyncio.to_thread(self.lookup, key, request)
+    async def lookup_async(self, key: str, request: httpx2.Request,
+                           query: SemanticQuery | None = None) -> httpx2.Response | None:
+        """`lookup`, with Redis and embedding off the event loop."""
+        if self._shared or (query is not None and self.semantic is not None):
+            return await asyncio.to_thread(self.lookup, key, request, query)
         return self.lookup(key, request)
 
     @property
     def _shared(self) -> bool:
         return isinstance(self.store, RedisAnswerStore)
 
-    def _put_later(self, key: str, response: httpx2.Response, body: bytes, raw: bool) -> None:
+    def _put_later(self, key: str, response: httpx2.Response, body: bytes, raw: bool,
+                   query: SemanticQuery | None) -> None:
         """Store from a stream's end on the event loop: in a worker thread when in Redis."""
         if not self._shared:
-            self._put(key, response, body, raw)
+            self._put(key, response, body, raw, query)
             return
-        done = asyncio.get_running_loop().run_in_executor(None, self._put, key, response, body, raw)
+        done = asyncio.get_running_loop().run_in_executor(None, self._put, key, response, body, raw, query)
         done.add_done_callback(_log_failure)
 
-    def _put(self, key: str, response: httpx2.Response, body: bytes, raw: bool) -> None:
+    def _put(self, key: str, response: httpx2.Response, body: bytes, raw: bool,
+             query: SemanticQuery | None = None) -> None:
         """Store `body`: the decoded answer, or (`raw`) the bytes as they came on the wire."""
         assert self.store is not None
         if len(body) > self.settings.max_entry_bytes:
@@ -127,13 +163,16 @@ class ExactCache:
         dropped = _NOT_STORED - {"content-encoding"} if raw else _NOT_STORED
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped]
         head = json.dumps({"status": response.status_code, "headers": headers}).encode()
+        stored = head + b"\n" + body
         try:
-            self.store.put(key, head + b"\n" + body, self.settings.ttl_seconds)
+            self.store.put(key, stored, self.settings.ttl_seconds)
         except StoreUnavailable as e:
             self.stats.count("cache_errors")
             log.warning("fleetgate: %s; the answer was not stored", e)
             return
         self.stats.count("cache_stored")
+        if query is not None and self.semantic is not None:
+            self.semantic.add_later(query, key, self.settings.ttl_seconds, stored)
 
 
 def _log_failure(done: asyncio.Future[None]) -> None:
@@ -141,10 +180,13 @@ def _log_failure(done: asyncio.Future[None]) -> None:
         log.error("fleetgate: storing an answer in the cache failed", exc_info=done.exception())
 
 
-def _response(stored: bytes, request: httpx2.Request) -> httpx2.Response:
+def _response(stored: bytes, request: httpx2.Request, how: tuple[str, ...]) -> httpx2.Response:
+    """A stored answer as a response; `how` is ("hit",) or ("semantic", similarity)."""
     head, _, body = stored.partition(b"\n")
     meta = json.loads(head)
-    headers = [(k, v) for k, v in meta["headers"]] + [(CACHE_HEADER, "hit")]
+    headers = [(k, v) for k, v in meta["headers"]] + [(CACHE_HEADER, how[0])]
+    if len(how) > 1:
+        headers.append((SIMILARITY_HEADER, how[1]))
     return httpx2.Response(int(meta["status"]), headers=headers, content=body, request=request)
 
 
