@@ -1,7 +1,8 @@
 from click.testing import CliRunner
 
 from fleetgate.cli import main
-from fleetgate.demo import run_demo
+from fleetgate.demo import run_demo, semantic_episode
+from fleetgate.testing.fake_openai import FakeOpenAI
 
 
 def test_demo_runs_the_workload_within_the_limits() -> None:
@@ -19,3 +20,12 @@ def test_cli_demo_shares_the_quota_through_redis(redis_url: str) -> None:
     out = CliRunner().invoke(main, ["demo", "--requests", "20", "--workers", "2", "--redis", redis_url])
     assert out.exit_code == 0, out.output
     assert "20 sent (20 ok" in out.output
+
+
+def test_demo_semantic_episode_serves_paraphrases_and_refuses_traps(fake_openai: FakeOpenAI) -> None:
+    served = dict(semantic_episode(fake_openai.base_url, echo=False))
+    assert served["how can I reset my password"].startswith("semantic")
+    assert served["do you ship to canada"].startswith("semantic")
+    assert served["How do I not reset my password?"] == "upstream (negation guard)"
+    assert served["Can I change my delivery address 2 days after ordering?"] == "upstream (number guard)"
+    assert served["Do you ship to Australia?"].startswith("upstream")

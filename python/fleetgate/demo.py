@@ -3,7 +3,8 @@
 It starts a local FakeOpenAI with realistic limits and faults (per-model RPM/TPM in
 one-second slices, lognormal latency, a few 5xx), writes a workload of chat and responses
 calls of mixed sizes, and runs it through the gateway with ``fleetgate run``'s machinery.
-With ``--redis URL --workers N``, N processes share the quota through Redis.
+With ``--redis URL --workers N``, N processes share the quota through Redis. Then a few
+support questions, their paraphrases and near-miss traps go through the semantic cache.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from fleetgate.cache.embedders import LocalEmbedder
 from fleetgate.config import QuotaLimits
+from fleetgate.errors import ConfigError
 from fleetgate.gateway import Gateway
 from fleetgate.run import RunSummary, run_file
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, ModelLimits
 
-__all__ = ["DEMO_LIMITS", "run_demo", "write_workload"]
+__all__ = ["DEMO_LIMITS", "SEMANTIC_QUESTIONS", "run_demo", "semantic_episode", "write_workload"]
 
 MODEL = "gpt-4.1-mini"
 #: What the fake upstream enforces.
@@ -48,6 +51,52 @@ def write_workload(path: Path, requests: int, seed: int = 1, prefix: str = "demo
                 body = {"model": MODEL, "input": prompt, "max_output_tokens": max_out}
                 url = "/v1/responses"
             out.write(json.dumps({"custom_id": f"{prefix}-{i}", "method": "POST", "url": url, "body": body}) + "\n")
+
+
+#: Asked in this order: a question, then paraphrases (served by meaning) and traps (sent upstream).
+SEMANTIC_QUESTIONS = [
+    "How do I reset my password?",
+    "how can I reset my password",
+    "How do I not reset my password?",
+    "What is your refund policy for damaged items?",
+    "what's the refund policy for damaged items",
+    "What is your refund policy for undamaged items?",
+    "Can I change my delivery address after ordering?",
+    "can I change the delivery address after I ordered",
+    "Can I change my delivery address 2 days after ordering?",
+    "Do you ship to Canada?",
+    "do you ship to canada",
+    "Do you ship to Australia?",
+]
+
+
+def semantic_episode(base_url: str, echo: bool = True) -> list[tuple[str, str]]:
+    """Send `SEMANTIC_QUESTIONS` through a gateway with the semantic cache on; returns, per
+    question, what served it: "upstream", "semantic" or "upstream (<guard> guard)"."""
+    embedder = LocalEmbedder()
+    embedder.embed(["warm up"])  # load the model before timing anything
+    gate = Gateway(base_url=base_url, embedder=embedder, cache={"enabled": True, "semantic": {"enabled": True}})
+    assert gate.cache.semantic is not None
+    client = gate.openai(api_key="sk-fleetgate-demo", max_retries=2)
+    served = []
+    with gate.scope(user="demo-user"):
+        for question in SEMANTIC_QUESTIONS:
+            before = gate.stats.snapshot()
+            answer = client.chat.completions.with_raw_response.create(
+                model=MODEL, temperature=0, max_tokens=64, messages=[{"role": "user", "content": question}])
+            guards = [k.removeprefix("semantic_guarded_") for k, v in gate.stats.snapshot().items()
+                      if k.startswith("semantic_guarded_") and v > before.get(k, 0)]
+            how = answer.headers.get("x-fleetgate-cache") or "upstream"
+            if how == "upstream" and guards:
+                how = f"upstream ({', '.join(guards)} guard)"
+            elif how == "semantic":
+                how = f"semantic (similarity {answer.headers['x-fleetgate-similarity']})"
+            served.append((question, how))
+            if echo:
+                print(f"  {question!r:<62} → {how}")
+            gate.cache.semantic.flush()  # indexed before the next question
+    gate.close()
+    return served
 
 
 def _worker(base_url: str, redis_url: str | None, src: str, out: str, queue: Any) -> None:
@@ -101,6 +150,12 @@ def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int 
             for p in procs:
                 p.join()
         upstream = asdict(fake.counters(MODEL))
+        episode: list[tuple[str, str]] | str = []
+        if echo:
+            try:
+                episode = semantic_episode(fake.base_url, echo=False)
+            except ConfigError as e:
+                episode = f"(not shown: {e})"
     if echo:
         print()
         print(summary.render(quota_rpm=DEMO_LIMITS.requests_per_minute))
@@ -108,4 +163,7 @@ def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int 
         print(f"upstream saw {upstream['requests']} requests, refused {upstream['rate_limited']} with 429; "
               f"it counted {upstream['tokens_admitted']:,} tokens: "
               f"{upstream['tokens_admitted'] / minutes / DEMO_LIMITS.tokens_per_minute:.1%} of its tokens per minute")
+        print("\nthe semantic cache (all-MiniLM-L6-v2, threshold 0.90): paraphrases served, traps sent upstream")
+        for question, how in episode if isinstance(episode, list) else [(episode, "")]:
+            print(f"  {question!r:<62} → {how}" if how else f"  {question}")
     return summary, upstream
