@@ -217,10 +217,14 @@ def _quantifiers(words: tuple[str, ...]) -> frozenset[str]:
 
 
 def _reversed(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """Two words in one order on one side and the other order on the other, where a
-    direction word makes order matter ("pounds to kilograms" / "kilograms to pounds")."""
+    """Words in one order on one side and the other order on the other, where a direction
+    word makes order matter: "pounds to kilograms" / "kilograms to pounds", and (articles
+    and letters too) right around the direction word: "from A to Z" / "from Z to A"."""
     if not (_DIRECTIONS & set(a) and _DIRECTIONS & set(b)):
         return False
     shared = [w for w in dict.fromkeys(a) if w in b and w not in _FILLER and w not in _DIRECTIONS]
     where = {w: b.index(w) for w in shared}
-    return any(where[x] > where[y] for i, x in enumerate(shared) for y in shared[i + 1:])
+    if any(where[x] > where[y] for i, x in enumerate(shared) for y in shared[i + 1:]):
+        return True
+    ours = {(x, d, y) for x, d, y in zip(a, a[1:], a[2:]) if d in _DIRECTIONS and x != y}
+    return any((y, d, x) in ours for x, d, y in zip(b, b[1:], b[2:]) if d in _DIRECTIONS)
