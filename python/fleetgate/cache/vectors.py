@@ -15,6 +15,9 @@ __all__ = ["IndexSettings", "VectorIndex"]
 
 Vectors = npt.NDArray[np.float32]
 
+#: A rebuild adds at most this many vectors while holding the lock (the rest before).
+_CATCH_UP = 512
+
 
 @dataclass(frozen=True)
 class IndexSettings:
@@ -124,18 +127,25 @@ class VectorIndex:
     def _rebuild(self, ids: npt.NDArray[np.int64], vectors: Vectors, dead: set[int]) -> None:
         """Replace the index with an HNSW graph of the live vectors of a snapshot (in a
         background thread, without holding the lock while the graph is built), then add
-        what was added since."""
+        what was added since: in rounds outside the lock while many wait, and the last
+        few under it, so that readers never wait for more than `_CATCH_UP` insertions."""
         keep = np.fromiter((i not in dead for i in ids), dtype=bool, count=len(ids))
         try:
             base, index = self._graph()
             index.add_with_ids(vectors[keep], ids[keep])
-            with self._lock:
-                assert self._during is not None
-                for more_ids, more in self._during:
+            while True:
+                with self._lock:
+                    assert self._during is not None
+                    added, self._during = self._during, []
+                    if sum(len(more_ids) for more_ids, _ in added) <= _CATCH_UP:
+                        for more_ids, more in added:
+                            index.add_with_ids(more, more_ids)
+                        self._base, self._index, self._hnsw = base, index, True
+                        self._dead -= dead
+                        self._rebuilds += 1
+                        return
+                for more_ids, more in added:
                     index.add_with_ids(more, more_ids)
-                self._base, self._index, self._hnsw = base, index, True
-                self._dead -= dead
-                self._rebuilds += 1
         finally:
             with self._lock:
                 self._during = None
