@@ -1,8 +1,9 @@
+import pytest
 from click.testing import CliRunner
 
 from fleetgate.cli import main
-from fleetgate.demo import run_demo, semantic_episode
-from fleetgate.testing.fake_openai import FakeOpenAI
+from fleetgate.demo import FLAKY_MODEL, rollout_episode, run_demo, semantic_episode
+from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault
 
 
 def test_demo_runs_the_workload_within_the_limits() -> None:
@@ -29,3 +30,10 @@ def test_demo_semantic_episode_serves_paraphrases_and_refuses_traps(fake_openai:
     assert served["How do I not reset my password?"] == "upstream (negation guard)"
     assert served["Can I change my delivery address 2 days after ordering?"] == "upstream (number guard)"
     assert served["Do you ship to Australia?"].startswith("upstream")
+
+
+@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="error", model=FLAKY_MODEL, status=503, probability=0.25)]))
+def test_demo_rollouts_promote_the_healthy_canary_and_roll_back_the_flaky_one(fake_openai: FakeOpenAI) -> None:
+    decisions = rollout_episode(fake_openai.base_url, echo=False)
+    assert any(d.startswith("search-v3: 10% → 0% (rolled back)") for d in decisions), decisions
+    assert any(d.startswith("support-v2: 50% → 100% (promoted to 100%)") for d in decisions), decisions

@@ -4,18 +4,22 @@ It starts a local FakeOpenAI with realistic limits and faults (per-model RPM/TPM
 one-second slices, lognormal latency, a few 5xx), writes a workload of chat and responses
 calls of mixed sizes, and runs it through the gateway with ``fleetgate run``'s machinery.
 With ``--redis URL --workers N``, N processes share the quota through Redis. Then a few
-support questions, their paraphrases and near-miss traps go through the semantic cache.
+support questions, their paraphrases and near-miss traps go through the semantic cache,
+and two canary rollouts run: one promoted step by step, one rolled back.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
 import random
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import openai
 
 from fleetgate.cache.embedders import LocalEmbedder
 from fleetgate.config import QuotaLimits
@@ -24,9 +28,11 @@ from fleetgate.gateway import Gateway
 from fleetgate.run import RunSummary, run_file
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, ModelLimits
 
-__all__ = ["DEMO_LIMITS", "SEMANTIC_QUESTIONS", "run_demo", "semantic_episode", "write_workload"]
+__all__ = ["DEMO_LIMITS", "SEMANTIC_QUESTIONS", "rollout_episode", "run_demo", "semantic_episode", "write_workload"]
 
 MODEL = "gpt-4.1-mini"
+#: The model the fake upstream fails a quarter of the time (a canary that must roll back).
+FLAKY_MODEL = "gpt-4.1-nano"
 #: What the fake upstream enforces.
 DEMO_LIMITS = ModelLimits(requests_per_minute=1_200, tokens_per_minute=200_000)
 #: What the gateway is told: a little headroom, since no client can count exactly as
@@ -99,6 +105,50 @@ def semantic_episode(base_url: str, echo: bool = True) -> list[tuple[str, str]]:
     return served
 
 
+def rollout_episode(base_url: str, echo: bool = True) -> list[str]:
+    """Two canaries for the "support" feature, each taking traffic from 200 users in rounds:
+    v2 (a temperature change) is healthy and promoted step by step; v3 (a cheaper model the
+    fake upstream fails a quarter of the time) is rolled back. Returns the decisions."""
+    steps = [0.1, 0.25, 0.5, 1.0]
+    gate = Gateway(base_url=base_url, breakers={"enabled": False}, routing={"rollouts": {
+        "support-v2": {"feature": "support", "canary": {"temperature": 0.3, "version": "v2"}, "steps": steps,
+                       "early_requests": 50, "min_requests": 100},
+        "search-v3": {"feature": "search", "canary": {"model": FLAKY_MODEL, "version": "v3"}, "steps": steps,
+                      "early_requests": 50, "min_requests": 100},
+    }})
+    rollouts = gate.router.rollouts
+    client = gate.openai(api_key="sk-fleetgate-demo", max_retries=0)
+    decisions: list[str] = []
+    seen = {name: rollouts.state(name) for name in rollouts.rules}
+
+    def ask(user: int, feature: str) -> None:
+        with gate.scope(user=f"user-{user}", feature=feature):
+            try:
+                client.chat.completions.create(model=MODEL, max_tokens=256,
+                                               messages=[{"role": "user", "content": "Where is my order?"}])
+            except openai.APIStatusError:
+                pass  # the flaky canary's failures: its gates count them
+
+    for _ in range(20):
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(ask, [u for u in range(200) for _ in (0, 1)], ["support", "search"] * 200))
+        rollouts.sync()
+        for name in rollouts.rules:
+            state = rollouts.state(name)
+            if state.version != seen[name].version:
+                verb = {"rolled_back": "rolled back", "promoted": "promoted to 100%"}.get(state.status, "promoted")
+                line = (f"{name}: {rollouts.share(name, seen[name]):.0%} → {rollouts.share(name, state):.0%} "
+                        f"({verb}): {state.reason}")
+                decisions.append(line)
+                if echo:
+                    print(f"  {line}")
+                seen[name] = state
+        if all(s.status in ("promoted", "rolled_back") for s in seen.values()):
+            break
+    gate.close()
+    return decisions
+
+
 def _worker(base_url: str, redis_url: str | None, src: str, out: str, queue: Any) -> None:
     gate = Gateway(base_url=base_url, redis_url=redis_url, models={MODEL: GATEWAY_LIMITS})
     summary = run_file(src, out, gateway=gate, concurrency=32, progress=False, api_key="sk-fleetgate-demo")
@@ -123,7 +173,8 @@ def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int 
     config = FakeConfig(
         models={MODEL: DEMO_LIMITS},
         faults=[Fault(kind="latency", latency=Latency(kind="lognormal", ms=120, spread=0.4)),
-                Fault(kind="error", status=503, probability=0.01)],
+                Fault(kind="error", status=503, probability=0.01),
+                Fault(kind="error", model=FLAKY_MODEL, status=503, probability=0.25)],
     )
     with FakeOpenAI(config) as fake, tempfile.TemporaryDirectory(prefix="fleetgate-demo-") as tmp:
         if echo:
@@ -151,11 +202,13 @@ def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int 
                 p.join()
         upstream = asdict(fake.counters(MODEL))
         episode: list[tuple[str, str]] | str = []
+        decisions: list[str] = []
         if echo:
             try:
                 episode = semantic_episode(fake.base_url, echo=False)
             except ConfigError as e:
                 episode = f"(not shown: {e})"
+            decisions = rollout_episode(fake.base_url, echo=False)
     if echo:
         print()
         print(summary.render(quota_rpm=DEMO_LIMITS.requests_per_minute))
@@ -166,4 +219,7 @@ def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int 
         print("\nthe semantic cache (all-MiniLM-L6-v2, threshold 0.90): paraphrases served, traps sent upstream")
         for question, how in episode if isinstance(episode, list) else [(episode, "")]:
             print(f"  {question!r:<62} → {how}" if how else f"  {question}")
+        print("\ncanary rollouts (200 users a round; gates: errors ≤ 1.5× baseline, p95 ≤ +20%, cost ≤ +10%)")
+        for line in decisions:
+            print(f"  {line}")
     return summary, upstream

@@ -29,6 +29,7 @@ from fleetgate._core import Breaker, Breakers, Budget, Lanes, Limiter, Quota
 from fleetgate.budget.guard import AlertCallback, Budgets
 from fleetgate.cache import AnswerCache
 from fleetgate.cache.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
+from fleetgate.router import Classifier, Router
 from fleetgate.budget.presets import Presets
 from fleetgate.budget.report import By, days_between, spend_by
 from fleetgate.config import GatewayConfig, QuotaLimits, SemanticSettings
@@ -103,11 +104,12 @@ class Gateway:
     """Composes the request path; hands out openai clients that go through it."""
 
     def __init__(self, config: GatewayConfig | None = None, *, on_budget_alert: AlertCallback | None = None,
-                 embedder: Embedder | None = None, **overrides: Any) -> None:
+                 embedder: Embedder | None = None, classifier: Classifier | None = None, **overrides: Any) -> None:
         """`overrides` are :class:`GatewayConfig` fields. `on_budget_alert(budget, threshold,
         spent, limit, period)` hears of each budget alert, once per budget and period across
         the fleet (they are logged and counted in ``stats["budget_alerts"]`` too). `embedder`
-        replaces the one ``[cache.semantic] embedder`` names."""
+        replaces the one ``[cache.semantic] embedder`` names; `classifier` the complexity
+        classifier ``[routing] classifier`` names."""
         self.config = config.model_copy(update=overrides) if config is not None else GatewayConfig(**overrides)
         self.limiter = Limiter(self.config.redis_url, failure_policy=self.config.failure_policy,
                                local_share=self.config.local_share)
@@ -130,6 +132,9 @@ class Gateway:
                                  embedder or self._embedder() if self.config.cache.semantic.enabled else None)
         if not self.config.cache.enabled and any(r.on_exhausted == "cache_only" for r in self.config.budgets.limits):
             raise ConfigError('a budget with on_exhausted = "cache_only" needs the cache: set [cache] enabled = true')
+        self.router = Router(self.config.routing, self.config.redis_url, self.prices, classifier=classifier,
+                             embedder=(embedder or self._embedder()) if self.config.routing.classifier == "nearest"
+                             and self.config.routing.tiers else None)
         self._lanes: dict[str, Lanes | None] = {}
         self._lanes_lock = threading.Lock()
 
@@ -144,8 +149,10 @@ class Gateway:
         return OpenAIEmbedder(self.openai(), name.removeprefix("openai:"))
 
     def close(self) -> None:
-        """Stop the gateway's background work (the semantic layer's journal reader)."""
+        """Stop the gateway's background work (the semantic layer's journal reader, the
+        rollouts' sync), sending what it still holds."""
         self.cache.close()
+        self.router.close()
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> Gateway:

@@ -28,6 +28,7 @@ import httpx2
 
 from fleetgate._core import Breaker, Decision, Quota, Slot
 from fleetgate.cache.semantic import SemanticQuery
+from fleetgate.router import Route
 from fleetgate.budget.guard import Budgets, Hold
 from fleetgate.budget.presets import TRUNCATED_HEADER
 from fleetgate.errors import (
@@ -73,6 +74,8 @@ class _Call:
     cache_key: str | None = None
     #: What the semantic layer matches it on (None: not by meaning).
     semantic: SemanticQuery | None = None
+    #: What the router did to it (None: nothing).
+    route: Route | None = None
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -128,7 +131,28 @@ def _enter(gateway: Gateway, request: httpx2.Request) -> tuple[httpx2.Request, _
         return None
     gateway.stats.count("requests")
     shaped = _shaped(gateway, request, call)
-    return _refusal(request, shaped.error) if isinstance(shaped, _Unserved) else shaped
+    if isinstance(shaped, _Unserved):
+        return _refusal(request, shaped.error)
+    return _routed(gateway, *shaped) if gateway.router.active else shaped
+
+
+def _routed(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | httpx2.Response:
+    """The request as the router sends it (a rollout's configuration, or a tier's model)."""
+    try:
+        routed = gateway.router.route(call.endpoint, call.body, call.scope)
+    except ValueError as e:
+        return _refusal(request, ConfigError(f"routing: {e}"))
+    if routed is None:
+        return request, call
+    body, route = routed
+    if body is not call.body:
+        request = with_body(request, body)
+        prepared = _prepare(gateway, request)
+        if prepared is None:
+            return _refusal(request, ConfigError("the router made a request the gateway cannot read"))
+        prepared.cut, call = call.cut, prepared
+    call.route = route
+    return request, call
 
 
 def _release(slot: Slot | None) -> None:
@@ -567,6 +591,13 @@ class GateTransport(httpx2.BaseTransport):
         if isinstance(entered, httpx2.Response):
             return entered
         request, call = entered
+        if call.route is None:
+            return self._handle(request, call)
+        started = time.monotonic()
+        response = self._handle(request, call)
+        return self.gateway.router.answered(call.route, response, time.monotonic() - started, self.gateway.stats)
+
+    def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway
         key = self.policy.cache_key(request, call)
         if key is not None:
@@ -714,6 +745,13 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         if isinstance(entered, httpx2.Response):
             return entered
         request, call = entered
+        if call.route is None:
+            return await self._handle(request, call)
+        started = time.monotonic()
+        response = await self._handle(request, call)
+        return self.gateway.router.answered(call.route, response, time.monotonic() - started, self.gateway.stats)
+
+    async def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway
         key = self.policy.cache_key(request, call)
         if key is not None:
