@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 import fleetgate as fg
 from fleetgate.cache import LocalEmbedder
+from fleetgate.cli import main as cli
 from fleetgate.config import RolloutSettings
 from fleetgate.router import HeuristicClassifier, NearestClassifier, Rollouts
 from fleetgate.router.rollout import Figures, Outcome, RolloutState, decide
@@ -209,3 +211,21 @@ def test_tier_accuracy_on_a_labelled_set(capsys: pytest.CaptureFixture[str]) -> 
         print(f"\ntier accuracy: heuristic {right / len(rows):.1%} of {len(rows)} (its weights were chosen on "
               f"them); nearest neighbours {learned / len(held):.1%} of {len(held)} held out")
     assert right / len(rows) > 0.8 and learned / len(held) > 0.6  # chance is 33%
+
+
+def test_the_cli_shows_and_steers_a_fleets_rollout(redis_url: str, name: str, tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(f'redis_url = "{redis_url}"\n[routing.rollouts.{name}]\nfeature = "support"\n'
+                      f'canary = {{ model = "{CANARY}", version = "v2" }}\n')
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["rollout", "show", "--config", str(config)])
+    assert shown.exit_code == 0 and f"{name}: running, canary at 1%" in shown.output, shown.output
+    pinned = runner.invoke(cli, ["rollout", "set", "--config", str(config), name, "pin", "--step", "3"])
+    assert pinned.exit_code == 0 and "pinned, canary at 25%" in pinned.output, pinned.output
+    pod = fg.Gateway(redis_url=redis_url, routing={"rollouts": {name: rollout()}})
+    assert pod.router.rollouts.share(name) == 0.25, "every pod reads the state a person set"
+    pod.close()
+    back = runner.invoke(cli, ["rollout", "set", "--config", str(config), name, "rollback"])
+    assert back.exit_code == 0 and "rolled_back, canary at 0%" in back.output
+    unknown = runner.invoke(cli, ["rollout", "set", "--config", str(config), "nope", "pause"])
+    assert unknown.exit_code == 1 and "no rollout 'nope'" in unknown.output
