@@ -25,7 +25,7 @@ class IndexSettings:
     hnsw_from: int = 20_000
     #: HNSW: neighbours per node, and the search and construction breadths.
     m: int = 32
-    ef_search: int = 96
+    ef_search: int = 64
     ef_construction: int = 80
     #: Rebuild once tombstones are this share of the index (HNSW only; flat deletes in place).
     rebuild_share: float = 0.2
