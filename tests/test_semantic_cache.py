@@ -336,3 +336,20 @@ def test_local_embeddings_are_unit_vectors_that_rank_paraphrases_first() -> None
     v = EMBEDDER.embed(["How do I reset my password?", "how can I reset my password", "Best pizza in Naples?"])
     assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     assert float(v[0] @ v[1]) > 0.9 > float(v[0] @ v[2])
+
+
+@pytest.mark.fake_openai(config=FakeConfig())
+def test_the_size_cap_evicts_the_oldest_entries(fake_openai: FakeOpenAI) -> None:
+    gate = semantic_gate(fake_openai.base_url, max_entries=2)
+    client = gate.openai(api_key="sk-fake", max_retries=0)
+    questions = ["Do you sell gift cards?", "Can I pick up my order in store?", "Is there a student discount?"]
+    with gate.scope(user="ana"):
+        for question in questions:
+            client.chat.completions.create(**ask(question))
+        settle(gate)
+        assert gate.cache.semantic is not None
+        assert [prompt for _, prompt in gate.cache.semantic.entries()] == questions[1:]
+        oldest = client.chat.completions.with_raw_response.create(**ask("do you sell gift cards"))
+        newest = client.chat.completions.with_raw_response.create(**ask("is there a student discount"))
+    assert served_by(oldest) is None and served_by(newest) == "semantic"
+    gate.close()
