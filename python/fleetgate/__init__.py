@@ -33,6 +33,7 @@ from fleetgate._core import (
 )
 from fleetgate.config import GatewayConfig, QuotaLimits
 from fleetgate.errors import (
+    StructuredOutputError,
     BudgetExceeded,
     CircuitOpen,
     ConfigError,
@@ -47,6 +48,7 @@ from fleetgate.gateway import Gateway, GatewayStats
 from fleetgate.scope import Priority, Scope, current_scope, scope
 
 __all__ = [
+    "StructuredOutputError",
     "Breaker",
     "Breakers",
     "Budget",

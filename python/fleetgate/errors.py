@@ -18,9 +18,11 @@ The Rust core raises these through one mapping (``rust/python/src/error.rs``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import time
 
-__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "StoreUnavailable"]
+__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "StoreUnavailable", "StructuredOutputError"]
 
 
 class FleetgateError(Exception):
@@ -116,6 +118,21 @@ class DeadlineExpired(FleetgateError, TimeoutError):
     def __init__(self, message: str, lane: str = "") -> None:
         super().__init__(message)
         self.lane = lane
+
+
+class StructuredOutputError(FleetgateError, ValueError):
+    """No answer validated into the requested model (``gate.complete``).
+
+    Attributes:
+        raw: the last answer's text.
+        attempts: every answer with why it did not validate
+            (:class:`fleetgate.validate.Attempt`: ``text``, ``error``, ``finish_reason``).
+    """
+
+    def __init__(self, message: str, raw: str = "", attempts: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.attempts = list(attempts or [])
 
 
 class InputTruncated(UserWarning):

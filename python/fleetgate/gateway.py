@@ -20,16 +20,18 @@ import threading
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 import openai as openai_sdk
+from pydantic import BaseModel
 
 from fleetgate._core import Breaker, Breakers, Budget, Lanes, Limiter, Quota
 from fleetgate.budget.guard import AlertCallback, Budgets
 from fleetgate.cache import AnswerCache
 from fleetgate.cache.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from fleetgate.router import Classifier, Router
+from fleetgate.validate import complete, complete_async
 from fleetgate.budget.presets import Presets
 from fleetgate.budget.report import By, days_between, spend_by
 from fleetgate.config import GatewayConfig, QuotaLimits, SemanticSettings
@@ -41,6 +43,8 @@ from fleetgate.scope import Priority, Scope, scope
 from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
 from fleetgate.transport import AsyncGateTransport, GateTransport
 
+
+M = TypeVar("M", bound=BaseModel)
 __all__ = ["Gateway", "GatewayStats"]
 
 log = logging.getLogger("fleetgate")
@@ -136,6 +140,8 @@ class Gateway:
                              embedder=(embedder or self._embedder()) if self.config.routing.classifier == "nearest"
                              and self.config.routing.tiers else None)
         self._lanes: dict[str, Lanes | None] = {}
+        self._sync_client: openai_sdk.OpenAI | None = None
+        self._async_sdk_client: openai_sdk.AsyncOpenAI | None = None
         self._lanes_lock = threading.Lock()
 
     def _embedder(self) -> Embedder:
@@ -241,6 +247,33 @@ class Gateway:
         kwargs.setdefault("base_url", self.config.base_url)
         http_client = openai_sdk.DefaultAsyncHttpx2Client(transport=AsyncGateTransport(self))
         return GatedAsyncOpenAI(http_client=http_client, **kwargs)
+
+    def complete(self, prompt_or_messages: str | list[dict[str, Any]], response_model: type[M], *, model: str,
+                 retries: int = 2, client: openai_sdk.OpenAI | None = None, **create: Any) -> M:
+        """Ask `model` (through this gateway) and return the answer validated as the pydantic
+        `response_model`: structured outputs where the model has them, JSON mode elsewhere;
+        recovered from fences or surrounding prose; asked again with the validation errors
+        at most `retries` times. Raises :class:`StructuredOutputError` with the raw text and
+        every attempt. `client`: one of :meth:`openai`'s (default: ``self.openai()``)."""
+        return complete(client or self._client(), prompt_or_messages, response_model, model=model, retries=retries,
+                        **create)
+
+    async def complete_async(self, prompt_or_messages: str | list[dict[str, Any]], response_model: type[M], *,
+                             model: str, retries: int = 2, client: openai_sdk.AsyncOpenAI | None = None,
+                             **create: Any) -> M:
+        """:meth:`complete` with an async client (default: ``self.async_openai()``)."""
+        return await complete_async(client or self._async_client(), prompt_or_messages, response_model, model=model,
+                                    retries=retries, **create)
+
+    def _client(self) -> openai_sdk.OpenAI:
+        if self._sync_client is None:
+            self._sync_client = self.openai()
+        return self._sync_client
+
+    def _async_client(self) -> openai_sdk.AsyncOpenAI:
+        if self._async_sdk_client is None:
+            self._async_sdk_client = self.async_openai()
+        return self._async_sdk_client
 
     def transport(self, inner: httpx2.BaseTransport | None = None) -> GateTransport:
         """The sync transport alone, for an ``httpx2.Client`` of your own."""

@@ -3,6 +3,8 @@ shared by the HTTP handlers and the batch runner."""
 
 from __future__ import annotations
 
+import json
+
 import itertools
 import time
 from dataclasses import dataclass
@@ -70,9 +72,18 @@ class Completion:
     inputs: tuple[str, ...] = ()
 
 
-def _answer(config: FakeConfig, model: str, prompt: str, limit: int | None) -> tuple[str, int, str]:
+def _answer(config: FakeConfig, model: str, prompt: str, limit: int | None,
+            response_format: Any = None) -> tuple[str, int, str]:
+    """Text of about `config.answer_words` words (JSON when `response_format` asks for
+    it: an instance of its schema, or an object), cut at `limit` tokens like OpenAI."""
     words = config.answer_words if limit is None else min(config.answer_words, max(1, limit))
     text = content.answer(config.seed, model, prompt, words)
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+        text, words = json.dumps(content.schema_instance(config.seed, schema, prompt)), config.answer_words
+    elif kind == "json_object":
+        text, words = json.dumps({"answer": text}), config.answer_words
     tokens = max(1, content.estimate_tokens(text))
     cut = limit is not None and (words < config.answer_words or tokens > limit)
     if limit is not None and tokens > limit:  # like OpenAI: never more output than the request allows
@@ -88,7 +99,7 @@ def plan_chat(config: FakeConfig, body: dict[str, Any]) -> Completion:
     prompt = content.message_text(messages)
     limit = _max_output(body, "max_completion_tokens", "max_tokens")
     prompt_tokens = content.estimate_tokens(prompt) + 3 * len(messages)
-    text, completion_tokens, finish = _answer(config, model, prompt, limit)
+    text, completion_tokens, finish = _answer(config, model, prompt, limit, body.get("response_format"))
     return Completion("chat", model, body, prompt, prompt_tokens, prompt_tokens + (limit or 0),
                       text, completion_tokens, finish)
 

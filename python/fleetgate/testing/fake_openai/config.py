@@ -45,7 +45,8 @@ class Fault(_Strict):
     request, drawn from the server's seeded generator.
     """
 
-    kind: Literal["error", "latency", "timeout", "reset", "cut_stream", "malformed_json", "markdown_fence", "insufficient_quota"]
+    kind: Literal["error", "latency", "timeout", "reset", "cut_stream", "malformed_json", "markdown_fence", "insufficient_quota",
+                  "trailing_prose", "wrong_schema"]
     model: str = "*"
     start: float = Field(default=0.0, ge=0)
     end: float = Field(default=float("inf"), gt=0)

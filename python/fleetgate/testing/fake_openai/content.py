@@ -35,6 +35,41 @@ def answer(seed: int, model: str, prompt: str, words: int) -> str:
     return " ".join(_WORDS[(start + i * (1 + d[1] % 7)) % len(_WORDS)] for i in range(words)).capitalize() + "."
 
 
+def schema_instance(seed: int, schema: dict[str, Any], prompt: str) -> Any:
+    """A deterministic value that satisfies a JSON schema (objects, arrays, strings,
+    numbers, integers, booleans, enums, ``$ref`` into ``$defs``, ``anyOf``)."""
+    defs = schema.get("$defs", {})
+
+    def make(node: dict[str, Any], path: str) -> Any:
+        if "$ref" in node:
+            return make(defs[node["$ref"].rsplit("/", 1)[-1]], path)
+        if "enum" in node:
+            return node["enum"][_digest(seed, prompt, path)[0] % len(node["enum"])]
+        if "const" in node:
+            return node["const"]
+        if "anyOf" in node:
+            return make(next((o for o in node["anyOf"] if o.get("type") != "null"), node["anyOf"][0]), path)
+        kind = node.get("type", "object")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        d = _digest(seed, prompt, path)
+        if kind == "object":
+            return {k: make(v, f"{path}.{k}") for k, v in node.get("properties", {}).items()}
+        if kind == "array":
+            return [make(node.get("items", {}), f"{path}[{i}]") for i in range(max(node.get("minItems", 0), 1 + d[0] % 3))]
+        if kind == "integer":
+            return int(node.get("minimum", 0)) + d[0] % 100
+        if kind == "number":
+            return float(node.get("minimum", 0)) + d[0] / 8
+        if kind == "boolean":
+            return bool(d[0] % 2)
+        if kind == "null":
+            return None
+        return " ".join(_WORDS[(d[0] + i) % len(_WORDS)] for i in range(1 + d[1] % 4))
+
+    return make(schema, "$")
+
+
 def split_for_stream(text: str) -> list[str]:
     """Text as stream deltas, one word (with its leading space) at a time."""
     words = text.split(" ")

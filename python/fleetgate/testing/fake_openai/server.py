@@ -179,7 +179,7 @@ class _Server:
         key = hash((plan.model, plan.prompt))
         cached = content.cached_tokens(plan.prompt_tokens, key in self.seen_prompts)
         self.seen_prompts.add(key)
-        text = f"```json\n{plan.text}\n```" if "markdown_fence" in shape else plan.text
+        text = _shaped_text(plan.text, shape)
         if body.get("stream") and plan.kind != "embeddings":
             return await self._stream(request, plan, cached, text, headers, cut="cut_stream" in shape)
         result = api.render(self.config, plan, cached, text=text)
@@ -388,3 +388,21 @@ class FakeOpenAI:
             raise RuntimeError("the server is not running")
         snapshot = self._server.snapshot().get(model)
         return ModelCounters(**snapshot) if snapshot else ModelCounters()
+
+
+def _shaped_text(text: str, shape: set[str]) -> str:
+    """The answer as content faults change it: a JSON answer with a field left out
+    (``wrong_schema``), in a markdown fence, or between prose (``trailing_prose``)."""
+    if "wrong_schema" in shape:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if isinstance(value, dict) and value:
+            value.pop(next(iter(value)))
+            text = json.dumps(value)
+    if "markdown_fence" in shape:
+        text = f"```json\n{text}\n```"
+    if "trailing_prose" in shape:
+        text = f"Sure! Here it is:\n{text}\nLet me know if you need anything else."
+    return text
