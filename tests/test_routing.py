@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from pydantic import BaseModel
 
 import fleetgate as fg
 from fleetgate.cache import LocalEmbedder
@@ -229,3 +230,27 @@ def test_the_cli_shows_and_steers_a_fleets_rollout(redis_url: str, name: str, tm
     assert back.exit_code == 0 and "rolled_back, canary at 0%" in back.output
     unknown = runner.invoke(cli, ["rollout", "set", "--config", str(config), "nope", "pause"])
     assert unknown.exit_code == 1 and "no rollout 'nope'" in unknown.output
+
+
+class Reply(BaseModel):
+    answer: str
+    confidence: int
+
+
+@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="wrong_schema", model=CANARY)]))
+def test_answers_that_fail_validation_roll_a_canary_back(fake_openai: FakeOpenAI) -> None:
+    gate = fg.Gateway(base_url=fake_openai.base_url, routing={"rollouts": {"support-v2": rollout(
+        steps=[0.5, 1.0], early_requests=20, min_requests=40)}})
+    client = gate.openai(api_key="sk-fake", max_retries=0)
+    failed = 0
+    for user in range(120):
+        with gate.scope(user=f"user-{user}", feature="support"):
+            try:
+                gate.complete("Where is my order?", Reply, model=BASE, client=client, retries=0)
+            except fg.StructuredOutputError:
+                failed += 1
+    gate.router.rollouts.sync()
+    state = gate.router.rollouts.state("support-v2")
+    assert failed > 20 and state.status == "rolled_back" and "quality signals clearly over" in state.reason
+    assert gate.router.rollouts.figures("support-v2", "canary").counts["schema_failed"] == failed
+    gate.close()

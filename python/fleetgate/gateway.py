@@ -254,16 +254,17 @@ class Gateway:
         `response_model`: structured outputs where the model has them, JSON mode elsewhere;
         recovered from fences or surrounding prose; asked again with the validation errors
         at most `retries` times. Raises :class:`StructuredOutputError` with the raw text and
-        every attempt. `client`: one of :meth:`openai`'s (default: ``self.openai()``)."""
+        every attempt. `client`: one of :meth:`openai`'s (default: ``self.openai()``). An
+        answer that does not validate counts against its rollout's quality gate."""
         return complete(client or self._client(), prompt_or_messages, response_model, model=model, retries=retries,
-                        **create)
+                        on_invalid=self.router.schema_failed, **create)
 
     async def complete_async(self, prompt_or_messages: str | list[dict[str, Any]], response_model: type[M], *,
                              model: str, retries: int = 2, client: openai_sdk.AsyncOpenAI | None = None,
                              **create: Any) -> M:
         """:meth:`complete` with an async client (default: ``self.async_openai()``)."""
         return await complete_async(client or self._async_client(), prompt_or_messages, response_model, model=model,
-                                    retries=retries, **create)
+                                    retries=retries, on_invalid=self.router.schema_failed, **create)
 
     def _client(self) -> openai_sdk.OpenAI:
         if self._sync_client is None:

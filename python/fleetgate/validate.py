@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -89,32 +90,38 @@ def recover(text: str, response_model: type[M]) -> M:
 
 
 def complete(client: openai.OpenAI, prompt_or_messages: str | list[dict[str, Any]], response_model: type[M], *,
-             model: str, retries: int = 2, **create: Any) -> M:
+             model: str, retries: int = 2, on_invalid: Callable[[Any], None] | None = None, **create: Any) -> M:
     """Ask `model` through `client` and return the answer validated as `response_model`.
     Raises StructuredOutputError (with the raw text and every attempt) when `retries`
-    more tries do not give a valid answer."""
+    more tries do not give a valid answer. `on_invalid(headers)` hears of each answer
+    that did not validate (the gateway counts it against the answer's rollout)."""
     messages = _messages(prompt_or_messages)
     attempts: list[Attempt] = []
     for _ in range(retries + 1):
-        answer = client.chat.completions.create(model=model, messages=messages,  # type: ignore[call-overload]
-                                                response_format=request_for(model, response_model), **create)
-        done = _judge(answer, response_model, attempts, messages)
+        raw = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+            model=model, messages=messages, response_format=request_for(model, response_model), **create)
+        done = _judge(raw.parse(), response_model, attempts, messages)
         if done is not None:
             return done
+        if on_invalid is not None:
+            on_invalid(raw.headers)
     raise _failure(response_model, attempts)
 
 
 async def complete_async(client: openai.AsyncOpenAI, prompt_or_messages: str | list[dict[str, Any]],
-                         response_model: type[M], *, model: str, retries: int = 2, **create: Any) -> M:
+                         response_model: type[M], *, model: str, retries: int = 2,
+                         on_invalid: Callable[[Any], None] | None = None, **create: Any) -> M:
     """`complete` with an async client."""
     messages = _messages(prompt_or_messages)
     attempts: list[Attempt] = []
     for _ in range(retries + 1):
-        answer = await client.chat.completions.create(  # type: ignore[call-overload]
+        raw = await client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
             model=model, messages=messages, response_format=request_for(model, response_model), **create)
-        done = _judge(answer, response_model, attempts, messages)
+        done = _judge(raw.parse(), response_model, attempts, messages)
         if done is not None:
             return done
+        if on_invalid is not None:
+            on_invalid(raw.headers)
     raise _failure(response_model, attempts)
 
 

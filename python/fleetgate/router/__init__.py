@@ -112,6 +112,14 @@ class Router:
                                                             self.settings.rollouts[name].too_short_chars))
         return response
 
+    def schema_failed(self, headers: Any) -> None:
+        """An answer (its response headers) did not validate: a quality signal against
+        the configuration that gave it."""
+        deployment = headers.get(DEPLOYMENT_HEADER)
+        if deployment and deployment.count("/") >= 2:
+            name, side, _ = deployment.split("/", 2)
+            self.rollouts.note(name, side, "schema_failed")
+
     def close(self) -> None:
         self.rollouts.close()
 

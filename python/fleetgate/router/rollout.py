@@ -235,6 +235,8 @@ class Rollouts:
         for name, rules in rollouts.items():
             if any(not 0 < s <= 1 for s in rules.steps) or rules.steps != sorted(rules.steps) or rules.steps[-1] != 1:
                 raise ConfigError(f"rollout {name!r}: steps rise from above 0 to 1.0 (got {rules.steps})")
+            if "/" in name:
+                raise ConfigError(f"rollout {name!r}: a name has no '/' (answers name it in x-fleetgate-deployment)")
             if rules.feature is None and rules.model is None:
                 raise ConfigError(f"rollout {name!r}: say which requests take part: feature = … or model = …")
         self.rules = rollouts
@@ -281,6 +283,14 @@ class Rollouts:
         figures.add(outcome)
         with self._lock:
             self._pending.setdefault((name, side, step), Counter()).update(figures.counts)
+
+    def note(self, name: str, side: Side, signal: str) -> None:
+        """Count a quality signal learnt after the answer (``schema_failed``: it did not
+        validate), against the rollout's current step."""
+        if name not in self.rules or side not in ("baseline", "canary") or signal not in _QUALITY:
+            return
+        with self._lock:
+            self._pending.setdefault((name, side, self._states[name].step), Counter())[signal] += 1
 
     # -- people ------------------------------------------------------------------------------
 
