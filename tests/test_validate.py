@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
 
 import pytest
 from pydantic import BaseModel
 
 import fleetgate as fg
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault
-from fleetgate.validate import recover, request_for, strict_schema
+from fleetgate.validate import accumulate, accumulate_async, recover, request_for, strict_schema
 
 
 class Ticket(BaseModel):
@@ -99,3 +102,56 @@ def test_structured_outputs_where_the_model_has_them() -> None:
     schema = strict_schema(Ticket)
     assert schema["additionalProperties"] is False and set(schema["required"]) == {"title", "priority", "tags",
                                                                                   "urgent"}
+
+
+def chunk(text: str | None, finish: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(choices=[SimpleNamespace(delta=SimpleNamespace(content=text), finish_reason=finish)])
+
+
+@pytest.mark.fake_openai(config=FakeConfig())
+def test_a_stream_is_accumulated_whole(fake_openai: FakeOpenAI) -> None:
+    gate, client = gate_for(fake_openai)
+    text, finish = accumulate(client.chat.completions.create(  # type: ignore[attr-defined]
+        model="gpt-4.1-mini", stream=True, messages=[{"role": "user", "content": "Tell me a story"}]))
+    assert text and finish == "stop"
+
+
+@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="cut_stream")]))
+def test_a_broken_stream_raises_with_what_arrived(fake_openai: FakeOpenAI) -> None:
+    gate, client = gate_for(fake_openai)
+    with pytest.raises(fg.PartialResponseError) as cut:
+        accumulate(client.chat.completions.create(  # type: ignore[attr-defined]
+            model="gpt-4.1-mini", stream=True, messages=[{"role": "user", "content": "Tell me a story"}]))
+    assert cut.value.content and cut.value.finish_reason is None
+
+    async def main() -> None:
+        aclient = gate.async_openai(api_key="sk-fake", max_retries=0)
+        await accumulate_async(await aclient.chat.completions.create(
+            model="gpt-4.1-mini", stream=True, messages=[{"role": "user", "content": "Tell me a story"}]))
+
+    with pytest.raises(fg.PartialResponseError, match="broke|without a finish"):
+        asyncio.run(main())
+
+
+def test_a_stalled_stream_raises_after_the_idle_timeout() -> None:
+    release = threading.Event()
+
+    def stalls() -> Iterator[SimpleNamespace]:
+        yield chunk("Hello")
+        release.wait(10)  # stalls until the test is done
+        yield chunk(" world", "stop")
+
+    with pytest.raises(fg.PartialResponseError, match="nothing for 0.2 s") as stalled:
+        accumulate(stalls(), idle_timeout=0.2)
+    release.set()
+    assert stalled.value.content == "Hello"
+
+    async def astalls() -> AsyncIterator[SimpleNamespace]:
+        yield chunk("Hi")
+        await asyncio.sleep(10)
+        yield chunk("!", "stop")
+
+    with pytest.raises(fg.PartialResponseError) as astalled:
+        asyncio.run(accumulate_async(astalls(), idle_timeout=0.2))
+    assert astalled.value.content == "Hi"
+    assert accumulate(iter([chunk("a"), chunk("b", "length")])) == ("ab", "length")

@@ -33,6 +33,7 @@ from fleetgate._core import (
 )
 from fleetgate.config import GatewayConfig, QuotaLimits
 from fleetgate.errors import (
+    PartialResponseError,
     StructuredOutputError,
     BudgetExceeded,
     CircuitOpen,
@@ -48,6 +49,7 @@ from fleetgate.gateway import Gateway, GatewayStats
 from fleetgate.scope import Priority, Scope, current_scope, scope
 
 __all__ = [
+    "PartialResponseError",
     "StructuredOutputError",
     "Breaker",
     "Breakers",

@@ -22,7 +22,7 @@ from typing import Any
 
 import time
 
-__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "StoreUnavailable", "StructuredOutputError"]
+__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "StoreUnavailable", "StructuredOutputError", "PartialResponseError"]
 
 
 class FleetgateError(Exception):
@@ -133,6 +133,21 @@ class StructuredOutputError(FleetgateError, ValueError):
         super().__init__(message)
         self.raw = raw
         self.attempts = list(attempts or [])
+
+
+class PartialResponseError(FleetgateError):
+    """A stream stopped before its end: no chunk for the idle timeout, or the connection
+    broke. Nothing is lost: `content` holds what arrived.
+
+    Attributes:
+        content: the text received so far.
+        finish_reason: the last one seen (None: the stream never said).
+    """
+
+    def __init__(self, message: str, content: str = "", finish_reason: str | None = None) -> None:
+        super().__init__(message)
+        self.content = content
+        self.finish_reason = finish_reason
 
 
 class InputTruncated(UserWarning):

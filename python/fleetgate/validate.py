@@ -6,25 +6,33 @@ carries every attempt.
 recovers the value in order — the text as it is, a fenced code block, the outermost JSON
 value in the text — and, when none validates, asks again (at most `retries` times) with
 the validation errors fed back.
+
+``accumulate(stream, idle_timeout=…)`` (and ``accumulate_async``) gathers a streamed
+answer and raises :class:`PartialResponseError` with the partial text when the stream
+stalls, breaks, or ends without a finish reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import queue
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from fleetgate.errors import StructuredOutputError
+from fleetgate.errors import PartialResponseError, StructuredOutputError
 
 if TYPE_CHECKING:
     import openai
 
-__all__ = ["Attempt", "complete", "complete_async", "recover", "request_for", "strict_schema"]
+__all__ = ["Attempt", "accumulate", "accumulate_async", "complete", "complete_async", "recover", "request_for",
+           "strict_schema"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -123,6 +131,88 @@ async def complete_async(client: openai.AsyncOpenAI, prompt_or_messages: str | l
         if on_invalid is not None:
             on_invalid(raw.headers)
     raise _failure(response_model, attempts)
+
+
+def accumulate(stream: Iterable[Any], *, idle_timeout: float = 30.0) -> tuple[str, str | None]:
+    """(the text, the finish reason) of a chat completion stream. Raises
+    PartialResponseError with what arrived when no chunk comes for `idle_timeout` seconds
+    (the stream is then closed) or the stream breaks, or when it ends without a finish."""
+    chunks: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for chunk in stream:
+                chunks.put(("chunk", chunk))
+            chunks.put(("end", None))
+        except Exception as e:  # handed to the waiting caller below, which raises it on
+            chunks.put(("error", e))
+
+    threading.Thread(target=read, name="fleetgate-stream-reader", daemon=True).start()
+    parts: list[str] = []
+    finish: str | None = None
+    while True:
+        try:
+            kind, item = chunks.get(timeout=idle_timeout)
+        except queue.Empty:
+            raise PartialResponseError(f"the stream sent nothing for {idle_timeout:g} s",
+                                       "".join(parts), finish) from _close(stream)
+        if kind == "end":
+            break
+        if kind == "error":
+            raise PartialResponseError(f"the stream broke ({item})", "".join(parts), finish) from item
+        finish = _take(item, parts) or finish
+    if finish is None:
+        raise PartialResponseError("the stream ended without a finish reason", "".join(parts))
+    return "".join(parts), finish
+
+
+async def accumulate_async(stream: AsyncIterable[Any], *, idle_timeout: float = 30.0) -> tuple[str, str | None]:
+    """`accumulate` for an async stream."""
+    parts: list[str] = []
+    finish: str | None = None
+    iterator = aiter(stream)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(iterator), idle_timeout)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                await close()
+            raise PartialResponseError(f"the stream sent nothing for {idle_timeout:g} s",
+                                       "".join(parts), finish) from None
+        except Exception as e:
+            raise PartialResponseError(f"the stream broke ({e})", "".join(parts), finish) from e
+        finish = _take(chunk, parts) or finish
+    if finish is None:
+        raise PartialResponseError("the stream ended without a finish reason", "".join(parts))
+    return "".join(parts), finish
+
+
+def _close(stream: Any) -> Exception | None:
+    """Close a stalled stream (an SDK stream closes its response from any thread); what
+    went wrong closing it, if anything (a plain generator cannot be closed while its
+    reader runs it), to chain onto the error raised."""
+    close = getattr(stream, "close", None)
+    if close is None:
+        return None
+    try:
+        close()
+    except (ValueError, RuntimeError) as e:
+        return e
+    return None
+
+
+def _take(chunk: Any, parts: list[str]) -> str | None:
+    """Add a chunk's text to `parts`; its finish reason, if it has one."""
+    choices = getattr(chunk, "choices", None) or []
+    if not choices:
+        return None
+    delta = getattr(choices[0], "delta", None)
+    if delta is not None and getattr(delta, "content", None):
+        parts.append(delta.content)
+    return getattr(choices[0], "finish_reason", None)
 
 
 def _messages(prompt_or_messages: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
