@@ -46,6 +46,7 @@ from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request, usage_to
 from fleetgate.dedup import DEDUP_HEADER
 from fleetgate.fallback import TIER_HEADER
 from fleetgate.prices import ModelPrice
+from fleetgate.records import log_request
 from fleetgate.rewrite import with_body
 from fleetgate.scope import Scope, current_scope
 
@@ -153,6 +154,14 @@ def _routed(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[htt
         prepared.cut, call = call.cut, prepared
     call.route = route
     return request, call
+
+
+def _answered(gateway: Gateway, call: _Call, response: httpx2.Response, seconds: float) -> httpx2.Response:
+    """The last step of every gated call: the router's marks and figures, the log record."""
+    if call.route is not None:
+        response = gateway.router.answered(call.route, response, seconds, gateway.stats)
+    log_request(call.endpoint, call.body, call.scope, response, seconds, gateway.prices)
+    return response
 
 
 def _release(slot: Slot | None) -> None:
@@ -591,11 +600,9 @@ class GateTransport(httpx2.BaseTransport):
         if isinstance(entered, httpx2.Response):
             return entered
         request, call = entered
-        if call.route is None:
-            return self._handle(request, call)
         started = time.monotonic()
         response = self._handle(request, call)
-        return self.gateway.router.answered(call.route, response, time.monotonic() - started, self.gateway.stats)
+        return _answered(self.gateway, call, response, time.monotonic() - started)
 
     def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway
@@ -745,11 +752,9 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         if isinstance(entered, httpx2.Response):
             return entered
         request, call = entered
-        if call.route is None:
-            return await self._handle(request, call)
         started = time.monotonic()
         response = await self._handle(request, call)
-        return self.gateway.router.answered(call.route, response, time.monotonic() - started, self.gateway.stats)
+        return _answered(self.gateway, call, response, time.monotonic() - started)
 
     async def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway

@@ -1,0 +1,80 @@
+"""One structured log record per gated request, on the ``fleetgate.requests`` logger at
+INFO: a JSON object with the request id, a hash of the prompt's template (its system
+message or instructions — never the prompt), model, tokens, latency, status, which
+cache layer, tier, route and deployment served it, and cost. API keys, prompts and
+answers never appear; users appear only hashed.
+
+    logging.getLogger("fleetgate.requests").setLevel(logging.INFO)
+
+Nothing is computed while the logger is not enabled for INFO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from typing import Any
+
+import httpx2
+
+from fleetgate.prices import PriceTable
+from fleetgate.scope import Scope
+from fleetgate.sharing import is_read
+
+__all__ = ["log_request", "template_hash"]
+
+log = logging.getLogger("fleetgate.requests")
+
+
+def template_hash(body: dict[str, Any]) -> str:
+    """A short hash of what stays the same across a template's requests: the system (or
+    developer) messages of a chat, the instructions of a response."""
+    if isinstance(body.get("messages"), list):
+        fixed = [m.get("content") for m in body["messages"] if isinstance(m, dict)
+                 and m.get("role") in ("system", "developer")]
+    else:
+        fixed = [body.get("instructions")]
+    return hashlib.blake2b(json.dumps(fixed, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def log_request(endpoint: str, body: dict[str, Any], sc: Scope, response: httpx2.Response, seconds: float,
+                prices: PriceTable) -> None:
+    """Log one record for an answered request (when INFO is enabled for the logger)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    usage = _usage(response)
+    model = str(body.get("model", ""))
+    headers = response.headers
+    record: dict[str, Any] = {
+        "request_id": headers.get("x-request-id") or f"fg-{uuid.uuid4().hex[:16]}",
+        "endpoint": endpoint,
+        "template": template_hash(body),
+        "model": model,
+        "stream": bool(body.get("stream")),
+        "status": response.status_code,
+        "latency_ms": round(seconds * 1000, 2),
+        "prompt_tokens": usage.get("prompt_tokens", usage.get("input_tokens")) if usage else None,
+        "completion_tokens": usage.get("completion_tokens", usage.get("output_tokens")) if usage else None,
+        "cost_usd": prices.cost(model, usage) if usage else None,
+        "cache": headers.get("x-fleetgate-cache"),
+        "tier": headers.get("x-fleetgate-tier"),
+        "route": headers.get("x-fleetgate-route"),
+        "deployment": headers.get("x-fleetgate-deployment"),
+        "refused": headers.get("x-fleetgate") == "refused",
+        "feature": sc.feature,
+        "team": sc.team,
+        "user": hashlib.blake2b(sc.user.encode(), digest_size=6).hexdigest() if sc.user else None,
+    }
+    log.info(json.dumps(record, separators=(",", ":")))
+
+
+def _usage(response: httpx2.Response) -> dict[str, Any] | None:
+    if not is_read(response) or "json" not in response.headers.get("content-type", ""):
+        return None
+    try:
+        usage = json.loads(response.content).get("usage")
+    except (ValueError, AttributeError):
+        return None
+    return usage if isinstance(usage, dict) else None

@@ -1,0 +1,78 @@
+"""One structured record per request, and no prompt, answer or API key in any log line or
+exception message on any path: success, upstream error, gateway refusal, cache (exact
+and semantic), stream, structured output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+import fleetgate as fg
+from fleetgate.cache import LocalEmbedder
+from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault
+
+MODEL = "gpt-4.1-mini"
+SECRET_PROMPT = f"MARKERPROMPT{uuid.uuid4().hex}"
+SECRET_SYSTEM = f"MARKERSYSTEM{uuid.uuid4().hex}"
+SECRET_KEY = f"sk-MARKERKEY{uuid.uuid4().hex}"
+MARKERS = (SECRET_PROMPT, SECRET_SYSTEM, SECRET_KEY, SECRET_KEY.removeprefix("sk-"))
+
+
+class Shape(BaseModel):
+    missing: int
+
+
+def messages(extra: str = "") -> list[dict[str, str]]:
+    return [{"role": "system", "content": f"You help. {SECRET_SYSTEM}"},
+            {"role": "user", "content": f"Where is my parcel? {SECRET_PROMPT} {extra}"}]
+
+
+@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="error", model="gpt-4.1", status=503),
+                                           Fault(kind="wrong_schema")]))
+def test_no_prompt_answer_or_key_in_logs_or_errors(fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="fleetgate")
+    gate = fg.Gateway(base_url=fake_openai.base_url, embedder=LocalEmbedder(), breakers={"enabled": False},
+                      cache={"enabled": True, "semantic": {"enabled": True}},
+                      budgets={"limits": [{"name": "capped", "scope": "feature", "dollars": 1e-9,
+                                           "period": "day"}]})
+    client = gate.openai(api_key=SECRET_KEY, max_retries=0)
+    answers, errors = [], []
+    with gate.scope(user="ana"):
+        first = client.chat.completions.create(model=MODEL, temperature=0, messages=messages())
+        answers.append(first.choices[0].message.content or "")
+        assert gate.cache.semantic is not None
+        gate.cache.semantic.flush()
+        client.chat.completions.create(model=MODEL, temperature=0, messages=messages())  # exact hit
+        client.chat.completions.create(model=MODEL, temperature=0, messages=messages("please"))  # semantic
+        stream = client.chat.completions.create(model=MODEL, messages=messages("stream"), stream=True)
+        answers.append("".join(c.delta.content or "" for chunk in stream for c in chunk.choices))
+        for attempt in (
+            lambda: client.chat.completions.create(model="gpt-4.1", messages=messages("upstream error")),
+            lambda: gate.complete(messages("schema"), Shape, model=MODEL, client=client, retries=1),
+        ):
+            with pytest.raises((openai.APIStatusError, fg.FleetgateError)) as raised:
+                attempt()
+            errors.append(raised.value)
+    with gate.scope(user="ana", feature="capped"):
+        with pytest.raises(fg.BudgetExceeded) as refused:
+            client.chat.completions.create(model=MODEL, messages=messages("budget"))
+        errors.append(refused.value)
+    gate.close()
+
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "fleetgate.requests"]
+    assert len(records) == 8, [r["status"] for r in records]  # 4 + 1 error + 2 schema tries + 1 refusal
+    assert [r["cache"] for r in records[:3]] == [None, "hit", "semantic"]
+    assert {r["template"] for r in records} == {records[0]["template"]}, "one template, one hash"
+    assert records[0]["prompt_tokens"] and records[0]["cost_usd"] and records[0]["user"] != "ana"
+    assert records[4]["status"] == 503 and records[-1]["refused"] and records[-1]["status"] == 429
+    everything = "\n".join([r.getMessage() for r in caplog.records] + [str(e) for e in errors]
+                           + [repr(e) for e in errors])
+    for marker in MARKERS:
+        assert marker not in everything
+    for answer in filter(None, answers):
+        assert answer not in everything
