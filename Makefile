@@ -33,7 +33,7 @@ $(VENV)/.ready: pyproject.toml
 	touch $@
 
 build: $(VENV)/.ready  ## compile the Rust extension (release) into the virtualenv
-	$(VENV)/bin/maturin develop --release --locked --extras testing,test,bench,local-embeddings -q
+	$(VENV)/bin/maturin develop --release --locked --extras testing,test,bench,local-embeddings,otel -q
 
 # Debian's redis-server (7.0), installed when missing; CI runs as root.
 redis-server:

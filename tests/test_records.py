@@ -1,11 +1,12 @@
-"""One structured record per request, and no prompt, answer or API key in any log line or
-exception message on any path: success, upstream error, gateway refusal, cache (exact
-and semantic), stream, structured output."""
+"""One structured record per request, and no prompt, answer, API key or user in any log
+line, metric or exception message on any path: success, upstream error, upstream 429s
+retried, gateway refusal, cache (exact and semantic), stream, structured output."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 
 import openai
@@ -14,13 +15,14 @@ from pydantic import BaseModel
 
 import fleetgate as fg
 from fleetgate.cache import LocalEmbedder
-from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault
+from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, ModelLimits
 
 MODEL = "gpt-4.1-mini"
 SECRET_PROMPT = f"MARKERPROMPT{uuid.uuid4().hex}"
 SECRET_SYSTEM = f"MARKERSYSTEM{uuid.uuid4().hex}"
 SECRET_KEY = f"sk-MARKERKEY{uuid.uuid4().hex}"
-MARKERS = (SECRET_PROMPT, SECRET_SYSTEM, SECRET_KEY, SECRET_KEY.removeprefix("sk-"))
+SECRET_USER = f"MARKERUSER{uuid.uuid4().hex}"
+MARKERS = (SECRET_PROMPT, SECRET_SYSTEM, SECRET_KEY, SECRET_KEY.removeprefix("sk-"), SECRET_USER)
 
 
 class Shape(BaseModel):
@@ -33,7 +35,8 @@ def messages(extra: str = "") -> list[dict[str, str]]:
 
 
 @pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="error", model="gpt-4.1", status=503),
-                                           Fault(kind="wrong_schema")]))
+                                           Fault(kind="wrong_schema")],
+                                           models={"gpt-4.1-nano": ModelLimits(requests_per_minute=60)}))
 def test_no_prompt_answer_or_key_in_logs_or_errors(fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="fleetgate")
     gate = fg.Gateway(base_url=fake_openai.base_url, embedder=LocalEmbedder(), breakers={"enabled": False},
@@ -42,7 +45,7 @@ def test_no_prompt_answer_or_key_in_logs_or_errors(fake_openai: FakeOpenAI, capl
                                            "period": "day"}]})
     client = gate.openai(api_key=SECRET_KEY, max_retries=0)
     answers, errors = [], []
-    with gate.scope(user="ana"):
+    with gate.scope(user=SECRET_USER):
         first = client.chat.completions.create(model=MODEL, temperature=0, messages=messages())
         answers.append(first.choices[0].message.content or "")
         assert gate.cache.semantic is not None
@@ -58,20 +61,27 @@ def test_no_prompt_answer_or_key_in_logs_or_errors(fake_openai: FakeOpenAI, capl
             with pytest.raises((openai.APIStatusError, fg.FleetgateError)) as raised:
                 attempt()
             errors.append(raised.value)
-    with gate.scope(user="ana", feature="capped"):
+    with gate.scope(user=SECRET_USER, deadline=time.monotonic() + 10):  # upstream 429s, retried by the gateway
+        for i in range(3):
+            client.chat.completions.create(model="gpt-4.1-nano", messages=messages(f"retry {i}"))
+        assert gate.stats["upstream_retries"] >= 1
+    with gate.scope(user=SECRET_USER, feature="capped"):
         with pytest.raises(fg.BudgetExceeded) as refused:
             client.chat.completions.create(model=MODEL, messages=messages("budget"))
         errors.append(refused.value)
     gate.close()
+    metrics = b"".join(gate.metrics_app()({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
+                                          lambda status, headers: None)).decode()
+    assert "fleetgate_requests_total" in metrics
 
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "fleetgate.requests"]
-    assert len(records) == 8, [r["status"] for r in records]  # 4 + 1 error + 2 schema tries + 1 refusal
+    assert len(records) == 11, [r["status"] for r in records]  # 4 + 1 error + 2 schema tries + 3 retried + 1 refusal
     assert [r["cache"] for r in records[:3]] == [None, "hit", "semantic"]
     assert {r["template"] for r in records} == {records[0]["template"]}, "one template, one hash"
-    assert records[0]["prompt_tokens"] and records[0]["cost_usd"] and records[0]["user"] != "ana"
+    assert records[0]["prompt_tokens"] and records[0]["cost_usd"] and records[0]["user"] != SECRET_USER
     assert records[4]["status"] == 503 and records[-1]["refused"] and records[-1]["status"] == 429
     everything = "\n".join([r.getMessage() for r in caplog.records] + [str(e) for e in errors]
-                           + [repr(e) for e in errors])
+                           + [repr(e) for e in errors] + [metrics])
     for marker in MARKERS:
         assert marker not in everything
     for answer in filter(None, answers):

@@ -298,6 +298,24 @@ class RoutingSettings(BaseModel):
     rollouts: dict[str, RolloutSettings] = Field(default_factory=dict)
 
 
+class MetricsSettings(BaseModel):
+    """``[metrics]``: Prometheus metrics (see :mod:`fleetgate.metrics`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = True
+    #: Features shown by name in labels, besides those configured elsewhere (quotas,
+    #: presets, budgets, rollouts); any other feature is ``other``.
+    features: list[str] = Field(default_factory=list)
+
+
+class TracingSettings(BaseModel):
+    """``[tracing]``: OpenTelemetry spans (see :mod:`fleetgate.tracing`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Spans of gated requests, when ``opentelemetry-api`` is installed.
+    enabled: bool = True
+
+
 class GatewayConfig(BaseSettings):
     """Everything a :class:`fleetgate.Gateway` is configured with."""
 
@@ -339,6 +357,8 @@ class GatewayConfig(BaseSettings):
     #: Token budgets by request type.
     presets: dict[str, PresetSettings] = Field(default_factory=dict)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @classmethod
     def settings_customise_sources(

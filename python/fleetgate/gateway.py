@@ -18,9 +18,10 @@ import datetime as dt
 import logging
 import threading
 from collections import Counter
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import httpx2
 import openai as openai_sdk
@@ -30,6 +31,7 @@ from fleetgate._core import Breaker, Breakers, Budget, Lanes, Limiter, Quota
 from fleetgate.budget.guard import AlertCallback, Budgets
 from fleetgate.cache import AnswerCache
 from fleetgate.cache.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
+from fleetgate.cache.guards import NEAR_MISS_GUARDS
 from fleetgate.router import Classifier, Router
 from fleetgate.validate import complete, complete_async
 from fleetgate.budget.presets import Presets
@@ -38,9 +40,11 @@ from fleetgate.config import GatewayConfig, QuotaLimits, SemanticSettings
 from fleetgate.dedup import Collapser
 from fleetgate.errors import ConfigError
 from fleetgate.fallback import Ladder
+from fleetgate.metrics import BudgetCollector, GatewayMetrics, metrics_app
 from fleetgate.prices import PriceTable
 from fleetgate.scope import Priority, Scope, scope
 from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
+from fleetgate.tracing import tracer
 from fleetgate.transport import AsyncGateTransport, GateTransport
 
 
@@ -90,10 +94,19 @@ class GatewayStats:
     def __init__(self) -> None:
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._hooks: dict[str, Callable[[int], None]] = {}
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+        if self._hooks:
+            hook = self._hooks.get(name)
+            if hook is not None:
+                hook(n)
+
+    def on(self, name: str, hook: Callable[[int], None]) -> None:
+        """Call `hook(n)` whenever `name` is counted."""
+        self._hooks[name] = hook
 
     def __getitem__(self, name: str) -> int:
         with self._lock:
@@ -108,16 +121,26 @@ class Gateway:
     """Composes the request path; hands out openai clients that go through it."""
 
     def __init__(self, config: GatewayConfig | None = None, *, on_budget_alert: AlertCallback | None = None,
-                 embedder: Embedder | None = None, classifier: Classifier | None = None, **overrides: Any) -> None:
+                 embedder: Embedder | None = None, classifier: Classifier | None = None,
+                 tracer_provider: Any = None, **overrides: Any) -> None:
         """`overrides` are :class:`GatewayConfig` fields. `on_budget_alert(budget, threshold,
         spent, limit, period)` hears of each budget alert, once per budget and period across
         the fleet (they are logged and counted in ``stats["budget_alerts"]`` too). `embedder`
         replaces the one ``[cache.semantic] embedder`` names; `classifier` the complexity
-        classifier ``[routing] classifier`` names."""
+        classifier ``[routing] classifier`` names; `tracer_provider` the OpenTelemetry
+        tracer provider spans go to (default: the global one; see :mod:`fleetgate.tracing`)."""
         self.config = config.model_copy(update=overrides) if config is not None else GatewayConfig(**overrides)
         self.limiter = Limiter(self.config.redis_url, failure_policy=self.config.failure_policy,
                                local_share=self.config.local_share)
         self.stats = GatewayStats()
+        self.prices = PriceTable.from_settings(self.config.prices)
+        #: Prometheus metrics (None with ``[metrics] enabled = false``).
+        self.metrics = GatewayMetrics(self.config, self.prices) if self.config.metrics.enabled else None
+        #: OpenTelemetry spans (None without ``opentelemetry-api`` or with ``[tracing] enabled = false``).
+        self.tracer = tracer(self.config.tracing.enabled, tracer_provider)
+        if self.metrics is not None:
+            for guard in NEAR_MISS_GUARDS:
+                self.stats.on(f"semantic_guarded_{guard}", partial(self.metrics.near_miss, guard))
         b = self.config.breakers
         self.breakers: Breakers | None = Breakers(
             self.limiter, window=b.window, window_seconds=b.window_seconds, failure_rate=b.failure_rate,
@@ -129,7 +152,6 @@ class Gateway:
         self._breaker_cache: dict[tuple[str, str], Breaker] = {}
         self.ladder = Ladder(self.config.fallback)
         self.collapser = Collapser(self.config.dedup, self.stats, self.limiter)
-        self.prices = PriceTable.from_settings(self.config.prices)
         self.budgets = Budgets(self.config.budgets, self.prices, self.limiter, self.stats.count, on_budget_alert)
         self.presets = Presets(self.config.presets)
         self.cache = AnswerCache(self.config.cache, self.config.redis_url, self.stats,
@@ -223,10 +245,22 @@ class Gateway:
 
     def _on_transition(self, name: str, was: str, now: str, reason: str, remote: bool, lasts: float | None) -> None:
         self.stats.count(f"breaker_{now}")
+        if self.metrics is not None:
+            self.metrics.breaker(name, now)
         where = "the fleet" if remote else "this pod"
         level = logging.ERROR if now == "isolated" else logging.WARNING if now == "open" else logging.INFO
         span = f" for {lasts:.1f}s" if lasts is not None else ""
         log.log(level, "fleetgate: circuit %s %s → %s%s (%s, decided by %s)", name, was, now, span, reason, where)
+
+    def metrics_app(self, kind: Literal["wsgi", "asgi"] = "wsgi") -> Any:
+        """A WSGI (or ASGI) application serving the Prometheus metrics: this process's, or
+        every worker's in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), with this
+        gateway's named budgets read from the ledger when scraped. See :mod:`fleetgate.metrics`.
+
+            from wsgiref.simple_server import make_server
+            make_server("0.0.0.0", 9464, gate.metrics_app()).serve_forever()
+        """
+        return metrics_app(kind, [BudgetCollector(self.budgets)] if self.budgets.settings.limits else [])
 
     def costs(self, since: dt.date | None = None, until: dt.date | None = None, by: By = "model") -> list[tuple[str, float]]:
         """Dollars spent from `since` to `until` (days in ``[budgets] timezone``, both included;

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -46,6 +46,7 @@ from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request, usage_to
 from fleetgate.dedup import DEDUP_HEADER
 from fleetgate.fallback import TIER_HEADER
 from fleetgate.prices import ModelPrice
+from fleetgate.metrics import LANES
 from fleetgate.records import log_request
 from fleetgate.rewrite import with_body
 from fleetgate.scope import Scope, current_scope
@@ -56,6 +57,15 @@ if TYPE_CHECKING:
 __all__ = ["AsyncGateTransport", "GateTransport"]
 
 log = logging.getLogger("fleetgate")
+
+
+@dataclass(slots=True)
+class _Timing:
+    """Where a call's time went outside the gateway: the upstream call, and waiting (for
+    quota, a lane, a retry or a paused model)."""
+
+    upstream: float = 0.0
+    waited: float = 0.0
 
 
 @dataclass(slots=True)
@@ -77,6 +87,10 @@ class _Call:
     semantic: SemanticQuery | None = None
     #: What the router did to it (None: nothing).
     route: Route | None = None
+    #: Shared with the calls it steps down to.
+    timing: _Timing = field(default_factory=_Timing)
+    #: Its OpenTelemetry span (None: not traced).
+    span: Any = None
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -157,11 +171,34 @@ def _routed(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[htt
 
 
 def _answered(gateway: Gateway, call: _Call, response: httpx2.Response, seconds: float) -> httpx2.Response:
-    """The last step of every gated call: the router's marks and figures, the log record."""
+    """The last step of every gated call: the router's marks and figures, the metrics, the
+    log record."""
     if call.route is not None:
         response = gateway.router.answered(call.route, response, seconds, gateway.stats)
+    if gateway.metrics is not None:
+        timing = call.timing
+        gateway.metrics.answered(call.endpoint, call.estimate.model, call.scope.feature, response.status_code,
+                                 response.headers, seconds, timing.upstream + timing.waited if timing.upstream else 0.0,
+                                 call.cache_key is not None and gateway.cache.serves(call.body),
+                                 lambda: response.content)
+    if call.span is not None and gateway.tracer is not None:
+        gateway.tracer.answered(call.span, response)
     log_request(call.endpoint, call.body, call.scope, response, seconds, gateway.prices)
     return response
+
+
+def _traced(gateway: Gateway, request: httpx2.Request, call: _Call) -> None:
+    if gateway.tracer is not None:
+        call.span = gateway.tracer.start(call.endpoint, call.body, request, call.scope.feature)
+
+
+def _failed(gateway: Gateway, call: _Call, seconds: float, error: BaseException) -> None:
+    """A gated call that raised instead of answering."""
+    if gateway.metrics is not None:
+        gateway.metrics.failed(call.endpoint, call.estimate.model, call.scope.feature, seconds,
+                               "cancelled" if isinstance(error, asyncio.CancelledError) else "failed")
+    if call.span is not None and gateway.tracer is not None:
+        gateway.tracer.failed(call.span, error)
 
 
 def _release(slot: Slot | None) -> None:
@@ -296,19 +333,53 @@ class _Policy:
         lanes = self.gateway.lanes_for(call.estimate.model)
         if lanes is None:
             return None
+        started = self.queue(call, 1)
         try:
             return lanes.enter(call.priority, call.seconds_left())
         except (QueueFull, DeadlineExpired) as e:
             raise self.lane_refused(e) from e
+        finally:
+            self.dequeue(call, started)
 
     async def enter_lane_async(self, call: _Call) -> Slot | None:
         lanes = self.gateway.lanes_for(call.estimate.model)
         if lanes is None:
             return None
+        started = self.queue(call, 1)
         try:
             return await lanes.enter_async(call.priority, call.seconds_left())
         except (QueueFull, DeadlineExpired) as e:
             raise self.lane_refused(e) from e
+        finally:
+            self.dequeue(call, started)
+
+    def queue(self, call: _Call, delta: int) -> float:
+        """Count the call in (or out of) its lane's queue; the time it joined."""
+        metrics = self.gateway.metrics
+        if metrics is not None:
+            metrics.queued(call.estimate.model, LANES[min(max(call.priority, 0), 2)], delta)
+        return time.perf_counter()
+
+    def dequeue(self, call: _Call, started: float) -> None:
+        waited = self.queue(call, -1) - started
+        call.timing.waited += waited
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.queue_waited(call.estimate.model, LANES[min(max(call.priority, 0), 2)], waited)
+
+    def acquire_started(self) -> float:
+        return time.perf_counter()
+
+    def acquired(self, call: _Call, started: float) -> None:
+        """The time the call took to get quota (or be refused it)."""
+        waited = time.perf_counter() - started
+        call.timing.waited += waited
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.limiter_waited(call.estimate.model, waited)
+
+    def waits(self, call: _Call, seconds: float) -> float:
+        """`seconds` to sleep before going on, counted as the call's waiting."""
+        call.timing.waited += seconds
+        return seconds
 
     def lane_refused(self, error: QueueFull | DeadlineExpired) -> _Unserved:
         self.gateway.stats.count("lane_full" if isinstance(error, QueueFull) else "deadline_expired")
@@ -340,14 +411,18 @@ class _Policy:
         if permit is not None and call.breaker is not None:
             call.breaker.release(permit)
         self.gateway.stats.count("refused")
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.limiter_refused(call.estimate.model, "gateway")
         return _Unserved(error)
 
     def record(self, call: _Call, permit: int | None, response: httpx2.Response | None, started: float,
                code: str | None = None) -> None:
-        """Tell the breaker how the call went (None: no response came)."""
+        """Tell the breaker how the call went (None: no response came); count the upstream
+        call's time."""
+        elapsed = time.perf_counter() - started
+        call.timing.upstream += elapsed
         if permit is None or call.breaker is None:
             return
-        elapsed = time.perf_counter() - started
         if response is None:
             call.breaker.record(permit, None, None, elapsed)
         elif response.status_code == 429:
@@ -362,6 +437,7 @@ class _Policy:
             try:
                 self.settle(decision, self.stream_tokens(call, scanner))
                 self.spend(call, hold, scanner.detail, scanner.deltas)
+                self.billed(call, scanner.detail)
             finally:
                 _release(slot)
         return done
@@ -466,16 +542,27 @@ class _Policy:
             usage = _usage_of(response.content)
             self.settle(decision, self.settle_tokens(call, response, usage))
             self.spend(call, hold, usage)
+            self.billed(call, usage)
         else:
             self.settle(decision, (0, "failure"))
             self.unspent(hold)
         return self.served(response, tier, call)
 
+    def billed(self, call: _Call, usage: Any) -> None:
+        """Tokens and dollars of an answer from upstream, to the metrics."""
+        metrics = self.gateway.metrics
+        if metrics is not None and isinstance(usage, dict):
+            model = call.estimate.model
+            metrics.billed(model, call.scope.feature, usage, self.gateway.prices.cost(model, usage))
+
     def cheaper(self, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | None:
         """The first rung: the request for the cheaper model, prepared, or None."""
         cheaper = self.gateway.ladder.cheaper_request(request, call.body)
         prepared = _prepare(self.gateway, cheaper) if cheaper is not None else None
-        return (cheaper, prepared) if cheaper is not None and prepared is not None else None
+        if cheaper is None or prepared is None:
+            return None
+        prepared.timing = call.timing
+        return cheaper, prepared
 
     def last_rungs(self, request: httpx2.Request, call: _Call, error: FleetgateError) -> httpx2.Response:
         """Below the models: the static answer, then the deferred queue, then the refusal."""
@@ -495,6 +582,8 @@ class _Policy:
         emptied for the whole fleet, which then waits for room like this call does."""
         stats = self.gateway.stats
         stats.count("upstream_rate_limited")
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.limiter_refused(call.estimate.model, "upstream")
         if _error_code(response) != "rate_limit_exceeded":
             return None  # insufficient_quota and the like: waiting will not help
         if call.model_quota is not None:
@@ -600,8 +689,13 @@ class GateTransport(httpx2.BaseTransport):
         if isinstance(entered, httpx2.Response):
             return entered
         request, call = entered
+        _traced(self.gateway, request, call)
         started = time.monotonic()
-        response = self._handle(request, call)
+        try:
+            response = self._handle(request, call)
+        except BaseException as e:
+            _failed(self.gateway, call, time.monotonic() - started, e)
+            raise
         return _answered(self.gateway, call, response, time.monotonic() - started)
 
     def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
@@ -647,7 +741,7 @@ class GateTransport(httpx2.BaseTransport):
             action, wait = self.policy.when_spent(call, error)
             if action != "queue":
                 break
-            time.sleep(wait)
+            time.sleep(self.policy.waits(call, wait))
         if action == "cache_only":
             hit = self.gateway.cache.lookup(call.cache_key, request, call.semantic) if call.cache_key else None
             return self.policy.served(hit, "cache", call) if hit is not None else _refusal(request, error)
@@ -691,13 +785,16 @@ class GateTransport(httpx2.BaseTransport):
         while True:
             permit, wait = policy.permit(call)
             if wait:
-                time.sleep(wait)
+                time.sleep(policy.waits(call, wait))
                 continue
+            asked = policy.acquire_started()
             try:
                 decision = (limiter.acquire(call.quotas, tokens=call.estimate.tokens, timeout=call.seconds_left())
                             if call.quotas else None)
             except (RateLimited, StoreUnavailable) as e:
                 raise policy.acquire_failed(call, permit, e) from e
+            finally:
+                policy.acquired(call, asked)
             policy.check_deadline(call, permit)
             started = time.perf_counter()
             try:
@@ -718,7 +815,7 @@ class GateTransport(httpx2.BaseTransport):
                 if retry_in is not None:
                     response.close()
                     attempt += 1
-                    time.sleep(retry_in)
+                    time.sleep(policy.waits(call, retry_in))
                     continue
                 response.headers["x-should-retry"] = "false"
                 policy.unspent(hold)
@@ -752,8 +849,13 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         if isinstance(entered, httpx2.Response):
             return entered
         request, call = entered
+        _traced(self.gateway, request, call)
         started = time.monotonic()
-        response = await self._handle(request, call)
+        try:
+            response = await self._handle(request, call)
+        except BaseException as e:
+            _failed(self.gateway, call, time.monotonic() - started, e)
+            raise
         return _answered(self.gateway, call, response, time.monotonic() - started)
 
     async def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
@@ -791,7 +893,7 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
             action, wait = self.policy.when_spent(call, error)
             if action != "queue":
                 break
-            await asyncio.sleep(wait)
+            await asyncio.sleep(self.policy.waits(call, wait))
         if action == "cache_only":
             hit = await self.gateway.cache.lookup_async(call.cache_key, request, call.semantic) if call.cache_key else None
             return self.policy.served(hit, "cache", call) if hit is not None else _refusal(request, error)
@@ -835,8 +937,9 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         while True:
             permit, wait = policy.permit(call)
             if wait:
-                await asyncio.sleep(wait)
+                await asyncio.sleep(policy.waits(call, wait))
                 continue
+            asked = policy.acquire_started()
             try:
                 decision = (await limiter.acquire_async(call.quotas, tokens=call.estimate.tokens,
                                                         timeout=call.seconds_left())
@@ -847,6 +950,8 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
                 if permit is not None and call.breaker is not None:
                     call.breaker.release(permit)
                 raise
+            finally:
+                policy.acquired(call, asked)
             policy.check_deadline(call, permit)
             started = time.perf_counter()
             try:
@@ -867,7 +972,7 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
                 if retry_in is not None:
                     await response.aclose()
                     attempt += 1
-                    await asyncio.sleep(retry_in)
+                    await asyncio.sleep(policy.waits(call, retry_in))
                     continue
                 response.headers["x-should-retry"] = "false"
                 policy.unspent(hold)

@@ -82,6 +82,12 @@ class Budgets:
             found.append(self._budget(rule, value))
         return found
 
+    def named(self) -> list[Budget]:
+        """The budgets whose number is bounded: the global ones and those of a named team,
+        feature or user (not those kept per value)."""
+        return [self._budget(rule, "" if rule.scope == "global" else rule.name or "")
+                for rule in self.settings.limits if rule.scope == "global" or rule.name is not None]
+
     def _budget(self, rule: BudgetLimit, value: str) -> Budget:
         name = f"{rule.scope}:{value}:{rule.period}" if value else f"global:{rule.period}"
         budget = self._budgets.get(name)

@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["Prompt", "changed_terms", "near_miss"]
+__all__ = ["NEAR_MISS_GUARDS", "Prompt", "changed_terms", "near_miss"]
 
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[.'’][A-Za-z0-9]+)*")
 
@@ -112,6 +112,10 @@ class Prompt:
         found = [(m.group(), m.start()) for m in _WORD.finditer(text)]
         words = tuple(_word(w) for w, _ in found)
         return cls(text, words, frozenset(_names(text, found)))
+
+
+#: Every reason :func:`near_miss` (and the semantic layer's term check) may give.
+NEAR_MISS_GUARDS = ("negation", "number", "date", "scope", "entity")
 
 
 def near_miss(a: Prompt, b: Prompt) -> str | None:

@@ -1,0 +1,321 @@
+"""Prometheus metrics of the gateway, named ``fleetgate_*`` with their unit in the name and
+bounded labels: a model that is neither configured nor priced is ``other``, and so is a
+feature that is not configured (``none`` when a request has none).
+
+The families live once per process and every gateway of the process adds to them. With
+several worker processes (gunicorn, uvicorn ``--workers``, a pod running N processes), set
+``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before the workers start: each writes
+its values there and whichever serves ``/metrics`` adds them up (prometheus-client's
+multiprocess mode). When a worker exits, call
+``prometheus_client.multiprocess.mark_process_dead(pid)`` so its gauges leave the sum.
+
+    app = gate.metrics_app()              # WSGI; gate.metrics_app("asgi") for ASGI
+    $ fleetgate metrics serve --port 9464  # the directory's metrics, on their own port
+
+=================================================  ======================================
+``fleetgate_requests_total``                       gated requests by endpoint, model,
+                                                   feature, tier and outcome (``ok``,
+                                                   ``error``, ``rate_limited``,
+                                                   ``refused``, ``failed``,
+                                                   ``cancelled``)
+``fleetgate_refusals_total``                       the gateway's refusals by reason
+``fleetgate_request_duration_seconds``             from entering the gateway to the
+                                                   answer (a stream: its headers)
+``fleetgate_gateway_overhead_seconds``             the gateway's own time on a request
+                                                   sent upstream: its duration less the
+                                                   upstream call and the waits below
+``fleetgate_tokens_total``                         tokens billed by kind (``input``,
+                                                   ``cached_input``, ``output``,
+                                                   ``reasoning``)
+``fleetgate_cost_dollars_total``                   dollars billed, at the price table
+``fleetgate_cache_hits_total`` / ``_misses_total``  answers served by layer (``exact``,
+                                                   ``semantic``), lookups that missed
+``fleetgate_cache_near_misses_total``              semantic candidates a guard refused
+``fleetgate_deduplicated_requests_total``          requests answered by another's call
+                                                   (``pod`` or ``fleet``)
+``fleetgate_limiter_wait_seconds``                 time to get quota (its round trip to
+                                                   Redis included)
+``fleetgate_limiter_refusals_total``               no quota in time (``by="gateway"``) or
+                                                   a 429 from upstream (``by="upstream"``)
+``fleetgate_breaker_transitions_total``            circuit transitions by breaker and state
+``fleetgate_breaker_state``                        0 closed, 1 half-open, 2 open, 3 isolated
+``fleetgate_queue_depth`` / ``_wait_seconds``      calls waiting in a model's lanes, and how
+                                                   long they waited
+``fleetgate_budget_{limit,spent,remaining}_dollars``  each named budget, read when scraped
+=================================================  ======================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx2
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, make_wsgi_app
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from fleetgate.config import GatewayConfig
+from fleetgate.prices import PriceTable
+
+if TYPE_CHECKING:
+    from fleetgate.budget.guard import Budgets
+
+__all__ = ["BudgetCollector", "GatewayMetrics", "metrics_app", "multiprocess_dir", "registry_for"]
+
+_OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2, "isolated": 3}
+LANES = ("realtime", "interactive", "batch")
+#: How many distinct model and feature names are remembered with their label.
+_MEMO = 4_096
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of multiprocess mode, when ``PROMETHEUS_MULTIPROC_DIR`` names one."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _Families(Collector):
+    """The metric families, once per process."""
+
+    def __init__(self) -> None:
+        def counter(name: str, doc: str, labels: Iterable[str]) -> Counter:
+            return Counter(name, doc, list(labels), registry=None)
+
+        def histogram(name: str, doc: str, labels: Iterable[str], buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, list(labels), registry=None, buckets=buckets)
+
+        self.requests = counter("fleetgate_requests", "Gated requests by outcome", (
+            "endpoint", "model", "feature", "tier", "outcome"))
+        self.refusals = counter("fleetgate_refusals", "Requests the gateway refused, by reason", ("reason",))
+        self.duration = histogram("fleetgate_request_duration_seconds", "Time from entering the gateway to the answer",
+                                  ("endpoint", "model"), _DURATION_BUCKETS)
+        self.overhead = histogram("fleetgate_gateway_overhead_seconds",
+                                  "The gateway's own time on a request sent upstream", ("endpoint",), _OVERHEAD_BUCKETS)
+        self.tokens = counter("fleetgate_tokens", "Tokens billed, by kind", ("model", "feature", "kind"))
+        self.cost = counter("fleetgate_cost_dollars", "Dollars billed at the price table", ("model", "feature"))
+        self.cache_hits = counter("fleetgate_cache_hits", "Answers served from the cache, by layer", ("layer",))
+        self.cache_misses = counter("fleetgate_cache_misses", "Cache lookups that found no answer", ())
+        self.near_misses = counter("fleetgate_cache_near_misses", "Semantic candidates refused by a guard", ("guard",))
+        self.deduplicated = counter("fleetgate_deduplicated_requests", "Requests answered by an identical call",
+                                    ("scope",))
+        self.limiter_wait = histogram("fleetgate_limiter_wait_seconds", "Time to get quota", ("model",), _WAIT_BUCKETS)
+        self.limiter_refusals = counter("fleetgate_limiter_refusals", "Quota refusals by the gateway or upstream",
+                                        ("model", "by"))
+        self.transitions = counter("fleetgate_breaker_transitions", "Circuit breaker transitions", ("breaker", "to"))
+        self.breaker_state = Gauge("fleetgate_breaker_state", "0 closed, 1 half-open, 2 open, 3 isolated",
+                                   ["breaker"], registry=None, multiprocess_mode="livemax")
+        self.queue_depth = Gauge("fleetgate_queue_depth", "Calls waiting in a model's lanes", ["model", "lane"],
+                                 registry=None, multiprocess_mode="livesum")
+        self.queue_wait = histogram("fleetgate_queue_wait_seconds", "Time waited in a model's lanes",
+                                    ("model", "lane"), _WAIT_BUCKETS)
+
+    def collect(self) -> Iterator[Metric]:
+        for value in vars(self).values():
+            yield from value.collect()
+
+
+_families: _Families | None = None
+
+
+def _shared() -> _Families:
+    global _families
+    if _families is None:
+        _families = _Families()
+        if multiprocess_dir() is None:
+            REGISTRY.register(_families)  # an application's own /metrics shows them too
+    return _families
+
+
+class GatewayMetrics:
+    """What one gateway reports, with its labels bounded by its configuration."""
+
+    def __init__(self, config: GatewayConfig, prices: PriceTable) -> None:
+        self.enabled = config.metrics.enabled
+        self.f = _shared()
+        routing = config.routing
+        self._known_models = (set(config.models) | set(prices.models) | set(config.fallback.models)
+                              | set(config.fallback.models.values()) | set(routing.route_models)
+                              | {t.model for t in routing.tiers} | {r.model for r in routing.rollouts.values() if r.model}
+                              | {m for r in routing.rollouts.values() for m in (r.baseline.model, r.canary.model) if m}
+                              | {p.model for p in config.presets.values() if p.model})
+        self._prices = prices
+        self._known_features = (set(config.features) | set(config.presets) | set(config.metrics.features)
+                                | {r.feature for r in routing.rollouts.values() if r.feature}
+                                | {b.name for b in config.budgets.limits if b.scope == "feature" and b.name})
+        self._models: dict[str, str] = {}
+        self._features: dict[str | None, str] = {None: "none"}
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    # -- labels ------------------------------------------------------------------------------
+
+    def model(self, name: str) -> str:
+        """`name`'s label: itself when configured or priced, the priced model a snapshot or
+        fine-tune is named after, else ``other``."""
+        found = self._models.get(name)
+        if found is None:
+            found = name if name in self._known_models else self._base_model(name)
+            if len(self._models) < _MEMO:
+                self._models[name] = found
+        return found
+
+    def _base_model(self, name: str) -> str:
+        base = name.split(":")[1] if name.startswith("ft:") and name.count(":") >= 1 else name
+        if base in self._known_models:
+            return base
+        matches = [m for m in self._prices.models if base.startswith(m + "-")]
+        return max(matches, key=len) if matches else "other"
+
+    def feature(self, name: str | None) -> str:
+        found = self._features.get(name)
+        if found is None:
+            found = name if name in self._known_features else "other"
+            if len(self._features) < _MEMO:
+                self._features[name] = found
+        return found
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        key = (id(family), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*labels) if labels else family
+        return found
+
+    # -- events ------------------------------------------------------------------------------
+
+    def answered(self, endpoint: str, model: str, feature: str | None, status: int, headers: httpx2.Headers,
+                 seconds: float, outside: float, cached: bool, refusal_body: Callable[[], bytes]) -> None:
+        """A gated request answered: `outside` is the part of `seconds` spent upstream and
+        waiting (None of it: the request never went upstream)."""
+        f, m = self.f, self.model(model)
+        marks = {k: v for k, v in headers.raw if k[:11] == b"x-fleetgate"}  # one pass, not a lookup each
+        tier = marks.get(b"x-fleetgate-tier", b"primary").decode()
+        if marks.get(b"x-fleetgate") == b"refused":
+            outcome = "refused"
+            self._child(f.refusals, _refusal_reason(refusal_body())).inc()
+        elif status < 400:
+            outcome = "ok"
+        elif status == 429:
+            outcome = "rate_limited"
+        else:
+            outcome = "error"
+        self._child(f.requests, endpoint, m, self.feature(feature), tier, outcome).inc()
+        self._child(f.duration, endpoint, m).observe(seconds)
+        layer = marks.get(b"x-fleetgate-cache")
+        if layer is not None:
+            self._child(f.cache_hits, "exact" if layer == b"hit" else layer.decode()).inc()
+        elif cached:
+            self._child(f.cache_misses).inc()
+        dedup = marks.get(b"x-fleetgate-dedup")
+        if dedup == b"follower" or dedup == b"fleet":
+            self._child(f.deduplicated, "pod" if dedup == b"follower" else "fleet").inc()
+        if outside:
+            self._child(f.overhead, endpoint).observe(max(0.0, seconds - outside))
+
+    def failed(self, endpoint: str, model: str, feature: str | None, seconds: float,
+               outcome: Literal["failed", "cancelled"]) -> None:
+        """A gated request that raised instead of answering (connection lost, timeout), or
+        that its caller cancelled."""
+        m = self.model(model)
+        self._child(self.f.requests, endpoint, m, self.feature(feature), "primary", outcome).inc()
+        self._child(self.f.duration, endpoint, m).observe(seconds)
+
+    def billed(self, model: str, feature: str | None, usage: Any, cost: float | None) -> None:
+        """Tokens and dollars of one answer from upstream, from its ``usage``."""
+        if not isinstance(usage, dict):
+            return
+        m, feat = self.model(model), self.feature(feature)
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
+        output = usage.get("completion_tokens", usage.get("output_tokens")) or 0
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+        out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+        cached = details.get("cached_tokens", 0) or 0 if isinstance(details, dict) else 0
+        reasoning = out_details.get("reasoning_tokens", 0) or 0 if isinstance(out_details, dict) else 0
+        for kind, n in (("input", prompt - cached), ("cached_input", cached), ("output", output),
+                        ("reasoning", reasoning)):
+            if n:
+                self._child(self.f.tokens, m, feat, kind).inc(n)
+        if cost:
+            self._child(self.f.cost, m, feat).inc(cost)
+
+    def limiter_waited(self, model: str, seconds: float) -> None:
+        self._child(self.f.limiter_wait, self.model(model)).observe(seconds)
+
+    def limiter_refused(self, model: str, by: Literal["gateway", "upstream"]) -> None:
+        self._child(self.f.limiter_refusals, self.model(model), by).inc()
+
+    def queued(self, model: str, lane: str, delta: int) -> None:
+        self._child(self.f.queue_depth, self.model(model), lane).inc(delta)
+
+    def queue_waited(self, model: str, lane: str, seconds: float) -> None:
+        self._child(self.f.queue_wait, self.model(model), lane).observe(seconds)
+
+    def near_miss(self, guard: str, n: int = 1) -> None:
+        self._child(self.f.near_misses, guard).inc(n)
+
+    def breaker(self, name: str, now: str) -> None:
+        endpoint, _, model = name.partition(":")
+        label = f"{endpoint}:{self.model(model)}"
+        self._child(self.f.transitions, label, now).inc()
+        self._child(self.f.breaker_state, label).set(BREAKER_STATES.get(now, 0))
+
+
+def _refusal_reason(body: bytes) -> str:
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return "other"
+    return str(code).removeprefix("fleetgate_") if isinstance(code, str) else "other"
+
+
+class BudgetCollector(Collector):
+    """Each named budget's limit, spend and what remains in the current period, read from
+    the ledger (the fleet's, on Redis) when scraped. Budgets kept per user, team or feature
+    value are left out: their number has no bound."""
+
+    def __init__(self, budgets: Budgets) -> None:
+        self.budgets = budgets
+
+    def collect(self) -> Iterator[Metric]:
+        limit = GaugeMetricFamily("fleetgate_budget_limit_dollars", "A budget's limit for its period", labels=["budget"])
+        spent = GaugeMetricFamily("fleetgate_budget_spent_dollars", "Spent and reserved in the budget's period",
+                                  labels=["budget"])
+        remaining = GaugeMetricFamily("fleetgate_budget_remaining_dollars", "What the budget has left this period",
+                                      labels=["budget"])
+        for budget in self.budgets.named():
+            status = self.budgets.ledger.status(budget, now=self.budgets.clock())
+            used = status.spent + status.reserved
+            limit.add_metric([budget.name], status.limit)
+            spent.add_metric([budget.name], used)
+            remaining.add_metric([budget.name], max(0.0, status.limit - used))
+        yield from (limit, spent, remaining)
+
+
+def registry_for(extra: Iterable[Collector] = (), directory: str | None = None) -> CollectorRegistry:
+    """A registry with every process's fleetgate metrics (multiprocess mode: from
+    `directory`, by default ``PROMETHEUS_MULTIPROC_DIR``) or this process's, and `extra`
+    collectors."""
+    registry = CollectorRegistry()
+    directory = directory or multiprocess_dir()
+    if directory is not None:
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_shared())
+    for collector in extra:
+        registry.register(collector)
+    return registry
+
+
+def metrics_app(kind: Literal["wsgi", "asgi"] = "wsgi", extra: Iterable[Collector] = ()) -> Any:
+    """A WSGI (or ASGI) application serving the metrics of :func:`registry_for`."""
+    registry = registry_for(extra)
+    if kind == "asgi":
+        return make_asgi_app(registry)
+    if kind == "wsgi":
+        return make_wsgi_app(registry)
+    raise ValueError(f'metrics_app: kind must be "wsgi" or "asgi", not {kind!r}')

@@ -1,0 +1,126 @@
+"""OpenTelemetry spans of gated requests, following the GenAI semantic conventions, when
+``opentelemetry-api`` is installed (``pip install 'fleetgate[otel]'``) and
+``[tracing] enabled`` (the default). Spans go to whatever tracer provider the application
+configured; without one, OpenTelemetry's API does nothing.
+
+One CLIENT span per gated request, named ``{gen_ai.operation.name} {gen_ai.request.model}``
+(``chat gpt-4.1-mini``), a child of the caller's current span, from entering the gateway
+to the answer (a stream: its headers). Attributes: ``gen_ai.operation.name``,
+``gen_ai.provider.name`` (``openai``), ``gen_ai.request.model`` / ``max_tokens`` /
+``temperature`` / ``top_p``, ``gen_ai.response.id`` / ``model`` / ``finish_reasons``,
+``gen_ai.usage.input_tokens`` / ``output_tokens``, ``server.address`` / ``server.port``,
+``error.type`` when it failed; and fleetgate's own: ``fleetgate.tier``,
+``fleetgate.cache``, ``fleetgate.dedup``, ``fleetgate.route``, ``fleetgate.deployment``,
+``fleetgate.feature``, ``fleetgate.refused``. Prompts and answers are never recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+
+from fleetgate.errors import ConfigError
+from fleetgate.sharing import is_read
+
+__all__ = ["Tracer", "tracer"]
+
+_OPERATIONS = {"/chat/completions": "chat", "/responses": "chat", "/embeddings": "embeddings",
+               "/completions": "text_completion"}
+_MARKS = (("x-fleetgate-tier", "fleetgate.tier"), ("x-fleetgate-cache", "fleetgate.cache"),
+          ("x-fleetgate-dedup", "fleetgate.dedup"), ("x-fleetgate-route", "fleetgate.route"),
+          ("x-fleetgate-deployment", "fleetgate.deployment"))
+
+
+class Tracer:
+    """Starts and ends the spans of gated requests."""
+
+    def __init__(self, otel_trace: Any, provider: Any = None) -> None:
+        self._trace = otel_trace
+        self._tracer = (provider or otel_trace).get_tracer("fleetgate")
+
+    def start(self, endpoint: str, body: dict[str, Any], request: httpx2.Request, feature: str | None) -> Any:
+        """The span of a gated request, started."""
+        model = str(body.get("model", ""))
+        operation = _OPERATIONS.get(endpoint, "chat")
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": model,
+            "server.address": request.url.host,
+        }
+        if request.url.port is not None:
+            attributes["server.port"] = request.url.port
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens", body.get("max_output_tokens")))
+        for name, value in (("gen_ai.request.max_tokens", max_tokens), ("gen_ai.request.temperature",
+                                                                         body.get("temperature")),
+                            ("gen_ai.request.top_p", body.get("top_p"))):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                attributes[name] = value
+        if feature is not None:
+            attributes["fleetgate.feature"] = feature
+        return self._tracer.start_span(f"{operation} {model}", kind=self._trace.SpanKind.CLIENT,
+                                       attributes=attributes)
+
+    def answered(self, span: Any, response: httpx2.Response) -> None:
+        """End `span` with what the answer says about itself."""
+        headers = response.headers
+        for header, attribute in _MARKS:
+            value = headers.get(header)
+            if value is not None:
+                span.set_attribute(attribute, value)
+        if headers.get("x-fleetgate") == "refused":
+            span.set_attribute("fleetgate.refused", True)
+        if response.status_code >= 400:
+            span.set_attribute("error.type", str(response.status_code))
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
+        elif is_read(response):
+            _response_attributes(span, response)
+        span.end()
+
+    def failed(self, span: Any, error: BaseException) -> None:
+        span.set_attribute("error.type", type(error).__qualname__)
+        span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
+        span.end()
+
+
+def _response_attributes(span: Any, response: httpx2.Response) -> None:
+    if "json" not in response.headers.get("content-type", ""):
+        return
+    try:
+        answer = json.loads(response.content)
+    except ValueError:
+        return
+    if not isinstance(answer, dict):
+        return
+    for key, attribute in (("id", "gen_ai.response.id"), ("model", "gen_ai.response.model")):
+        if isinstance(answer.get(key), str):
+            span.set_attribute(attribute, answer[key])
+    reasons = [c.get("finish_reason") for c in answer.get("choices") or () if isinstance(c, dict)]
+    if answer.get("status") in ("completed", "incomplete"):  # the Responses API
+        reasons.append(answer["status"])
+    if any(isinstance(r, str) for r in reasons):
+        span.set_attribute("gen_ai.response.finish_reasons", [r for r in reasons if isinstance(r, str)])
+    usage = answer.get("usage")
+    if isinstance(usage, dict):
+        for keys, attribute in ((("prompt_tokens", "input_tokens"), "gen_ai.usage.input_tokens"),
+                                (("completion_tokens", "output_tokens"), "gen_ai.usage.output_tokens")):
+            value = next((usage[k] for k in keys if isinstance(usage.get(k), int)), None)
+            if value is not None:
+                span.set_attribute(attribute, value)
+
+
+def tracer(enabled: bool, provider: Any = None) -> Tracer | None:
+    """A tracer (from `provider`, by default the global tracer provider) when `enabled`
+    and OpenTelemetry's API is installed, else None."""
+    if not enabled:
+        return None
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        if provider is not None:
+            raise ConfigError("a tracer_provider was given but opentelemetry-api is not installed: "
+                              "pip install 'fleetgate[otel]'") from None
+        return None
+    return Tracer(trace, provider)
