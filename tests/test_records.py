@@ -8,12 +8,14 @@ import json
 import logging
 import time
 import uuid
+from pathlib import Path
 
 import openai
 import pytest
 from pydantic import BaseModel
 
 import fleetgate as fg
+from fleetgate.run import run_file
 from fleetgate.cache import LocalEmbedder
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, ModelLimits
 
@@ -85,4 +87,30 @@ def test_no_prompt_answer_or_key_in_logs_or_errors(fake_openai: FakeOpenAI, capl
     for marker in MARKERS:
         assert marker not in everything
     for answer in filter(None, answers):
+        assert answer not in everything
+
+
+def test_no_prompt_answer_or_key_in_the_logs_of_a_file_run(fake_openai: FakeOpenAI, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """`fleetgate run` (requests in the Batch API's line format): the logs, the summary and
+    the errors file name lines, never their content."""
+    caplog.set_level(logging.DEBUG, logger="fleetgate")
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": MODEL, "messages": messages(str(i))}}) for i in range(5)]
+    lines += [f'{{"custom_id": "bad", "body": "{SECRET_PROMPT}"',  # not JSON
+              json.dumps({"custom_id": "x", "method": "POST", "url": f"/v1/{SECRET_PROMPT}", "body": {}})]
+    src.write_text("\n".join(lines) + "\n")
+    gate = fg.Gateway(base_url=fake_openai.base_url)
+    with gate.scope(user=SECRET_USER):
+        summary = run_file(src, out, gateway=gate, progress=False, api_key=SECRET_KEY)
+    assert summary.sent == 5 and summary.bad_lines == 2
+    answers = [json.loads(x)["response"]["body"]["choices"][0]["message"]["content"]
+               for x in out.read_text().splitlines()]
+    everything = "\n".join([r.getMessage() for r in caplog.records] + [summary.render(quota_rpm=None),
+                            (tmp_path / "out.errors.jsonl").read_text()])
+    assert sum(r.name == "fleetgate.requests" for r in caplog.records) == 5
+    for marker in MARKERS:
+        assert marker not in everything
+    for answer in answers:
         assert answer not in everything
