@@ -437,7 +437,6 @@ class _Policy:
             try:
                 self.settle(decision, self.stream_tokens(call, scanner))
                 self.spend(call, hold, scanner.detail, scanner.deltas)
-                self.billed(call, scanner.detail)
             finally:
                 _release(slot)
         return done
@@ -497,12 +496,20 @@ class _Policy:
 
     def spend(self, call: _Call, hold: Hold | None, usage: Any, output_tokens: int | None = None) -> None:
         """Settle the call's budgets with what it cost (its usage; else the prompt and
-        `output_tokens`, or the most it could produce when that is unknown)."""
+        `output_tokens`, or the most it could produce when that is unknown), and count its
+        tokens and dollars in the metrics; the cost is priced once for both."""
+        metrics = self.gateway.metrics
+        if hold is None and metrics is None:
+            return
+        model = call.estimate.model
+        cost = self.gateway.prices.cost(model, usage) if isinstance(usage, dict) else None
+        if metrics is not None and isinstance(usage, dict):
+            metrics.billed(model, call.scope.feature, usage, cost)
         if hold is None:
             return
         output = call.estimate.max_output_tokens if output_tokens is None else output_tokens
         try:
-            self.gateway.budgets.spend(hold, usage, call.estimate.prompt_tokens, output)
+            self.gateway.budgets.spend(hold, cost, call.estimate.prompt_tokens, output)
         except FleetgateError as e:
             self.note_settle_failure(e)
 
@@ -542,18 +549,10 @@ class _Policy:
             usage = _usage_of(response.content)
             self.settle(decision, self.settle_tokens(call, response, usage))
             self.spend(call, hold, usage)
-            self.billed(call, usage)
         else:
             self.settle(decision, (0, "failure"))
             self.unspent(hold)
         return self.served(response, tier, call)
-
-    def billed(self, call: _Call, usage: Any) -> None:
-        """Tokens and dollars of an answer from upstream, to the metrics."""
-        metrics = self.gateway.metrics
-        if metrics is not None and isinstance(usage, dict):
-            model = call.estimate.model
-            metrics.billed(model, call.scope.feature, usage, self.gateway.prices.cost(model, usage))
 
     def cheaper(self, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | None:
         """The first rung: the request for the cheaper model, prepared, or None."""

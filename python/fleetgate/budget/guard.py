@@ -19,7 +19,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fleetgate._core import Budget, BudgetReservation, Ledger, Limiter
 from fleetgate.config import BudgetLimit, BudgetSettings
@@ -122,10 +121,9 @@ class Budgets:
     def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice) -> Hold:
         return Hold(reservation, price, estimate.model, sc.feature or "", sc.user or "", sc.team or "")
 
-    def spend(self, hold: Hold, usage: Any, prompt_tokens: int, output_tokens: int) -> None:
-        """Settle `hold` with what the call cost: from `usage` when the response had one,
-        else from the token counts (in the background)."""
-        cost = self.prices.cost(hold.model, usage) if isinstance(usage, dict) else None
+    def spend(self, hold: Hold, cost: float | None, prompt_tokens: int, output_tokens: int) -> None:
+        """Settle `hold` with what the call cost: `cost`, its usage priced, when the response
+        had one; else from the token counts (in the background)."""
         if cost is None:
             cost = hold.price.dollars(prompt_tokens, output_tokens)
             self._count("budget_settled_from_estimate")
