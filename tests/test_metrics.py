@@ -114,6 +114,7 @@ def test_families_match_the_requests_made(fake_openai: FakeOpenAI) -> None:
     assert total(d, "fleetgate_gateway_overhead_seconds_count", endpoint="/chat/completions") == sent
     assert total(d, "fleetgate_request_duration_seconds_count") == 11
     assert total(d, "fleetgate_limiter_wait_seconds_count", model=MODEL) == 5  # the model with a quota
+    assert total(d, "fleetgate_limiter_wait_seconds_count") == 5, "a model without quota never waits for one"
     assert total(d, "fleetgate_queue_wait_seconds_count", lane="interactive") == sent + 1  # + the one the circuit refused
     budget = frozenset({("budget", "global:day")})
     after = scrape_wsgi(app)

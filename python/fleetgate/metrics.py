@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx2
@@ -159,17 +159,10 @@ class GatewayMetrics:
         fine-tune is named after, else ``other``."""
         found = self._models.get(name)
         if found is None:
-            found = name if name in self._known_models else self._base_model(name)
+            found = name if name in self._known_models else self._prices.priced_as(name) or "other"
             if len(self._models) < _MEMO:
                 self._models[name] = found
         return found
-
-    def _base_model(self, name: str) -> str:
-        base = name.split(":")[1] if name.startswith("ft:") and name.count(":") >= 1 else name
-        if base in self._known_models:
-            return base
-        matches = [m for m in self._prices.models if base.startswith(m + "-")]
-        return max(matches, key=len) if matches else "other"
 
     def feature(self, name: str | None) -> str:
         found = self._features.get(name)
@@ -188,16 +181,17 @@ class GatewayMetrics:
 
     # -- events ------------------------------------------------------------------------------
 
-    def answered(self, endpoint: str, model: str, feature: str | None, status: int, headers: httpx2.Headers,
-                 seconds: float, outside: float, cached: bool, refusal_body: Callable[[], bytes]) -> None:
+    def answered(self, endpoint: str, model: str, feature: str | None, response: httpx2.Response, seconds: float,
+                 outside: float, looked_up: bool) -> None:
         """A gated request answered: `outside` is the part of `seconds` spent upstream and
-        waiting (None of it: the request never went upstream)."""
-        f, m = self.f, self.model(model)
-        marks = {k: v for k, v in headers.raw if k[:11] == b"x-fleetgate"}  # one pass, not a lookup each
+        waiting (0: the request never went upstream); `looked_up`, whether the cache was
+        asked for its answer."""
+        f, m, status = self.f, self.model(model), response.status_code
+        marks = {k: v for k, v in response.headers.raw if k[:11] == b"x-fleetgate"}  # one pass, not a lookup each
         tier = marks.get(b"x-fleetgate-tier", b"primary").decode()
         if marks.get(b"x-fleetgate") == b"refused":
             outcome = "refused"
-            self._child(f.refusals, _refusal_reason(refusal_body())).inc()
+            self._child(f.refusals, _refusal_reason(response.content)).inc()  # refusals are built whole
         elif status < 400:
             outcome = "ok"
         elif status == 429:
@@ -209,7 +203,7 @@ class GatewayMetrics:
         layer = marks.get(b"x-fleetgate-cache")
         if layer is not None:
             self._child(f.cache_hits, "exact" if layer == b"hit" else layer.decode()).inc()
-        elif cached:
+        elif looked_up:
             self._child(f.cache_misses).inc()
         dedup = marks.get(b"x-fleetgate-dedup")
         if dedup == b"follower" or dedup == b"fleet":
@@ -249,11 +243,13 @@ class GatewayMetrics:
     def limiter_refused(self, model: str, by: Literal["gateway", "upstream"]) -> None:
         self._child(self.f.limiter_refusals, self.model(model), by).inc()
 
-    def queued(self, model: str, lane: str, delta: int) -> None:
-        self._child(self.f.queue_depth, self.model(model), lane).inc(delta)
+    def joined_queue(self, model: str, priority: int) -> None:
+        self._child(self.f.queue_depth, self.model(model), _lane(priority)).inc()
 
-    def queue_waited(self, model: str, lane: str, seconds: float) -> None:
-        self._child(self.f.queue_wait, self.model(model), lane).observe(seconds)
+    def left_queue(self, model: str, priority: int, waited: float) -> None:
+        m, lane = self.model(model), _lane(priority)
+        self._child(self.f.queue_depth, m, lane).dec()
+        self._child(self.f.queue_wait, m, lane).observe(waited)
 
     def near_miss(self, guard: str, n: int = 1) -> None:
         self._child(self.f.near_misses, guard).inc(n)
@@ -263,6 +259,10 @@ class GatewayMetrics:
         label = f"{endpoint}:{self.model(model)}"
         self._child(self.f.transitions, label, now).inc()
         self._child(self.f.breaker_state, label).set(BREAKER_STATES.get(now, 0))
+
+
+def _lane(priority: int) -> str:
+    return LANES[min(max(priority, 0), len(LANES) - 1)]
 
 
 def _refusal_reason(body: bytes) -> str:

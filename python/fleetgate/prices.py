@@ -88,7 +88,17 @@ class PriceTable:
         found = self.models.get(model)
         if found is not None:
             return found
-        return _base_price(self, model)
+        listed = self.priced_as(model)
+        return None if listed is None else self.models[listed]
+
+    def priced_as(self, model: str) -> str | None:
+        """The listed model `model` is priced as: itself, or the model a snapshot
+        (``gpt-4.1-2025-04-14``) or fine-tune (``ft:gpt-4.1:org::id``) is named after."""
+        name = model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 1 else model
+        if name in self.models:
+            return name
+        matches = [listed for listed in self.models if name.startswith(listed + "-")]
+        return max(matches, key=len) if matches else None
 
     def cost(self, model: str, usage: dict[str, Any] | None, *, batch: bool = False) -> float | None:
         """Dollars for one response's usage (chat, responses or embeddings), or None when the
@@ -105,14 +115,6 @@ class PriceTable:
 
 def _price(fields: PriceFields) -> ModelPrice:
     return ModelPrice(fields.input, fields.cached_input, fields.output)
-
-
-def _base_price(table: PriceTable, model: str) -> ModelPrice | None:
-    name = model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 1 else model
-    if name in table.models:
-        return table.models[name]
-    matches = [listed for listed in table.models if name.startswith(listed + "-")]
-    return table.models[max(matches, key=len)] if matches else None
 
 
 def _describe(error: ValidationError) -> str:

@@ -64,7 +64,11 @@ class Tracer:
                                        attributes=attributes)
 
     def answered(self, span: Any, response: httpx2.Response) -> None:
-        """End `span` with what the answer says about itself."""
+        """End `span` with what the answer says about itself (nothing is read for a span that
+        records nothing: OpenTelemetry's API without an SDK)."""
+        if not span.is_recording():
+            span.end()
+            return
         headers = response.headers
         for header, attribute in _MARKS:
             value = headers.get(header)

@@ -46,7 +46,6 @@ from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request, usage_to
 from fleetgate.dedup import DEDUP_HEADER
 from fleetgate.fallback import TIER_HEADER
 from fleetgate.prices import ModelPrice
-from fleetgate.metrics import LANES
 from fleetgate.records import log_request
 from fleetgate.rewrite import with_body
 from fleetgate.scope import Scope, current_scope
@@ -91,6 +90,8 @@ class _Call:
     timing: _Timing = field(default_factory=_Timing)
     #: Its OpenTelemetry span (None: not traced).
     span: Any = None
+    #: Whether the cache was asked for its answer.
+    looked_up: bool = False
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -177,10 +178,8 @@ def _answered(gateway: Gateway, call: _Call, response: httpx2.Response, seconds:
         response = gateway.router.answered(call.route, response, seconds, gateway.stats)
     if gateway.metrics is not None:
         timing = call.timing
-        gateway.metrics.answered(call.endpoint, call.estimate.model, call.scope.feature, response.status_code,
-                                 response.headers, seconds, timing.upstream + timing.waited if timing.upstream else 0.0,
-                                 call.cache_key is not None and gateway.cache.serves(call.body),
-                                 lambda: response.content)
+        gateway.metrics.answered(call.endpoint, call.estimate.model, call.scope.feature, response, seconds,
+                                 timing.upstream + timing.waited if timing.upstream else 0.0, call.looked_up)
     if call.span is not None and gateway.tracer is not None:
         gateway.tracer.answered(call.span, response)
     log_request(call.endpoint, call.body, call.scope, response, seconds, gateway.prices)
@@ -333,44 +332,42 @@ class _Policy:
         lanes = self.gateway.lanes_for(call.estimate.model)
         if lanes is None:
             return None
-        started = self.queue(call, 1)
+        joined = self.joined_queue(call)
         try:
             return lanes.enter(call.priority, call.seconds_left())
         except (QueueFull, DeadlineExpired) as e:
             raise self.lane_refused(e) from e
         finally:
-            self.dequeue(call, started)
+            self.left_queue(call, joined)
 
     async def enter_lane_async(self, call: _Call) -> Slot | None:
         lanes = self.gateway.lanes_for(call.estimate.model)
         if lanes is None:
             return None
-        started = self.queue(call, 1)
+        joined = self.joined_queue(call)
         try:
             return await lanes.enter_async(call.priority, call.seconds_left())
         except (QueueFull, DeadlineExpired) as e:
             raise self.lane_refused(e) from e
         finally:
-            self.dequeue(call, started)
+            self.left_queue(call, joined)
 
-    def queue(self, call: _Call, delta: int) -> float:
-        """Count the call in (or out of) its lane's queue; the time it joined."""
-        metrics = self.gateway.metrics
-        if metrics is not None:
-            metrics.queued(call.estimate.model, LANES[min(max(call.priority, 0), 2)], delta)
+    def joined_queue(self, call: _Call) -> float:
+        """Count the call into its lane's queue; the time it joined."""
+        if self.gateway.metrics is not None:
+            self.gateway.metrics.joined_queue(call.estimate.model, call.priority)
         return time.perf_counter()
 
-    def dequeue(self, call: _Call, started: float) -> None:
-        waited = self.queue(call, -1) - started
+    def left_queue(self, call: _Call, joined: float) -> None:
+        waited = time.perf_counter() - joined
         call.timing.waited += waited
         if self.gateway.metrics is not None:
-            self.gateway.metrics.queue_waited(call.estimate.model, LANES[min(max(call.priority, 0), 2)], waited)
-
-    def acquire_started(self) -> float:
-        return time.perf_counter()
+            self.gateway.metrics.left_queue(call.estimate.model, call.priority, waited)
 
     def acquired(self, call: _Call, started: float) -> None:
-        """The time the call took to get quota (or be refused it)."""
+        """The time the call took to get quota (or be refused it); nothing without quotas."""
+        if not call.quotas:
+            return
         waited = time.perf_counter() - started
         call.timing.waited += waited
         if self.gateway.metrics is not None:
@@ -700,8 +697,9 @@ class GateTransport(httpx2.BaseTransport):
     def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway
         key = self.policy.cache_key(request, call)
-        if key is not None:
-            hit = gateway.cache.lookup(key, request, call.semantic) if gateway.cache.serves(call.body) else None
+        if key is not None and gateway.cache.serves(call.body):
+            call.looked_up = True
+            hit = gateway.cache.lookup(key, request, call.semantic)
             if hit is not None:
                 return self.policy.served(hit, "cache", call)
         collapser = gateway.collapser
@@ -786,7 +784,7 @@ class GateTransport(httpx2.BaseTransport):
             if wait:
                 time.sleep(policy.waits(call, wait))
                 continue
-            asked = policy.acquire_started()
+            asked = time.perf_counter()
             try:
                 decision = (limiter.acquire(call.quotas, tokens=call.estimate.tokens, timeout=call.seconds_left())
                             if call.quotas else None)
@@ -860,8 +858,9 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
     async def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway
         key = self.policy.cache_key(request, call)
-        if key is not None:
-            hit = await gateway.cache.lookup_async(key, request, call.semantic) if gateway.cache.serves(call.body) else None
+        if key is not None and gateway.cache.serves(call.body):
+            call.looked_up = True
+            hit = await gateway.cache.lookup_async(key, request, call.semantic)
             if hit is not None:
                 return self.policy.served(hit, "cache", call)
         collapser = gateway.collapser
@@ -938,7 +937,7 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
             if wait:
                 await asyncio.sleep(policy.waits(call, wait))
                 continue
-            asked = policy.acquire_started()
+            asked = time.perf_counter()
             try:
                 decision = (await limiter.acquire_async(call.quotas, tokens=call.estimate.tokens,
                                                         timeout=call.seconds_left())
