@@ -234,14 +234,20 @@ def test_another_process_sees_a_new_entry_within_a_second(fake_openai: FakeOpenA
         assert pod.wait(timeout=30) == 0
 
 
-@pytest.mark.fake_openai(config=FakeConfig())
-def test_embedded_entries_and_answers_survive_a_restart_on_disk(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+def remember_on_disk(url: str, tmp_path: Path, question: str) -> Path:
+    """The file of an embedded semantic cache that answered `question` (for user ana)."""
     path = tmp_path / "semantic.jsonl"
-    gate = semantic_gate(fake_openai.base_url, path=str(path))
+    gate = semantic_gate(url, path=str(path))
     with gate.scope(user="ana"):
-        gate.openai(api_key="sk-fake", max_retries=0).chat.completions.create(**ask("Can I pay by invoice?"))
+        gate.openai(api_key="sk-fake", max_retries=0).chat.completions.create(**ask(question))
     settle(gate)
     gate.close()
+    return path
+
+
+@pytest.mark.fake_openai(config=FakeConfig())
+def test_embedded_entries_and_answers_survive_a_restart_on_disk(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    path = remember_on_disk(fake_openai.base_url, tmp_path, "Can I pay by invoice?")
     restarted = semantic_gate(fake_openai.base_url, path=str(path))
     with restarted.scope(user="ana"):
         answer = restarted.openai(api_key="sk-fake", max_retries=0).chat.completions.with_raw_response.create(
@@ -252,12 +258,7 @@ def test_embedded_entries_and_answers_survive_a_restart_on_disk(fake_openai: Fak
 
 @pytest.mark.fake_openai(config=FakeConfig())
 def test_entries_of_another_embedder_are_not_compared(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    path = tmp_path / "semantic.jsonl"
-    gate = semantic_gate(fake_openai.base_url, path=str(path))
-    with gate.scope(user="ana"):
-        gate.openai(api_key="sk-fake", max_retries=0).chat.completions.create(**ask("Can I pay by invoice?"))
-    settle(gate)
-    gate.close()
+    path = remember_on_disk(fake_openai.base_url, tmp_path, "Can I pay by invoice?")
 
     class Renamed(LocalEmbedder):
         name = "another-model"
