@@ -66,7 +66,7 @@ _OPPOSITES = [
     ("north", "south"), ("east", "west"), ("male", "female"), ("men", "women"), ("adult", "child"),
     ("adults", "children"), ("adults", "kids"), ("positive", "negative"), ("gain", "loss"), ("profit", "loss"),
     ("income", "expense"), ("credit", "debit"), ("deposit", "withdraw"), ("lend", "borrow"), ("give", "take"),
-    ("import", "export"), ("read", "write"), ("get", "set"), ("show", "hide"), ("visible", "hidden"),
+    ("read", "write"), ("get", "set"), ("show", "hide"), ("visible", "hidden"),
     ("public", "private"), ("client", "server"), ("frontend", "backend"), ("sync", "async"), ("synchronous",
     "asynchronous"), ("static", "dynamic"), ("compile", "decompile"), ("zip", "unzip"), ("merge", "split"),
     ("join", "split"), ("singular", "plural"), ("past", "future"), ("raw", "cooked"), ("freeze", "thaw"),
