@@ -6,7 +6,7 @@ from typing import Literal, final
 __all__ = [
     "__version__", "Breaker", "Breakers", "FleetFlights", "Flight", "Flights", "Lanes", "Slot", "Quota", "Limiter", "Decision", "Reservation", "Completions", "Submission", "parse_duration",
     "count_tokens", "chat_prompt_tokens", "encoding_for_model", "truncate_tokens",
-    "Budget", "BudgetReservation", "BudgetStatus", "Ledger",
+    "Budget", "BudgetReservation", "BudgetStatus", "Ledger", "Splitter",
 ]
 __version__: str
 
@@ -404,3 +404,22 @@ class Submission:
     def start(self, completions: Completions, id: int) -> None: ...
     def cancel(self) -> None: ...
     def orphaned(self, value: object) -> None: ...
+
+
+@final
+class Splitter:
+    """Batch API input lines checked (one endpoint and one model per file, unique
+    ``custom_id``), sized in enqueued tokens, and cut into chunks within the limits."""
+
+    def __new__(cls, *, max_lines: int, max_bytes: int, max_tokens: int, endpoint: str | None = None,
+                default_max_output: int = 4096) -> Splitter: ...
+    def split(self, block: bytes) -> tuple[list[tuple[int, int, int, int, int, int]], list[tuple[int, str]]]:
+        """(runs, problems): runs of sendable lines as (chunk, start, end, lines, tokens,
+        output tokens), tokens being what they enqueue (prompts plus the most output);
+        problems as (line number, reason)."""
+    @property
+    def endpoint(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def lines_read(self) -> int: ...

@@ -2,6 +2,7 @@
 //! over Redis (standalone or cluster) or in process. Pure Rust; the Python binding lives in
 //! `rust/python`.
 
+pub mod batch_lines;
 pub mod breaker;
 pub mod breaker_fleet;
 pub mod budget;

@@ -1,6 +1,7 @@
 //! `fleetgate._core`: the PyO3 binding of `fleetgate-core`. It converts types and errors
 //! and nothing else; the policy lives in the core.
 
+mod batch;
 mod breaker;
 mod budget;
 mod completions;
@@ -35,6 +36,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<budget::Ledger>()?;
     m.add_class::<completions::Completions>()?;
     m.add_class::<completions::Submission>()?;
+    m.add_class::<batch::Splitter>()?;
     m.add_function(wrap_pyfunction!(parse_duration, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::count_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::chat_prompt_tokens, m)?)?;
