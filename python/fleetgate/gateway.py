@@ -21,7 +21,7 @@ from collections import Counter
 from functools import lru_cache, partial
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx2
 import openai as openai_sdk
@@ -46,6 +46,9 @@ from fleetgate.scope import Priority, Scope, scope
 from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
 from fleetgate.tracing import tracer
 from fleetgate.transport import AsyncGateTransport, GateTransport
+
+if TYPE_CHECKING:
+    from fleetgate.batch import BatchJobs
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -269,6 +272,19 @@ class Gateway:
         until = until or today
         since = since or until - dt.timedelta(days=6)
         return spend_by(self.budgets.ledger, days_between(since, until), by)
+
+    def batches(self, **client_options: Any) -> BatchJobs:
+        """Batch API jobs through this gateway's upstream, Redis (or, embedded, a SQLite
+        file in ``[batch] directory``), budgets and prices; `client_options` go to the
+        ``openai.OpenAI`` they use (``api_key``, ...). See :mod:`fleetgate.batch`.
+
+            jobs = gate.batches()
+            jobs.submit("requests.jsonl", name="nightly")       # checked, split, sent, watched
+            jobs.collect("nightly", "results.jsonl")           # answers; the rest in results.dead.jsonl
+        """
+        from fleetgate.batch import BatchJobs
+
+        return BatchJobs(self, **client_options)
 
     def openai(self, **kwargs: Any) -> openai_sdk.OpenAI:
         """An ``openai.OpenAI`` whose every call goes through this gateway."""

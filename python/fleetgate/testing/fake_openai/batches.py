@@ -47,13 +47,13 @@ class FileStore:
     def __init__(self) -> None:
         self.files: dict[str, StoredFile] = {}
 
-    def add(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
+    def add(self, filename: str, purpose: str, data: bytes, expires_seconds: int = 30 * 86400) -> dict[str, Any]:
         now = int(time.time())
         file_id = api.new_id("file")
         meta: dict[str, Any] = {
             "id": file_id, "object": "file", "bytes": len(data), "created_at": now,
             "filename": filename, "purpose": purpose, "status": "processed", "status_details": None,
-            "expires_at": now + 30 * 86400 if purpose in ("batch", "batch_output") else None,
+            "expires_at": now + expires_seconds if purpose in ("batch", "batch_output") else None,
         }
         self.files[file_id] = StoredFile(meta, data)
         return meta
@@ -84,7 +84,8 @@ class FileStore:
         return _json(self.add(fields["filename"], purpose, bytes(fields["data"])))
 
     async def list_all(self, request: web.Request) -> web.Response:
-        data = [f.meta for f in self.files.values()]
+        purpose = request.query.get("purpose")
+        data = [f.meta for f in self.files.values() if purpose is None or f.meta["purpose"] == purpose]
         return _json({"object": "list", "data": data, "has_more": False,
                       "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
@@ -108,6 +109,7 @@ class Batch:
     obj: dict[str, Any]
     model: str = ""
     enqueued_tokens: int = 0
+    output_expires_seconds: int = 30 * 86400
     cancel_requested: bool = False
     task: asyncio.Task[None] | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -147,6 +149,13 @@ class BatchStore:
         ):
             raise ApiError(400, "Invalid 'metadata': at most 16 pairs, keys up to 64 and values up to 512 characters.",
                            param="metadata", code="invalid_value")
+        expires_after = body.get("output_expires_after")
+        if expires_after is not None and not (
+            isinstance(expires_after, dict) and expires_after.get("anchor") == "created_at"
+            and isinstance(expires_after.get("seconds"), int) and 3600 <= expires_after["seconds"] <= 2_592_000
+        ):
+            raise ApiError(400, "Invalid 'output_expires_after': anchor 'created_at' and seconds from 3600 to "
+                                "2592000.", param="output_expires_after", code="invalid_value")
         stored = self.files.get(input_file_id)
         if stored.meta["purpose"] != "batch":
             raise ApiError(400, f"File {input_file_id} was not uploaded with purpose 'batch'.",
@@ -161,7 +170,7 @@ class BatchStore:
             "cancelled_at": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
             "metadata": metadata, "usage": None,
         }
-        batch = Batch(obj)
+        batch = Batch(obj, output_expires_seconds=(expires_after or {}).get("seconds", 30 * 86400))
         self.batches[obj["id"]] = batch
         batch.task = asyncio.get_running_loop().create_task(self._run(batch, stored.data))
         return _json(obj)
@@ -318,6 +327,9 @@ class BatchStore:
         elif self.rng.random() < self.config.batch.line_failure_rate:
             status, body = 500, ApiError(500, "The server had an error processing this request.",
                                          type="server_error").body()
+        elif self.config.batch.line_rejection_rate and self.rng.random() < self.config.batch.line_rejection_rate:
+            status, body = 400, ApiError(400, "Invalid 'messages': the request was rejected.",
+                                         param="messages", code="invalid_value").body()
         else:
             try:
                 plan = planner(self.config, line["body"])
@@ -357,9 +369,13 @@ class BatchStore:
             return b"".join(json.dumps(r).encode() + b"\n" for r in records)
 
         batch_id = batch.obj["id"]
+        timings = self.config.batch
+        batch.outputs += [dict(r, id=api.new_id("batch_req")) for r in batch.outputs[: timings.duplicate_lines]]
+        batch.outputs += [dict(r, id=api.new_id("batch_req"), custom_id=f"unknown-{api.new_id('id')}")
+                          for r in batch.outputs[: timings.unknown_lines]]
         if batch.outputs:
             batch.obj["output_file_id"] = self.files.add(f"{batch_id}_output.jsonl", "batch_output",
-                                                         jsonl(batch.outputs))["id"]
+                                                         jsonl(batch.outputs), batch.output_expires_seconds)["id"]
         if batch.errors:
             batch.obj["error_file_id"] = self.files.add(f"{batch_id}_error.jsonl", "batch_output",
-                                                        jsonl(batch.errors))["id"]
+                                                        jsonl(batch.errors), batch.output_expires_seconds)["id"]

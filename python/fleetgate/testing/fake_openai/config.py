@@ -75,6 +75,12 @@ class BatchTimings(_Strict):
     completion_window_seconds: float = Field(default=60.0, gt=0)
     #: Fraction of lines that fail with a per-line 500 (seeded).
     line_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    #: Fraction of lines that fail with a per-line 400 (a request the API refuses; seeded).
+    line_rejection_rate: float = Field(default=0.0, ge=0, le=1)
+    #: Output lines written twice, and lines for ids the batch was not sent, per batch
+    #: (the anomalies a collector must report rather than trust).
+    duplicate_lines: int = Field(default=0, ge=0)
+    unknown_lines: int = Field(default=0, ge=0)
 
 
 class FakeConfig(_Strict):

@@ -4,6 +4,7 @@ loopback port in a background thread."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 import random
@@ -388,6 +389,18 @@ class FakeOpenAI:
             raise RuntimeError("the server is not running")
         snapshot = self._server.snapshot().get(model)
         return ModelCounters(**snapshot) if snapshot else ModelCounters()
+
+    def batches(self) -> list[dict[str, Any]]:
+        """Every batch created so far, as the API shows it (copies)."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return [copy.deepcopy(b.obj) for b in list(self._server.batches.batches.values())]
+
+    def files(self) -> list[dict[str, Any]]:
+        """Every file stored now, as the API shows it (copies)."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return [dict(f.meta) for f in list(self._server.files.files.values())]
 
 
 def _shaped_text(text: str, shape: set[str]) -> str:
