@@ -1,6 +1,7 @@
 """One structured record per request, and no prompt, answer, API key or user in any log
 line, metric or exception message on any path: success, upstream error, upstream 429s
-retried, gateway refusal, cache (exact and semantic), stream, structured output."""
+retried, gateway refusal, cache (exact and semantic), stream, structured output, a file
+run and a Batch API job."""
 
 from __future__ import annotations
 
@@ -110,6 +111,44 @@ def test_no_prompt_answer_or_key_in_the_logs_of_a_file_run(fake_openai: FakeOpen
     everything = "\n".join([r.getMessage() for r in caplog.records] + [summary.render(quota_rpm=None),
                             (tmp_path / "out.errors.jsonl").read_text()])
     assert sum(r.name == "fleetgate.requests" for r in caplog.records) == 5
+    for marker in MARKERS:
+        assert marker not in everything
+    for answer in answers:
+        assert answer not in everything
+
+
+def test_no_prompt_answer_or_key_in_what_a_batch_job_reports(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Batch jobs: the logs, the refusal of a bad file, the rejected-lines report, the job's
+    status, the dead letters and the metrics name lines and ids, never their content."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    from fleetgate.batch import BatchInputError
+    from fleetgate.testing.fake_openai.config import BatchTimings
+
+    caplog.set_level(logging.DEBUG, logger="fleetgate")
+    src = tmp_path / "in.jsonl"
+    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": MODEL, "messages": messages(str(i)), "max_tokens": 16}}) for i in range(60)]
+    lines += [f'{{"custom_id": "bad", "body": "{SECRET_PROMPT}"',  # not JSON
+              json.dumps({"custom_id": "x", "method": "POST", "url": f"/v1/{SECRET_PROMPT}", "body": {}})]
+    src.write_text("\n".join(lines) + "\n")
+    timings = BatchTimings(validating_seconds=0.02, finalizing_seconds=0.02, line_failure_rate=0.2,
+                           line_rejection_rate=0.1, duplicate_lines=1, unknown_lines=1)
+    with FakeOpenAI(FakeConfig(batch=timings)) as fake:
+        gate = fg.Gateway(base_url=fake.base_url, batch={"directory": str(tmp_path / "state"), "max_attempts": 2,
+                                                         "poll_min_seconds": 0.02, "poll_max_seconds": 0.2})
+        jobs = gate.batches(api_key=SECRET_KEY)
+        with pytest.raises(BatchInputError) as refused:
+            jobs.submit(src, name="private", user=SECRET_USER)
+        report = jobs.submit(src, name="private", user=SECRET_USER, skip_bad_lines=True)
+        summary = jobs.collect("private", tmp_path / "out.jsonl")
+    assert report.done and summary.dead > 0 and summary.answered > 0
+    answers = [json.loads(x)["response"]["body"]["choices"][0]["message"]["content"]
+               for x in summary.output.read_text().splitlines()]
+    everything = "\n".join([r.getMessage() for r in caplog.records] + [
+        str(refused.value), repr(refused.value), report.render(), summary.dead_letters.read_text(),
+        (tmp_path / "state" / "private" / "rejected.jsonl").read_text(), generate_latest(REGISTRY).decode()])
+    assert "unknown ids" in everything and "line 62" in everything  # it did report, by id and number
     for marker in MARKERS:
         assert marker not in everything
     for answer in answers:
