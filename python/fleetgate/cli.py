@@ -60,15 +60,9 @@ def run(input_path: str, output_path: str, config_path: str | None, base_url: st
         click.echo(report.render())
         click.echo(f"{summary.answered} answers in {summary.output}, {summary.dead} dead letters in {summary.dead_letters}")
         return
-    from fleetgate.gateway import Gateway
     from fleetgate.run import run_file
 
-    overrides: dict[str, Any] = {}
-    if base_url:
-        overrides["base_url"] = base_url
-    if redis_url:
-        overrides["redis_url"] = redis_url
-    gate = Gateway.from_config(config_path, **overrides) if config_path else Gateway(**overrides)
+    gate = _gateway(config_path, redis_url, base_url)
     if not api_key:
         raise click.UsageError("no API key: pass --api-key or set OPENAI_API_KEY")
     summary = run_file(input_path, output_path, gateway=gate, concurrency=concurrency,
@@ -84,8 +78,8 @@ def batch() -> None:
     """Batch API jobs: submitted, watched, retried and collected until every request has one result."""
 
 
-def _jobs(config_path: str | None, redis_url: str | None, base_url: str | None, api_key: str | None,
-          directory: str | None) -> Any:
+def _gateway(config_path: str | None, redis_url: str | None, base_url: str | None) -> Any:
+    """A gateway from the config file (if any), with the command line's upstream and Redis."""
     from fleetgate.gateway import Gateway
 
     overrides: dict[str, Any] = {}
@@ -93,7 +87,12 @@ def _jobs(config_path: str | None, redis_url: str | None, base_url: str | None, 
         overrides["base_url"] = base_url
     if redis_url:
         overrides["redis_url"] = redis_url
-    gate = Gateway.from_config(config_path, **overrides) if config_path else Gateway(**overrides)
+    return Gateway.from_config(config_path, **overrides) if config_path else Gateway(**overrides)
+
+
+def _jobs(config_path: str | None, redis_url: str | None, base_url: str | None, api_key: str | None,
+          directory: str | None) -> Any:
+    gate = _gateway(config_path, redis_url, base_url)
     if directory:
         gate.config = gate.config.model_copy(update={"batch": gate.config.batch.model_copy(update={"directory": directory})})
     return gate.batches(**({"api_key": api_key} if api_key else {}))
