@@ -176,9 +176,8 @@ def test_cancel_from_another_pod_keeps_answers_and_dead_letters_the_rest(tmp_pat
     with FakeOpenAI(FakeConfig(batch=slow)) as fake:
         watcher, operator = jobs_for(fake, tmp_path, max_lines=100), jobs_for(fake, tmp_path, max_lines=100)
         watcher.submit(src, name="stop", wait=False)
-        with pytest.raises(JobBusy):  # one watcher at a time
-            held = operator.store.take_lease("stop", "someone-else", 30)
-            assert held is None
+        assert operator.store.take_lease("stop", "someone-else", 30) is None
+        with pytest.raises(JobBusy, match="watched by someone-else"):  # one watcher at a time
             operator.watch("stop")
         operator.store.release_lease("stop", "someone-else")
         operator.cancel("stop")

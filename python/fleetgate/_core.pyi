@@ -411,8 +411,10 @@ class Splitter:
     """Batch API input lines checked (one endpoint and one model per file, unique
     ``custom_id``), sized in enqueued tokens, and cut into chunks within the limits."""
 
-    def __new__(cls, *, max_lines: int, max_bytes: int, max_tokens: int, endpoint: str | None = None,
-                default_max_output: int = 4096) -> Splitter: ...
+    def __new__(cls, *, max_lines: int, max_bytes: int, max_tokens: int, model_tokens: Mapping[str, int] | None = None,
+                endpoint: str | None = None, default_max_output: int = 4096) -> Splitter:
+        """`max_tokens`: enqueued tokens per chunk, or `model_tokens[model]` for the file's
+        model (the model of its first sendable line)."""
     def split(self, block: bytes) -> tuple[list[tuple[int, int, int, int, int, int]], list[tuple[int, str]]]:
         """(runs, problems): runs of sendable lines as (chunk, start, end, lines, tokens,
         output tokens), tokens being what they enqueue (prompts plus the most output);

@@ -93,9 +93,7 @@ def _gateway(config_path: str | None, redis_url: str | None, base_url: str | Non
 def _jobs(config_path: str | None, redis_url: str | None, base_url: str | None, api_key: str | None,
           directory: str | None) -> Any:
     gate = _gateway(config_path, redis_url, base_url)
-    if directory:
-        gate.config = gate.config.model_copy(update={"batch": gate.config.batch.model_copy(update={"directory": directory})})
-    return gate.batches(**({"api_key": api_key} if api_key else {}))
+    return gate.batches(directory=directory, **({"api_key": api_key} if api_key else {}))
 
 
 def _batch_options(command: Any) -> Any:

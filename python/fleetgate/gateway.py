@@ -273,10 +273,11 @@ class Gateway:
         since = since or until - dt.timedelta(days=6)
         return spend_by(self.budgets.ledger, days_between(since, until), by)
 
-    def batches(self, **client_options: Any) -> BatchJobs:
+    def batches(self, *, directory: str | Path | None = None, **client_options: Any) -> BatchJobs:
         """Batch API jobs through this gateway's upstream, Redis (or, embedded, a SQLite
-        file in ``[batch] directory``), budgets and prices; `client_options` go to the
-        ``openai.OpenAI`` they use (``api_key``, ...). See :mod:`fleetgate.batch`.
+        file in `directory`, default ``[batch] directory``), budgets and prices;
+        `client_options` go to the ``openai.OpenAI`` they use (``api_key``, ...). See
+        :mod:`fleetgate.batch`.
 
             jobs = gate.batches()
             jobs.submit("requests.jsonl", name="nightly")       # checked, split, sent, watched
@@ -284,7 +285,7 @@ class Gateway:
         """
         from fleetgate.batch import BatchJobs
 
-        return BatchJobs(self, **client_options)
+        return BatchJobs(self, directory=directory, **client_options)
 
     def openai(self, **kwargs: Any) -> openai_sdk.OpenAI:
         """An ``openai.OpenAI`` whose every call goes through this gateway."""

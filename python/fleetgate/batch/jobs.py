@@ -24,9 +24,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import openai
 
@@ -125,15 +126,21 @@ class BatchJobs:
     """Batch jobs of one gateway: its upstream, Redis (or this machine's record), budgets,
     prices and ``[batch]`` settings. Every method has an ``_async`` twin."""
 
-    def __init__(self, gateway: Gateway, store: JobStore | None = None, **client_options: Any) -> None:
+    def __init__(self, gateway: Gateway, store: JobStore | None = None, *, directory: str | Path | None = None,
+                 **client_options: Any) -> None:
         self.gateway = gateway
         self.settings = gateway.config.batch
-        self.directory = self.settings.state_directory()
+        self.directory = Path(directory) if directory is not None else self.settings.state_directory()
         self.store = store or store_for(gateway.config.redis_url, self.directory)
         self.owner = new_owner()
         self._client_options = client_options
         self._client: openai.OpenAI | None = None
-        self._holds: dict[str, BudgetReservation] = {}
+        self._holds: dict[tuple[str, str], BudgetReservation] = {}
+        # Sliding windows: any burst within the minute's allowance goes at once.
+        self._uploads = Quota("batch-uploads", requests_per_minute=self.settings.uploads_per_minute,
+                              algorithm="sliding_window")
+        self._creations = Quota("batch-creations", requests_per_minute=self.settings.creations_per_minute,
+                                algorithm="sliding_window")
         self._found: dict[tuple[str, str, str], str] | None = None
         #: Unix seconds (replaceable, for tests).
         self.clock: Callable[[], float] = time.time
@@ -174,10 +181,8 @@ class BatchJobs:
                 feature: str | None, user: str | None, team: str | None) -> None:
         settings = self.settings
         folder = self._folder(job_id)
-        # The enqueued-token limit depends on the model, known from the first sendable line.
-        model = _first_model(input_path)
         split = split_file(input_path, folder / "chunks", max_lines=settings.max_lines, max_bytes=settings.max_bytes,
-                           max_tokens=settings.enqueued_limit(model or ""),
+                           max_tokens=settings.default_enqueued_tokens, model_tokens=settings.enqueued_tokens,
                            default_max_output=settings.assumed_max_output_tokens, prefix="c")
         report = folder / "rejected.jsonl"
         if split.problems:
@@ -286,7 +291,8 @@ class BatchJobs:
         if chunk.state == "creating":
             self._reconcile_creation(job, chunk)
         if cancelling and chunk.state in ("intent", "uploaded"):
-            self._end_unsent(job, chunk, "cancelled", {"code": "batch_cancelled", "message": "the job was cancelled"})
+            self._end_unsent(job, chunk, chunks, "cancelled",
+                             {"code": "batch_cancelled", "message": "the job was cancelled"})
             return
         if chunk.state == "intent":
             self._upload(job, chunk, chunks)
@@ -303,10 +309,13 @@ class BatchJobs:
     def _filename(self, job: Job, chunk: Chunk) -> str:
         return f"fleetgate-{job.id}-{chunk.id}.jsonl"
 
+    def _spool(self, job: Job, chunk: Chunk) -> Path:
+        return self._folder(job.id) / "chunks" / f"{chunk.id}.jsonl"
+
     def _chunk_path(self, job: Job, chunk: Chunk, chunks: list[Chunk]) -> Path:
         """The chunk's lines on this machine: written at submission, or (for a retry)
         rebuilt from its parent's uploaded file."""
-        path = self._folder(job.id) / "chunks" / f"{chunk.id}.jsonl"
+        path = self._spool(job, chunk)
         if path.exists():
             return path
         parent = next((c for c in chunks if c.id == chunk.parent), None)
@@ -319,14 +328,10 @@ class BatchJobs:
     def _write_subset(self, file_id: str, ids: set[str], path: Path) -> None:
         """The lines of uploaded file `file_id` whose custom_id is in `ids`, to `path`
         (written whole, then renamed)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False) as out:
+        with _atomic(path, "wb") as out:
             for raw in self._file_lines(file_id):
                 if raw.strip() and json.loads(raw).get("custom_id") in ids:
                     out.write(raw.rstrip(b"\r\n") + b"\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(out.name, path)
 
     def _file_lines(self, file_id: str) -> Iterator[bytes]:
         try:
@@ -342,7 +347,7 @@ class BatchJobs:
 
     def _upload(self, job: Job, chunk: Chunk, chunks: list[Chunk]) -> None:
         path = self._chunk_path(job, chunk, chunks)
-        self._pace("uploads", self.settings.uploads_per_minute)
+        self._pace(self._uploads)
         chunk.state = "uploading"
         self.store.save_chunks(job.id, [chunk])
         with path.open("rb") as data:
@@ -360,10 +365,8 @@ class BatchJobs:
         chunk.state, chunk.file_id = ("uploaded", found[0].id) if found else ("intent", None)
         self.store.save_chunks(job.id, [chunk])
 
-    def _pace(self, what: str, per_minute: int) -> None:
+    def _pace(self, quota: Quota) -> None:
         """Wait for the fleet's turn to upload or create (OpenAI's own limits on these)."""
-        # A sliding window: any burst within the minute's allowance goes at once.
-        quota = Quota(f"batch-{what}", requests_per_minute=per_minute, algorithm="sliding_window")
         self.gateway.limiter.acquire(quota, timeout=3600)
 
     # -- creating ---------------------------------------------------------------------------
@@ -378,7 +381,7 @@ class BatchJobs:
             return
         if not self._reserve(job, chunk):
             return
-        self._pace("creations", self.settings.creations_per_minute)
+        self._pace(self._creations)
         chunk.tries += 1
         chunk.state, chunk.held = "creating", None
         self.store.save_chunks(job.id, [chunk])
@@ -426,14 +429,14 @@ class BatchJobs:
         """Hold the chunk's worst case at the batch price on its budgets; False (the chunk
         waits) when a budget refuses."""
         budgets = self.gateway.budgets.applicable(self._scope(job))
-        if not budgets or chunk.id in self._holds:
+        if not budgets or (job.id, chunk.id) in self._holds:
             return True
         price = self.gateway.prices.price(job.model)
         if price is None:
             return True
         worst = price.dollars(chunk.tokens - chunk.output_tokens, chunk.output_tokens) * self.gateway.prices.batch_discount
         try:
-            self._holds[chunk.id] = self.gateway.budgets.ledger.reserve(budgets, worst, lease=86_400)
+            self._holds[job.id, chunk.id] = self.gateway.budgets.ledger.reserve(budgets, worst, lease=86_400)
         except BudgetExceeded as e:
             chunk.held = f"{chunk.id} waits for budget {e.budget} (until {time.strftime('%H:%M UTC', time.gmtime(e.resets_at))})"
             chunk.not_before = min(e.resets_at, self.clock() + self.settings.poll_max_seconds)
@@ -451,14 +454,14 @@ class BatchJobs:
             self._collect(job, chunk, chunks, batch)
             return
         if batch.status == "failed":
-            self._failed(job, chunk, batch)
+            self._failed(job, chunk, chunks, batch)
             return
         chunk.poll_interval = self.settings.poll_min_seconds if changed else min(
             self.settings.poll_max_seconds, chunk.poll_interval * 2)
         chunk.not_before = self.clock() + _jitter(chunk.poll_interval)
         self.store.save_chunks(job.id, [chunk])
 
-    def _failed(self, job: Job, chunk: Chunk, batch: Any) -> None:
+    def _failed(self, job: Job, chunk: Chunk, chunks: list[Chunk], batch: Any) -> None:
         errors = (batch.errors.data if batch.errors is not None else None) or []
         first = errors[0].model_dump() if errors else {"code": "batch_failed", "message": "the batch failed"}
         if first.get("code") == "token_limit_exceeded":
@@ -469,17 +472,15 @@ class BatchJobs:
             self.store.save_chunks(job.id, [chunk])
             log.info("fleetgate: job %s: %s held (enqueued-token limit)", job.id, chunk.id)
             return
-        self._release(chunk)
-        self._end_unsent(job, chunk, "failed", first)
+        self._release(job, chunk)
+        self._end_unsent(job, chunk, chunks, "failed", first)
         log.warning("fleetgate: job %s: batch %s of %s failed (%s): its %d lines are dead-lettered", job.id,
                     chunk.batch_id, chunk.id, first.get("code"), chunk.lines)
 
-    def _end_unsent(self, job: Job, chunk: Chunk, state: str, error: dict[str, Any]) -> None:
+    def _end_unsent(self, job: Job, chunk: Chunk, chunks: list[Chunk], state: str, error: dict[str, Any]) -> None:
         """Lines that will not be answered: every id of the chunk goes to the dead letters."""
-        ids = self._ids(job, chunk)
         chunk.state, chunk.error = state, error  # type: ignore[assignment]
-        chunk.missing_ids = sorted(ids)
-        chunk.counts = {"dead": len(ids)}
+        chunk.missing_ids = sorted(self._ids(job, chunk, chunks))
         self.store.save_chunks(job.id, [chunk])
 
     def _cancel_batch(self, chunk: Chunk) -> None:
@@ -492,21 +493,17 @@ class BatchJobs:
 
     # -- collecting -------------------------------------------------------------------------
 
-    def _ids(self, job: Job, chunk: Chunk) -> set[str]:
-        chunks = self.store.chunks(job.id)
-        path = self._folder(job.id) / "chunks" / f"{chunk.id}.jsonl"
-        if path.exists():
-            lines: Iterator[bytes] = iter(path.read_bytes().splitlines())
-        elif chunk.file_id is not None:
-            lines = self._file_lines(chunk.file_id)
-        else:
-            lines = iter(self._chunk_path(job, chunk, chunks).read_bytes().splitlines())
-        return {json.loads(raw)["custom_id"] for raw in lines if raw.strip()}
+    def _ids(self, job: Job, chunk: Chunk, chunks: list[Chunk]) -> set[str]:
+        """The ids the chunk was sent: from its lines here, else from its uploaded file."""
+        if chunk.file_id is not None and not self._spool(job, chunk).exists():
+            return {json.loads(raw)["custom_id"] for raw in self._file_lines(chunk.file_id) if raw.strip()}
+        with self._chunk_path(job, chunk, chunks).open("rb") as lines:
+            return {json.loads(raw)["custom_id"] for raw in lines if raw.strip()}
 
     def _collect(self, job: Job, chunk: Chunk, chunks: list[Chunk], batch: Any) -> None:
         """Join what the batch returned to what it was sent; record the cost of every
         answer; send the failures that may pass again as a new chunk."""
-        sent = self._ids(job, chunk)
+        sent = self._ids(job, chunk, chunks)
         tally = Tally()
         cost = 0.0
         prices, metrics = self.gateway.prices, self.gateway.metrics
@@ -521,13 +518,8 @@ class BatchJobs:
                     if metrics is not None:
                         metrics.billed(job.model, job.feature or None, usage, line_cost)
         missing = sent - tally.seen
-        cancelled = job.status == "cancelling" or batch.status == "cancelled" and self.store.cancel_requested(job.id)
+        cancelled = job.status == "cancelling"
         again = set() if cancelled or chunk.attempt >= job.max_attempts else tally.retry | missing
-        child = None
-        if again:
-            root = chunk.id.split("-")[0]
-            child = Chunk(id=f"{root}-r{chunk.attempt + 1}", attempt=chunk.attempt + 1, lines=len(again),
-                          bytes=0, tokens=0, output_tokens=0, parent=chunk.id)
         chunk.counts = {"ok": tally.ok, "dead": tally.dead + len(tally.retry - again), "retried": len(again),
                         "missing": len(missing), "unknown": len(tally.unknown), "duplicates": tally.duplicates,
                         "malformed": tally.malformed}
@@ -537,21 +529,26 @@ class BatchJobs:
         chunk.output_file_id, chunk.error_file_id = batch.output_file_id, batch.error_file_id
         chunk.results_expire_at = self._expiry(batch)
         chunk.cost, chunk.state, chunk.held = cost, "collected", None
-        if child is not None:
-            assert chunk.file_id is not None
-            path = self._folder(job.id) / "chunks" / f"{child.id}.jsonl"
-            self._write_subset(chunk.file_id, again, path)
-            data = path.read_bytes()
-            child.bytes = len(data)
-            child.tokens = round(chunk.tokens * len(again) / max(1, chunk.lines))
-            child.output_tokens = round(chunk.output_tokens * len(again) / max(1, chunk.lines))
-        self.store.save_chunks(job.id, [chunk] + ([child] if child else []))
+        retry = [self._retry(job, chunk, again)] if again else []
+        self.store.save_chunks(job.id, [chunk, *retry])
         if tally.unknown or tally.duplicates or tally.malformed:
             log.warning("fleetgate: job %s: batch %s returned %d lines for unknown ids, %d duplicates and %d "
                         "unreadable lines (ignored)", job.id, chunk.batch_id, len(tally.unknown), tally.duplicates,
                         tally.malformed)
         log.info("fleetgate: job %s: %s collected (%s): %s", job.id, chunk.id, batch.status,
                  ", ".join(f"{k} {v}" for k, v in chunk.counts.items() if v))
+
+    def _retry(self, job: Job, chunk: Chunk, ids: set[str]) -> Chunk:
+        """A new chunk of the lines `ids` of `chunk`, written here and sized as at submission."""
+        assert chunk.file_id is not None
+        retry = Chunk(id=f"{chunk.id.split('-')[0]}-r{chunk.attempt + 1}", attempt=chunk.attempt + 1, lines=len(ids),
+                      bytes=0, tokens=0, output_tokens=0, parent=chunk.id)
+        path = self._spool(job, retry)
+        self._write_subset(chunk.file_id, ids, path)
+        sized = split_file(path, None, max_lines=self.settings.max_lines, max_bytes=self.settings.max_bytes,
+                           max_tokens=2**62, default_max_output=self.settings.assumed_max_output_tokens).chunks[0]
+        retry.bytes, retry.tokens, retry.output_tokens = sized.bytes, sized.tokens, sized.output_tokens
+        return retry
 
     def _expiry(self, batch: Any) -> float | None:
         for file_id in (batch.output_file_id, batch.error_file_id):
@@ -566,7 +563,7 @@ class BatchJobs:
 
     def _bill(self, job: Job, chunk: Chunk) -> None:
         """Spend the chunk's cost on its budgets (and the spend records), once."""
-        hold = self._holds.pop(chunk.id, None)
+        hold = self._holds.pop((job.id, chunk.id), None)
         ledger = self.gateway.budgets.ledger
         if hold is None:  # reserved by a process that is gone: its hold lapses by itself
             hold = ledger.reserve(self.gateway.budgets.applicable(self._scope(job)), 0.0, lease=600)
@@ -574,8 +571,8 @@ class BatchJobs:
         chunk.billed = True
         self.store.save_chunks(job.id, [chunk])
 
-    def _release(self, chunk: Chunk) -> None:
-        hold = self._holds.pop(chunk.id, None)
+    def _release(self, job: Job, chunk: Chunk) -> None:
+        hold = self._holds.pop((job.id, chunk.id), None)
         if hold is not None:
             self.gateway.budgets.ledger.release(hold)
 
@@ -599,8 +596,7 @@ class BatchJobs:
 
     def report(self, job: Job, chunks: list[Chunk]) -> JobReport:
         succeeded = sum(c.counts.get("ok", 0) for c in chunks if c.state == "collected")
-        dead = sum(len(c.missing_ids) + c.counts.get("dead", 0) * (c.state == "collected") for c in chunks
-                   if c.final)
+        dead = sum(len(c.missing_ids) + c.counts.get("dead", 0) for c in chunks if c.final)
         pending = max(0, job.lines - succeeded - dead)
         expiries = [c.results_expire_at for c in chunks if c.state == "collected" and c.results_expire_at]
         expires = min(expiries) if expiries else None
@@ -640,7 +636,7 @@ class BatchJobs:
         chunks = self.store.chunks(job.id)
         written: set[str] = set()
         answered = dead = 0
-        with _Atomic(output) as out, _Atomic(dead_path) as graveyard:
+        with _atomic(output, "w") as out, _atomic(dead_path, "w") as graveyard:
             for chunk in chunks:
                 skip = set(chunk.retry_ids) | set(chunk.unknown_ids)
                 if chunk.state == "collected":
@@ -694,42 +690,20 @@ class BatchJobs:
         return await asyncio.to_thread(self.collect, job_id, output, dead_letters)
 
 
-class _Atomic:
-    """A text file written whole or not at all (a temporary file renamed at the end)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: IO[str] | None = None
-
-    def __enter__(self) -> IO[str]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=self.path.parent, delete=False,
-                                                 suffix=".partial")
-        return self._file
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        assert self._file is not None
-        if exc_type is not None:
-            self._file.close()
-            os.unlink(self._file.name)
-            return
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._file.name, self.path)
-
-
-def _first_model(path: Path) -> str | None:
-    """The model of the first line that names one (the enqueued-token limit is per model)."""
-    with path.open("rb") as lines:
-        for raw in lines:
-            try:
-                body = json.loads(raw).get("body")
-            except (json.JSONDecodeError, AttributeError):
-                continue
-            if isinstance(body, dict) and isinstance(body.get("model"), str):
-                return str(body["model"])
-    return None
+@contextmanager
+def _atomic(path: Path, mode: Literal["w", "wb"]) -> Iterator[IO[Any]]:
+    """A file written whole or not at all: a temporary file, fsynced and renamed at the end."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(mode, dir=path.parent, delete=False, suffix=".partial") as out:
+        try:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        except BaseException:
+            out.close()
+            os.unlink(out.name)
+            raise
+    os.replace(out.name, path)
 
 
 def _write_problems(path: Path, problems: list[Problem]) -> None:

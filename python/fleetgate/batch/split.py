@@ -49,13 +49,14 @@ class SplitResult:
 
 
 def split_file(input_path: str | Path, directory: str | Path | None, *, max_lines: int, max_bytes: int,
-               max_tokens: int, default_max_output: int, endpoint: str | None = None,
-               prefix: str = "chunk-") -> SplitResult:
+               max_tokens: int, default_max_output: int, model_tokens: dict[str, int] | None = None,
+               endpoint: str | None = None, prefix: str = "chunk-") -> SplitResult:
     """Check every line of `input_path` and write its sendable lines to chunk files
-    ``<prefix>NNNNN.jsonl`` in `directory` (each fsynced), each within the limits. With
+    ``<prefix>NNNNN.jsonl`` in `directory` (each fsynced), each within the limits
+    (`max_tokens` enqueued tokens, or `model_tokens` of the file's model). With
     `directory` None, only check and size (nothing is written)."""
-    splitter = Splitter(max_lines=max_lines, max_bytes=max_bytes, max_tokens=max_tokens, endpoint=endpoint,
-                        default_max_output=default_max_output)
+    splitter = Splitter(max_lines=max_lines, max_bytes=max_bytes, max_tokens=max_tokens, model_tokens=model_tokens,
+                        endpoint=endpoint, default_max_output=default_max_output)
     chunks: list[ChunkFile] = []
     problems: list[Problem] = []
     out: BinaryIO | None = None

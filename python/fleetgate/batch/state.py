@@ -14,6 +14,8 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -156,31 +158,24 @@ class SqliteJobStore:
             CREATE TABLE IF NOT EXISTS leases (job TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
         """)
 
-    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One writing transaction: committed whole, or rolled back on any error."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
+                yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
     def create_job(self, job: Job, chunks: list[Chunk]) -> bool:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone():
-                    self._db.execute("ROLLBACK")
-                    return False
-                self._db.execute("INSERT INTO jobs VALUES (?, ?, ?)", (job.id, job.to_json(), job.created_at))
-                self._db.executemany("INSERT INTO chunks VALUES (?, ?, ?)",
-                                     [(job.id, c.id, c.to_json()) for c in chunks])
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone():
+                return False
+            db.execute("INSERT INTO jobs VALUES (?, ?, ?)", (job.id, job.to_json(), job.created_at))
+            db.executemany("INSERT INTO chunks VALUES (?, ?, ?)", [(job.id, c.id, c.to_json()) for c in chunks])
             return True
 
     def job(self, job_id: str) -> Job | None:
@@ -194,7 +189,8 @@ class SqliteJobStore:
         return [Job.from_json(r[0]) for r in rows]
 
     def save_job(self, job: Job) -> None:
-        self._write([("UPDATE jobs SET doc = ? WHERE id = ?", (job.to_json(), job.id))])
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET doc = ? WHERE id = ?", (job.to_json(), job.id))
 
     def chunks(self, job_id: str) -> list[Chunk]:
         with self._lock:
@@ -202,10 +198,12 @@ class SqliteJobStore:
         return [Chunk.from_json(r[0]) for r in rows]
 
     def save_chunks(self, job_id: str, chunks: list[Chunk]) -> None:
-        self._write([("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", (job_id, c.id, c.to_json())) for c in chunks])
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", [(job_id, c.id, c.to_json()) for c in chunks])
 
     def request_cancel(self, job_id: str) -> None:
-        self._write([("INSERT OR IGNORE INTO cancels VALUES (?)", (job_id,))])
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO cancels VALUES (?)", (job_id,))
 
     def cancel_requested(self, job_id: str) -> bool:
         with self._lock:
@@ -213,22 +211,16 @@ class SqliteJobStore:
 
     def take_lease(self, job_id: str, owner: str, seconds: float) -> str | None:
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT owner, expires FROM leases WHERE job = ?", (job_id,)).fetchone()
-                if row is not None and row[0] != owner and row[1] > now and not _dead_on_this_host(row[0]):
-                    self._db.execute("ROLLBACK")
-                    return str(row[0])
-                self._db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (job_id, owner, now + seconds))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._transaction() as db:
+            row = db.execute("SELECT owner, expires FROM leases WHERE job = ?", (job_id,)).fetchone()
+            if row is not None and row[0] != owner and row[1] > now and not _dead_on_this_host(row[0]):
+                return str(row[0])
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (job_id, owner, now + seconds))
             return None
 
     def release_lease(self, job_id: str, owner: str) -> None:
-        self._write([("DELETE FROM leases WHERE job = ? AND owner = ?", (job_id, owner))])
+        with self._transaction() as db:
+            db.execute("DELETE FROM leases WHERE job = ? AND owner = ?", (job_id, owner))
 
     def close(self) -> None:
         with self._lock:

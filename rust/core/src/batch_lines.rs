@@ -10,7 +10,7 @@
 //!
 //! A problem names the line's number and what is wrong, never the line's content.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::ops::Range;
 
@@ -87,6 +87,10 @@ pub struct Problem {
 pub struct Splitter {
     scanner: LineScanner,
     limits: ChunkLimits,
+    /// Enqueued tokens per batch by model, for the file's model once it is known
+    /// (`limits.tokens` for any other).
+    model_tokens: HashMap<String, u64>,
+    model_known: bool,
     chunk: u32,
     lines: u64,
     bytes: u64,
@@ -95,7 +99,22 @@ pub struct Splitter {
 
 impl Splitter {
     pub fn new(scanner: LineScanner, limits: ChunkLimits) -> Self {
-        Self { scanner, limits, chunk: 0, lines: 0, bytes: 0, tokens: 0 }
+        Self {
+            scanner,
+            limits,
+            model_tokens: HashMap::new(),
+            model_known: false,
+            chunk: 0,
+            lines: 0,
+            bytes: 0,
+            tokens: 0,
+        }
+    }
+
+    /// Enqueued tokens per batch for these models instead of `limits.tokens`.
+    pub fn with_model_tokens(mut self, model_tokens: HashMap<String, u64>) -> Self {
+        self.model_tokens = model_tokens;
+        self
     }
 
     pub fn scanner(&self) -> &LineScanner {
@@ -116,6 +135,13 @@ impl Splitter {
                     continue;
                 }
             };
+            if !self.model_known {
+                // The first line admitted sets the file's model, and so its token limit.
+                self.model_known = true;
+                if let Some(limit) = self.scanner.model().and_then(|m| self.model_tokens.get(m)) {
+                    self.limits.tokens = *limit;
+                }
+            }
             let tokens = size.total();
             let bytes = line.span.len() as u64 + 1;
             if bytes > self.limits.bytes {
@@ -547,6 +573,11 @@ mod tests {
         assert_eq!(runs.len(), 2);
         assert_eq!((runs[0].chunk, runs[1].chunk), (0, 0));
         assert_eq!(problems[0].number, 2);
+        // The file's model picks its own token limit.
+        let by_model = HashMap::from([("gpt-4.1-mini".to_owned(), 2 * 17)]);
+        let (runs, _) =
+            Splitter::new(LineScanner::new(None, 16), big).with_model_tokens(by_model).split(text.as_bytes());
+        assert_eq!(runs.iter().map(|r| r.lines).collect::<Vec<_>>(), vec![2; 5]);
         // A line bigger than a whole chunk may be is a problem, not a chunk of its own.
         let (runs, problems) =
             Splitter::new(LineScanner::new(None, 16), ChunkLimits { tokens: 16, ..big }).split(mixed.as_bytes());

@@ -3,6 +3,7 @@
 
 use fleetgate_core::batch_lines::{ChunkLimits, LineScanner, Splitter as Core};
 use pyo3::prelude::*;
+use std::collections::HashMap;
 
 /// Consecutive lines of one chunk: (chunk, start, end, lines, tokens, output tokens),
 /// `start..end` their bytes in the block.
@@ -18,10 +19,18 @@ pub struct Splitter {
 #[pymethods]
 impl Splitter {
     #[new]
-    #[pyo3(signature = (*, max_lines, max_bytes, max_tokens, endpoint=None, default_max_output=4096))]
-    fn new(max_lines: u64, max_bytes: u64, max_tokens: u64, endpoint: Option<&str>, default_max_output: u64) -> Self {
+    #[pyo3(signature = (*, max_lines, max_bytes, max_tokens, model_tokens=None, endpoint=None, default_max_output=4096))]
+    fn new(
+        max_lines: u64,
+        max_bytes: u64,
+        max_tokens: u64,
+        model_tokens: Option<HashMap<String, u64>>,
+        endpoint: Option<&str>,
+        default_max_output: u64,
+    ) -> Self {
         let limits = ChunkLimits { lines: max_lines, bytes: max_bytes, tokens: max_tokens };
-        Self { inner: Core::new(LineScanner::new(endpoint, default_max_output), limits) }
+        let splitter = Core::new(LineScanner::new(endpoint, default_max_output), limits);
+        Self { inner: splitter.with_model_tokens(model_tokens.unwrap_or_default()) }
     }
 
     /// The runs of `block`'s sendable lines and the problems of the others; `block` holds
