@@ -16,6 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 import fleetgate as fg
+from fleetgate.records import template_hash
 from fleetgate.run import run_file
 from fleetgate.cache import LocalEmbedder
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, ModelLimits
@@ -81,7 +82,11 @@ def test_no_prompt_answer_or_key_in_logs_or_errors(fake_openai: FakeOpenAI, capl
     assert len(records) == 11, [r["status"] for r in records]  # 4 + 1 error + 2 schema tries + 3 retried + 1 refusal
     assert [r["cache"] for r in records[:3]] == [None, "hit", "semantic"]
     assert {r["template"] for r in records} == {records[0]["template"]}, "one template, one hash"
+    other = [{"role": "system", "content": "Another template."}, messages()[1]]
+    assert template_hash({"model": MODEL, "messages": other}) != records[0]["template"]
     assert records[0]["prompt_tokens"] and records[0]["cost_usd"] and records[0]["user"] != SECRET_USER
+    # A cached answer cost nothing: no tokens or dollars are recorded for it.
+    assert records[1]["cost_usd"] is None and records[1]["prompt_tokens"] is None
     assert records[4]["status"] == 503 and records[-1]["refused"] and records[-1]["status"] == 429
     everything = "\n".join([r.getMessage() for r in caplog.records] + [str(e) for e in errors]
                            + [repr(e) for e in errors] + [metrics])

@@ -19,9 +19,7 @@ from typing import Any
 
 import httpx2
 
-from fleetgate.prices import PriceTable
 from fleetgate.scope import Scope
-from fleetgate.sharing import is_read
 
 __all__ = ["log_request", "template_hash"]
 
@@ -40,24 +38,24 @@ def template_hash(body: dict[str, Any]) -> str:
 
 
 def log_request(endpoint: str, body: dict[str, Any], sc: Scope, response: httpx2.Response, seconds: float,
-                prices: PriceTable) -> None:
-    """Log one record for an answered request (when INFO is enabled for the logger)."""
+                usage: dict[str, Any] | None, cost: float | None, model: str | None) -> None:
+    """Log one record for an answered request (when INFO is enabled for the logger):
+    `usage` and `cost` are what it was billed, by `model` (None when it was not billed: a
+    cache hit, a follower of an identical request, a refusal or a stream still open)."""
     if not log.isEnabledFor(logging.INFO):
         return
-    usage = _usage(response)
-    model = str(body.get("model", ""))
     headers = response.headers
     record: dict[str, Any] = {
         "request_id": headers.get("x-request-id") or f"fg-{uuid.uuid4().hex[:16]}",
         "endpoint": endpoint,
         "template": template_hash(body),
-        "model": model,
+        "model": model or str(body.get("model", "")),
         "stream": bool(body.get("stream")),
         "status": response.status_code,
         "latency_ms": round(seconds * 1000, 2),
         "prompt_tokens": usage.get("prompt_tokens", usage.get("input_tokens")) if usage else None,
         "completion_tokens": usage.get("completion_tokens", usage.get("output_tokens")) if usage else None,
-        "cost_usd": prices.cost(model, usage) if usage else None,
+        "cost_usd": cost,
         "cache": headers.get("x-fleetgate-cache"),
         "tier": headers.get("x-fleetgate-tier"),
         "route": headers.get("x-fleetgate-route"),
@@ -69,12 +67,3 @@ def log_request(endpoint: str, body: dict[str, Any], sc: Scope, response: httpx2
     }
     log.info(json.dumps(record, separators=(",", ":")))
 
-
-def _usage(response: httpx2.Response) -> dict[str, Any] | None:
-    if not is_read(response) or "json" not in response.headers.get("content-type", ""):
-        return None
-    try:
-        usage = json.loads(response.content).get("usage")
-    except (ValueError, AttributeError):
-        return None
-    return usage if isinstance(usage, dict) else None

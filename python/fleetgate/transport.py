@@ -60,11 +60,15 @@ log = logging.getLogger("fleetgate")
 
 @dataclass(slots=True)
 class _Timing:
-    """Where a call's time went outside the gateway: the upstream call, and waiting (for
-    quota, a lane, a retry or a paused model)."""
+    """Where a call's time went outside the gateway (the upstream call, and waiting for
+    quota, a lane, a retry or a paused model), and what its answer was billed: the usage,
+    its price and the model that answered (None when nothing was billed)."""
 
     upstream: float = 0.0
     waited: float = 0.0
+    usage: dict[str, Any] | None = None
+    cost: float | None = None
+    model: str | None = None
 
 
 @dataclass(slots=True)
@@ -174,15 +178,15 @@ def _routed(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[htt
 def _answered(gateway: Gateway, call: _Call, response: httpx2.Response, seconds: float) -> httpx2.Response:
     """The last step of every gated call: the router's marks and figures, the metrics, the
     log record."""
+    timing = call.timing
     if call.route is not None:
-        response = gateway.router.answered(call.route, response, seconds, gateway.stats)
+        response = gateway.router.answered(call.route, response, seconds, gateway.stats, timing.usage, timing.cost)
     if gateway.metrics is not None:
-        timing = call.timing
         gateway.metrics.answered(call.endpoint, call.estimate.model, call.scope.feature, response, seconds,
                                  timing.upstream + timing.waited if timing.upstream else 0.0, call.looked_up)
     if call.span is not None and gateway.tracer is not None:
         gateway.tracer.answered(call.span, response)
-    log_request(call.endpoint, call.body, call.scope, response, seconds, gateway.prices)
+    log_request(call.endpoint, call.body, call.scope, response, seconds, timing.usage, timing.cost, timing.model)
     return response
 
 
@@ -494,14 +498,16 @@ class _Policy:
     def spend(self, call: _Call, hold: Hold | None, usage: Any, output_tokens: int | None = None) -> None:
         """Settle the call's budgets with what it cost (its usage; else the prompt and
         `output_tokens`, or the most it could produce when that is unknown), and count its
-        tokens and dollars in the metrics; the cost is priced once for both."""
+        tokens and dollars in the metrics; the cost is priced once, and kept on the call
+        for the router and the log record."""
         metrics = self.gateway.metrics
-        if hold is None and metrics is None:
-            return
         model = call.estimate.model
-        cost = self.gateway.prices.cost(model, usage) if isinstance(usage, dict) else None
-        if metrics is not None and isinstance(usage, dict):
-            metrics.billed(model, call.scope.feature, usage, cost)
+        cost = None
+        if isinstance(usage, dict):
+            cost = self.gateway.prices.cost(model, usage)
+            call.timing.usage, call.timing.cost, call.timing.model = usage, cost, model
+            if metrics is not None:
+                metrics.billed(model, call.scope.feature, usage, cost)
         if hold is None:
             return
         output = call.estimate.max_output_tokens if output_tokens is None else output_tokens
@@ -679,6 +685,7 @@ class GateTransport(httpx2.BaseTransport):
         self.policy = _Policy(gateway)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        started = time.perf_counter()  # everything the gateway does counts
         entered = _enter(self.gateway, request)
         if entered is None:
             return self.inner.handle_request(request)
@@ -686,13 +693,12 @@ class GateTransport(httpx2.BaseTransport):
             return entered
         request, call = entered
         _traced(self.gateway, request, call)
-        started = time.monotonic()
         try:
             response = self._handle(request, call)
         except BaseException as e:
-            _failed(self.gateway, call, time.monotonic() - started, e)
+            _failed(self.gateway, call, time.perf_counter() - started, e)
             raise
-        return _answered(self.gateway, call, response, time.monotonic() - started)
+        return _answered(self.gateway, call, response, time.perf_counter() - started)
 
     def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway
@@ -840,6 +846,7 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         self.policy = _Policy(gateway)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        started = time.perf_counter()  # everything the gateway does counts
         entered = _enter(self.gateway, request)
         if entered is None:
             return await self.inner.handle_async_request(request)
@@ -847,13 +854,12 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
             return entered
         request, call = entered
         _traced(self.gateway, request, call)
-        started = time.monotonic()
         try:
             response = await self._handle(request, call)
         except BaseException as e:
-            _failed(self.gateway, call, time.monotonic() - started, e)
+            _failed(self.gateway, call, time.perf_counter() - started, e)
             raise
-        return _answered(self.gateway, call, response, time.monotonic() - started)
+        return _answered(self.gateway, call, response, time.perf_counter() - started)
 
     async def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway

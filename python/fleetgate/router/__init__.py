@@ -88,8 +88,10 @@ class Router:
             raise ValueError(f"the classifier named tier {tier!r}, which [routing] tiers do not have")
         return ({**body, "model": target} if target != model else body), Route(model, target, tier)
 
-    def answered(self, route: Route, response: httpx2.Response, seconds: float, stats: Any) -> httpx2.Response:
-        """Mark `response` with the route; count it for the gates and the spend report."""
+    def answered(self, route: Route, response: httpx2.Response, seconds: float, stats: Any,
+                 usage: dict[str, Any] | None, cost: float | None) -> httpx2.Response:
+        """Mark `response` with the route; count it for the gates and the spend report.
+        `usage` and `cost`: what the answer was billed (None when it was not)."""
         if route.tier is not None:
             response.headers[ROUTE_HEADER] = route.tier
             stats.count(f"routed_{route.tier}")
@@ -98,9 +100,6 @@ class Router:
             response.headers[DEPLOYMENT_HEADER] = f"{name}/{side}/{version}"
         if response.headers.get("x-fleetgate") == "refused":
             return response  # the gateway's own refusal says nothing of the configuration
-        body = _json(response)
-        usage = body.get("usage") if isinstance(body, dict) else None
-        cost = self.prices.cost(route.model, usage) if usage else None
         if route.tier is not None and usage:
             top = self.prices.cost(self.settings.tiers[-1].model, usage)
             if cost is not None and top is not None:
@@ -108,7 +107,7 @@ class Router:
                 stats.count("routing_top_tier_micros", round(top * 1e6))
         if route.rollout is not None:
             name, side, step, _ = route.rollout
-            self.rollouts.record(name, side, step, _outcome(response, body, seconds, cost or 0.0,
+            self.rollouts.record(name, side, step, _outcome(response, _json(response), seconds, cost or 0.0,
                                                             self.settings.rollouts[name].too_short_chars))
         return response
 
