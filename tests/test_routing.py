@@ -74,18 +74,17 @@ def figures(requests: int, errors: int = 0, seconds: float = 0.2, cost: float = 
     (figures(1000, errors=18), None),  # over 1.5×, not clearly: wait for more
     (figures(200, errors=40), "rollback"),  # 20% errors: clearly broken early
     (figures(1000, seconds=0.3), "rollback"),  # p95 +50%
-    (figures(1000, seconds=0.23), None),  # p95 +15% (within the 5% histogram): fine, but
+    (figures(1000, seconds=0.23), {None, "promote"}),  # p95 +15%, within +20%: wait or promote, never roll back
     (figures(1000, cost=0.00105), "promote"),  # cost +5%: fine
     (figures(1000, cost=0.0015), "rollback"),  # cost +50%
     (figures(50, errors=50), None),  # too few to judge
 ])
-def test_the_gates(canary: Figures, verdict: str | None) -> None:
+def test_the_gates(canary: Figures, verdict: str | set[str | None] | None) -> None:
     rules = RolloutSettings(feature="f", canary={"model": "x"})
     base = figures(5000, errors=50)
     decided = decide(rules, RolloutState(), base, canary)
-    if canary.requests == 1000 and canary.p95_seconds > 0.22 and verdict is None:
-        verdict = None if decided is None else decided[0]  # +15% is within +20%: either wait or pass
-    assert (decided[0] if decided else None) == verdict, decided
+    allowed = verdict if isinstance(verdict, set) else {verdict}
+    assert (decided[0] if decided else None) in allowed, decided
 
 
 def send(gate: fg.Gateway, users: int, rounds: int = 1) -> None:

@@ -301,10 +301,20 @@ def test_the_evaluation_meets_its_bounds_at_the_defaults(pairs: Path) -> None:
     assert "should-hit served" in rows["paraphrase"] and "traps served" in rows["negation"]
 
 
-def test_the_evaluation_fails_when_the_guards_are_off(tmp_path: Path) -> None:
+def test_the_evaluation_fails_when_traps_leak(tmp_path: Path) -> None:
     """With a threshold that lets everything through, the traps reach the bound's check."""
     result = CliRunner().invoke(cli, ["cache", "evaluate", str(PAIRS), "--threshold", "0.5"])
     assert result.exit_code == 1 and "over the bound" in result.output
+
+
+def test_the_evaluation_fails_when_the_guards_are_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the default threshold, similarity alone serves traps: the guards are what keep
+    them out."""
+    monkeypatch.setattr("fleetgate.cache.semantic.near_miss", lambda a, b: None)
+    result = CliRunner().invoke(cli, ["cache", "evaluate", str(PAIRS)])
+    assert result.exit_code == 1, result.output
+    over = [line.split()[0] for line in result.output.splitlines() if "over the bound" in line]
+    assert "negation" in over or "number" in over, result.output
 
 
 def test_the_pairs_file_is_large_enough_and_well_formed() -> None:
@@ -331,6 +341,11 @@ def test_the_pairs_file_is_large_enough_and_well_formed() -> None:
 def test_guards(a: str, b: str, why: str | None) -> None:
     assert near_miss(Prompt.of(a), Prompt.of(b)) == why
     assert near_miss(Prompt.of(b), Prompt.of(a)) == why
+
+
+def test_names_are_capitalised_words_away_from_a_sentence_or_line_start() -> None:
+    assert Prompt.of("Ship it today\nParis is nice, said Anna of the NASA team").names == {"anna", "nasa"}
+    assert Prompt.of("we met Anna. Then Bob left").names == {"anna", "bob"}  # not "Then"
 
 
 def test_local_embeddings_are_unit_vectors_that_rank_paraphrases_first() -> None:

@@ -159,8 +159,12 @@ def _names(text: str, found: list[tuple[str, int]]) -> set[str]:
     """Words written as names: capitalised away from a sentence's start, or acronyms."""
     names = set()
     for word, start in found:
-        before = text[:start].rstrip()
-        starts_sentence = not before or before[-1] in ".?!:;\"'(\n"
+        # The last character before the word that is not a space (a line break counts):
+        # scanned back over the spaces only, not copied, so a long prompt stays linear.
+        at = start - 1
+        while at >= 0 and text[at] in " \t\r\f\v":
+            at -= 1
+        starts_sentence = at < 0 or text[at] in ".?!:;\"'(\n"
         acronym = len(word) > 1 and word.isupper()
         if (acronym or (word[0].isupper() and not starts_sentence)) and word.lower() not in _FILLER:
             names.add(_word(word))
