@@ -231,6 +231,27 @@ def test_the_cli_shows_and_steers_a_fleets_rollout(redis_url: str, name: str, tm
     assert unknown.exit_code == 1 and "no rollout 'nope'" in unknown.output
 
 
+def test_showing_a_rollout_never_judges_it(redis_url: str, name: str, tmp_path: Path) -> None:
+    """An operator's `rollout show` reads the state; only pods promote or roll back."""
+    config = tmp_path / "fleet.toml"
+    config.write_text(f'redis_url = "{redis_url}"\n[routing.rollouts.{name}]\nfeature = "support"\n'
+                      f'canary = {{ model = "{CANARY}", version = "v2" }}\n')
+    settings = {name: RolloutSettings.model_validate(rollout())}
+    figures_only = Rollouts(settings, redis_url, judge=False)
+    for i in range(400):  # a canary clearly failing, a healthy baseline
+        figures_only.record(name, "canary", 0, Outcome(error=i % 2 == 0, seconds=0.2, cost=0.001))
+        figures_only.record(name, "baseline", 0, Outcome(error=False, seconds=0.2, cost=0.001))
+    figures_only.close()  # sends the figures, decides nothing
+    assert figures_only.state(name).status == "running"
+    shown = CliRunner().invoke(cli, ["rollout", "show", "--config", str(config)])
+    assert shown.exit_code == 0 and f"{name}: running" in shown.output, shown.output
+    pod = Rollouts(settings, redis_url, sync_seconds=3600)
+    assert pod.state(name).status == "running", "showing it changed nothing"
+    pod.sync()  # a pod judges the same figures
+    assert pod.state(name).status == "rolled_back"
+    pod.close()
+
+
 class Reply(BaseModel):
     answer: str
     confidence: int

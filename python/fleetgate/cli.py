@@ -361,7 +361,8 @@ def _rollouts(config_path: str, redis_url: str | None) -> Any:
     config = GatewayConfig.from_toml(config_path, **({"redis_url": redis_url} if redis_url else {}))
     if config.redis_url is None:
         raise click.UsageError("a fleet's rollouts live in Redis: pass --redis URL (or a --config with redis_url)")
-    return Rollouts(config.routing.rollouts, config.redis_url, sync_seconds=3600)
+    # An operator's view: it reads and steers, and never judges a step itself.
+    return Rollouts(config.routing.rollouts, config.redis_url, judge=False)
 
 
 _CONFIG = click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),

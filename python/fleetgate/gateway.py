@@ -157,13 +157,15 @@ class Gateway:
         self.collapser = Collapser(self.config.dedup, self.stats, self.limiter)
         self.budgets = Budgets(self.config.budgets, self.prices, self.limiter, self.stats.count, on_budget_alert)
         self.presets = Presets(self.config.presets)
-        self.cache = AnswerCache(self.config.cache, self.config.redis_url, self.stats,
-                                 embedder or self._embedder() if self.config.cache.semantic.enabled else None)
+        # One embedder (one model loaded) for the semantic layer and the nearest classifier.
+        semantic = self.config.cache.semantic.enabled
+        nearest = self.config.routing.classifier == "nearest" and bool(self.config.routing.tiers)
+        shared = (embedder or self._embedder()) if semantic or nearest else None
+        self.cache = AnswerCache(self.config.cache, self.config.redis_url, self.stats, shared if semantic else None)
         if not self.config.cache.enabled and any(r.on_exhausted == "cache_only" for r in self.config.budgets.limits):
             raise ConfigError('a budget with on_exhausted = "cache_only" needs the cache: set [cache] enabled = true')
         self.router = Router(self.config.routing, self.config.redis_url, self.prices, classifier=classifier,
-                             embedder=(embedder or self._embedder()) if self.config.routing.classifier == "nearest"
-                             and self.config.routing.tiers else None)
+                             embedder=shared if nearest else None)
         self._lanes: dict[str, Lanes | None] = {}
         self._sync_client: openai_sdk.OpenAI | None = None
         self._async_sdk_client: openai_sdk.AsyncOpenAI | None = None

@@ -231,7 +231,9 @@ class Rollouts:
     decisions in a background thread."""
 
     def __init__(self, rollouts: dict[str, RolloutSettings], redis_url: str | None, *,
-                 sync_seconds: float = 0.5) -> None:
+                 sync_seconds: float = 0.5, judge: bool = True) -> None:
+        """`judge`: decide promotions and rollbacks (a pod); False only reads and steers
+        (an operator's command), with no background thread."""
         for name, rules in rollouts.items():
             if any(not 0 < s <= 1 for s in rules.steps) or rules.steps != sorted(rules.steps) or rules.steps[-1] != 1:
                 raise ConfigError(f"rollout {name!r}: steps rise from above 0 to 1.0 (got {rules.steps})")
@@ -245,9 +247,10 @@ class Rollouts:
         self._pending: dict[tuple[str, Side, int], Counter[str]] = {}
         self._lock = threading.Lock()
         self._sync_seconds = sync_seconds
+        self._judge = judge
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if rollouts:
+        if rollouts and judge:
             self._thread = threading.Thread(target=self._run, name="fleetgate-rollouts", daemon=True)
             self._thread.start()
 
@@ -332,6 +335,8 @@ class Rollouts:
             self._store.add(name, side, step, counts)
         for name, rules in self.rules.items():
             state = self._states[name] = self._store.read(name)
+            if not self._judge:
+                continue
             verdict = decide(rules, state, self._store.figures(name, "baseline", state.step),
                              self._store.figures(name, "canary", state.step))
             if verdict is None:
