@@ -12,9 +12,22 @@ import httpx2
 
 from fleetgate.scope import Scope
 
-__all__ = ["Sharing", "deterministic", "is_read", "namespace_of"]
+__all__ = ["NOT_IN_KEY", "Sharing", "deterministic", "digest", "is_read", "namespace_of"]
 
 Sharing = Literal["global", "user", "team", "feature"]
+
+#: Body fields that do not change the answer (how it is delivered, or who asked).
+NOT_IN_KEY = frozenset({"stream_options", "user", "metadata", "store", "service_tier", "safety_identifier",
+                        "prompt_cache_key"})
+
+
+def digest(*parts: str) -> str:
+    """One key from `parts` (each ended by a NUL, so that no two splits of one text meet)."""
+    hashed = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        hashed.update(part.encode())
+        hashed.update(b"\0")
+    return hashed.hexdigest()
 
 
 def namespace_of(sharing: Sharing, request: httpx2.Request, sc: Scope) -> str | None:

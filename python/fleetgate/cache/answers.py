@@ -5,7 +5,6 @@ answer, and the answers stored under it), then the semantic layer
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,7 +17,7 @@ from fleetgate.cache.semantic import SemanticCache, SemanticQuery
 from fleetgate.cache.store import AnswerStore, RedisAnswerStore, store_for
 from fleetgate.config import CacheSettings
 from fleetgate.errors import StoreUnavailable
-from fleetgate.sharing import deterministic, is_read, namespace_of
+from fleetgate.sharing import NOT_IN_KEY, deterministic, digest, is_read, namespace_of
 from fleetgate.scope import Scope
 
 if TYPE_CHECKING:
@@ -33,9 +32,6 @@ SIMILARITY_HEADER = "x-fleetgate-similarity"
 
 log = logging.getLogger("fleetgate")
 
-#: Body fields that do not change the answer (how it is delivered, or who asked).
-_NOT_IN_KEY = frozenset({"stream_options", "user", "metadata", "store", "service_tier", "safety_identifier",
-                         "prompt_cache_key"})
 #: Headers a stored answer does not keep: the wire's, and those of the call that made it.
 _NOT_STORED = frozenset({"content-encoding", "content-length", "transfer-encoding", "date", "x-request-id",
                          "set-cookie", "x-fleetgate-dedup"})
@@ -69,13 +65,8 @@ class AnswerCache:
         namespace = namespace_of(self.settings.namespace, request, sc)
         if namespace is None:
             return None
-        kept = {k: v for k, v in body.items() if k not in _NOT_IN_KEY}
-        canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        digest = hashlib.blake2b(digest_size=20)
-        for part in (namespace, endpoint, canonical):
-            digest.update(part.encode())
-            digest.update(b"\0")
-        return digest.hexdigest()
+        kept = {k: v for k, v in body.items() if k not in NOT_IN_KEY}
+        return digest(namespace, endpoint, json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
 
     def serves(self, body: dict[str, Any]) -> bool:
         """Whether the policy answers this request from the cache."""

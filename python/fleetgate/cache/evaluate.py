@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetgate.cache.embedders import Embedder
-from fleetgate.cache.guards import Prompt
 from fleetgate.cache.semantic import SemanticCache, SemanticQuery
 from fleetgate.cache.store import MemoryStore
 from fleetgate.config import SemanticSettings
@@ -79,8 +78,8 @@ def evaluate(pairs: Iterable[Pair], embedder: Embedder, settings: SemanticSettin
         stats = GatewayStats()
         cache = SemanticCache(settings, embedder, stats, None, MemoryStore(1))
         try:
-            cache.add(SemanticQuery(pair.id, Prompt.of(pair.a), vectors[pair.a]), pair.id, ttl=3_600)
-            served = cache.find(SemanticQuery(pair.id, Prompt.of(pair.b), vectors[pair.b])) is not None
+            cache.add(SemanticQuery(pair.id, pair.a, vectors[pair.a]), pair.id, ttl=3_600)
+            served = cache.find(SemanticQuery(pair.id, pair.b, vectors[pair.b])) is not None
         finally:
             cache.close()
         result = results.setdefault(pair.category, CategoryResult(pair.category, pair.expect))

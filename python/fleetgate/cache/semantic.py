@@ -15,7 +15,6 @@ them within ``poll_seconds``, and a new pod (or, embedded, a restart) starts war
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -36,7 +36,7 @@ from fleetgate.cache.vectors import IndexSettings, VectorIndex
 from fleetgate.config import SemanticSettings
 from fleetgate.errors import StoreUnavailable
 from fleetgate.scope import Scope
-from fleetgate.sharing import namespace_of
+from fleetgate.sharing import NOT_IN_KEY, digest, namespace_of
 
 if TYPE_CHECKING:
     from fleetgate.cache.store import AnswerStore
@@ -49,10 +49,6 @@ log = logging.getLogger("fleetgate")
 #: Entries waiting to be embedded and indexed, at most.
 _MAX_PENDING = 1_000
 
-#: Body fields that do not change the answer (as in the exact layer; ``stream`` does: a
-#: stream is replayed as a stream).
-_NOT_IN_NAMESPACE = frozenset({"stream_options", "user", "metadata", "store", "service_tier",
-                               "safety_identifier", "prompt_cache_key"})
 
 
 @dataclass
@@ -60,9 +56,15 @@ class SemanticQuery:
     """A request as the semantic layer sees it: its namespace and its last user message."""
 
     namespace: str
-    prompt: Prompt
+    text: str
     #: The message's vector, once embedded (by a lookup; reused when the answer is stored).
     vector: Vectors | None = None
+
+    @cached_property
+    def prompt(self) -> Prompt:
+        """The message as the guards read it: built only when a candidate is close enough,
+        or when its answer is stored."""
+        return Prompt.of(self.text)
 
 
 @dataclass(frozen=True)
@@ -130,11 +132,10 @@ class SemanticCache:
         if split is None:
             return None
         context, text = split
-        digest = hashlib.blake2b(digest_size=20)
-        for part in (sharing, endpoint, self.embedder.name, json.dumps(context, sort_keys=True, ensure_ascii=False)):
-            digest.update(part.encode())
-            digest.update(b"\0")
-        return SemanticQuery(digest.hexdigest(), Prompt.of(text))
+        # Fields that do not change the answer are left out as in the exact layer (``stream``
+        # stays: a stream is replayed as a stream).
+        namespace = digest(sharing, endpoint, self.embedder.name, json.dumps(context, sort_keys=True, ensure_ascii=False))
+        return SemanticQuery(namespace, text)
 
     def find(self, query: SemanticQuery) -> Match | None:
         """An earlier answer's key that may serve `query`, or None."""
@@ -163,7 +164,7 @@ class SemanticCache:
         """Index the answer stored under `key` for `query`'s prompt, here and (journaled)
         on every pod. `answer` is the stored answer, kept with a file journal."""
         vector = self._vector(query)
-        record = Record("put", key, query.namespace, query.prompt.text, time.time() + ttl, self.embedder.name,
+        record = Record("put", key, query.namespace, query.text, time.time() + ttl, self.embedder.name,
                         self._pod, vector, answer if isinstance(self._journal, FileJournal) else None)
         self._apply(record)
         if self._journal is not None:
@@ -218,7 +219,7 @@ class SemanticCache:
 
     def _vector(self, query: SemanticQuery) -> Vectors:
         if query.vector is None:
-            query.vector = self.embedder.embed([query.prompt.text])[0]
+            query.vector = self.embedder.embed([query.text])[0]
         return query.vector
 
     def _changed_terms(self, a: Prompt, b: Prompt) -> str | None:
@@ -328,7 +329,7 @@ def _log_failure(done: Future[None]) -> None:
 def _split(endpoint: str, body: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
     """(everything but the last user message's text, that text) of a chat completion or a
     response; None when the request does not end with a user's text."""
-    context = {k: v for k, v in body.items() if k not in _NOT_IN_NAMESPACE}
+    context = {k: v for k, v in body.items() if k not in NOT_IN_KEY}
     if endpoint.endswith("/chat/completions"):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
