@@ -14,6 +14,7 @@ import openai
 import pytest
 
 import fleetgate as fg
+from fleetgate.estimate import UsageCounts, usage_counts
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, ModelLimits
 
 MSG = [{"role": "user", "content": "How do I reset my password?"}]
@@ -244,3 +245,14 @@ def test_model_quotas_keep_the_configured_headroom() -> None:
         assert model_quota is not None
         assert (model_quota.requests_per_minute, model_quota.tokens_per_minute) == (rpm, tpm)
         assert quotas[1].requests_per_minute == 600, "only the model's limits (upstream's) keep headroom"
+
+
+def test_usage_counts_read_every_endpoints_usage() -> None:
+    chat = {"prompt_tokens": 120, "completion_tokens": 30, "prompt_tokens_details": {"cached_tokens": 64},
+            "completion_tokens_details": {"reasoning_tokens": 12}}
+    assert usage_counts(chat) == UsageCounts(prompt=120, cached=64, output=30, reasoning=12)
+    responses = {"input_tokens": 50, "output_tokens": 9, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens_details": {"reasoning_tokens": 4}}
+    assert usage_counts(responses) == UsageCounts(prompt=50, cached=0, output=9, reasoning=4)
+    assert usage_counts({"prompt_tokens": 7, "total_tokens": 7}) == UsageCounts(prompt=7, cached=0, output=0, reasoning=0)
+    assert usage_counts({"prompt_tokens": None, "prompt_tokens_details": None}) == UsageCounts(0, 0, 0, 0)

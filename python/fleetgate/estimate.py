@@ -12,11 +12,11 @@ falls below OpenAI's, and a prompt the tokenizer finds longer than its character
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fleetgate._core import chat_prompt_tokens, count_tokens
 
-__all__ = ["Estimate", "GATED_PATHS", "estimate_request", "usage_tokens"]
+__all__ = ["Estimate", "GATED_PATHS", "UsageCounts", "estimate_request", "usage_counts", "usage_tokens"]
 
 #: The endpoints whose calls pass through quotas, by the end of their URL path.
 GATED_PATHS = ("/chat/completions", "/responses", "/embeddings")
@@ -92,6 +92,30 @@ def estimate_request(endpoint: str, body: dict[str, Any], assumed_max_output: in
         limit = body.get("max_output_tokens")
     max_output = limit if isinstance(limit, int) and limit > 0 else assumed_max_output
     return Estimate(endpoint, model, prompt, by_chars, max_output, stream)
+
+
+class UsageCounts(NamedTuple):
+    """A response's tokens: `prompt` (of which `cached`), `output` (of which `reasoning`)."""
+
+    prompt: int
+    cached: int
+    output: int
+    reasoning: int
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def usage_counts(usage: dict[str, Any]) -> UsageCounts:
+    """The tokens of a ``usage`` object of any endpoint (chat's ``prompt_tokens``, the
+    Responses API's ``input_tokens``, ...); a count it lacks is 0."""
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    output = usage.get("completion_tokens", usage.get("output_tokens"))
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    return UsageCounts(_count(prompt), _count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+                       _count(output), _count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0)
 
 
 def usage_tokens(usage: Any) -> int | None:

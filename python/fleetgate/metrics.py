@@ -59,6 +59,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from fleetgate.config import GatewayConfig
+from fleetgate.estimate import usage_counts
 from fleetgate.prices import PriceTable
 
 if TYPE_CHECKING:
@@ -224,12 +225,7 @@ class GatewayMetrics:
         if not isinstance(usage, dict):
             return
         m, feat = self.model(model), self.feature(feature)
-        prompt = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
-        output = usage.get("completion_tokens", usage.get("output_tokens")) or 0
-        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-        out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
-        cached = details.get("cached_tokens", 0) or 0 if isinstance(details, dict) else 0
-        reasoning = out_details.get("reasoning_tokens", 0) or 0 if isinstance(out_details, dict) else 0
+        prompt, cached, output, reasoning = usage_counts(usage)
         for kind, n in (("input", prompt - cached), ("cached_input", cached), ("output", output),
                         ("reasoning", reasoning)):
             if n:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleetgate.config import PriceFields, PriceSettings
 from fleetgate.errors import ConfigError
+from fleetgate.estimate import usage_counts
 
 __all__ = ["ModelPrice", "PriceTable", "default_prices"]
 
@@ -106,11 +107,8 @@ class PriceTable:
         price = self.price(model)
         if price is None or not isinstance(usage, dict):
             return None
-        prompt = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
-        output = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
-        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-        cached = int(details.get("cached_tokens", 0) or 0) if isinstance(details, dict) else 0
-        return price.dollars(prompt, output, cached) * (self.batch_discount if batch else 1.0)
+        counts = usage_counts(usage)
+        return price.dollars(counts.prompt, counts.output, counts.cached) * (self.batch_discount if batch else 1.0)
 
 
 def _price(fields: PriceFields) -> ModelPrice:

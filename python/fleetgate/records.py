@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx2
 
+from fleetgate.estimate import usage_counts
 from fleetgate.scope import Scope
 
 __all__ = ["log_request", "template_hash"]
@@ -45,6 +46,7 @@ def log_request(endpoint: str, body: dict[str, Any], sc: Scope, response: httpx2
     if not log.isEnabledFor(logging.INFO):
         return
     headers = response.headers
+    counts = usage_counts(usage) if usage else None
     record: dict[str, Any] = {
         "request_id": headers.get("x-request-id") or f"fg-{uuid.uuid4().hex[:16]}",
         "endpoint": endpoint,
@@ -53,8 +55,8 @@ def log_request(endpoint: str, body: dict[str, Any], sc: Scope, response: httpx2
         "stream": bool(body.get("stream")),
         "status": response.status_code,
         "latency_ms": round(seconds * 1000, 2),
-        "prompt_tokens": usage.get("prompt_tokens", usage.get("input_tokens")) if usage else None,
-        "completion_tokens": usage.get("completion_tokens", usage.get("output_tokens")) if usage else None,
+        "prompt_tokens": counts.prompt if counts else None,
+        "completion_tokens": counts.output if counts else None,
         "cost_usd": cost,
         "cache": headers.get("x-fleetgate-cache"),
         "tier": headers.get("x-fleetgate-tier"),

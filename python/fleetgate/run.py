@@ -23,6 +23,7 @@ import httpx2
 import openai
 from tqdm import tqdm
 
+from fleetgate.estimate import usage_counts
 from fleetgate.gateway import Gateway
 from fleetgate.prices import PriceTable, default_prices
 from fleetgate.scope import Priority, scope
@@ -169,8 +170,9 @@ async def _run(gateway: Gateway, lines: list[RequestLine], out: TextIO, summary:
             summary.failed += not ok
             usage = _usage(body) if ok else None
             if usage is not None:
-                summary.tokens["input"] += int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
-                summary.tokens["output"] += int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
+                counts = usage_counts(usage)
+                summary.tokens["input"] += counts.prompt
+                summary.tokens["output"] += counts.output
                 cost = prices.cost(str(line.body["model"]), usage)
                 if cost is None:
                     summary.unpriced += 1

@@ -22,6 +22,7 @@ from typing import Any
 import httpx2
 
 from fleetgate.errors import ConfigError
+from fleetgate.estimate import usage_counts
 from fleetgate.sharing import is_read
 
 __all__ = ["Tracer", "tracer"]
@@ -108,11 +109,9 @@ def _response_attributes(span: Any, response: httpx2.Response) -> None:
         span.set_attribute("gen_ai.response.finish_reasons", [r for r in reasons if isinstance(r, str)])
     usage = answer.get("usage")
     if isinstance(usage, dict):
-        for keys, attribute in ((("prompt_tokens", "input_tokens"), "gen_ai.usage.input_tokens"),
-                                (("completion_tokens", "output_tokens"), "gen_ai.usage.output_tokens")):
-            value = next((usage[k] for k in keys if isinstance(usage.get(k), int)), None)
-            if value is not None:
-                span.set_attribute(attribute, value)
+        counts = usage_counts(usage)
+        span.set_attribute("gen_ai.usage.input_tokens", counts.prompt)
+        span.set_attribute("gen_ai.usage.output_tokens", counts.output)
 
 
 def tracer(enabled: bool, provider: Any = None) -> Tracer | None:
