@@ -104,15 +104,14 @@ def complete(client: openai.OpenAI, prompt_or_messages: str | list[dict[str, Any
     more tries do not give a valid answer. `on_invalid(headers)` hears of each answer
     that did not validate (the gateway counts it against the answer's rollout)."""
     messages = _messages(prompt_or_messages)
+    response_format = request_for(model, response_model)
     attempts: list[Attempt] = []
     for _ in range(retries + 1):
         raw = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
-            model=model, messages=messages, response_format=request_for(model, response_model), **create)
-        done = _judge(raw.parse(), response_model, attempts, messages)
+            model=model, messages=messages, response_format=response_format, **create)
+        done = _judge(raw, response_model, attempts, messages, on_invalid)
         if done is not None:
             return done
-        if on_invalid is not None:
-            on_invalid(raw.headers)
     raise _failure(response_model, attempts)
 
 
@@ -121,15 +120,14 @@ async def complete_async(client: openai.AsyncOpenAI, prompt_or_messages: str | l
                          on_invalid: Callable[[Any], None] | None = None, **create: Any) -> M:
     """`complete` with an async client."""
     messages = _messages(prompt_or_messages)
+    response_format = request_for(model, response_model)
     attempts: list[Attempt] = []
     for _ in range(retries + 1):
         raw = await client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
-            model=model, messages=messages, response_format=request_for(model, response_model), **create)
-        done = _judge(raw.parse(), response_model, attempts, messages)
+            model=model, messages=messages, response_format=response_format, **create)
+        done = _judge(raw, response_model, attempts, messages, on_invalid)
         if done is not None:
             return done
-        if on_invalid is not None:
-            on_invalid(raw.headers)
     raise _failure(response_model, attempts)
 
 
@@ -221,27 +219,30 @@ def _messages(prompt_or_messages: str | list[dict[str, Any]]) -> list[dict[str, 
     return list(prompt_or_messages)
 
 
-def _judge(answer: Any, response_model: type[M], attempts: list[Attempt],
-           messages: list[dict[str, Any]]) -> M | None:
-    """The validated value of `answer`; else None, with the attempt noted and the
-    validation errors appended to `messages` for the next try."""
-    choice = answer.choices[0]
+def _judge(raw: Any, response_model: type[M], attempts: list[Attempt], messages: list[dict[str, Any]],
+           on_invalid: Callable[[Any], None] | None) -> M | None:
+    """The validated value of the answer in `raw` (a raw response); else None, with the
+    attempt noted, `on_invalid` told, and the validation errors appended to `messages`
+    for the next try."""
+    choice = raw.parse().choices[0]
     text = choice.message.content or ""
     if getattr(choice.message, "refusal", None):
-        attempts.append(Attempt(text, f"the model refused: {choice.message.refusal}", choice.finish_reason))
-        return None
-    try:
-        return recover(text, response_model)
-    except (ValidationError, ValueError) as e:
-        why = str(e) if not isinstance(e, ValidationError) else "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
-        if choice.finish_reason == "length":
-            why = f"the answer was cut off at the output limit ({why})"
-        attempts.append(Attempt(text, why, choice.finish_reason))
-        messages.extend([{"role": "assistant", "content": text},
-                         {"role": "user", "content": f"That answer is not valid: {why}. Answer again with only "
-                                                     f"a JSON value that matches the schema."}])
-        return None
+        why = f"the model refused: {choice.message.refusal}"
+    else:
+        try:
+            return recover(text, response_model)
+        except (ValidationError, ValueError) as e:
+            why = str(e) if not isinstance(e, ValidationError) else "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
+            if choice.finish_reason == "length":
+                why = f"the answer was cut off at the output limit ({why})"
+            messages.extend([{"role": "assistant", "content": text},
+                             {"role": "user", "content": f"That answer is not valid: {why}. Answer again with only "
+                                                         f"a JSON value that matches the schema."}])
+    attempts.append(Attempt(text, why, choice.finish_reason))
+    if on_invalid is not None:
+        on_invalid(raw.headers)
+    return None
 
 
 def _failure(response_model: type[BaseModel], attempts: list[Attempt]) -> StructuredOutputError:
