@@ -18,9 +18,8 @@ import datetime as dt
 import logging
 import threading
 from collections import Counter
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx2
@@ -31,7 +30,6 @@ from fleetgate._core import Breaker, Breakers, Budget, Lanes, Limiter, Quota
 from fleetgate.budget.guard import AlertCallback, Budgets
 from fleetgate.cache import AnswerCache
 from fleetgate.cache.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
-from fleetgate.cache.guards import NEAR_MISS_GUARDS
 from fleetgate.router import Classifier, Router
 from fleetgate.validate import complete, complete_async
 from fleetgate.budget.presets import Presets
@@ -97,19 +95,10 @@ class GatewayStats:
     def __init__(self) -> None:
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._hooks: dict[str, Callable[[int], None]] = {}
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
-        if self._hooks:
-            hook = self._hooks.get(name)
-            if hook is not None:
-                hook(n)
-
-    def on(self, name: str, hook: Callable[[int], None]) -> None:
-        """Call `hook(n)` whenever `name` is counted."""
-        self._hooks[name] = hook
 
     def __getitem__(self, name: str) -> int:
         with self._lock:
@@ -141,9 +130,6 @@ class Gateway:
         self.metrics = GatewayMetrics(self.config, self.prices) if self.config.metrics.enabled else None
         #: OpenTelemetry spans (None without ``opentelemetry-api`` or with ``[tracing] enabled = false``).
         self.tracer = tracer(self.config.tracing.enabled, tracer_provider)
-        if self.metrics is not None:
-            for guard in NEAR_MISS_GUARDS:
-                self.stats.on(f"semantic_guarded_{guard}", partial(self.metrics.near_miss, guard))
         b = self.config.breakers
         self.breakers: Breakers | None = Breakers(
             self.limiter, window=b.window, window_seconds=b.window_seconds, failure_rate=b.failure_rate,
@@ -161,7 +147,8 @@ class Gateway:
         semantic = self.config.cache.semantic.enabled
         nearest = self.config.routing.classifier == "nearest" and bool(self.config.routing.tiers)
         shared = (embedder or self._embedder()) if semantic or nearest else None
-        self.cache = AnswerCache(self.config.cache, self.config.redis_url, self.stats, shared if semantic else None)
+        self.cache = AnswerCache(self.config.cache, self.config.redis_url, self.stats, shared if semantic else None,
+                                 on_guarded=self.metrics.near_miss if self.metrics is not None else None)
         if not self.config.cache.enabled and any(r.on_exhausted == "cache_only" for r in self.config.budgets.limits):
             raise ConfigError('a budget with on_exhausted = "cache_only" needs the cache: set [cache] enabled = true')
         self.router = Router(self.config.routing, self.config.redis_url, self.prices, classifier=classifier,

@@ -137,7 +137,6 @@ class GatewayMetrics:
     """What one gateway reports, with its labels bounded by its configuration."""
 
     def __init__(self, config: GatewayConfig, prices: PriceTable) -> None:
-        self.enabled = config.metrics.enabled
         self.f = _shared()
         routing = config.routing
         self._known_models = (set(config.models) | set(prices.models) | set(config.fallback.models)
@@ -247,8 +246,8 @@ class GatewayMetrics:
         self._child(self.f.queue_depth, m, lane).dec()
         self._child(self.f.queue_wait, m, lane).observe(waited)
 
-    def near_miss(self, guard: str, n: int = 1) -> None:
-        self._child(self.f.near_misses, guard).inc(n)
+    def near_miss(self, guard: str) -> None:
+        self._child(self.f.near_misses, guard).inc()
 
     def breaker(self, name: str, now: str) -> None:
         endpoint, _, model = name.partition(":")

@@ -27,8 +27,7 @@ from fleetgate.sharing import is_read
 
 __all__ = ["Tracer", "tracer"]
 
-_OPERATIONS = {"/chat/completions": "chat", "/responses": "chat", "/embeddings": "embeddings",
-               "/completions": "text_completion"}
+_OPERATIONS = {"/chat/completions": "chat", "/responses": "chat", "/embeddings": "embeddings"}
 _MARKS = (("x-fleetgate-tier", "fleetgate.tier"), ("x-fleetgate-cache", "fleetgate.cache"),
           ("x-fleetgate-dedup", "fleetgate.dedup"), ("x-fleetgate-route", "fleetgate.route"),
           ("x-fleetgate-deployment", "fleetgate.deployment"))

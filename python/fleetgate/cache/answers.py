@@ -39,8 +39,9 @@ _NOT_STORED = frozenset({"content-encoding", "content-length", "transfer-encodin
 
 class AnswerCache:
     def __init__(self, settings: CacheSettings, redis_url: str | None, stats: GatewayStats,
-                 embedder: Embedder | None = None) -> None:
-        """`embedder` is the semantic layer's (required when it is enabled)."""
+                 embedder: Embedder | None = None, on_guarded: Callable[[str], object] | None = None) -> None:
+        """`embedder` is the semantic layer's (required when it is enabled); `on_guarded`
+        hears of each near-miss its guards refused."""
         self.settings = settings
         self.stats = stats
         self.store: AnswerStore | None = store_for(redis_url, settings.max_entries) if settings.enabled else None
@@ -48,7 +49,7 @@ class AnswerCache:
         if self.store is not None and settings.semantic.enabled:
             if embedder is None:
                 raise ValueError("the semantic layer needs an embedder")
-            self.semantic = SemanticCache(settings.semantic, embedder, stats, redis_url, self.store)
+            self.semantic = SemanticCache(settings.semantic, embedder, stats, redis_url, self.store, on_guarded)
 
     def query(self, endpoint: str, body: dict[str, Any], request: httpx2.Request, sc: Scope) -> SemanticQuery | None:
         """What the semantic layer matches the request on (None: it is off, or cannot)."""

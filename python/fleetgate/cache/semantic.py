@@ -24,6 +24,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -86,10 +87,12 @@ class SemanticCache:
     """One pod's view of the fleet's semantic entries."""
 
     def __init__(self, settings: SemanticSettings, embedder: Embedder, stats: GatewayStats,
-                 redis_url: str | None, store: AnswerStore) -> None:
+                 redis_url: str | None, store: AnswerStore, on_guarded: Callable[[str], object] | None = None) -> None:
+        """`on_guarded(guard)` hears of each near-miss a guard refused (the metrics count them)."""
         self.settings = settings
         self.embedder = embedder
         self.stats = stats
+        self._on_guarded = on_guarded
         self._store = store
         self._pod = os.urandom(8).hex()
         self._lock = threading.Lock()
@@ -154,6 +157,8 @@ class SemanticCache:
             reason = near_miss(query.prompt, entry.prompt) or self._changed_terms(query.prompt, entry.prompt)
             if reason is not None:
                 self.stats.count(f"semantic_guarded_{reason}")
+                if self._on_guarded is not None:
+                    self._on_guarded(reason)
                 continue
             self.stats.count("semantic_hits")
             return Match(entry.key, similarity)
