@@ -34,7 +34,7 @@ def rollout(**rules: Any) -> dict[str, Any]:
 
 
 def users_on_canary(rollouts: Rollouts, users: range) -> set[int]:
-    return {u for u in users if rollouts.pick("support", BASE, f"user:u{u}")[1] == "canary"}  # type: ignore[index]
+    return {u for u in users if rollouts.pick("support", BASE, f"u{u}", {})[1] == "canary"}  # type: ignore[index]
 
 
 _ASSIGN = """
@@ -42,7 +42,7 @@ import json, sys
 from fleetgate.config import RolloutSettings
 from fleetgate.router import Rollouts
 r = Rollouts({"r": RolloutSettings(feature="support", canary={"model": "x"}, steps=[0.1, 1.0])}, None)
-print(json.dumps([u for u in range(5000) if r.pick("support", "m", f"user:u{u}")[1] == "canary"]))
+print(json.dumps([u for u in range(5000) if r.pick("support", "m", f"u{u}", {})[1] == "canary"]))
 r.close()
 """
 

@@ -28,7 +28,7 @@ import httpx2
 from fleetgate.cache.embedders import Embedder
 from fleetgate.config import DeploymentSettings, RoutingSettings
 from fleetgate.prices import PriceTable
-from fleetgate.router.rollout import Figures, Outcome, Rollouts, RolloutState, Side, decide, sticky_key
+from fleetgate.router.rollout import Figures, Outcome, Rollouts, RolloutState, Side, decide
 from fleetgate.router.tiers import Classifier, HeuristicClassifier, NearestClassifier, prompt_of
 from fleetgate.scope import Scope
 from fleetgate.sharing import is_read
@@ -75,7 +75,7 @@ class Router:
     def route(self, endpoint: str, body: dict[str, Any], sc: Scope) -> tuple[dict[str, Any], Route] | None:
         """The body to send instead, and what was decided; None when nothing applies."""
         model = str(body.get("model", ""))
-        picked = self.rollouts.pick(sc.feature, model, sticky_key(self._sticky_by(sc, model), sc.user, body))
+        picked = self.rollouts.pick(sc.feature, model, sc.user, body)
         if picked is not None:
             name, side, step, deployment = picked
             shaped = _deploy(endpoint, body, deployment)
@@ -121,12 +121,6 @@ class Router:
 
     def close(self) -> None:
         self.rollouts.close()
-
-    def _sticky_by(self, sc: Scope, model: str) -> str:
-        for rules in self.settings.rollouts.values():
-            if rules.feature in (None, sc.feature) and rules.model in (None, model):
-                return rules.sticky_by
-        return "user"
 
 
 def _deploy(endpoint: str, body: dict[str, Any], d: DeploymentSettings) -> dict[str, Any]:

@@ -256,12 +256,15 @@ class Rollouts:
 
     # -- the request path --------------------------------------------------------------------
 
-    def pick(self, feature: str | None, model: str, sticky: str) -> tuple[str, Side, int, DeploymentSettings] | None:
-        """(rollout, side, step, configuration) for a request, or None when none applies."""
+    def pick(self, feature: str | None, model: str, user: str | None,
+             body: dict[str, Any]) -> tuple[str, Side, int, DeploymentSettings] | None:
+        """(rollout, side, step, configuration) for a request, or None when none applies.
+        Whom it belongs to (its sticky key) is worked out only once a rollout applies."""
         for name, rules in self.rules.items():
             if (rules.feature is not None and rules.feature != feature) or (rules.model is not None
                                                                            and rules.model != model):
                 continue
+            sticky = sticky_key(rules.sticky_by, user, body)
             state = self._states[name]
             share = self.share(name, state)
             digest = hashlib.blake2b(f"{name}\0{sticky}".encode(), digest_size=8).digest()
