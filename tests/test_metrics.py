@@ -112,6 +112,8 @@ def test_families_match_the_requests_made(fake_openai: FakeOpenAI) -> None:
     assert d[("fleetgate_breaker_state", frozenset({("breaker", "/chat/completions:gpt-4.1")}))] == 2
     sent = 8  # answered by upstream: 3 + stream + other feature + unknown model + 2 errors
     assert total(d, "fleetgate_gateway_overhead_seconds_count", endpoint="/chat/completions") == sent
+    overhead = total(d, "fleetgate_gateway_overhead_seconds_sum", endpoint="/chat/completions")
+    assert 0 < overhead < total(d, "fleetgate_request_duration_seconds_sum"), "the gateway's share of the time, not all"
     assert total(d, "fleetgate_request_duration_seconds_count") == 11
     assert total(d, "fleetgate_limiter_wait_seconds_count", model=MODEL) == 5  # the model with a quota
     assert total(d, "fleetgate_limiter_wait_seconds_count") == 5, "a model without quota never waits for one"
