@@ -28,7 +28,6 @@ from typing import Any
 import httpx2
 
 from fleetgate.config import FallbackSettings
-from fleetgate.rewrite import with_body
 
 __all__ = ["TIER_HEADER", "Ladder"]
 
@@ -43,13 +42,13 @@ class Ladder:
         self.settings = settings
         self._defer_lock = threading.Lock()
 
-    def cheaper_request(self, request: httpx2.Request, body: dict[str, Any]) -> httpx2.Request | None:
-        """The request sent to the model configured below this one, or None."""
+    def cheaper_body(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The body sent to the model configured below this one, or None."""
         model = body.get("model")
         cheaper = self.settings.models.get(model) if isinstance(model, str) else None
         if cheaper is None or cheaper == model:
             return None
-        return with_body(request, {**body, "model": cheaper})
+        return {**body, "model": cheaper}
 
     def static_response(self, request: httpx2.Request, endpoint: str, body: dict[str, Any]) -> httpx2.Response | None:
         """The configured answer, shaped as `endpoint` answers, or None."""

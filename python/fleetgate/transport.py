@@ -109,17 +109,35 @@ def _prepare(gateway: Gateway, request: httpx2.Request) -> _Call | None:
     endpoint = next((p for p in GATED_PATHS if path.endswith(p)), None)
     if endpoint is None:
         return None
-    try:
-        body = json.loads(request.content)
-        estimate = estimate_request(endpoint, body, gateway.config.assumed_max_output_tokens)
-    except (ValueError, TypeError, httpx2.RequestNotRead):
-        return None  # not a JSON body we can read: let upstream judge it
     sc = current_scope()
     deadline = sc.deadline if sc.deadline is not None else time.monotonic() + gateway.config.default_deadline_seconds
+    try:
+        return _call_for(gateway, endpoint, json.loads(request.content), sc, deadline)
+    except (ValueError, TypeError, httpx2.RequestNotRead):
+        return None  # not a JSON body we can read: let upstream judge it
+
+
+def _call_for(gateway: Gateway, endpoint: str, body: dict[str, Any], sc: Scope, deadline: float) -> _Call:
+    """The call `body` makes: estimated, with its quotas and breaker. Raises ValueError
+    or TypeError for a body that cannot be estimated."""
+    estimate = estimate_request(endpoint, body, gateway.config.assumed_max_output_tokens)
     model_quota, quotas = gateway.quotas_for(estimate.model, sc)
     # With no quota to draw on, the call is still the gateway's: it owns the 429 retries.
     return _Call(endpoint, body, estimate, quotas, model_quota, deadline, gateway.breaker_for(endpoint, estimate.model),
                  int(sc.priority), sc)
+
+
+def _reshaped(gateway: Gateway, request: httpx2.Request, call: _Call,
+              body: dict[str, Any]) -> tuple[httpx2.Request, _Call] | None:
+    """`call` sent with another body (a preset's, a route's, a cheaper model's): the request
+    rewritten and the call made for it, in the same scope, deadline, preset cut and
+    timing; None when the body cannot be estimated."""
+    try:
+        reshaped = _call_for(gateway, call.endpoint, body, call.scope, call.deadline)
+    except (ValueError, TypeError):
+        return None
+    reshaped.cut, reshaped.timing = call.cut, call.timing
+    return with_body(request, body), reshaped
 
 
 def _shaped(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | _Unserved:
@@ -135,12 +153,11 @@ def _shaped(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[htt
         return _Unserved(ConfigError(
             f"preset {name!r} is not configured: add [presets.{name}] to the gateway's config "
             f"(known: {', '.join(sorted(presets.presets)) or 'none'})"))
-    request = with_body(request, shaped.body)
-    prepared = _prepare(gateway, request)
-    if prepared is None:
+    reshaped = _reshaped(gateway, request, call, shaped.body)
+    if reshaped is None:
         return _Unserved(ConfigError(f"preset {name!r} made a request the gateway cannot read"))
-    prepared.cut = shaped.cut
-    return request, prepared
+    reshaped[1].cut = shaped.cut
+    return reshaped
 
 
 def _enter(gateway: Gateway, request: httpx2.Request) -> tuple[httpx2.Request, _Call] | httpx2.Response | None:
@@ -166,11 +183,10 @@ def _routed(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[htt
         return request, call
     body, route = routed
     if body is not call.body:
-        request = with_body(request, body)
-        prepared = _prepare(gateway, request)
-        if prepared is None:
+        reshaped = _reshaped(gateway, request, call, body)
+        if reshaped is None:
             return _refusal(request, ConfigError("the router made a request the gateway cannot read"))
-        prepared.cut, call = call.cut, prepared
+        request, call = reshaped
     call.route = route
     return request, call
 
@@ -559,12 +575,8 @@ class _Policy:
 
     def cheaper(self, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | None:
         """The first rung: the request for the cheaper model, prepared, or None."""
-        cheaper = self.gateway.ladder.cheaper_request(request, call.body)
-        prepared = _prepare(self.gateway, cheaper) if cheaper is not None else None
-        if cheaper is None or prepared is None:
-            return None
-        prepared.timing = call.timing
-        return cheaper, prepared
+        body = self.gateway.ladder.cheaper_body(call.body)
+        return _reshaped(self.gateway, request, call, body) if body is not None else None
 
     def last_rungs(self, request: httpx2.Request, call: _Call, error: FleetgateError) -> httpx2.Response:
         """Below the models: the static answer, then the deferred queue, then the refusal."""
