@@ -87,6 +87,13 @@ def test_the_gates(canary: Figures, verdict: str | set[str | None] | None) -> No
     assert (decided[0] if decided else None) in allowed, decided
 
 
+def test_cost_per_request_is_over_billed_answers_only() -> None:
+    f = Figures()
+    f.add(Outcome(error=False, seconds=0.1, cost=0.002))
+    f.add(Outcome(error=True, seconds=0.1, cost=None))  # a failure is not billed
+    assert f.requests == 2 and f.error_rate == 0.5 and f.cost_per_request == pytest.approx(0.002)
+
+
 def send(gate: fg.Gateway, users: int, rounds: int = 1) -> None:
     client = gate.openai(api_key="sk-fake", max_retries=0)
     for _ in range(rounds):

@@ -98,8 +98,8 @@ class Router:
         if route.rollout is not None:
             name, side, step, version = route.rollout
             response.headers[DEPLOYMENT_HEADER] = f"{name}/{side}/{version}"
-        if response.headers.get("x-fleetgate") == "refused":
-            return response  # the gateway's own refusal says nothing of the configuration
+        if response.headers.get("x-fleetgate") == "refused" or response.status_code == 429:
+            return response  # a refusal, the gateway's or upstream's, says nothing of the configuration
         if route.tier is not None and usage:
             top = self.prices.cost(self.settings.tiers[-1].model, usage)
             if cost is not None and top is not None:
@@ -107,7 +107,7 @@ class Router:
                 stats.count("routing_top_tier_micros", round(top * 1e6))
         if route.rollout is not None:
             name, side, step, _ = route.rollout
-            self.rollouts.record(name, side, step, _outcome(response, _json(response), seconds, cost or 0.0,
+            self.rollouts.record(name, side, step, _outcome(response, _json(response), seconds, cost,
                                                             self.settings.rollouts[name].too_short_chars))
         return response
 
@@ -155,8 +155,8 @@ def _json(response: httpx2.Response) -> Any:
         return None
 
 
-def _outcome(response: httpx2.Response, body: Any, seconds: float, cost: float, too_short: int) -> Outcome:
-    error = response.status_code >= 500 or (400 <= response.status_code < 500 and response.status_code != 429)
+def _outcome(response: httpx2.Response, body: Any, seconds: float, cost: float | None, too_short: int) -> Outcome:
+    error = response.status_code >= 400  # 429s are not counted at all (see answered)
     refusal = truncated = short = False
     choices = body.get("choices") if isinstance(body, dict) else None
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):

@@ -54,7 +54,8 @@ class Outcome:
 
     error: bool
     seconds: float
-    cost: float = 0.0
+    #: What the answer was billed; None when it was not (an error).
+    cost: float | None = 0.0
     refusal: bool = False
     truncated: bool = False
     too_short: bool = False
@@ -84,7 +85,8 @@ class Figures:
 
     @property
     def cost_per_request(self) -> float:
-        return self.counts["cost_micros"] / 1e6 / self.requests if self.requests else 0.0
+        """Dollars per billed answer (errors cost nothing and say nothing of the price)."""
+        return self.counts["cost_micros"] / 1e6 / self.counts["billed"] if self.counts["billed"] else 0.0
 
     @property
     def p95_seconds(self) -> float:
@@ -100,7 +102,9 @@ class Figures:
         c = self.counts
         c["requests"] += 1
         c["errors"] += outcome.error
-        c["cost_micros"] += round(outcome.cost * 1e6)
+        if outcome.cost is not None:
+            c["billed"] += 1
+            c["cost_micros"] += round(outcome.cost * 1e6)
         for q in _QUALITY:
             c[q] += getattr(outcome, q if q != "refusals" else "refusal")
         c[f"l{max(0, math.ceil(math.log(max(outcome.seconds, 1e-3) / 0.001, _RATIO)))}"] += 1
