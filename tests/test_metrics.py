@@ -189,6 +189,32 @@ def test_semantic_hits_and_near_misses_by_guard(fake_openai: FakeOpenAI) -> None
     assert total(d, "fleetgate_cache_misses_total") == 2
 
 
+@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="wrong_schema")]))
+def test_structured_outputs_and_quality_signals_are_counted(fake_openai: FakeOpenAI) -> None:
+    from pydantic import BaseModel
+
+    class Ticket(BaseModel):
+        title: str
+        priority: int
+
+    gate = fg.Gateway(base_url=fake_openai.base_url, metrics={"features": ["triage"]})
+    client = gate.openai(api_key="sk-test")
+    app = gate.metrics_app()
+    before = scrape_wsgi(app)
+    with gate.scope(feature="triage"):
+        with pytest.raises(fg.StructuredOutputError):
+            gate.complete("File a ticket: the printer is on fire", Ticket, model=MODEL, retries=1, client=client)
+        fake_openai.set_faults([])
+        gate.complete("File a ticket: the printer is on fire", Ticket, model=MODEL, client=client)
+        gate.record_quality(False)
+    gate.record_quality(True, feature="triage")
+    seen = delta(scrape_wsgi(app), before)
+    assert total(seen, "fleetgate_structured_outputs_total", model=MODEL, outcome="invalid") == 2
+    assert total(seen, "fleetgate_structured_outputs_total", model=MODEL, outcome="valid") == 1
+    assert total(seen, "fleetgate_quality_signals_total", feature="triage", signal="bad") == 3
+    assert total(seen, "fleetgate_quality_signals_total", feature="triage", signal="good") == 2
+
+
 def test_disabled_metrics_record_nothing(fake_openai: FakeOpenAI) -> None:
     gate = fg.Gateway(base_url=fake_openai.base_url, metrics={"enabled": False})
     assert gate.metrics is None

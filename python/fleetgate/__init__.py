@@ -43,9 +43,11 @@ from fleetgate.errors import (
     InputTruncated,
     QueueFull,
     RateLimited,
+    ServiceDegraded,
     StoreUnavailable,
 )
 from fleetgate.gateway import Gateway, GatewayStats
+from fleetgate.modes import ModeState, Modes
 from fleetgate.scope import Priority, Scope, current_scope, scope
 
 __all__ = [
@@ -71,6 +73,8 @@ __all__ = [
     "Lanes",
     "Ledger",
     "Limiter",
+    "ModeState",
+    "Modes",
     "Priority",
     "QueueFull",
     "Quota",
@@ -78,6 +82,7 @@ __all__ = [
     "RateLimited",
     "Reservation",
     "Scope",
+    "ServiceDegraded",
     "Slot",
     "StoreUnavailable",
     "__version__",

@@ -412,5 +412,117 @@ def rollout_set(config_path: str, redis_url: str | None, name: str, action: str,
     click.echo(f"{name}: {state.status}, canary at {rollouts.share(name, state):.0%}")
 
 
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="The fleetgate TOML file to check.")
+@click.option("--env", type=click.Choice(["development", "dev", "staging", "production", "prod"]),
+              help="The environment (default: $FLEETGATE_ENV, or the file's env).")
+@click.option("--redis", "redis_url", help="Overrides the config's redis_url.")
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1, 120),
+              help="Seconds each reach for Redis or the upstream may take.")
+def check(config_path: str | None, env: str | None, redis_url: str | None, timeout: float) -> None:
+    """Before a deploy: the config valid, Redis and the upstream reachable, budgets and metrics
+    on, no secret in the config file. One line per check; exits 1 on any problem."""
+    from fleetgate.check import render, run_checks
+
+    overrides: dict[str, Any] = {}
+    if env:
+        overrides["env"] = env
+    if redis_url:
+        overrides["redis_url"] = redis_url
+    if not render(run_checks(config_path, timeout=timeout, **overrides), click.echo):
+        raise SystemExit(1)
+
+
+@main.group()
+def mode() -> None:
+    """The fleet's degradation mode: full, reduced, cached-only, static or maintenance."""
+
+
+def _mode_store(config_path: str | None, redis_url: str | None) -> Any:
+    from fleetgate.modes import ModeStore
+
+    if not redis_url and config_path:
+        from fleetgate.config import GatewayConfig
+
+        redis_url = GatewayConfig.from_toml(config_path).redis_url
+    if not redis_url:
+        raise click.UsageError("the fleet's mode lives in Redis: pass --redis URL (or a --config with redis_url); "
+                               "in one process without Redis, call gate.modes.set(...)")
+    return ModeStore(redis_url)
+
+
+_MODE_CONFIG = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+                            help="A fleetgate TOML file (for its redis_url).")
+
+
+def _mode_call(call: Any) -> Any:
+    from fleetgate.errors import FleetgateError
+
+    try:
+        return call()
+    except FleetgateError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@mode.command("set")
+@click.argument("name", metavar="MODE", type=click.Choice(["full", "reduced", "cached-only", "static", "maintenance"]))
+@click.option("--for", "duration", help="How long it lasts (30m, 2h, 90s); until `fleetgate mode clear` without.")
+@click.option("--reason", default="", help="Shown in every pod's log and in refusals.")
+@_MODE_CONFIG
+@_REDIS
+def mode_set(name: str, duration: str | None, reason: str, config_path: str | None, redis_url: str | None) -> None:
+    """Put every pod in MODE (each honours it within a second). `full` pins full service
+    against the pods' own judgement."""
+    import getpass
+    import socket
+
+    from fleetgate import parse_duration
+
+    seconds = None
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--for") from e
+    store = _mode_store(config_path, redis_url)
+    state = _mode_call(lambda: store.set(name, seconds, reason, by=f"{getpass.getuser()}@{socket.gethostname()}"))
+    store.close()
+    click.echo(f"fleet mode: {state.mode}" + (f" for {duration}" if duration else " until cleared")
+               + f" ({state.reason})")
+
+
+@mode.command("clear")
+@_MODE_CONFIG
+@_REDIS
+def mode_clear(config_path: str | None, redis_url: str | None) -> None:
+    """Hand the mode back to each pod's own judgement."""
+    store = _mode_store(config_path, redis_url)
+    cleared = _mode_call(store.clear)
+    store.close()
+    click.echo("the operator's mode is cleared" if cleared else "no operator's mode was set")
+
+
+@mode.command("show")
+@_MODE_CONFIG
+@_REDIS
+def mode_show(config_path: str | None, redis_url: str | None) -> None:
+    """The operator's mode (if any), and the mode each live pod serves in."""
+    import time
+
+    store = _mode_store(config_path, redis_url)
+    operator = _mode_call(store.read)
+    pods = _mode_call(store.pods)
+    store.close()
+    if operator is None:
+        click.echo("operator: none (each pod judges its own mode)")
+    else:
+        left = f", {operator.until - time.time():.0f}s left" if operator.until is not None else ", until cleared"
+        click.echo(f"operator: {operator.mode} (operator{left}): {operator.reason}")
+    click.echo(f"pods: {len(pods)}")
+    for pod in pods:
+        click.echo(f"  {pod.pod}  {pod.mode} ({pod.source}{': ' + pod.reason if pod.reason else ''}), "
+                   f"said {pod.age:.1f}s ago")
+
+
 if __name__ == "__main__":
     main()

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import copy
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 __all__ = [
-    "BatchSettings", "BreakerSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
+    "ENVIRONMENTS", "BatchSettings", "BreakerSettings", "LoggingSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
     "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "QuotaLimits", "SemanticSettings",
-    "DeploymentSettings", "RolloutSettings", "RoutingSettings", "TierSettings",
+    "DeploymentSettings", "MODES", "ModeSettings", "ModeTrigger", "RolloutSettings", "RoutingSettings", "TierSettings",
 ]
+
+#: The fleet's degradation modes, mildest first (see :mod:`fleetgate.modes`).
+MODES = ("full", "reduced", "cached-only", "static", "maintenance")
+ModeName = Literal["full", "reduced", "cached-only", "static", "maintenance"]
 
 
 class QuotaLimits(BaseModel):
@@ -359,11 +365,130 @@ class BatchSettings(BaseModel):
         return Path(base) / "fleetgate" / "batches"
 
 
+class ModeTrigger(BaseModel):
+    """When a degradation mode is entered by itself: any one condition met is enough.
+    Rates are over ``[modes] window_seconds`` of this pod's upstream calls."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Share of upstream calls that failed (5xx, no answer; upstream 429s are quota, not health).
+    error_rate: float | None = Field(default=None, gt=0, le=1)
+    #: The 95th percentile of upstream calls' time (streams: to the first byte).
+    p95_seconds: float | None = Field(default=None, gt=0)
+    #: Circuit breakers open or isolated, across the fleet.
+    open_breakers: int | None = Field(default=None, gt=0)
+    #: Circuit breakers isolated (upstream said ``insufficient_quota``; only a reset ends it).
+    isolated_breakers: int | None = Field(default=None, gt=0)
+    #: Share of a global budget spent in its period.
+    budget_share: float | None = Field(default=None, gt=0)
+
+
+def _default_triggers() -> dict[ModeName, ModeTrigger]:
+    return {
+        "reduced": ModeTrigger(error_rate=0.1, open_breakers=1, budget_share=0.9),
+        "cached-only": ModeTrigger(error_rate=0.3, budget_share=1.0),
+        "static": ModeTrigger(error_rate=0.6),
+        "maintenance": ModeTrigger(isolated_breakers=1),
+    }
+
+
+class ModeSettings(BaseModel):
+    """``[modes]``: the fleet's degradation modes (:mod:`fleetgate.modes`), entered by
+    themselves from signals or set by an operator (``fleetgate mode set``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Enter and leave modes by themselves, from ``enter``'s triggers (the production
+    #: environment preset turns this on; an operator's mode works either way).
+    auto: bool = False
+    #: Per mode, what enters it (modes left out are entered only by an operator).
+    enter: dict[ModeName, ModeTrigger] = Field(default_factory=_default_triggers)
+    #: A mode is left once its signals fell under this share of its triggers' thresholds...
+    exit_ratio: float = Field(default=0.5, gt=0, le=1)
+    #: ...and stayed there this long (hysteresis: no flapping at a threshold).
+    exit_after_seconds: float = Field(default=30.0, ge=0)
+    #: The span of upstream calls error rates and latency are measured over.
+    window_seconds: float = Field(default=60.0, gt=0, le=3_600)
+    #: Fewer upstream calls in the window than this say nothing about rates.
+    min_requests: int = Field(default=20, gt=0)
+    #: How often a pod judges its signals and reads the operator's mode from Redis: an
+    #: operator's mode reaches every pod within this (at most a second).
+    evaluate_every_seconds: float = Field(default=0.5, gt=0, le=1)
+    #: In a mode entered by itself that sends nothing upstream (cached-only, static), one
+    #: request per this interval still goes upstream, to see whether it recovered.
+    probe_every_seconds: float = Field(default=1.0, gt=0)
+    #: Reduced mode: the most output tokens a request may ask for.
+    reduced_max_output_tokens: int | None = Field(default=1024, gt=0)
+    #: Features that are optional enrichments: refused (``ServiceDegraded``) from reduced on.
+    optional_features: list[str] = Field(default_factory=list)
+
+
+class LoggingSettings(BaseModel):
+    """``[logging]``: how much fleetgate says (None: as the application set its loggers)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: The level of the ``fleetgate`` logger (mode changes, breakers, budget alerts, failures).
+    level: Literal["debug", "info", "warning", "error"] | None = None
+    #: One record per gated request on ``fleetgate.requests`` (INFO; see :mod:`fleetgate.records`).
+    requests: bool | None = None
+
+
+_ENV_NAMES = {"dev": "development", "develop": "development", "stage": "staging", "prod": "production"}
+Environment = Annotated[Literal["development", "staging", "production"],
+                        BeforeValidator(lambda v: _ENV_NAMES.get(v.lower(), v.lower()) if isinstance(v, str) else v)]
+
+#: What each environment (``FLEETGATE_ENV``) sets before the config file and ``FLEETGATE_*``
+#: variables, which win over it key by key.
+ENVIRONMENTS: dict[str, dict[str, Any]] = {
+    "development": {
+        # Cheap and loud: one small model, a small daily budget, few retries, every detail logged.
+        "model_override": "gpt-4.1-nano",
+        "budgets": {"limits": [{"scope": "global", "dollars": 5.0, "period": "day"}], "record_spend": True},
+        "max_upstream_retries": 1,
+        "default_deadline_seconds": 30.0,
+        "logging": {"level": "debug", "requests": True},
+    },
+    "staging": {
+        "budgets": {"limits": [{"scope": "global", "dollars": 50.0, "period": "day"}], "record_spend": True},
+        "max_upstream_retries": 2,
+        "logging": {"level": "info", "requests": True},
+        "modes": {"auto": True},
+    },
+    "production": {
+        # Budgets are the service's own (`fleetgate check` fails without one); spend is recorded.
+        "budgets": {"record_spend": True},
+        "max_upstream_retries": 3,
+        "logging": {"level": "warning", "requests": True},
+        "modes": {"auto": True},
+    },
+}
+
+
+class _EnvironmentPreset(PydanticBaseSettingsSource):
+    """The lowest source: the preset of the environment the sources above chose."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything comes from __call__
+
+    def __call__(self) -> dict[str, Any]:
+        chosen = self.current_state.get("env")
+        if chosen is None:
+            return {}
+        name = _ENV_NAMES.get(str(chosen).lower(), str(chosen).lower())
+        return copy.deepcopy(ENVIRONMENTS.get(name, {}))  # an unknown name fails validation of `env`
+
+
 class GatewayConfig(BaseSettings):
     """Everything a :class:`fleetgate.Gateway` is configured with."""
 
     model_config = SettingsConfigDict(env_prefix="FLEETGATE_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
+    #: The environment (``FLEETGATE_ENV``: development/dev, staging, production/prod): its
+    #: preset (:data:`ENVIRONMENTS`) comes under the config file.
+    env: Environment | None = None
+    #: Every chat and responses request is sent to this model ("": as asked). The
+    #: development preset sets a small one, so a test run costs little.
+    model_override: str = ""
     #: Shared store: ``redis://…``, ``rediss://…`` or ``redis+cluster://h:p,h:p``; None runs embedded.
     redis_url: str | None = None
     failure_policy: Literal["fail_open", "fail_closed"] = "fail_open"
@@ -403,6 +528,8 @@ class GatewayConfig(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    modes: ModeSettings = Field(default_factory=ModeSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -413,8 +540,9 @@ class GatewayConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Arguments, then FLEETGATE_* variables, then the TOML file (when one is set).
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+        # Arguments, then FLEETGATE_* variables, then the TOML file (when one is set), then
+        # the preset of the environment they chose.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls), _EnvironmentPreset(settings_cls)
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> GatewayConfig:

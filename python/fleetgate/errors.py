@@ -10,6 +10,7 @@ same thing, it is a base too, so existing ``except`` clauses keep working::
     ├── QueueFull                       a priority lane is full: shed load
     ├── BudgetExceeded                  a dollar budget has no room for the call's worst case
     ├── DeadlineExpired (TimeoutError)  the deadline passed before a slot came: not sent
+    ├── ServiceDegraded                 the fleet's degradation mode does not serve this call
     └── StoreUnavailable (ConnectionError)
                                         Redis unreachable and the policy is fail-closed
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import time
 
-__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "StoreUnavailable", "StructuredOutputError", "PartialResponseError"]
+__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "ServiceDegraded", "StoreUnavailable", "StructuredOutputError", "PartialResponseError"]
 
 
 class FleetgateError(Exception):
@@ -120,6 +121,23 @@ class DeadlineExpired(FleetgateError, TimeoutError):
         self.lane = lane
 
 
+class ServiceDegraded(FleetgateError):
+    """The fleet is in a degradation mode that does not serve this call: no cached answer
+    in cached-only mode, no static answer configured, an optional feature in reduced
+    mode, or the deadline passed while maintenance held it.
+
+    Attributes:
+        mode: the mode (``"reduced"``, ``"cached-only"``, ``"static"``, ``"maintenance"``).
+        retry_after: seconds until the mode is expected to end (an operator's ``--for``),
+            or None when it ends with its cause.
+    """
+
+    def __init__(self, message: str, mode: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.mode = mode
+        self.retry_after = retry_after
+
+
 class StructuredOutputError(FleetgateError, ValueError):
     """No answer validated into the requested model (``gate.complete``).
 
@@ -175,4 +193,5 @@ REFUSAL_CODES: dict[type[FleetgateError], tuple[str, tuple[str, ...]]] = {
     DeadlineExpired: ("fleetgate_deadline_expired", ("lane",)),
     StoreUnavailable: ("fleetgate_store_unavailable", ()),
     ConfigError: ("fleetgate_config", ()),
+    ServiceDegraded: ("fleetgate_degraded", ("mode", "retry_after")),
 }

@@ -39,8 +39,9 @@ from fleetgate.dedup import Collapser
 from fleetgate.errors import ConfigError
 from fleetgate.fallback import Ladder
 from fleetgate.metrics import BudgetCollector, GatewayMetrics, metrics_app
+from fleetgate.modes import ModeState, Modes, fleet_signals
 from fleetgate.prices import PriceTable
-from fleetgate.scope import Priority, Scope, scope
+from fleetgate.scope import Priority, Scope, current_scope, scope
 from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
 from fleetgate.tracing import tracer
 from fleetgate.transport import AsyncGateTransport, GateTransport
@@ -72,6 +73,15 @@ def _with_headroom(limits: QuotaLimits, headroom: float) -> QuotaLimits:
         return None if value is None else max(1, int(value * (1 - headroom)))
     return limits.model_copy(update={"requests_per_minute": less(limits.requests_per_minute),
                                      "tokens_per_minute": less(limits.tokens_per_minute)})
+
+
+def _apply_logging(config: GatewayConfig) -> None:
+    """``[logging]``: the levels of fleetgate's loggers, where the config sets them."""
+    settings = config.logging
+    if settings.level is not None:
+        log.setLevel(settings.level.upper())
+    if settings.requests is not None:
+        logging.getLogger("fleetgate.requests").setLevel(logging.INFO if settings.requests else logging.WARNING)
 
 
 class GatewayStats:
@@ -122,6 +132,7 @@ class Gateway:
         classifier ``[routing] classifier`` names; `tracer_provider` the OpenTelemetry
         tracer provider spans go to (default: the global one; see :mod:`fleetgate.tracing`)."""
         self.config = config.model_copy(update=overrides) if config is not None else GatewayConfig(**overrides)
+        _apply_logging(self.config)
         self.limiter = Limiter(self.config.redis_url, failure_policy=self.config.failure_policy,
                                local_share=self.config.local_share)
         self.stats = GatewayStats()
@@ -154,6 +165,12 @@ class Gateway:
         self.router = Router(self.config.routing, self.config.redis_url, self.prices, classifier=classifier,
                              embedder=shared if nearest else None)
         self._lanes: dict[str, Lanes | None] = {}
+        #: The fleet's degradation mode (:mod:`fleetgate.modes`): ``gate.modes.current``,
+        #: ``gate.modes.set("cached-only", for_seconds=1800)``, ``gate.modes.clear()``.
+        self.modes = Modes(self.config.modes, self.config.redis_url, on_change=self._on_mode)
+        if self.metrics is not None:
+            self.metrics.mode(self.modes.current.mode)
+        self.modes.start(fleet_signals(self))
         self._sync_client: openai_sdk.OpenAI | None = None
         self._async_sdk_client: openai_sdk.AsyncOpenAI | None = None
         self._lanes_lock = threading.Lock()
@@ -171,6 +188,7 @@ class Gateway:
     def close(self) -> None:
         """Stop the gateway's background work (the semantic layer's journal reader, the
         rollouts' sync), sending what it still holds."""
+        self.modes.close()
         self.cache.close()
         self.router.close()
 
@@ -244,6 +262,14 @@ class Gateway:
         span = f" for {lasts:.1f}s" if lasts is not None else ""
         log.log(level, "fleetgate: circuit %s %s → %s%s (%s, decided by %s)", name, was, now, span, reason, where)
 
+    def _on_mode(self, was: ModeState, now: ModeState) -> None:
+        self.stats.count(f"mode_{now.mode}")
+        if self.metrics is not None:
+            self.metrics.mode(now.mode, now.source)
+        level = logging.INFO if now.mode == "full" else logging.WARNING
+        until = f" until {dt.datetime.fromtimestamp(now.until, dt.UTC):%H:%M:%SZ}" if now.until is not None else ""
+        log.log(level, "fleetgate: mode %s → %s%s (%s: %s)", was.mode, now.mode, until, now.source, now.reason)
+
     def metrics_app(self, kind: Literal["wsgi", "asgi"] = "wsgi") -> Any:
         """A WSGI (or ASGI) application serving the Prometheus metrics: this process's, or
         every worker's in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), with this
@@ -297,14 +323,31 @@ class Gateway:
         every attempt. `client`: one of :meth:`openai`'s (default: ``self.openai()``). An
         answer that does not validate counts against its rollout's quality gate."""
         return complete(client or self._client(), prompt_or_messages, response_model, model=model, retries=retries,
-                        on_invalid=self.router.schema_failed, **create)
+                        on_checked=lambda headers, valid: self._checked(model, headers, valid), **create)
 
     async def complete_async(self, prompt_or_messages: str | list[dict[str, Any]], response_model: type[M], *,
                              model: str, retries: int = 2, client: openai_sdk.AsyncOpenAI | None = None,
                              **create: Any) -> M:
         """:meth:`complete` with an async client (default: ``self.async_openai()``)."""
         return await complete_async(client or self._async_client(), prompt_or_messages, response_model, model=model,
-                                    retries=retries, on_invalid=self.router.schema_failed, **create)
+                                    retries=retries, on_checked=lambda headers, valid: self._checked(model, headers, valid),
+                                    **create)
+
+    def _checked(self, model: str, headers: Any, valid: bool) -> None:
+        """A structured answer checked against its schema: a metric, and a quality signal
+        (an invalid one also against its rollout)."""
+        if self.metrics is not None:
+            self.metrics.structured(model, valid)
+            self.metrics.quality(current_scope().feature, valid)
+        if not valid:
+            self.router.schema_failed(headers)
+
+    def record_quality(self, good: bool, *, feature: str | None = None) -> None:
+        """Count a quality signal of your own (a user's thumbs up or down, a grader's
+        verdict) for `feature` (default: the current scope's) in
+        ``fleetgate_quality_signals_total``, which the alert rules watch."""
+        if self.metrics is not None:
+            self.metrics.quality(feature if feature is not None else current_scope().feature, good)
 
     def _client(self) -> openai_sdk.OpenAI:
         if self._sync_client is None:

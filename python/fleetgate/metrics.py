@@ -42,6 +42,14 @@ multiprocess mode). When a worker exits, call
 ``fleetgate_queue_depth`` / ``_wait_seconds``      calls waiting in a model's lanes, and how
                                                    long they waited
 ``fleetgate_budget_{limit,spent,remaining}_dollars``  each named budget, read when scraped
+``fleetgate_mode``                                 1 for the degradation mode the pod is in
+``fleetgate_mode_transitions_total``               mode changes by mode entered and source
+``fleetgate_mode_answers_total``                   answers by the mode that served them
+``fleetgate_structured_outputs_total``             structured answers ``valid`` or ``invalid``
+                                                   against the caller's schema
+``fleetgate_quality_signals_total``                quality signals ``good`` or ``bad``:
+                                                   schema checks, rollout judgements, and
+                                                   ``gate.quality()`` (user feedback)
 =================================================  ======================================
 """
 
@@ -58,7 +66,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from fleetgate.config import GatewayConfig
+from fleetgate.config import MODES, GatewayConfig
 from fleetgate.estimate import usage_counts
 from fleetgate.prices import PriceTable
 
@@ -113,6 +121,13 @@ class _Families(Collector):
                                    ["breaker"], registry=None, multiprocess_mode="livemax")
         self.queue_depth = Gauge("fleetgate_queue_depth", "Calls waiting in a model's lanes", ["model", "lane"],
                                  registry=None, multiprocess_mode="livesum")
+        self.mode = Gauge("fleetgate_mode", "1 for the degradation mode this pod serves in", ["mode"],
+                          registry=None, multiprocess_mode="livemax")
+        self.mode_transitions = counter("fleetgate_mode_transitions", "Degradation mode changes", ("to", "source"))
+        self.mode_answers = counter("fleetgate_mode_answers", "Answers by the mode that served them", ("mode",))
+        self.structured = counter("fleetgate_structured_outputs", "Structured answers checked against a schema",
+                                  ("model", "outcome"))
+        self.quality = counter("fleetgate_quality_signals", "Quality signals, good or bad", ("feature", "signal"))
         self.queue_wait = histogram("fleetgate_queue_wait_seconds", "Time waited in a model's lanes",
                                     ("model", "lane"), _WAIT_BUCKETS)
 
@@ -205,6 +220,7 @@ class GatewayMetrics:
             self._child(f.cache_hits, "exact" if layer == b"hit" else layer.decode()).inc()
         elif looked_up:
             self._child(f.cache_misses).inc()
+        self._child(f.mode_answers, marks.get(b"x-fleetgate-mode", b"full").decode()).inc()
         dedup = marks.get(b"x-fleetgate-dedup")
         if dedup == b"follower" or dedup == b"fleet":
             self._child(f.deduplicated, "pod" if dedup == b"follower" else "fleet").inc()
@@ -245,6 +261,19 @@ class GatewayMetrics:
         m, lane = self.model(model), _lane(priority)
         self._child(self.f.queue_depth, m, lane).dec()
         self._child(self.f.queue_wait, m, lane).observe(waited)
+
+    def mode(self, now: str, source: str | None = None) -> None:
+        """The pod now serves in mode `now` (`source`: what changed it; None: at start)."""
+        for name in MODES:
+            self._child(self.f.mode, name).set(1 if name == now else 0)
+        if source is not None:
+            self._child(self.f.mode_transitions, now, source).inc()
+
+    def structured(self, model: str, valid: bool) -> None:
+        self._child(self.f.structured, self.model(model), "valid" if valid else "invalid").inc()
+
+    def quality(self, feature: str | None, good: bool) -> None:
+        self._child(self.f.quality, self.feature(feature), "good" if good else "bad").inc()
 
     def near_miss(self, guard: str) -> None:
         self._child(self.f.near_misses, guard).inc()

@@ -1,7 +1,7 @@
 """One structured log record per gated request, on the ``fleetgate.requests`` logger at
 INFO: a JSON object with the request id, a hash of the prompt's template (its system
 message or instructions — never the prompt), model, tokens, latency, status, which
-cache layer, tier, route and deployment served it, and cost. API keys, prompts and
+cache layer, tier, degradation mode, route and deployment served it, and cost. API keys, prompts and
 answers never appear; users appear only hashed.
 
     logging.getLogger("fleetgate.requests").setLevel(logging.INFO)
@@ -60,6 +60,7 @@ def log_request(endpoint: str, body: dict[str, Any], sc: Scope, response: httpx2
         "cost_usd": cost,
         "cache": headers.get("x-fleetgate-cache"),
         "tier": headers.get("x-fleetgate-tier"),
+        "mode": headers.get("x-fleetgate-mode"),
         "route": headers.get("x-fleetgate-route"),
         "deployment": headers.get("x-fleetgate-deployment"),
         "refused": headers.get("x-fleetgate") == "refused",

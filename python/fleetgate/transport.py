@@ -30,7 +30,7 @@ from fleetgate._core import Breaker, Decision, Quota, Slot
 from fleetgate.cache.semantic import SemanticQuery
 from fleetgate.router import Route
 from fleetgate.budget.guard import Budgets, Hold
-from fleetgate.budget.presets import TRUNCATED_HEADER
+from fleetgate.budget.presets import TRUNCATED_HEADER, cap_output
 from fleetgate.errors import (
     BudgetExceeded,
     CircuitOpen,
@@ -40,11 +40,13 @@ from fleetgate.errors import (
     FleetgateError,
     QueueFull,
     RateLimited,
+    ServiceDegraded,
     StoreUnavailable,
 )
 from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request, usage_tokens
 from fleetgate.dedup import DEDUP_HEADER
 from fleetgate.fallback import TIER_HEADER
+from fleetgate.modes import MODE_HEADER, ModeState
 from fleetgate.prices import ModelPrice
 from fleetgate.records import log_request
 from fleetgate.rewrite import with_body
@@ -96,6 +98,8 @@ class _Call:
     span: Any = None
     #: Whether the cache was asked for its answer.
     looked_up: bool = False
+    #: The degradation mode it is served in.
+    mode: str = "full"
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -141,8 +145,14 @@ def _reshaped(gateway: Gateway, request: httpx2.Request, call: _Call,
 
 
 def _shaped(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | _Unserved:
-    """The request as the preset of its scope shapes it (model, output limit, input cut to
-    size), or a refusal naming a preset that is not configured."""
+    """The request as ``model_override`` and the preset of its scope shape it (model, output
+    limit, input cut to size), or a refusal naming a preset that is not configured."""
+    override = gateway.config.model_override
+    if override and call.endpoint != "/embeddings" and call.estimate.model != override:
+        reshaped = _reshaped(gateway, request, call, {**call.body, "model": override})
+        if reshaped is None:
+            return _Unserved(ConfigError(f"model_override {override!r} made a request the gateway cannot read"))
+        request, call = reshaped
     presets = gateway.presets
     name = presets.for_scope(call.scope)
     if name is None:
@@ -195,6 +205,7 @@ def _answered(gateway: Gateway, call: _Call, response: httpx2.Response, seconds:
     """The last step of every gated call: the router's marks and figures, the metrics, the
     log record."""
     timing = call.timing
+    response.headers[MODE_HEADER] = call.mode
     if call.route is not None:
         response = gateway.router.answered(call.route, response, seconds, gateway.stats, timing.usage, timing.cost)
     if gateway.metrics is not None:
@@ -239,7 +250,7 @@ def _refusal(request: httpx2.Request, error: FleetgateError) -> httpx2.Response:
     raise the fleetgate exception again from them (see :mod:`fleetgate.sdk`)."""
     paused = isinstance(error, CircuitOpen) and error.reason == "paused"  # upstream's quota: a rate limit
     code, names = REFUSAL_CODES[RateLimited] if paused else REFUSAL_CODES.get(type(error), REFUSAL_CODES[RateLimited])
-    if isinstance(error, (StoreUnavailable, QueueFull)):
+    if isinstance(error, (StoreUnavailable, QueueFull, ServiceDegraded)):
         status = 503
     elif isinstance(error, DeadlineExpired):
         status = 504
@@ -250,7 +261,8 @@ def _refusal(request: httpx2.Request, error: FleetgateError) -> httpx2.Response:
     else:
         status = 429
     headers = {"x-should-retry": "false", "x-fleetgate": "refused", TIER_HEADER: "refused"}
-    retry_after = error.retry_after if isinstance(error, (RateLimited, CircuitOpen, BudgetExceeded)) else None
+    retry_after = (error.retry_after if isinstance(error, (RateLimited, CircuitOpen, BudgetExceeded, ServiceDegraded))
+                   else None)
     if retry_after is not None:
         headers["retry-after-ms"] = str(max(1, int(retry_after * 1000)))
     fields = {name: getattr(error, name, None) for name in names if name != "retry_after"}
@@ -438,6 +450,8 @@ class _Policy:
         call's time."""
         elapsed = time.perf_counter() - started
         call.timing.upstream += elapsed
+        if response is None or response.status_code != 429:  # a 429 is quota, not health
+            self.gateway.modes.observe(response is None or response.status_code >= 500, elapsed)
         if permit is None or call.breaker is None:
             return
         if response is None:
@@ -466,6 +480,56 @@ class _Policy:
             if call.cache_key is not None:
                 call.semantic = cache.query(call.endpoint, call.body, request, call.scope)
         return call.cache_key
+
+    # -- degradation modes ------------------------------------------------------------------
+
+    def waited_out(self, call: _Call, began: float) -> None:
+        """Count the time a call waited for maintenance to end as waiting."""
+        call.timing.waited += time.perf_counter() - began
+
+    def degraded(self, request: httpx2.Request, call: _Call,
+                 mode: ModeState) -> tuple[httpx2.Request, _Call] | httpx2.Response | None:
+        """The call as `mode` serves it: reshaped to go on (reduced; a probe), answered
+        (static; refused), or None: from the cache only."""
+        gateway = self.gateway
+        call.mode = mode.mode
+        settings = gateway.config.modes
+        if mode.mode == "maintenance":
+            return _refusal(request, self._degraded_error(mode, "the deadline passed while the fleet was in maintenance; "
+                                                          "the request was not sent"))
+        if mode.mode == "reduced":
+            if call.scope.feature is not None and call.scope.feature in settings.optional_features:
+                return _refusal(request, self._degraded_error(
+                    mode, f"feature {call.scope.feature!r} is optional and off in reduced mode"))
+            body = gateway.ladder.cheaper_body(call.body) or call.body
+            if settings.reduced_max_output_tokens is not None:
+                body = dict(body)
+                cap_output(call.endpoint, body, settings.reduced_max_output_tokens)
+            reshaped = _reshaped(gateway, request, call, body) if body != call.body else (request, call)
+            if reshaped is None:
+                return _refusal(request, ConfigError("reduced mode made a request the gateway cannot read"))
+            reshaped[1].mode = mode.mode
+            return reshaped
+        if gateway.modes.probe():
+            gateway.stats.count("mode_probes")
+            return request, call
+        return None if mode.mode == "cached-only" else self.below_cache(request, call, mode)
+
+    def below_cache(self, request: httpx2.Request, call: _Call, mode: ModeState) -> httpx2.Response:
+        """What cached-only mode gives on a miss, and static mode always: the static answer,
+        else a refusal naming the mode."""
+        static = self.gateway.ladder.static_response(request, call.endpoint, call.body)
+        if static is not None:
+            return self.served(static, "static")
+        return _refusal(request, self._degraded_error(
+            mode, "no cached answer for this request" if mode.mode == "cached-only" else "no static answer configured "
+            "([fallback] static_answer)"))
+
+    def _degraded_error(self, mode: ModeState, why: str) -> ServiceDegraded:
+        self.gateway.stats.count("mode_refused")
+        source = "set by an operator" if mode.source == "operator" else "entered by itself"
+        return ServiceDegraded(f"the fleet is in {mode.mode} mode ({source}: {mode.reason}): {why}", mode.mode,
+                               mode.retry_after(self.gateway.config.modes.exit_after_seconds))
 
     # -- budgets ----------------------------------------------------------------------------
 
@@ -706,11 +770,36 @@ class GateTransport(httpx2.BaseTransport):
         request, call = entered
         _traced(self.gateway, request, call)
         try:
-            response = self._handle(request, call)
+            response = self._moded(request, call)
         except BaseException as e:
             _failed(self.gateway, call, time.perf_counter() - started, e)
             raise
         return _answered(self.gateway, call, response, time.perf_counter() - started)
+
+    def _moded(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
+        """The call as the fleet's degradation mode serves it."""
+        modes = self.gateway.modes
+        mode = modes.current
+        if mode.mode == "full":
+            return self._handle(request, call)
+        if mode.mode == "maintenance":
+            began = time.perf_counter()
+            mode = modes.wait_out(call.seconds_left())
+            self.policy.waited_out(call, began)
+            if mode.mode == "full":
+                return self._handle(request, call)
+        step = self.policy.degraded(request, call, mode)
+        if isinstance(step, httpx2.Response):
+            return step
+        if step is not None and mode.mode == "reduced":
+            return self._handle(*step)
+        if step is not None:  # a probe: upstream's answer, not the cache's
+            self.policy.cache_key(request, call)
+            return self._answer(request, call)
+        key = self.policy.cache_key(request, call)
+        call.looked_up = key is not None
+        hit = self.gateway.cache.lookup(key, request, call.semantic) if key is not None else None
+        return self.policy.served(hit, "cache", call) if hit is not None else self.policy.below_cache(request, call, mode)
 
     def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway
@@ -867,11 +956,36 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         request, call = entered
         _traced(self.gateway, request, call)
         try:
-            response = await self._handle(request, call)
+            response = await self._moded(request, call)
         except BaseException as e:
             _failed(self.gateway, call, time.perf_counter() - started, e)
             raise
         return _answered(self.gateway, call, response, time.perf_counter() - started)
+
+    async def _moded(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
+        """The call as the fleet's degradation mode serves it."""
+        modes = self.gateway.modes
+        mode = modes.current
+        if mode.mode == "full":
+            return await self._handle(request, call)
+        if mode.mode == "maintenance":
+            began = time.perf_counter()
+            mode = await modes.wait_out_async(call.seconds_left())
+            self.policy.waited_out(call, began)
+            if mode.mode == "full":
+                return await self._handle(request, call)
+        step = self.policy.degraded(request, call, mode)
+        if isinstance(step, httpx2.Response):
+            return step
+        if step is not None and mode.mode == "reduced":
+            return await self._handle(*step)
+        if step is not None:  # a probe: upstream's answer, not the cache's
+            self.policy.cache_key(request, call)
+            return await self._answer(request, call)
+        key = self.policy.cache_key(request, call)
+        call.looked_up = key is not None
+        hit = await self.gateway.cache.lookup_async(key, request, call.semantic) if key is not None else None
+        return self.policy.served(hit, "cache", call) if hit is not None else self.policy.below_cache(request, call, mode)
 
     async def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway

@@ -98,18 +98,19 @@ def recover(text: str, response_model: type[M]) -> M:
 
 
 def complete(client: openai.OpenAI, prompt_or_messages: str | list[dict[str, Any]], response_model: type[M], *,
-             model: str, retries: int = 2, on_invalid: Callable[[Any], None] | None = None, **create: Any) -> M:
+             model: str, retries: int = 2, on_checked: Callable[[Any, bool], None] | None = None, **create: Any) -> M:
     """Ask `model` through `client` and return the answer validated as `response_model`.
     Raises StructuredOutputError (with the raw text and every attempt) when `retries`
-    more tries do not give a valid answer. `on_invalid(headers)` hears of each answer
-    that did not validate (the gateway counts it against the answer's rollout)."""
+    more tries do not give a valid answer. `on_checked(headers, valid)` hears of each
+    answer checked (the gateway counts it in its metrics, and an invalid one against the
+    answer's rollout)."""
     messages = _messages(prompt_or_messages)
     response_format = request_for(model, response_model)
     attempts: list[Attempt] = []
     for _ in range(retries + 1):
         raw = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
             model=model, messages=messages, response_format=response_format, **create)
-        done = _judge(raw, response_model, attempts, messages, on_invalid)
+        done = _judge(raw, response_model, attempts, messages, on_checked)
         if done is not None:
             return done
     raise _failure(response_model, attempts)
@@ -117,7 +118,7 @@ def complete(client: openai.OpenAI, prompt_or_messages: str | list[dict[str, Any
 
 async def complete_async(client: openai.AsyncOpenAI, prompt_or_messages: str | list[dict[str, Any]],
                          response_model: type[M], *, model: str, retries: int = 2,
-                         on_invalid: Callable[[Any], None] | None = None, **create: Any) -> M:
+                         on_checked: Callable[[Any, bool], None] | None = None, **create: Any) -> M:
     """`complete` with an async client."""
     messages = _messages(prompt_or_messages)
     response_format = request_for(model, response_model)
@@ -125,7 +126,7 @@ async def complete_async(client: openai.AsyncOpenAI, prompt_or_messages: str | l
     for _ in range(retries + 1):
         raw = await client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
             model=model, messages=messages, response_format=response_format, **create)
-        done = _judge(raw, response_model, attempts, messages, on_invalid)
+        done = _judge(raw, response_model, attempts, messages, on_checked)
         if done is not None:
             return done
     raise _failure(response_model, attempts)
@@ -220,17 +221,17 @@ def _messages(prompt_or_messages: str | list[dict[str, Any]]) -> list[dict[str, 
 
 
 def _judge(raw: Any, response_model: type[M], attempts: list[Attempt], messages: list[dict[str, Any]],
-           on_invalid: Callable[[Any], None] | None) -> M | None:
+           on_checked: Callable[[Any, bool], None] | None) -> M | None:
     """The validated value of the answer in `raw` (a raw response); else None, with the
-    attempt noted, `on_invalid` told, and the validation errors appended to `messages`
-    for the next try."""
+    attempt noted and the validation errors appended to `messages` for the next try.
+    `on_checked` hears which it was."""
     choice = raw.parse().choices[0]
     text = choice.message.content or ""
     if getattr(choice.message, "refusal", None):
         why = f"the model refused: {choice.message.refusal}"
     else:
         try:
-            return recover(text, response_model)
+            value = recover(text, response_model)
         except (ValidationError, ValueError) as e:
             why = str(e) if not isinstance(e, ValidationError) else "; ".join(
                 f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
@@ -239,9 +240,13 @@ def _judge(raw: Any, response_model: type[M], attempts: list[Attempt], messages:
             messages.extend([{"role": "assistant", "content": text},
                              {"role": "user", "content": f"That answer is not valid: {why}. Answer again with only "
                                                          f"a JSON value that matches the schema."}])
+        else:
+            if on_checked is not None:
+                on_checked(raw.headers, True)
+            return value
     attempts.append(Attempt(text, why, choice.finish_reason))
-    if on_invalid is not None:
-        on_invalid(raw.headers)
+    if on_checked is not None:
+        on_checked(raw.headers, False)
     return None
 
 

@@ -27,7 +27,7 @@ from fleetgate.config import PresetSettings
 from fleetgate.errors import InputTruncated
 from fleetgate.scope import Scope
 
-__all__ = ["TRUNCATED_HEADER", "Presets", "Shaped"]
+__all__ = ["TRUNCATED_HEADER", "Presets", "Shaped", "cap_output"]
 
 #: Response header: how many input tokens a preset cut from the request.
 TRUNCATED_HEADER = "x-fleetgate-truncated"
@@ -78,7 +78,7 @@ class Presets:
             shaped["model"] = preset.model
         model = str(shaped.get("model", ""))
         if preset.max_output_tokens is not None:
-            _cap_output(endpoint, shaped, preset.max_output_tokens)
+            cap_output(endpoint, shaped, preset.max_output_tokens)
         cut = 0
         if preset.max_input_tokens is not None:
             cut = _cut_input(endpoint, shaped, model, preset.max_input_tokens, preset.marker)
@@ -90,7 +90,8 @@ class Presets:
         return Shaped(shaped, name, cut)
 
 
-def _cap_output(endpoint: str, body: dict[str, Any], cap: int) -> None:
+def cap_output(endpoint: str, body: dict[str, Any], cap: int) -> None:
+    """Lower `body`'s output limit to `cap` in place (set it when it has none)."""
     if endpoint == "/chat/completions":
         keys = [k for k in ("max_completion_tokens", "max_tokens") if isinstance(body.get(k), int)]
         for key in keys or ["max_completion_tokens"]:

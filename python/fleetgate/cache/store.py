@@ -15,7 +15,7 @@ import redis.cluster
 
 from fleetgate.errors import ConfigError, StoreUnavailable
 
-__all__ = ["AnswerStore", "MemoryStore", "RedisAnswerStore", "redis_client", "store_for"]
+__all__ = ["AnswerStore", "MemoryStore", "RedisAnswerStore", "redacted_url", "redis_client", "store_for"]
 
 
 class AnswerStore(Protocol):
@@ -72,6 +72,16 @@ class RedisAnswerStore:
 
 def store_for(redis_url: str | None, max_entries: int) -> AnswerStore:
     return MemoryStore(max_entries) if redis_url is None else RedisAnswerStore(redis_url)
+
+
+def redacted_url(url: str) -> str:
+    """`url` with any password replaced by ``***``, fit for a message or a log."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, hosts = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{hosts}" if colon or user else url
 
 
 def redis_client(url: str, timeout: float | None = 2.0) -> redis.Redis | redis.cluster.RedisCluster:

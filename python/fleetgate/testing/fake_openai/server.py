@@ -383,6 +383,12 @@ class FakeOpenAI:
             raise RuntimeError("the server is not running")
         return self._server.now()
 
+    def set_faults(self, faults: list[Fault]) -> None:
+        """Replace the injected faults from now on (their windows still count from the start)."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        self._server.config = self._server.config.model_copy(update={"faults": list(faults)})
+
     def counters(self, model: str) -> ModelCounters:
         """What the server has seen for `model` so far (a copy)."""
         if self._server is None:

@@ -1,0 +1,180 @@
+"""``fleetgate check``: what a pipeline runs before a deploy. It validates the config,
+reaches Redis and the upstream (``GET /models``: no tokens spent), confirms that budgets
+and metrics are on, and looks for secrets written into the config file. Every problem is
+one line; any problem makes the command exit non-zero.
+
+    $ FLEETGATE_ENV=production fleetgate check --config fleetgate.toml
+    ok    config: fleetgate.toml (production)
+    FAIL  secrets: fleetgate.toml line 4 holds an OpenAI API key: read it from OPENAI_API_KEY instead
+    ok    redis: redis://redis:6379 answers
+    ...
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx2
+from pydantic import ValidationError
+
+from fleetgate.cache.store import redacted_url
+from fleetgate.config import GatewayConfig
+from fleetgate.errors import FleetgateError
+
+__all__ = ["Finding", "run_checks"]
+
+_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One line of the check: what was checked, whether it passed, and what to do."""
+
+    status: Literal["ok", "FAIL"]
+    area: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.status:<5} {self.area}: {self.message}"
+
+
+#: What a secret written into a config file looks like, and where it belongs instead.
+_SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "an OpenAI API key: read it from OPENAI_API_KEY instead"),
+    (re.compile(r"rediss?(?:\+cluster)?://[^\s\"'/@:]*:[^\s\"'/@]+@"),
+     "a Redis password in a URL: set FLEETGATE_REDIS_URL in the environment instead"),
+    (re.compile(r"^\s*[\"']?[\w.-]*(?:api_key|apikey|secret|password|token)[\w.-]*[\"']?\s*=\s*[\"'][^\"']+[\"']",
+                re.IGNORECASE),
+     "a credential: read it from the environment instead"),
+)
+
+
+def run_checks(config_path: str | Path | None, *, api_key: str | None = None, timeout: float = 5.0,
+               **overrides: Any) -> list[Finding]:
+    """Every check, in order; `overrides` are config fields (``redis_url=…``, ``env=…``).
+    A config that does not load stops the checks that need it."""
+    findings: list[Finding] = []
+    path = Path(config_path) if config_path is not None else None
+    if path is not None:
+        findings.extend(_secrets(path))
+    config = _config(path, overrides, findings)
+    if config is None:
+        return findings
+    gateway = _gateway(config, findings)
+    findings.append(_redis(config, gateway))
+    findings.append(_upstream(config, api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"), timeout))
+    findings.append(_budgets(config))
+    findings.append(_metrics(config))
+    if gateway is not None:
+        gateway.close()
+    return findings
+
+
+def _config(path: Path | None, overrides: dict[str, Any], findings: list[Finding]) -> GatewayConfig | None:
+    where = str(path) if path is not None else "no file (defaults and FLEETGATE_* variables)"
+    try:
+        config = GatewayConfig.from_toml(path, **overrides) if path is not None else GatewayConfig(**overrides)
+    except FileNotFoundError as e:
+        findings.append(Finding("FAIL", "config", str(e)))
+        return None
+    except tomllib.TOMLDecodeError as e:
+        findings.append(Finding("FAIL", "config", f"{where} is not valid TOML: {e}"))
+        return None
+    except ValidationError as e:
+        for error in e.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            findings.append(Finding("FAIL", "config", f"{field}: {error['msg']} ({where})"))
+        return None
+    findings.append(Finding("ok", "config", f"{where} ({config.env or 'no FLEETGATE_ENV'})"))
+    return config
+
+
+def _gateway(config: GatewayConfig, findings: list[Finding]) -> Any:
+    """A gateway made as a pod makes it: settings that only fail when combined fail here."""
+    from fleetgate.gateway import Gateway
+
+    try:
+        return Gateway(config)
+    except (FleetgateError, ValueError) as e:
+        findings.append(Finding("FAIL", "config", str(e)))
+        return None
+
+
+def _secrets(path: Path) -> list[Finding]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []  # reported by the config check
+    found = []
+    for number, line in enumerate(lines, 1):  # comments too: a key in a comment is in the repository
+        for pattern, what in _SECRETS:
+            if pattern.search(line):
+                found.append(Finding("FAIL", "secrets", f"{path} line {number} holds {what}"))
+                break
+    return found or [Finding("ok", "secrets", f"none written in {path}")]
+
+
+def _redis(config: GatewayConfig, gateway: Any) -> Finding:
+    if config.redis_url is None:
+        if config.env == "production":
+            return Finding("FAIL", "redis", "no redis_url in production: every pod would spend the whole quota and "
+                                            "budget on its own; set redis_url (or FLEETGATE_REDIS_URL)")
+        return Finding("ok", "redis", "none: embedded, one process")
+    shown = redacted_url(config.redis_url)
+    if gateway is None:
+        return Finding("FAIL", "redis", f"{shown} not checked: the config does not make a gateway")
+    try:
+        gateway.limiter.ping()
+    except FleetgateError as e:
+        return Finding("FAIL", "redis", f"cannot reach {shown}: {e}")
+    return Finding("ok", "redis", f"{shown} answers")
+
+
+def _upstream(config: GatewayConfig, api_key: str | None, timeout: float) -> Finding:
+    base = (config.base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE_URL).rstrip("/")
+    if not api_key:
+        return Finding("FAIL", "upstream", "no API key: set OPENAI_API_KEY")
+    try:
+        response = httpx2.get(f"{base}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
+    except httpx2.HTTPError as e:
+        return Finding("FAIL", "upstream", f"cannot reach {base}: {type(e).__name__}: {e}")
+    if response.status_code == 401:
+        return Finding("FAIL", "upstream", f"{base} refused the API key (401): check OPENAI_API_KEY")
+    if response.status_code != 200:
+        return Finding("FAIL", "upstream", f"{base}/models answered {response.status_code}: {response.text[:200]}")
+    return Finding("ok", "upstream", f"{base} answers (GET /models)")
+
+
+def _budgets(config: GatewayConfig) -> Finding:
+    limits = config.budgets.limits
+    if not limits:
+        return Finding("FAIL", "budgets", "none configured: nothing stops a runaway loop from spending; add "
+                                          "[[budgets.limits]] (e.g. scope = \"global\", dollars = 100)")
+    shown = ", ".join(f"{b.scope}{':' + b.name if b.name else ''} ${b.dollars:g}/{b.period}" for b in limits)
+    return Finding("ok", "budgets", shown)
+
+
+def _metrics(config: GatewayConfig) -> Finding:
+    if not config.metrics.enabled:
+        return Finding("FAIL", "metrics", "disabled ([metrics] enabled = false): no alert could fire; enable them")
+    from prometheus_client import generate_latest
+
+    from fleetgate.metrics import registry_for
+
+    exposed = generate_latest(registry_for()).decode()
+    if "fleetgate_requests_total" not in exposed and "# TYPE fleetgate_requests" not in exposed:
+        return Finding("FAIL", "metrics", "enabled, but no fleetgate_* family is registered for scraping")
+    return Finding("ok", "metrics", "enabled; serve them with gate.metrics_app() or `fleetgate metrics serve`")
+
+
+def render(findings: list[Finding], echo: Callable[[str], None]) -> bool:
+    """Print each finding; True when all passed."""
+    for finding in findings:
+        echo(str(finding))
+    return all(f.status == "ok" for f in findings)

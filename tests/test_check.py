@@ -1,0 +1,169 @@
+"""Environment presets (FLEETGATE_ENV) and ``fleetgate check``, the pre-deploy command."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import fleetgate as fg
+from fleetgate.cli import main as cli
+from fleetgate.config import GatewayConfig
+from fleetgate.testing.fake_openai import FakeOpenAI
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+# -- environments ---------------------------------------------------------------------------
+
+def test_each_environment_has_its_preset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETGATE_ENV", "dev")
+    dev = GatewayConfig()
+    assert dev.env == "development" and dev.model_override == "gpt-4.1-nano" and dev.max_upstream_retries == 1
+    assert [(b.scope, b.dollars) for b in dev.budgets.limits] == [("global", 5.0)]
+    assert dev.logging.level == "debug" and not dev.modes.auto
+    monkeypatch.setenv("FLEETGATE_ENV", "staging")
+    staging = GatewayConfig()
+    assert staging.budgets.limits[0].dollars == 50.0 and staging.max_upstream_retries == 2 and staging.modes.auto
+    monkeypatch.setenv("FLEETGATE_ENV", "prod")
+    prod = GatewayConfig()
+    assert prod.env == "production" and prod.model_override == "" and prod.logging.level == "warning"
+    assert prod.budgets.limits == [] and prod.budgets.record_spend and prod.modes.auto
+    monkeypatch.delenv("FLEETGATE_ENV")
+    assert GatewayConfig().env is None and GatewayConfig().max_upstream_retries == 3
+
+
+def test_the_config_file_wins_over_the_preset_key_by_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "fleetgate.toml"
+    path.write_text('env = "development"\nmodel_override = ""\n[budgets]\ntimezone = "Europe/Berlin"\n'
+                    '[logging]\nlevel = "info"\n')
+    config = GatewayConfig.from_toml(path)
+    assert config.env == "development" and config.model_override == ""
+    assert config.budgets.timezone == "Europe/Berlin" and config.budgets.limits[0].dollars == 5.0  # merged
+    assert config.logging.level == "info" and config.logging.requests is True
+    monkeypatch.setenv("FLEETGATE_ENV", "staging")  # the variable wins over the file's env
+    assert GatewayConfig.from_toml(path).budgets.limits[0].dollars == 50.0
+
+
+def test_an_unknown_environment_names_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETGATE_ENV", "qa")
+    with pytest.raises(ValueError, match="'development', 'staging' or 'production'"):
+        GatewayConfig()
+
+
+def test_development_sends_every_call_to_its_small_model_and_logs_each(
+        fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("FLEETGATE_ENV", "development")
+    gate = fg.Gateway(base_url=fake_openai.base_url)
+    with caplog.at_level(logging.NOTSET):
+        answer = gate.openai(api_key="sk-fake").chat.completions.create(model="gpt-4.1", messages=MSG)
+    assert answer.model == "gpt-4.1-nano" and fake_openai.counters("gpt-4.1").requests == 0
+    assert logging.getLogger("fleetgate").level == logging.DEBUG
+    assert any(r.name == "fleetgate.requests" for r in caplog.records)
+    logging.getLogger("fleetgate").setLevel(logging.NOTSET)
+    logging.getLogger("fleetgate.requests").setLevel(logging.NOTSET)
+
+
+# -- fleetgate check ---------------------------------------------------------------------------
+
+def good_config(tmp_path: Path, redis_url: str, base_url: str, extra: str = "") -> Path:
+    path = tmp_path / "fleetgate.toml"
+    path.write_text(f'env = "production"\nredis_url = "{redis_url}"\nbase_url = "{base_url}"\n{extra}\n'
+                    '[[budgets.limits]]\nscope = "global"\ndollars = 100\n')
+    return path
+
+
+def check(path: Path | None, *args: str, key: str = "sk-fake") -> Result:
+    return CliRunner().invoke(cli, ["check", *(["--config", str(path)] if path else []), *args],
+                              env={"OPENAI_API_KEY": key, "FLEETGATE_ENV": None, "FLEETGATE_REDIS_URL": None})
+
+
+def fails(result: Result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("FAIL")]
+
+
+def test_a_sound_deployment_passes_every_check(tmp_path: Path, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    result = check(good_config(tmp_path, redis_url, fake_openai.base_url))
+    assert result.exit_code == 0, result.output
+    areas = [line.split()[1] for line in result.output.splitlines()]
+    assert areas == ["secrets:", "config:", "redis:", "upstream:", "budgets:", "metrics:"]
+    assert "(production)" in result.output and "global $100/day" in result.output
+
+
+def test_a_bad_config_fails_with_a_line_per_mistake(tmp_path: Path) -> None:
+    path = tmp_path / "fleetgate.toml"
+    path.write_text('max_upstream_retries = -1\n[[budgets.limits]]\ndollars = 0\n[breakers]\nwindw = 5\n')
+    result = check(path)
+    assert result.exit_code == 1
+    lines = fails(result)
+    assert len(lines) == 3, result.output
+    assert any("max_upstream_retries" in line and "greater than or equal to 0" in line for line in lines)
+    assert any("budgets.limits.0.dollars" in line for line in lines)
+    assert any("breakers.windw" in line and "not permitted" in line for line in lines)
+
+
+def test_a_config_that_only_fails_once_combined_fails_too(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    path = tmp_path / "fleetgate.toml"
+    path.write_text(f'base_url = "{fake_openai.base_url}"\n[[budgets.limits]]\ndollars = 5\n'
+                    'on_exhausted = "cache_only"\n')
+    assert fails(check(path)) == ['FAIL  config: a budget with on_exhausted = "cache_only" needs the cache: '
+                                  'set [cache] enabled = true']
+
+
+def test_redis_down_fails(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = check(good_config(tmp_path, f"redis://:hunter2@127.0.0.1:{port}", fake_openai.base_url))
+    assert result.exit_code == 1
+    lines = fails(result)
+    assert [line.split()[1] for line in lines] == ["secrets:", "redis:"]
+    assert f"cannot reach redis://:***@127.0.0.1:{port}" in lines[1] and "hunter2" not in result.output
+
+
+def test_no_redis_in_production_fails(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    path = tmp_path / "fleetgate.toml"
+    path.write_text(f'env = "production"\nbase_url = "{fake_openai.base_url}"\n[[budgets.limits]]\ndollars = 9\n')
+    assert [line.split()[1] for line in fails(check(path))] == ["redis:"]
+
+
+def test_an_unreachable_upstream_fails(tmp_path: Path, redis_url: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lines = fails(check(good_config(tmp_path, redis_url, f"http://127.0.0.1:{port}/v1"), "--timeout", "2"))
+    assert len(lines) == 1 and lines[0].startswith(f"FAIL  upstream: cannot reach http://127.0.0.1:{port}/v1")
+
+
+def test_no_api_key_fails(tmp_path: Path, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    lines = fails(check(good_config(tmp_path, redis_url, fake_openai.base_url), key=""))
+    assert lines == ["FAIL  upstream: no API key: set OPENAI_API_KEY"]
+
+
+def test_budgets_disabled_fails(tmp_path: Path, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    path = tmp_path / "fleetgate.toml"
+    path.write_text(f'redis_url = "{redis_url}"\nbase_url = "{fake_openai.base_url}"\n')
+    lines = fails(check(path))
+    assert len(lines) == 1 and lines[0].startswith("FAIL  budgets: none configured")
+
+
+def test_metrics_disabled_fails(tmp_path: Path, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    path = good_config(tmp_path, redis_url, fake_openai.base_url, "[metrics]\nenabled = false\n")
+    lines = fails(check(path))
+    assert len(lines) == 1 and lines[0].startswith("FAIL  metrics: disabled")
+
+
+def test_a_key_in_the_config_file_fails_without_printing_it(tmp_path: Path, redis_url: str,
+                                                            fake_openai: FakeOpenAI) -> None:
+    key = "sk-proj-" + "Ab3dE" * 8
+    path = good_config(tmp_path, redis_url, fake_openai.base_url, f'# rotated: "{key}"\n[cache.semantic]\n'
+                       f'embedder = "openai:text-embedding-3-small"\napi_key = "{key}"\n')
+    result = check(path)
+    assert result.exit_code == 1 and key not in result.output
+    lines = fails(result)
+    for line in (4, 7):  # a key in a comment is in the repository too
+        assert f"FAIL  secrets: {path} line {line} holds an OpenAI API key: read it from OPENAI_API_KEY instead" in lines
+    assert any("cache.semantic.api_key" in line for line in lines)  # and no such setting exists
