@@ -8,12 +8,12 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test test-rust test-python build redis-server bench bench-rust bench-python stubtest clean
+.PHONY: demo test test-rust test-python test-alerts build redis-server bench bench-rust bench-python stubtest clean
 
 demo: build  ## build, then run the main job on embedded defaults
 	$(VENV)/bin/fleetgate demo
 
-test: redis-server build test-rust test-python stubtest  ## everything, against real Redis
+test: redis-server build test-rust test-python stubtest test-alerts  ## everything, against real Redis
 
 test-rust:
 	cargo test -p fleetgate-core --locked
@@ -24,6 +24,30 @@ test-python: build
 stubtest: build  ## the stubs match the extension, and the package type-checks strictly
 	$(PY) -m mypy.stubtest fleetgate._core
 	$(PY) -m mypy --strict python/fleetgate
+
+# The Prometheus alerting rules and their unit tests, with promtool from Debian's prometheus
+# package (2.42 on bookworm), installed when missing. Its postinst would start a Prometheus
+# server on :9090: a policy-rc.d answering 101 (action forbidden) keeps invoke-rc.d and
+# deb-systemd-invoke from starting it, and is removed after unless one was there already
+# (Docker images ship one). The service is then disabled at boot (and stopped, under systemd).
+test-alerts:
+	@if ! command -v promtool >/dev/null; then \
+		echo "installing prometheus (for promtool) from Debian's packages, its server not started"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		policy=/usr/sbin/policy-rc.d; \
+		if [ ! -e $$policy ]; then \
+			trap "$$SUDO rm -f $$policy" EXIT; \
+			printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$policy >/dev/null; \
+			$$SUDO chmod 755 $$policy; \
+		fi; \
+		$$SUDO apt-get update -qq; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		$$SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true; \
+		if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true; fi; \
+	fi
+	@promtool --version 2>&1 | head -n 1
+	promtool check rules alerts/fleetgate.rules.yml
+	promtool test rules alerts/fleetgate.rules.test.yml
 
 # The environment: a virtualenv with maturin and the test tools.
 $(VENV)/.ready: pyproject.toml
