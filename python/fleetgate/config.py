@@ -14,7 +14,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 __all__ = [
-    "ENVIRONMENTS", "BatchSettings", "BreakerSettings", "LoggingSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
+    "ENVIRONMENTS", "PromptSettings", "BatchSettings", "BreakerSettings", "LoggingSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
     "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "QuotaLimits", "SemanticSettings",
     "DeploymentSettings", "MODES", "ModeSettings", "ModeTrigger", "RolloutSettings", "RoutingSettings", "TierSettings",
 ]
@@ -423,6 +423,23 @@ class ModeSettings(BaseModel):
     optional_features: list[str] = Field(default_factory=list)
 
 
+class PromptSettings(BaseModel):
+    """``[prompts]``: compression of instructions and a prompt-cache layout report
+    (:mod:`fleetgate.prompts`); both opt-in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Features whose system/developer messages and instructions are compressed: filler
+    #: phrasing and repeated whitespace removed; numbers, negations, names, code, quotes,
+    #: URLs and {placeholders} never touched.
+    compress_features: list[str] = Field(default_factory=list)
+    #: Filler phrases of your own, with what replaces them ("" removes).
+    extra_fillers: dict[str, str] = Field(default_factory=dict)
+    #: Sample each template's prompts (by feature, else by the hash of its system
+    #: message) for ``gate.prompt_report()``: how well each uses OpenAI's prompt caching.
+    layout: bool = False
+    layout_samples: int = Field(default=32, ge=2, le=1_000)
+
+
 class LoggingSettings(BaseModel):
     """``[logging]``: how much fleetgate says (None: as the application set its loggers)."""
 
@@ -530,6 +547,7 @@ class GatewayConfig(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     modes: ModeSettings = Field(default_factory=ModeSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    prompts: PromptSettings = Field(default_factory=PromptSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -40,6 +40,7 @@ from fleetgate.errors import ConfigError
 from fleetgate.fallback import Ladder
 from fleetgate.metrics import BudgetCollector, GatewayMetrics, metrics_app
 from fleetgate.modes import ModeState, Modes, fleet_signals
+from fleetgate.prompts import Compressor, LayoutTracker, Savings, render_report
 from fleetgate.prices import PriceTable
 from fleetgate.scope import Priority, Scope, current_scope, scope
 from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
@@ -171,6 +172,12 @@ class Gateway:
         if self.metrics is not None:
             self.metrics.mode(self.modes.current.mode)
         self.modes.start(fleet_signals(self))
+        prompts = self.config.prompts
+        #: Compression of the ``[prompts] compress_features``' instructions (None: none),
+        #: what it saved per template, and the prompt-cache layout samples (None: off).
+        self.compressor = Compressor(extra_fillers=prompts.extra_fillers) if prompts.compress_features else None
+        self.prompt_savings = Savings()
+        self.layout = LayoutTracker(prompts.layout_samples) if prompts.layout else None
         self._sync_client: openai_sdk.OpenAI | None = None
         self._async_sdk_client: openai_sdk.AsyncOpenAI | None = None
         self._lanes_lock = threading.Lock()
@@ -341,6 +348,17 @@ class Gateway:
             self.metrics.quality(current_scope().feature, valid)
         if not valid:
             self.router.schema_failed(headers)
+
+    def prompt_report(self) -> str:
+        """What compression saved per template, and how well each template observed uses
+        OpenAI's prompt caching (``[prompts] layout = true``), with advice where its
+        changing part comes first. Templates are named by feature or hash; no prompt text."""
+        parts = [saving.render() for saving in self.prompt_savings.report()]
+        if self.layout is not None:
+            parts.append(render_report(self.layout.report()))
+        elif not parts:
+            parts.append("Nothing to report: set [prompts] compress_features or layout = true.")
+        return "\n".join(parts)
 
     def record_quality(self, good: bool, *, feature: str | None = None) -> None:
         """Count a quality signal of your own (a user's thumbs up or down, a grader's

@@ -47,6 +47,8 @@ multiprocess mode). When a worker exits, call
 ``fleetgate_mode_answers_total``                   answers by the mode that served them
 ``fleetgate_structured_outputs_total``             structured answers ``valid`` or ``invalid``
                                                    against the caller's schema
+``fleetgate_prompt_tokens_saved_total``           prompt tokens compression removed, by
+                                                   feature
 ``fleetgate_quality_signals_total``                quality signals ``good`` or ``bad``:
                                                    schema checks, rollout judgements, and
                                                    ``gate.quality()`` (user feedback)
@@ -127,6 +129,8 @@ class _Families(Collector):
         self.mode_answers = counter("fleetgate_mode_answers", "Answers by the mode that served them", ("mode",))
         self.structured = counter("fleetgate_structured_outputs", "Structured answers checked against a schema",
                                   ("model", "outcome"))
+        self.prompt_saved = counter("fleetgate_prompt_tokens_saved", "Prompt tokens compression removed",
+                                    ("feature",))
         self.quality = counter("fleetgate_quality_signals", "Quality signals, good or bad", ("feature", "signal"))
         self.queue_wait = histogram("fleetgate_queue_wait_seconds", "Time waited in a model's lanes",
                                     ("model", "lane"), _WAIT_BUCKETS)
@@ -161,6 +165,7 @@ class GatewayMetrics:
                               | {p.model for p in config.presets.values() if p.model})
         self._prices = prices
         self._known_features = (set(config.features) | set(config.presets) | set(config.metrics.features)
+                                | set(config.prompts.compress_features)
                                 | {r.feature for r in routing.rollouts.values() if r.feature}
                                 | {b.name for b in config.budgets.limits if b.scope == "feature" and b.name})
         self._models: dict[str, str] = {}
@@ -271,6 +276,9 @@ class GatewayMetrics:
 
     def structured(self, model: str, valid: bool) -> None:
         self._child(self.f.structured, self.model(model), "valid" if valid else "invalid").inc()
+
+    def prompt_saved(self, feature: str | None, tokens: int) -> None:
+        self._child(self.f.prompt_saved, self.feature(feature)).inc(tokens)
 
     def quality(self, feature: str | None, good: bool) -> None:
         self._child(self.f.quality, self.feature(feature), "good" if good else "bad").inc()

@@ -48,7 +48,8 @@ from fleetgate.dedup import DEDUP_HEADER
 from fleetgate.fallback import TIER_HEADER
 from fleetgate.modes import MODE_HEADER, ModeState
 from fleetgate.prices import ModelPrice
-from fleetgate.records import log_request
+from fleetgate.prompts import compress_body
+from fleetgate.records import log_request, template_hash
 from fleetgate.rewrite import with_body
 from fleetgate.scope import Scope, current_scope
 
@@ -100,6 +101,8 @@ class _Call:
     looked_up: bool = False
     #: The degradation mode it is served in.
     mode: str = "full"
+    #: Its template in the prompt-cache layout report (None: not tracked).
+    template: str | None = None
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -140,8 +143,25 @@ def _reshaped(gateway: Gateway, request: httpx2.Request, call: _Call,
         reshaped = _call_for(gateway, call.endpoint, body, call.scope, call.deadline)
     except (ValueError, TypeError):
         return None
-    reshaped.cut, reshaped.timing = call.cut, call.timing
+    reshaped.cut, reshaped.timing, reshaped.template, reshaped.mode = call.cut, call.timing, call.template, call.mode
     return with_body(request, body), reshaped
+
+
+def _compressed(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call]:
+    """The call with its instructions compressed (opted in by its feature), the saving
+    counted per template; as it was when nothing could be saved."""
+    assert gateway.compressor is not None
+    done = compress_body(gateway.compressor, call.endpoint, call.body)
+    if done is None:
+        return request, call
+    body, saved = done
+    reshaped = _reshaped(gateway, request, call, body)
+    if reshaped is None:
+        return request, call
+    gateway.prompt_savings.add(f"{call.scope.feature}/{template_hash(call.body)}", call.estimate.prompt_tokens, saved)
+    if gateway.metrics is not None:
+        gateway.metrics.prompt_saved(call.scope.feature, saved)
+    return reshaped
 
 
 def _shaped(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | _Unserved:
@@ -153,6 +173,8 @@ def _shaped(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[htt
         if reshaped is None:
             return _Unserved(ConfigError(f"model_override {override!r} made a request the gateway cannot read"))
         request, call = reshaped
+    if gateway.compressor is not None and call.scope.feature in gateway.config.prompts.compress_features:
+        request, call = _compressed(gateway, request, call)
     presets = gateway.presets
     name = presets.for_scope(call.scope)
     if name is None:
@@ -180,6 +202,10 @@ def _enter(gateway: Gateway, request: httpx2.Request) -> tuple[httpx2.Request, _
     shaped = _shaped(gateway, request, call)
     if isinstance(shaped, _Unserved):
         return _refusal(request, shaped.error)
+    if gateway.layout is not None:
+        _, shaped_call = shaped
+        shaped_call.template = shaped_call.scope.feature or template_hash(shaped_call.body)
+        gateway.layout.observe(shaped_call.template, shaped_call.endpoint, shaped_call.body)
     return _routed(gateway, *shaped) if gateway.router.active else shaped
 
 
@@ -586,6 +612,8 @@ class _Policy:
         if isinstance(usage, dict):
             cost = self.gateway.prices.cost(model, usage)
             call.timing.usage, call.timing.cost, call.timing.model = usage, cost, model
+            if call.template is not None and self.gateway.layout is not None:
+                self.gateway.layout.usage(call.template, usage)
             if metrics is not None:
                 metrics.billed(model, call.scope.feature, usage, cost)
         if hold is None:

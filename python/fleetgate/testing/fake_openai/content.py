@@ -125,9 +125,23 @@ def responses_input_text(body: dict[str, Any]) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def cached_tokens(prompt_tokens: int, seen_before: bool) -> int:
-    """Prompt caching as OpenAI reports it: for prompts of 1,024 tokens or more seen
-    before, the longest multiple of 128 tokens is served from cache."""
-    if not seen_before or prompt_tokens < 1024:
-        return 0
-    return (prompt_tokens // 128) * 128
+class PrefixCache:
+    """Prompt caching as OpenAI reports it: of a prompt of 1,024 tokens or more, the longest
+    prefix in 128-token steps that an earlier prompt of the same model began with is served
+    from cache (a prompt whose changing part comes first gets nothing)."""
+
+    _STEP_CHARS = 128 * 4  # the fake counts about four characters per token
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+
+    def cached(self, model: str, prompt: str, prompt_tokens: int) -> int:
+        if prompt_tokens < 1024:
+            return 0
+        best = 0
+        for step in range(8, prompt_tokens // 128 + 1):
+            key = hash((model, prompt[:step * self._STEP_CHARS]))
+            if key in self._seen:
+                best = step * 128
+            self._seen.add(key)
+        return best

@@ -47,7 +47,7 @@ class _Server:
         self.quotas: dict[str, ModelQuota] = {}
         self.counters: dict[str, ModelCounters] = defaultdict(ModelCounters)
         self.counters_lock = threading.Lock()
-        self.seen_prompts: set[int] = set()
+        self.prompt_cache = content.PrefixCache()
         self.files = FileStore()
         self.batches = BatchStore(config, self.files)
 
@@ -177,9 +177,7 @@ class _Server:
             else:
                 shape.add(fault.kind)
 
-        key = hash((plan.model, plan.prompt))
-        cached = content.cached_tokens(plan.prompt_tokens, key in self.seen_prompts)
-        self.seen_prompts.add(key)
+        cached = self.prompt_cache.cached(plan.model, plan.prompt, plan.prompt_tokens)
         text = _shaped_text(plan.text, shape)
         if body.get("stream") and plan.kind != "embeddings":
             return await self._stream(request, plan, cached, text, headers, cut="cut_stream" in shape)
