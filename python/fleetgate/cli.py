@@ -53,10 +53,10 @@ def run(input_path: str, output_path: str, config_path: str | None, base_url: st
         jobs = _jobs(config_path, redis_url, base_url, api_key, None)
         done = _progress(jobs)
         try:
-            report = _batch_call(lambda: jobs.submit(input_path, name, skip_bad_lines=True))
+            report = _call_or_fail(lambda: jobs.submit(input_path, name, skip_bad_lines=True))
         finally:
             done()
-        summary = _batch_call(lambda: jobs.collect(report.job.id, output_path, errors_path))
+        summary = _call_or_fail(lambda: jobs.collect(report.job.id, output_path, errors_path))
         click.echo(report.render())
         click.echo(f"{summary.answered} answers in {summary.output}, {summary.dead} dead letters in {summary.dead_letters}")
         return
@@ -111,7 +111,8 @@ def _batch_options(command: Any) -> Any:
     return command
 
 
-def _batch_call(call: Any) -> Any:
+def _call_or_fail(call: Any) -> Any:
+    """`call()`, with a fleetgate error (or a bad value) said as the command's failure."""
     from fleetgate.errors import FleetgateError
 
     try:
@@ -152,7 +153,7 @@ def batch_submit(input_path: str, name: str | None, skip_bad_lines: bool, max_at
     jobs = _jobs(**common)
     done = _progress(jobs) if not detach else (lambda: None)
     try:
-        report = _batch_call(lambda: jobs.submit(input_path, name, skip_bad_lines=skip_bad_lines,
+        report = _call_or_fail(lambda: jobs.submit(input_path, name, skip_bad_lines=skip_bad_lines,
                                                  max_attempts=max_attempts, feature=feature, wait=not detach))
     finally:
         done()
@@ -169,7 +170,7 @@ def batch_resume(job: str, wait_for_lease: float, **common: Any) -> None:
     jobs = _jobs(**common)
     done = _progress(jobs)
     try:
-        report = _batch_call(lambda: jobs.watch(job, wait_for_lease=wait_for_lease))
+        report = _call_or_fail(lambda: jobs.watch(job, wait_for_lease=wait_for_lease))
     finally:
         done()
     click.echo(report.render())
@@ -180,7 +181,7 @@ def batch_resume(job: str, wait_for_lease: float, **common: Any) -> None:
 @_batch_options
 def batch_status(job: str | None, **common: Any) -> None:
     """Show JOB, or every job."""
-    reports = _batch_call(lambda: _jobs(**common).status(job))
+    reports = _call_or_fail(lambda: _jobs(**common).status(job))
     click.echo("\n".join(r.render() for r in reports) if reports else "no batch jobs")
 
 
@@ -193,7 +194,7 @@ def batch_status(job: str | None, **common: Any) -> None:
 @_batch_options
 def batch_collect(job: str, output_path: str, dead_letters: str | None, **common: Any) -> None:
     """Write JOB's answers to --out and the requests it could not answer to the dead letters."""
-    summary = _batch_call(lambda: _jobs(**common).collect(job, output_path, dead_letters))
+    summary = _call_or_fail(lambda: _jobs(**common).collect(job, output_path, dead_letters))
     click.echo(f"{summary.answered} answers in {summary.output}, {summary.dead} dead letters in {summary.dead_letters}")
 
 
@@ -202,7 +203,7 @@ def batch_collect(job: str, output_path: str, dead_letters: str | None, **common
 @_batch_options
 def batch_cancel(job: str, **common: Any) -> None:
     """Cancel JOB: its watcher cancels its batches and keeps what they answered."""
-    _batch_call(lambda: _jobs(**common).cancel(job))
+    _call_or_fail(lambda: _jobs(**common).cancel(job))
     click.echo(f"job {job}: cancellation requested; its watcher stops its batches")
 
 
@@ -504,15 +505,6 @@ _MODE_CONFIG = click.option("--config", "config_path", type=click.Path(exists=Tr
                             help="A fleetgate TOML file (for its redis_url).")
 
 
-def _mode_call(call: Any) -> Any:
-    from fleetgate.errors import FleetgateError
-
-    try:
-        return call()
-    except FleetgateError as e:
-        raise click.ClickException(str(e)) from e
-
-
 @mode.command("set")
 @click.argument("name", metavar="MODE", type=click.Choice(["full", "reduced", "cached-only", "static", "maintenance"]))
 @click.option("--for", "duration", help="How long it lasts (30m, 2h, 90s); until `fleetgate mode clear` without.")
@@ -534,7 +526,7 @@ def mode_set(name: str, duration: str | None, reason: str, config_path: str | No
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--for") from e
     store = _mode_store(config_path, redis_url)
-    state = _mode_call(lambda: store.set(name, seconds, reason, by=f"{getpass.getuser()}@{socket.gethostname()}"))
+    state = _call_or_fail(lambda: store.set(name, seconds, reason, by=f"{getpass.getuser()}@{socket.gethostname()}"))
     store.close()
     click.echo(f"fleet mode: {state.mode}" + (f" for {duration}" if duration else " until cleared")
                + f" ({state.reason})")
@@ -546,7 +538,7 @@ def mode_set(name: str, duration: str | None, reason: str, config_path: str | No
 def mode_clear(config_path: str | None, redis_url: str | None) -> None:
     """Hand the mode back to each pod's own judgement."""
     store = _mode_store(config_path, redis_url)
-    cleared = _mode_call(store.clear)
+    cleared = _call_or_fail(store.clear)
     store.close()
     click.echo("the operator's mode is cleared" if cleared else "no operator's mode was set")
 
@@ -559,8 +551,8 @@ def mode_show(config_path: str | None, redis_url: str | None) -> None:
     import time
 
     store = _mode_store(config_path, redis_url)
-    operator = _mode_call(store.read)
-    pods = _mode_call(store.pods)
+    operator = _call_or_fail(store.read)
+    pods = _call_or_fail(store.pods)
     store.close()
     if operator is None:
         click.echo("operator: none (each pod judges its own mode)")

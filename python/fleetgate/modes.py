@@ -450,8 +450,7 @@ class Modes:
             return self._judge()
 
     def _judge(self) -> ModeState:
-        fleet = self._signals()
-        if self.settings.auto and self._auto.step(self._window.signals(self.settings.min_requests, **fleet),
+        if self.settings.auto and self._auto.step(self._window.signals(self.settings.min_requests, **self._signals()),
                                                   time.monotonic()):
             self._auto_state = ModeState(self._auto.mode, "auto", self._auto.reason, time.time())
         if self.store is not None:
