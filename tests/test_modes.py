@@ -27,8 +27,8 @@ from fleetgate.testing.fake_openai import FakeOpenAI, Fault
 MSG = [{"role": "user", "content": "How do I reset my password?"}]
 PRIMARY, CHEAP = "gpt-4.1", "gpt-4.1-mini"
 #: Fast judging for tests: a short window, a short dwell before leaving a mode.
-FAST = {"auto": True, "window_seconds": 1.0, "min_requests": 8, "evaluate_every_seconds": 0.05,
-        "exit_after_seconds": 0.3, "probe_every_seconds": 0.02}
+FAST = {"auto": True, "window_seconds": 2.0, "min_requests": 5, "evaluate_every_seconds": 0.05,
+        "exit_after_seconds": 0.3, "probe_every_seconds": 0.1}
 
 
 def until(check: Callable[[], bool], seconds: float = 20.0) -> None:
@@ -103,6 +103,20 @@ def gateway(fake: FakeOpenAI, enter: dict[str, ModeTrigger] | None = None, **con
     return fg.Gateway(base_url=fake.base_url, modes=modes, **config)
 
 
+def recording_client(gate: fg.Gateway, sent: list[dict[str, Any]]) -> openai.OpenAI:
+    """A client of `gate` whose requests, as sent upstream, are kept in `sent`."""
+    import httpx2
+
+    class Recording(httpx2.HTTPTransport):
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            sent.append(json.loads(request.content))
+            return super().handle_request(request)
+
+    http = httpx2.Client(transport=gate.transport(Recording()))
+    return openai.OpenAI(api_key="sk-fake", base_url=gate.config.base_url, max_retries=0,
+                         http_client=http)  # type: ignore[arg-type]
+
+
 def send(client: openai.OpenAI, n: int, **create: Any) -> list[Any]:
     """`n` chat calls; the raw responses, or the errors raised."""
     out: list[Any] = []
@@ -118,15 +132,15 @@ def test_errors_enter_reduced_mode_which_serves_a_cheaper_capped_answer_and_leav
         fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
     gate = gateway(fake_openai, {"reduced": ModeTrigger(error_rate=0.2)}, fallback={"models": {PRIMARY: CHEAP}},
                    cache={"enabled": True})
-    client = gate.openai(api_key="sk-fake", max_retries=0)
+    sent: list[dict[str, Any]] = []
+    client = recording_client(gate, sent)
     fake_openai.set_faults([Fault(kind="error", status=500, model=PRIMARY, probability=0.5)])
     with caplog.at_level(logging.INFO, logger="fleetgate"):
         until(lambda: (send(client, 1), gate.modes.current.mode == "reduced")[1])
         fake_openai.set_faults([])
         raw = send(client, 1, max_tokens=4000)[0]
         assert mode_of(raw) == "reduced" and raw.parse().model == CHEAP
-        assert fake_openai.counters(CHEAP).requests >= 1
-        assert raw.parse().usage.completion_tokens <= gate.config.modes.reduced_max_output_tokens
+        assert sent[-1]["model"] == CHEAP and sent[-1]["max_tokens"] == gate.config.modes.reduced_max_output_tokens
         # Healthy again (the cheaper model answers): back to full after the dwell.
         until(lambda: (send(client, 1), gate.modes.current.mode == "full")[1])
     assert mode_of(send(client, 1)[0]) == "full"
@@ -160,6 +174,10 @@ def test_more_errors_enter_cached_only_which_serves_stored_answers_and_probes_it
     assert hit.parse().choices[0].message.content == known.parse().choices[0].message.content
     with pytest.raises(fg.ServiceDegraded, match="no cached answer"):
         client.chat.completions.create(model=PRIMARY, messages=[{"role": "user", "content": "never asked"}])
+    upstream, probes = fake_openai.counters(PRIMARY).requests, gate.stats["mode_probes"]
+    send(client, 20, messages=[{"role": "user", "content": "still down?"}])
+    assert gate.modes.current.mode == "cached-only"
+    assert fake_openai.counters(PRIMARY).requests - upstream == gate.stats["mode_probes"] - probes < 20
     # Upstream heals; probes (not every request) find out, and the mode goes back to full.
     upstream_before = fake_openai.counters(PRIMARY).requests
     fake_openai.set_faults([])
@@ -247,7 +265,7 @@ def test_a_request_whose_deadline_passes_in_maintenance_is_refused_unsent(fake_o
 def test_an_operators_mode_expires_by_itself(fake_openai: FakeOpenAI) -> None:
     gate = fg.Gateway(base_url=fake_openai.base_url, fallback={"static_answer": "Back soon."})
     client = gate.openai(api_key="sk-fake")
-    gate.modes.set("static", for_seconds=0.3)
+    gate.modes.set("static", for_seconds=2)
     assert mode_of(send(client, 1)[0]) == "static"
     until(lambda: mode_of(send(client, 1)[0]) == "full")
     assert gate.modes.current.source == "default"
@@ -298,6 +316,31 @@ sys.stdin.read()
     finally:
         pod.kill()
         pod.wait()
+
+
+def test_a_quiet_pod_follows_the_mode_a_quorum_of_the_fleet_judges(fake_openai: FakeOpenAI, redis_url: str) -> None:
+    redis_url = redis_url.rsplit("/", 1)[0] + "/7"  # a database no other test's pods say their mode in
+    ModeStore(redis_url).redis.delete("fg:mode", "fg:mode:pods")
+    modes = {**FAST, "enter": {"cached-only": ModeTrigger(error_rate=0.3)}, "exit_after_seconds": 5.0}
+    busy = fg.Gateway(base_url=fake_openai.base_url, redis_url=redis_url, breakers={"enabled": False}, modes=modes)
+    quiet = fg.Gateway(base_url=fake_openai.base_url, redis_url=redis_url, breakers={"enabled": False}, modes=modes)
+    fake_openai.set_faults([Fault(kind="error", status=503)])
+    client = busy.openai(api_key="sk-fake", max_retries=0)
+    until(lambda: (send(client, 1), busy.modes.current.mode == "cached-only")[1])
+    until(lambda: quiet.modes.current.mode == "cached-only")  # it sent nothing: it follows 1 of 2 pods
+    assert quiet.modes.current.source == "auto" and "1 of 2 pods" in quiet.modes.current.reason
+    alone = fg.Gateway(base_url=fake_openai.base_url, redis_url=redis_url, breakers={"enabled": False},
+                       modes={**modes, "quorum": 1.0})
+    for _ in range(10):
+        alone.modes.judge()
+    assert alone.modes.current.mode == "full"  # one of three pods is no quorum of all
+    for gate in (busy, quiet, alone):
+        gate.close()
+
+
+def test_maintenance_cannot_be_entered_on_rates_that_it_stops_measuring() -> None:
+    with pytest.raises(ValueError, match="nothing would show recovery"):
+        ModeSettings(enter={"maintenance": ModeTrigger(error_rate=0.9)})
 
 
 def test_fleetgate_mode_set_without_redis_says_how_to_reach_the_fleet() -> None:

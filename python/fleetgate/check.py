@@ -12,6 +12,7 @@ one line; any problem makes the command exit non-zero.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -66,13 +67,21 @@ def run_checks(config_path: str | Path | None, *, api_key: str | None = None, ti
     config = _config(path, overrides, findings)
     if config is None:
         return findings
-    gateway = _gateway(config, findings)
-    findings.append(_redis(config, gateway))
-    findings.append(_upstream(config, api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"), timeout))
-    findings.append(_budgets(config))
-    findings.append(_metrics(config))
-    if gateway is not None:
-        gateway.close()
+    quiet = logging.getLogger("fleetgate")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # what goes wrong is said once, as a finding, not logged too
+    gateway = None
+    try:
+        gateway = _gateway(config, findings)
+        findings.append(_redis(config, gateway))
+        findings.append(_upstream(config, api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"),
+                                  timeout))
+        findings.append(_budgets(config))
+        findings.append(_metrics(config))
+    finally:
+        if gateway is not None:
+            gateway.close()
+        quiet.setLevel(level)
     return findings
 
 
@@ -101,8 +110,9 @@ def _gateway(config: GatewayConfig, findings: list[Finding]) -> Any:
 
     try:
         return Gateway(config)
-    except (FleetgateError, ValueError) as e:
-        findings.append(Finding("FAIL", "config", str(e)))
+    except Exception as e:  # whatever stops a pod from starting is this check's finding
+        findings.append(Finding("FAIL", "config", f"a gateway cannot be made from it: {type(e).__name__}: {e}"
+                                if not isinstance(e, (FleetgateError, ValueError)) else str(e)))
         return None
 
 
@@ -132,7 +142,8 @@ def _redis(config: GatewayConfig, gateway: Any) -> Finding:
     try:
         gateway.limiter.ping()
     except FleetgateError as e:
-        return Finding("FAIL", "redis", f"cannot reach {shown}: {e}")
+        return Finding("FAIL", "redis", f"cannot reach {shown} ({e}): is Redis up, and is redis_url "
+                                        f"(or FLEETGATE_REDIS_URL, --redis) right?")
     return Finding("ok", "redis", f"{shown} answers")
 
 
@@ -142,12 +153,15 @@ def _upstream(config: GatewayConfig, api_key: str | None, timeout: float) -> Fin
         return Finding("FAIL", "upstream", "no API key: set OPENAI_API_KEY")
     try:
         response = httpx2.get(f"{base}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
-    except httpx2.HTTPError as e:
-        return Finding("FAIL", "upstream", f"cannot reach {base}: {type(e).__name__}: {e}")
+    except (httpx2.HTTPError, httpx2.InvalidURL) as e:
+        return Finding("FAIL", "upstream", f"cannot reach {base} ({type(e).__name__}: {e}): check base_url "
+                                           f"(or OPENAI_BASE_URL), the network and any proxy")
     if response.status_code == 401:
         return Finding("FAIL", "upstream", f"{base} refused the API key (401): check OPENAI_API_KEY")
     if response.status_code != 200:
-        return Finding("FAIL", "upstream", f"{base}/models answered {response.status_code}: {response.text[:200]}")
+        hint = " (a base_url without /v1?)" if response.status_code == 404 else ""
+        return Finding("FAIL", "upstream", f"{base}/models answered {response.status_code}{hint}: "
+                                           f"{response.text[:200]}")
     return Finding("ok", "upstream", f"{base} answers (GET /models)")
 
 
@@ -169,7 +183,9 @@ def _metrics(config: GatewayConfig) -> Finding:
 
     exposed = generate_latest(registry_for()).decode()
     if "fleetgate_requests_total" not in exposed and "# TYPE fleetgate_requests" not in exposed:
-        return Finding("FAIL", "metrics", "enabled, but no fleetgate_* family is registered for scraping")
+        return Finding("FAIL", "metrics", "enabled, but no fleetgate_* family is registered for scraping: with "
+                                          "PROMETHEUS_MULTIPROC_DIR set, check that the directory exists and is "
+                                          "writable")
     return Finding("ok", "metrics", "enabled; serve them with gate.metrics_app() or `fleetgate metrics serve`")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import copy
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
@@ -417,10 +417,21 @@ class ModeSettings(BaseModel):
     #: In a mode entered by itself that sends nothing upstream (cached-only, static), one
     #: request per this interval still goes upstream, to see whether it recovered.
     probe_every_seconds: float = Field(default=1.0, gt=0)
+    #: With Redis, the share of live pods whose own judgement moves every pod to a mode.
+    quorum: float = Field(default=0.5, gt=0, le=1)
     #: Reduced mode: the most output tokens a request may ask for.
     reduced_max_output_tokens: int | None = Field(default=1024, gt=0)
     #: Features that are optional enrichments: refused (``ServiceDegraded``) from reduced on.
     optional_features: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _maintenance_ends(self) -> ModeSettings:
+        rates = self.enter.get("maintenance")
+        if rates is not None and (rates.error_rate is not None or rates.p95_seconds is not None):
+            raise ValueError("[modes.enter.maintenance] cannot use error_rate or p95_seconds: maintenance sends "
+                             "nothing upstream, so nothing would show recovery; use isolated_breakers or "
+                             "open_breakers, or set maintenance by hand (fleetgate mode set)")
+        return self
 
 
 class PromptSettings(BaseModel):

@@ -17,10 +17,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import weakref
+from collections.abc import Callable
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import httpx2
 import openai as openai_sdk
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 
 
 M = TypeVar("M", bound=BaseModel)
+P = ParamSpec("P")
 __all__ = ["Gateway", "GatewayStats"]
 
 log = logging.getLogger("fleetgate")
@@ -74,6 +77,19 @@ def _with_headroom(limits: QuotaLimits, headroom: float) -> QuotaLimits:
         return None if value is None else max(1, int(value * (1 - headroom)))
     return limits.model_copy(update={"requests_per_minute": less(limits.requests_per_minute),
                                      "tokens_per_minute": less(limits.tokens_per_minute)})
+
+
+def _weakly(method: Callable[P, None]) -> Callable[P, None]:
+    """`method`, held weakly: a callback kept by the Rust core (which the garbage collector
+    cannot look into) or by a thread must not keep its gateway alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args, **kwargs)
+
+    return call
 
 
 def _apply_logging(config: GatewayConfig) -> None:
@@ -148,7 +164,7 @@ class Gateway:
             slow_rate=b.slow_rate, slow_call=b.slow_call_seconds, min_calls=b.min_calls,
             half_open_probes=b.half_open_probes, probe_max_wait=b.probe_max_wait_seconds, open_base=b.open_seconds,
             open_max=b.open_max_seconds, jitter=b.jitter, share_every=b.share_every_seconds,
-            on_transition=self._on_transition,
+            on_transition=_weakly(self._on_transition),
         ) if b.enabled else None
         self._breaker_cache: dict[tuple[str, str], Breaker] = {}
         self.ladder = Ladder(self.config.fallback)
@@ -168,7 +184,7 @@ class Gateway:
         self._lanes: dict[str, Lanes | None] = {}
         #: The fleet's degradation mode (:mod:`fleetgate.modes`): ``gate.modes.current``,
         #: ``gate.modes.set("cached-only", for_seconds=1800)``, ``gate.modes.clear()``.
-        self.modes = Modes(self.config.modes, self.config.redis_url, on_change=self._on_mode)
+        self.modes = Modes(self.config.modes, self.config.redis_url, on_change=_weakly(self._on_mode))
         if self.metrics is not None:
             self.metrics.mode(self.modes.current.mode)
         self.modes.start(fleet_signals(self))

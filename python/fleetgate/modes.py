@@ -16,7 +16,11 @@ and latency of this pod's upstream calls, breakers open across the fleet, a glob
 spent share), and left only once every trigger of it fell under ``exit_ratio`` of its
 threshold and stayed there for ``exit_after_seconds``: a signal wavering at a threshold
 does not flap the mode. In a mode entered by itself that sends nothing upstream, one
-request per ``probe_every_seconds`` still goes, so that recovery is seen.
+request per ``probe_every_seconds`` still goes (in cached-only, one the cache could not
+answer), so that recovery is seen. With Redis each pod says what its own signals judge,
+and every pod serves in the worse of its own judgement and the mode at least ``quorum``
+of the live pods judge: an outage seen by most pods moves the whole fleet, a pod too quiet
+to measure follows it, and one pod with a bad network does not move the others.
 
 An operator's mode (``fleetgate mode set cached-only --for 30m``; ``gate.modes.set`` in
 one process) wins over the automatic one until it expires or is cleared. It is kept in
@@ -44,7 +48,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from fleetgate.config import MODES, ModeName, ModeSettings, ModeTrigger
-from fleetgate.errors import ConfigError, FleetgateError, StoreUnavailable
+from fleetgate.errors import ConfigError, StoreUnavailable
 
 if TYPE_CHECKING:
     from fleetgate.gateway import Gateway
@@ -208,6 +212,8 @@ class PodMode:
     reason: str
     #: Seconds since it said so.
     age: float
+    #: What its own signals judge (the fleet's automatic mode is what a quorum of pods judge).
+    own: str = "full"
 
 
 class ModeStore:
@@ -261,41 +267,55 @@ class ModeStore:
             raise _unavailable(self.url, e) from e
         return _parse(raw)
 
-    def exchange(self, pod: str, state: ModeState) -> ModeState | None:
-        """Say this pod's mode and read the operator's, in one round trip where the keys allow."""
-        said = json.dumps({"mode": state.mode, "source": state.source, "reason": state.reason, "at": time.time()})
+    def exchange(self, pod: str, state: ModeState, own: str) -> tuple[ModeState | None, list[PodMode]]:
+        """Say this pod's mode (and `own`: what its signals alone judge), and read the
+        operator's mode and every live pod's, in one round trip."""
+        said = json.dumps({"mode": state.mode, "source": state.source, "reason": state.reason, "own": own,
+                           "at": time.time()})
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.get(_OPERATOR_KEY)
             pipe.hset(_PODS_KEY, pod, said)
-            raw = pipe.execute()[0]
+            pipe.expire(_PODS_KEY, 86_400)  # a fleet gone for a day leaves nothing behind
+            pipe.hgetall(_PODS_KEY)
+            raw, _, _, found = pipe.execute()
         except Exception as e:
             raise _unavailable(self.url, e) from e
-        return _parse(raw)
+        return _parse(raw), self._live(found)
+
+    def leave(self, pod: str) -> None:
+        """Take a closing pod out of the record."""
+        try:
+            self.redis.hdel(_PODS_KEY, pod)
+        except Exception as e:
+            raise _unavailable(self.url, e) from e
 
     def pods(self) -> list[PodMode]:
         """Every live pod's mode; pods silent for long are dropped from the record."""
         try:
-            found = self.redis.hgetall(_PODS_KEY)
+            return self._live(self.redis.hgetall(_PODS_KEY), prune=True)
+        except StoreUnavailable:
+            raise
         except Exception as e:
             raise _unavailable(self.url, e) from e
+
+    def _live(self, found: Any, prune: bool = False) -> list[PodMode]:
         now, live, stale = time.time(), [], []
         for pod, raw in cast(dict[bytes, bytes], found).items():
             try:
                 said = json.loads(raw)
                 age = now - float(said["at"])
+                entry = PodMode(pod.decode(), str(said["mode"]), str(said["source"]), str(said["reason"]), age,
+                                str(said.get("own", said["mode"])))
             except (ValueError, KeyError, TypeError):
                 stale.append(pod)
                 continue
             if age > _POD_STALE_SECONDS:
                 stale.append(pod)
             else:
-                live.append(PodMode(pod.decode(), str(said["mode"]), str(said["source"]), str(said["reason"]), age))
-        if stale:
-            try:
-                self.redis.hdel(_PODS_KEY, *stale)
-            except Exception as e:
-                raise _unavailable(self.url, e) from e
+                live.append(entry)
+        if stale and prune:
+            self.redis.hdel(_PODS_KEY, *stale)
         return sorted(live, key=lambda p: p.pod)
 
     def close(self) -> None:
@@ -308,6 +328,7 @@ def _parse(raw: Any) -> ModeState | None:
         return None
     try:
         fields = json.loads(raw)
+        mode_level(fields["mode"])
         return ModeState(fields["mode"], "operator", str(fields.get("reason", "")), float(fields["since"]),
                          None if fields.get("until") is None else float(fields["until"]))
     except (ValueError, KeyError, TypeError):
@@ -333,7 +354,7 @@ class Modes:
         self.current: ModeState = _FULL
         self.pod = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.store = ModeStore(redis_url) if redis_url else None
-        self._window = _Window(settings.window_seconds)
+        self._window = _Window(settings.window_seconds) if settings.auto else None
         self._auto = Hysteresis(settings)
         self._auto_state: ModeState = _FULL
         self._operator: ModeState | None = None
@@ -366,13 +387,18 @@ class Modes:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.store is not None:
+            try:
+                self.store.leave(self.pod)
+            except StoreUnavailable as e:
+                log.warning("fleetgate: %s; this pod stays in `fleetgate mode show` for %.0fs", e, _POD_STALE_SECONDS)
             self.store.close()
 
     # -- the request path ---------------------------------------------------------------------
 
     def observe(self, failed: bool, seconds: float) -> None:
         """An upstream call ended: failed (5xx, no answer) or not, after `seconds`."""
-        self._window.add(failed, seconds)
+        if self._window is not None:
+            self._window.add(failed, seconds)
 
     def probe(self) -> bool:
         """Whether this request, in a mode entered by itself that sends nothing upstream, goes
@@ -421,6 +447,10 @@ class Modes:
     def set(self, mode: str, for_seconds: float | None = None, reason: str = "") -> ModeState:
         """Put the fleet (with Redis) or this process (embedded) in `mode`, for `for_seconds`
         or until :meth:`clear`; every pod honours it within ``evaluate_every_seconds``."""
+        with self._judging:  # not undone by a judgement that read Redis just before
+            return self._set(mode, for_seconds, reason)
+
+    def _set(self, mode: str, for_seconds: float | None, reason: str) -> ModeState:
         if self.store is not None:
             state = self.store.set(mode, for_seconds, reason, by=self.pod)
         else:
@@ -438,10 +468,11 @@ class Modes:
 
     def clear(self) -> None:
         """Hand the mode back to the signals."""
-        if self.store is not None:
-            self.store.clear()
-        self._operator = None
-        self._settle()
+        with self._judging:
+            if self.store is not None:
+                self.store.clear()
+            self._operator = None
+            self._settle()
 
     def judge(self) -> ModeState:
         """Judge the signals and read the operator's mode now (the thread does this every
@@ -450,12 +481,14 @@ class Modes:
             return self._judge()
 
     def _judge(self) -> ModeState:
-        if self.settings.auto and self._auto.step(self._window.signals(self.settings.min_requests, **self._signals()),
-                                                  time.monotonic()):
-            self._auto_state = ModeState(self._auto.mode, "auto", self._auto.reason, time.time())
+        if self._window is not None:
+            self._auto.step(self._window.signals(self.settings.min_requests, **self._signals()), time.monotonic())
+        own = ModeState(self._auto.mode, "auto", self._auto.reason) if self._auto.mode != "full" else _FULL
         if self.store is not None:
             try:
-                self._operator = self.store.exchange(self.pod, self.current)
+                self._operator, pods = self.store.exchange(self.pod, self.current, own.mode)
+                if self.settings.auto:
+                    own = self._with_fleet(own, pods)
                 if self._store_failing:
                     self._store_failing = False
                     log.warning("fleetgate: the modes' Redis is back; the operator's mode is read again")
@@ -463,8 +496,27 @@ class Modes:
                 if not self._store_failing:  # said once per outage; the last mode read stands
                     self._store_failing = True
                     log.error("fleetgate: %s; keeping the operator's mode last read", e)
+        if (own.mode, own.reason) != (self._auto_state.mode, self._auto_state.reason):
+            self._auto_state = ModeState(own.mode, own.source, own.reason, time.time())
+            if own.mode != "full":  # a probe only once the mode had time to keep requests back
+                self._next_probe = time.monotonic() + self.settings.probe_every_seconds
         self._settle()
         return self.current
+
+    def _with_fleet(self, own: ModeState, pods: list[PodMode]) -> ModeState:
+        """The worse of this pod's judgement and the fleet's: the mode at least
+        ``[modes] quorum`` of the live pods judge (a pod with a bad network alone does not
+        move the fleet; a pod too quiet to measure follows it)."""
+        levels = sorted((_LEVEL.get(p.own, 0) for p in pods), reverse=True)
+        if not levels:
+            return own
+        needed = max(1, math.ceil(self.settings.quorum * len(levels)))
+        fleet = levels[needed - 1]
+        if fleet <= own.level:
+            return own
+        mode = MODES[fleet]
+        return ModeState(cast(ModeName, mode), "auto", f"{sum(1 for lv in levels if lv >= fleet)} of {len(levels)} "
+                                                       f"pods judge {mode} or worse")
 
     def _settle(self) -> None:
         """Make the operator's mode (while it lasts) or the automatic one current."""
@@ -483,7 +535,10 @@ class Modes:
         with self._changed:
             self._changed.notify_all()
         for loop, future in list(self._async_waiters):
-            loop.call_soon_threadsafe(_wake, future)
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:  # its loop is closed: nobody waits there any more
+                self._async_waiters.discard((loop, future))
         if self._on_change is not None and was.mode != now.mode:
             self._on_change(was, now)
 
@@ -502,8 +557,8 @@ def _judge_forever(ref: weakref.ref[Modes], stop: threading.Event) -> None:
         every = modes.settings.evaluate_every_seconds
         try:
             modes.judge()
-        except FleetgateError as e:
-            log.error("fleetgate: judging the degradation mode failed (%s); trying again in %.1fs", e, every)
+        except Exception:  # the thread must outlive any one failure, or the mode freezes
+            log.exception("fleetgate: judging the degradation mode failed; trying again in %.1fs", every)
         del modes
         if stop.wait(every):
             return

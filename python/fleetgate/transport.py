@@ -165,14 +165,8 @@ def _compressed(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple
 
 
 def _shaped(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | _Unserved:
-    """The request as ``model_override`` and the preset of its scope shape it (model, output
+    """The request as compression and the preset of its scope shape it (model, output
     limit, input cut to size), or a refusal naming a preset that is not configured."""
-    override = gateway.config.model_override
-    if override and call.endpoint != "/embeddings" and call.estimate.model != override:
-        reshaped = _reshaped(gateway, request, call, {**call.body, "model": override})
-        if reshaped is None:
-            return _Unserved(ConfigError(f"model_override {override!r} made a request the gateway cannot read"))
-        request, call = reshaped
     if gateway.compressor is not None and call.scope.feature in gateway.config.prompts.compress_features:
         request, call = _compressed(gateway, request, call)
     presets = gateway.presets
@@ -206,7 +200,25 @@ def _enter(gateway: Gateway, request: httpx2.Request) -> tuple[httpx2.Request, _
         _, shaped_call = shaped
         shaped_call.template = shaped_call.scope.feature or template_hash(shaped_call.body)
         gateway.layout.observe(shaped_call.template, shaped_call.endpoint, shaped_call.body)
-    return _routed(gateway, *shaped) if gateway.router.active else shaped
+    routed = _routed(gateway, *shaped) if gateway.router.active else shaped
+    if gateway.config.model_override and not isinstance(routed, httpx2.Response):
+        return _overridden(gateway, *routed)
+    return routed
+
+
+def _overridden(gateway: Gateway, request: httpx2.Request,
+                call: _Call) -> tuple[httpx2.Request, _Call] | httpx2.Response:
+    """The call sent to ``model_override`` whatever a preset or the router chose (not
+    embeddings: their model is not interchangeable)."""
+    override = gateway.config.model_override
+    if call.endpoint == "/embeddings" or call.estimate.model == override:
+        return request, call
+    reshaped = _reshaped(gateway, request, call, {**call.body, "model": override})
+    if reshaped is None:
+        return _refusal(request, ConfigError(f"model_override = {override!r} made a request the gateway cannot "
+                                             f"estimate: set model_override to a model name, or to \"\""))
+    reshaped[1].route = call.route
+    return reshaped
 
 
 def _routed(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple[httpx2.Request, _Call] | httpx2.Response:
@@ -515,8 +527,8 @@ class _Policy:
 
     def degraded(self, request: httpx2.Request, call: _Call,
                  mode: ModeState) -> tuple[httpx2.Request, _Call] | httpx2.Response | None:
-        """The call as `mode` serves it: reshaped to go on (reduced; a probe), answered
-        (static; refused), or None: from the cache only."""
+        """The call as `mode` serves it: reshaped to go on (reduced), refused, or None: a
+        probe, else from the cache (cached-only) or the static answer."""
         gateway = self.gateway
         call.mode = mode.mode
         settings = gateway.config.modes
@@ -533,13 +545,18 @@ class _Policy:
                 cap_output(call.endpoint, body, settings.reduced_max_output_tokens)
             reshaped = _reshaped(gateway, request, call, body) if body != call.body else (request, call)
             if reshaped is None:
-                return _refusal(request, ConfigError("reduced mode made a request the gateway cannot read"))
+                return _refusal(request, ConfigError(f"reduced mode made a request the gateway cannot estimate (its "
+                                                 f"[fallback] models step from {call.estimate.model!r})"))
             reshaped[1].mode = mode.mode
             return reshaped
-        if gateway.modes.probe():
-            gateway.stats.count("mode_probes")
-            return request, call
-        return None if mode.mode == "cached-only" else self.below_cache(request, call, mode)
+        return None
+
+    def probes(self) -> bool:
+        """Whether this call, in an automatic mode that sends nothing upstream, goes as a probe."""
+        if self.gateway.modes.probe():
+            self.gateway.stats.count("mode_probes")
+            return True
+        return False
 
     def below_cache(self, request: httpx2.Request, call: _Call, mode: ModeState) -> httpx2.Response:
         """What cached-only mode gives on a miss, and static mode always: the static answer,
@@ -553,8 +570,11 @@ class _Policy:
 
     def _degraded_error(self, mode: ModeState, why: str) -> ServiceDegraded:
         self.gateway.stats.count("mode_refused")
-        source = "set by an operator" if mode.source == "operator" else "entered by itself"
-        return ServiceDegraded(f"the fleet is in {mode.mode} mode ({source}: {mode.reason}): {why}", mode.mode,
+        if mode.source == "operator":
+            source, ends = "set by an operator", "; `fleetgate mode show` says until when, `fleetgate mode clear` ends it"
+        else:
+            source, ends = "entered by itself", "; it ends when upstream recovers: retry after retry_after"
+        return ServiceDegraded(f"the fleet is in {mode.mode} mode ({source}: {mode.reason}): {why}{ends}", mode.mode,
                                mode.retry_after(self.gateway.config.modes.exit_after_seconds))
 
     # -- budgets ----------------------------------------------------------------------------
@@ -819,15 +839,31 @@ class GateTransport(httpx2.BaseTransport):
         step = self.policy.degraded(request, call, mode)
         if isinstance(step, httpx2.Response):
             return step
-        if step is not None and mode.mode == "reduced":
+        if step is not None:
             return self._handle(*step)
-        if step is not None:  # a probe: upstream's answer, not the cache's
-            self.policy.cache_key(request, call)
-            return self._answer(request, call)
         key = self.policy.cache_key(request, call)
-        call.looked_up = key is not None
-        hit = self.gateway.cache.lookup(key, request, call.semantic) if key is not None else None
-        return self.policy.served(hit, "cache", call) if hit is not None else self.policy.below_cache(request, call, mode)
+        if self.policy.probes():
+            probed = self._probe(request, call)
+            if probed is not None:
+                return probed
+        if mode.mode == "cached-only":
+            call.looked_up = key is not None
+            hit = self.gateway.cache.lookup(key, request, call.semantic) if key is not None else None
+            if hit is not None:
+                return self.policy.served(hit, "cache", call)
+        return self.policy.below_cache(request, call, mode)
+
+    def _probe(self, request: httpx2.Request, call: _Call) -> httpx2.Response | None:
+        """Upstream's answer to a probe (kept for the cache), or None when upstream still
+        fails: the caller then gets what the mode gives, not the probe's failure."""
+        try:
+            response = self._answer(request, call)
+        except httpx2.TransportError:
+            return None
+        if response.status_code >= 500:
+            response.close()
+            return None
+        return response
 
     def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway
@@ -1005,15 +1041,31 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         step = self.policy.degraded(request, call, mode)
         if isinstance(step, httpx2.Response):
             return step
-        if step is not None and mode.mode == "reduced":
+        if step is not None:
             return await self._handle(*step)
-        if step is not None:  # a probe: upstream's answer, not the cache's
-            self.policy.cache_key(request, call)
-            return await self._answer(request, call)
         key = self.policy.cache_key(request, call)
-        call.looked_up = key is not None
-        hit = await self.gateway.cache.lookup_async(key, request, call.semantic) if key is not None else None
-        return self.policy.served(hit, "cache", call) if hit is not None else self.policy.below_cache(request, call, mode)
+        if self.policy.probes():
+            probed = await self._probe(request, call)
+            if probed is not None:
+                return probed
+        if mode.mode == "cached-only":
+            call.looked_up = key is not None
+            hit = await self.gateway.cache.lookup_async(key, request, call.semantic) if key is not None else None
+            if hit is not None:
+                return self.policy.served(hit, "cache", call)
+        return self.policy.below_cache(request, call, mode)
+
+    async def _probe(self, request: httpx2.Request, call: _Call) -> httpx2.Response | None:
+        """Upstream's answer to a probe (kept for the cache), or None when upstream still
+        fails: the caller then gets what the mode gives, not the probe's failure."""
+        try:
+            response = await self._answer(request, call)
+        except httpx2.TransportError:
+            return None
+        if response.status_code >= 500:
+            await response.aclose()
+            return None
+        return response
 
     async def _handle(self, request: httpx2.Request, call: _Call) -> httpx2.Response:
         gateway = self.gateway
