@@ -262,6 +262,20 @@ def test_a_request_whose_deadline_passes_in_maintenance_is_refused_unsent(fake_o
     assert fake_openai.counters(PRIMARY).requests == 0
 
 
+def test_a_request_whose_deadline_passes_in_maintenance_is_deferred_when_a_queue_file_is_set(
+        fake_openai: FakeOpenAI, tmp_path: Any) -> None:
+    queue = tmp_path / "later.jsonl"
+    gate = fg.Gateway(base_url=fake_openai.base_url, fallback={"defer_to": str(queue)})
+    client = gate.openai(api_key="sk-fake")
+    gate.modes.set("maintenance", reason="migration")
+    with gate.scope(deadline=0.2), pytest.raises(openai.InternalServerError) as deferred:
+        client.chat.completions.create(model=PRIMARY, messages=MSG)
+    line = json.loads(queue.read_text())
+    assert deferred.value.response.headers["x-fleetgate-deferred-id"] == line["custom_id"]
+    assert line["body"]["messages"] == MSG and fake_openai.counters(PRIMARY).requests == 0
+    gate.close()
+
+
 def test_an_operators_mode_expires_by_itself(fake_openai: FakeOpenAI) -> None:
     gate = fg.Gateway(base_url=fake_openai.base_url, fallback={"static_answer": "Back soon."})
     client = gate.openai(api_key="sk-fake")

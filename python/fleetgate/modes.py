@@ -8,7 +8,8 @@ the budget or an operator says it cannot give everything.
 ``cached-only`` answers from the cache (exact, then semantic) whatever the request's
                temperature; a miss gets the static answer, else ``ServiceDegraded``
 ``static``     the ``[fallback] static_answer``, else ``ServiceDegraded``
-``maintenance`` requests wait (within their deadline) and are answered when it ends
+``maintenance`` requests wait (within their deadline) and are answered when it ends;
+               past the deadline they go to ``[fallback] defer_to`` when set
 =============  ===========================================================================
 
 A mode is entered by itself when a trigger of ``[modes.enter.<mode>]`` holds (error rate

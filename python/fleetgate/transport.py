@@ -533,8 +533,11 @@ class _Policy:
         call.mode = mode.mode
         settings = gateway.config.modes
         if mode.mode == "maintenance":
-            return _refusal(request, self._degraded_error(mode, "the deadline passed while the fleet was in maintenance; "
-                                                          "the request was not sent"))
+            why = "the deadline passed while the fleet was in maintenance; the request was not sent"
+            deferred = gateway.ladder.defer(request, call.endpoint, call.body, f"the fleet is in maintenance ({mode.reason})")
+            if deferred is not None:  # kept on disk for later instead of lost
+                return self.served(deferred, "deferred")
+            return _refusal(request, self._degraded_error(mode, why))
         if mode.mode == "reduced":
             if call.scope.feature is not None and call.scope.feature in settings.optional_features:
                 return _refusal(request, self._degraded_error(
