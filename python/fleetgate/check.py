@@ -177,12 +177,9 @@ def _budgets(config: GatewayConfig) -> Finding:
 def _metrics(config: GatewayConfig) -> Finding:
     if not config.metrics.enabled:
         return Finding("FAIL", "metrics", "disabled ([metrics] enabled = false): no alert could fire; enable them")
-    from prometheus_client import generate_latest
-
     from fleetgate.metrics import registry_for
 
-    exposed = generate_latest(registry_for()).decode()
-    if "fleetgate_requests_total" not in exposed and "# TYPE fleetgate_requests" not in exposed:
+    if not any(family.name == "fleetgate_requests" for family in registry_for().collect()):
         return Finding("FAIL", "metrics", "enabled, but no fleetgate_* family is registered for scraping: with "
                                           "PROMETHEUS_MULTIPROC_DIR set, check that the directory exists and is "
                                           "writable")

@@ -525,9 +525,9 @@ def mode_set(name: str, duration: str | None, reason: str, config_path: str | No
             seconds = parse_duration(duration)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--for") from e
-    store = _mode_store(config_path, redis_url)
-    state = _call_or_fail(lambda: store.set(name, seconds, reason, by=f"{getpass.getuser()}@{socket.gethostname()}"))
-    store.close()
+    with _mode_store(config_path, redis_url) as store:
+        state = _call_or_fail(lambda: store.set(name, seconds, reason,
+                                                by=f"{getpass.getuser()}@{socket.gethostname()}"))
     click.echo(f"fleet mode: {state.mode}" + (f" for {duration}" if duration else " until cleared")
                + f" ({state.reason})")
 
@@ -537,9 +537,8 @@ def mode_set(name: str, duration: str | None, reason: str, config_path: str | No
 @_REDIS
 def mode_clear(config_path: str | None, redis_url: str | None) -> None:
     """Hand the mode back to each pod's own judgement."""
-    store = _mode_store(config_path, redis_url)
-    cleared = _call_or_fail(store.clear)
-    store.close()
+    with _mode_store(config_path, redis_url) as store:
+        cleared = _call_or_fail(store.clear)
     click.echo("the operator's mode is cleared" if cleared else "no operator's mode was set")
 
 
@@ -550,10 +549,9 @@ def mode_show(config_path: str | None, redis_url: str | None) -> None:
     """The operator's mode (if any), and the mode each live pod serves in."""
     import time
 
-    store = _mode_store(config_path, redis_url)
-    operator = _call_or_fail(store.read)
-    pods = _call_or_fail(store.pods)
-    store.close()
+    with _mode_store(config_path, redis_url) as store:
+        operator = _call_or_fail(store.read)
+        pods = _call_or_fail(store.pods)
     if operator is None:
         click.echo("operator: none (each pod judges its own mode)")
     else:

@@ -237,12 +237,7 @@ class ModeStore:
 
     def set(self, mode: str, for_seconds: float | None = None, reason: str = "", by: str = "") -> ModeState:
         """Set the fleet's mode (until `for_seconds` pass, or until cleared)."""
-        mode_level(mode)
-        if for_seconds is not None and for_seconds <= 0:
-            raise ConfigError(f"a mode's duration must be positive, not {for_seconds}")
-        now = time.time()
-        state = ModeState(cast(ModeName, mode), "operator", reason or f"set by {by or 'an operator'}", now,
-                          now + for_seconds if for_seconds is not None else None)
+        state = operator_mode(mode, for_seconds, reason or f"set by {by or 'an operator'}")
         value = json.dumps(asdict(state))
         try:
             if for_seconds is None:
@@ -322,6 +317,21 @@ class ModeStore:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+    def __enter__(self) -> ModeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def operator_mode(mode: str, for_seconds: float | None, reason: str) -> ModeState:
+    """An operator's mode from now, checked: a known mode, a positive duration (None: until cleared)."""
+    mode_level(mode)
+    if for_seconds is not None and for_seconds <= 0:
+        raise ConfigError(f"a mode's duration must be positive, not {for_seconds}")
+    now = time.time()
+    return ModeState(cast(ModeName, mode), "operator", reason, now, None if for_seconds is None else now + for_seconds)
 
 
 def _parse(raw: Any) -> ModeState | None:
@@ -455,12 +465,7 @@ class Modes:
         if self.store is not None:
             state = self.store.set(mode, for_seconds, reason, by=self.pod)
         else:
-            mode_level(mode)
-            if for_seconds is not None and for_seconds <= 0:
-                raise ConfigError(f"a mode's duration must be positive, not {for_seconds}")
-            now = time.time()
-            state = ModeState(cast(ModeName, mode), "operator", reason or "set in this process", now,
-                              None if for_seconds is None else now + for_seconds)
+            state = operator_mode(mode, for_seconds, reason or "set in this process")
             if for_seconds is not None:
                 self._ensure_thread()  # to end it on time
         self._operator = state
@@ -498,9 +503,9 @@ class Modes:
                     self._store_failing = True
                     log.error("fleetgate: %s; keeping the operator's mode last read", e)
         if (own.mode, own.reason) != (self._auto_state.mode, self._auto_state.reason):
-            self._auto_state = ModeState(own.mode, own.source, own.reason, time.time())
-            if own.mode != "full":  # a probe only once the mode had time to keep requests back
+            if own.mode not in ("full", self._auto_state.mode):  # a probe once the new mode held requests back
                 self._next_probe = time.monotonic() + self.settings.probe_every_seconds
+            self._auto_state = ModeState(own.mode, own.source, own.reason, time.time())
         self._settle()
         return self.current
 

@@ -158,7 +158,7 @@ def _compressed(gateway: Gateway, request: httpx2.Request, call: _Call) -> tuple
     reshaped = _reshaped(gateway, request, call, body)
     if reshaped is None:
         return request, call
-    gateway.prompt_savings.add(f"{call.scope.feature}/{template_hash(call.body)}", call.estimate.prompt_tokens, saved)
+    gateway.prompt_savings.add(str(call.scope.feature), call.estimate.prompt_tokens, saved)  # the layout's key
     if gateway.metrics is not None:
         gateway.metrics.prompt_saved(call.scope.feature, saved)
     return reshaped
@@ -542,11 +542,13 @@ class _Policy:
             if call.scope.feature is not None and call.scope.feature in settings.optional_features:
                 return _refusal(request, self._degraded_error(
                     mode, f"feature {call.scope.feature!r} is optional and off in reduced mode"))
-            body = gateway.ladder.cheaper_body(call.body) or call.body
-            if settings.reduced_max_output_tokens is not None:
-                body = dict(body)
-                cap_output(call.endpoint, body, settings.reduced_max_output_tokens)
-            reshaped = _reshaped(gateway, request, call, body) if body != call.body else (request, call)
+            cheaper, cap = gateway.ladder.cheaper_body(call.body), settings.reduced_max_output_tokens
+            if cheaper is None and cap is None:
+                return request, call
+            body = dict(cheaper or call.body)
+            if cap is not None:
+                cap_output(call.endpoint, body, cap)
+            reshaped = _reshaped(gateway, request, call, body)
             if reshaped is None:
                 return _refusal(request, ConfigError(f"reduced mode made a request the gateway cannot estimate (its "
                                                  f"[fallback] models step from {call.estimate.model!r})"))
