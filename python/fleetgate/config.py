@@ -522,6 +522,10 @@ class GatewayConfig(BaseSettings):
     failure_policy: Literal["fail_open", "fail_closed"] = "fail_open"
     #: This pod's share of each quota while Redis is unreachable (about 1 / pods).
     local_share: float = Field(default=0.1, gt=0, le=1)
+    #: With Redis, a busy quota is admitted from a small lease each pod holds, covering
+    #: about this many seconds of the pod's own traffic, so most requests need no round
+    #: trip; near a quota's limit requests are decided one by one in Redis. 0: always.
+    quota_lease_seconds: float = Field(default=0.1, ge=0, le=10)
     #: The upstream API (None: the SDK's default, or OPENAI_BASE_URL).
     base_url: str | None = None
     #: The organization's limits per model, as OpenAI shows them.

@@ -151,7 +151,8 @@ class Gateway:
         self.config = config.model_copy(update=overrides) if config is not None else GatewayConfig(**overrides)
         _apply_logging(self.config)
         self.limiter = Limiter(self.config.redis_url, failure_policy=self.config.failure_policy,
-                               local_share=self.config.local_share)
+                               local_share=self.config.local_share,
+                               lease_seconds=self.config.quota_lease_seconds)
         self.stats = GatewayStats()
         self.prices = PriceTable.from_settings(self.config.prices)
         #: Prometheus metrics (None with ``[metrics] enabled = false``).

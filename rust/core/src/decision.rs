@@ -12,6 +12,8 @@ pub enum Source {
     Local,
     /// The shared Redis store.
     Redis,
+    /// This pod's lease on the shared store (see `lease`).
+    Lease,
     /// The fail-open fallback: this pod's share of each quota, used while Redis is unreachable.
     Fallback,
 }
@@ -21,6 +23,7 @@ impl Source {
         match self {
             Source::Local => "local",
             Source::Redis => "redis",
+            Source::Lease => "lease",
             Source::Fallback => "fallback",
         }
     }

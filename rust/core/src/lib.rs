@@ -14,6 +14,7 @@ pub mod error;
 pub mod headers;
 pub mod keys;
 pub mod lanes;
+mod lease;
 pub mod ledger;
 mod ledger_local;
 mod ledger_redis;

@@ -4,6 +4,7 @@
 use crate::decision::{Decision, Reservation, Source};
 use crate::error::{Error, Result};
 use crate::headers::RateLimitReport;
+use crate::lease::Leases;
 use crate::local::LocalStore;
 use crate::quota::QuotaSpec;
 use crate::redis_store::{RedisStore, RedisTimeouts};
@@ -51,6 +52,12 @@ pub struct LimiterOptions {
     /// After a Redis failure, how long to decide locally before trying Redis again, so
     /// that an outage costs each request nothing, not a timeout.
     pub recheck_after: Duration,
+    /// With a shared store: admit from small per-pod leases covering about this many
+    /// seconds of the pod's own demand on a busy token-bucket quota (see `lease`), so that
+    /// most admissions need no round trip; 0 decides every admission in the store.
+    pub lease_seconds: f64,
+    /// Where leases are refilled and given back (required when `lease_seconds` > 0).
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for LimiterOptions {
@@ -61,6 +68,8 @@ impl Default for LimiterOptions {
             connect_timeout: Duration::from_millis(500),
             timeout: Duration::from_millis(250),
             recheck_after: Duration::from_millis(500),
+            lease_seconds: 0.0,
+            runtime: None,
         }
     }
 }
@@ -78,13 +87,19 @@ impl LimiterOptions {
         if self.recheck_after > Duration::from_secs(600) {
             return Err(Error::invalid("recheck_after must be at most 600 seconds"));
         }
+        if !(0.0..=10.0).contains(&self.lease_seconds) {
+            return Err(Error::invalid(format!(
+                "lease_seconds must be from 0 (no leases) to 10, got {}",
+                self.lease_seconds
+            )));
+        }
         Ok(())
     }
 }
 
 enum Backend {
     Embedded(LocalStore),
-    Redis(RedisStore),
+    Redis(Arc<RedisStore>),
 }
 
 /// A fleet-wide (or, with no store, in-process) rate limiter.
@@ -96,6 +111,8 @@ pub struct Limiter {
     /// Microseconds since `epoch` until which Redis is not tried again (0: healthy).
     redis_down_until: AtomicU64,
     store_errors: AtomicU64,
+    /// This pod's leases (None: every admission is decided in the store).
+    leases: Option<Arc<Leases>>,
 }
 
 impl Limiter {
@@ -105,10 +122,19 @@ impl Limiter {
         options.validate()?;
         let backend = match store {
             None => Backend::Embedded(LocalStore::new()),
-            Some(url) => Backend::Redis(RedisStore::new(
+            Some(url) => Backend::Redis(Arc::new(RedisStore::new(
                 url,
                 RedisTimeouts { connect: options.connect_timeout, response: options.timeout },
-            )?),
+            )?)),
+        };
+        let leases = match (&backend, &options.runtime) {
+            (Backend::Redis(store), Some(runtime)) if options.lease_seconds > 0.0 => {
+                Some(Leases::start(Arc::clone(store), runtime.clone(), options.lease_seconds))
+            }
+            (Backend::Redis(_), None) if options.lease_seconds > 0.0 => {
+                return Err(Error::invalid("lease_seconds > 0 needs a runtime to refill leases on"));
+            }
+            _ => None,
         };
         Ok(Limiter {
             backend,
@@ -117,6 +143,7 @@ impl Limiter {
             epoch: Instant::now(),
             redis_down_until: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
+            leases,
         })
     }
 
@@ -139,7 +166,17 @@ impl Limiter {
 
     /// How many times the shared store has failed an operation.
     pub fn store_errors(&self) -> u64 {
-        self.store_errors.load(Ordering::Relaxed)
+        self.store_errors.load(Ordering::Relaxed) + self.leases.as_ref().map_or(0, |l| l.errors())
+    }
+
+    /// `(requests, tokens)` of `quota`'s room this pod holds in its lease.
+    pub fn leased(&self, quota: &QuotaSpec) -> (i64, i64) {
+        self.leases.as_ref().map_or((0, 0), |l| l.held(quota))
+    }
+
+    /// `(leases granted, admissions served from a lease)`; zeros without leases.
+    pub fn lease_counts(&self) -> (u64, u64) {
+        self.leases.as_ref().map_or((0, 0), |l| l.counts())
     }
 
     /// True while decisions are being made on the fail-open fallback.
@@ -172,9 +209,22 @@ impl Limiter {
             }
             Backend::Redis(store) => store,
         };
+        if let Some(decision) = self.leases.as_ref().and_then(|l| l.take(quotas, requests, tokens)) {
+            return Ok(decision);
+        }
         let answer =
             if self.redis_suspended() { None } else { Some(store.try_acquire(quotas, requests, tokens).await) };
-        self.on_policy(answer, quotas, requests, tokens)
+        self.noted(quotas, self.on_policy(answer, quotas, requests, tokens))
+    }
+
+    /// A store decision, its room remembered for sizing leases.
+    fn noted(&self, quotas: &[Arc<QuotaSpec>], decision: Result<Decision>) -> Result<Decision> {
+        if let (Some(leases), Ok(decision)) = (&self.leases, &decision) {
+            if decision.source == Source::Redis {
+                leases.noted(quotas, decision);
+            }
+        }
+        decision
     }
 
     /// `try_acquire` on the caller's thread, blocking (no runtime), where the store allows
@@ -196,9 +246,12 @@ impl Limiter {
         if let Err(e) = check_costs(quotas.iter(), requests, tokens) {
             return Some(Err(e));
         }
+        if let Some(decision) = self.leases.as_ref().and_then(|l| l.take(quotas, requests, tokens)) {
+            return Some(Ok(decision));
+        }
         let answer =
             if self.redis_suspended() { None } else { Some(store.try_acquire_blocking(quotas, requests, tokens)?) };
-        Some(self.on_policy(answer, quotas, requests, tokens))
+        Some(self.noted(quotas, self.on_policy(answer, quotas, requests, tokens)))
     }
 
     /// The store's answer (None: it is suspended after a failure) under the failure
@@ -270,6 +323,12 @@ impl Limiter {
     pub fn settle_local(&self, reservation: &Reservation, actual_tokens: u64) -> Option<Result<()>> {
         let store = match (reservation.source, &self.backend) {
             (Source::Redis, _) => return None,
+            (Source::Lease, _) => {
+                let Some(leases) = &self.leases else { return Some(Err(another_limiter())) };
+                return Some(
+                    claim(reservation).map(|()| leases.settle(reservation, give_back(reservation, actual_tokens))),
+                );
+            }
             (Source::Local, Backend::Embedded(store)) => store,
             (Source::Fallback, _) => &self.fallback,
             (Source::Local, Backend::Redis(_)) => return Some(Err(another_limiter())),
@@ -307,12 +366,23 @@ impl Limiter {
             Backend::Embedded(store) => store.clamp(quota, requests, tokens),
             Backend::Redis(store) => {
                 self.fallback.clamp(quota, requests, tokens);
+                if let Some(leases) = &self.leases {
+                    leases.forfeit(quota);
+                }
                 if !self.redis_suspended() {
                     store.sync(quota, report).await.inspect_err(|_| self.suspend_redis())?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Forfeit this pod's lease on `quota` now, when upstream reported it fuller than the
+    /// fleet's view (the store is lowered by `sync`, which may run later).
+    pub fn forfeit_lease(&self, quota: &QuotaSpec) {
+        if let Some(leases) = &self.leases {
+            leases.forfeit(quota);
+        }
     }
 
     /// Synchronous sync for the embedded store; `None` when the limiter is shared.

@@ -264,7 +264,7 @@ impl Limiter {
 #[pymethods]
 impl Limiter {
     #[new]
-    #[pyo3(signature = (store=None, *, failure_policy="fail_open", local_share=0.1, timeout=0.25, connect_timeout=0.5, recheck_after=0.5))]
+    #[pyo3(signature = (store=None, *, failure_policy="fail_open", local_share=0.1, timeout=0.25, connect_timeout=0.5, recheck_after=0.5, lease_seconds=0.0))]
     fn new(
         store: Option<&str>,
         failure_policy: &str,
@@ -272,6 +272,7 @@ impl Limiter {
         timeout: f64,
         connect_timeout: f64,
         recheck_after: f64,
+        lease_seconds: f64,
     ) -> PyResult<Self> {
         let options = LimiterOptions {
             failure_policy: FailurePolicy::parse(failure_policy).py_err()?,
@@ -279,6 +280,8 @@ impl Limiter {
             timeout: seconds("timeout", Some(timeout))?.unwrap_or_default(),
             connect_timeout: seconds("connect_timeout", Some(connect_timeout))?.unwrap_or_default(),
             recheck_after: seconds("recheck_after", Some(recheck_after))?.unwrap_or_default(),
+            lease_seconds,
+            runtime: (lease_seconds > 0.0).then(|| runtime().handle().clone()),
         };
         let inner = core::Limiter::new(store, options).py_err()?;
         Ok(Limiter { inner: Arc::new(inner), store: store.map(redact) })
@@ -299,6 +302,18 @@ impl Limiter {
     #[getter]
     fn degraded(&self) -> bool {
         self.inner.is_degraded()
+    }
+
+    /// `(leases granted, admissions served from a lease)` since this limiter was made.
+    #[getter]
+    fn lease_counts(&self) -> (u64, u64) {
+        self.inner.lease_counts()
+    }
+
+    /// `(requests, tokens)` of the quota's room this process holds in its lease (tokens
+    /// below zero: charged beyond the lease, owed to the store).
+    fn leased(&self, quota: &Quota) -> (i64, i64) {
+        self.inner.leased(&quota.spec)
     }
 
     /// How many shared-store operations have failed since this limiter was made.
@@ -415,6 +430,7 @@ impl Limiter {
         if !quota.spec.could_be_lowered_by(&report) || self.inner.sync_embedded(&quota.spec, &report).is_some() {
             return Ok(());
         }
+        self.inner.forfeit_lease(&quota.spec);
         let (limiter, spec) = (Arc::clone(&self.inner), Arc::clone(&quota.spec));
         runtime().spawn(async move {
             // A failure suspends Redis like any other; the next header report tries again.

@@ -1,0 +1,137 @@
+"""Quota leases: a busy quota is admitted from a lease the pod holds, with no round trip,
+yet the fleet still never admits more than the quota, a quota near its limit is decided
+request by request, and a lease nobody uses goes back to the fleet."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+
+import fleetgate as fg
+
+
+def _busy(limiter: fg.Limiter, quota: fg.Quota, n: int, tokens: int = 0) -> dict[str, int]:
+    sources: dict[str, int] = {}
+    for _ in range(n):
+        d = limiter.acquire(quota, tokens=tokens, timeout=5)
+        sources[d.source] = sources.get(d.source, 0) + 1
+        assert d.reservation is not None
+        limiter.settle(d.reservation, tokens)
+    return sources
+
+
+def test_a_busy_quota_is_admitted_from_the_lease(store_url: str, name: str) -> None:
+    limiter = fg.Limiter(store_url, lease_seconds=0.1)
+    quota = fg.Quota(name, requests_per_minute=6_000_000, tokens_per_minute=600_000_000)
+    sources = _busy(limiter, quota, 2_000, tokens=100)
+    granted, served = limiter.lease_counts
+    assert sources["lease"] == served > 1_900, sources
+    assert 0 < granted < 100, "one grant serves many admissions"
+
+
+def test_without_leases_every_decision_is_the_stores(redis_url: str, name: str) -> None:
+    limiter = fg.Limiter(redis_url)
+    quota = fg.Quota(name, requests_per_minute=6_000_000)
+    assert _busy(limiter, quota, 200) == {"redis": 200}
+    assert limiter.lease_counts == (0, 0)
+
+
+def test_a_small_burst_is_decided_request_by_request(redis_url: str, name: str) -> None:
+    """A tenth of a 10-request burst is under two requests: no lease is worth it."""
+    limiter = fg.Limiter(redis_url, lease_seconds=0.1)
+    quota = fg.Quota(name, requests_per_minute=600, tokens_per_minute=100_000)
+    assert _busy(limiter, quota, 10, tokens=50) == {"redis": 10}
+
+
+def test_sliding_windows_are_never_leased(redis_url: str, name: str) -> None:
+    limiter = fg.Limiter(redis_url, lease_seconds=0.1)
+    quota = fg.Quota(name, requests_per_minute=6_000_000, algorithm="sliding_window")
+    assert _busy(limiter, quota, 300) == {"redis": 300}
+
+
+def _hammer_leased(url: str, name: str, seconds: float, queue: multiprocessing.Queue) -> None:
+    limiter = fg.Limiter(url, failure_policy="fail_closed", lease_seconds=0.1)
+    quota = fg.Quota(name, requests_per_minute=6_000, request_burst=200)
+    admitted, leased = 0, 0
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        d = limiter.try_acquire(quota)
+        admitted += d.allowed
+        leased += d.source == "lease"
+    queue.put((admitted, leased))
+
+
+def test_leasing_processes_never_admit_more_than_the_quota(store_url: str, name: str) -> None:
+    """Four leasing processes hammer 100 requests/s (burst 200) for 2 s: they get the
+    allowance, never more, and leases do serve some of it."""
+    ctx = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue = ctx.Queue()
+    seconds = 2.0
+    started = time.monotonic()
+    procs = [ctx.Process(target=_hammer_leased, args=(store_url, name, seconds, queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    elapsed = time.monotonic() - started  # includes process start-up: a generous bound
+    total = sum(admitted for admitted, _ in results)
+    assert total <= 100 * elapsed + 200
+    # What leases still hold when the run stops is at most a tenth of the burst per process.
+    assert total >= (100 * seconds + 200) * 0.8, f"only {total} admitted: the quota was wasted"
+    assert sum(leased for _, leased in results) > 0, "no admission came from a lease"
+
+
+def test_a_report_of_less_room_forfeits_the_lease(redis_url: str, name: str) -> None:
+    limiter = fg.Limiter(redis_url, lease_seconds=0.1)
+    quota = fg.Quota(name, requests_per_minute=6_000_000)
+    assert _busy(limiter, quota, 500).get("lease", 0) > 0
+    limiter.sync_from_headers(quota, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s"})
+    # The store is lowered too; it refills at the quota's rate, as upstream's limit does.
+    assert limiter.try_acquire(quota).source == "redis", "the lease was used after upstream said the quota was full"
+
+
+def test_settling_a_lease_decision_twice_is_an_error(redis_url: str, name: str) -> None:
+    limiter = fg.Limiter(redis_url, lease_seconds=0.1)
+    quota = fg.Quota(name, requests_per_minute=6_000_000, tokens_per_minute=600_000_000)
+    _busy(limiter, quota, 300, tokens=10)
+    d = limiter.try_acquire(quota, tokens=10)
+    assert d.source == "lease" and d.reservation is not None
+    limiter.settle(d.reservation, 4)
+    with pytest.raises(fg.ConfigError, match="already settled"):
+        limiter.settle(d.reservation, 4)
+    other = fg.Limiter(redis_url)
+    e = limiter.try_acquire(quota, tokens=10)
+    assert e.source == "lease"
+    with pytest.raises(fg.ConfigError, match="another limiter"):
+        other.settle(e.reservation, 4)  # type: ignore[arg-type]
+
+
+def test_an_idle_lease_goes_back_to_the_fleet(redis_url: str, name: str) -> None:
+    """A pod leases room of a slowly refilling bucket, stops, and what it held is given
+    back to the bucket, where another pod sees it."""
+    pod = fg.Limiter(redis_url, lease_seconds=0.1)
+    quota = fg.Quota(name, tokens_per_minute=600_000, token_burst=600_000)
+    assert _busy(pod, quota, 2_000, tokens=100).get("lease", 0) > 0
+    _, held = pod.leased(quota)
+    assert held > 0
+    watcher = fg.Limiter(redis_url)
+    before = watcher.try_acquire(quota, requests=0, tokens=0).remaining_tokens
+    assert before is not None and before + held <= 600_000
+    deadline = time.monotonic() + 10.0  # unused for a second, then given back
+    while pod.leased(quota) != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pod.leased(quota) == (0, 0), "the idle lease was kept"
+    after = watcher.try_acquire(quota, requests=0, tokens=0).remaining_tokens
+    assert after is not None and after >= before + held, f"room {before} -> {after}: {held} were not given back"
+
+
+def test_the_gateway_leases_with_redis(redis_url: str, name: str) -> None:
+    gate = fg.Gateway(redis_url=redis_url, models={name: fg.QuotaLimits(requests_per_minute=6_000_000)})
+    assert gate.limiter.lease_counts == (0, 0)
+    off = fg.Gateway(redis_url=redis_url, quota_lease_seconds=0)
+    assert off.config.quota_lease_seconds == 0
+    with pytest.raises(fg.ConfigError, match="lease_seconds"):
+        fg.Limiter(redis_url, lease_seconds=11)
