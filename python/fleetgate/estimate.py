@@ -62,6 +62,12 @@ def _texts(value: Any) -> list[str]:
     return []
 
 
+def _text(value: Any) -> str:
+    """A message's content as one text: the string itself (most messages), else the text
+    of its parts, one per line."""
+    return value if isinstance(value, str) else "\n".join(_texts(value))
+
+
 def estimate_request(endpoint: str, body: dict[str, Any], assumed_max_output: int) -> Estimate:
     """Estimate one request. `endpoint` is one of :data:`GATED_PATHS`."""
     model = body.get("model")
@@ -74,7 +80,7 @@ def estimate_request(endpoint: str, body: dict[str, Any], assumed_max_output: in
         return Estimate(endpoint, model, sum(count_tokens(model, i) for i in inputs), chars_estimate(inputs), 0, False)
     if endpoint == "/chat/completions":
         messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-        texts = ["\n".join(_texts(m.get("content"))) for m in messages]
+        texts = [_text(m.get("content")) for m in messages]
         prompt = chat_prompt_tokens(model, texts)
         by_chars = chars_estimate(texts, per_message=3 * len(messages))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")

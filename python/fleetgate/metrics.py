@@ -69,7 +69,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from fleetgate.config import MODES, GatewayConfig
-from fleetgate.estimate import usage_counts
+from fleetgate.estimate import UsageCounts
 from fleetgate.prices import PriceTable
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ class GatewayMetrics:
         return found
 
     def _child(self, family: Any, *labels: str) -> Any:
-        key = (id(family), *labels)
+        key = (family, labels)  # `labels` is a tuple already: none to build per call
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = family.labels(*labels) if labels else family
@@ -240,12 +240,11 @@ class GatewayMetrics:
         self._child(self.f.requests, endpoint, m, self.feature(feature), "primary", outcome).inc()
         self._child(self.f.duration, endpoint, m).observe(seconds)
 
-    def billed(self, model: str, feature: str | None, usage: Any, cost: float | None) -> None:
-        """Tokens and dollars of one answer from upstream, from its ``usage``."""
-        if not isinstance(usage, dict):
-            return
+    def billed(self, model: str, feature: str | None, counts: UsageCounts, cost: float | None) -> None:
+        """Tokens and dollars of one answer from upstream, from the counts of its ``usage``
+        (read once by the caller, which prices them too)."""
         m, feat = self.model(model), self.feature(feature)
-        prompt, cached, output, reasoning = usage_counts(usage)
+        prompt, cached, output, reasoning = counts
         for kind, n in (("input", prompt - cached), ("cached_input", cached), ("output", output),
                         ("reasoning", reasoning)):
             if n:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleetgate.config import PriceFields, PriceSettings
 from fleetgate.errors import ConfigError
-from fleetgate.estimate import usage_counts
+from fleetgate.estimate import UsageCounts, usage_counts
 
 __all__ = ["ModelPrice", "PriceTable", "default_prices"]
 
@@ -104,10 +104,16 @@ class PriceTable:
     def cost(self, model: str, usage: dict[str, Any] | None, *, batch: bool = False) -> float | None:
         """Dollars for one response's usage (chat, responses or embeddings), or None when the
         model has no price or there is no usage."""
-        price = self.price(model)
-        if price is None or not isinstance(usage, dict):
+        if not isinstance(usage, dict):
             return None
-        counts = usage_counts(usage)
+        return self.counts_cost(model, usage_counts(usage), batch=batch)
+
+    def counts_cost(self, model: str, counts: UsageCounts, *, batch: bool = False) -> float | None:
+        """Dollars for a response's token counts (:func:`~fleetgate.estimate.usage_counts`
+        of its usage), or None when the model has no price."""
+        price = self.price(model)
+        if price is None:
+            return None
         return price.dollars(counts.prompt, counts.output, counts.cached) * (self.batch_discount if batch else 1.0)
 
 

@@ -39,9 +39,24 @@ class Tracer:
     def __init__(self, otel_trace: Any, provider: Any = None) -> None:
         self._trace = otel_trace
         self._tracer = (provider or otel_trace).get_tracer("fleetgate")
+        #: The API's proxy for the global provider (None: another tracer). It records nothing
+        #: until the application sets a provider, which it may do after the gateway is made.
+        self._proxy = self._tracer if _delegates(otel_trace, self._tracer) else None
+        #: Whether its spans may record (known not to: the API's no-op tracer, and the proxy
+        #: while it has no provider to use); a sampler may still drop them.
+        self._live = self._proxy is None and not isinstance(self._tracer, otel_trace.NoOpTracer)
+
+    def _records(self) -> bool:
+        """Whether a span started now may record. Without an SDK nothing keeps a span, so
+        none is made: its attributes would be built for nothing."""
+        if not self._live and self._proxy is not None and not isinstance(self._proxy._tracer, self._trace.NoOpTracer):
+            self._live = True  # the global provider is set once, for good
+        return self._live
 
     def start(self, endpoint: str, body: dict[str, Any], request: httpx2.Request, feature: str | None) -> Any:
-        """The span of a gated request, started."""
+        """The span of a gated request, started; None when nothing would record it."""
+        if not self._records():
+            return None
         model = str(body.get("model", ""))
         operation = _OPERATIONS.get(endpoint, "chat")
         attributes: dict[str, Any] = {
@@ -87,6 +102,13 @@ class Tracer:
         span.set_attribute("error.type", type(error).__qualname__)
         span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
         span.end()
+
+
+def _delegates(otel_trace: Any, tracer: Any) -> bool:
+    """Whether `tracer` is the API's proxy for the global provider and tells which tracer it
+    would use now: its ``_tracer`` (private, but OpenTelemetry's own and long unchanged). A
+    proxy that does not tell is taken as any other tracer: one that may record."""
+    return isinstance(tracer, otel_trace.ProxyTracer) and isinstance(getattr(type(tracer), "_tracer", None), property)
 
 
 def _response_attributes(span: Any, response: httpx2.Response) -> None:

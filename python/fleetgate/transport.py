@@ -43,7 +43,7 @@ from fleetgate.errors import (
     ServiceDegraded,
     StoreUnavailable,
 )
-from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request, usage_tokens
+from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request, usage_counts, usage_tokens
 from fleetgate.dedup import DEDUP_HEADER
 from fleetgate.fallback import TIER_HEADER
 from fleetgate.modes import MODE_HEADER, ModeState
@@ -112,8 +112,7 @@ def _prepare(gateway: Gateway, request: httpx2.Request) -> _Call | None:
     """The gated call a request is, or None for requests that pass straight through."""
     if request.method != "POST":
         return None
-    path = request.url.path
-    endpoint = next((p for p in GATED_PATHS if path.endswith(p)), None)
+    endpoint = _gated_endpoint(request.url.path)
     if endpoint is None:
         return None
     sc = current_scope()
@@ -122,6 +121,14 @@ def _prepare(gateway: Gateway, request: httpx2.Request) -> _Call | None:
         return _call_for(gateway, endpoint, json.loads(request.content), sc, deadline)
     except (ValueError, TypeError, httpx2.RequestNotRead):
         return None  # not a JSON body we can read: let upstream judge it
+
+
+def _gated_endpoint(path: str) -> str | None:
+    """The gated endpoint `path` ends with, or None."""
+    for endpoint in GATED_PATHS:
+        if path.endswith(endpoint):
+            return endpoint
+    return None
 
 
 def _call_for(gateway: Gateway, endpoint: str, body: dict[str, Any], sc: Scope, deadline: float) -> _Call:
@@ -310,6 +317,23 @@ def _refusal(request: httpx2.Request, error: FleetgateError) -> httpx2.Response:
 
 
 _EXHAUSTED = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "0"}
+_RATE_LIMIT_PREFIX = b"x-ratelimit-"
+
+
+def _rate_limit_headers(headers: httpx2.Headers) -> dict[str, str]:
+    """The ``x-ratelimit-*`` headers, as ``headers.items()`` gives them (names in lower
+    case, a repeated header's values joined by ", "), picked in one pass over the raw
+    headers: the limiter reads only these, and decoding every header costs more. Headers
+    are ASCII but for a rare server: then ``items()`` decodes them as it does."""
+    found: dict[str, str] = {}
+    try:
+        for name, value in headers.raw:
+            if name[:12].lower() == _RATE_LIMIT_PREFIX:
+                key, text = name.lower().decode("ascii"), value.decode("ascii")
+                found[key] = f"{found[key]}, {text}" if key in found else text
+    except UnicodeDecodeError:
+        return {key: value for key, value in headers.items() if key.startswith("x-ratelimit-")}
+    return found
 
 
 def _retry_wait(response: httpx2.Response) -> float:
@@ -635,12 +659,13 @@ class _Policy:
         model = call.estimate.model
         cost = None
         if isinstance(usage, dict):
-            cost = self.gateway.prices.cost(model, usage)
+            counts = usage_counts(usage)
+            cost = self.gateway.prices.counts_cost(model, counts)
             call.timing.usage, call.timing.cost, call.timing.model = usage, cost, model
             if call.template is not None and self.gateway.layout is not None:
                 self.gateway.layout.usage(call.template, usage)
             if metrics is not None:
-                metrics.billed(model, call.scope.feature, usage, cost)
+                metrics.billed(model, call.scope.feature, counts, cost)
         if hold is None:
             return
         output = call.estimate.max_output_tokens if output_tokens is None else output_tokens
@@ -747,9 +772,12 @@ class _Policy:
 
     def sync_headers(self, call: _Call, response: httpx2.Response) -> None:
         """Lower the model's shared view to what upstream reports (in the background)."""
-        if call.model_quota is not None and "x-ratelimit-remaining-requests" in response.headers:
+        if call.model_quota is None:
+            return
+        reported = _rate_limit_headers(response.headers)
+        if "x-ratelimit-remaining-requests" in reported:
             try:
-                self.gateway.limiter.sync_from_headers_later(call.model_quota, response.headers)
+                self.gateway.limiter.sync_from_headers_later(call.model_quota, reported)
             except FleetgateError as e:
                 self.note_settle_failure(e)
 

@@ -36,6 +36,7 @@ from fleetgate.batch.results import Tally, parse_lines
 from fleetgate.batch.split import Problem, split_file
 from fleetgate.batch.state import Chunk, Job, JobStore, new_owner, store_for
 from fleetgate.errors import BudgetExceeded, FleetgateError
+from fleetgate.estimate import usage_counts
 from fleetgate.scope import Scope
 
 if TYPE_CHECKING:
@@ -515,8 +516,8 @@ class BatchJobs:
                     usage = line.usage
                     line_cost = prices.cost(job.model, usage, batch=True) if usage else None
                     cost += line_cost or 0.0
-                    if metrics is not None:
-                        metrics.billed(job.model, job.feature or None, usage, line_cost)
+                    if metrics is not None and isinstance(usage, dict):
+                        metrics.billed(job.model, job.feature or None, usage_counts(usage), line_cost)
         missing = sent - tally.seen
         cancelled = job.status == "cancelling"
         again = set() if cancelled or chunk.attempt >= job.max_attempts else tally.retry | missing
