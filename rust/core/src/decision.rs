@@ -86,6 +86,26 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// An admission holding `parts` (`requests` and `tokens` on each), made by `source`.
+    pub(crate) fn admitted(
+        parts: Vec<ReservedPart>,
+        remaining_requests: Option<u64>,
+        remaining_tokens: Option<u64>,
+        requests: u64,
+        tokens: u64,
+        source: Source,
+    ) -> Self {
+        Decision {
+            allowed: true,
+            retry_after: Duration::ZERO,
+            remaining_requests,
+            remaining_tokens,
+            limited_by: None,
+            reservation: Some(Arc::new(Reservation::new(parts, requests, tokens, source))),
+            source,
+        }
+    }
+
     pub(crate) fn denied(retry_after: f64, limited_by: Arc<QuotaSpec>, source: Source) -> Self {
         Decision {
             allowed: false,

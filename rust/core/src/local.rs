@@ -2,7 +2,7 @@
 //! store when no Redis URL is given, and as the fail-open fallback (with a pod's share of
 //! each quota) while Redis is unreachable.
 
-use crate::decision::{tighter, Decision, Reservation, ReservedPart, Source, WindowMark};
+use crate::decision::{tighter, Decision, ReservedPart, Source, WindowMark};
 use crate::quota::QuotaSpec;
 use crate::state::{Check, QuotaState};
 use rustc_hash::FxHashMap as HashMap;
@@ -63,7 +63,7 @@ impl LocalStore {
                 Check::Room { remaining_requests: r, remaining_tokens: t } => {
                     let mark = take(state, quota, req, tok, now);
                     let parts = vec![ReservedPart { quota: Arc::clone(quota), mark }];
-                    self.admitted(parts, requests, tokens, tighter(None, r), tighter(None, t))
+                    Decision::admitted(parts, tighter(None, r), tighter(None, t), requests, tokens, self.source)
                 }
             };
         }
@@ -94,26 +94,7 @@ impl LocalStore {
                 ReservedPart { quota: Arc::clone(quota), mark: take(state, quota, req, tok, now) }
             })
             .collect();
-        self.admitted(parts, requests, tokens, remaining_requests, remaining_tokens)
-    }
-
-    fn admitted(
-        &self,
-        parts: Vec<ReservedPart>,
-        requests: u64,
-        tokens: u64,
-        remaining_requests: Option<u64>,
-        remaining_tokens: Option<u64>,
-    ) -> Decision {
-        Decision {
-            allowed: true,
-            retry_after: std::time::Duration::ZERO,
-            remaining_requests,
-            remaining_tokens,
-            limited_by: None,
-            reservation: Some(Arc::new(Reservation::new(parts, requests, tokens, self.source))),
-            source: self.source,
-        }
+        Decision::admitted(parts, remaining_requests, remaining_tokens, requests, tokens, self.source)
     }
 
     /// Change what a reservation holds: positive amounts give back, negative ones charge.

@@ -1,7 +1,7 @@
 //! The shared store: quotas in Redis (standalone or cluster), each decision one EVALSHA
 //! on the node that owns the quota's slot, using Redis server time.
 
-use crate::decision::{tighter, Decision, Reservation, ReservedPart, Source, WindowMark};
+use crate::decision::{tighter, Decision, ReservedPart, Source, WindowMark};
 use crate::error::{Error, Result};
 use crate::headers::RateLimitReport;
 use crate::keys;
@@ -219,7 +219,7 @@ impl RedisStore {
                 }
             }
         }
-        Ok(admitted(parts, remaining_requests, remaining_tokens, requests, tokens))
+        Ok(Decision::admitted(parts, remaining_requests, remaining_tokens, requests, tokens, Source::Redis))
     }
 
     async fn acquire_group(&self, group: &[&Arc<QuotaSpec>], requests: u64, tokens: u64) -> Result<GroupOutcome> {
@@ -247,7 +247,7 @@ impl RedisStore {
             GroupOutcome::Admitted { remaining_requests, remaining_tokens, marks } => {
                 let parts = group.iter().zip(marks).map(|(q, mark)| ReservedPart { quota: Arc::clone(q), mark });
                 let (r, t) = (tighter(None, remaining_requests), tighter(None, remaining_tokens));
-                admitted(parts.collect(), r, t, requests, tokens)
+                Decision::admitted(parts.collect(), r, t, requests, tokens, Source::Redis)
             }
             GroupOutcome::Refused { retry_after, index } => {
                 Decision::denied(retry_after, Arc::clone(group[index]), Source::Redis)
@@ -379,25 +379,6 @@ impl RedisStore {
             Ok(Err(e)) => Err(unavailable(e)),
             Err(_) => Err(Error::StoreUnavailable("PING: no answer".into())),
         }
-    }
-}
-
-/// An admitted decision holding `parts`.
-fn admitted(
-    parts: Vec<ReservedPart>,
-    remaining_requests: Option<u64>,
-    remaining_tokens: Option<u64>,
-    requests: u64,
-    tokens: u64,
-) -> Decision {
-    Decision {
-        allowed: true,
-        retry_after: Duration::ZERO,
-        remaining_requests,
-        remaining_tokens,
-        limited_by: None,
-        reservation: Some(Arc::new(Reservation::new(parts, requests, tokens, Source::Redis))),
-        source: Source::Redis,
     }
 }
 
