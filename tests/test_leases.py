@@ -10,6 +10,8 @@ import time
 import pytest
 
 import fleetgate as fg
+from fleetgate.testing import FakeConfig, FakeOpenAI
+from fleetgate.testing.fake_openai.config import ModelLimits
 
 
 def _busy(limiter: fg.Limiter, quota: fg.Quota, n: int, tokens: int = 0) -> dict[str, int]:
@@ -20,6 +22,19 @@ def _busy(limiter: fg.Limiter, quota: fg.Quota, n: int, tokens: int = 0) -> dict
         assert d.reservation is not None
         limiter.settle(d.reservation, tokens)
     return sources
+
+
+def _holding(limiter: fg.Limiter, quota: fg.Quota, tokens: int = 0) -> tuple[int, int]:
+    """Admit until this process holds a lease of `quota` with room left (a refill may be
+    on its way when the loop stops); what it holds."""
+    for _ in range(5_000):
+        held = limiter.leased(quota)
+        if held[0] > 0 and held[1] >= tokens:
+            return held
+        d = limiter.acquire(quota, tokens=tokens, timeout=5)
+        assert d.reservation is not None
+        limiter.settle(d.reservation, 0)
+    raise AssertionError("no lease was ever held")
 
 
 def test_a_busy_quota_is_admitted_from_the_lease(store_url: str, name: str) -> None:
@@ -87,8 +102,9 @@ def test_leasing_processes_never_admit_more_than_the_quota(store_url: str, name:
 def test_a_report_of_less_room_forfeits_the_lease(redis_url: str, name: str) -> None:
     limiter = fg.Limiter(redis_url, lease_seconds=0.1)
     quota = fg.Quota(name, requests_per_minute=6_000_000)
-    assert _busy(limiter, quota, 500).get("lease", 0) > 0
+    _holding(limiter, quota)
     limiter.sync_from_headers(quota, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s"})
+    assert limiter.leased(quota)[0] == 0, "the lease outlived upstream's report"
     # The store is lowered too; it refills at the quota's rate, as upstream's limit does.
     assert limiter.try_acquire(quota).source == "redis", "the lease was used after upstream said the quota was full"
 
@@ -96,13 +112,14 @@ def test_a_report_of_less_room_forfeits_the_lease(redis_url: str, name: str) -> 
 def test_settling_a_lease_decision_twice_is_an_error(redis_url: str, name: str) -> None:
     limiter = fg.Limiter(redis_url, lease_seconds=0.1)
     quota = fg.Quota(name, requests_per_minute=6_000_000, tokens_per_minute=600_000_000)
-    _busy(limiter, quota, 300, tokens=10)
+    _holding(limiter, quota, tokens=10)
     d = limiter.try_acquire(quota, tokens=10)
     assert d.source == "lease" and d.reservation is not None
     limiter.settle(d.reservation, 4)
     with pytest.raises(fg.ConfigError, match="already settled"):
         limiter.settle(d.reservation, 4)
     other = fg.Limiter(redis_url)
+    _holding(limiter, quota, tokens=10)
     e = limiter.try_acquire(quota, tokens=10)
     assert e.source == "lease"
     with pytest.raises(fg.ConfigError, match="another limiter"):
@@ -129,9 +146,21 @@ def test_an_idle_lease_goes_back_to_the_fleet(redis_url: str, name: str) -> None
 
 
 def test_the_gateway_leases_with_redis(redis_url: str, name: str) -> None:
-    gate = fg.Gateway(redis_url=redis_url, models={name: fg.QuotaLimits(requests_per_minute=6_000_000)})
-    assert gate.limiter.lease_counts == (0, 0)
-    off = fg.Gateway(redis_url=redis_url, quota_lease_seconds=0)
-    assert off.config.quota_lease_seconds == 0
+    """Calls through the SDK are admitted from the gateway's lease; with
+    ``quota_lease_seconds = 0`` every one is decided in Redis."""
+    limits = {"gpt-4.1-mini": fg.QuotaLimits(requests_per_minute=6_000_000, tokens_per_minute=600_000_000)}
+    # Upstream's limits as large, or its x-ratelimit-* headers would forfeit the lease.
+    upstream = ModelLimits(requests_per_minute=6_000_000, tokens_per_minute=600_000_000)
+    with FakeOpenAI(FakeConfig(default_limits=upstream)) as fake:
+        for seconds, leased in ((0.1, True), (0.0, False)):
+            gate = fg.Gateway(base_url=fake.base_url, redis_url=redis_url, models=limits,
+                              quota_lease_seconds=seconds)
+            client = gate.openai(api_key="sk-test", max_retries=0)
+            for _ in range(60):
+                client.chat.completions.create(model="gpt-4.1-mini", max_tokens=8,
+                                               messages=[{"role": "user", "content": f"hello {name}"}])
+            granted, served = gate.limiter.lease_counts
+            assert (granted > 0 and served > 0) if leased else (granted, served) == (0, 0), (seconds, granted, served)
+            assert gate.stats["settled_from_usage"] == 60
     with pytest.raises(fg.ConfigError, match="lease_seconds"):
         fg.Limiter(redis_url, lease_seconds=11)

@@ -54,6 +54,9 @@ struct Held {
     room_requests: Option<u64>,
     room_tokens: Option<u64>,
     refilling: bool,
+    /// How many times the lease was forfeited: a grant asked for before the last forfeit
+    /// is forfeited too when it comes.
+    forfeits: u64,
     /// When a refill may be tried again after the store failed.
     retry_at: Option<Instant>,
     last_used: Instant,
@@ -73,6 +76,7 @@ impl Held {
             room_requests: None,
             room_tokens: None,
             refilling: false,
+            forfeits: 0,
             retry_at: None,
             last_used: now,
         }
@@ -99,8 +103,23 @@ impl Held {
         // Enough tokens for the requests leased (with requests unlimited: those wanted).
         let covered = if self.quota.requests.is_some() { requests } else { demand };
         let tokens = (self.rate_tokens * seconds).max(covered * per_request).ceil();
-        let tokens = bounded(tokens, self.quota.tokens, self.room_tokens, per_request.max(1.0))?;
+        // Requests that carry no tokens need none leased.
+        let tokens = if tokens == 0.0 {
+            0.0
+        } else {
+            bounded(tokens, self.quota.tokens, self.room_tokens, per_request.max(1.0))?
+        };
         Some((requests as u64, tokens as u64))
+    }
+
+    /// Start a refill when what is left runs low and none is under way (nor the store
+    /// failing): the forfeit count it is asked under, or None.
+    fn start_refill(&mut self, now: Instant, seconds: f64) -> Option<u64> {
+        if self.refilling || self.retry_at.is_some_and(|at| now < at) || !self.running_low(self.wanted(seconds)?) {
+            return None;
+        }
+        self.refilling = true;
+        Some(self.forfeits)
     }
 
     /// Whether what is left is under half of what a lease would bring.
@@ -169,12 +188,15 @@ impl Leases {
 
     /// Admit from the leases of every quota, or from none (None: go to the store). Either
     /// way the demand is counted, and quotas running low are refilled in the background.
+    /// A call on a sliding window is never leased: it always goes to the store.
     pub(crate) fn take(self: &Arc<Self>, quotas: &[Arc<QuotaSpec>], requests: u64, tokens: u64) -> Option<Decision> {
+        if quotas.iter().any(|q| q.algorithm != Algorithm::TokenBucket) {
+            return None;
+        }
         let now = Instant::now();
-        let mut refill: Vec<Arc<QuotaSpec>> = Vec::new();
         let mut held = self.lock();
         let mut covered = true;
-        for quota in quotas.iter().filter(|q| q.algorithm == Algorithm::TokenBucket) {
+        for quota in quotas {
             if !held.contains_key(quota.name.as_str()) {
                 held.insert(quota.name.clone(), Held::new(quota, now));
             }
@@ -183,10 +205,7 @@ impl Leases {
             h.taken_tokens += tokens;
             covered &= h.covers(requests, tokens);
         }
-        // A sliding window is never leased: such a call always goes to the store.
-        covered &= quotas.iter().all(|q| q.algorithm == Algorithm::TokenBucket);
-        let mut decision = None;
-        if covered {
+        let decision = covered.then(|| {
             let (mut room_r, mut room_t) = (None, None);
             let mut parts = Vec::with_capacity(quotas.len());
             for quota in quotas {
@@ -198,25 +217,18 @@ impl Leases {
                 room_t = tighter(room_t, h.room_tokens.map(|t| t as f64));
                 parts.push(ReservedPart { quota: Arc::clone(quota), mark: WindowMark::None });
             }
-            decision = Some(leased(parts, room_r, room_t, requests, tokens));
-        }
-        for quota in quotas.iter().filter(|q| q.algorithm == Algorithm::TokenBucket) {
-            let h = held.get_mut(quota.name.as_str()).expect("counted above");
-            if !h.refilling && h.retry_at.is_none_or(|at| now >= at) {
-                if let Some(wanted) = h.wanted(self.seconds) {
-                    if h.running_low(wanted) {
-                        h.refilling = true;
-                        refill.push(Arc::clone(quota));
-                    }
-                }
-            }
-        }
+            Decision::admitted(parts, room_r, room_t, requests, tokens, Source::Lease)
+        });
+        let refill: Vec<(Arc<QuotaSpec>, u64)> = quotas
+            .iter()
+            .filter_map(|q| held.get_mut(q.name.as_str())?.start_refill(now, self.seconds).map(|g| (Arc::clone(q), g)))
+            .collect();
         drop(held);
         if decision.is_some() {
             self.served.fetch_add(1, Ordering::Relaxed);
         }
-        for quota in refill {
-            self.runtime.spawn(Arc::clone(self).refill(quota));
+        for (quota, forfeits) in refill {
+            self.runtime.spawn(Arc::clone(self).refill(quota, forfeits));
         }
         decision
     }
@@ -268,11 +280,12 @@ impl Leases {
         if let Some(h) = self.lock().get_mut(quota.name.as_str()) {
             h.requests = 0;
             h.tokens = h.tokens.min(0);
+            h.forfeits += 1;
             (h.room_requests, h.room_tokens) = (Some(0), Some(0));
         }
     }
 
-    async fn refill(self: Arc<Self>, quota: Arc<QuotaSpec>) {
+    async fn refill(self: Arc<Self>, quota: Arc<QuotaSpec>, forfeits: u64) {
         let wanted = {
             let mut held = self.lock();
             let Some(h) = held.get_mut(quota.name.as_str()) else { return };
@@ -296,6 +309,8 @@ impl Leases {
         };
         h.refilling = false;
         match answer {
+            // Asked for before upstream said the quota was fuller: forfeited like the rest.
+            Ok(decision) if decision.allowed && h.forfeits != forfeits => {}
             Ok(decision) if decision.allowed => {
                 h.requests += wanted.0 as i64;
                 h.tokens += wanted.1 as i64;
@@ -366,24 +381,6 @@ async fn sweep_while_alive(leases: Weak<Leases>, period: Duration) {
     }
 }
 
-fn leased(
-    parts: Vec<ReservedPart>,
-    room_requests: Option<u64>,
-    room_tokens: Option<u64>,
-    requests: u64,
-    tokens: u64,
-) -> Decision {
-    Decision {
-        allowed: true,
-        retry_after: Duration::ZERO,
-        remaining_requests: room_requests,
-        remaining_tokens: room_tokens,
-        limited_by: None,
-        reservation: Some(Arc::new(Reservation::new(parts, requests, tokens, Source::Lease))),
-        source: Source::Lease,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +421,14 @@ mod tests {
         let mut h = busy(&small, 5, 100);
         (h.room_requests, h.room_tokens) = (Some(10), Some(1_666));
         assert_eq!(h.wanted(0.1), None);
+    }
+
+    #[test]
+    fn requests_without_tokens_lease_no_tokens() {
+        let q = quota(6_000_000, 600_000_000);
+        let mut h = busy(&q, 500, 0);
+        (h.room_requests, h.room_tokens) = (Some(90_000), Some(9_000_000));
+        assert_eq!(h.wanted(0.1), Some((50, 0)));
     }
 
     #[test]
