@@ -80,7 +80,10 @@ def test_per_line_failures_go_to_the_error_file(fake_openai: FakeOpenAI) -> None
     assert statuses.pop("req-bad") == 400 and set(statuses.values()) == {500}
 
 
-@pytest.mark.fake_openai(config=FakeConfig(batch=BatchTimings(requests_per_second=200, completion_window_seconds=0.5)))
+# No validation pause, and a window of a second for 2.5 seconds of work: some lines finish
+# and some expire even on a loaded machine (0.5 s including validation once let none finish).
+@pytest.mark.fake_openai(config=FakeConfig(batch=BatchTimings(validating_seconds=0, requests_per_second=200,
+                                                              completion_window_seconds=1.0)))
 def test_expiry_keeps_partial_results(fake_openai: FakeOpenAI) -> None:
     c = client(fake_openai)
     done = wait(c, submit(c, [line(i) for i in range(500)]).id)
