@@ -131,9 +131,12 @@ def test_a_failing_canary_is_rolled_back(fake_openai: FakeOpenAI, store_url: str
 def test_a_healthy_canary_is_promoted_step_by_step(fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="fleetgate")
     steps = [0.25, 0.5, 1.0]
+    # Both sides answer in 15 ms, but a p95 over a few dozen requests is their slowest, and one
+    # pause of a busy machine is enough to double it: the latency gate (checked on its own in
+    # test_the_gates) is widened here so that only the machinery of the steps is on trial.
     gate = fg.Gateway(base_url=fake_openai.base_url, routing={"rollouts": {"support-v2": rollout(
         canary={"model": BASE, "temperature": 0.0, "version": "v2"}, steps=steps, early_requests=15,
-        min_requests=30)}})
+        min_requests=30, max_p95_increase=4.0)}})
     rollouts = gate.router.rollouts
     seen = []
     for _ in range(12):
