@@ -252,7 +252,10 @@ def _answered(gateway: Gateway, call: _Call, response: httpx2.Response, seconds:
     timing = call.timing
     response.headers[MODE_HEADER] = call.mode
     if call.route is not None:
-        response = gateway.router.answered(call.route, response, seconds, gateway.stats, timing.usage, timing.cost)
+        # A configuration is judged on how it answers, not on time spent waiting for quota,
+        # a lane or a retry-after, which falls on baseline and canary alike, but unevenly.
+        response = gateway.router.answered(call.route, response, seconds - timing.waited, gateway.stats,
+                                           timing.usage, timing.cost)
     if gateway.metrics is not None:
         gateway.metrics.answered(call.endpoint, call.estimate.model, call.scope.feature, response, seconds,
                                  timing.upstream + timing.waited if timing.upstream else 0.0, call.looked_up)

@@ -53,6 +53,7 @@ class Outcome:
     """One answered call, as the gates count it."""
 
     error: bool
+    #: The call's latency less any wait for quota, a lane or a retry-after.
     seconds: float
     #: What the answer was billed; None when it was not (an error).
     cost: float | None = 0.0
