@@ -234,17 +234,22 @@ class BatchStore:
         self.rng.shuffle(order)  # output order is not input order
         usage = {"input_tokens": 0, "output_tokens": 0, "cached": 0}
         done = 0
-        tick = 0.02
+        credit = 0.0  # lines earned at requests_per_second and not yet processed
+        last = time.monotonic()
         while done < len(order):
             if batch.cancel_requested:
                 return await self._cancelled(batch)
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 return await self._expire(batch, [lines[i] for i in order[done:]])
-            budget = max(1, int(timings.requests_per_second * tick))
+            credit += timings.requests_per_second * (now - last)
+            last = now
+            budget = min(int(credit), len(order) - done)
             for index in order[done: done + budget]:
                 self._execute(batch, lines[index], usage)
-            done = min(len(order), done + budget)
-            await asyncio.sleep(tick)
+            done += budget
+            credit -= budget
+            await asyncio.sleep(0.02)
         obj.update(status="finalizing", finalizing_at=int(time.time()))
         obj["usage"] = {
             "input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"],
