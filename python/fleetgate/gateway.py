@@ -61,6 +61,10 @@ log = logging.getLogger("fleetgate")
 _MISSING = object()
 
 
+#: How many (kind, name) quotas a gateway remembers before it starts over.
+_QUOTA_MEMO = 65_536
+
+
 @lru_cache(maxsize=65_536)
 def _make_quota(name: str, limits: QuotaLimits) -> Quota:
     """Quota objects, reused across calls; bounded, since user names are unbounded (a quota
@@ -168,6 +172,8 @@ class Gateway:
             on_transition=_weakly(self._on_transition),
         ) if b.enabled else None
         self._breaker_cache: dict[tuple[str, str], Breaker] = {}
+        #: (kind, name) → its quota (None: no limits), since the configuration is frozen.
+        self._quota_memo: dict[tuple[str, str], Quota | None] = {}
         self.ladder = Ladder(self.config.fallback)
         self.collapser = Collapser(self.config.dedup, self.stats, self.limiter)
         self.budgets = Budgets(self.config.budgets, self.prices, self.limiter, self.stats.count, on_budget_alert)
@@ -233,26 +239,35 @@ class Gateway:
 
     def quotas_for(self, model: str, sc: Scope) -> tuple[Quota | None, list[Quota]]:
         """The model's quota, and every quota a call of `model` in scope `sc` draws on."""
-        cfg = self.config
-        limits = cfg.models.get(model, cfg.default_model_limits)
-        model_quota = self._quota("model", model, _with_headroom(limits, cfg.model_headroom) if limits else None)
+        model_quota = self._quota("model", model)
         quotas = [model_quota] if model_quota is not None else []
-        for kind, name, limits in (
-            ("user", sc.user, cfg.per_user),
-            ("feature", sc.feature, cfg.features.get(sc.feature) if sc.feature else None),
-            ("team", sc.team, cfg.teams.get(sc.team) if sc.team else None),
-        ):
-            if name is not None and limits is not None:
-                quota = self._quota(kind, name, limits)
+        for kind, name in (("user", sc.user), ("feature", sc.feature), ("team", sc.team)):
+            if name is not None:
+                quota = self._quota(kind, name)
                 if quota is not None:
                     quotas.append(quota)
         return model_quota, quotas
 
-    @staticmethod
-    def _quota(kind: str, name: str, limits: QuotaLimits | None) -> Quota | None:
-        if limits is None or not (limits.requests_per_minute or limits.tokens_per_minute):
-            return None
-        return _make_quota(f"{kind}:{name}", limits)
+    def _quota(self, kind: str, name: str) -> Quota | None:
+        """The quota of `name` (a model, user, feature or team), remembered: most calls
+        name one seen before. The memo is bounded, since user names are not."""
+        key = (kind, name)
+        try:
+            return self._quota_memo[key]
+        except KeyError:
+            pass
+        cfg = self.config
+        if kind == "model":
+            limits = cfg.models.get(name, cfg.default_model_limits)
+            limits = _with_headroom(limits, cfg.model_headroom) if limits else None
+        else:
+            limits = {"user": cfg.per_user, "feature": cfg.features.get(name), "team": cfg.teams.get(name)}[kind]
+        found = (_make_quota(f"{kind}:{name}", limits)
+                 if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute) else None)
+        if len(self._quota_memo) >= _QUOTA_MEMO:
+            self._quota_memo.clear()  # quotas made again are the same quotas: nothing is lost
+        self._quota_memo[key] = found
+        return found
 
     def breaker_for(self, endpoint: str, model: str) -> Breaker | None:
         """The circuit breaker of (endpoint, model): ``"/chat/completions:gpt-4.1"``."""
