@@ -78,6 +78,8 @@ bench-python: redis-server build
 	$(PY) benches/limiter_accuracy.py
 	$(PY) benches/limiter_speed.py
 	$(PY) benches/fake_openai_throughput.py
+	$(PY) benches/gateway_overhead.py
+	$(PY) benches/gateway_quota_use.py
 
 clean:
 	rm -rf $(VENV) target
