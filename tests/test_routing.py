@@ -78,6 +78,8 @@ def figures(requests: int, errors: int = 0, seconds: float = 0.2, cost: float = 
     (figures(1000, cost=0.00105), "promote"),  # cost +5%: fine
     (figures(1000, cost=0.0015), "rollback"),  # cost +50%
     (figures(50, errors=50), None),  # too few to judge
+    (figures(150, errors=4), None),  # 2.7%, over twice the margin, but 4 errors in 150 is chance at 1.5%
+    (figures(2000, errors=60), "rollback"),  # 3% over 2,000 requests is not
 ])
 def test_the_gates(canary: Figures, verdict: str | set[str | None] | None) -> None:
     rules = RolloutSettings(feature="f", canary={"model": "x"})
@@ -85,6 +87,30 @@ def test_the_gates(canary: Figures, verdict: str | set[str | None] | None) -> No
     decided = decide(rules, RolloutState(), base, canary)
     allowed = verdict if isinstance(verdict, set) else {verdict}
     assert (decided[0] if decided else None) in allowed, decided
+
+
+@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="latency", latency=Latency(kind="fixed", ms=10))]))
+def test_the_gates_leave_out_time_spent_waiting_for_quota(fake_openai: FakeOpenAI) -> None:
+    """A user's quota of 2 requests a second holds the later of 6 calls back; each still
+    answers in about 10 ms, and that is what its configuration is judged on."""
+    import time
+
+    gate = fg.Gateway(base_url=fake_openai.base_url, per_user=fg.QuotaLimits(requests_per_minute=120),
+                      routing={"rollouts": {"r": rollout(steps=[0.5, 1.0], early_requests=1000)}})
+    client = gate.openai(api_key="sk-fake", max_retries=0)
+    slowest = 0.0
+    with gate.scope(user="u1", feature="support"):
+        for _ in range(6):
+            began = time.perf_counter()
+            client.chat.completions.create(model=BASE, max_tokens=20, messages=[{"role": "user", "content": "Hi"}])
+            slowest = max(slowest, time.perf_counter() - began)
+    rollouts = gate.router.rollouts
+    rollouts.sync()
+    judged = [rollouts.figures("r", side) for side in ("baseline", "canary")]
+    f = max(judged, key=lambda f: f.requests)
+    assert f.requests == 6 and slowest > 0.3, "the user's quota held calls back"
+    assert f.p95_seconds < slowest / 3, (f.p95_seconds, slowest)
+    gate.close()
 
 
 def test_cost_per_request_is_over_billed_answers_only() -> None:

@@ -115,33 +115,55 @@ class Figures:
                 f"p95 {self.p95_seconds * 1000:.0f} ms, ${self.cost_per_request:.6f}/request")
 
 
+#: A rate gate (errors, quality signals) rolls back only on counts a canary truly at its
+#: bound would show less often than this: a few unlucky errors in a small step are chance.
+ROLLBACK_CHANCE = 0.001
+
+
+def beyond_chance(rate: float, bound: float, requests: int) -> bool:
+    """Whether `rate` over `requests` is more than a true rate of `bound` shows by chance:
+    the Chernoff bound on that tail, exp(-requests × KL(rate ‖ bound)), is under
+    :data:`ROLLBACK_CHANCE` (an over-estimate of the chance, so the test errs toward waiting)."""
+    rate = min(rate, 1.0)
+    if rate <= bound:
+        return False
+    if bound <= 0.0:
+        return True
+    divergence = rate * math.log(rate / bound)
+    if rate < 1.0:
+        divergence += (1 - rate) * math.log((1 - rate) / (1 - bound))
+    return requests * divergence > -math.log(ROLLBACK_CHANCE)
+
+
 def decide(rules: RolloutSettings, state: RolloutState, base: Figures,
            canary: Figures) -> tuple[Literal["promote", "rollback"], str] | None:
-    """The gates: ("rollback", why) once a bound is clearly broken (after `early_requests`),
-    ("promote", why) once all hold (after `min_requests`), else None (keep counting)."""
+    """The gates: ("rollback", why) once a bound is clearly broken (after `early_requests`;
+    for a rate, also beyond chance), ("promote", why) once all hold (after `min_requests`),
+    else None (keep counting)."""
     if state.status != "running" or canary.requests < rules.early_requests:
         return None
     # A baseline with no errors still allows the canary a little: one error in a thousand.
     base_errors = max(base.error_rate, 0.001)
     base_quality = max(base.quality_rate, 0.001)
+    # (gate, canary's value, bound, clearly broken past, whether a rate)
     bounds = [
         ("error rate", canary.error_rate, base_errors * rules.max_error_ratio,
-         base_errors * (1 + (rules.max_error_ratio - 1) * rules.clearly) if rules.max_error_ratio > 1 else 0.0),
+         base_errors * (1 + (rules.max_error_ratio - 1) * rules.clearly) if rules.max_error_ratio > 1 else 0.0, True),
         ("quality signals", canary.quality_rate, base_quality * rules.max_error_ratio,
-         base_quality * (1 + (rules.max_error_ratio - 1) * rules.clearly)),
+         base_quality * (1 + (rules.max_error_ratio - 1) * rules.clearly), True),
         ("p95 latency", canary.p95_seconds, base.p95_seconds * (1 + rules.max_p95_increase),
-         base.p95_seconds * (1 + rules.max_p95_increase * rules.clearly)),
+         base.p95_seconds * (1 + rules.max_p95_increase * rules.clearly), False),
         ("cost per request", canary.cost_per_request, base.cost_per_request * (1 + rules.max_cost_increase),
-         base.cost_per_request * (1 + rules.max_cost_increase * rules.clearly)),
+         base.cost_per_request * (1 + rules.max_cost_increase * rules.clearly), False),
     ]
     figures = f"canary: {canary.describe()}; baseline: {base.describe()}"
     if base.requests >= rules.early_requests:
-        for name, value, _, broken in bounds:
-            if broken and value > broken:
+        for name, value, bound, broken, rate in bounds:
+            if broken and value > broken and (not rate or beyond_chance(value, bound, canary.requests)):
                 return "rollback", f"{name} clearly over its bound ({value:.4g} > {broken:.4g}); {figures}"
     if canary.requests < rules.min_requests or base.requests < rules.early_requests:
         return None
-    over = [f"{name} {value:.4g} > {bound:.4g}" for name, value, bound, _ in bounds if value > bound]
+    over = [f"{name} {value:.4g} > {bound:.4g}" for name, value, bound, _, _ in bounds if value > bound]
     if over:
         return None  # not clearly broken: the step waits for more evidence
     return "promote", f"all gates hold; {figures}"
