@@ -2,8 +2,8 @@ import pytest
 from click.testing import CliRunner
 
 from fleetgate.cli import main
-from fleetgate.demo import FLAKY_MODEL, rollout_episode, run_demo, semantic_episode
-from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, ModelLimits
+from fleetgate.demo import ROLLOUT_UPSTREAM, rollout_episode, run_demo, semantic_episode
+from fleetgate.testing.fake_openai import FakeOpenAI
 
 
 def test_demo_runs_the_workload_within_the_limits() -> None:
@@ -34,12 +34,7 @@ def test_demo_semantic_episode_serves_paraphrases_and_refuses_traps(fake_openai:
     assert served["Do you ship to Australia?"].startswith("upstream")
 
 
-# An upstream answering in 30 ms with room for the episode's pace: p95s measure the
-# upstream, not a busy test machine's scheduling of a few-millisecond call.
-@pytest.mark.fake_openai(config=FakeConfig(default_limits=ModelLimits(requests_per_minute=100_000,
-                                                                      tokens_per_minute=50_000_000),
-                                           faults=[Fault(kind="latency", latency=Latency(ms=30)),
-                                                   Fault(kind="error", model=FLAKY_MODEL, status=503, probability=0.25)]))
+@pytest.mark.fake_openai(config=ROLLOUT_UPSTREAM)
 def test_demo_rollouts_promote_the_healthy_canary_and_roll_back_the_flaky_one(fake_openai: FakeOpenAI) -> None:
     decisions = rollout_episode(fake_openai.base_url, echo=False)
     assert any(d.startswith("search-v3: 10% → 0% (rolled back)") for d in decisions), decisions

@@ -28,7 +28,8 @@ from fleetgate.gateway import Gateway
 from fleetgate.run import RunSummary, run_file
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, ModelLimits
 
-__all__ = ["DEMO_LIMITS", "SEMANTIC_QUESTIONS", "rollout_episode", "run_demo", "semantic_episode", "write_workload"]
+__all__ = ["DEMO_LIMITS", "ROLLOUT_UPSTREAM", "SEMANTIC_QUESTIONS", "rollout_episode", "run_demo", "semantic_episode",
+           "write_workload"]
 
 MODEL = "gpt-4.1-mini"
 #: The model the fake upstream fails a quarter of the time (a canary that must roll back).
@@ -38,6 +39,13 @@ DEMO_LIMITS = ModelLimits(requests_per_minute=1_200, tokens_per_minute=200_000)
 #: What the gateway is told: a little headroom, since no client can count exactly as
 #: OpenAI does (it estimates from characters).
 GATEWAY_LIMITS = QuotaLimits(requests_per_minute=1_140, tokens_per_minute=190_000)
+#: The rollouts' upstream: room for the episode's pace, answers in 30 ms, and the cheaper
+#: model failing a quarter of the time, so that the gates judge the configurations alone.
+ROLLOUT_UPSTREAM = FakeConfig(
+    default_limits=ModelLimits(requests_per_minute=100_000, tokens_per_minute=50_000_000),
+    faults=[Fault(kind="latency", latency=Latency(ms=30)),
+            Fault(kind="error", model=FLAKY_MODEL, status=503, probability=0.25)],
+)
 
 
 def write_workload(path: Path, requests: int, seed: int = 1, prefix: str = "demo") -> None:
@@ -173,8 +181,7 @@ def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int 
     config = FakeConfig(
         models={MODEL: DEMO_LIMITS},
         faults=[Fault(kind="latency", latency=Latency(kind="lognormal", ms=120, spread=0.4)),
-                Fault(kind="error", status=503, probability=0.01),
-                Fault(kind="error", model=FLAKY_MODEL, status=503, probability=0.25)],
+                Fault(kind="error", status=503, probability=0.01)],
     )
     with FakeOpenAI(config) as fake, tempfile.TemporaryDirectory(prefix="fleetgate-demo-") as tmp:
         if echo:
@@ -208,7 +215,8 @@ def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int 
                 episode = semantic_episode(fake.base_url, echo=False)
             except ConfigError as e:
                 episode = f"(not shown: {e})"
-            decisions = rollout_episode(fake.base_url, echo=False)
+            with FakeOpenAI(ROLLOUT_UPSTREAM) as rollout_fake:
+                decisions = rollout_episode(rollout_fake.base_url, echo=False)
     if echo:
         print()
         print(summary.render(quota_rpm=DEMO_LIMITS.requests_per_minute))
@@ -219,7 +227,8 @@ def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int 
         print("\nthe semantic cache (all-MiniLM-L6-v2, threshold 0.90): paraphrases served, traps sent upstream")
         for question, how in episode if isinstance(episode, list) else [(episode, "")]:
             print(f"  {question!r:<62} → {how}" if how else f"  {question}")
-        print("\ncanary rollouts (200 users a round; gates: errors ≤ 1.5× baseline, p95 ≤ +20%, cost ≤ +10%)")
+        print("\ncanary rollouts (200 users a round, an upstream answering in 30 ms; gates: errors ≤ 1.5× baseline, "
+              "p95 ≤ +20%, cost ≤ +10%)")
         for line in decisions:
             print(f"  {line}")
     return summary, upstream
