@@ -14,6 +14,7 @@ import openai
 import pytest
 
 import fleetgate as fg
+import fleetgate.gateway
 from fleetgate.estimate import UsageCounts, usage_counts
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, ModelLimits
 
@@ -245,6 +246,19 @@ def test_model_quotas_keep_the_configured_headroom() -> None:
         assert model_quota is not None
         assert (model_quota.requests_per_minute, model_quota.tokens_per_minute) == (rpm, tpm)
         assert quotas[1].requests_per_minute == 600, "only the model's limits (upstream's) keep headroom"
+
+
+def test_a_quota_made_again_after_the_memo_starts_over_is_the_same_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fleetgate.gateway, "_QUOTA_MEMO", 2)
+    gate = fg.Gateway(per_user=fg.QuotaLimits(requests_per_minute=60))  # a burst of one request
+    _, (first,) = gate.quotas_for(MODEL, fg.Scope(user="u1"))
+    assert gate.limiter.try_acquire([first])
+    for user in ("u2", "u3"):  # the memo fills and starts over
+        gate.quotas_for(MODEL, fg.Scope(user=user))
+    _, (again,) = gate.quotas_for(MODEL, fg.Scope(user="u1"))
+    assert again is not first and again.name == first.name
+    assert not gate.limiter.try_acquire([again]), "u1's request is still counted"
+    gate.close()
 
 
 def test_usage_counts_read_every_endpoints_usage() -> None:

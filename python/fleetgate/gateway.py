@@ -20,7 +20,6 @@ import threading
 import weakref
 from collections.abc import Callable
 from collections import Counter
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
@@ -65,15 +64,6 @@ _MISSING = object()
 _QUOTA_MEMO = 65_536
 
 
-@lru_cache(maxsize=65_536)
-def _make_quota(name: str, limits: QuotaLimits) -> Quota:
-    """Quota objects, reused across calls; bounded, since user names are unbounded (a quota
-    made again has the same name, so the same state)."""
-    return Quota(name, limits.requests_per_minute, limits.tokens_per_minute,
-                 algorithm=limits.algorithm, burst_seconds=limits.burst_seconds)
-
-
-@lru_cache(maxsize=1_024)
 def _with_headroom(limits: QuotaLimits, headroom: float) -> QuotaLimits:
     """A model's limits less the headroom kept for what no client can count exactly: the
     jitter between deciding and arriving upstream, and OpenAI's own estimate."""
@@ -250,24 +240,31 @@ class Gateway:
 
     def _quota(self, kind: str, name: str) -> Quota | None:
         """The quota of `name` (a model, user, feature or team), remembered: most calls
-        name one seen before. The memo is bounded, since user names are not."""
+        name one seen before. The memo is bounded, since user names are not (a quota made
+        again has the same name, so the same state)."""
         key = (kind, name)
         try:
             return self._quota_memo[key]
         except KeyError:
             pass
+        limits = self._limits(kind, name)
+        found = (Quota(f"{kind}:{name}", limits.requests_per_minute, limits.tokens_per_minute,
+                       algorithm=limits.algorithm, burst_seconds=limits.burst_seconds)
+                 if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute) else None)
+        if len(self._quota_memo) >= _QUOTA_MEMO:
+            self._quota_memo.clear()
+        self._quota_memo[key] = found
+        return found
+
+    def _limits(self, kind: str, name: str) -> QuotaLimits | None:
+        """What the configuration sets for `name` of `kind` (a model's: less the headroom)."""
         cfg = self.config
         if kind == "model":
             limits = cfg.models.get(name, cfg.default_model_limits)
-            limits = _with_headroom(limits, cfg.model_headroom) if limits else None
-        else:
-            limits = {"user": cfg.per_user, "feature": cfg.features.get(name), "team": cfg.teams.get(name)}[kind]
-        found = (_make_quota(f"{kind}:{name}", limits)
-                 if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute) else None)
-        if len(self._quota_memo) >= _QUOTA_MEMO:
-            self._quota_memo.clear()  # quotas made again are the same quotas: nothing is lost
-        self._quota_memo[key] = found
-        return found
+            return _with_headroom(limits, cfg.model_headroom) if limits else None
+        if kind == "user":
+            return cfg.per_user
+        return (cfg.features if kind == "feature" else cfg.teams).get(name)
 
     def breaker_for(self, endpoint: str, model: str) -> Breaker | None:
         """The circuit breaker of (endpoint, model): ``"/chat/completions:gpt-4.1"``."""
