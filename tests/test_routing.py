@@ -9,6 +9,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,6 @@ def test_the_gates(canary: Figures, verdict: str | set[str | None] | None) -> No
 def test_the_gates_leave_out_time_spent_waiting_for_quota(fake_openai: FakeOpenAI) -> None:
     """A user's quota of 2 requests a second holds the later of 6 calls back; each still
     answers in about 10 ms, and that is what its configuration is judged on."""
-    import time
-
     gate = fg.Gateway(base_url=fake_openai.base_url, per_user=fg.QuotaLimits(requests_per_minute=120),
                       routing={"rollouts": {"r": rollout(steps=[0.5, 1.0], early_requests=1000)}})
     client = gate.openai(api_key="sk-fake", max_retries=0)
