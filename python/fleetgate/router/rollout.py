@@ -19,7 +19,7 @@ import math
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import redis
 
@@ -53,7 +53,7 @@ class Outcome:
     """One answered call, as the gates count it."""
 
     error: bool
-    #: The call's latency less any wait for quota, a lane or a retry-after.
+    #: The call's latency less its waits: for quota, a lane, a retry-after or a paused model.
     seconds: float
     #: What the answer was billed; None when it was not (an error).
     cost: float | None = 0.0
@@ -135,6 +135,14 @@ def beyond_chance(rate: float, bound: float, requests: int) -> bool:
     return requests * divergence > -math.log(ROLLBACK_CHANCE)
 
 
+class _Gate(NamedTuple):
+    name: str
+    value: float  # the canary's
+    bound: float
+    broken: float  # clearly broken past this (0: never rolls back)
+    rate: bool  # a rate of requests (errors, quality signals): rolls back only beyond chance
+
+
 def decide(rules: RolloutSettings, state: RolloutState, base: Figures,
            canary: Figures) -> tuple[Literal["promote", "rollback"], str] | None:
     """The gates: ("rollback", why) once a bound is clearly broken (after `early_requests`;
@@ -145,26 +153,25 @@ def decide(rules: RolloutSettings, state: RolloutState, base: Figures,
     # A baseline with no errors still allows the canary a little: one error in a thousand.
     base_errors = max(base.error_rate, 0.001)
     base_quality = max(base.quality_rate, 0.001)
-    # (gate, canary's value, bound, clearly broken past, whether a rate)
-    bounds = [
-        ("error rate", canary.error_rate, base_errors * rules.max_error_ratio,
-         base_errors * (1 + (rules.max_error_ratio - 1) * rules.clearly) if rules.max_error_ratio > 1 else 0.0, True),
-        ("quality signals", canary.quality_rate, base_quality * rules.max_error_ratio,
-         base_quality * (1 + (rules.max_error_ratio - 1) * rules.clearly), True),
-        ("p95 latency", canary.p95_seconds, base.p95_seconds * (1 + rules.max_p95_increase),
-         base.p95_seconds * (1 + rules.max_p95_increase * rules.clearly), False),
-        ("cost per request", canary.cost_per_request, base.cost_per_request * (1 + rules.max_cost_increase),
-         base.cost_per_request * (1 + rules.max_cost_increase * rules.clearly), False),
+    gates = [
+        _Gate("error rate", canary.error_rate, base_errors * rules.max_error_ratio,
+              base_errors * (1 + (rules.max_error_ratio - 1) * rules.clearly) if rules.max_error_ratio > 1 else 0.0,
+              rate=True),
+        _Gate("quality signals", canary.quality_rate, base_quality * rules.max_error_ratio,
+              base_quality * (1 + (rules.max_error_ratio - 1) * rules.clearly), rate=True),
+        _Gate("p95 latency", canary.p95_seconds, base.p95_seconds * (1 + rules.max_p95_increase),
+              base.p95_seconds * (1 + rules.max_p95_increase * rules.clearly), rate=False),
+        _Gate("cost per request", canary.cost_per_request, base.cost_per_request * (1 + rules.max_cost_increase),
+              base.cost_per_request * (1 + rules.max_cost_increase * rules.clearly), rate=False),
     ]
     figures = f"canary: {canary.describe()}; baseline: {base.describe()}"
     if base.requests >= rules.early_requests:
-        for name, value, bound, broken, rate in bounds:
-            if broken and value > broken and (not rate or beyond_chance(value, bound, canary.requests)):
-                return "rollback", f"{name} clearly over its bound ({value:.4g} > {broken:.4g}); {figures}"
+        for g in gates:
+            if g.broken and g.value > g.broken and (not g.rate or beyond_chance(g.value, g.bound, canary.requests)):
+                return "rollback", f"{g.name} clearly over its bound ({g.value:.4g} > {g.broken:.4g}); {figures}"
     if canary.requests < rules.min_requests or base.requests < rules.early_requests:
         return None
-    over = [f"{name} {value:.4g} > {bound:.4g}" for name, value, bound, _, _ in bounds if value > bound]
-    if over:
+    if any(g.value > g.bound for g in gates):
         return None  # not clearly broken: the step waits for more evidence
     return "promote", f"all gates hold; {figures}"
 
