@@ -272,7 +272,8 @@ class RolloutSettings(BaseModel):
     #: Canary requests after which a clearly broken bound rolls it back.
     early_requests: int = Field(default=100, gt=0)
     max_error_ratio: float = Field(default=1.5, gt=0)  # × the baseline's error rate
-    max_p95_increase: float = Field(default=0.2, ge=0)  # +20% (less waits for quota and retry-afters)
+    #: +20%, on latency less a call's waits (for quota, a lane, a retry-after or a paused model).
+    max_p95_increase: float = Field(default=0.2, ge=0)
     max_cost_increase: float = Field(default=0.1, ge=0)  # +10%
     #: "Clearly broken": this many times over a bound's margin.
     clearly: float = Field(default=2.0, ge=1)

@@ -252,8 +252,8 @@ def _answered(gateway: Gateway, call: _Call, response: httpx2.Response, seconds:
     timing = call.timing
     response.headers[MODE_HEADER] = call.mode
     if call.route is not None:
-        # A configuration is judged on how it answers, not on time spent waiting for quota,
-        # a lane or a retry-after, which falls on baseline and canary alike, but unevenly.
+        # A configuration is judged on how it answers, not on its call's waits (for quota, a
+        # lane, a retry-after or a paused model), which fall on baseline and canary unevenly.
         response = gateway.router.answered(call.route, response, seconds - timing.waited, gateway.stats,
                                            timing.usage, timing.cost)
     if gateway.metrics is not None:
