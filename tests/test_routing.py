@@ -92,23 +92,24 @@ def test_the_gates(canary: Figures, verdict: str | set[str | None] | None) -> No
 
 @pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="latency", latency=Latency(kind="fixed", ms=10))]))
 def test_the_gates_leave_out_time_spent_waiting_for_quota(fake_openai: FakeOpenAI) -> None:
-    """A user's quota of 2 requests a second holds the later of 6 calls back; each still
-    answers in about 10 ms, and that is what its configuration is judged on."""
+    """A user's quota of 2 requests a second holds 4 of 6 calls back about 0.5 s each; each
+    still answers in about 10 ms, and that is what its configuration is judged on. (The
+    median, not the p95: a process's first call or a collector's pause may stall one.)"""
     gate = fg.Gateway(base_url=fake_openai.base_url, per_user=fg.QuotaLimits(requests_per_minute=120),
                       routing={"rollouts": {"r": rollout(steps=[0.5, 1.0], early_requests=1000)}})
     client = gate.openai(api_key="sk-fake", max_retries=0)
-    slowest = 0.0
+    took = []
     with gate.scope(user="u1", feature="support"):
         for _ in range(6):
             began = time.perf_counter()
             client.chat.completions.create(model=BASE, max_tokens=20, messages=[{"role": "user", "content": "Hi"}])
-            slowest = max(slowest, time.perf_counter() - began)
+            took.append(time.perf_counter() - began)
     rollouts = gate.router.rollouts
     rollouts.sync()
     judged = [rollouts.figures("r", side) for side in ("baseline", "canary")]
     f = max(judged, key=lambda f: f.requests)
-    assert f.requests == 6 and slowest > 0.3, "the user's quota held calls back"
-    assert f.p95_seconds < slowest / 3, (f.p95_seconds, slowest)
+    assert f.requests == 6 and sum(t > 0.4 for t in took) >= 4, ("the user's quota held calls back", took)
+    assert f.latency_quantile(0.5) < 0.2, (f.counts, took)
     gate.close()
 
 

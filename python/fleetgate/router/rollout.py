@@ -91,8 +91,12 @@ class Figures:
 
     @property
     def p95_seconds(self) -> float:
+        return self.latency_quantile(0.95)
+
+    def latency_quantile(self, q: float) -> float:
+        """The latency (seconds, to within 5%) that a share `q` of the calls took at most."""
         buckets = sorted((int(k[1:]), v) for k, v in self.counts.items() if k.startswith("l") and v)
-        target, seen = 0.95 * sum(v for _, v in buckets), 0
+        target, seen = q * sum(v for _, v in buckets), 0
         for i, n in buckets:
             seen += n
             if seen >= target:
