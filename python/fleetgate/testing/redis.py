@@ -70,18 +70,30 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _search_range() -> range:
+    """Where to look for free ports: below the kernel's ephemeral range (a cluster node's bus
+    port, 10000 above, too), so that no outgoing connection is handed a chosen port between
+    the check and the server's bind. Where that leaves too little room, 20000-55000."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except OSError:  # not Linux: its usual start, which macOS's 49152 is above
+        ephemeral = 32768
+    return range(10000, ephemeral - 10000) if ephemeral - 20000 >= 1000 else range(20000, 55000)
+
+
 def free_port(*, with_bus: bool = False, taken: set[int] | None = None) -> int:
     """A loopback port that is free now (and, for cluster nodes, its bus port + 10000)."""
     taken = taken if taken is not None else set()
     rng = random.Random()
+    ports = _search_range()
     for _ in range(500):
-        port = rng.randrange(20000, 55000)
+        port = rng.choice(ports)
         if port in taken or (port + 10000) in taken:
             continue
         if _port_free(port) and (not with_bus or _port_free(port + 10000)):
             taken.add(port)
             return port
-    raise RedisRigError("no free loopback port found in 20000-55000")
+    raise RedisRigError(f"no free loopback port found in {ports.start}-{ports.stop - 1}")
 
 
 class RedisRig:
