@@ -8,12 +8,16 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test test-rust test-python test-alerts build redis-server bench bench-rust bench-python stubtest clean
+.PHONY: demo test test-rust test-python test-alerts test-generated build redis-server bench bench-rust bench-python stubtest clean
 
 demo: build  ## build, then run the main job on embedded defaults
 	$(VENV)/bin/fleetgate demo
 
-test: redis-server build test-rust test-python stubtest test-alerts  ## everything, against real Redis
+test: redis-server build test-generated test-rust test-python stubtest test-alerts  ## everything, against real Redis
+
+# The sync request path is generated from the async one (scripts/unasync.py): never stale.
+test-generated: $(VENV)/.ready
+	$(PY) scripts/unasync.py --check
 
 test-rust:
 	cargo test -p fleetgate-core --locked

@@ -15,7 +15,7 @@ import pytest
 
 import fleetgate as fg
 from fleetgate._core import FleetFlights
-from fleetgate.transport import _prepare
+from fleetgate.path.call import gated_call
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency
 
 MODEL = "gpt-4.1-mini"
@@ -263,11 +263,11 @@ def test_a_pod_that_dies_holding_a_claim_blocks_nobody_past_its_lease(fake_opena
     body = json.dumps({"model": MODEL, "messages": content, "temperature": 0}).encode()
     request = httpx2.Request("POST", f"{fake_openai.base_url}/chat/completions", content=body,
                              headers={"authorization": "Bearer sk-fake"})
-    call = _prepare(gate, request)
+    call = gated_call(request, gate.config.assumed_max_output_tokens, 60.0)
     assert call is not None
-    namespace = gate.collapser.namespace(call, request, fg.Scope())
+    namespace = gate.collapser.namespace(call)
     assert namespace is not None
-    key = fg.Flights.key(call.endpoint, namespace, body)
+    key = gate.collapser.flight_key(call, namespace)
     # Another pod claims the call for half a second and dies without answering.
     assert FleetFlights(fg.Limiter(store_url)).claim(key, 0.5)
     raw = gate.openai(api_key="sk-fake", max_retries=0).chat.completions.with_raw_response.create(

@@ -46,7 +46,8 @@ from fleetgate.errors import (
     ServiceDegraded,
     StoreUnavailable,
 )
-from fleetgate.gateway import Gateway, GatewayStats
+from fleetgate.gateway import Gateway
+from fleetgate.stats import GatewayStats
 from fleetgate.modes import ModeState, Modes
 from fleetgate.scope import Priority, Scope, current_scope, scope
 

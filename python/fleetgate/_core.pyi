@@ -18,6 +18,11 @@ _Headers = Mapping[str, str]
 def parse_duration(text: str) -> float:
     """Seconds in a Go-style duration as OpenAI sends it ("20ms", "6m0s", "1h2m3.5s")."""
 
+def health(status: int | None, code: str | None = None) -> Literal["success", "failure", "rate_limited",
+                                                                   "quota_exhausted", "neutral"]:
+    """The one health verdict of an upstream outcome (status None: no answer came), as the
+    breakers, the modes and the rollouts count it."""
+
 def count_tokens(model: str, text: str) -> int:
     """Tokens in `text` under `model`'s encoding (o200k_base or cl100k_base), offline."""
 

@@ -31,8 +31,8 @@ from fleetgate.sharing import deterministic, is_read, namespace_of
 from fleetgate.scope import Scope
 
 if TYPE_CHECKING:
-    from fleetgate.gateway import GatewayStats
-    from fleetgate.transport import _Call
+    from fleetgate.path.call import Call
+    from fleetgate.stats import GatewayStats
 
 __all__ = ["DEDUP_HEADER", "Collapser"]
 
@@ -58,25 +58,75 @@ class Collapser:
         self._leaders: dict[str, asyncio.Task[httpx2.Response | None]] = {}
         self._lock = threading.Lock()
 
-    def namespace(self, call: _Call, request: httpx2.Request, sc: Scope) -> str | None:
+    def namespace(self, call: Call) -> str | None:
         """The namespace this call may share answers in, or None if it must not share."""
-        if not self.settings.enabled:
+        if not self.settings.enabled or call.probe:
             return None
+        sc = call.scope
         if sc.dedup is None:
             when = self.settings.when
             if when == "never" or (when == "deterministic" and not deterministic(call.body)):
                 return None
         elif not sc.dedup:
             return None
-        return namespace_of(self.settings.namespace, request, sc)
+        return namespace_of(self.settings.namespace, call.request, sc)
 
-    def join(self, call: _Call, namespace: str, request: httpx2.Request) -> tuple[Flight, bool]:
-        return self.flights.join(call.endpoint, namespace, request.content)
+    def join(self, call: Call, namespace: str) -> tuple[Flight, bool]:
+        return self.flights.join(call.endpoint, namespace, _identity(call))
+
+    @staticmethod
+    def flight_key(call: Call, namespace: str) -> str:
+        """The key of the flight `call` joins in `namespace` (the same on every pod)."""
+        return Flights.key(call.endpoint, namespace, _identity(call))
+
+    # -- collapsing ------------------------------------------------------------------------
+
+    async def collapse_async(self, call: Call, answer: Callable[[], Awaitable[httpx2.Response]],
+                             refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response:
+        """`answer()` for `call`, made once for every identical call in flight (in this pod,
+        and across pods with ``[dedup] across_pods``). The call runs as its own task: any
+        caller, the first included, may give up alone."""
+        namespace = self.namespace(call)
+        if namespace is None:
+            return await answer()
+        flight, leader = self.join(call, namespace)
+        call.shared = "leader" if leader else "follower"
+        if leader:
+            made = (self.across_pods_async(flight, call, answer, refuse)
+                    if self.fleet is not None and not call.stream else answer())
+            task = asyncio.get_running_loop().create_task(self.lead(flight, made))
+            self.track(flight, task)
+        else:
+            self.stats.count("dedup_followers")
+        return await self.follow(flight, call.request, call.shared, call.stream)
+
+    def collapse(self, call: Call, answer: Callable[[], httpx2.Response],
+                 refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response:
+        """`collapse_async` for threads: the first caller makes the call itself, and answers
+        read whole are shared (streams go their own way)."""
+        namespace = None if call.stream else self.namespace(call)
+        if namespace is None:
+            return answer()
+        flight, leader = self.join(call, namespace)
+        if not leader:
+            call.shared = "follower"
+            self.stats.count("dedup_followers")
+            return self.follow_sync(flight, call.request, call.seconds_left())
+        call.shared = "leader"
+        try:
+            response = (self.across_pods(flight, call, answer, refuse) if self.fleet is not None else answer())
+        except BaseException as e:
+            flight.finish(failure=(type(e).__name__, str(e)))
+            self.leave(flight)
+            raise
+        self.publish(flight, response)
+        self.leave(flight)
+        response.headers.setdefault(DEDUP_HEADER, "leader")  # "fleet" when another pod answered
+        return response
 
     # -- across pods -----------------------------------------------------------------------
 
-    def across_pods(self, flight: Flight, request: httpx2.Request, call: _Call,
-                    answer: Callable[[], httpx2.Response],
+    def across_pods(self, flight: Flight, call: Call, answer: Callable[[], httpx2.Response],
                     refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response:
         """`answer()` made by this pod, or the answer another pod made for the same request."""
         fleet = self._fleet()
@@ -90,11 +140,11 @@ class Collapser:
                 refused = self._unshared(e, refuse)
                 return refused if refused is not None else answer()
             if shared is not None:
-                return _from_shared(shared, request)
-        return self._share(fleet, flight.key, answer)
+                call.shared = "fleet"
+                return _from_shared(shared, call.request)
+        return self._share(fleet, flight.key, call, answer)
 
-    async def across_pods_async(self, flight: Flight, request: httpx2.Request, call: _Call,
-                                answer: Callable[[], Awaitable[httpx2.Response]],
+    async def across_pods_async(self, flight: Flight, call: Call, answer: Callable[[], Awaitable[httpx2.Response]],
                                 refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response:
         fleet = self._fleet()
         while True:
@@ -107,13 +157,14 @@ class Collapser:
                 refused = self._unshared(e, refuse)
                 return refused if refused is not None else await answer()
             if shared is not None:
-                return _from_shared(shared, request)
+                call.shared = "fleet"
+                return _from_shared(shared, call.request)
         try:
             response = await answer()
         except BaseException:
             fleet.release_later(flight.key)
             raise
-        return self._share(fleet, flight.key, lambda: response)
+        return self._share(fleet, flight.key, call, lambda: response)
 
     def _fleet(self) -> FleetFlights:
         if self.fleet is None:
@@ -130,7 +181,7 @@ class Collapser:
             return None
         return refuse(DeadlineExpired("the deadline passed while another pod made this call"))
 
-    def _share(self, fleet: FleetFlights, key: str, answer: Callable[[], httpx2.Response]) -> httpx2.Response:
+    def _share(self, fleet: FleetFlights, key: str, call: Call, answer: Callable[[], httpx2.Response]) -> httpx2.Response:
         """Make the claimed call and publish its answer; only upstream's 200s are shared (a
         refusal or a fallback answer is this pod's own state)."""
         try:
@@ -138,7 +189,7 @@ class Collapser:
         except BaseException:
             fleet.release_later(key)
             raise
-        if response.status_code == 200 and response.headers.get("x-fleetgate-tier") in ("primary", "fallback_model"):
+        if response.status_code == 200 and call.tier in ("primary", "fallback_model"):
             fleet.publish_later(key, 200, json.dumps(_decoded_headers(response)), response.content,
                                 self.settings.keep_seconds)
         else:
@@ -288,7 +339,12 @@ def _whole(flight: Flight, request: httpx2.Request, role: str, timeout: float) -
     return httpx2.Response(status, headers=[*headers, (DEDUP_HEADER, role)], content=b"".join(body), request=request)
 
 
-def _lease(call: _Call, at_least: float = 1.0) -> float:
+def _identity(call: Call) -> bytes:
+    """The call's identity as the flights take a body: a JSON value."""
+    return f'"{call.identity}"'.encode()
+
+
+def _lease(call: Call, at_least: float = 1.0) -> float:
     """How long a claim (or a wait) may last: the caller's deadline."""
     return max(call.seconds_left(), at_least)
 

@@ -5,11 +5,12 @@
     with gate.scope(user="u-42", feature="support-chat"):
         client.responses.create(model="gpt-4.1-mini", input="…")
 
-The path: scope (and its preset, :mod:`fleetgate.budget.presets`) → dedup
-(:mod:`fleetgate.dedup`) → budget (:mod:`fleetgate.budget.guard`) → lane → circuit breaker →
-limit → upstream → settle, and the fallback ladder (:mod:`fleetgate.fallback`) when the
-primary path cannot serve a call. The breaker is asked before the limiter, so a call it refuses
-never takes quota.
+The gateway assembles the services every pod shares (the limiter, breakers, budgets,
+cache, router, modes, ...); the request path that uses them is a stack of layers built from
+the same config (:mod:`fleetgate.path`):
+
+    record → shape → route → modes → cache → dedup → fallback → budget → lanes → retry
+           → breaker → limit → upstream
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from collections import Counter
+
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
@@ -44,9 +45,10 @@ from fleetgate.modes import ModeState, Modes, fleet_signals
 from fleetgate.prompts import Compressor, LayoutTracker, Savings, render_report
 from fleetgate.prices import PriceTable
 from fleetgate.scope import Priority, Scope, current_scope, scope
+from fleetgate.stats import GatewayStats
 from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
 from fleetgate.tracing import tracer
-from fleetgate.transport import AsyncGateTransport, GateTransport
+from fleetgate.path import AsyncGateTransport, GateTransport
 
 if TYPE_CHECKING:
     from fleetgate.batch import BatchJobs
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=BaseModel)
 P = ParamSpec("P")
-__all__ = ["Gateway", "GatewayStats"]
+__all__ = ["Gateway"]
 
 log = logging.getLogger("fleetgate")
 _MISSING = object()
@@ -93,41 +95,6 @@ def _apply_logging(config: GatewayConfig) -> None:
         log.setLevel(settings.level.upper())
     if settings.requests is not None:
         logging.getLogger("fleetgate.requests").setLevel(logging.INFO if settings.requests else logging.WARNING)
-
-
-class GatewayStats:
-    """Counters of what the gateway did, safe to read from any thread.
-
-    ``requests`` gated calls; ``refused`` by the gateway (no quota before the deadline, or
-    the store down and fail-closed); ``upstream_rate_limited`` 429s from upstream, of which
-    ``upstream_retries`` were retried by the gateway; ``settled_from_usage`` /
-    ``settled_from_estimate`` / ``settled_from_failure`` (nothing spent) how reservations
-    were settled; ``settle_failures``; ``served_<tier>`` per rung of the ladder (``primary``,
-    ``fallback_model``, ``static``, ``deferred``, ``cache``); ``lane_full``;
-    ``breaker_refused`` and ``breaker_<state>`` per transition;
-    ``dedup_followers``, ``dedup_fleet_followers``, ``dedup_cancelled``; ``budget_refused``,
-    ``budget_queued``, ``budget_alerts``, ``budget_unpriced``, ``budget_settled_from_estimate``;
-    ``cache_hits``, ``cache_misses``, ``cache_stored``, ``cache_too_large``, ``cache_errors``
-    (the exact layer's); ``semantic_hits``, ``semantic_misses``, ``semantic_guarded_<guard>``
-    per near-miss guard that refused a candidate, ``semantic_stale``, ``semantic_dropped``,
-    ``semantic_other_embedder``.
-    """
-
-    def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def count(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += n
-
-    def __getitem__(self, name: str) -> int:
-        with self._lock:
-            return self._counts[name]
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
 
 
 class Gateway:

@@ -6,13 +6,14 @@ deterministic."""
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any, Literal
 
 import httpx2
 
 from fleetgate.scope import Scope
 
-__all__ = ["NOT_IN_KEY", "Sharing", "deterministic", "digest", "is_read", "namespace_of"]
+__all__ = ["NOT_IN_KEY", "Sharing", "deterministic", "digest", "identity", "is_read", "namespace_of"]
 
 Sharing = Literal["global", "user", "team", "feature"]
 
@@ -28,6 +29,15 @@ def digest(*parts: str) -> str:
         hashed.update(part.encode())
         hashed.update(b"\0")
     return hashed.hexdigest()
+
+
+def identity(endpoint: str, body: dict[str, Any]) -> str:
+    """What makes a request's answer what it is: its endpoint and its body less the fields
+    that do not change the answer (key order and whitespace aside). The cache keys answers
+    by it and deduplication collapses calls by it, so the two never disagree on which
+    requests are the same."""
+    kept = {k: v for k, v in body.items() if k not in NOT_IN_KEY}
+    return digest(endpoint, json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
 
 
 def namespace_of(sharing: Sharing, request: httpx2.Request, sc: Scope) -> str | None:

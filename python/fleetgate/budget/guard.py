@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from fleetgate._core import Budget, BudgetReservation, Ledger, Limiter
 from fleetgate.config import BudgetLimit, BudgetSettings
-from fleetgate.errors import ConfigError
+from fleetgate.errors import BudgetExceeded, ConfigError
 from fleetgate.estimate import Estimate
 from fleetgate.prices import ModelPrice, PriceTable
 from fleetgate.scope import Scope
@@ -117,6 +117,41 @@ class Budgets:
             self._count("budget_unpriced")
             return None, 0.0
         return price, price.dollars(estimate.prompt_tokens, estimate.max_output_tokens)
+
+    def reserve(self, estimate: Estimate, sc: Scope) -> Hold | None:
+        """Reserve a call's worst-case cost on every budget that applies: its hold, or None
+        (no budgets, or an unpriced model let through). Raises BudgetExceeded when one has
+        no room, ConfigError for an unpriced model under ``unpriced = "refuse"``, and
+        StoreUnavailable when the ledger's store is down."""
+        price, worst = self.worst_case(estimate) if self.active else (None, 0.0)
+        if price is None:
+            return None
+        reservation = self.ledger.reserve(self.applicable(sc), worst, lease=self.settings.reservation_seconds,
+                                          now=self.clock())
+        return self.hold(estimate, sc, reservation, price)
+
+    async def reserve_async(self, estimate: Estimate, sc: Scope) -> Hold | None:
+        """:meth:`reserve`, awaiting the store."""
+        price, worst = self.worst_case(estimate) if self.active else (None, 0.0)
+        if price is None:
+            return None
+        reservation = await self.ledger.reserve_async(self.applicable(sc), worst,
+                                                      lease=self.settings.reservation_seconds, now=self.clock())
+        return self.hold(estimate, sc, reservation, price)
+
+    def when_refused(self, error: BudgetExceeded, seconds_left: float) -> tuple[str, float]:
+        """What to do for a call `error` refused: ``("queue", seconds)`` to wait for the
+        budget's next period when it comes within `seconds_left`, else what its
+        ``on_exhausted`` says (``"cheaper"``, ``"cache_only"``, ``"refuse"``; a queue
+        whose wait is too long refuses), with 0 seconds."""
+        action = self.action(error.budget)
+        if action != "queue":
+            return action, 0.0
+        wait = max(0.0, error.resets_at - self.clock()) + 0.001
+        if wait < seconds_left:
+            self._count("budget_queued")
+            return "queue", wait
+        return "refuse", 0.0
 
     def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice) -> Hold:
         return Hold(reservation, price, estimate.model, sc.feature or "", sc.user or "", sc.team or "")

@@ -21,10 +21,10 @@ Answers carry ``x-fleetgate-cache: hit`` (exact) or ``semantic`` (with
 ``x-fleetgate-similarity``) when they come from the cache.
 """
 
-from fleetgate.cache.answers import CACHE_HEADER, SIMILARITY_HEADER, AnswerCache
+from fleetgate.cache.answers import CACHE_HEADER, SIMILARITY_HEADER, AnswerCache, CacheAddress
 from fleetgate.cache.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from fleetgate.cache.semantic import SemanticCache
 from fleetgate.cache.store import AnswerStore, MemoryStore, RedisAnswerStore
 
-__all__ = ["CACHE_HEADER", "SIMILARITY_HEADER", "AnswerCache", "AnswerStore", "Embedder", "LocalEmbedder",
+__all__ = ["CACHE_HEADER", "SIMILARITY_HEADER", "AnswerCache", "CacheAddress", "AnswerStore", "Embedder", "LocalEmbedder",
            "MemoryStore", "OpenAIEmbedder", "RedisAnswerStore", "SemanticCache"]

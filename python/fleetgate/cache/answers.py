@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx2
 
@@ -17,13 +17,13 @@ from fleetgate.cache.semantic import SemanticCache, SemanticQuery
 from fleetgate.cache.store import AnswerStore, RedisAnswerStore, store_for
 from fleetgate.config import CacheSettings
 from fleetgate.errors import StoreUnavailable
-from fleetgate.sharing import NOT_IN_KEY, deterministic, digest, is_read, namespace_of
+from fleetgate.sharing import deterministic, digest, is_read, namespace_of
 from fleetgate.scope import Scope
 
 if TYPE_CHECKING:
-    from fleetgate.gateway import GatewayStats
+    from fleetgate.stats import GatewayStats
 
-__all__ = ["CACHE_HEADER", "SIMILARITY_HEADER", "AnswerCache"]
+__all__ = ["CACHE_HEADER", "SIMILARITY_HEADER", "AnswerCache", "CacheAddress"]
 
 #: Response header: ``hit`` for an answer from the exact layer, ``semantic`` from the
 #: semantic one (then ``x-fleetgate-similarity`` gives the prompts' cosine similarity).
@@ -35,6 +35,14 @@ log = logging.getLogger("fleetgate")
 #: Headers a stored answer does not keep: the wire's, and those of the call that made it.
 _NOT_STORED = frozenset({"content-encoding", "content-length", "transfer-encoding", "date", "x-request-id",
                          "set-cookie", "x-fleetgate-dedup"})
+
+
+class CacheAddress(NamedTuple):
+    """Where a request's answer is kept: its exact key, and what the semantic layer
+    matches it on (None: not by meaning)."""
+
+    key: str
+    semantic: SemanticQuery | None
 
 
 class AnswerCache:
@@ -59,15 +67,20 @@ class AnswerCache:
         if self.semantic is not None:
             self.semantic.close()
 
-    def key(self, endpoint: str, body: dict[str, Any], request: httpx2.Request, sc: Scope) -> str | None:
-        """The key of a request's answer, or None when its scope cannot share one."""
+    def key(self, identity: str, request: httpx2.Request, sc: Scope) -> str | None:
+        """The key of the answer to a request of `identity` (:func:`fleetgate.sharing.identity`),
+        or None when its scope cannot share one."""
         if self.store is None:
             return None
         namespace = namespace_of(self.settings.namespace, request, sc)
-        if namespace is None:
-            return None
-        kept = {k: v for k, v in body.items() if k not in NOT_IN_KEY}
-        return digest(namespace, endpoint, json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+        return None if namespace is None else digest(namespace, identity)
+
+    def address(self, identity: str, endpoint: str, body: dict[str, Any], request: httpx2.Request,
+                sc: Scope) -> CacheAddress | None:
+        """Where the answer to a request is kept, or None when it is not cached (the cache
+        is off, or the scope cannot share answers)."""
+        key = self.key(identity, request, sc)
+        return None if key is None else CacheAddress(key, self.query(endpoint, body, request, sc))
 
     def serves(self, body: dict[str, Any]) -> bool:
         """Whether the policy answers this request from the cache."""

@@ -67,7 +67,7 @@ def read_pairs(path: str | Path) -> list[Pair]:
 
 def evaluate(pairs: Iterable[Pair], embedder: Embedder, settings: SemanticSettings | None = None) -> list[CategoryResult]:
     """Each category's result, in the order the categories first appear."""
-    from fleetgate.gateway import GatewayStats
+    from fleetgate.stats import GatewayStats
 
     pairs = list(pairs)
     settings = (settings or SemanticSettings()).model_copy(update={"enabled": True, "path": None})

@@ -41,7 +41,7 @@ from fleetgate.sharing import NOT_IN_KEY, digest, namespace_of
 
 if TYPE_CHECKING:
     from fleetgate.cache.store import AnswerStore
-    from fleetgate.gateway import GatewayStats
+    from fleetgate.stats import GatewayStats
 
 __all__ = ["Match", "SemanticCache", "SemanticQuery"]
 

@@ -27,6 +27,7 @@ import httpx2
 
 from fleetgate.cache.embedders import Embedder
 from fleetgate.config import DeploymentSettings, RoutingSettings
+from fleetgate.errors import CircuitOpen, FleetgateError
 from fleetgate.prices import PriceTable
 from fleetgate.router.rollout import Figures, Outcome, Rollouts, RolloutState, Side, decide
 from fleetgate.router.tiers import Classifier, HeuristicClassifier, NearestClassifier, prompt_of
@@ -48,6 +49,20 @@ class Route:
     model: str  # the model it is sent to
     tier: str | None = None
     rollout: tuple[str, Side, int, str] | None = None  # (name, side, step, version)
+
+    def marks(self) -> dict[str, str]:
+        """The headers its answer carries: the tier, the rollout's ``name/side/version``."""
+        found = {}
+        if self.tier is not None:
+            found[ROUTE_HEADER] = self.tier
+        if self.rollout is not None:
+            name, side, _, version = self.rollout
+            found[DEPLOYMENT_HEADER] = f"{name}/{side}/{version}"
+        return found
+
+
+#: The layers whose refusals are evidence against the configuration they refused.
+_EVIDENCE = frozenset({"breaker", "limit", "lanes", "budget"})
 
 
 class Router:
@@ -89,17 +104,26 @@ class Router:
         return ({**body, "model": target} if target != model else body), Route(model, target, tier)
 
     def answered(self, route: Route, response: httpx2.Response, seconds: float, stats: Any,
-                 usage: dict[str, Any] | None, cost: float | None) -> httpx2.Response:
-        """Mark `response` with the route; count it for the gates and the spend report.
-        `usage` and `cost`: what the answer was billed (None when it was not)."""
+                 usage: dict[str, Any] | None, cost: float | None, refused: FleetgateError | None = None,
+                 refused_by: str | None = None) -> None:
+        """Count an answer for the gates and the spend report. `seconds`: its latency less
+        its waits; `usage` and `cost`: what it was billed (None when it was not);
+        `refused` / `refused_by`: why, and by which layer, the configuration's own path
+        could not serve it (None when it did).
+
+        A refusal by a layer that judges this configuration's own traffic (its breaker,
+        its quota, its lane, its budget) is evidence against it: an error, and an open
+        breaker rolls a canary back at once. A refusal for the whole fleet (a degraded
+        mode, a setting) and upstream's 429s say nothing of the configuration."""
         if route.tier is not None:
-            response.headers[ROUTE_HEADER] = route.tier
             stats.count(f"routed_{route.tier}")
-        if route.rollout is not None:
-            name, side, step, version = route.rollout
-            response.headers[DEPLOYMENT_HEADER] = f"{name}/{side}/{version}"
-        if response.headers.get("x-fleetgate") == "refused" or response.status_code == 429:
-            return response  # a refusal, the gateway's or upstream's, says nothing of the configuration
+        if route.rollout is not None and refused_by in _EVIDENCE:
+            name, side, step, _ = route.rollout
+            circuit = isinstance(refused, CircuitOpen) and refused.reason != "paused"
+            self.rollouts.record(name, side, step, Outcome(True, None, None, circuit_open=circuit))
+            return
+        if refused is not None or response.status_code == 429:
+            return
         if route.tier is not None and usage:
             top = self.prices.cost(self.settings.tiers[-1].model, usage)
             if cost is not None and top is not None:
@@ -109,7 +133,6 @@ class Router:
             name, side, step, _ = route.rollout
             self.rollouts.record(name, side, step, _outcome(response, _json(response), seconds, cost,
                                                             self.settings.rollouts[name].too_short_chars))
-        return response
 
     def schema_failed(self, headers: Any) -> None:
         """An answer (its response headers) did not validate: a quality signal against

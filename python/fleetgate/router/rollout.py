@@ -53,14 +53,17 @@ class Outcome:
     """One answered call, as the gates count it."""
 
     error: bool
-    #: The call's latency less its waits: for quota, a lane, a retry-after or a paused model.
-    seconds: float
+    #: The call's latency less its waits: for quota, a lane, a retry-after or a paused model
+    #: (None: it was refused, and its latency says nothing).
+    seconds: float | None
     #: What the answer was billed; None when it was not (an error).
     cost: float | None = 0.0
     refusal: bool = False
     truncated: bool = False
     too_short: bool = False
     schema_failed: bool = False
+    #: Refused because this side's circuit breaker is open: upstream fails this side.
+    circuit_open: bool = False
 
 
 @dataclass
@@ -112,7 +115,9 @@ class Figures:
             c["cost_micros"] += round(outcome.cost * 1e6)
         for q in _QUALITY:
             c[q] += getattr(outcome, q if q != "refusals" else "refusal")
-        c[f"l{max(0, math.ceil(math.log(max(outcome.seconds, 1e-3) / 0.001, _RATIO)))}"] += 1
+        c["circuit_open"] += outcome.circuit_open
+        if outcome.seconds is not None:
+            c[f"l{max(0, math.ceil(math.log(max(outcome.seconds, 1e-3) / 0.001, _RATIO)))}"] += 1
 
     def describe(self) -> str:
         return (f"{self.requests} requests, errors {self.error_rate:.2%}, quality signals {self.quality_rate:.2%}, "
@@ -152,7 +157,14 @@ def decide(rules: RolloutSettings, state: RolloutState, base: Figures,
     """The gates: ("rollback", why) once a bound is clearly broken (after `early_requests`;
     for a rate, also beyond chance), ("promote", why) once all hold (after `min_requests`),
     else None (keep counting)."""
-    if state.status != "running" or canary.requests < rules.early_requests:
+    if state.status != "running":
+        return None
+    if canary.counts["circuit_open"]:
+        # Upstream fails the canary so often that its breaker opened: roll back now, not
+        # after the rate gates have counted enough calls (the breaker refuses them).
+        return "rollback", (f"the canary's circuit breaker opened ({canary.counts['circuit_open']} calls refused); "
+                            f"canary: {canary.describe()}; baseline: {base.describe()}")
+    if canary.requests < rules.early_requests:
         return None
     # A baseline with no errors still allows the canary a little: one error in a thousand.
     base_errors = max(base.error_rate, 0.001)

@@ -286,3 +286,18 @@ impl Breaker {
         Ok(())
     }
 }
+
+/// `health(status, code)`: the one health verdict of an upstream outcome, as breakers,
+/// modes and rollouts count it: `"success"`, `"failure"` (5xx, 408, or no answer: status
+/// None), `"rate_limited"`, `"quota_exhausted"` or `"neutral"` (the caller's own doing).
+#[pyfunction]
+#[pyo3(signature = (status, code=None))]
+pub fn health(status: Option<u16>, code: Option<&str>) -> &'static str {
+    match classify(status, code, Duration::ZERO) {
+        core::Verdict::Success => "success",
+        core::Verdict::Failure => "failure",
+        core::Verdict::RateLimited { .. } => "rate_limited",
+        core::Verdict::QuotaExhausted => "quota_exhausted",
+        core::Verdict::Neutral => "neutral",
+    }
+}

@@ -38,6 +38,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<completions::Submission>()?;
     m.add_class::<batch::Splitter>()?;
     m.add_function(wrap_pyfunction!(parse_duration, m)?)?;
+    m.add_function(wrap_pyfunction!(breaker::health, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::count_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::chat_prompt_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::encoding_for_model, m)?)?;

@@ -1,0 +1,90 @@
+"""fallback: the ladder around the rest of the path. When a layer below refuses the call
+(its circuit is open, no quota or lane slot comes before the deadline, a budget is spent)
+the caller gets the first rung that can answer: a cheaper model (the rest of the path run
+again for it), the static answer, the deferred queue, else the refusal itself. A spent
+budget does what its ``on_exhausted`` says: wait for its next period (``queue``), step down
+only to the cheaper model (``cheaper``), answer only from the cache (``cache_only``) or
+refuse. See :mod:`fleetgate.fallback`.
+
+Contract: every refusal from below ends here, as an answer marked with its rung; the
+refusal that turned the primary path down stays on the call (:attr:`Call.refusal`), for the
+router to count against the configuration it refused. A setting to fix (``ConfigError``)
+is refused at once: no rung below can help.
+"""
+
+from __future__ import annotations
+
+import httpx2
+
+from fleetgate.budget.guard import Budgets
+from fleetgate.cache import AnswerCache
+from fleetgate.errors import BudgetExceeded, ConfigError, FleetgateError
+from fleetgate.fallback import Ladder
+from fleetgate.path._async.layer import Layer, Next
+from fleetgate.path.call import Call, Refused
+from fleetgate.path.refusals import refuse
+from fleetgate.path.waits import sleep_async
+
+__all__ = ["Fallback"]
+
+
+class Fallback(Layer):
+    name = "fallback"
+
+    def __init__(self, ladder: Ladder, budgets: Budgets, cache: AnswerCache) -> None:
+        self.ladder, self.budgets, self.cache = ladder, budgets, cache
+
+    async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
+        while True:
+            try:
+                return await next(call)
+            except Refused as refused:
+                call.refusal, error = refused, refused.error
+            action, wait = self._when_refused(call, error)
+            if action != "queue":
+                break
+            await sleep_async(call.waits(wait))
+        if action == "cache_only":
+            return await self._from_cache(call, error)
+        if action == "refuse":
+            return refuse(call, error)
+        body = self.ladder.cheaper_body(call.body)
+        cheaper = call.step_down(body) if body is not None else None
+        if cheaper is not None:
+            try:
+                response = await next(cheaper)
+            except Refused as again:
+                if action == "cheaper":  # the step down was refused too: say why
+                    return refuse(call, again.error)
+            else:
+                call.tier = "fallback_model"
+                return response
+        if action == "cheaper":  # no cheaper model under [fallback] models
+            return refuse(call, error)
+        static = self.ladder.static_response(call.request, call.endpoint, call.body)
+        if static is not None:
+            call.tier = "static"
+            return static
+        deferred = self.ladder.defer(call.request, call.endpoint, call.body, str(error))
+        if deferred is not None:
+            call.tier = "deferred"
+            return deferred
+        return refuse(call, error)
+
+    def _when_refused(self, call: Call, error: FleetgateError) -> tuple[str, float]:
+        """``("queue", seconds)``, ``("cheaper", 0)``, ``("cache_only", 0)``, ``("refuse", 0)``
+        or ``("ladder", 0)``: down every rung."""
+        if isinstance(error, ConfigError):
+            return "refuse", 0.0
+        if isinstance(error, BudgetExceeded):
+            return self.budgets.when_refused(error, call.seconds_left())
+        return "ladder", 0.0
+
+    async def _from_cache(self, call: Call, error: FleetgateError) -> httpx2.Response:
+        address = call.cache_address
+        hit = (await self.cache.lookup_async(address.key, call.request, address.semantic)
+               if address is not None else None)
+        if hit is None:
+            return refuse(call, error)
+        call.tier = "cache"
+        return hit

@@ -1,0 +1,58 @@
+"""retry: the one owner of upstream retries. A 429 ``rate_limit_exceeded`` is sent again
+after the wait upstream asks for (``retry-after-ms``, ``retry-after``), at most
+``max_upstream_retries`` times and only while the deadline allows; every 429 handed back
+carries ``x-should-retry: false`` so the SDK does not retry on top. Connection errors and
+5xx are left to the SDK's own retries.
+
+Contract: each attempt goes through the breaker and the limiter again (a 429 is quota,
+not health: the breaker pauses, the limiter empties the fleet's view of the model's
+quota); ``insufficient_quota`` is never retried (waiting brings no credit back).
+"""
+
+from __future__ import annotations
+
+import httpx2
+
+from fleetgate.metrics import GatewayMetrics
+from fleetgate.path._async.layer import Layer, Next
+from fleetgate.path.call import Call
+from fleetgate.path.waits import sleep_async
+from fleetgate.path.wire import retry_wait
+from fleetgate.stats import GatewayStats
+
+__all__ = ["Retry"]
+
+
+class Retry(Layer):
+    name = "retry"
+
+    def __init__(self, max_retries: int, stats: GatewayStats, metrics: GatewayMetrics | None) -> None:
+        self.max_retries, self.stats, self.metrics = max_retries, stats, metrics
+
+    async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
+        attempt = 0
+        while True:
+            response = await next(call)
+            if response.status_code != 429:
+                return response
+            wait = self._retry_in(call, response, attempt)
+            if wait is None:
+                response.headers["x-should-retry"] = "false"
+                return response
+            await response.aclose()
+            attempt += 1
+            await sleep_async(call.waits(wait))
+
+    def _retry_in(self, call: Call, response: httpx2.Response, attempt: int) -> float | None:
+        """Seconds to wait before sending a 429'd call again, or None to hand it back."""
+        self.stats.count("upstream_rate_limited")
+        if self.metrics is not None:
+            self.metrics.limiter_refused(call.model, "upstream")
+        outcome = call.outcome
+        if outcome is None or outcome.code != "rate_limit_exceeded" or response.headers.get("x-should-retry") == "false":
+            return None  # insufficient_quota and the like: waiting will not help
+        wait = retry_wait(response)
+        if attempt >= self.max_retries or wait > call.seconds_left():
+            return None
+        self.stats.count("upstream_retries")
+        return wait

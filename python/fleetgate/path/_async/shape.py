@@ -1,0 +1,66 @@
+"""shape: what is sent, before anything else decides about it. The instructions of the
+features opted in are compressed (the saving counted per template), the call's preset
+(its scope's, else its feature's) sets its model, its output limit and cuts its input to
+size, and the prompt-cache layout report samples it. The estimate the later layers use is
+made once, for the body as shaped.
+
+Contract: a preset that is not configured refuses the call (400, ``ConfigError``); a body
+compression cannot save on goes as it was.
+"""
+
+from __future__ import annotations
+
+import httpx2
+
+from fleetgate.budget.presets import Presets
+from fleetgate.config import PromptSettings
+from fleetgate.errors import ConfigError
+from fleetgate.metrics import GatewayMetrics
+from fleetgate.path._async.layer import Layer, Next
+from fleetgate.path.call import Call
+from fleetgate.path.refusals import refuse
+from fleetgate.prompts import Compressor, LayoutTracker, Savings, compress_body
+from fleetgate.records import template_hash
+
+__all__ = ["Shape"]
+
+
+class Shape(Layer):
+    name = "shape"
+
+    def __init__(self, presets: Presets, prompts: PromptSettings, compressor: Compressor | None, savings: Savings,
+                 layout: LayoutTracker | None, metrics: GatewayMetrics | None) -> None:
+        self.presets, self.compressor, self.savings, self.layout, self.metrics = (presets, compressor, savings,
+                                                                                  layout, metrics)
+        self.compressed = frozenset(prompts.compress_features) if compressor is not None else frozenset()
+
+    async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
+        if call.scope.feature in self.compressed:
+            self._compress(call)
+        name = self.presets.for_scope(call.scope)
+        if name is not None:
+            try:
+                shaped = self.presets.shape(name, call.endpoint, call.body)
+            except KeyError:
+                return refuse(call, ConfigError(
+                    f"preset {name!r} is not configured: add [presets.{name}] to the gateway's config "
+                    f"(known: {', '.join(sorted(self.presets.presets)) or 'none'})"))
+            if not call.rewrite(shaped.body):
+                return refuse(call, ConfigError(f"preset {name!r} made a request the gateway cannot read"))
+            call.cut = shaped.cut
+        if self.layout is not None:
+            call.template = call.scope.feature or template_hash(call.body)
+            self.layout.observe(call.template, call.endpoint, call.body)
+        return await next(call)
+
+    def _compress(self, call: Call) -> None:
+        assert self.compressor is not None
+        done = compress_body(self.compressor, call.endpoint, call.body)
+        if done is None:
+            return
+        body, saved = done
+        before = call.estimate.prompt_tokens
+        if call.rewrite(body):
+            self.savings.add(str(call.scope.feature), before, saved)  # the layout's key
+            if self.metrics is not None:
+                self.metrics.prompt_saved(call.scope.feature, saved)

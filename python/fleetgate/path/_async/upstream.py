@@ -1,0 +1,125 @@
+"""upstream: the real HTTP call, through the transport the gateway was given. An answer is
+read whole, its ``usage`` found and priced once; a stream passes through untouched, its
+usage picked from the events as they go by. When the answer is in (a stream: when it is
+closed) the call is told how it ended (:meth:`Call.done`), and the layers above settle
+what they hold.
+
+Contract: each upstream call's health verdict (``classify`` in the Rust core: 5xx, 408 and
+no answer are failures; a 429 is quota) feeds the fleet's degradation modes, as it feeds
+the breakers; its time is counted as the call's upstream time, apart from the gateway's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx2
+
+from fleetgate._core import health
+from fleetgate.estimate import usage_counts, usage_tokens
+from fleetgate.metrics import GatewayMetrics
+from fleetgate.modes import Modes
+from fleetgate.path._async.layer import Layer, Next
+from fleetgate.path.call import Call, Outcome
+from fleetgate.path.wire import UsageScanner, error_code, usage_of
+from fleetgate.prices import PriceTable
+from fleetgate.prompts import LayoutTracker
+
+__all__ = ["SettlingStream", "Upstream"]
+
+#: Verdicts about quota, not health: the modes do not count them either way.
+_QUOTA = frozenset({"rate_limited", "quota_exhausted"})
+
+
+class Upstream(Layer):
+    name = "upstream"
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, modes: Modes, prices: PriceTable,
+                 metrics: GatewayMetrics | None, layout: LayoutTracker | None) -> None:
+        self.inner, self.modes, self.prices, self.metrics, self.layout = inner, modes, prices, metrics, layout
+
+    async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
+        call.outcome = None
+        started = time.perf_counter()
+        try:
+            response = await self.inner.handle_async_request(call.request)
+        except httpx2.TransportError:
+            self._timed(call, started, None, None)
+            raise
+        except BaseException:  # cancelled: says nothing about upstream's health
+            call.timing.upstream += time.perf_counter() - started
+            raise
+        status = response.status_code
+        if call.stream and status == 200:
+            self._timed(call, started, status, None)  # time to first byte
+            return httpx2.Response(status, headers=response.headers, request=call.request,
+                                   extensions=response.extensions,
+                                   stream=SettlingStream(response.stream,  # type: ignore[arg-type]
+                                                         lambda scanner: self._streamed(call, scanner)))
+        await response.aread()
+        if status == 200:
+            usage = usage_of(response.content)
+            tokens = usage_tokens(usage)
+            call.outcome = Outcome(status, call.estimate.settle_with(tokens), "estimate" if tokens is None else "usage",
+                                   self._billed(call, usage))
+        else:
+            call.outcome = Outcome(status, 0, "failure", code=error_code(response) if status == 429 else None)
+        self._timed(call, started, status, call.outcome.code)
+        return response
+
+    def _timed(self, call: Call, started: float, status: int | None, code: str | None) -> None:
+        elapsed = time.perf_counter() - started
+        call.timing.upstream += elapsed
+        verdict = health(status, code)
+        if verdict not in _QUOTA:
+            self.modes.observe(verdict == "failure", elapsed)
+
+    def _streamed(self, call: Call, scanner: UsageScanner) -> None:
+        """A stream ended: settle from what it carried (its usage event; else at least the
+        prompt and one token per content delta)."""
+        estimate = call.estimate
+        if scanner.usage is not None:
+            outcome = Outcome(200, estimate.settle_with(scanner.usage), "usage", self._billed(call, scanner.detail),
+                              scanner.deltas)
+        else:
+            outcome = Outcome(200, estimate.settle_with(estimate.prompt_tokens + scanner.deltas), "estimate", None,
+                              scanner.deltas)
+        call.done(outcome)
+
+    def _billed(self, call: Call, usage: object) -> dict[str, Any] | None:
+        """The answer's ``usage`` priced once: kept on the call (for the router, the budget
+        and the log record) and counted in the metrics and the prompt-cache report."""
+        if not isinstance(usage, dict):
+            return None
+        model, counts = call.model, usage_counts(usage)
+        cost = self.prices.counts_cost(model, counts)
+        timing = call.timing
+        timing.usage, timing.cost, timing.model = usage, cost, model
+        if call.template is not None and self.layout is not None:
+            self.layout.usage(call.template, usage)
+        if self.metrics is not None:
+            self.metrics.billed(model, call.scope.feature, counts, cost)
+        return usage
+
+
+class SettlingStream(httpx2.AsyncByteStream):
+    """A stream passed through untouched, watched for its usage; `done` is told once, when
+    it is closed."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream, done: Callable[[UsageScanner], None]) -> None:
+        self._inner, self._done, self._scanner, self._finished = inner, done, UsageScanner(), False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            self._scanner.feed(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            if not self._finished:
+                self._finished = True
+                self._done(self._scanner)

@@ -1,0 +1,69 @@
+# Generated from fleetgate/path/_async/budget.py by scripts/unasync.py: edit that file, then run the script.
+"""budget: the call's worst-case cost (its prompt and the most output it may produce, at
+its model's price) is reserved on every dollar budget that applies, atomically across the
+fleet, before it goes on; the reservation is settled with the real cost once the answer is
+in (a stream: at its end), and released when nothing was spent. See
+:mod:`fleetgate.budget.guard`.
+
+Contract: a budget with no room refuses with ``BudgetExceeded`` (the fallback layer then
+does what its ``on_exhausted`` says, and the router counts it against a rollout side); a
+model with no price refuses with ``ConfigError`` under ``unpriced = "refuse"``; with Redis
+down the budgets follow ``failure_policy`` (a per-pod share under ``fail_open``, a
+``StoreUnavailable`` refusal under ``fail_closed``). Nothing is reserved for a call that
+never leaves.
+"""
+
+from __future__ import annotations
+
+import httpx2
+
+from fleetgate.budget.guard import Budgets, Hold
+from fleetgate.errors import BudgetExceeded, ConfigError, FleetgateError, StoreUnavailable
+from fleetgate.path._sync.layer import Layer, Next
+from fleetgate.path.call import Call, Outcome, Refused
+from fleetgate.path.settle import settle_failed
+from fleetgate.stats import GatewayStats
+
+__all__ = ["Budget"]
+
+class Budget(Layer):
+    name = "budget"
+
+    def __init__(self, budgets: Budgets, stats: GatewayStats) -> None:
+        self.budgets, self.stats = budgets, stats
+
+    def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
+        try:
+            hold = self.budgets.reserve(call.estimate, call.scope)
+        except (BudgetExceeded, ConfigError, StoreUnavailable) as e:
+            self.stats.count("budget_refused" if isinstance(e, BudgetExceeded) else "refused")
+            raise Refused(e, self.name) from e
+        if hold is None:
+            return next(call)
+        try:
+            response = next(call)
+        except BaseException:
+            self._release(hold)
+            raise
+        call.when_done(lambda outcome: self._settle(call, hold, outcome))
+        return response
+
+    def _settle(self, call: Call, hold: Hold, outcome: Outcome) -> None:
+        """Spend what the call cost: its usage priced, else the prompt and what it wrote (a
+        stream's deltas; the most it could write when that is unknown)."""
+        if not outcome.billed:
+            self._release(hold)
+            return
+        cost = call.timing.cost if outcome.usage is not None else None
+        output = outcome.deltas if call.stream else call.estimate.max_output_tokens
+        try:
+            self.budgets.spend(hold, cost, call.estimate.prompt_tokens, output)
+        except FleetgateError as e:
+            settle_failed(self.stats, e)
+
+    def _release(self, hold: Hold) -> None:
+        try:
+            self.budgets.release(hold)
+        except FleetgateError as e:
+            settle_failed(self.stats, e)
+

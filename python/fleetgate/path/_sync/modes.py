@@ -1,0 +1,117 @@
+# Generated from fleetgate/path/_async/modes.py by scripts/unasync.py: edit that file, then run the script.
+"""modes: the fleet's degradation mode (:mod:`fleetgate.modes`) decides how much of the
+path a call may use. ``full`` passes it on; ``reduced`` sends it to the cheaper model with
+a smaller output limit, and refuses optional features; ``cached-only`` answers from the
+cache, ``static`` with the static answer; ``maintenance`` holds the call until the mode
+ends or its deadline passes, then defers or refuses it.
+
+Contract: in a mode the fleet entered by itself, one call per ``probe_every_seconds`` goes
+upstream as a probe (never served from the cache nor shared), so that the fleet sees
+recovery; a probe that fails gives its caller what the mode gives. Refusals here are the
+fleet's, not a configuration's: the router does not count them against a rollout side.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx2
+
+from fleetgate.budget.presets import cap_output
+from fleetgate.cache import AnswerCache
+from fleetgate.config import ModeSettings
+from fleetgate.errors import ConfigError, ServiceDegraded
+from fleetgate.fallback import Ladder
+from fleetgate.modes import ModeState, Modes as FleetModes
+from fleetgate.path._sync.layer import Layer, Next
+from fleetgate.path.call import Call
+from fleetgate.path.refusals import refuse
+from fleetgate.stats import GatewayStats
+
+__all__ = ["Modes"]
+
+
+class Modes(Layer):
+    name = "modes"
+
+    def __init__(self, modes: FleetModes, settings: ModeSettings, ladder: Ladder, cache: AnswerCache,
+                 stats: GatewayStats) -> None:
+        self.modes, self.settings, self.ladder, self.cache, self.stats = modes, settings, ladder, cache, stats
+
+    def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
+        mode = self.modes.current
+        if mode.mode == "full":
+            return next(call)
+        if mode.mode == "maintenance":
+            began = time.perf_counter()
+            mode = self.modes.wait_out(call.seconds_left())
+            call.timing.waited += time.perf_counter() - began
+            if mode.mode == "full":
+                return next(call)
+        call.mode = mode.mode
+        if mode.mode == "maintenance":
+            deferred = self.ladder.defer(call.request, call.endpoint, call.body,
+                                         f"the fleet is in maintenance ({mode.reason})")
+            if deferred is not None:  # kept on disk for later instead of lost
+                call.tier = "deferred"
+                return deferred
+            return refuse(call, self._degraded(mode, "the deadline passed while the fleet was in maintenance; the "
+                                                     "request was not sent"))
+        if mode.mode == "reduced":
+            return self._reduced(call, mode, next)
+        if self.modes.probe():
+            self.stats.count("mode_probes")
+            call.probe = True
+            probed = self._probe(call, next)
+            if probed is not None:
+                return probed
+            call.probe, call.tier, call.refusal = False, "primary", None
+        if mode.mode == "cached-only":
+            address = self.cache.address(call.identity, call.endpoint, call.body, call.request, call.scope)
+            call.looked_up = address is not None
+            hit = (self.cache.lookup(address.key, call.request, address.semantic)
+                   if address is not None else None)
+            if hit is not None:
+                call.tier = "cache"
+                return hit
+        static = self.ladder.static_response(call.request, call.endpoint, call.body)
+        if static is not None:
+            call.tier = "static"
+            return static
+        return refuse(call, self._degraded(mode, "no cached answer for this request" if mode.mode == "cached-only"
+                                           else "no static answer configured ([fallback] static_answer)"))
+
+    def _reduced(self, call: Call, mode: ModeState, next: Next) -> httpx2.Response:  # noqa: A002
+        feature = call.scope.feature
+        if feature is not None and feature in self.settings.optional_features:
+            return refuse(call, self._degraded(mode, f"feature {feature!r} is optional and off in reduced mode"))
+        cheaper, cap = self.ladder.cheaper_body(call.body), self.settings.reduced_max_output_tokens
+        if cheaper is not None or cap is not None:
+            body = dict(cheaper or call.body)
+            if cap is not None:
+                cap_output(call.endpoint, body, cap)
+            if not call.rewrite(body):
+                return refuse(call, ConfigError(f"reduced mode made a request the gateway cannot estimate (its "
+                                                f"[fallback] models step from {call.model!r})"))
+        return next(call)
+
+    def _probe(self, call: Call, next: Next) -> httpx2.Response | None:  # noqa: A002
+        """Upstream's answer to a probe (kept for the cache), or None when upstream still
+        fails: the caller then gets what the mode gives, not the probe's failure."""
+        try:
+            response = next(call)
+        except httpx2.TransportError:
+            return None
+        if response.status_code >= 500:
+            response.close()
+            return None
+        return response
+
+    def _degraded(self, mode: ModeState, why: str) -> ServiceDegraded:
+        self.stats.count("mode_refused")
+        if mode.source == "operator":
+            source, ends = "set by an operator", "; `fleetgate mode show` says until when, `fleetgate mode clear` ends it"
+        else:
+            source, ends = "entered by itself", "; it ends when upstream recovers: retry after retry_after"
+        return ServiceDegraded(f"the fleet is in {mode.mode} mode ({source}: {mode.reason}): {why}{ends}", mode.mode,
+                               mode.retry_after(self.settings.exit_after_seconds))

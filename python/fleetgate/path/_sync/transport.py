@@ -1,0 +1,50 @@
+# Generated from fleetgate/path/_async/transport.py by scripts/unasync.py: edit that file, then run the script.
+"""The openai SDK's sync HTTP transport (``gate.openai()`` installs it): a thin
+adapter that runs every chat, responses and embeddings call through the gateway's path
+(:mod:`fleetgate.path._sync.stack`); every other request goes straight through.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx2
+
+from fleetgate.path._sync.layer import Layer, Next
+from fleetgate.path._sync.stack import chain, layers
+from fleetgate.path.call import gated_call
+
+if TYPE_CHECKING:
+    from fleetgate.gateway import Gateway
+
+__all__ = ["GateTransport"]
+
+
+class GateTransport(httpx2.BaseTransport):
+    """Every gated call through `gateway`'s path, then `inner` (default: a pooled
+    ``httpx2.HTTPTransport`` sized as the SDK's own)."""
+
+    def __init__(self, gateway: Gateway, inner: httpx2.BaseTransport | None = None) -> None:
+        self.gateway = gateway
+        self.inner = inner or httpx2.HTTPTransport(limits=httpx2.Limits(max_connections=1000,
+                                                                               max_keepalive_connections=100))
+        self._path: Next | None = None  # built at the first call: the gateway may still be assembling
+        config = gateway.config
+        self._assumed, self._deadline = config.assumed_max_output_tokens, config.default_deadline_seconds
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        call = gated_call(request, self._assumed, self._deadline)
+        if call is None:
+            return self.inner.handle_request(request)
+        path = self._path
+        if path is None:
+            path = self._path = chain(self.layers)
+        return path(call)
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The layers a call goes through, in order."""
+        return layers(self.gateway, self.inner)
+
+    def close(self) -> None:
+        self.inner.close()

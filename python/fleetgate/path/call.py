@@ -1,0 +1,221 @@
+"""One gated call on its way through the layers: what was asked (the request, its body and
+estimate, who asked and until when), what the layers decided about it (its route, mode,
+rung of the ladder, preset cut), where its time went, and how it ended.
+
+Layers talk to each other only through the call: a layer that changes what is sent makes
+a new call for the new body (:meth:`Call.reshaped`), one that decides something the
+answer must show marks it (:meth:`Call.mark`; the record layer writes the marks as
+``x-fleetgate-*`` headers), and one that holds something until the answer is in (a quota
+reservation, a budget hold, a lane's slot) asks to be told when it is
+(:meth:`Call.when_done`): at once for an answer read whole, at its end for a stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+
+from fleetgate.errors import FleetgateError
+from fleetgate.estimate import GATED_PATHS, Estimate, estimate_request
+from fleetgate.rewrite import with_body
+from fleetgate.router import Route
+from fleetgate.scope import Scope, current_scope
+from fleetgate.sharing import identity
+
+if TYPE_CHECKING:
+    from fleetgate.cache import CacheAddress
+
+__all__ = ["Call", "Outcome", "Refused", "Timing", "gated_call"]
+
+
+@dataclass(slots=True)
+class Timing:
+    """Where a call's time went outside the gateway (the upstream call, and waiting for
+    quota, a lane, a retry or a paused model), and what its answer was billed: the usage,
+    its price and the model that answered (None when nothing was billed). Shared by a
+    call and the calls it is reshaped into."""
+
+    upstream: float = 0.0
+    waited: float = 0.0
+    usage: dict[str, Any] | None = None
+    cost: float | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How the upstream call ended, once its answer is in: the status, the tokens to
+    settle its quota with and where they come from (``usage``, ``estimate`` or
+    ``failure``: nothing spent), its ``usage`` object, how many content deltas a stream
+    carried, and the error ``code`` of a refusal (a 429's ``rate_limit_exceeded`` or
+    ``insufficient_quota``)."""
+
+    status: int
+    tokens: int
+    source: str
+    usage: dict[str, Any] | None = None
+    deltas: int = 0
+    code: str | None = None
+
+    @property
+    def billed(self) -> bool:
+        return self.source != "failure"
+
+
+class Refused(Exception):
+    """A layer below the ladder cannot serve a call (its circuit is open, no quota or lane
+    slot comes in time, a budget has no room): the fallback layer decides what the caller
+    gets. `by` names the layer."""
+
+    def __init__(self, error: FleetgateError, by: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.by = by
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    request: httpx2.Request
+    endpoint: str
+    body: dict[str, Any]
+    estimate: Estimate
+    scope: Scope
+    #: A ``time.monotonic()`` instant.
+    deadline: float
+    #: What a request that does not say how much it may write is assumed to write.
+    assumed_max_output: int
+    #: Shared with the calls it is reshaped into.
+    timing: Timing = field(default_factory=Timing)
+    #: Input tokens its preset cut (0: none).
+    cut: int = 0
+    #: What the router did to it (None: nothing).
+    route: Route | None = None
+    #: The degradation mode it is served in.
+    mode: str = "full"
+    #: Its template in the prompt-cache layout report (None: not tracked).
+    template: str | None = None
+    #: The rung of the fallback ladder serving it.
+    tier: str = "primary"
+    #: Why the primary path could not serve it (None: it could, or was not tried).
+    refusal: Refused | None = None
+    #: Sent upstream to see whether a degraded fleet recovered: neither served from the
+    #: cache nor shared with identical calls.
+    probe: bool = False
+    #: Whether the cache was asked for its answer.
+    looked_up: bool = False
+    #: Where the cache keeps its answer (None: not cached).
+    cache_address: CacheAddress | None = None
+    #: Its part in a collapsed flight: None (not shared), ``leader``, ``follower`` (of a
+    #: call in this pod) or ``fleet`` (answered by another pod).
+    shared: str | None = None
+    #: Its OpenTelemetry span (None: not traced).
+    span: Any = None
+    #: How the upstream call ended (None: not yet, or a stream still open).
+    outcome: Outcome | None = None
+    #: ``x-fleetgate-*`` headers the record layer writes on the answer.
+    marks: dict[str, str] = field(default_factory=dict)
+    #: ``time.perf_counter()`` when the gateway took it: everything the gateway does counts.
+    started: float = field(default_factory=time.perf_counter)
+    _identity: str | None = None
+    _pending: list[Callable[[Outcome], None]] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.estimate.model
+
+    @property
+    def stream(self) -> bool:
+        return self.estimate.stream
+
+    @property
+    def priority(self) -> int:
+        return int(self.scope.priority)
+
+    @property
+    def identity(self) -> str:
+        """What makes this request's answer what it is (endpoint and body less the fields
+        that do not change it): the one identity the cache and deduplication both use."""
+        if self._identity is None:
+            self._identity = identity(self.endpoint, self.body)
+        return self._identity
+
+    def seconds_left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def mark(self, header: str, value: str) -> None:
+        self.marks[header] = value
+
+    def rewrite(self, body: dict[str, Any]) -> bool:
+        """Send `body` instead (a preset's, a route's, a degraded mode's): the request
+        rewritten and estimated anew, in place; False (and nothing changed) when the body
+        cannot be estimated."""
+        try:
+            estimate = estimate_request(self.endpoint, body, self.assumed_max_output)
+        except (ValueError, TypeError):
+            return False
+        self.request, self.body, self.estimate, self._identity = with_body(self.request, body), body, estimate, None
+        return True
+
+    def step_down(self, body: dict[str, Any]) -> Call | None:
+        """A call for another rung of the ladder (a cheaper model's `body`), in the same
+        scope, deadline and timing; None when the body cannot be estimated. What the rung
+        decides is noted on this call, which the caller's answer reports."""
+        try:
+            estimate = estimate_request(self.endpoint, body, self.assumed_max_output)
+        except (ValueError, TypeError):
+            return None
+        return Call(with_body(self.request, body), self.endpoint, body, estimate, self.scope, self.deadline,
+                    self.assumed_max_output, self.timing, self.cut, self.route, self.mode, self.template,
+                    started=self.started)
+
+    def waits(self, seconds: float) -> float:
+        """`seconds` the call is about to wait (for quota, a lane, a retry-after, a paused
+        model), counted as its waiting."""
+        self.timing.waited += seconds
+        return seconds
+
+    def when_done(self, then: Callable[[Outcome], None]) -> None:
+        """Call `then` with the outcome once the answer is in: now for an answer read whole
+        (or no answer), at its end for a stream still being read."""
+        if self.outcome is not None:
+            then(self.outcome)
+        else:
+            self._pending.append(then)
+
+    def done(self, outcome: Outcome) -> None:
+        """The answer is in: tell everyone waiting for it, the innermost first; each is
+        told even when an earlier one raised."""
+        self.outcome = outcome
+        pending, self._pending = self._pending, []
+        error: BaseException | None = None
+        for then in pending:
+            try:
+                then(outcome)
+            except BaseException as e:  # noqa: BLE001 - raised below, after the others ran
+                error = error or e
+        if error is not None:
+            raise error
+
+
+def gated_call(request: httpx2.Request, assumed_max_output: int, default_deadline: float) -> Call | None:
+    """The gated call `request` is, or None for a request that passes straight through
+    (not a POST to a gated endpoint, or not a JSON body the gateway can read)."""
+    if request.method != "POST":
+        return None
+    path = request.url.path
+    endpoint = next((e for e in GATED_PATHS if path.endswith(e)), None)
+    if endpoint is None:
+        return None
+    sc = current_scope()
+    deadline = sc.deadline if sc.deadline is not None else time.monotonic() + default_deadline
+    try:
+        body = json.loads(request.content)
+        estimate = estimate_request(endpoint, body, assumed_max_output)
+    except (ValueError, TypeError, httpx2.RequestNotRead):
+        return None  # not a JSON body we can read: let upstream judge it
+    return Call(request, endpoint, body, estimate, sc, deadline, assumed_max_output)

@@ -1,0 +1,111 @@
+"""What upstream's answers say, read off the wire without reading more than needed: the
+``x-ratelimit-*`` headers, how long a 429 asks to wait and why it refused, the ``usage``
+of an answer read whole, and the usage a passing stream carries."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+
+from fleetgate.estimate import usage_tokens
+
+__all__ = ["EXHAUSTED", "UsageScanner", "error_code", "rate_limit_headers", "retry_wait", "usage_of"]
+
+#: What a 429 ``rate_limit_exceeded`` says of the model's quota: nothing left.
+EXHAUSTED = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "0"}
+_RATE_LIMIT_PREFIX = b"x-ratelimit-"
+
+
+def rate_limit_headers(headers: httpx2.Headers) -> dict[str, str]:
+    """The ``x-ratelimit-*`` headers, as ``headers.items()`` gives them (names in lower
+    case, a repeated header's values joined by ", "), picked in one pass over the raw
+    headers: the limiter reads only these, and decoding every header costs more. Headers
+    are ASCII but for a rare server: then ``items()`` decodes them as it does."""
+    found: dict[str, str] = {}
+    try:
+        for name, value in headers.raw:
+            if name[:12].lower() == _RATE_LIMIT_PREFIX:
+                key, text = name.lower().decode("ascii"), value.decode("ascii")
+                found[key] = f"{found[key]}, {text}" if key in found else text
+    except UnicodeDecodeError:
+        return {key: value for key, value in headers.items() if key.startswith("x-ratelimit-")}
+    return found
+
+
+def retry_wait(response: httpx2.Response) -> float:
+    """Seconds the server asks to wait: retry-after-ms, then retry-after (seconds)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = response.headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return 1.0
+
+
+def error_code(response: httpx2.Response) -> str | None:
+    try:
+        error = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+_DECODER = json.JSONDecoder()
+
+
+def usage_of(body: bytes) -> object:
+    """The top-level ``usage`` of a JSON response. OpenAI puts it last, so it is parsed
+    alone from its key on (the answer, often most of the body, is not parsed twice); the
+    whole body is parsed only when that fails."""
+    at = body.rfind(b'"usage"')
+    if at >= 0:
+        try:
+            rest = body[at + 7:].decode().lstrip()
+            if rest.startswith(":"):
+                value, _ = _DECODER.raw_decode(rest[1:].lstrip())
+                if isinstance(value, dict):
+                    return value
+        except (ValueError, UnicodeDecodeError):
+            pass  # not where it usually is: parse the whole body below
+    try:
+        whole = json.loads(body)
+    except ValueError:
+        return None
+    return whole.get("usage") if isinstance(whole, dict) else None
+
+
+class UsageScanner:
+    """Watches a passing SSE stream for its usage, without holding it back."""
+
+    __slots__ = ("_pending", "usage", "detail", "deltas")
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self.usage: int | None = None
+        #: The usage object itself (for its cost).
+        self.detail: Any = None
+        self.deltas = 0
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._pending + chunk
+        lines = data.split(b"\n")
+        self._pending = lines.pop()
+        for line in lines:
+            if not line.startswith(b"data: "):
+                continue
+            if b'"usage"' in line and b'"usage": null' not in line and b'"usage":null' not in line:
+                try:
+                    event = json.loads(line[6:])
+                except ValueError:
+                    continue
+                usage = event.get("usage") or (event.get("response") or {}).get("usage")
+                tokens = usage_tokens(usage)
+                if tokens is not None:
+                    self.usage, self.detail = tokens, usage
+            elif b'"delta"' in line:
+                self.deltas += 1
