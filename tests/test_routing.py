@@ -120,37 +120,71 @@ def test_cost_per_request_is_over_billed_answers_only() -> None:
     assert f.requests == 2 and f.error_rate == 0.5 and f.cost_per_request == pytest.approx(0.002)
 
 
-def send(gate: fg.Gateway, users: int, rounds: int = 1) -> None:
+def send(gate: fg.Gateway, users: int, rounds: int = 1) -> int:
+    """Each user asks once a round; returns how many calls the gateway refused because a
+    circuit breaker was open (any other refusal fails the test)."""
     client = gate.openai(api_key="sk-fake", max_retries=0)
+    refused = 0
     for _ in range(rounds):
         for u in range(users):
             with gate.scope(user=f"user-{u}", feature="support"):
                 try:
                     client.chat.completions.create(model=BASE, max_tokens=20,
                                                    messages=[{"role": "user", "content": "Where is my order?"}])
+                except fg.CircuitOpen:
+                    refused += 1
                 except fg.FleetgateError:
                     raise
                 except Exception:  # an injected upstream failure: the canary's gates count it
                     pass
+    return refused
 
 
-@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="error", model=CANARY, status=503, probability=0.3)]))
+#: A canary model of its own: its circuit breaker's state, kept in the test Redis, is no
+#: other test's business.
+FLAKY = "gpt-4.1-nano-flaky"
+
+
+@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="error", model=FLAKY, status=503, probability=0.3)]))
 def test_a_failing_canary_is_rolled_back(fake_openai: FakeOpenAI, store_url: str, name: str) -> None:
-    gate = fg.Gateway(base_url=fake_openai.base_url, redis_url=store_url, breakers={"enabled": False},
-                      routing={"rollouts": {name: rollout(steps=[0.5, 1.0], early_requests=30, min_requests=60)}})
+    # Defaults on: the canary's failures may open its circuit breaker before its error rate
+    # is clearly over; either way it is rolled back.
+    flaky = rollout(steps=[0.5, 1.0], early_requests=30, min_requests=60)
+    flaky["canary"]["model"] = FLAKY
+    gate = fg.Gateway(base_url=fake_openai.base_url, redis_url=store_url, routing={"rollouts": {name: flaky}})
     send(gate, users=120)
     gate.router.rollouts.sync()
     state = gate.router.rollouts.state(name)
-    assert state.status == "rolled_back" and "error rate clearly over" in state.reason
-    before = fake_openai.counters(CANARY).requests
-    send(gate, users=40)
-    assert fake_openai.counters(CANARY).requests == before, "after a rollback nobody gets the canary"
+    assert state.status == "rolled_back"
+    assert "error rate clearly over" in state.reason or "circuit breaker opened" in state.reason
+    before = fake_openai.counters(FLAKY).requests
+    assert send(gate, users=40) == 0, "after a rollback nobody is refused for the canary's sake"
+    assert fake_openai.counters(FLAKY).requests == before, "after a rollback nobody gets the canary"
     # Another pod sees the decision.
     other = fg.Gateway(base_url=fake_openai.base_url, redis_url=store_url,
                        routing={"rollouts": {name: rollout(steps=[0.5, 1.0])}})
     assert other.router.rollouts.state(name).status == "rolled_back" and other.router.rollouts.share(name) == 0
     gate.close()
     other.close()
+
+
+@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="error", model=CANARY, status=503, probability=0.8)]))
+def test_a_canary_whose_breaker_opens_is_rolled_back_at_once(fake_openai: FakeOpenAI) -> None:
+    # Breakers on, as by default. The canary's breaker opens after a few failures and refuses
+    # its calls from then on: each refusal counts against the canary, and the open breaker
+    # rolls it back before its error rate could be judged on the calls it needs.
+    gate = fg.Gateway(base_url=fake_openai.base_url,
+                      routing={"rollouts": {"support-v2": rollout(steps=[0.5, 1.0], early_requests=30,
+                                                                  min_requests=60)}})
+    refused = send(gate, users=120)
+    assert gate.stats["breaker_open"] >= 1 and refused > 0
+    gate.router.rollouts.sync()
+    state = gate.router.rollouts.state("support-v2")
+    assert state.status == "rolled_back" and "circuit breaker opened" in state.reason
+    before = fake_openai.counters(CANARY).requests
+    assert send(gate, users=60) == 0, "the canary's users are back on the baseline, not refused"
+    assert fake_openai.counters(CANARY).requests == before
+    gate.close()
 
 
 @pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="latency", latency=Latency(kind="fixed", ms=15))]))

@@ -28,6 +28,7 @@ from fleetgate._core import (
     chat_prompt_tokens,
     count_tokens,
     encoding_for_model,
+    health,
     parse_duration,
     truncate_tokens,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "count_tokens",
     "current_scope",
     "encoding_for_model",
+    "health",
     "parse_duration",
     "scope",
     "truncate_tokens",

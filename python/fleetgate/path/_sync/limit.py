@@ -9,6 +9,8 @@ empties that view for the whole fleet: upstream refused what it admitted.
 
 Contract: no room before the deadline refuses with ``RateLimited`` (Redis down under
 ``fail_closed``: ``StoreUnavailable``), a refusal of the call's own configuration; a call
+that no quota could ever admit (its cost over a bucket's size) is refused with the
+``ConfigError`` that says which setting to change; a call
 whose deadline passed while it waited is never sent (``DeadlineExpired``). A call that
 got no answer keeps its reservation until it lapses: upstream may have counted it.
 """
@@ -21,7 +23,7 @@ from collections.abc import Callable
 import httpx2
 
 from fleetgate._core import Decision, Limiter, Quota
-from fleetgate.errors import DeadlineExpired, FleetgateError, RateLimited, StoreUnavailable
+from fleetgate.errors import ConfigError, DeadlineExpired, FleetgateError, RateLimited, StoreUnavailable
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.path._sync.layer import Layer, Next
 from fleetgate.path.call import Call, Outcome, Refused
@@ -48,7 +50,7 @@ class Limit(Layer):
             try:
                 decision = self.limiter.acquire(quotas, tokens=call.estimate.tokens,
                                                             timeout=call.seconds_left())
-            except (RateLimited, StoreUnavailable) as e:
+            except (RateLimited, StoreUnavailable, ConfigError) as e:
                 self.stats.count("refused")
                 if self.metrics is not None:
                     self.metrics.limiter_refused(call.model, "gateway")
