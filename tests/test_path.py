@@ -156,3 +156,16 @@ def test_breakers_and_modes_judge_upstream_health_alike(fake_openai: FakeOpenAI)
     assert fg.health(408) == fg.health(None) == fg.health(503) == "failure"
     assert fg.health(429, "rate_limit_exceeded") == "rate_limited" and fg.health(400) == "neutral"
     gate.close()
+
+
+def drawn(text: str, after: str) -> list[str]:
+    """The steps of the first path drawn (a code block of ``step  what it does`` lines)
+    after `after` in `text`."""
+    block = text[text.index(after):].split("```", 2)[1]
+    return [line.split()[0] for line in block.splitlines() if re.match(r"^   ?[a-z]+ {2,}", line)
+            or re.match(r"^[a-z]+ {2,}\S", line)]
+
+
+def test_the_readme_and_the_design_draw_the_path_in_the_codes_order() -> None:
+    assert drawn((ROOT / "README.md").read_text(), "### The request path") == ORDER
+    assert drawn((ROOT.parent / "shared" / "DESIGN.md").read_text(), "## The path of one request") == ORDER
