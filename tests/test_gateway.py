@@ -106,21 +106,23 @@ def test_scope_applies_user_feature_and_team_quotas(fake_openai: FakeOpenAI) -> 
     gate = gateway(fake_openai, per_user=fg.QuotaLimits(requests_per_minute=120),  # a burst of 2
                    features={"search": fg.QuotaLimits(requests_per_minute=60)})
     client = gate.openai(api_key="sk-fake", max_retries=2)
-    with gate.scope(user="u-1", deadline=0.05):
+    # The calls that fit get a deadline a loaded machine cannot miss; the one that does not
+    # fit a short one: no room comes within it, so the gateway refuses instead of waiting.
+    with gate.scope(user="u-1", deadline=30):
         client.chat.completions.create(model=MODEL, messages=MSG)
         client.chat.completions.create(model=MODEL, messages=MSG)
-        with pytest.raises(openai.RateLimitError) as caught:
-            client.chat.completions.create(model=MODEL, messages=MSG)
+    with gate.scope(user="u-1", deadline=0.05), pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model=MODEL, messages=MSG)
     assert caught.value.code == "fleetgate_rate_limited"
     assert caught.value.response.headers["x-should-retry"] == "false"
     assert gate.stats["refused"] == 1, "the SDK did not retry the gateway's refusal"
     assert fake_openai.counters(MODEL).requests == 2, "a refused call never reaches upstream"
-    with gate.scope(user="u-2", deadline=0.05):
+    with gate.scope(user="u-2", deadline=30):
         client.chat.completions.create(model=MODEL, messages=MSG)  # another user has room
-    with gate.scope(feature="search", deadline=0.05):
+    with gate.scope(feature="search", deadline=30):
         client.chat.completions.create(model=MODEL, messages=MSG)
-        with pytest.raises(openai.RateLimitError):
-            client.chat.completions.create(model=MODEL, messages=MSG)
+    with gate.scope(feature="search", deadline=0.05), pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model=MODEL, messages=MSG)
 
 
 def test_nested_scopes_refine_and_never_extend_the_deadline() -> None:
@@ -182,11 +184,11 @@ def test_headers_lower_the_shared_view(tmp_path: Path) -> None:
     transport = gate.transport(inner=_upstream(lambda: 1, seen))
     client = openai.OpenAI(base_url="http://upstream.test/v1", api_key="sk-fake",
                            http_client=httpx2.Client(transport=transport))
-    with gate.scope(deadline=0.05):
+    with gate.scope(deadline=30):
         client.chat.completions.create(model=MODEL, messages=MSG)
         client.chat.completions.create(model=MODEL, messages=MSG)
-        with pytest.raises(openai.RateLimitError, match="fleetgate"):
-            client.chat.completions.create(model=MODEL, messages=MSG)
+    with gate.scope(deadline=0.05), pytest.raises(openai.RateLimitError, match="fleetgate"):
+        client.chat.completions.create(model=MODEL, messages=MSG)
     assert len(seen) == 2
 
 

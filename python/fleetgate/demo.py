@@ -118,11 +118,13 @@ def rollout_episode(base_url: str, echo: bool = True) -> list[str]:
     v2 (a temperature change) is healthy and promoted step by step; v3 (a cheaper model the
     fake upstream fails a quarter of the time) is rolled back. Returns the decisions."""
     steps = [0.1, 0.25, 0.5, 1.0]
-    gate = Gateway(base_url=base_url, breakers={"enabled": False}, routing={"rollouts": {
-        "support-v2": {"feature": "support", "canary": {"temperature": 0.3, "version": "v2"}, "steps": steps,
-                       "early_requests": 50, "min_requests": 100},
-        "search-v3": {"feature": "search", "canary": {"model": FLAKY_MODEL, "version": "v3"}, "steps": steps,
-                      "early_requests": 50, "min_requests": 100},
+    # Defaults on, breakers included: the flaky canary's breaker may open before its error
+    # rate is clearly over, and rolls it back as surely. Latency is allowed to double: both
+    # sides answer in 30 ms, and on a busy machine a hundred calls' p95 is scheduling noise.
+    gates = {"early_requests": 50, "min_requests": 100, "max_p95_increase": 1.0}
+    gate = Gateway(base_url=base_url, routing={"rollouts": {
+        "support-v2": {"feature": "support", "canary": {"temperature": 0.3, "version": "v2"}, "steps": steps, **gates},
+        "search-v3": {"feature": "search", "canary": {"model": FLAKY_MODEL, "version": "v3"}, "steps": steps, **gates},
     }})
     rollouts = gate.router.rollouts
     client = gate.openai(api_key="sk-fleetgate-demo", max_retries=0)
