@@ -1,21 +1,29 @@
 //! Circuit breakers shared by a fleet through Redis.
 //!
-//! Each transition is written to one hash (`fg:{breakers}`: breaker name → record), and
-//! every pod reads the whole hash on a short period (`poll`), adopting what other pods
-//! decided: an open or isolated breaker anywhere is honoured everywhere within one period.
-//! A half-open round is probed by one pod only (`claim_probe_round`, a lease in Redis), so
-//! a fleet of N pods sends `half_open_probes` probes, not N times as many. With Redis
+//! 1. Each transition of a pod's own is written to one hash (`fg:{breakers}`: breaker
+//!    name → record); every pod reads the whole hash on a short period (`poll`) and adopts
+//!    what other pods decided: an open or isolated breaker anywhere is honoured everywhere
+//!    within one period, and so is a close.
+//! 2. A half-open round is probed by one pod for the fleet (`confirm_probe`): the first pod
+//!    to ask holds the round's lease in Redis; the others refuse, sending no probes.
+//! 3. The holder's verdict (closed, or open again) is written and the lease dropped in one
+//!    step (`publish`), so the round cannot look free before its verdict is readable; a
+//!    pod asking after that is handed the verdict instead of a round. A holder that dies
+//!    mid-round leaves a lease that lapses after `probe_max_wait`.
+//!
+//! Half-open is not published: each pod reaches it when its own open period ends, and a
+//! late half-open record must not overwrite the verdict of the round. With Redis
 //! unreachable every pod decides alone.
 //!
 //! Record: `state|open-until (wall clock, ms; 0 if none)|trips|pod id|sequence`.
 
-use crate::breaker::{Breaker, State, Transition};
+use crate::breaker::{Breaker, Permit, Refusal, Refused, State, Transition};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::limiter::Limiter;
-use crate::scripts::BREAKER_PROBE;
+use crate::scripts::{BREAKER_PROBE, BREAKER_PUBLISH};
 use redis::{Cmd, Value};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +35,19 @@ pub struct BreakerFleet {
     breakers: Mutex<FxHashMap<String, Weak<Breaker>>>,
     /// The last record seen per breaker, so a record is applied once.
     seen: Mutex<FxHashMap<String, String>>,
+    /// Breakers whose half-open round this pod holds.
+    rounds: Mutex<FxHashSet<String>>,
+}
+
+/// What the fleet says to a pod asking to probe a half-open round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ProbeRound {
+    /// This pod holds the round.
+    Held,
+    /// Another pod holds it, for this long at most.
+    HeldElsewhere(Duration),
+    /// The fleet decided since this pod last looked: its record.
+    Decided(String),
 }
 
 impl BreakerFleet {
@@ -41,6 +62,7 @@ impl BreakerFleet {
             sequence: AtomicU64::new(0),
             breakers: Mutex::new(FxHashMap::default()),
             seen: Mutex::new(FxHashMap::default()),
+            rounds: Mutex::new(FxHashSet::default()),
         })
     }
 
@@ -55,24 +77,25 @@ impl BreakerFleet {
         breakers.insert(breaker.name().to_owned(), Arc::downgrade(breaker));
     }
 
-    /// Write this pod's transition for the fleet (remote transitions are not echoed).
+    /// Write this pod's transition for the fleet, ending the half-open round it held.
+    /// Remote transitions are not echoed, and half-open is not published (see above).
     pub async fn publish(&self, name: &str, transition: &Transition) -> Result<()> {
-        if transition.remote {
-            return Ok(());
-        }
-        let until = transition.lasts.map_or(0, |l| wall_ms() + l.as_millis() as u64);
-        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let record = format!("{}|{until}|{}|{}|{seq}", transition.to.as_str(), transition.trips, self.pod);
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), record.clone());
-        let store = self.store();
-        let mut hset = Cmd::new();
-        hset.arg("HSET").arg(keys::BREAKERS).arg(name).arg(&record);
-        store.command(&hset).await?;
-        if transition.from == State::HalfOpen {
-            let mut del = Cmd::new();
-            del.arg("DEL").arg(keys::breaker_prober(name));
-            store.command(&del).await?;
-        }
+        let held = transition.from == State::HalfOpen && lock(&self.rounds).remove(name);
+        let record = if transition.remote || transition.to == State::HalfOpen {
+            if !held {
+                return Ok(());
+            }
+            String::new() // the fleet decided for us: only give the round back
+        } else {
+            let until = transition.lasts.map_or(0, |l| wall_ms() + l.as_millis() as u64);
+            let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+            let record = format!("{}|{until}|{}|{}|{seq}", transition.to.as_str(), transition.trips, self.pod);
+            lock(&self.seen).insert(name.to_owned(), record.clone());
+            record
+        };
+        let keys = [keys::BREAKERS.to_owned(), keys::breaker_prober(name)];
+        let args = [name.to_owned(), record, self.pod.clone()];
+        self.store().run(&BREAKER_PUBLISH, &keys, &args).await?;
         Ok(())
     }
 
@@ -85,36 +108,85 @@ impl BreakerFleet {
         let Value::Array(items) = reply else {
             return Err(Error::StoreUnavailable(format!("HGETALL {}: unexpected reply {reply:?}", keys::BREAKERS)));
         };
-        let (now, now_ms) = (Instant::now(), wall_ms());
         let mut applied = 0;
         for pair in items.chunks(2) {
             let [Value::BulkString(name), Value::BulkString(record)] = pair else { continue };
             let (name, record) = (String::from_utf8_lossy(name), String::from_utf8_lossy(record));
-            let Some(breaker) = self.breaker(&name) else { continue };
-            {
-                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                if seen.get(name.as_ref()).is_some_and(|r| *r == record) {
-                    continue;
-                }
-                seen.insert(name.to_string(), record.to_string());
-            }
-            let Some((state, until_ms, trips, pod)) = parse_record(&record) else { continue };
-            if pod == self.pod {
-                continue;
-            }
-            let lasts = (until_ms > 0).then(|| Duration::from_millis(until_ms.saturating_sub(now_ms)));
-            breaker.apply_remote(state, lasts, trips, now);
-            applied += 1;
+            applied += self.apply(&name, &record) as usize;
         }
         Ok(applied)
     }
 
-    /// Ask to probe this half-open round; false when another pod holds it.
-    pub async fn claim_probe_round(&self, name: &str, lease: Duration) -> Result<bool> {
-        let keys = [keys::breaker_prober(name)];
-        let args = [self.pod.clone(), lease.as_millis().max(1).to_string()];
+    /// A probe `breaker` granted this pod goes only if this pod holds the fleet's round.
+    /// Returns the permit to use: the probe, or, when the fleet decided the round since this
+    /// pod last looked, whatever the breaker grants after adopting that verdict (an ordinary
+    /// call once closed). Redis unreachable: this pod probes alone, as without a fleet.
+    pub async fn confirm_probe(&self, breaker: &Breaker, mut permit: Permit) -> std::result::Result<Permit, Refused> {
+        // A record adopted here can leave the breaker half-open (a stale open period);
+        // the next ask knows that record, so it gets a round or a holder, not a record.
+        for _ in 0..3 {
+            if permit.probe == 0 {
+                return Ok(permit);
+            }
+            let lease = breaker.options().probe_max_wait;
+            match self.claim_probe_round(breaker.name(), lease).await {
+                Ok(ProbeRound::Held) | Err(_) => return Ok(permit),
+                Ok(ProbeRound::HeldElsewhere(left)) => {
+                    breaker.return_permit(permit);
+                    return Err(Refused { reason: Refusal::ProbesOut, retry_after: Some(left) });
+                }
+                Ok(ProbeRound::Decided(record)) => {
+                    breaker.return_permit(permit);
+                    self.apply(breaker.name(), &record);
+                    permit = breaker.allow(Instant::now())?;
+                }
+            }
+        }
+        Ok(permit)
+    }
+
+    async fn claim_probe_round(&self, name: &str, lease: Duration) -> Result<ProbeRound> {
+        let keys = [keys::breaker_prober(name), keys::BREAKERS.to_owned()];
+        let known = lock(&self.seen).get(name).cloned().unwrap_or_default();
+        let args = [self.pod.clone(), lease.as_millis().max(1).to_string(), name.to_owned(), known];
         let reply = self.store().run(&BREAKER_PROBE, &keys, &args).await?;
-        Ok(matches!(reply, Value::Int(1)))
+        let round = match reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(1)] => Some(ProbeRound::Held),
+                [Value::Int(0), Value::Int(left)] => {
+                    Some(ProbeRound::HeldElsewhere(Duration::from_millis((*left).max(1) as u64)))
+                }
+                [Value::Int(2), Value::BulkString(record)] => {
+                    Some(ProbeRound::Decided(String::from_utf8_lossy(record).into_owned()))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let round = round.ok_or_else(|| Error::StoreUnavailable("breaker-probe script: unexpected reply".into()))?;
+        if round == ProbeRound::Held {
+            lock(&self.rounds).insert(name.to_owned());
+        }
+        Ok(round)
+    }
+
+    /// Adopt one record of the fleet's hash, once; whether it was applied.
+    fn apply(&self, name: &str, record: &str) -> bool {
+        let Some(breaker) = self.breaker(name) else { return false };
+        {
+            let mut seen = lock(&self.seen);
+            if seen.get(name).is_some_and(|r| r == record) {
+                return false;
+            }
+            seen.insert(name.to_owned(), record.to_owned());
+        }
+        let Some((state, until_ms, trips, pod)) = parse_record(record) else { return false };
+        if pod == self.pod {
+            return false;
+        }
+        let lasts = (until_ms > 0).then(|| Duration::from_millis(until_ms.saturating_sub(wall_ms())));
+        breaker.apply_remote(state, lasts, trips, Instant::now());
+        true
     }
 
     fn breaker(&self, name: &str) -> Option<Arc<Breaker>> {
@@ -133,6 +205,10 @@ impl BreakerFleet {
     fn store(&self) -> &crate::redis_store::RedisStore {
         self.limiter.shared_store().expect("checked in new")
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn wall_ms() -> u64 {

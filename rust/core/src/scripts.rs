@@ -22,7 +22,9 @@ pub static SETTLE: LazyLock<LuaScript> =
 pub static SYNC: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("sync", include_str!("../../../lua/sync-n.lua")));
 pub static BREAKER_PROBE: LazyLock<LuaScript> =
-    LazyLock::new(|| LuaScript::new("breaker-probe", include_str!("../../../lua/breaker-probe-1.lua")));
+    LazyLock::new(|| LuaScript::new("breaker-probe", include_str!("../../../lua/breaker-probe-2.lua")));
+pub static BREAKER_PUBLISH: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("breaker-publish", include_str!("../../../lua/breaker-publish-2.lua")));
 pub static DEDUP_PUBLISH: LazyLock<LuaScript> =
     LazyLock::new(|| LuaScript::new("dedup-publish", include_str!("../../../lua/dedup-publish-2.lua")));
 pub static DEDUP_RELEASE: LazyLock<LuaScript> =
