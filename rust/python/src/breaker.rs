@@ -4,8 +4,8 @@
 use crate::error::{ConfigError, IntoPyResult};
 use crate::limiter::Limiter;
 use crate::runtime::{block_on, runtime};
+use fleetgate_core::breaker::fleet::BreakerFleet;
 use fleetgate_core::breaker::{self as core, classify, BreakerOptions, Permit, Refused, Transition, Window};
-use fleetgate_core::breaker_fleet::BreakerFleet;
 use fleetgate_core::Error;
 use pyo3::prelude::*;
 use std::collections::HashMap;

@@ -3,10 +3,14 @@
 //! reservations round up, settlements round to the nearest nano-dollar.
 
 use crate::error::{Error, Result};
-use crate::keys;
+use crate::store::keys;
 use chrono::{DateTime, Datelike, LocalResult, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use std::sync::{Arc, RwLock};
+
+pub mod ledger;
+mod ledger_local;
+mod ledger_redis;
 
 /// Nano-dollars in a dollar.
 pub const NANOS_PER_DOLLAR: f64 = 1e9;

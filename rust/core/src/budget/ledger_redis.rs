@@ -3,14 +3,14 @@
 //! different slots are reserved in turn, and those already reserved are given back when a
 //! later one refuses. Reservations lapse on Redis server time.
 
+use crate::budget::ledger::{exceeded, key_ttl, Alert, HeldPart, Hold, InWindow};
+use crate::budget::ledger_local::SPEND_DAYS_KEPT;
 use crate::budget::{BudgetSpec, Window};
 use crate::error::{Error, Result};
-use crate::keys;
-use crate::ledger::{exceeded, key_ttl, Alert, HeldPart, Hold, InWindow};
-use crate::ledger_local::SPEND_DAYS_KEPT;
-use crate::limiter::Limiter;
-use crate::redis_store::{new_pod_token, RedisStore};
-use crate::scripts::{BUDGET_RESERVE, BUDGET_SETTLE, SPEND_ADD};
+use crate::limit::limiter::Limiter;
+use crate::store::keys;
+use crate::store::scripts::{BUDGET_RESERVE, BUDGET_SETTLE, SPEND_ADD};
+use crate::store::{new_pod_token, RedisStore};
 use redis::{Cmd, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

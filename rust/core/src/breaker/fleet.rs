@@ -19,9 +19,9 @@
 
 use crate::breaker::{Breaker, Permit, Refusal, Refused, State, Transition};
 use crate::error::{Error, Result};
-use crate::keys;
-use crate::limiter::Limiter;
-use crate::scripts::{BREAKER_PROBE, BREAKER_PUBLISH};
+use crate::limit::limiter::Limiter;
+use crate::store::keys;
+use crate::store::scripts::{BREAKER_PROBE, BREAKER_PUBLISH};
 use redis::{Cmd, Value};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +58,7 @@ impl BreakerFleet {
         }
         Ok(BreakerFleet {
             limiter,
-            pod: crate::redis_store::new_pod_token(),
+            pod: crate::store::new_pod_token(),
             sequence: AtomicU64::new(0),
             breakers: Mutex::new(FxHashMap::default()),
             seen: Mutex::new(FxHashMap::default()),
@@ -202,7 +202,7 @@ impl BreakerFleet {
         }
     }
 
-    fn store(&self) -> &crate::redis_store::RedisStore {
+    fn store(&self) -> &crate::store::RedisStore {
         self.limiter.shared_store().expect("checked in new")
     }
 }

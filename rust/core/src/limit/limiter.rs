@@ -1,13 +1,13 @@
 //! The limiter: one API over the embedded store and the shared Redis store, with the
 //! failure policy that applies while Redis is unreachable.
 
-use crate::decision::{Decision, Reservation, Source};
 use crate::error::{Error, Result};
 use crate::headers::RateLimitReport;
-use crate::lease::Leases;
-use crate::local::LocalStore;
-use crate::quota::QuotaSpec;
-use crate::redis_store::{RedisStore, RedisTimeouts};
+use crate::limit::decision::{Decision, Reservation, Source};
+use crate::limit::lease::Leases;
+use crate::limit::local::LocalStore;
+use crate::limit::quota::QuotaSpec;
+use crate::store::{RedisStore, RedisTimeouts};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,10 +9,10 @@
 //! Waiters poll (the answer key, then the claim) every `poll` interval.
 
 use crate::error::{Error, Result};
-use crate::keys;
-use crate::limiter::Limiter;
-use crate::redis_store::{new_pod_token, RedisStore};
-use crate::scripts::{DEDUP_PUBLISH, DEDUP_RELEASE};
+use crate::limit::limiter::Limiter;
+use crate::store::keys;
+use crate::store::scripts::{DEDUP_PUBLISH, DEDUP_RELEASE};
+use crate::store::{new_pod_token, RedisStore};
 use redis::{Cmd, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,9 +2,9 @@
 //! a reservation on several budgets is atomic here (on Redis it is all-or-nothing, budget
 //! by budget). Reservations lapse on the process's monotonic clock.
 
+use crate::budget::ledger::{exceeded, Alert, HeldPart, Hold, InWindow};
 use crate::budget::{BudgetSpec, Window};
 use crate::error::Result;
-use crate::ledger::{exceeded, Alert, HeldPart, Hold, InWindow};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -14,12 +14,14 @@
 //! the breaker until the reset upstream gives, counting nothing.
 //!
 //! Every transition is recorded as a `Transition` for the caller to publish (metrics, logs,
-//! callbacks, and the fleet: see `breaker_fleet`).
+//! callbacks, and the fleet: see `fleet`).
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+pub mod fleet;
 
 /// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

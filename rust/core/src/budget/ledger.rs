@@ -6,11 +6,11 @@
 //! settled cost is also added to a per-day spend record by model, feature, user and team,
 //! the day taken in the ledger's report time zone, for reports.
 
+use crate::budget::ledger_local::{LocalLedger, SPEND_DAYS_KEPT};
+use crate::budget::ledger_redis::RedisLedger;
 use crate::budget::{dollars, local_day, parse_day, reserve_nanos, settle_nanos, BudgetSpec, Window};
 use crate::error::{Error, Result};
-use crate::ledger_local::{LocalLedger, SPEND_DAYS_KEPT};
-use crate::ledger_redis::RedisLedger;
-use crate::limiter::Limiter;
+use crate::limit::limiter::Limiter;
 use chrono::{Days, NaiveDate};
 use chrono_tz::Tz;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -461,7 +461,7 @@ fn rows<'a>(days: impl Iterator<Item = (&'a str, Vec<(String, i64)>)>) -> Result
             let l = SpendLabels::split(&joined).ok_or_else(|| {
                 Error::StoreUnavailable(format!(
                     "{}: a malformed spend record {joined:?} (is another fleetgate version sharing this Redis?)",
-                    crate::keys::spend(day)
+                    crate::store::keys::spend(day)
                 ))
             })?;
             rows.push(SpendRow {
