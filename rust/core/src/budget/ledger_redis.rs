@@ -3,8 +3,7 @@
 //! different slots are reserved in turn, and those already reserved are given back when a
 //! later one refuses. Reservations lapse on Redis server time.
 
-use crate::budget::ledger::{exceeded, key_ttl, Alert, HeldPart, Hold, InWindow};
-use crate::budget::ledger_local::SPEND_DAYS_KEPT;
+use super::holds::{exceeded, key_ttl, Alert, HeldPart, Hold, InWindow, SPEND_DAYS_KEPT};
 use crate::budget::{BudgetSpec, Window};
 use crate::error::{Error, Result};
 use crate::limit::limiter::Limiter;
