@@ -76,14 +76,11 @@ impl Breakers {
         };
         options.validate().py_err()?;
         let share_every = seconds("share_every", share_every)?;
-        let fleet = match limiter {
-            Some(l) if l.inner.shared_store().is_some() => {
-                let fleet = Arc::new(BreakerFleet::new(Arc::clone(&l.inner)).py_err()?);
-                spawn_poller(Arc::downgrade(&fleet), share_every);
-                Some(fleet)
-            }
-            _ => None,
-        };
+        let fleet = limiter.and_then(Limiter::shared_store).map(|store| {
+            let fleet = Arc::new(BreakerFleet::new(store));
+            spawn_poller(Arc::downgrade(&fleet), share_every);
+            fleet
+        });
         Ok(Breakers { options, breakers: Mutex::new(HashMap::new()), fleet, on_transition })
     }
 

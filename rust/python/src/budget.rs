@@ -284,8 +284,8 @@ impl Ledger {
     #[pyo3(signature = (limiter=None, *, report_timezone="UTC", on_alert=None))]
     fn new(limiter: Option<&Limiter>, report_timezone: &str, on_alert: Option<Py<PyAny>>) -> PyResult<Self> {
         let report_tz = parse_time_zone(report_timezone).py_err()?;
-        let limiter = limiter.map(|l| Arc::clone(&l.inner));
-        Ok(Ledger { inner: Arc::new(core::Ledger::new(limiter, report_tz)), on_alert: on_alert.map(Arc::new) })
+        let store = limiter.and_then(Limiter::shared_store);
+        Ok(Ledger { inner: Arc::new(core::Ledger::new(store, report_tz)), on_alert: on_alert.map(Arc::new) })
     }
 
     /// True when the budgets live in this process only.

@@ -2,7 +2,7 @@
 //! upstream call (see `fleetgate_core::dedup`).
 
 use crate::completions::{submit, Outcome};
-use crate::error::IntoPyResult;
+use crate::error::{ConfigError, IntoPyResult};
 use crate::limiter::Limiter;
 use crate::logger::log_warning;
 use crate::runtime::{block_on, runtime};
@@ -213,7 +213,10 @@ fn seconds(value: f64) -> Duration {
 impl FleetFlights {
     #[new]
     fn new(limiter: &Limiter) -> PyResult<Self> {
-        Ok(FleetFlights { inner: Arc::new(DedupFleet::new(Arc::clone(&limiter.inner)).py_err()?) })
+        let store = limiter.shared_store().ok_or_else(|| {
+            ConfigError::new_err("deduplication across pods goes through Redis: give the gateway a redis_url")
+        })?;
+        Ok(FleetFlights { inner: Arc::new(DedupFleet::new(store)) })
     }
 
     /// Claim the call of the request `key` for `lease` seconds; False when another pod

@@ -8,7 +8,7 @@ use fleetgate_core::headers::RateLimitReport;
 use fleetgate_core::limit::limiter::wait_before_retry;
 use fleetgate_core::limit::quota::check_amount;
 use fleetgate_core::store::redact;
-use fleetgate_core::{self as core, FailurePolicy, LimiterOptions, QuotaSpec, Source};
+use fleetgate_core::{self as core, FailurePolicy, LimiterOptions, QuotaSpec, RedisStore, Source};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyMapping;
@@ -236,6 +236,12 @@ fn report_from(headers: &Bound<'_, PyAny>) -> PyResult<RateLimitReport> {
 }
 
 impl Limiter {
+    /// The pod's Redis handle, for the components that share state with the fleet; `None`
+    /// for an embedded limiter.
+    pub(crate) fn shared_store(&self) -> Option<Arc<RedisStore>> {
+        self.inner.shared_store().cloned()
+    }
+
     /// One decision, synchronously: in process for the embedded store, otherwise a Redis
     /// round trip with the GIL released.
     #[inline]

@@ -19,9 +19,9 @@
 
 use crate::breaker::{Breaker, Permit, Refusal, Refused, State, Transition};
 use crate::error::{Error, Result};
-use crate::limit::limiter::Limiter;
 use crate::store::keys;
 use crate::store::scripts::{BREAKER_PROBE, BREAKER_PUBLISH};
+use crate::store::{new_pod_token, RedisStore};
 use redis::{Cmd, Value};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub struct BreakerFleet {
-    limiter: Arc<Limiter>,
+    store: Arc<RedisStore>,
     pod: String,
     sequence: AtomicU64,
     breakers: Mutex<FxHashMap<String, Weak<Breaker>>>,
@@ -51,19 +51,16 @@ enum ProbeRound {
 }
 
 impl BreakerFleet {
-    /// `limiter` must be shared (Redis); its connection carries the breakers too.
-    pub fn new(limiter: Arc<Limiter>) -> Result<Self> {
-        if limiter.shared_store().is_none() {
-            return Err(Error::invalid("breakers are shared through Redis: give the limiter a redis:// URL"));
-        }
-        Ok(BreakerFleet {
-            limiter,
-            pod: crate::store::new_pod_token(),
+    /// Records and rounds go through the pod's one Redis handle.
+    pub fn new(store: Arc<RedisStore>) -> Self {
+        BreakerFleet {
+            store,
+            pod: new_pod_token(),
             sequence: AtomicU64::new(0),
             breakers: Mutex::new(FxHashMap::default()),
             seen: Mutex::new(FxHashMap::default()),
             rounds: Mutex::new(FxHashSet::default()),
-        })
+        }
     }
 
     /// This pod's id in the fleet's records.
@@ -202,8 +199,8 @@ impl BreakerFleet {
         }
     }
 
-    fn store(&self) -> &crate::store::RedisStore {
-        self.limiter.shared_store().expect("checked in new")
+    fn store(&self) -> &RedisStore {
+        &self.store
     }
 }
 
@@ -233,12 +230,5 @@ mod tests {
         assert_eq!(parse_record("open|1700000000000|2|ab-cd|7"), Some((State::Open, 1_700_000_000_000, 2, "ab-cd")));
         assert_eq!(parse_record("nonsense|1|2|x|0"), None);
         assert_eq!(parse_record("open|x"), None);
-    }
-
-    #[test]
-    fn an_embedded_limiter_cannot_share_breakers() {
-        let limiter = Arc::new(Limiter::new(None, Default::default()).unwrap());
-        let err = BreakerFleet::new(limiter).err().unwrap().to_string();
-        assert!(err.contains("redis://"), "{err}");
     }
 }

@@ -1,6 +1,6 @@
 //! The dollar-budget ledger: reserve a call's worst-case cost on every budget that applies,
 //! all or nothing, then settle it with the real cost (or release it when nothing was
-//! spent). Embedded (in process) or shared by a fleet through the limiter's Redis.
+//! spent). Embedded (in process) or shared by a fleet through the pod's Redis.
 //!
 //! A reservation lapses by itself after its lease (its pod died before settling). Every
 //! settled cost is also added to a per-day spend record by model, feature, user and team,
@@ -12,7 +12,7 @@ use super::ledger_local::LocalLedger;
 use super::ledger_redis::RedisLedger;
 use crate::budget::{dollars, local_day, parse_day, reserve_nanos, settle_nanos, BudgetSpec, Window};
 use crate::error::{Error, Result};
-use crate::limit::limiter::Limiter;
+use crate::store::RedisStore;
 use chrono::{Days, NaiveDate};
 use chrono_tz::Tz;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -126,12 +126,12 @@ pub struct Ledger {
 static NEXT_LEDGER: AtomicU64 = AtomicU64::new(1);
 
 impl Ledger {
-    /// A ledger in Redis when `limiter` is shared (its connection carries the budgets too),
-    /// in process otherwise. Spend records are kept by day in `report_tz`.
-    pub fn new(limiter: Option<Arc<Limiter>>, report_tz: Tz) -> Self {
-        let backend = match limiter {
-            Some(l) if l.shared_store().is_some() => Backend::Redis(RedisLedger::new(l)),
-            _ => Backend::Local(LocalLedger::new()),
+    /// A ledger in Redis when given the pod's Redis handle, in process otherwise. Spend
+    /// records are kept by day in `report_tz`.
+    pub fn new(store: Option<Arc<RedisStore>>, report_tz: Tz) -> Self {
+        let backend = match store {
+            Some(store) => Backend::Redis(RedisLedger::new(store)),
+            None => Backend::Local(LocalLedger::new()),
         };
         Ledger { id: NEXT_LEDGER.fetch_add(1, Ordering::Relaxed), backend, report_tz }
     }

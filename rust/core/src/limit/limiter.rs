@@ -155,9 +155,9 @@ impl Limiter {
         matches!(self.backend, Backend::Embedded(_))
     }
 
-    /// The shared store, if any (other fleet-wide state, such as circuit breakers, uses
-    /// the same connection).
-    pub fn shared_store(&self) -> Option<&RedisStore> {
+    /// The pod's Redis handle, if any: every other component sharing state with the fleet
+    /// (breakers, dedup, budgets) is given this one handle.
+    pub fn shared_store(&self) -> Option<&Arc<RedisStore>> {
         match &self.backend {
             Backend::Redis(store) => Some(store),
             Backend::Embedded(_) => None,
