@@ -307,6 +307,32 @@ impl Limiter {
         }
     }
 
+    /// `acquire` for a caller on its own thread: each decision is made there where the store
+    /// allows (`try_acquire_blocking`), else on `runtime`; after a refusal, `sleep` waits as
+    /// long as the store says (it may end the wait early with an error of its own, such as
+    /// a signal), until admitted or `timeout` passes (`Error::RateLimited`).
+    pub fn acquire_blocking<E: From<Error>>(
+        &self,
+        quotas: &[Arc<QuotaSpec>],
+        requests: u64,
+        tokens: u64,
+        timeout: Option<Duration>,
+        runtime: &tokio::runtime::Handle,
+        mut sleep: impl FnMut(Duration) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Decision, E> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let decision = match self.try_acquire_blocking(quotas, requests, tokens) {
+                Some(decided) => decided?,
+                None => runtime.block_on(self.try_acquire(quotas, requests, tokens))?,
+            };
+            if decision.allowed {
+                return Ok(decision);
+            }
+            sleep(wait_before_retry(&decision, deadline)?)?;
+        }
+    }
+
     /// Settle a reservation with the real token usage: the difference from the estimate is
     /// given back or charged. A reservation settles once; a second call is an error, and so
     /// is a reservation made by another limiter (which is then left unsettled).
@@ -463,7 +489,7 @@ fn check_costs<'a>(quotas: impl Iterator<Item = &'a Arc<QuotaSpec>>, requests: u
 /// How long to sleep after a refusal before trying again, or `RateLimited` when that would
 /// pass the deadline. A little jitter keeps waiters that were refused together from all
 /// waking at the same instant.
-pub fn wait_before_retry(decision: &Decision, deadline: Option<Instant>) -> Result<Duration> {
+fn wait_before_retry(decision: &Decision, deadline: Option<Instant>) -> Result<Duration> {
     let base = decision.retry_after.max(Duration::from_micros(100));
     let jitter_ceiling = (base / 20).min(Duration::from_millis(20));
     let wait = base + jitter_ceiling.mul_f64(jitter_fraction());
