@@ -70,8 +70,7 @@ impl BreakerFleet {
 
     /// Follow the fleet's records for this breaker.
     pub fn register(&self, breaker: &Arc<Breaker>) {
-        let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
-        breakers.insert(breaker.name().to_owned(), Arc::downgrade(breaker));
+        lock(&self.breakers).insert(breaker.name().to_owned(), Arc::downgrade(breaker));
     }
 
     /// Write this pod's transition for the fleet, ending the half-open round it held.
@@ -109,7 +108,8 @@ impl BreakerFleet {
         for pair in items.chunks(2) {
             let [Value::BulkString(name), Value::BulkString(record)] = pair else { continue };
             let (name, record) = (String::from_utf8_lossy(name), String::from_utf8_lossy(record));
-            applied += self.apply(&name, &record) as usize;
+            let Some(breaker) = self.breaker(&name) else { continue };
+            applied += self.apply(&breaker, &record) as usize;
         }
         Ok(applied)
     }
@@ -119,13 +119,14 @@ impl BreakerFleet {
     /// pod last looked, whatever the breaker grants after adopting that verdict (an ordinary
     /// call once closed). Redis unreachable: this pod probes alone, as without a fleet.
     pub async fn confirm_probe(&self, breaker: &Breaker, mut permit: Permit) -> std::result::Result<Permit, Refused> {
-        // A record adopted here can leave the breaker half-open (a stale open period);
-        // the next ask knows that record, so it gets a round or a holder, not a record.
+        let lease = breaker.options().probe_max_wait;
+        // A record adopted here can leave the breaker half-open (a stale open period); the
+        // next ask knows that record, so it gets a round or a holder. Records that keep
+        // changing under us: refuse rather than probe without the round.
         for _ in 0..3 {
             if permit.probe == 0 {
                 return Ok(permit);
             }
-            let lease = breaker.options().probe_max_wait;
             match self.claim_probe_round(breaker.name(), lease).await {
                 Ok(ProbeRound::Held) | Err(_) => return Ok(permit),
                 Ok(ProbeRound::HeldElsewhere(left)) => {
@@ -134,12 +135,16 @@ impl BreakerFleet {
                 }
                 Ok(ProbeRound::Decided(record)) => {
                     breaker.return_permit(permit);
-                    self.apply(breaker.name(), &record);
+                    self.apply(breaker, &record);
                     permit = breaker.allow(Instant::now())?;
                 }
             }
         }
-        Ok(permit)
+        if permit.probe == 0 {
+            return Ok(permit);
+        }
+        breaker.return_permit(permit);
+        Err(Refused { reason: Refusal::ProbesOut, retry_after: Some(Duration::from_millis(100)) })
     }
 
     async fn claim_probe_round(&self, name: &str, lease: Duration) -> Result<ProbeRound> {
@@ -168,14 +173,13 @@ impl BreakerFleet {
     }
 
     /// Adopt one record of the fleet's hash, once; whether it was applied.
-    fn apply(&self, name: &str, record: &str) -> bool {
-        let Some(breaker) = self.breaker(name) else { return false };
+    fn apply(&self, breaker: &Breaker, record: &str) -> bool {
         {
             let mut seen = lock(&self.seen);
-            if seen.get(name).is_some_and(|r| r == record) {
+            if seen.get(breaker.name()).is_some_and(|r| r == record) {
                 return false;
             }
-            seen.insert(name.to_owned(), record.to_owned());
+            seen.insert(breaker.name().to_owned(), record.to_owned());
         }
         let Some((state, until_ms, trips, pod)) = parse_record(record) else { return false };
         if pod == self.pod {
@@ -187,7 +191,7 @@ impl BreakerFleet {
     }
 
     fn breaker(&self, name: &str) -> Option<Arc<Breaker>> {
-        let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut breakers = lock(&self.breakers);
         let found = breakers.get(name).map(Weak::upgrade);
         match found {
             Some(Some(b)) => Some(b),
