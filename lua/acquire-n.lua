@@ -1,5 +1,5 @@
 --[[ acquire: reserve requests and tokens on every quota given, or on none.
-The token bucket and sliding window rules are those of rust/core/src/state.rs.
+The token bucket and sliding window rules are those of rust/core/src/limit/state.rs.
 
 KEYS  per quota, in ARGV order: a token bucket uses one key (its state hash: r, t, ts);
       a sliding window uses two (its sums hash: r, t, seq; then its log, a sorted set of

@@ -1,5 +1,5 @@
 --[[ settle: change what a reservation holds once the real cost is known, or give a
-reservation back whole. The rules are those of rust/core/src/state.rs.
+reservation back whole. The rules are those of rust/core/src/limit/state.rs.
 
 KEYS  as for acquire-n.lua: per quota one key (token bucket) or two (sliding window).
 ARGV  [1] requests to give back  [2] tokens to give back (negative: charge more)

@@ -1,6 +1,7 @@
 //! The one error type of the core. The Python binding maps each variant to an
 //! exception class in exactly one place (`rust/python/src/error.rs`).
 
+use chrono::DateTime;
 use std::time::Duration;
 
 /// Everything that can go wrong in the core, each variant saying what and how to fix it.
@@ -47,10 +48,10 @@ pub enum Error {
         "budget {budget:?} has no room for a call that may cost ${}: it holds ${} of its ${} for {period} \
          (spent and reserved), and resets at {}; raise its limit, wait for the next period, or lower the call's \
          max output tokens",
-        crate::budget::show_dollars(*requested),
-        crate::budget::show_dollars(*spent),
-        crate::budget::show_dollars(*limit),
-        crate::budget::show_instant(*resets_at)
+        show_dollars(*requested),
+        show_dollars(*spent),
+        show_dollars(*limit),
+        show_instant(*resets_at)
     )]
     BudgetExceeded {
         budget: String,
@@ -68,5 +69,35 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
+    }
+}
+
+/// Dollars for people: cents at least, and as many of six decimals as matter (`2.00`,
+/// `1.50`, `0.000123`).
+fn show_dollars(amount: f64) -> String {
+    let text = format!("{amount:.6}");
+    let trimmed = text.trim_end_matches('0');
+    match trimmed.split_once('.') {
+        Some((_, decimals)) if decimals.len() >= 2 => trimmed.to_owned(),
+        _ => format!("{amount:.2}"),
+    }
+}
+
+/// An instant for people: `2026-03-30T00:00:00Z`.
+fn show_instant(unix: f64) -> String {
+    DateTime::from_timestamp(unix.floor() as i64, 0)
+        .map_or_else(|| format!("{unix} (Unix seconds)"), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollars_show_what_matters() {
+        assert_eq!(show_dollars(2.0), "2.00");
+        assert_eq!(show_dollars(1.5), "1.50");
+        assert_eq!(show_dollars(0.000123), "0.000123");
+        assert_eq!(show_dollars(12.345), "12.345");
     }
 }

@@ -1,34 +1,26 @@
-//! fleetgate's core: a fleet-wide rate limiter for OpenAI quotas and a dollar-budget ledger,
-//! over Redis (standalone or cluster) or in process. Pure Rust; the Python binding lives in
-//! `rust/python`.
+//! fleetgate's core: a fleet-wide rate limiter for OpenAI quotas, dollar budgets, circuit
+//! breakers, request deduplication and priority lanes, over Redis (standalone or cluster)
+//! or in process. Pure Rust; the Python binding lives in `rust/python`.
+//!
+//! One folder per concept: `limit`, `budget`, `breaker`, `dedup`; `store` is the one Redis
+//! handle they share with the fleet.
 
 pub mod batch_lines;
 pub mod breaker;
-pub mod breaker_fleet;
 pub mod budget;
-pub mod decision;
 pub mod dedup;
-pub mod dedup_fleet;
 pub mod duration;
 pub mod error;
 pub mod headers;
-pub mod keys;
 pub mod lanes;
-mod lease;
-pub mod ledger;
-mod ledger_local;
-mod ledger_redis;
-pub mod limiter;
-pub mod local;
-pub mod quota;
-pub mod redis_store;
-pub mod scripts;
-pub mod state;
+pub mod limit;
+pub mod store;
 pub mod tokens;
 
+pub use budget::ledger::{Alert, BudgetReservation, BudgetStatus, Ledger, SpendLabels, SpendRow};
 pub use budget::{BudgetSpec, Period};
-pub use decision::{Decision, Reservation, Source};
 pub use error::{Error, Result};
-pub use ledger::{Alert, BudgetReservation, BudgetStatus, Ledger, SpendLabels, SpendRow};
-pub use limiter::{FailurePolicy, Limiter, LimiterOptions};
-pub use quota::{Algorithm, QuotaOptions, QuotaSpec};
+pub use limit::decision::{Decision, Reservation, Source};
+pub use limit::limiter::{FailurePolicy, Limiter, LimiterOptions};
+pub use limit::quota::{Algorithm, QuotaOptions, QuotaSpec};
+pub use store::RedisStore;

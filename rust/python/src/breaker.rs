@@ -4,8 +4,8 @@
 use crate::error::{ConfigError, IntoPyResult};
 use crate::limiter::Limiter;
 use crate::runtime::{block_on, runtime};
+use fleetgate_core::breaker::fleet::BreakerFleet;
 use fleetgate_core::breaker::{self as core, classify, BreakerOptions, Permit, Refused, Transition, Window};
-use fleetgate_core::breaker_fleet::BreakerFleet;
 use fleetgate_core::Error;
 use pyo3::prelude::*;
 use std::collections::HashMap;
@@ -76,14 +76,11 @@ impl Breakers {
         };
         options.validate().py_err()?;
         let share_every = seconds("share_every", share_every)?;
-        let fleet = match limiter {
-            Some(l) if l.inner.shared_store().is_some() => {
-                let fleet = Arc::new(BreakerFleet::new(Arc::clone(&l.inner)).py_err()?);
-                spawn_poller(Arc::downgrade(&fleet), share_every);
-                Some(fleet)
-            }
-            _ => None,
-        };
+        let fleet = limiter.and_then(Limiter::shared_store).map(|store| {
+            let fleet = Arc::new(BreakerFleet::new(store));
+            spawn_poller(Arc::downgrade(&fleet), share_every);
+            fleet
+        });
         Ok(Breakers { options, breakers: Mutex::new(HashMap::new()), fleet, on_transition })
     }
 
@@ -177,9 +174,15 @@ impl Breaker {
 
     /// Leave for one call: a permit to pass to `record`. Raises CircuitOpen when refused.
     /// A half-open breaker shared with a fleet asks Redis whether this pod probes the round
-    /// (one round trip, once per round).
+    /// (one round trip per probe; the other pods refuse until the round's verdict).
     fn allow(&self, py: Python<'_>) -> PyResult<u64> {
-        let outcome = self.inner.allow(Instant::now());
+        let mut outcome = self.inner.allow(Instant::now());
+        if let (Ok(permit), Some(fleet)) = (outcome, &self.fleet) {
+            if permit.probe != 0 {
+                let (fleet, inner) = (Arc::clone(fleet), Arc::clone(&self.inner));
+                outcome = block_on(py, async move { fleet.confirm_probe(&inner, permit).await });
+            }
+        }
         if self.inner.has_transitions() {
             if let Err(e) = self.publish(py) {
                 if let Ok(permit) = outcome {
@@ -189,19 +192,6 @@ impl Breaker {
             }
         }
         let permit = outcome.map_err(|r| refused(self.inner.name(), r))?;
-        if permit.probe != 0 {
-            if let Some(fleet) = &self.fleet {
-                let lease = self.inner.options().probe_max_wait;
-                let name = self.inner.name().to_owned();
-                let fleet = Arc::clone(fleet);
-                // Redis down: this pod probes alone, as it would without a fleet.
-                if let Ok(false) = block_on(py, async move { fleet.claim_probe_round(&name, lease).await }) {
-                    self.inner.return_permit(permit);
-                    let reason = core::Refusal::ProbesOut;
-                    return Err(refused(self.inner.name(), Refused { reason, retry_after: Some(lease) }));
-                }
-            }
-        }
         Ok(pack(permit))
     }
 

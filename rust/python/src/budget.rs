@@ -1,13 +1,13 @@
 //! `fleetgate.Budget`, `fleetgate.Ledger` and what they answer: dollar budgets per day or
-//! month, reserved before a call and settled after it (see `fleetgate_core::ledger`).
+//! month, reserved before a call and settled after it (see `fleetgate_core::budget::ledger`).
 
 use crate::completions::{submit, Outcome};
 use crate::error::{to_py, ConfigError, IntoPyResult};
 use crate::limiter::Limiter;
 use crate::logger::log_warning;
 use crate::runtime::{block_on, runtime};
+use fleetgate_core::budget::ledger::{self as core, Alert, MAX_LEASE};
 use fleetgate_core::budget::{parse_time_zone, BudgetSpec, Period, DEFAULT_ALERTS};
-use fleetgate_core::ledger::{self as core, Alert, MAX_LEASE};
 use fleetgate_core::{self as fg};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -284,8 +284,8 @@ impl Ledger {
     #[pyo3(signature = (limiter=None, *, report_timezone="UTC", on_alert=None))]
     fn new(limiter: Option<&Limiter>, report_timezone: &str, on_alert: Option<Py<PyAny>>) -> PyResult<Self> {
         let report_tz = parse_time_zone(report_timezone).py_err()?;
-        let limiter = limiter.map(|l| Arc::clone(&l.inner));
-        Ok(Ledger { inner: Arc::new(core::Ledger::new(limiter, report_tz)), on_alert: on_alert.map(Arc::new) })
+        let store = limiter.and_then(Limiter::shared_store);
+        Ok(Ledger { inner: Arc::new(core::Ledger::new(store, report_tz)), on_alert: on_alert.map(Arc::new) })
     }
 
     /// True when the budgets live in this process only.

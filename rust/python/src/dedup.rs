@@ -2,12 +2,12 @@
 //! upstream call (see `fleetgate_core::dedup`).
 
 use crate::completions::{submit, Outcome};
-use crate::error::IntoPyResult;
+use crate::error::{ConfigError, IntoPyResult};
 use crate::limiter::Limiter;
 use crate::logger::log_warning;
 use crate::runtime::{block_on, runtime};
+use fleetgate_core::dedup::fleet::{DedupFleet, SharedAnswer, Waited};
 use fleetgate_core::dedup::{self as core, End, FlightKey, Head, HeadOrEnd, Joined, Next};
-use fleetgate_core::dedup_fleet::{DedupFleet, SharedAnswer, Waited};
 use pyo3::exceptions::PyTimeoutError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -213,7 +213,10 @@ fn seconds(value: f64) -> Duration {
 impl FleetFlights {
     #[new]
     fn new(limiter: &Limiter) -> PyResult<Self> {
-        Ok(FleetFlights { inner: Arc::new(DedupFleet::new(Arc::clone(&limiter.inner)).py_err()?) })
+        let store = limiter.shared_store().ok_or_else(|| {
+            ConfigError::new_err("deduplication across pods goes through Redis: give the gateway a redis_url")
+        })?;
+        Ok(FleetFlights { inner: Arc::new(DedupFleet::new(store)) })
     }
 
     /// Claim the call of the request `key` for `lease` seconds; False when another pod

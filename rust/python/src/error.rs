@@ -41,6 +41,16 @@ pub fn lane_to_py(err: LaneError) -> PyErr {
     }
 }
 
+/// A core error, or a Python exception raised while the core waited on a callback of ours
+/// (a signal during a sleep): one error type for core loops that call back into Python.
+pub struct Raised(pub PyErr);
+
+impl From<Error> for Raised {
+    fn from(err: Error) -> Self {
+        Raised(to_py(err))
+    }
+}
+
 /// Shorthand for `.map_err(to_py)`.
 pub trait IntoPyResult<T> {
     fn py_err(self) -> pyo3::PyResult<T>;

@@ -1,19 +1,18 @@
 //! `fleetgate.Limiter`, `fleetgate.Decision` and `fleetgate.Reservation`.
 
 use crate::completions::Outcome;
-use crate::error::{ConfigError, IntoPyResult};
+use crate::error::{ConfigError, IntoPyResult, Raised};
 use crate::quota::Quota;
 use crate::runtime::{block_on, runtime};
 use fleetgate_core::headers::RateLimitReport;
-use fleetgate_core::limiter::wait_before_retry;
-use fleetgate_core::quota::check_amount;
-use fleetgate_core::redis_store::redact;
-use fleetgate_core::{self as core, FailurePolicy, LimiterOptions, QuotaSpec, Source};
+use fleetgate_core::limit::quota::check_amount;
+use fleetgate_core::store::redact;
+use fleetgate_core::{self as core, FailurePolicy, LimiterOptions, QuotaSpec, RedisStore, Source};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyMapping;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[pyclass(frozen, module = "fleetgate", name = "Decision")]
 pub struct Decision {
@@ -236,6 +235,12 @@ fn report_from(headers: &Bound<'_, PyAny>) -> PyResult<RateLimitReport> {
 }
 
 impl Limiter {
+    /// The pod's Redis handle, for the components that share state with the fleet; `None`
+    /// for an embedded limiter.
+    pub(crate) fn shared_store(&self) -> Option<Arc<RedisStore>> {
+        self.inner.shared_store().cloned()
+    }
+
     /// One decision, synchronously: in process for the embedded store, otherwise a Redis
     /// round trip with the GIL released.
     #[inline]
@@ -355,16 +360,16 @@ impl Limiter {
         timeout: Option<f64>,
     ) -> PyResult<Decision> {
         let (requests, tokens) = amounts(requests, tokens)?;
-        let deadline = seconds("timeout", timeout)?.map(|t| Instant::now() + t);
-        loop {
-            let decision = self.decide(py, quotas, requests, tokens)?;
-            if decision.allowed {
-                return Ok(Decision { inner: decision });
-            }
-            let wait = wait_before_retry(&decision, deadline).py_err()?;
-            py.detach(|| std::thread::sleep(wait));
-            py.check_signals()?;
-        }
+        let timeout = seconds("timeout", timeout)?;
+        let quotas = owned_quotas(quotas)?;
+        let limiter = &self.inner;
+        let decision = py.detach(|| {
+            limiter.acquire_blocking(&quotas, requests, tokens, timeout, runtime().handle(), |wait| {
+                std::thread::sleep(wait);
+                Python::attach(|py| py.check_signals()).map_err(Raised)
+            })
+        });
+        Ok(Decision { inner: decision.map_err(|Raised(e)| e)? })
     }
 
     #[pyo3(signature = (quotas, requests=1, tokens=0, timeout=None))]

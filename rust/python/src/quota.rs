@@ -1,7 +1,7 @@
 //! `fleetgate.Quota`: an immutable, validated quota.
 
 use crate::error::{ConfigError, IntoPyResult};
-use fleetgate_core::quota::Dimension;
+use fleetgate_core::limit::quota::Dimension;
 use fleetgate_core::{Algorithm, QuotaOptions, QuotaSpec};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;

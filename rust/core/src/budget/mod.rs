@@ -3,10 +3,15 @@
 //! reservations round up, settlements round to the nearest nano-dollar.
 
 use crate::error::{Error, Result};
-use crate::keys;
+use crate::store::keys;
 use chrono::{DateTime, Datelike, LocalResult, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use std::sync::{Arc, RwLock};
+
+mod holds;
+pub mod ledger;
+mod ledger_local;
+mod ledger_redis;
 
 /// Nano-dollars in a dollar.
 pub const NANOS_PER_DOLLAR: f64 = 1e9;
@@ -217,23 +222,6 @@ pub fn parse_day(day: &str) -> Result<NaiveDate> {
         .ok_or_else(|| Error::invalid(format!("{day:?} is not a day: write it as YYYY-MM-DD, such as \"2026-03-29\"")))
 }
 
-/// Dollars for people: cents at least, and as many of six decimals as matter (`2.00`,
-/// `1.50`, `0.000123`).
-pub fn show_dollars(amount: f64) -> String {
-    let text = format!("{amount:.6}");
-    let trimmed = text.trim_end_matches('0');
-    match trimmed.split_once('.') {
-        Some((_, decimals)) if decimals.len() >= 2 => trimmed.to_owned(),
-        _ => format!("{amount:.2}"),
-    }
-}
-
-/// An instant for people: `2026-03-30T00:00:00Z`.
-pub fn show_instant(unix: f64) -> String {
-    DateTime::from_timestamp(unix.floor() as i64, 0)
-        .map_or_else(|| format!("{unix} (Unix seconds)"), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-}
-
 fn seconds(unix: f64) -> Result<i64> {
     // Years 1900 to 9999: anything else is not a clock reading.
     if !(unix.is_finite() && (-2_208_988_800.0..253_402_300_800.0).contains(&unix)) {
@@ -427,14 +415,6 @@ mod tests {
         assert!(reserve_nanos(-0.01).is_err());
         assert!(settle_nanos(f64::NAN).is_err());
         assert!(reserve_nanos(2e9).unwrap_err().to_string().contains("check the unit"));
-    }
-
-    #[test]
-    fn dollars_show_what_matters() {
-        assert_eq!(show_dollars(2.0), "2.00");
-        assert_eq!(show_dollars(1.5), "1.50");
-        assert_eq!(show_dollars(0.000123), "0.000123");
-        assert_eq!(show_dollars(12.345), "12.345");
     }
 
     #[test]

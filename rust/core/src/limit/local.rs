@@ -2,9 +2,9 @@
 //! store when no Redis URL is given, and as the fail-open fallback (with a pod's share of
 //! each quota) while Redis is unreachable.
 
-use crate::decision::{tighter, Decision, ReservedPart, Source, WindowMark};
-use crate::quota::QuotaSpec;
-use crate::state::{Check, QuotaState};
+use crate::limit::decision::{tighter, Decision, ReservedPart, Source, WindowMark};
+use crate::limit::quota::QuotaSpec;
+use crate::limit::state::{Check, QuotaState};
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -183,7 +183,7 @@ fn state_for<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::{Algorithm, QuotaOptions};
+    use crate::limit::quota::{Algorithm, QuotaOptions};
     use proptest::prelude::*;
 
     fn quota(name: &str, algorithm: Algorithm, rpm: Option<i64>, tpm: Option<i64>, burst: f64) -> Arc<QuotaSpec> {

@@ -1,41 +1,26 @@
 //! The dollar-budget ledger: reserve a call's worst-case cost on every budget that applies,
 //! all or nothing, then settle it with the real cost (or release it when nothing was
-//! spent). Embedded (in process) or shared by a fleet through the limiter's Redis.
+//! spent). Embedded (in process) or shared by a fleet through the pod's Redis.
 //!
 //! A reservation lapses by itself after its lease (its pod died before settling). Every
 //! settled cost is also added to a per-day spend record by model, feature, user and team,
 //! the day taken in the ledger's report time zone, for reports.
 
+pub use super::holds::{Alert, HeldPart};
+use super::holds::{InWindow, SPEND_DAYS_KEPT};
+use super::ledger_local::LocalLedger;
+use super::ledger_redis::RedisLedger;
 use crate::budget::{dollars, local_day, parse_day, reserve_nanos, settle_nanos, BudgetSpec, Window};
 use crate::error::{Error, Result};
-use crate::ledger_local::{LocalLedger, SPEND_DAYS_KEPT};
-use crate::ledger_redis::RedisLedger;
-use crate::limiter::Limiter;
+use crate::store::RedisStore;
 use chrono::{Days, NaiveDate};
 use chrono_tz::Tz;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The refusal of `budget` in `window`: it holds `holds` nano-dollars (spent and reserved)
-/// and cannot take `nanos` more.
-pub(crate) fn exceeded(budget: &BudgetSpec, window: &Window, holds: i64, nanos: i64, alerted: bool) -> Error {
-    Error::BudgetExceeded {
-        budget: budget.name.clone(),
-        period: window.id.clone(),
-        resets_at: window.resets_at,
-        limit: budget.limit(),
-        spent: dollars(holds),
-        requested: dollars(nanos),
-        alerted,
-    }
-}
-
 /// The longest a reservation may be held before it lapses.
 pub const MAX_LEASE: Duration = Duration::from_secs(86_400);
-
-/// A budget and its period that a reservation applies to.
-pub(crate) type InWindow = (Arc<BudgetSpec>, Arc<Window>);
 
 /// Separates the labels of a spend record.
 const LABEL_SEPARATOR: char = '\x1f';
@@ -72,45 +57,6 @@ impl SpendLabels {
     }
 }
 
-/// A budget reached an alert threshold for the first time in its period, fleet-wide.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Alert {
-    pub budget: String,
-    /// The share of the limit reached (0.9 for 90%).
-    pub threshold: f64,
-    /// Dollars spent in the period when it fired (spent and reserved, for a refusal).
-    pub spent: f64,
-    pub limit: f64,
-    /// The period's id (`2026-03-29` or `2026-03`).
-    pub period: String,
-}
-
-impl Alert {
-    pub(crate) fn new(budget: &BudgetSpec, window: &Window, percent: u16, spent_nanos: i64) -> Self {
-        Alert {
-            budget: budget.name.clone(),
-            threshold: f64::from(percent) / 100.0,
-            spent: dollars(spent_nanos),
-            limit: budget.limit(),
-            period: window.id.clone(),
-        }
-    }
-
-    /// The 100% alert a refusal fired (the first refusal of a period, fleet-wide), if any.
-    pub fn of_refusal(error: &Error) -> Option<Self> {
-        match error {
-            Error::BudgetExceeded { budget, period, limit, spent, alerted: true, .. } => Some(Alert {
-                budget: budget.clone(),
-                threshold: 1.0,
-                spent: *spent,
-                limit: *limit,
-                period: period.clone(),
-            }),
-            _ => None,
-        }
-    }
-}
-
 /// Where one budget's period stands, in dollars.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetStatus {
@@ -131,28 +77,6 @@ pub struct SpendRow {
     pub user: String,
     pub team: String,
     pub dollars: f64,
-}
-
-/// One budget's part of a reservation.
-#[derive(Debug)]
-pub struct HeldPart {
-    pub budget: Arc<BudgetSpec>,
-    /// The period the amount is held in (and the real cost is added to).
-    pub window: Arc<Window>,
-    pub(crate) hold: Hold,
-}
-
-/// How a part is found again when it ends.
-#[derive(Debug)]
-pub(crate) enum Hold {
-    Local {
-        expires: Instant,
-        id: u64,
-    },
-    /// The member of the period's sorted set of live reservations.
-    Redis {
-        member: String,
-    },
 }
 
 /// Proof of a reservation: the amount held on each budget, to settle or release once.
@@ -202,12 +126,12 @@ pub struct Ledger {
 static NEXT_LEDGER: AtomicU64 = AtomicU64::new(1);
 
 impl Ledger {
-    /// A ledger in Redis when `limiter` is shared (its connection carries the budgets too),
-    /// in process otherwise. Spend records are kept by day in `report_tz`.
-    pub fn new(limiter: Option<Arc<Limiter>>, report_tz: Tz) -> Self {
-        let backend = match limiter {
-            Some(l) if l.shared_store().is_some() => Backend::Redis(RedisLedger::new(l)),
-            _ => Backend::Local(LocalLedger::new()),
+    /// A ledger in Redis when given the pod's Redis handle, in process otherwise. Spend
+    /// records are kept by day in `report_tz`.
+    pub fn new(store: Option<Arc<RedisStore>>, report_tz: Tz) -> Self {
+        let backend = match store {
+            Some(store) => Backend::Redis(RedisLedger::new(store)),
+            None => Backend::Local(LocalLedger::new()),
         };
         Ledger { id: NEXT_LEDGER.fetch_add(1, Ordering::Relaxed), backend, report_tz }
     }
@@ -461,7 +385,7 @@ fn rows<'a>(days: impl Iterator<Item = (&'a str, Vec<(String, i64)>)>) -> Result
             let l = SpendLabels::split(&joined).ok_or_else(|| {
                 Error::StoreUnavailable(format!(
                     "{}: a malformed spend record {joined:?} (is another fleetgate version sharing this Redis?)",
-                    crate::keys::spend(day)
+                    crate::store::keys::spend(day)
                 ))
             })?;
             rows.push(SpendRow {
@@ -478,12 +402,6 @@ fn rows<'a>(days: impl Iterator<Item = (&'a str, Vec<(String, i64)>)>) -> Result
         (&a.day, &a.model, &a.feature, &a.user, &a.team).cmp(&(&b.day, &b.model, &b.feature, &b.user, &b.team))
     });
     Ok(rows)
-}
-
-/// Seconds a budget period's keys live: until a day after the period ends.
-pub(crate) fn key_ttl(window: &Window, now_unix: f64, lease: Duration) -> u64 {
-    let until_end = (window.resets_at - now_unix).max(0.0) + 86_400.0;
-    (until_end.ceil() as u64).max(lease.as_secs() + 60)
 }
 
 #[cfg(test)]

@@ -1,23 +1,21 @@
-//! The shared ledger: budgets in Redis, over the limiter's connection. Each budget's period
+//! The shared ledger: budgets in Redis, over the pod's one Redis handle. Each budget's period
 //! is two keys under the budget's own hash tag (`lua/budget-reserve-2.lua`); budgets on
 //! different slots are reserved in turn, and those already reserved are given back when a
 //! later one refuses. Reservations lapse on Redis server time.
 
+use super::holds::{exceeded, key_ttl, Alert, HeldPart, Hold, InWindow, SPEND_DAYS_KEPT};
 use crate::budget::{BudgetSpec, Window};
 use crate::error::{Error, Result};
-use crate::keys;
-use crate::ledger::{exceeded, key_ttl, Alert, HeldPart, Hold, InWindow};
-use crate::ledger_local::SPEND_DAYS_KEPT;
-use crate::limiter::Limiter;
-use crate::redis_store::{new_pod_token, RedisStore};
-use crate::scripts::{BUDGET_RESERVE, BUDGET_SETTLE, SPEND_ADD};
+use crate::store::keys;
+use crate::store::scripts::{BUDGET_RESERVE, BUDGET_SETTLE, SPEND_ADD};
+use crate::store::{new_pod_token, RedisStore};
 use redis::{Cmd, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) struct RedisLedger {
-    limiter: Arc<Limiter>,
+    store: Arc<RedisStore>,
     /// Names this process's reservations, so that ids never collide across pods.
     token: String,
     sequence: AtomicU64,
@@ -34,12 +32,12 @@ enum Reserved {
 }
 
 impl RedisLedger {
-    pub fn new(limiter: Arc<Limiter>) -> Self {
-        RedisLedger { limiter, token: new_pod_token(), sequence: AtomicU64::new(0) }
+    pub fn new(store: Arc<RedisStore>) -> Self {
+        RedisLedger { store, token: new_pod_token(), sequence: AtomicU64::new(0) }
     }
 
     fn store(&self) -> &RedisStore {
-        self.limiter.shared_store().expect("a Redis ledger is made from a shared limiter")
+        &self.store
     }
 
     /// Hold `nanos` on every budget's window in turn; on a refusal or an error, give back

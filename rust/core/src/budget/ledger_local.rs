@@ -2,17 +2,14 @@
 //! a reservation on several budgets is atomic here (on Redis it is all-or-nothing, budget
 //! by budget). Reservations lapse on the process's monotonic clock.
 
+use super::holds::{exceeded, Alert, HeldPart, Hold, InWindow};
 use crate::budget::{BudgetSpec, Window};
 use crate::error::Result;
-use crate::ledger::{exceeded, Alert, HeldPart, Hold, InWindow};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-/// Spend records are kept this many days (as on Redis).
-pub const SPEND_DAYS_KEPT: i64 = 400;
 
 /// One period of one budget.
 #[derive(Debug, Default)]

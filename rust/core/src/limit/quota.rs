@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::headers::{DimensionReport, RateLimitReport};
-use crate::keys;
+use crate::store::keys;
 
 /// The largest per-minute limit accepted. Far above any real OpenAI tier; larger values are
 /// almost certainly a unit mistake, and they would lose precision in Lua's doubles.

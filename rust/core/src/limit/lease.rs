@@ -18,9 +18,9 @@
 //! A pod that dies with a lease loses that room until the bucket refills it: about
 //! `seconds` of its own traffic.
 
-use crate::decision::{tighter, Decision, Reservation, ReservedPart, Source, WindowMark};
-use crate::quota::{Algorithm, Dimension, QuotaSpec};
-use crate::redis_store::RedisStore;
+use crate::limit::decision::{tighter, Decision, Reservation, ReservedPart, Source, WindowMark};
+use crate::limit::quota::{Algorithm, Dimension, QuotaSpec};
+use crate::store::RedisStore;
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -384,7 +384,7 @@ async fn sweep_while_alive(leases: Weak<Leases>, period: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::QuotaOptions;
+    use crate::limit::quota::QuotaOptions;
 
     fn quota(rpm: i64, tpm: i64) -> Arc<QuotaSpec> {
         let opts = QuotaOptions { requests_per_minute: Some(rpm), tokens_per_minute: Some(tpm), ..Default::default() };

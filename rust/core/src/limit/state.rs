@@ -1,10 +1,10 @@
 //! The admission algorithms as pure state machines over an explicit clock, shared by the
-//! embedded store and mirrored line for line by `lua/acquire.lua` for Redis.
+//! embedded store and mirrored line for line by `lua/acquire-n.lua` for Redis.
 //!
 //! All times are seconds as `f64`; all amounts are whole numbers carried as `f64` (exact
 //! below 2^53, far above `MAX_PER_MINUTE`).
 
-use crate::quota::{Algorithm, Dimension, QuotaSpec};
+use crate::limit::quota::{Algorithm, Dimension, QuotaSpec};
 use std::collections::VecDeque;
 
 /// The sliding window length, in seconds.

@@ -9,10 +9,9 @@
 //! Waiters poll (the answer key, then the claim) every `poll` interval.
 
 use crate::error::{Error, Result};
-use crate::keys;
-use crate::limiter::Limiter;
-use crate::redis_store::{new_pod_token, RedisStore};
-use crate::scripts::{DEDUP_PUBLISH, DEDUP_RELEASE};
+use crate::store::keys;
+use crate::store::scripts::{DEDUP_PUBLISH, DEDUP_RELEASE};
+use crate::store::{new_pod_token, RedisStore};
 use redis::{Cmd, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,21 +34,18 @@ pub enum Waited {
 }
 
 pub struct DedupFleet {
-    limiter: Arc<Limiter>,
+    store: Arc<RedisStore>,
     token: String,
 }
 
 impl DedupFleet {
-    /// `limiter` must be shared (Redis); its connection carries the claims too.
-    pub fn new(limiter: Arc<Limiter>) -> Result<Self> {
-        if limiter.shared_store().is_none() {
-            return Err(Error::invalid("deduplication across pods goes through Redis: give the gateway a redis_url"));
-        }
-        Ok(DedupFleet { limiter, token: new_pod_token() })
+    /// Claims and answers go through the pod's one Redis handle.
+    pub fn new(store: Arc<RedisStore>) -> Self {
+        DedupFleet { store, token: new_pod_token() }
     }
 
     fn store(&self) -> &RedisStore {
-        self.limiter.shared_store().expect("checked in new")
+        &self.store
     }
 
     /// Claim the call of request `key` (hex) for `lease`; false when another pod holds it.
@@ -125,16 +121,4 @@ impl DedupFleet {
 
 fn millis(d: Duration) -> String {
     d.as_millis().max(1).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_embedded_limiter_cannot_share_flights() {
-        let limiter = Arc::new(Limiter::new(None, Default::default()).unwrap());
-        let err = DedupFleet::new(limiter).err().unwrap().to_string();
-        assert!(err.contains("redis_url"), "{err}");
-    }
 }

@@ -1,6 +1,6 @@
 //! What a limiter answers: a decision, and for an admission the reservation to settle.
 
-use crate::quota::QuotaSpec;
+use crate::limit::quota::QuotaSpec;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,12 +14,14 @@
 //! the breaker until the reset upstream gives, counting nothing.
 //!
 //! Every transition is recorded as a `Transition` for the caller to publish (metrics, logs,
-//! callbacks, and the fleet: see `breaker_fleet`).
+//! callbacks, and the fleet: see `fleet`).
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+pub mod fleet;
 
 /// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -529,8 +531,11 @@ impl Breaker {
     }
 
     /// Another pod reports `state` (lasting `lasts` when open, after `trips` trips): honour
-    /// it if it is stricter than ours. A closed report closes an open breaker (that pod's
-    /// probes succeeded or someone reset it); it does not cut short our own half-open probes.
+    /// it if it is stricter than ours, and honour its close. The fleet probes a half-open
+    /// round once, so a close (that round succeeded, or someone reset it) ends our open
+    /// period and our half-open state alike; probes of ours still out then belong to an
+    /// older epoch and judge nothing. A half-open report says nothing: a pod goes half-open
+    /// by its own open period ending, and a closed pod must not refuse for another's timer.
     pub fn apply_remote(&self, state: State, lasts: Option<Duration>, trips: u32, now: Instant) {
         let mut inner = self.lock();
         self.advance(&mut inner, now);
@@ -544,10 +549,10 @@ impl Breaker {
             (State::Isolated, State::Closed) => true,
             (State::Isolated, _) => false,
             (_, State::Isolated) => true,
-            (State::Closed, State::Open | State::HalfOpen) => true,
-            (State::HalfOpen, State::Open) => true,
+            (_, State::HalfOpen) => false,
+            (State::Closed, State::Open) => true,
+            (State::HalfOpen, State::Open | State::Closed) => true,
             (State::Open, State::Closed) => true,
-            (State::Open, State::HalfOpen) => true,
             _ => false,
         };
         if !adopt {
@@ -825,6 +830,72 @@ mod tests {
         assert!(b.allow(t).is_ok());
         b.apply_remote(State::Isolated, None, 0, t);
         assert_eq!(b.allow(t).unwrap_err().reason, Refusal::Isolated);
+    }
+
+    /// What the fleet does between pods: each pod's own transitions, except half-open,
+    /// reach the others.
+    fn relay(from: &Breaker, to: &[&Breaker], now: Instant) {
+        for t in from.take_transitions().into_iter().filter(|t| !t.remote && t.to != State::HalfOpen) {
+            for pod in to {
+                pod.apply_remote(t.to, t.lasts, t.trips, now);
+            }
+        }
+    }
+
+    #[test]
+    fn one_pod_probes_for_the_fleet_and_every_half_open_pod_follows_its_verdict() {
+        let t = Instant::now();
+        let (a, b, c) = (
+            Breaker::new("b", opts(), t).unwrap(),
+            Breaker::new("b", opts(), t).unwrap(),
+            Breaker::new("b", opts(), t).unwrap(),
+        );
+        for _ in 0..4 {
+            call(&a, Verdict::Failure, t);
+        }
+        relay(&a, &[&b, &c], t);
+        let t1 = t + Duration::from_secs(10);
+        assert!([&a, &b, &c].iter().all(|p| p.state(t1) == State::HalfOpen));
+        // B and C do not hold the round: the fleet makes them give their probes back.
+        for pod in [&b, &c] {
+            let p = pod.allow(t1).unwrap();
+            assert_ne!(p.probe, 0);
+            pod.return_permit(p);
+        }
+        let late = b.allow(t1).unwrap(); // granted just before the verdict arrives
+        let probes: Vec<Permit> = (0..2).map(|_| a.allow(t1).unwrap()).collect();
+        probes.iter().for_each(|&p| a.record(p, Verdict::Success, MS, t1));
+        assert_eq!(a.state(t1), State::Closed);
+        relay(&a, &[&b, &c], t1);
+        for pod in [&b, &c] {
+            assert_eq!(pod.state(t1), State::Closed, "the fleet's close ends a half-open round too");
+            assert_eq!(pod.allow(t1).unwrap().probe, 0);
+        }
+        b.record(late, Verdict::Failure, MS, t1);
+        assert_eq!(b.state(t1), State::Closed, "a probe of the ended round judges nothing");
+        assert!(b.take_transitions().iter().all(|e| e.remote || e.to == State::HalfOpen));
+    }
+
+    #[test]
+    fn a_half_open_pod_follows_the_rounds_reopen_and_a_closed_pod_ignores_half_open() {
+        let t = Instant::now();
+        let (a, b) = (Breaker::new("b", opts(), t).unwrap(), Breaker::new("b", opts(), t).unwrap());
+        for _ in 0..4 {
+            call(&a, Verdict::Failure, t);
+        }
+        relay(&a, &[&b], t);
+        let t1 = t + Duration::from_secs(10);
+        assert_eq!(b.state(t1), State::HalfOpen);
+        let p = a.allow(t1).unwrap();
+        a.record(p, Verdict::Failure, MS, t1);
+        relay(&a, &[&b], t1);
+        assert_eq!(
+            b.allow(t1).unwrap_err(),
+            Refused { reason: Refusal::Open, retry_after: Some(Duration::from_secs(20)) }
+        );
+        let closed = Breaker::new("b", opts(), t).unwrap();
+        closed.apply_remote(State::HalfOpen, None, 1, t);
+        assert!(closed.allow(t).is_ok_and(|p| p.probe == 0), "another pod's timer refuses nothing here");
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! The limiter: one API over the embedded store and the shared Redis store, with the
 //! failure policy that applies while Redis is unreachable.
 
-use crate::decision::{Decision, Reservation, Source};
 use crate::error::{Error, Result};
 use crate::headers::RateLimitReport;
-use crate::lease::Leases;
-use crate::local::LocalStore;
-use crate::quota::QuotaSpec;
-use crate::redis_store::{RedisStore, RedisTimeouts};
+use crate::limit::decision::{Decision, Reservation, Source};
+use crate::limit::lease::Leases;
+use crate::limit::local::LocalStore;
+use crate::limit::quota::QuotaSpec;
+use crate::store::{RedisStore, RedisTimeouts};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,9 +155,9 @@ impl Limiter {
         matches!(self.backend, Backend::Embedded(_))
     }
 
-    /// The shared store, if any (other fleet-wide state, such as circuit breakers, uses
-    /// the same connection).
-    pub fn shared_store(&self) -> Option<&RedisStore> {
+    /// The pod's Redis handle, if any: every other component sharing state with the fleet
+    /// (breakers, dedup, budgets) is given this one handle.
+    pub fn shared_store(&self) -> Option<&Arc<RedisStore>> {
         match &self.backend {
             Backend::Redis(store) => Some(store),
             Backend::Embedded(_) => None,
@@ -304,6 +304,32 @@ impl Limiter {
                 return Ok(decision);
             }
             tokio::time::sleep(wait_before_retry(&decision, deadline)?).await;
+        }
+    }
+
+    /// `acquire` for a caller on its own thread: each decision is made there where the store
+    /// allows (`try_acquire_blocking`), else on `runtime`; after a refusal, `sleep` waits as
+    /// long as the store says (it may end the wait early with an error of its own, such as
+    /// a signal), until admitted or `timeout` passes (`Error::RateLimited`).
+    pub fn acquire_blocking<E: From<Error>>(
+        &self,
+        quotas: &[Arc<QuotaSpec>],
+        requests: u64,
+        tokens: u64,
+        timeout: Option<Duration>,
+        runtime: &tokio::runtime::Handle,
+        mut sleep: impl FnMut(Duration) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Decision, E> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let decision = match self.try_acquire_blocking(quotas, requests, tokens) {
+                Some(decided) => decided?,
+                None => runtime.block_on(self.try_acquire(quotas, requests, tokens))?,
+            };
+            if decision.allowed {
+                return Ok(decision);
+            }
+            sleep(wait_before_retry(&decision, deadline)?)?;
         }
     }
 
@@ -463,7 +489,7 @@ fn check_costs<'a>(quotas: impl Iterator<Item = &'a Arc<QuotaSpec>>, requests: u
 /// How long to sleep after a refusal before trying again, or `RateLimited` when that would
 /// pass the deadline. A little jitter keeps waiters that were refused together from all
 /// waking at the same instant.
-pub fn wait_before_retry(decision: &Decision, deadline: Option<Instant>) -> Result<Duration> {
+fn wait_before_retry(decision: &Decision, deadline: Option<Instant>) -> Result<Duration> {
     let base = decision.retry_after.max(Duration::from_micros(100));
     let jitter_ceiling = (base / 20).min(Duration::from_millis(20));
     let wait = base + jitter_ceiling.mul_f64(jitter_fraction());

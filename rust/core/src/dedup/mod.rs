@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use xxhash_rust::xxh3::xxh3_128;
 
+pub mod fleet;
+
 /// A 128-bit key of a request: xxh3_128 over endpoint, 0u8, namespace, 0u8, canonical body.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct FlightKey(pub u128);
