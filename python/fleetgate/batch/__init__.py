@@ -1,6 +1,8 @@
 """Batch API jobs that never lose or repeat a request (see :mod:`fleetgate.batch.jobs`)."""
 
-from fleetgate.batch.jobs import BatchInputError, BatchJobs, CollectSummary, JobBusy, JobReport, ResultsExpired
+from fleetgate.batch.errors import BatchInputError, JobBusy, ResultsExpired
+from fleetgate.batch.jobs import BatchJobs
+from fleetgate.batch.report import CollectSummary, JobReport
 from fleetgate.batch.split import Problem, split_file
 from fleetgate.batch.state import Chunk, Job
 

@@ -16,7 +16,8 @@ numbers, negations, names, code, quotes, URLs and template variables are never c
 The layout report names templates by their key and speaks in token counts only.
 """
 
-from fleetgate.prompts.compress import Compressed, Compressor, compress_body
+from fleetgate.prompts.body import compress_body
+from fleetgate.prompts.compress import Compressed, Compressor
 from fleetgate.prompts.layout import LayoutTracker, TemplateLayout, analyze, flatten, render_report
 from fleetgate.prompts.savings import Savings, TemplateSaving
 

@@ -22,126 +22,30 @@ or an altered name changes what the model does. So:
 
 Whitespace: runs of spaces and tabs inside a line become one space (indentation is
 kept), trailing spaces go, and two or more blank lines become one.
+
+The lexicon is :mod:`~fleetgate.prompts.lexicon`, the spans set aside are
+:mod:`~fleetgate.prompts.protected`, the whitespace and repeated-sentence passes are
+:mod:`~fleetgate.prompts.tidy`, and request bodies are compressed by
+:mod:`~fleetgate.prompts.body`.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from fleetgate._core import count_tokens
+from fleetgate.prompts.body import compress_body
+from fleetgate.prompts.lexicon import FILLERS, LEAD_FILLERS, NEGATIONS, POLITE_WORDS, check_phrase
+from fleetgate.prompts.protected import PROTECTED_KINDS, SENTINEL, SENTINEL_CLOSE, SENTINEL_OPEN, protected_pattern
+from fleetgate.prompts.tidy import drop_repeated_sentences, tidy_whitespace
 
 __all__ = ["FILLERS", "LEAD_FILLERS", "NEGATIONS", "POLITE_WORDS", "Compressed", "Compressor", "compress_body"]
 
-# Phrases replaced wherever they occur (in lowercase, or capitalised at a sentence start).
-# Each rewrite keeps the meaning: only wordiness goes.
-FILLERS: Final[Mapping[str, str]] = {
-    "in order to": "to",
-    "in order for": "for",
-    "so as to": "to",
-    "make sure to": "",
-    "be sure to": "",
-    "make sure that": "ensure that",
-    "due to the fact that": "because",
-    "owing to the fact that": "because",
-    "in view of the fact that": "because",
-    "in spite of the fact that": "although",
-    "despite the fact that": "although",
-    "for the purpose of": "for",
-    "in the event that": "if",
-    "at this point in time": "now",
-    "at the present time": "now",
-    "prior to": "before",
-    "subsequent to": "after",
-    "with regard to": "regarding",
-    "with regards to": "regarding",
-    "in regard to": "regarding",
-    "in regards to": "regarding",
-    "at all times": "always",
-    "each and every": "every",
-    "first and foremost": "first",
-    "you are required to": "you must",
-    "has the ability to": "can",
-    "have the ability to": "can",
-    "is able to": "can",
-    "are able to": "can",
-    "in a timely manner": "promptly",
-    "on a daily basis": "daily",
-    "on a regular basis": "regularly",
-    "a large number of": "many",
-    "until such time as": "until",
-    "with the exception of": "except",
-    "in close proximity to": "near",
-    "in the near future": "soon",
-}
-
-# Clause openers: removed only where they begin a sentence or follow ", ; :", since
-# elsewhere ("You should keep in mind that ...") dropping them breaks the sentence.
-LEAD_FILLERS: Final[Mapping[str, str]] = {
-    "please note that": "",
-    "please be aware that": "",
-    "please keep in mind that": "",
-    "please remember that": "",
-    "it is important to note that": "",
-    "it is worth noting that": "",
-    "it should be noted that": "",
-    "keep in mind that": "",
-    "bear in mind that": "",
-    "as a matter of fact": "",
-    "needless to say": "",
-    "I would like you to": "",
-    "I want you to": "",
-    "I need you to": "",
-    "feel free to": "you may",
-    "basically": "",
-}
-
-# Politeness words, removed only where they lead a sentence or clause and come before a
-# lowercase word (a verb: "please reply", "kindly include") or a comma: "a kindly tone",
-# "aim to please" and "speak kindly to users" keep them.
-POLITE_WORDS: Final[frozenset[str]] = frozenset({"please", "kindly"})
-
-# Words a filler may never contain: removing one would invert an instruction.
-NEGATIONS: Final[frozenset[str]] = frozenset({
-    "not", "no", "never", "none", "nor", "neither", "nobody", "nothing", "nowhere",
-    "cannot", "without", "unless",
-})
-
-_SENTINEL_OPEN: Final = "\ue000"
-_SENTINEL_CLOSE: Final = "\ue001"
-_SENTINEL = re.compile("\ue000(\\d+)\ue001")
-
-# Spans set aside untouched, each with a string a text must hold for it to apply (so a
-# prompt only pays for the kinds it has): fences first (they may hold backticks and
-# quotes), then inline code, template variables, URLs, e-mail addresses, quoted strings.
-_PROTECTED_KINDS: Final = (
-    ("```", r"```.*?(?:```|\Z)"),
-    ("~~~", r"(?m:^[ \t]*~~~.*?(?:^[ \t]*~~~|\Z))"),
-    ("`", r"``[^\n]*?``|`[^`\n]+`"),
-    ("{", r"\{\{[^\n]*?\}\}|\{%[^\n]*?%\}|\{[^{}\n]*\}"),
-    ("://", r"\b(?:https?|ftp)://[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]]"),
-    ("www.", r"\bwww\.[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]]"),
-    ("@", r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
-    ('"', r'"[^"\n]*"'),
-    ("“", r"“[^”\n]*”"),
-    ("«", r"«[^»\n]*»"),
-    ("'", r"(?<![\w'’])'[^'\n]{1,200}?'(?!\w)"),
-)
-
-
-@functools.lru_cache(maxsize=256)
-def _protector(kinds: tuple[bool, ...]) -> re.Pattern[str] | None:
-    """The pattern of the protected spans a text can hold (`kinds` as in _PROTECTED_KINDS)."""
-    sources = [source for (_, source), present in zip(_PROTECTED_KINDS, kinds, strict=True) if present]
-    return re.compile("|".join(sources), re.DOTALL) if sources else None
-
-
-_NEGATION_TEXT: Final = re.compile(r"n't\b|n’t\b|\bunder no circumstances\b", re.IGNORECASE)
 _LIST_LINE: Final = re.compile(r"[ \t]*(?:(?:[-*+•>]|#{1,6}|\d{1,3}[.)]|[A-Za-z][.)])[ \t]+)?")
 _SENTENCE_END_BEFORE: Final = re.compile(r"[.!?:][)\]\"”’']?[ \t]+$")
 # "Dr. Kindly" is a name, not the start of a sentence.
@@ -153,11 +57,6 @@ _SPACES: Final = re.compile(r"[ \t]*")
 _POLITE_NEXT: Final = re.compile(r"[ \t]*,|[ \t]+[a-z]")
 _TERMINAL_NEXT: Final = re.compile(r"[ \t]*[.!](?:\s|$)")
 _LOWER_WORD: Final = re.compile(r"[a-z]+(?:-[a-z]+)*(?![\w.@/:'’-])")
-_INNER_SPACES: Final = re.compile(r"(?<=\S)[ \t]{2,}")
-_BLANK_RUNS: Final = re.compile(r"\n{3,}")
-_SENTENCE_SPLIT: Final = re.compile(r"((?<=[.!?])[ \t]+)")
-_ABBREVIATION: Final = re.compile(r"(?:\b[A-Z][a-z]{0,3}|\b[A-Za-z]|\b\w+\.\w+|\b(?:vs|approx|incl|no|fig))\.$")
-_NON_PROSE: Final = re.compile(r"[ \t]*(?:[-*+•>|#]|\d{1,3}[.)][ \t])")
 
 
 def _words(phrase: str) -> list[str]:
@@ -182,20 +81,6 @@ def _trie_regex(node: _Trie) -> str:
         else:
             alternatives.append(rf"{re.escape(word)}[ \t]+(?:{rest})")
     return "|".join(alternatives)
-
-
-def _check_phrase(phrase: str, replacement: str) -> None:
-    """A filler must not carry meaning the checks here can see: numbers or negations."""
-    for text, what in ((phrase, "filler"), (replacement, "replacement")):
-        lowered = text.lower()
-        if any(ch.isdigit() for ch in text):
-            raise ValueError(f"{what} {text!r} contains a number")
-        if _NEGATION_TEXT.search(lowered) or set(re.findall(r"[a-z']+", lowered)) & NEGATIONS:
-            raise ValueError(f"{what} {text!r} contains a negation")
-        if any(ch in text for ch in "`\"{}@/\n"):
-            raise ValueError(f"{what} {text!r} contains a character the compressor protects")
-    if not phrase.strip():
-        raise ValueError("a filler must not be empty")
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +126,7 @@ class Compressor:
         for table, lead in ((FILLERS, False), (LEAD_FILLERS, True), (dict(extra_fillers or {}), False)):
             for phrase, replacement in table.items():
                 phrase, replacement = " ".join(_words(phrase)), " ".join(_words(replacement))
-                _check_phrase(phrase, replacement)
+                check_phrase(phrase, replacement)
                 entries[phrase.lower()] = _Entry(phrase, replacement, lead, False)
         for word in POLITE_WORDS:
             entries[word] = _Entry(word, "", True, True)
@@ -275,7 +160,7 @@ class Compressor:
 
     def _compress(self, text: str) -> Compressed:
         before = count_tokens(self.model, text)
-        if _SENTINEL_OPEN in text or _SENTINEL_CLOSE in text:
+        if SENTINEL_OPEN in text or SENTINEL_CLOSE in text:
             return Compressed(text, before, before)
         spans: list[str] = []
         ids: dict[str, int] = {}
@@ -286,14 +171,14 @@ class Compressor:
             index = ids.setdefault(m.group(), len(spans))
             if index == len(spans):
                 spans.append(m.group())
-            return f"{_SENTINEL_OPEN}{index}{_SENTINEL_CLOSE}"
+            return f"{SENTINEL_OPEN}{index}{SENTINEL_CLOSE}"
 
-        protector = _protector(tuple(trigger in text for trigger, _ in _PROTECTED_KINDS))
+        protector = protected_pattern(tuple(trigger in text for trigger, _ in PROTECTED_KINDS))
         work = protector.sub(set_aside, text) if protector else text
         work = self._drop_fillers(work)
-        work = _tidy_whitespace(work)
-        work = _drop_repeated_sentences(work)
-        result = _SENTINEL.sub(lambda m: spans[int(m.group(1))], work)
+        work = tidy_whitespace(work)
+        work = drop_repeated_sentences(work)
+        result = SENTINEL.sub(lambda m: spans[int(m.group(1))], work)
         if result == text:
             return Compressed(text, before, before)
         after = count_tokens(self.model, result)
@@ -384,135 +269,3 @@ def _at_sentence_start(work: str, start: int) -> bool:
         return True
     window = max(line_start, start - 12)
     return bool(_SENTENCE_END_BEFORE.search(work, window, start)) and not _TITLE_BEFORE.search(work, window, start)
-
-
-def _tidy_whitespace(work: str) -> str:
-    lines = []
-    for line in work.split("\n"):
-        stripped = line.lstrip(" \t")
-        indent = line[: len(line) - len(stripped)]
-        lines.append(indent + _INNER_SPACES.sub(" ", stripped.rstrip(" \t")) if stripped else "")
-    return _BLANK_RUNS.sub("\n\n", "\n".join(lines))
-
-
-def _sentences(line: str) -> list[str]:
-    """`line` split into sentences and the spaces between them (alternating, sentences at
-    even indexes); "Dr. Ana" or "e.g. this" is not a sentence break."""
-    parts = _SENTENCE_SPLIT.split(line)
-    merged = [parts[0]]
-    for i in range(1, len(parts), 2):
-        if _ABBREVIATION.search(merged[-1]):
-            merged[-1] += parts[i] + parts[i + 1]
-        else:
-            merged += [parts[i], parts[i + 1]]
-    return merged
-
-
-def _sentence_key(sentence: str) -> str | None:
-    """The sentence as compared for repeats, or None when too short to drop safely."""
-    s = sentence.strip()
-    if len(s.split()) < 5 or s[-1:] not in (".", "!", "?") or not (s[0].isupper() or s[0] == _SENTINEL_OPEN):
-        return None
-    return s
-
-
-def _drop_repeated_sentences(work: str) -> str:
-    """Drops a prose sentence that already appeared, verbatim, earlier in the text. List
-    items, headings and table rows are never dropped: the same rule under two headings can
-    mean two different scopes."""
-    seen: set[str] = set()
-    kept_lines: list[str] = []
-    changed = False
-    for line in work.split("\n"):
-        parts = _sentences(line)
-        prose = not _NON_PROSE.match(line)
-        keep: list[str] = []
-        for i in range(0, len(parts), 2):
-            key = _sentence_key(parts[i])
-            if key is not None and key in seen and prose:
-                changed = True          # dropped, with the space before it
-                continue
-            if key is not None:
-                seen.add(key)
-            if i and keep:
-                keep.append(parts[i - 1])
-            keep.append(parts[i])
-        new = "".join(keep)
-        if new.strip() or not line.strip():
-            kept_lines.append(new)
-    if not changed:
-        return work
-    return _BLANK_RUNS.sub("\n\n", "\n".join(kept_lines))
-
-
-_CHAT: Final = "/chat/completions"
-_RESPONSES: Final = "/responses"
-_TEXT_PARTS: Final = ("text", "input_text")
-_SYSTEM_ROLES: Final = ("system", "developer")
-
-
-def _compress_content(compressor: Compressor, content: Any) -> tuple[Any, int] | None:
-    """A message's content compressed (a new string or a new list of parts), or None."""
-    if isinstance(content, str):
-        done = compressor.compress(content)
-        return (done.text, done.saved) if done.text != content else None
-    if not isinstance(content, list):
-        return None
-    new_parts: list[Any] = []
-    saved = 0
-    changed = False
-    for part in content:
-        if isinstance(part, dict) and part.get("type") in _TEXT_PARTS and isinstance(part.get("text"), str):
-            done = compressor.compress(part["text"])
-            if done.text != part["text"]:
-                part = {**part, "text": done.text}
-                saved += done.saved
-                changed = True
-        new_parts.append(part)
-    return (new_parts, saved) if changed else None
-
-
-def _compress_messages(compressor: Compressor, messages: Any) -> tuple[list[Any], int] | None:
-    if not isinstance(messages, list):
-        return None
-    new: list[Any] = []
-    saved = 0
-    changed = False
-    for message in messages:
-        if isinstance(message, dict) and message.get("role") in _SYSTEM_ROLES:
-            done = _compress_content(compressor, message.get("content"))
-            if done is not None:
-                message = {**message, "content": done[0]}
-                saved += done[1]
-                changed = True
-        new.append(message)
-    return (new, saved) if changed else None
-
-
-def compress_body(compressor: Compressor, endpoint: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], int] | None:
-    """A new request body with its system and developer messages (chat completions, and
-    the `input` items of responses) and its `instructions` (responses) compressed, and the
-    tokens saved; None when nothing changed. `body` is not modified: only the changed
-    messages and parts are copied. User, assistant and tool messages are never touched."""
-    path = endpoint.split("?", 1)[0].rstrip("/")
-    new: dict[str, Any] = dict(body)
-    saved = 0
-    changed = False
-    if path.endswith(_CHAT):
-        done = _compress_messages(compressor, body.get("messages"))
-        if done is not None:
-            new["messages"], saved, changed = done[0], done[1], True
-    elif path.endswith(_RESPONSES):
-        instructions = body.get("instructions")
-        if isinstance(instructions, str):
-            result = compressor.compress(instructions)
-            if result.text != instructions:
-                new["instructions"] = result.text
-                saved += result.saved
-                changed = True
-        done = _compress_messages(compressor, body.get("input"))
-        if done is not None:
-            new["input"] = done[0]
-            saved += done[1]
-            changed = True
-    return (new, saved) if changed else None

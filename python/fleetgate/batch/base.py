@@ -1,0 +1,80 @@
+"""What every stage of a batch job shares: the gateway's ``[batch]`` settings, the job
+record, the API client, the budget holds and the pace of uploads and creations."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import openai
+
+from fleetgate._core import BudgetReservation, Quota
+from fleetgate.batch.report import JobReport
+from fleetgate.batch.state import Job, JobStore, new_owner, store_for
+from fleetgate.errors import FleetgateError
+from fleetgate.scope import Scope
+
+if TYPE_CHECKING:
+    from fleetgate.gateway import Gateway
+
+__all__ = ["ENDED", "JobsBase", "jitter"]
+
+ENDED = ("completed", "expired", "cancelled")
+
+
+def jitter(seconds: float) -> float:
+    return seconds * random.uniform(0.8, 1.2)
+
+
+class JobsBase:
+    """The state a gateway's batch jobs share, and the small steps every stage takes."""
+
+    def __init__(self, gateway: Gateway, store: JobStore | None = None, *, directory: str | Path | None = None,
+                 **client_options: Any) -> None:
+        self.gateway = gateway
+        self.settings = gateway.config.batch
+        self.directory = Path(directory) if directory is not None else self.settings.state_directory()
+        self.store = store or store_for(gateway.config.redis_url, self.directory)
+        self.owner = new_owner()
+        self._client_options = client_options
+        self._client: openai.OpenAI | None = None
+        self._holds: dict[tuple[str, str], BudgetReservation] = {}
+        # Sliding windows: any burst within the minute's allowance goes at once.
+        self._uploads = Quota("batch-uploads", requests_per_minute=self.settings.uploads_per_minute,
+                              algorithm="sliding_window")
+        self._creations = Quota("batch-creations", requests_per_minute=self.settings.creations_per_minute,
+                                algorithm="sliding_window")
+        self._found: dict[tuple[str, str, str], str] | None = None
+        #: Unix seconds (replaceable, for tests).
+        self.clock: Callable[[], float] = time.time
+        #: Called with a :class:`JobReport` after each pass of :meth:`watch`.
+        self.on_progress: Callable[[JobReport], object] | None = None
+
+    @property
+    def client(self) -> openai.OpenAI:
+        if self._client is None:
+            self._client = self.gateway.openai(**self._client_options)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self.store.close()
+
+    def _folder(self, job_id: str) -> Path:
+        return self.directory / job_id
+
+    def _scope(self, job: Job) -> Scope:
+        return Scope(feature=job.feature or None, user=job.user or None, team=job.team or None)
+
+    def _job(self, job_id: str) -> Job:
+        job = self.store.job(job_id)
+        if job is None:
+            raise FleetgateError(f"no batch job {job_id!r} in {self._where()}: list them with status()")
+        return job
+
+    def _where(self) -> str:
+        return "Redis" if self.gateway.config.redis_url else str(self.directory)

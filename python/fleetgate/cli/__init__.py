@@ -1,0 +1,22 @@
+"""The ``fleetgate`` command: one module a command or command group, gathered here under
+:func:`main` (the console script ``fleetgate = "fleetgate.cli:main"``)."""
+
+from __future__ import annotations
+
+import click
+
+from fleetgate import __version__
+from fleetgate.cli import batch, cache, check, costs, demo, fake_openai, metrics, mode, prompts, rollout, run
+
+__all__ = ["main"]
+
+
+@click.group()
+@click.version_option(__version__, prog_name="fleetgate")
+def main() -> None:
+    """fleetgate: one OpenAI quota, shared exactly by every pod of a service."""
+
+
+for command in (demo.demo, run.run, batch.batch, costs.costs, fake_openai.fake_openai, metrics.metrics, cache.cache,
+                rollout.rollout, check.check, prompts.prompts, mode.mode):
+    main.add_command(command)
