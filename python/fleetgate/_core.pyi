@@ -4,7 +4,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, final
 
 __all__ = [
-    "__version__", "Breaker", "Breakers", "FleetFlights", "Flight", "Flights", "Lanes", "Slot", "Quota", "Limiter", "Decision", "Reservation", "Completions", "Submission", "parse_duration",
+    "__version__", "Breaker", "Breakers", "FleetFlights", "Flight", "Flights", "Lanes", "Slot", "Quota", "Limiter", "Decision", "Reservation", "Completions", "Submission", "parse_duration", "health",
     "count_tokens", "chat_prompt_tokens", "encoding_for_model", "truncate_tokens",
     "Budget", "BudgetReservation", "BudgetStatus", "Ledger", "Splitter",
 ]
