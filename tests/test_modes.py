@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -23,21 +22,13 @@ from fleetgate.cli import main as cli
 from fleetgate.config import ModeSettings, ModeTrigger
 from fleetgate.modes import Hysteresis, ModeStore, Signals
 from fleetgate.testing.fake_openai import FakeOpenAI, Fault
+from tests.polling import until
 
 MSG = [{"role": "user", "content": "How do I reset my password?"}]
 PRIMARY, CHEAP = "gpt-4.1", "gpt-4.1-mini"
 #: Fast judging for tests: a short window, a short dwell before leaving a mode.
 FAST = {"auto": True, "window_seconds": 2.0, "min_requests": 5, "evaluate_every_seconds": 0.05,
         "exit_after_seconds": 0.3, "probe_every_seconds": 0.1}
-
-
-def until(check: Callable[[], bool], seconds: float = 20.0) -> None:
-    """Wait for `check` to hold (a bound so a broken feature fails instead of hanging)."""
-    end = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError("the condition did not come about")
-        time.sleep(0.01)
 
 
 def mode_of(raw: Any) -> str:

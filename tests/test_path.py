@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import fleetgate as fg
 from fleetgate.config import ModeTrigger
 from fleetgate.path import AsyncGateTransport, GateTransport
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency
+from tests.polling import until
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4.1-mini"
@@ -29,15 +29,6 @@ MSG = [{"role": "user", "content": "How do I reset my password?"}]
 #: The order of the path, as ../shared/DESIGN.md and the README draw it.
 ORDER = ["record", "shape", "route", "modes", "cache", "dedup", "fallback", "budget", "lanes", "retry", "breaker",
          "limit", "upstream"]
-
-
-def until(check: Callable[[], bool], seconds: float = 60.0) -> None:
-    """Wait for `check` to hold (bounded, so a broken feature fails instead of hanging)."""
-    end = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError("the condition did not come about")
-        time.sleep(0.01)
 
 
 def names(transport: GateTransport | AsyncGateTransport) -> list[str]:
