@@ -9,10 +9,9 @@ KEYS  [1] the period's totals (a hash: spent, reserved, a<percent> for each aler
       expiry, in server milliseconds)
 ARGV  [1] amount (nano-dollars)  [2] limit (nano-dollars)  [3] lease (milliseconds)
       [4] the reservation's id  [5] how long the keys live (seconds)
-      [6] "1" when the period's first refusal fires the 100% alert, else "0"
 Returns {1, spent, reserved} when held (reserved counting this amount), or
-        {0, spent, reserved, fired} when refused (fired = 1 when this refusal was the
-        period's first across the fleet and fired the 100% alert).
+        {0, spent, reserved} when refused. A refusal fires no alert: alerts follow what is
+        spent (budget-settle-2.lua), and a refusal says only that worst cases filled it.
 Time is Redis server time, so pods' clocks never matter. ]]
 
 local amount, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -32,12 +31,7 @@ end
 local totals = redis.call('HMGET', KEYS[1], 'spent', 'reserved')
 local spent, reserved = tonumber(totals[1]) or 0, tonumber(totals[2]) or 0
 if spent + reserved + amount > limit then
-  local fired = 0
-  if ARGV[6] == '1' and redis.call('HSETNX', KEYS[1], 'a100', '1') == 1 then
-    fired = 1
-    redis.call('EXPIRE', KEYS[1], ARGV[5])
-  end
-  return {0, spent, reserved, fired}
+  return {0, spent, reserved}
 end
 
 redis.call('ZADD', KEYS[2], now + lease, ARGV[4] .. '|' .. ARGV[1])

@@ -182,12 +182,12 @@ def test_each_alert_fires_once_across_two_pods(store_url: str, fresh: Callable[[
     assert pods[0].status(budget, now=NOW).spent == pytest.approx(1.0)
     with pytest.raises(BudgetExceeded):
         pods[1].reserve([budget], 0.01, now=NOW)
-    assert len(heard) == 3, "the refusal found the 100% alert already fired"
+    assert len(heard) == 3, "a refusal fires no alert"
 
 
 def _alerting_pod(url: str, name: str, out: Any) -> None:
-    """A pod in its own process: spends on `name` and reports the alerts it heard of (from
-    its settlements and from a refusal)."""
+    """A pod in its own process: spends on `name` until refused and reports the alerts it
+    heard of (from its settlements)."""
     budget = Budget(name, 1.0, alerts=(0.5, 0.75, 0.9, 1.0))
     heard: list[float] = []
     ledger = Ledger(Limiter(url), on_alert=lambda _budget, threshold, *_: heard.append(threshold))
@@ -215,14 +215,26 @@ def test_each_alert_fires_once_across_processes(store_url: str, fresh: Callable[
     assert sorted(fired) == [0.5, 0.75, 0.9, 1.0], "4 processes spent $1.00 together; each alert fired once"
 
 
-def test_the_first_refusal_fires_the_full_alert_once(make_ledger: MakeLedger, fresh: Callable[[str], str]) -> None:
+def test_a_refused_reservation_fires_no_alert(make_ledger: MakeLedger, fresh: Callable[[str], str]) -> None:
+    """Worst cases in flight fill a budget long before its spend does: a refusal says
+    nothing of what was spent, so it fires no alert, and leaves the 100% alert to the
+    spending that reaches it."""
     heard: list[tuple[Any, ...]] = []
     ledger = make_ledger(on_alert=lambda *a: heard.append(a))
     budget = Budget(fresh("refusals"), 2.0)
     for _ in range(3):
         with pytest.raises(BudgetExceeded):
             ledger.reserve([budget], 2.5, now=NOW)
-    assert heard == [(budget.name, 1.0, 0.0, 2.0, "2030-01-01")]
+    in_flight = ledger.reserve([budget], 1.5, now=NOW)
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve([budget], 0.6, now=NOW)
+    assert heard == [], "no alert on a refusal"
+    ledger.settle(in_flight, 0.5)
+    assert heard == [], "$0.50 of $2.00 is under every threshold"
+    ledger.settle(ledger.reserve([budget], 1.5, now=NOW), 1.5)
+    assert [(a[1], a[2]) for a in heard] == [(0.5, 2.0), (0.75, 2.0), (0.9, 2.0), (1.0, 2.0)]
+    for _, threshold, spent, limit, _ in heard:
+        assert spent >= threshold * limit, "an alert fires on what was spent"
 
 
 def test_an_alert_hook_that_fails_is_reported_not_lost(make_ledger: MakeLedger, fresh: Callable[[str], str],

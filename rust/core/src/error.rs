@@ -42,8 +42,8 @@ pub enum Error {
     CircuitOpen { breaker: String, reason: &'static str, retry_after: Option<Duration> },
 
     /// A dollar budget cannot hold a call's worst-case cost in its current period.
-    /// `spent` counts what is spent and what live reservations hold; `alerted` is true when
-    /// this was the period's first refusal across the fleet and fired the budget's 100% alert.
+    /// `spent` counts what is spent and what live reservations hold. A refusal never fires
+    /// an alert: reservations are worst cases, so what they hold says little of the spend.
     #[error(
         "budget {budget:?} has no room for a call that may cost ${}: it holds ${} of its ${} for {period} \
          (spent and reserved), and resets at {}; raise its limit, wait for the next period, or lower the call's \
@@ -53,15 +53,7 @@ pub enum Error {
         show_dollars(*limit),
         show_instant(*resets_at)
     )]
-    BudgetExceeded {
-        budget: String,
-        period: String,
-        resets_at: f64,
-        limit: f64,
-        spent: f64,
-        requested: f64,
-        alerted: bool,
-    },
+    BudgetExceeded { budget: String, period: String, resets_at: f64, limit: f64, spent: f64, requested: f64 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

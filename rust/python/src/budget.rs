@@ -2,7 +2,7 @@
 //! month, reserved before a call and settled after it (see `fleetgate_core::budget::ledger`).
 
 use crate::completions::{submit, Outcome};
-use crate::error::{to_py, ConfigError, IntoPyResult};
+use crate::error::{ConfigError, IntoPyResult};
 use crate::limiter::Limiter;
 use crate::logger::log_warning;
 use crate::runtime::{block_on, runtime};
@@ -248,14 +248,6 @@ fn deliver_detached(on_alert: Option<&Arc<Py<PyAny>>>, alerts: &[Alert]) {
     }
 }
 
-/// A refusal as an exception, after telling `on_alert` when it fired the 100% alert.
-fn refused(py: Python<'_>, on_alert: Option<&Py<PyAny>>, e: fg::Error) -> PyErr {
-    if let Some(alert) = Alert::of_refusal(&e) {
-        deliver(py, on_alert, std::slice::from_ref(&alert));
-    }
-    to_py(e)
-}
-
 fn labels(model: &str, feature: &str, user: &str, team: &str) -> fg::SpendLabels {
     fg::SpendLabels {
         model: model.to_owned(),
@@ -313,10 +305,8 @@ impl Ledger {
                 block_on(py, ledger.reserve(&budgets, dollars, lease, now))
             }
         };
-        match result {
-            Ok(r) => Ok(BudgetReservation { inner: Arc::new(r), ledger: Arc::clone(&self.inner) }),
-            Err(e) => Err(refused(py, self.callback(), e)),
-        }
+        let reservation = result.py_err()?;
+        Ok(BudgetReservation { inner: Arc::new(reservation), ledger: Arc::clone(&self.inner) })
     }
 
     #[pyo3(signature = (budgets, dollars, *, lease=600.0, now=None))]
@@ -329,16 +319,11 @@ impl Ledger {
         now: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (budgets, lease, now) = (budget_specs(budgets)?, lease_of(lease)?, now.unwrap_or_else(unix_now));
-        let (ledger, on_alert) = (Arc::clone(&self.inner), self.on_alert.clone());
+        let ledger = Arc::clone(&self.inner);
         submit(py, None, async move {
             match ledger.reserve(&budgets, dollars, lease, now).await {
                 Ok(r) => Outcome::BudgetHeld(Held { ledger, reservation: Arc::new(r) }),
-                Err(e) => {
-                    if let Some(alert) = Alert::of_refusal(&e) {
-                        deliver_detached(on_alert.as_ref(), std::slice::from_ref(&alert));
-                    }
-                    Outcome::Failed(e)
-                }
+                Err(e) => Outcome::Failed(e),
             }
         })
     }

@@ -12,7 +12,7 @@ pub(crate) const SPEND_DAYS_KEPT: i64 = 400;
 
 /// The refusal of `budget` in `window`: it holds `holds` nano-dollars (spent and reserved)
 /// and cannot take `nanos` more.
-pub(crate) fn exceeded(budget: &BudgetSpec, window: &Window, holds: i64, nanos: i64, alerted: bool) -> Error {
+pub(crate) fn exceeded(budget: &BudgetSpec, window: &Window, holds: i64, nanos: i64) -> Error {
     Error::BudgetExceeded {
         budget: budget.name.clone(),
         period: window.id.clone(),
@@ -20,20 +20,20 @@ pub(crate) fn exceeded(budget: &BudgetSpec, window: &Window, holds: i64, nanos: 
         limit: budget.limit(),
         spent: dollars(holds),
         requested: dollars(nanos),
-        alerted,
     }
 }
 
 /// A budget and its period that a reservation applies to.
 pub(crate) type InWindow = (Arc<BudgetSpec>, Arc<Window>);
 
-/// A budget reached an alert threshold for the first time in its period, fleet-wide.
+/// A budget's settled spend reached an alert threshold for the first time in its period,
+/// fleet-wide.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
     pub budget: String,
     /// The share of the limit reached (0.9 for 90%).
     pub threshold: f64,
-    /// Dollars spent in the period when it fired (spent and reserved, for a refusal).
+    /// Dollars spent in the period when it fired.
     pub spent: f64,
     pub limit: f64,
     /// The period's id (`2026-03-29` or `2026-03`).
@@ -48,20 +48,6 @@ impl Alert {
             spent: dollars(spent_nanos),
             limit: budget.limit(),
             period: window.id.clone(),
-        }
-    }
-
-    /// The 100% alert a refusal fired (the first refusal of a period, fleet-wide), if any.
-    pub fn of_refusal(error: &Error) -> Option<Self> {
-        match error {
-            Error::BudgetExceeded { budget, period, limit, spent, alerted: true, .. } => Some(Alert {
-                budget: budget.clone(),
-                threshold: 1.0,
-                spent: *spent,
-                limit: *limit,
-                period: period.clone(),
-            }),
-            _ => None,
         }
     }
 }

@@ -525,19 +525,17 @@ mod tests {
     }
 
     #[test]
-    fn the_first_refusal_of_a_period_fires_the_full_alert() {
+    fn a_refusal_fires_no_alert_and_leaves_the_full_one_to_spending() {
         let ledger = ledger();
         let b = budget("refusing", 1.0, &[0.5, 1.0]);
-        let first = reserve(&ledger, &[Arc::clone(&b)], 2.0).unwrap_err();
-        let alert = Alert::of_refusal(&first).expect("the first refusal alerts");
-        assert_eq!((alert.budget.as_str(), alert.threshold, alert.period.as_str()), ("refusing", 1.0, "2026-03-29"));
-        assert!(Alert::of_refusal(&reserve(&ledger, &[Arc::clone(&b)], 2.0).unwrap_err()).is_none());
-        // Reaching 100% later does not fire it again; 50% still fires.
-        let r = reserve(&ledger, &[Arc::clone(&b)], 1.0).unwrap();
-        assert_eq!(settle(&ledger, &r, 1.0), vec![50]);
-
-        let quiet = budget("quiet", 1.0, &[0.5]);
-        assert!(Alert::of_refusal(&reserve(&ledger, &[quiet], 2.0).unwrap_err()).is_none());
+        // Worst cases fill the budget while little is spent: the refusals say nothing of spend.
+        let held = reserve(&ledger, &[Arc::clone(&b)], 0.9).unwrap();
+        assert!(reserve(&ledger, &[Arc::clone(&b)], 0.2).is_err());
+        assert_eq!(settle(&ledger, &held, 0.2), Vec::<u16>::new());
+        // Spending the whole limit fires both, once.
+        let r = reserve(&ledger, &[Arc::clone(&b)], 0.8).unwrap();
+        assert_eq!(settle(&ledger, &r, 0.8), vec![50, 100]);
+        assert!(reserve(&ledger, &[Arc::clone(&b)], 0.1).is_err());
     }
 
     #[test]

@@ -132,14 +132,13 @@ impl LocalLedger {
             let state = periods.state(budget, window, now_unix);
             state.purge(now);
             if state.spent + state.reserved + nanos > budget.limit_nanos {
-                let alerted = budget.alerts_at_full() && state.fire(100);
                 let holds = state.spent + state.reserved;
                 for part in &parts {
                     if let Some(s) = periods.get(&part.budget, &part.window) {
                         s.end(&part.hold);
                     }
                 }
-                return Err(exceeded(budget, window, holds, nanos, alerted));
+                return Err(exceeded(budget, window, holds, nanos));
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             state.held.insert((expires, id), nanos);

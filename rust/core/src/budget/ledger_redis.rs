@@ -23,11 +23,9 @@ pub(crate) struct RedisLedger {
 
 enum Reserved {
     Held,
-    /// Refused: what the period held (spent + reserved), and whether this refusal fired
-    /// the 100% alert.
+    /// Refused: what the period held (spent + reserved).
     Refused {
         holds: i64,
-        alerted: bool,
     },
 }
 
@@ -58,7 +56,6 @@ impl RedisLedger {
                 lease.as_millis().max(1).to_string(),
                 id.clone(),
                 key_ttl(window, now_unix, lease).to_string(),
-                if budget.alerts_at_full() { "1" } else { "0" }.to_owned(),
             ];
             let outcome = self.store().run(&BUDGET_RESERVE, &period_keys(budget, window), &args).await;
             match outcome.and_then(parse_reserve) {
@@ -67,9 +64,9 @@ impl RedisLedger {
                     window: Arc::clone(window),
                     hold: Hold::Redis { member: format!("{id}|{nanos}") },
                 }),
-                Ok(Reserved::Refused { holds, alerted }) => {
+                Ok(Reserved::Refused { holds }) => {
                     self.settle(&parts, 0, now_unix).await?;
-                    return Err(exceeded(budget, window, holds, nanos, alerted));
+                    return Err(exceeded(budget, window, holds, nanos));
                 }
                 Err(e) => {
                     // Give back what earlier budgets hold; if that fails too, those holds
@@ -175,7 +172,7 @@ fn ints(script: &str, reply: &Value) -> Result<Vec<i64>> {
 fn parse_reserve(reply: Value) -> Result<Reserved> {
     match ints("budget-reserve", &reply)?.as_slice() {
         [1, _, _] => Ok(Reserved::Held),
-        [0, spent, reserved, fired] => Ok(Reserved::Refused { holds: spent + reserved, alerted: *fired == 1 }),
+        [0, spent, reserved] => Ok(Reserved::Refused { holds: spent + reserved }),
         _ => Err(malformed("budget-reserve", &reply)),
     }
 }

@@ -121,11 +121,6 @@ impl BudgetSpec {
         dollars(self.limit_nanos)
     }
 
-    /// Whether spending all of the limit raises an alert (a refusal fires it too).
-    pub fn alerts_at_full(&self) -> bool {
-        self.alerts.last() == Some(&100)
-    }
-
     /// The nano-dollars at which each alert fires: `(percent, amount)`.
     pub fn alert_amounts(&self) -> impl Iterator<Item = (u16, i64)> + '_ {
         self.alerts.iter().map(|&p| (p, (self.limit_nanos as u128 * p as u128).div_ceil(100) as i64))
@@ -401,7 +396,6 @@ mod tests {
     fn thresholds_are_sorted_percents() {
         let b = BudgetSpec::new("b", 3.0, Period::Day, "UTC", &[1.0, 0.5, 0.9, 0.5]).unwrap();
         assert_eq!(b.alerts, vec![50, 90, 100]);
-        assert!(b.alerts_at_full());
         let amounts: Vec<_> = b.alert_amounts().collect();
         assert_eq!(amounts, vec![(50, 1_500_000_000), (90, 2_700_000_000), (100, 3_000_000_000)]);
     }
