@@ -23,10 +23,9 @@ pub enum Error {
     InvalidUrl { url: String, reason: String },
 
     /// The shared store could not be reached or answered with an error, and the failure
-    /// policy is fail-closed (or the operation has no local fallback).
-    #[error(
-        "the Redis store is unavailable ({0}); check that Redis is reachable, or use failure_policy=\"fail_open\""
-    )]
+    /// policy is fail-closed (or the operation has no local fallback). The message advises
+    /// no policy: under fail-open it shows up only where no local fallback exists.
+    #[error("the Redis store is unavailable ({0}); check that Redis is reachable")]
     StoreUnavailable(String),
 
     /// `acquire` gave up: the quota had no room before the deadline.
