@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from fleetgate._core import Budget, BudgetReservation, Ledger, Limiter
-from fleetgate.errors import BudgetExceeded, ConfigError, FleetgateError
+from fleetgate.errors import BudgetExceeded, ConfigError, FleetgateError, StoreUnavailable
+from fleetgate.testing import RedisRig
 
 MakeLedger = Callable[..., Ledger]
 
@@ -422,6 +423,7 @@ def test_bad_inputs_say_what_is_wrong(make_ledger: MakeLedger) -> None:
     budget = Budget(f"bad-{uuid.uuid4().hex}", 1.0)
     refused(lambda: ledger.reserve([budget], -1.0), "0 or more")
     refused(lambda: ledger.reserve([budget], 0.1, lease=0), "lease")
+    refused(lambda: ledger.reserve([budget], 0.1, timeout=0), "timeout", "(0, 60]")
     refused(lambda: ledger.reserve([budget], 0.1, now=float("inf")), "Unix time")
     refused(lambda: ledger.report(["yesterday"]), "YYYY-MM-DD")
     r = ledger.reserve([budget], 0.1)
@@ -440,3 +442,33 @@ def test_budgets_describe_themselves() -> None:
                                                                  (0.8, 1.0))
     assert Budget("d", 1.0).alerts == (0.5, 0.75, 0.9, 1.0)
     assert "team:search" in repr(b)
+
+
+def test_a_ledger_that_does_not_answer_in_time_is_unavailable_and_keeps_no_hold(
+        redis_rig: RedisRig, fresh: Callable[[str], str]) -> None:
+    url = redis_rig.start_standalone()
+    node = redis_rig.nodes[-1]
+    assert node.process is not None
+    ledger = Ledger(Limiter(url, timeout=30.0))  # alone, the store would wait minutes for a paused Redis
+    budget = Budget(fresh("paused"), 1.0)
+    ledger.release(ledger.reserve([budget], 0.1, now=NOW))  # connected
+    node.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreUnavailable, match=r"no answer within 0\.200s"):
+            ledger.reserve([budget], 0.6, now=NOW, timeout=0.2)
+
+        async def late() -> None:
+            await ledger.reserve_async([budget], 0.3, now=NOW, timeout=0.2)
+
+        with pytest.raises(StoreUnavailable, match="no answer"):
+            asyncio.run(late())
+    finally:
+        node.process.send_signal(signal.SIGCONT)
+    # Redis made both holds once it woke; nobody was left to use them, so they were given back.
+    end = time.monotonic() + 10
+    while ledger.status(budget, now=NOW).reserved > 0:
+        assert time.monotonic() < end, "the late holds were never given back"
+        time.sleep(0.01)
+    ledger.settle(ledger.reserve([budget], 1.0, now=NOW, timeout=5.0), 0.5)
+    node.process.terminate()
+    node.process.wait(timeout=10)

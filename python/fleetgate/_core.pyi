@@ -337,13 +337,27 @@ class Ledger:
     @property
     def embedded(self) -> bool: ...
     def reserve(
-        self, budgets: Sequence[Budget], dollars: float, *, lease: float = 600.0, now: float | None = None
+        self,
+        budgets: Sequence[Budget],
+        dollars: float,
+        *,
+        lease: float = 600.0,
+        now: float | None = None,
+        timeout: float | None = None,
     ) -> BudgetReservation:
         """Hold `dollars` on every budget or on none; raises :class:`BudgetExceeded` (naming
-        the budget that refused) or :class:`StoreUnavailable`. Unsettled holds lapse after
-        `lease` seconds. With no budgets it holds nothing; settling it records the spend."""
+        the budget that refused) or :class:`StoreUnavailable`, also when a shared ledger has
+        not answered within `timeout` seconds (then a hold made late is given back).
+        Unsettled holds lapse after `lease` seconds. With no budgets it holds nothing;
+        settling it records the spend."""
     async def reserve_async(
-        self, budgets: Sequence[Budget], dollars: float, *, lease: float = 600.0, now: float | None = None
+        self,
+        budgets: Sequence[Budget],
+        dollars: float,
+        *,
+        lease: float = 600.0,
+        now: float | None = None,
+        timeout: float | None = None,
     ) -> BudgetReservation: ...
     def settle(
         self,

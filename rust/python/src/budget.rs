@@ -209,6 +209,14 @@ fn lease_of(lease: f64) -> PyResult<Duration> {
     }
 }
 
+fn timeout_of(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_finite() && t > 0.0 && t <= 60.0 => Ok(Some(Duration::from_secs_f64(t))),
+        Some(t) => Err(ConfigError::new_err(format!("timeout must be a number of seconds in (0, 60], got {t}"))),
+    }
+}
+
 fn budget_specs(budgets: &Bound<'_, PyAny>) -> PyResult<Vec<Arc<BudgetSpec>>> {
     let not_budgets = || {
         PyTypeError::new_err(format!(
@@ -245,6 +253,36 @@ fn deliver(py: Python<'_>, on_alert: Option<&Py<PyAny>>, alerts: &[Alert]) {
 fn deliver_detached(on_alert: Option<&Arc<Py<PyAny>>>, alerts: &[Alert]) {
     if let (Some(callback), false) = (on_alert, alerts.is_empty()) {
         Python::attach(|py| deliver(py, Some(callback), alerts));
+    }
+}
+
+/// Reserve on the shared ledger, waiting at most `timeout` (None: as long as the store's own
+/// timeouts allow). When no answer comes in time the reservation goes on in the background
+/// and is given back if it is made, so a slow store counts as down and holds nothing.
+async fn reserve_within(
+    ledger: Arc<core::Ledger>,
+    budgets: Vec<Arc<BudgetSpec>>,
+    dollars: f64,
+    lease: Duration,
+    now: f64,
+    timeout: Option<Duration>,
+) -> fg::Result<fg::BudgetReservation> {
+    let Some(limit) = timeout else { return ledger.reserve(&budgets, dollars, lease, now).await };
+    let mut task = {
+        let ledger = Arc::clone(&ledger);
+        runtime().spawn(async move { ledger.reserve(&budgets, dollars, lease, now).await })
+    };
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => Err(fg::Error::StoreUnavailable(format!("budget-reserve: {e}"))),
+        Err(_) => {
+            runtime().spawn(async move {
+                if let Ok(Ok(late)) = task.await {
+                    release_orphan(Held { ledger, reservation: Arc::new(late) });
+                }
+            });
+            Err(fg::Error::StoreUnavailable(format!("budget-reserve: no answer within {:.3}s", limit.as_secs_f64())))
+        }
     }
 }
 
@@ -287,8 +325,9 @@ impl Ledger {
     }
 
     /// Hold `dollars` on every budget, or on none (raises BudgetExceeded naming the one that
-    /// refused). The holds lapse after `lease` seconds unless settled or released.
-    #[pyo3(signature = (budgets, dollars, *, lease=600.0, now=None))]
+    /// refused). The holds lapse after `lease` seconds unless settled or released. A shared
+    /// ledger that has not answered within `timeout` seconds raises StoreUnavailable.
+    #[pyo3(signature = (budgets, dollars, *, lease=600.0, now=None, timeout=None))]
     fn reserve(
         &self,
         py: Python<'_>,
@@ -296,20 +335,19 @@ impl Ledger {
         dollars: f64,
         lease: f64,
         now: Option<f64>,
+        timeout: Option<f64>,
     ) -> PyResult<BudgetReservation> {
         let (budgets, lease, now) = (budget_specs(budgets)?, lease_of(lease)?, now.unwrap_or_else(unix_now));
+        let timeout = timeout_of(timeout)?;
         let result = match self.inner.reserve_embedded(&budgets, dollars, lease, now) {
             Some(done) => done,
-            None => {
-                let ledger = &self.inner;
-                block_on(py, ledger.reserve(&budgets, dollars, lease, now))
-            }
+            None => block_on(py, reserve_within(Arc::clone(&self.inner), budgets, dollars, lease, now, timeout)),
         };
         let reservation = result.py_err()?;
         Ok(BudgetReservation { inner: Arc::new(reservation), ledger: Arc::clone(&self.inner) })
     }
 
-    #[pyo3(signature = (budgets, dollars, *, lease=600.0, now=None))]
+    #[pyo3(signature = (budgets, dollars, *, lease=600.0, now=None, timeout=None))]
     fn reserve_async<'py>(
         &self,
         py: Python<'py>,
@@ -317,11 +355,12 @@ impl Ledger {
         dollars: f64,
         lease: f64,
         now: Option<f64>,
+        timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (budgets, lease, now) = (budget_specs(budgets)?, lease_of(lease)?, now.unwrap_or_else(unix_now));
-        let ledger = Arc::clone(&self.inner);
+        let (ledger, timeout) = (Arc::clone(&self.inner), timeout_of(timeout)?);
         submit(py, None, async move {
-            match ledger.reserve(&budgets, dollars, lease, now).await {
+            match reserve_within(Arc::clone(&ledger), budgets, dollars, lease, now, timeout).await {
                 Ok(r) => Outcome::BudgetHeld(Held { ledger, reservation: Arc::new(r) }),
                 Err(e) => Outcome::Failed(e),
             }
