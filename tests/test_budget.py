@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import multiprocessing
+import signal
+import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -16,8 +20,15 @@ import pytest
 from click.testing import CliRunner
 
 import fleetgate as fg
+from fleetgate._core import Limiter
+from fleetgate.budget import Budgets
 from fleetgate.cli import main as cli
+from fleetgate.config import BudgetLimit, BudgetSettings, PriceSettings
+from fleetgate.estimate import Estimate
+from fleetgate.gateway import GatewayStats
 from fleetgate.prices import PriceTable
+from fleetgate.scope import Scope
+from fleetgate.testing import RedisNode, RedisRig
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, ModelLimits
 
 MODEL, CHEAP = "gpt-4.1", "gpt-4.1-mini"
@@ -185,22 +196,28 @@ def test_a_spent_budget_queues_until_the_next_period(fake_openai: FakeOpenAI, re
 
 @pytest.mark.fake_openai(config=LONG)
 def test_alerts_fire_once_per_budget_across_pods(fake_openai: FakeOpenAI, redis_url: str) -> None:
-    heard: list[tuple[str, float]] = []
+    heard: list[tuple[str, float, float, float]] = []
     team = f"t-{uuid.uuid4().hex[:8]}"
     pods = [fg.Gateway(base_url=fake_openai.base_url, redis_url=redis_url,
                        budgets=budget(0.02, scope="team", name=team),
-                       on_budget_alert=lambda b, threshold, *_: heard.append((b, threshold))) for _ in range(2)]
+                       on_budget_alert=lambda b, threshold, spent, limit, _: heard.append((b, threshold, spent, limit)))
+            for _ in range(2)]
     clients = [pod.openai(api_key="sk-fake", max_retries=0) for pod in pods]
+    refused = False
     with fg.scope(team=team):
         for i in range(12):
             try:
                 clients[i % 2].chat.completions.create(model=MODEL, messages=ASK, max_tokens=MAX_OUTPUT)
             except fg.BudgetExceeded:
+                refused = True
                 break
-    wait_for(lambda: {0.5, 0.75, 1.0} <= {t for _, t in heard})
-    thresholds = [t for _, t in heard]
+    assert refused, "the budget ran out"
+    wait_for(lambda: {0.5, 0.75} <= {t for _, t, _, _ in heard})
+    thresholds = [t for _, t, _, _ in heard]
     assert len(thresholds) == len(set(thresholds)), f"an alert fired twice: {heard}"
-    assert {b for b, _ in heard} == {f"team:{team}:day"}
+    assert {b for b, *_ in heard} == {f"team:{team}:day"}
+    for _, threshold, spent, limit in heard:
+        assert spent >= threshold * limit, f"an alert fires on what was spent, not on a refusal: {heard}"
     assert sum(pod.stats["budget_alerts"] for pod in pods) == len(heard)
 
 
@@ -242,3 +259,196 @@ def test_costs_are_reported_by_feature_and_model(fake_openai: FakeOpenAI, redis_
     assert features[0] in result.output and features[1] in result.output and "total" in result.output
     no_redis = CliRunner().invoke(cli, ["costs"], env={"FLEETGATE_REDIS_URL": None})
     assert no_redis.exit_code == 2 and "--redis" in no_redis.output
+
+
+# -- the store down or slow: failure_policy ----------------------------------------------------
+
+CALL = Estimate("/chat/completions", MODEL, 50, 200, MAX_OUTPUT, False)
+
+
+@pytest.fixture
+def own_redis(redis_rig: RedisRig) -> Iterator[tuple[str, RedisNode]]:
+    """A Redis of this test's own, to stop, pause and start again."""
+    url = redis_rig.start_standalone()
+    node = redis_rig.nodes[-1]
+    yield url, node
+    if node.alive:
+        assert node.process is not None
+        node.process.send_signal(signal.SIGCONT)
+        node.process.terminate()
+        node.process.wait(timeout=10)
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A loopback port that accepts connections and never answers (a Redis stuck hard)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+def dead_url() -> str:
+    """A loopback port nothing listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+
+
+def budgets_on(url: str, *, policy: str = "fail_open", share: float = 0.5, dollars: float = 0.02,
+               limiter: Limiter | None = None, **settings: Any) -> tuple[Budgets, GatewayStats]:
+    """One gateway's budgets: a global `dollars` a day on the Redis at `url`."""
+    stats = GatewayStats()
+    rules = BudgetSettings(limits=[BudgetLimit(dollars=dollars)], **settings)
+    return Budgets(rules, PriceTable.from_settings(PriceSettings()), limiter or Limiter(url, failure_policy=policy),
+                   stats.count, failure_policy=policy, local_share=share), stats
+
+
+def outage_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "fleetgate" and r.levelno >= logging.WARNING]
+
+
+def test_fail_open_holds_calls_on_the_pods_share_while_redis_is_down(own_redis: tuple[str, RedisNode],
+                                                                      redis_rig: RedisRig,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    url, node = own_redis
+    budgets, stats = budgets_on(url, share=0.5, dollars=0.02)  # $0.01 for this pod alone
+    worst = budgets.worst_case(CALL)[1]
+    fits = int(0.01 / worst)
+    first = budgets.reserve(CALL, Scope())
+    assert first is not None and not first.local
+    budgets.spend(first, worst / 2, 50, 100)
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    wait_for(lambda: bool(budgets.ledger.report([today])))  # settled and recorded before the outage
+    assert node.process is not None
+    node.process.kill()
+    node.process.wait(timeout=10)
+    caplog.set_level(logging.INFO, logger="fleetgate")
+
+    held = [budgets.reserve(CALL, Scope()) for _ in range(fits)]
+    assert all(h is not None and h.local for h in held), "held on this pod's share"
+    with pytest.raises(fg.BudgetExceeded) as refused:
+        budgets.reserve(CALL, Scope())
+    assert refused.value.budget == "global:day" and "this pod's share" in str(refused.value)
+    assert stats["budget_fail_open"] == fits and stats["budget_refused"] == 1
+    warnings = outage_records(caplog)
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    said = warnings[0].getMessage()
+    assert url in said and "share (0.5) of each budget" in said and warnings[0].exc_info is None
+    # Holds on the share settle and give back as any other.
+    budgets.spend(held[0], worst / 2, 50, 100)
+    budgets.release(held[1])
+    again = budgets.reserve(CALL, Scope())
+    assert again is not None and again.local, "the released hold made room on the share"
+    budgets.release(again)
+
+    redis_rig.restart(node)
+    end = time.monotonic() + 30
+    while True:  # asked again once its recheck interval passes
+        hold = budgets.reserve(CALL, Scope())
+        assert hold is not None
+        budgets.release(hold)
+        if not hold.local:
+            break
+        assert time.monotonic() < end, "the budgets never asked Redis again"
+    back = [r for r in caplog.records if r.name == "fleetgate" and "answers again" in r.getMessage()]
+    assert len(back) == 1 and back[0].levelno == logging.INFO
+    assert len(outage_records(caplog)) == 1, "one warning for the whole outage"
+
+
+def test_fail_closed_refuses_naming_the_store(caplog: pytest.LogCaptureFixture) -> None:
+    url = dead_url()
+    budgets, stats = budgets_on(url, policy="fail_closed")
+    for _ in range(3):
+        with pytest.raises(fg.StoreUnavailable) as refused:
+            budgets.reserve(CALL, Scope())
+        message = str(refused.value)
+        assert url in message and 'failure_policy = "fail_closed"' in message
+        assert "fail_open" not in message, "it does not advise another policy"
+    assert stats["refused"] == 3 and stats["budget_fail_open"] == 0
+    assert len(outage_records(caplog)) == 1
+
+
+def test_a_redis_that_never_answers_counts_as_down_after_the_store_timeout(silent_url: str,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # The store's own timeouts alone would keep each call waiting for minutes.
+    stuck = Limiter(silent_url, timeout=30.0, connect_timeout=30.0)
+    budgets, stats = budgets_on(silent_url, limiter=stuck, store_timeout_seconds=0.2)
+    hold = budgets.reserve(CALL, Scope())
+    assert hold is not None and hold.local
+    assert stats["budget_fail_open"] == 1
+    [warning] = outage_records(caplog)
+    assert "no answer within 0.200s" in warning.getMessage()
+
+
+def test_a_paused_redis_counts_as_down_and_keeps_no_hold(own_redis: tuple[str, RedisNode]) -> None:
+    url, node = own_redis
+    budgets, stats = budgets_on(url, limiter=Limiter(url, timeout=30.0), store_timeout_seconds=0.2, dollars=0.01)
+    budgets.release(budgets.reserve(CALL, Scope()))  # connected
+    assert node.process is not None
+    node.process.send_signal(signal.SIGSTOP)
+    try:
+        hold = asyncio.run(budgets.reserve_async(CALL, Scope()))
+    finally:
+        node.process.send_signal(signal.SIGCONT)
+    assert hold is not None and hold.local and stats["budget_fail_open"] == 1
+    [budget] = budgets.named()
+    wait_for(lambda: budgets.ledger.status(budget).reserved == 0)  # the late hold was given back
+
+
+def test_async_reservations_follow_the_failure_policy(caplog: pytest.LogCaptureFixture) -> None:
+    url = dead_url()
+    fail_open, opened = budgets_on(url)
+    fail_closed, _ = budgets_on(url, policy="fail_closed")
+
+    async def main() -> None:
+        hold = await fail_open.reserve_async(CALL, Scope())
+        assert hold is not None and hold.local
+        fail_open.spend(hold, None, 50, 10)
+        with pytest.raises(fg.StoreUnavailable):
+            await fail_closed.reserve_async(CALL, Scope())
+
+    asyncio.run(main())
+    assert opened["budget_fail_open"] == 1 and opened["budget_settled_from_estimate"] == 1
+
+
+def test_reserve_says_none_without_budgets_and_refuses_unpriced_models() -> None:
+    budgets, stats = budgets_on(dead_url(), dollars=1.0)
+    assert Budgets(BudgetSettings(), PriceTable.from_settings(PriceSettings()), Limiter(), stats.count).reserve(
+        CALL, Scope()) is None
+    unpriced = Estimate("/chat/completions", "my-model", 10, 40, 10, False)
+    with pytest.raises(fg.ConfigError, match="no price"):
+        budgets.reserve(unpriced, Scope())
+    allowing, counts = budgets_on(dead_url(), unpriced="allow")
+    assert allowing.reserve(unpriced, Scope()) is None and counts["budget_unpriced"] == 1
+
+
+def test_when_refused_follows_on_exhausted() -> None:
+    stats = GatewayStats()
+    rules = BudgetSettings(limits=[BudgetLimit(scope="feature", name="q", dollars=0.001, on_exhausted="queue"),
+                                   BudgetLimit(scope="feature", name="c", dollars=0.001, on_exhausted="cheaper"),
+                                   BudgetLimit(scope="feature", name="r", dollars=0.001)])
+    budgets = Budgets(rules, PriceTable.from_settings(PriceSettings()), Limiter(), stats.count)
+    refusals = {}
+    for feature in ("q", "c", "r"):
+        with pytest.raises(fg.BudgetExceeded) as refused:
+            budgets.reserve(CALL, Scope(feature=feature))
+        refusals[feature] = refused.value
+    resets_in = refusals["q"].resets_at - time.time()
+    action, wait = budgets.when_refused(refusals["q"], resets_in + 60)
+    assert action == "queue" and 0 < wait <= resets_in + 1 and stats["budget_queued"] == 1
+    assert budgets.when_refused(refusals["q"], 1.0) == ("refuse", 0.0), "the next period comes after the deadline"
+    assert budgets.when_refused(refusals["c"], 1.0) == ("cheaper", 0.0)
+    assert budgets.when_refused(refusals["r"], 1.0) == ("refuse", 0.0)
+    assert stats["budget_refused"] == 3
+
+
+@pytest.mark.fake_openai(config=LONG)
+def test_gateway_calls_go_through_on_the_pods_share_while_redis_is_down(fake_openai: FakeOpenAI) -> None:
+    """Through the SDK: a budget with Redis down no longer refuses every call under
+    fail_open (the default)."""
+    gate = fg.Gateway(base_url=fake_openai.base_url, redis_url=dead_url(), budgets=budget(1.0), local_share=0.5)
+    client = gate.openai(api_key="sk-fake", max_retries=0)
+    for _ in range(3):
+        client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=MAX_OUTPUT)
+    assert gate.stats["budget_fail_open"] == 3 and gate.stats["refused"] == 0

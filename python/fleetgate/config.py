@@ -214,6 +214,11 @@ class BudgetSettings(BaseModel):
     alerts: list[float] = Field(default_factory=lambda: [0.5, 0.75, 0.9, 1.0])
     #: How long a reservation holds without being settled (a pod that died mid-call).
     reservation_seconds: float = Field(default=600.0, gt=0, le=86_400)
+    #: With Redis: how long a call waits for its budgets' reservation before the store
+    #: counts as down and ``failure_policy`` applies (fail_open: the call is held on this
+    #: pod's ``local_share`` of each budget; fail_closed: refused with StoreUnavailable).
+    #: A reservation normally takes a round trip per budget; 0.5 s is a store in trouble.
+    store_timeout_seconds: float = Field(default=0.5, gt=0, le=60)
     #: A call of a model with no price under a budget: refuse it, or let it through
     #: uncounted (logged).
     unpriced: Literal["refuse", "allow"] = "refuse"

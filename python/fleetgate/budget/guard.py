@@ -9,21 +9,45 @@ died) lapses after ``[budgets] reservation_seconds``.
     name = "support-chat"        # omit: every feature gets a budget of this size
     dollars = 50.0
     period = "day"               # or "month", in [budgets] timezone
-    on_exhausted = "cheaper"     # "refuse", "cheaper" or "queue"
+    on_exhausted = "cheaper"     # "refuse", "cheaper", "cache_only" or "queue"
+
+One call, as the budget layer drives it:
+
+1. :meth:`Budgets.reserve` (or :meth:`~Budgets.reserve_async`): the worst case priced
+   (an unpriced model: refused, or let through uncounted), then held on every budget that
+   applies, all or nothing. A :class:`Hold`, or None when no budget holds the call.
+2. No room: :meth:`Budgets.when_refused` says what to do (queue for the next period, step
+   down to a cheaper model, serve from the cache, or refuse).
+3. The answer: :meth:`Budgets.spend` settles the hold with what the call cost, or
+   :meth:`Budgets.release` gives it back when nothing was spent.
+
+When the store does not answer within ``[budgets] store_timeout_seconds`` it counts as down
+and ``failure_policy`` applies: ``fail_open`` holds calls on this pod's ``local_share`` of
+each budget, kept in this process for the period (so a pod spends at most that share of a
+budget alone, over however many outages); ``fail_closed`` refuses them with
+StoreUnavailable. An outage is logged once when it starts and once when it ends, calls held
+on the share are counted in ``stats["budget_fail_open"]``, and within half a second of a
+failure the store is not asked again (one call then does). Spend settled on the local share
+is not in the fleet's totals or reports.
+
+Alerts follow settled spend only: a refused reservation fires none (worst cases in flight
+fill a budget long before its spend does).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleetgate._core import Budget, BudgetReservation, Ledger, Limiter
-from fleetgate.config import BudgetLimit, BudgetSettings
-from fleetgate.errors import BudgetExceeded, ConfigError
+from fleetgate.config import BudgetLimit, BudgetSettings, GatewayConfig
+from fleetgate.errors import BudgetExceeded, ConfigError, StoreUnavailable
 from fleetgate.estimate import Estimate
+from fleetgate.outage import Outage
 from fleetgate.prices import ModelPrice, PriceTable
 from fleetgate.scope import Scope
 
@@ -36,6 +60,8 @@ log = logging.getLogger("fleetgate")
 AlertCallback = Callable[[str, float, float, float, str], object]
 
 _CACHED_BUDGETS = 65_536  # user names are unbounded; budget objects are cheap to make again
+_DEFAULT_LOCAL_SHARE: float = GatewayConfig.model_fields["local_share"].default
+_STORE_ADVICE = re.compile(r"^the Redis store is unavailable \((?P<detail>.*)\); check that Redis is reachable.*$", re.S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,18 +74,47 @@ class Hold:
     feature: str
     user: str
     team: str
+    #: Held on this pod's share of each budget while the store was down (not in the fleet's
+    #: totals).
+    local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a call would reserve: the budgets that apply, and its worst case at `price`."""
+
+    budgets: list[Budget]
+    price: ModelPrice
+    worst: float
 
 
 class Budgets:
     """The budgets of one gateway, and the ledger that holds them."""
 
     def __init__(self, settings: BudgetSettings, prices: PriceTable, limiter: Limiter,
-                 count: Callable[[str], None], on_alert: AlertCallback | None = None) -> None:
+                 count: Callable[[str], None], on_alert: AlertCallback | None = None, *,
+                 failure_policy: str | None = None, local_share: float | None = None) -> None:
+        """`failure_policy` (default: the limiter's) and `local_share` (default: the
+        gateway's default) decide what happens while the store is down."""
         self.settings = settings
         self.prices = prices
         self._count = count
         self._on_alert = on_alert
         self.ledger = Ledger(limiter, report_timezone=settings.timezone, on_alert=self._alert)
+        self.failure_policy = failure_policy or limiter.failure_policy
+        if self.failure_policy not in ("fail_open", "fail_closed"):
+            raise ConfigError(f'failure_policy must be "fail_open" or "fail_closed", got {self.failure_policy!r}')
+        self.local_share = _DEFAULT_LOCAL_SHARE if local_share is None else local_share
+        if not 0 < self.local_share <= 1:
+            raise ConfigError(f"local_share must be in (0, 1], got {self.local_share}")
+        #: The store, as logs and refusals name it (its password hidden).
+        self.store = f"the budgets' Redis at {limiter.store}" if limiter.store else "the budget ledger"
+        self._outage = Outage(self.store)
+        #: This pod's share of each budget, for calls made while the store is down: no
+        #: alerts (a share's thresholds are not the budget's).
+        self._local = Ledger(report_timezone=settings.timezone)
+        self._local_budgets: OrderedDict[str, Budget] = OrderedDict()
+        self._share_seen = 0.0
         #: Unix seconds: which day or month a call falls in (replaceable, for tests).
         self.clock: Callable[[], float] = time.time
         self._budgets: OrderedDict[str, Budget] = OrderedDict()
@@ -118,43 +173,125 @@ class Budgets:
             return None, 0.0
         return price, price.dollars(estimate.prompt_tokens, estimate.max_output_tokens)
 
+    def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice,
+             local: bool = False) -> Hold:
+        return Hold(reservation, price, estimate.model, sc.feature or "", sc.user or "", sc.team or "", local)
+
+    # -- reserving ---------------------------------------------------------------------------
+
     def reserve(self, estimate: Estimate, sc: Scope) -> Hold | None:
-        """Reserve a call's worst-case cost on every budget that applies: its hold, or None
-        (no budgets, or an unpriced model let through). Raises BudgetExceeded when one has
-        no room, ConfigError for an unpriced model under ``unpriced = "refuse"``, and
-        StoreUnavailable when the ledger's store is down."""
-        price, worst = self.worst_case(estimate) if self.active else (None, 0.0)
-        if price is None:
+        """Hold the call's worst-case cost on every budget of scope `sc`, or on none. None
+        when no budget is configured, or the model has no price and ``unpriced = "allow"``.
+        Raises BudgetExceeded (a budget has no room: see :meth:`when_refused`), ConfigError
+        (no price, ``unpriced = "refuse"``) or StoreUnavailable (the store is down and
+        ``failure_policy = "fail_closed"``); with ``fail_open`` a call made while the store
+        is down is held on this pod's share of each budget. Refusals are counted here
+        (``budget_refused``; ``refused`` for the others)."""
+        plan = self._plan(estimate, sc)
+        if plan is None:
             return None
-        reservation = self.ledger.reserve(self.applicable(sc), worst, lease=self.settings.reservation_seconds,
-                                          now=self.clock())
-        return self.hold(estimate, sc, reservation, price)
+        if self._goes_without_store(plan):
+            return self._without_store(plan, estimate, sc, None)
+        try:
+            reservation = self.ledger.reserve(plan.budgets, plan.worst, lease=self.settings.reservation_seconds,
+                                              now=self.clock(), timeout=self.settings.store_timeout_seconds)
+        except StoreUnavailable as e:
+            return self._without_store(plan, estimate, sc, e)
+        except BudgetExceeded:
+            self._count("budget_refused")
+            raise
+        return self._held(plan, estimate, sc, reservation)
 
     async def reserve_async(self, estimate: Estimate, sc: Scope) -> Hold | None:
-        """:meth:`reserve`, awaiting the store."""
-        price, worst = self.worst_case(estimate) if self.active else (None, 0.0)
-        if price is None:
+        """:meth:`reserve`, waiting for the store off the event loop."""
+        plan = self._plan(estimate, sc)
+        if plan is None:
             return None
-        reservation = await self.ledger.reserve_async(self.applicable(sc), worst,
-                                                      lease=self.settings.reservation_seconds, now=self.clock())
-        return self.hold(estimate, sc, reservation, price)
+        if self._goes_without_store(plan):
+            return self._without_store(plan, estimate, sc, None)
+        try:
+            reservation = await self.ledger.reserve_async(
+                plan.budgets, plan.worst, lease=self.settings.reservation_seconds, now=self.clock(),
+                timeout=self.settings.store_timeout_seconds)
+        except StoreUnavailable as e:
+            return self._without_store(plan, estimate, sc, e)
+        except BudgetExceeded:
+            self._count("budget_refused")
+            raise
+        return self._held(plan, estimate, sc, reservation)
 
     def when_refused(self, error: BudgetExceeded, seconds_left: float) -> tuple[str, float]:
-        """What to do for a call `error` refused: ``("queue", seconds)`` to wait for the
-        budget's next period when it comes within `seconds_left`, else what its
-        ``on_exhausted`` says (``"cheaper"``, ``"cache_only"``, ``"refuse"``; a queue
-        whose wait is too long refuses), with 0 seconds."""
+        """What to do when a budget refused the call, by its ``on_exhausted``: ``("queue",
+        seconds)`` to wait for its next period when that comes within `seconds_left`
+        (counted in ``budget_queued``), else ``("cheaper", 0)``, ``("cache_only", 0)`` or
+        ``("refuse", 0)``."""
         action = self.action(error.budget)
-        if action != "queue":
-            return action, 0.0
-        wait = max(0.0, error.resets_at - self.clock()) + 0.001
-        if wait < seconds_left:
-            self._count("budget_queued")
-            return "queue", wait
-        return "refuse", 0.0
+        if action == "queue":
+            wait = max(0.0, error.resets_at - self.clock()) + 0.001
+            if wait < seconds_left:
+                self._count("budget_queued")
+                return "queue", wait
+            return "refuse", 0.0
+        return action, 0.0
 
-    def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice) -> Hold:
-        return Hold(reservation, price, estimate.model, sc.feature or "", sc.user or "", sc.team or "")
+    def _plan(self, estimate: Estimate, sc: Scope) -> _Plan | None:
+        if not self.active:
+            return None
+        try:
+            price, worst = self.worst_case(estimate)
+        except ConfigError:
+            self._count("refused")
+            raise
+        return None if price is None else _Plan(self.applicable(sc), price, worst)
+
+    def _goes_without_store(self, plan: _Plan) -> bool:
+        """Whether the call skips the store: it is down (within its recheck interval), or
+        it is, and the call only records spend (no budget to ask it about)."""
+        return self._outage.down if not plan.budgets else self._outage.suspended()
+
+    def _held(self, plan: _Plan, estimate: Estimate, sc: Scope, reservation: BudgetReservation) -> Hold:
+        if plan.budgets:
+            self._outage.answered("budgets are held across the fleet again")
+        return self.hold(estimate, sc, reservation, plan.price)
+
+    def _without_store(self, plan: _Plan, estimate: Estimate, sc: Scope, error: StoreUnavailable | None) -> Hold:
+        """The call under the failure policy, the store being down (`error`: what it just
+        said; None: it failed moments ago and was not asked)."""
+        if error is not None:
+            self._store_failed(error)
+        if self.failure_policy == "fail_closed":
+            self._count("refused")
+            raise StoreUnavailable(
+                f"{self.store} is unavailable ({_detail(error) if error else 'it failed moments ago'}), and "
+                f'failure_policy = "fail_closed" refuses calls under a budget while it is') from error
+        budgets = [self._local_budget(b) for b in plan.budgets]
+        try:
+            reservation = self._local.reserve(budgets, plan.worst, lease=self.settings.reservation_seconds,
+                                              now=self.clock())
+        except BudgetExceeded as e:
+            self._count("budget_refused")
+            raise BudgetExceeded(f"{e} (this pod's share, {self.local_share:g} of the budget, while {self.store} "
+                                 "is unavailable)", e.budget, e.resets_at, e.limit, e.spent) from e
+        self._count("budget_fail_open")
+        return self.hold(estimate, sc, reservation, plan.price, local=True)
+
+    def _store_failed(self, error: StoreUnavailable) -> None:
+        meanwhile = (f"calls are held on this pod's share ({self.local_share:g}) of each budget until it answers"
+                     if self.failure_policy == "fail_open" else
+                     'calls under a budget are refused until it answers (failure_policy = "fail_closed")')
+        self._outage.failed(_detail(error), meanwhile)
+
+    def _local_budget(self, budget: Budget) -> Budget:
+        """`budget`'s share for this pod, by the same name (so its ``on_exhausted`` holds)."""
+        local = self._local_budgets.get(budget.name)
+        if local is None:
+            local = Budget(budget.name, budget.limit * self.local_share, budget.period, budget.timezone, [])
+            self._local_budgets[budget.name] = local
+            if len(self._local_budgets) > _CACHED_BUDGETS:
+                self._local_budgets.popitem(last=False)
+        return local
+
+    # -- settling ----------------------------------------------------------------------------
 
     def spend(self, hold: Hold, cost: float | None, prompt_tokens: int, output_tokens: int) -> None:
         """Settle `hold` with what the call cost: `cost`, its usage priced, when the response
@@ -162,13 +299,34 @@ class Budgets:
         if cost is None:
             cost = hold.price.dollars(prompt_tokens, output_tokens)
             self._count("budget_settled_from_estimate")
-        self.ledger.settle_later(hold.reservation, cost, model=hold.model, feature=hold.feature, user=hold.user,
-                                 team=hold.team)
+        ledger = self._local if hold.local else self.ledger
+        ledger.settle_later(hold.reservation, cost, model=hold.model, feature=hold.feature, user=hold.user,
+                            team=hold.team)
 
     def release(self, hold: Hold | None) -> None:
         """Nothing was spent (the call never reached upstream, or upstream refused it)."""
         if hold is not None:
-            self.ledger.release_later(hold.reservation)
+            (self._local if hold.local else self.ledger).release_later(hold.reservation)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def spent_share(self) -> float:
+        """The largest share of a global budget spent or held in its period, across the
+        fleet (the modes' ``budget_share`` signal); while the store is down, the last read."""
+        if self._outage.suspended():
+            return self._share_seen
+        share = 0.0
+        try:
+            for budget in self.named():
+                if budget.name.startswith("global"):
+                    status = self.ledger.status(budget, now=self.clock())
+                    share = max(share, (status.spent + status.reserved) / status.limit if status.limit else 0.0)
+        except StoreUnavailable as e:
+            self._store_failed(e)
+            return self._share_seen
+        self._outage.answered("budgets are held across the fleet again")
+        self._share_seen = share
+        return share
 
     def _alert(self, budget: str, threshold: float, spent: float, limit: float, period: str) -> None:
         log.warning("fleetgate: budget %s reached %d%% of $%.6g in %s ($%.6g spent)", budget, round(threshold * 100),
@@ -176,3 +334,11 @@ class Budgets:
         self._count("budget_alerts")
         if self._on_alert is not None:
             self._on_alert(budget, threshold, spent, limit, period)
+
+
+def _detail(error: StoreUnavailable) -> str:
+    """What went wrong, without the limiter's advice (which names settings the budgets'
+    own message names better)."""
+    text = str(error)
+    found = _STORE_ADVICE.match(text)
+    return found.group("detail") if found else text
