@@ -20,7 +20,8 @@ from click.testing import CliRunner
 import fleetgate as fg
 from fleetgate.cli import main as cli
 from fleetgate.config import ModeSettings, ModeTrigger
-from fleetgate.modes import Hysteresis, ModeStore, Signals
+from fleetgate.modes import Hysteresis, Modes, ModeStore, Signals, fleet_signals
+from fleetgate.testing import RedisRig
 from fleetgate.testing.fake_openai import FakeOpenAI, Fault
 from tests.polling import until
 
@@ -376,3 +377,69 @@ def test_each_answer_names_its_mode_in_header_metrics_and_log(fake_openai: FakeO
     assert records[-1]["mode"] == "static" and records[-1]["tier"] == "static"
     gate.modes.clear()
     assert mode_of(send(client, 1)[0]) == "full"
+
+
+@pytest.mark.fake_openai()
+def test_a_redis_outage_is_said_once_as_it_starts_and_once_as_it_ends_not_every_tick(
+        fake_openai: FakeOpenAI, redis_rig: RedisRig, caplog: pytest.LogCaptureFixture) -> None:
+    url = redis_rig.start_standalone()
+    node = redis_rig.nodes[-1]
+    assert node.process is not None
+    # A global budget: the modes judge its spent share too, read from the same Redis.
+    gate = fg.Gateway(base_url=fake_openai.base_url, redis_url=url, modes=FAST, budgets={"limits": [{"dollars": 5.0}]})
+    ticks = 0
+    signals = fleet_signals(gate)
+
+    def counted() -> dict[str, Any]:
+        nonlocal ticks
+        ticks += 1
+        return signals()
+
+    gate.modes.start(counted)
+    until(lambda: ticks >= 3)
+    caplog.set_level(logging.INFO, logger="fleetgate")
+    caplog.clear()
+
+    node.process.kill()
+    node.process.wait(timeout=10)
+    began = ticks
+    until(lambda: ticks >= began + 40)  # about 2 s of judging every 0.05 s
+    during = [r for r in caplog.records if r.name == "fleetgate"]
+    assert all(r.exc_info is None for r in during), "no traceback"
+    said = sorted(r.getMessage().split(" is unavailable")[0] for r in during)
+    # Once per user of the store: the modes' own exchange, and the budgets' share it reads.
+    assert said == [f"fleetgate: the budgets' Redis at {url}", f"fleetgate: the modes' Redis at {url}"], said
+    assert all(r.levelno == logging.WARNING for r in during)
+
+    caplog.clear()
+    redis_rig.restart(node)
+    until(lambda: len([r for r in caplog.records if "answers again" in r.getMessage()]) == 2)
+    ended = ticks
+    until(lambda: ticks >= ended + 10)
+    after = [r for r in caplog.records if r.name == "fleetgate"]
+    assert [r.levelno for r in after] == [logging.INFO, logging.INFO], [r.getMessage() for r in after]
+    gate.modes.close()
+    node.process.terminate()
+    node.process.wait(timeout=10)
+
+
+def test_a_failing_judgement_is_logged_once_while_it_lasts(caplog: pytest.LogCaptureFixture) -> None:
+    modes = Modes(ModeSettings(**FAST), None)
+    ticks, failing = 0, True
+
+    def signals() -> dict[str, Any]:
+        nonlocal ticks
+        ticks += 1
+        if failing:
+            raise RuntimeError("a signal cannot be read")
+        return {}
+
+    caplog.set_level(logging.INFO, logger="fleetgate")
+    modes.start(signals)
+    until(lambda: ticks >= 20)
+    failing = False
+    until(lambda: ticks >= 30)
+    modes.close()
+    said = [(r.levelno, r.getMessage(), r.exc_info) for r in caplog.records if r.name == "fleetgate"]
+    assert [level for level, _, _ in said] == [logging.ERROR, logging.INFO], said
+    assert "a signal cannot be read" in said[0][1] and said[0][2] is None

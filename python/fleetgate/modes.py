@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from fleetgate.config import MODES, ModeName, ModeSettings, ModeTrigger
 from fleetgate.errors import ConfigError, StoreUnavailable
+from fleetgate.outage import Outage
 
 if TYPE_CHECKING:
     from fleetgate.gateway import Gateway
@@ -348,10 +349,14 @@ def _parse(raw: Any) -> ModeState | None:
         return None
 
 
-def _unavailable(url: str, error: Exception) -> StoreUnavailable:
+def _redacted(url: str) -> str:
     from fleetgate.cache.store import redacted_url
 
-    return StoreUnavailable(f"the modes' Redis at {redacted_url(url)} is unavailable ({error})")
+    return redacted_url(url)
+
+
+def _unavailable(url: str, error: Exception) -> StoreUnavailable:
+    return StoreUnavailable(f"the modes' Redis at {_redacted(url)} is unavailable ({error})")
 
 
 class Modes:
@@ -365,6 +370,7 @@ class Modes:
         self.current: ModeState = _FULL
         self.pod = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.store = ModeStore(redis_url) if redis_url else None
+        self._outage = Outage(f"the modes' Redis at {_redacted(redis_url)}") if redis_url else None
         self._window = _Window(settings.window_seconds) if settings.auto else None
         self._auto = Hysteresis(settings)
         self._auto_state: ModeState = _FULL
@@ -377,7 +383,6 @@ class Modes:
         self._probe_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._store_failing = False
         self._judging = threading.RLock()
 
     def start(self, signals: Callable[[], dict[str, Any]]) -> None:
@@ -490,18 +495,15 @@ class Modes:
         if self._window is not None:
             self._auto.step(self._window.signals(self.settings.min_requests, **self._signals()), time.monotonic())
         own = ModeState(self._auto.mode, "auto", self._auto.reason) if self._auto.mode != "full" else _FULL
-        if self.store is not None:
+        if self.store is not None and self._outage is not None:
             try:
                 self._operator, pods = self.store.exchange(self.pod, self.current, own.mode)
                 if self.settings.auto:
                     own = self._with_fleet(own, pods)
-                if self._store_failing:
-                    self._store_failing = False
-                    log.warning("fleetgate: the modes' Redis is back; the operator's mode is read again")
-            except StoreUnavailable as e:
-                if not self._store_failing:  # said once per outage; the last mode read stands
-                    self._store_failing = True
-                    log.error("fleetgate: %s; keeping the operator's mode last read", e)
+                self._outage.answered("the operator's mode and the fleet's are read again")
+            except StoreUnavailable as e:  # said once per outage; the last mode read stands
+                self._outage.failed(e.__cause__ or e, "keeping the operator's mode last read, and this pod's "
+                                    "own judgement")
         if (own.mode, own.reason) != (self._auto_state.mode, self._auto_state.reason):
             if own.mode not in ("full", self._auto_state.mode):  # a probe once the new mode held requests back
                 self._next_probe = time.monotonic() + self.settings.probe_every_seconds
@@ -555,7 +557,9 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 
 def _judge_forever(ref: weakref.ref[Modes], stop: threading.Event) -> None:
-    """The judging thread; it ends with its gateway's modes (closed, or collected)."""
+    """The judging thread; it ends with its gateway's modes (closed, or collected). A
+    failure is said once while it lasts (its traceback at DEBUG), and its end once."""
+    failing: str | None = None
     while True:
         modes = ref()
         if modes is None:
@@ -563,8 +567,17 @@ def _judge_forever(ref: weakref.ref[Modes], stop: threading.Event) -> None:
         every = modes.settings.evaluate_every_seconds
         try:
             modes.judge()
-        except Exception:  # the thread must outlive any one failure, or the mode freezes
-            log.exception("fleetgate: judging the degradation mode failed; trying again in %.1fs", every)
+        except Exception as e:  # the thread must outlive any one failure, or the mode freezes
+            said = f"{type(e).__name__}: {e}"
+            if said != failing:
+                log.error("fleetgate: judging the degradation mode failed (%s); trying again every %.1fs, "
+                          "the mode stays as it is", said, every)
+                log.debug("fleetgate: judging the degradation mode failed", exc_info=True)
+            failing = said
+        else:
+            if failing is not None:
+                log.info("fleetgate: judging the degradation mode works again")
+            failing = None
         del modes
         if stop.wait(every):
             return
@@ -585,12 +598,7 @@ def fleet_signals(gateway: Gateway) -> Callable[[], dict[str, Any]]:
         found: dict[str, Any] = {"open_breakers": sum(1 for s in states if s in ("open", "isolated")),
                                  "isolated_breakers": sum(1 for s in states if s == "isolated")}
         if wants_budget:
-            budgets, share = gate.budgets, 0.0
-            for budget in budgets.named():
-                if budget.name.startswith("global"):
-                    status = budgets.ledger.status(budget, now=budgets.clock())
-                    share = max(share, (status.spent + status.reserved) / status.limit if status.limit else 0.0)
-            found["budget_share"] = share
+            found["budget_share"] = gate.budgets.spent_share()
         return found
 
     return signals

@@ -34,8 +34,10 @@ from fleetgate.cache.embedders import Embedder, Vectors
 from fleetgate.cache.guards import Prompt, changed_terms, near_miss
 from fleetgate.cache.journal import FileJournal, Journal, Record, RedisJournal
 from fleetgate.cache.vectors import IndexSettings, VectorIndex
+from fleetgate.cache.store import redacted_url
 from fleetgate.config import SemanticSettings
 from fleetgate.errors import StoreUnavailable
+from fleetgate.outage import Outage
 from fleetgate.scope import Scope
 from fleetgate.sharing import NOT_IN_KEY, digest, namespace_of
 
@@ -104,6 +106,8 @@ class SemanticCache:
         self._stop = threading.Event()
         self.ready = threading.Event()  # set once the journal has been read (warm start)
         self._journal: Journal | None
+        self._outage = Outage(f"the semantic cache's Redis at {redacted_url(redis_url)}" if redis_url
+                              else "the semantic cache's journal")
         if redis_url is not None:
             self._journal = RedisJournal(redis_url, settings.max_entries)
         elif settings.path is not None:
@@ -293,18 +297,16 @@ class SemanticCache:
     def _follow(self) -> None:
         """Read the fleet's journal: all of it first (warm start), then as it grows."""
         assert self._journal is not None
-        cursor, failing = "0", False
+        cursor = "0"
         while not self._stop.is_set():
             try:
                 records, cursor = self._journal.read(cursor, self.settings.poll_seconds)
-            except StoreUnavailable as e:
-                if not failing:
-                    log.warning("fleetgate: %s; other pods' semantic entries wait until it is back", e)
-                failing = True
+            except StoreUnavailable as e:  # said once per outage
+                self._outage.failed(e.__cause__ or e, "other pods' semantic entries wait until it is back")
                 self.stats.count("cache_errors")
                 self._stop.wait(self.settings.poll_seconds)
                 continue
-            failing = False
+            self._outage.answered("other pods' semantic entries are read again")
             for record in records:
                 if record.pod != self._pod:
                     self._apply(record)

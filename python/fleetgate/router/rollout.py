@@ -23,9 +23,10 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import redis
 
-from fleetgate.cache.store import redis_client
+from fleetgate.cache.store import redacted_url, redis_client
 from fleetgate.config import DeploymentSettings, RolloutSettings
 from fleetgate.errors import ConfigError, StoreUnavailable
+from fleetgate.outage import Outage
 
 __all__ = ["Figures", "Outcome", "RolloutState", "Rollouts", "decide"]
 
@@ -293,6 +294,8 @@ class Rollouts:
                 raise ConfigError(f"rollout {name!r}: say which requests take part: feature = … or model = …")
         self.rules = rollouts
         self._store: _Store = _RedisStore(redis_url) if redis_url else _MemoryStore()
+        self._outage = Outage(f"the rollouts' Redis at {redacted_url(redis_url)}" if redis_url
+                              else "the rollouts' store")
         self._states = {name: self._store.read(name) for name in rollouts}
         self._pending: dict[tuple[str, Side, int], Counter[str]] = {}
         self._lock = threading.Lock()
@@ -436,15 +439,15 @@ class Rollouts:
                 return self._states[name]
 
     def _run(self) -> None:
-        failing = False
+        """Sync every `sync_seconds`; an outage of the store is said once when it starts and
+        once when it ends."""
         while not self._stop.wait(self._sync_seconds):
             try:
                 self.sync()
-                failing = False
             except StoreUnavailable as e:
-                if not failing:
-                    log.warning("fleetgate: %s; rollouts keep their last state until it is back", e)
-                failing = True
+                self._outage.failed(e.__cause__ or e, "rollouts keep their last state until it is back")
+            else:
+                self._outage.answered("rollouts are synced again")
 
 
 def sticky_key(by: str, user: str | None, body: dict[str, Any]) -> str:
