@@ -23,6 +23,7 @@ from fleetgate.cli import main as cli
 from fleetgate.config import RolloutSettings
 from fleetgate.router import HeuristicClassifier, NearestClassifier, Rollouts
 from fleetgate.router.rollout import Figures, Outcome, RolloutState, decide
+from fleetgate.testing import RedisRig
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency
 
 BASE, CANARY = "gpt-4.1-mini", "gpt-4.1-nano"
@@ -345,3 +346,38 @@ def test_answers_that_fail_validation_roll_a_canary_back(fake_openai: FakeOpenAI
     assert failed >= 20 and state.status == "rolled_back" and "quality signals clearly over" in state.reason
     assert gate.router.rollouts.figures("support-v2", "canary").counts["schema_failed"] == failed
     gate.close()
+
+
+def test_the_rollouts_sync_says_a_redis_outage_once_as_it_starts_and_once_as_it_ends(
+        redis_rig: RedisRig, caplog: pytest.LogCaptureFixture) -> None:
+    url = redis_rig.start_standalone()
+    node = redis_rig.nodes[-1]
+    assert node.process is not None
+    caplog.set_level(logging.INFO, logger="fleetgate")
+    rollouts = Rollouts({"r": RolloutSettings(feature="f", canary={"model": "x"})}, url, sync_seconds=0.05)
+
+    def said(words: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "fleetgate" and words in r.getMessage()]
+
+    try:
+        node.process.kill()
+        node.process.wait(timeout=10)
+        until(lambda: bool(said("is unavailable")))
+        redis_rig.restart(node)
+        until(lambda: bool(said("answers again")))
+    finally:
+        rollouts.close()
+        node.process.terminate()
+        node.process.wait(timeout=10)
+    [start], [end] = said("is unavailable"), said("answers again")
+    assert start.levelno == logging.WARNING and url in start.getMessage() and start.exc_info is None
+    assert end.levelno == logging.INFO
+
+
+def until(check: Any, seconds: float = 20.0) -> None:
+    """Wait for `check()` to hold (a bound so a broken feature fails instead of hanging)."""
+    end = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError("the condition did not come about")
+        time.sleep(0.01)
