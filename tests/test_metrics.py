@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -310,3 +311,16 @@ def test_scrape_sums_every_worker_process(fake_openai: FakeOpenAI, multiproc_dir
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_scrape_while_redis_is_down_answers_without_the_budgets(caplog: Any) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    gate = fg.Gateway(redis_url=dead, budgets={"limits": [{"dollars": 5.0}]})
+    app = gate.metrics_app()
+    for _ in range(3):
+        found = scrape_wsgi(app)
+        assert not any(name.startswith("fleetgate_budget_") for name, _ in found)
+    outage = [r for r in caplog.records if r.name == "fleetgate" and "budgets' Redis" in r.getMessage()]
+    assert len(outage) == 1, "said once"

@@ -306,8 +306,8 @@ def _refusal_reason(body: bytes) -> str:
 
 class BudgetCollector(Collector):
     """Each named budget's limit, spend and what remains in the current period, read from
-    the ledger (the fleet's, on Redis) when scraped. Budgets kept per user, team or feature
-    value are left out: their number has no bound."""
+    the ledger (the fleet's, on Redis) when scraped; none while Redis is down. Budgets kept
+    per user, team or feature value are left out: their number has no bound."""
 
     def __init__(self, budgets: Budgets) -> None:
         self.budgets = budgets
@@ -318,8 +318,7 @@ class BudgetCollector(Collector):
                                   labels=["budget"])
         remaining = GaugeMetricFamily("fleetgate_budget_remaining_dollars", "What the budget has left this period",
                                       labels=["budget"])
-        for budget in self.budgets.named():
-            status = self.budgets.ledger.status(budget, now=self.budgets.clock())
+        for budget, status in self.budgets.statuses():
             used = status.spent + status.reserved
             limit.add_metric([budget.name], status.limit)
             spent.add_metric([budget.name], used)

@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleetgate._core import Budget, BudgetReservation, Ledger, Limiter
+from fleetgate._core import Budget, BudgetReservation, BudgetStatus, Ledger, Limiter
 from fleetgate.config import BudgetLimit, BudgetSettings, GatewayConfig
 from fleetgate.errors import BudgetExceeded, ConfigError, StoreUnavailable
 from fleetgate.estimate import Estimate
@@ -310,23 +310,32 @@ class Budgets:
 
     # -- reading -----------------------------------------------------------------------------
 
+    def statuses(self) -> list[tuple[Budget, BudgetStatus]]:
+        """Where each named budget stands in its period, across the fleet; none while the
+        store is down (the outage said once, as for calls)."""
+        return self._statuses(self.named()) or []
+
     def spent_share(self) -> float:
         """The largest share of a global budget spent or held in its period, across the
         fleet (the modes' ``budget_share`` signal); while the store is down, the last read."""
+        found = self._statuses([b for b in self.named() if b.name.startswith("global")])
+        if found is not None:
+            self._share_seen = max(((s.spent + s.reserved) / s.limit for _, s in found if s.limit), default=0.0)
+        return self._share_seen
+
+    def _statuses(self, budgets: list[Budget]) -> list[tuple[Budget, BudgetStatus]] | None:
+        """The statuses of `budgets`; None while the store is down."""
+        if not budgets:
+            return []
         if self._outage.suspended():
-            return self._share_seen
-        share = 0.0
+            return None
         try:
-            for budget in self.named():
-                if budget.name.startswith("global"):
-                    status = self.ledger.status(budget, now=self.clock())
-                    share = max(share, (status.spent + status.reserved) / status.limit if status.limit else 0.0)
+            found = [(budget, self.ledger.status(budget, now=self.clock())) for budget in budgets]
         except StoreUnavailable as e:
             self._store_failed(e)
-            return self._share_seen
+            return None
         self._outage.answered("budgets are held across the fleet again")
-        self._share_seen = share
-        return share
+        return found
 
     def _alert(self, budget: str, threshold: float, spent: float, limit: float, period: str) -> None:
         log.warning("fleetgate: budget %s reached %d%% of $%.6g in %s ($%.6g spent)", budget, round(threshold * 100),
