@@ -526,7 +526,7 @@ class GatewayConfig(BaseSettings):
     #: Shared store: ``redis://…``, ``rediss://…`` or ``redis+cluster://h:p,h:p``; None runs embedded.
     redis_url: str | None = None
     failure_policy: Literal["fail_open", "fail_closed"] = "fail_open"
-    #: This pod's share of each quota while Redis is unreachable (about 1 / pods).
+    #: This pod's share of each quota and budget while Redis is unreachable (about 1 / pods).
     local_share: float = Field(default=0.1, gt=0, le=1)
     #: With Redis, a busy quota is admitted from a small lease each pod holds, covering
     #: about this many seconds of the pod's own traffic, so most requests need no round

@@ -108,8 +108,8 @@ class Budgets:
         if not 0 < self.local_share <= 1:
             raise ConfigError(f"local_share must be in (0, 1], got {self.local_share}")
         #: The store, as logs and refusals name it (its password hidden).
-        self.store = f"the budgets' Redis at {limiter.store}" if limiter.store else "the budget ledger"
-        self._outage = Outage(self.store)
+        self.store_name = f"the budgets' Redis at {limiter.store}" if limiter.store else "the budget ledger"
+        self._outage = Outage(self.store_name)
         #: This pod's share of each budget, for calls made while the store is down: no
         #: alerts (a share's thresholds are not the budget's).
         self._local = Ledger(report_timezone=settings.timezone)
@@ -262,7 +262,7 @@ class Budgets:
         if self.failure_policy == "fail_closed":
             self._count("refused")
             raise StoreUnavailable(
-                f"{self.store} is unavailable ({_detail(error) if error else 'it failed moments ago'}), and "
+                f"{self.store_name} is unavailable ({_detail(error) if error else 'it failed moments ago'}), and "
                 f'failure_policy = "fail_closed" refuses calls under a budget while it is') from error
         budgets = [self._local_budget(b) for b in plan.budgets]
         try:
@@ -270,8 +270,8 @@ class Budgets:
                                               now=self.clock())
         except BudgetExceeded as e:
             self._count("budget_refused")
-            raise BudgetExceeded(f"{e} (this pod's share, {self.local_share:g} of the budget, while {self.store} "
-                                 "is unavailable)", e.budget, e.resets_at, e.limit, e.spent) from e
+            raise BudgetExceeded(f"{e} (this pod's share, {self.local_share:g} of the budget, while "
+                                 f"{self.store_name} is unavailable)", e.budget, e.resets_at, e.limit, e.spent) from e
         self._count("budget_fail_open")
         return self.hold(estimate, sc, reservation, plan.price, local=True)
 
