@@ -185,8 +185,8 @@ class Budgets:
         Raises BudgetExceeded (a budget has no room: see :meth:`when_refused`), ConfigError
         (no price, ``unpriced = "refuse"``) or StoreUnavailable (the store is down and
         ``failure_policy = "fail_closed"``); with ``fail_open`` a call made while the store
-        is down is held on this pod's share of each budget. Refusals are counted here
-        (``budget_refused``; ``refused`` for the others)."""
+        is down is held on this pod's share of each budget (counted in ``budget_fail_open``;
+        refusals are the caller's to count)."""
         plan = self._plan(estimate, sc)
         if plan is None:
             return None
@@ -197,9 +197,6 @@ class Budgets:
                                               now=self.clock(), timeout=self.settings.store_timeout_seconds)
         except StoreUnavailable as e:
             return self._without_store(plan, estimate, sc, e)
-        except BudgetExceeded:
-            self._count("budget_refused")
-            raise
         return self._held(plan, estimate, sc, reservation)
 
     async def reserve_async(self, estimate: Estimate, sc: Scope) -> Hold | None:
@@ -215,9 +212,6 @@ class Budgets:
                 timeout=self.settings.store_timeout_seconds)
         except StoreUnavailable as e:
             return self._without_store(plan, estimate, sc, e)
-        except BudgetExceeded:
-            self._count("budget_refused")
-            raise
         return self._held(plan, estimate, sc, reservation)
 
     def when_refused(self, error: BudgetExceeded, seconds_left: float) -> tuple[str, float]:
@@ -237,11 +231,7 @@ class Budgets:
     def _plan(self, estimate: Estimate, sc: Scope) -> _Plan | None:
         if not self.active:
             return None
-        try:
-            price, worst = self.worst_case(estimate)
-        except ConfigError:
-            self._count("refused")
-            raise
+        price, worst = self.worst_case(estimate)
         return None if price is None else _Plan(self.applicable(sc), price, worst)
 
     def _goes_without_store(self, plan: _Plan) -> bool:
@@ -260,7 +250,6 @@ class Budgets:
         if error is not None:
             self._store_failed(error)
         if self.failure_policy == "fail_closed":
-            self._count("refused")
             raise StoreUnavailable(
                 f"{self.store_name} is unavailable ({_detail(error) if error else 'it failed moments ago'}), and "
                 f'failure_policy = "fail_closed" refuses calls under a budget while it is') from error
@@ -269,7 +258,6 @@ class Budgets:
             reservation = self._local.reserve(budgets, plan.worst, lease=self.settings.reservation_seconds,
                                               now=self.clock())
         except BudgetExceeded as e:
-            self._count("budget_refused")
             raise BudgetExceeded(f"{e} (this pod's share, {self.local_share:g} of the budget, while "
                                  f"{self.store_name} is unavailable)", e.budget, e.resets_at, e.limit, e.spent) from e
         self._count("budget_fail_open")
