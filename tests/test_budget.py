@@ -25,7 +25,7 @@ from fleetgate.budget import Budgets
 from fleetgate.cli import main as cli
 from fleetgate.config import BudgetLimit, BudgetSettings, PriceSettings
 from fleetgate.estimate import Estimate
-from fleetgate.gateway import GatewayStats
+from fleetgate.stats import GatewayStats
 from fleetgate.prices import PriceTable
 from fleetgate.scope import Scope
 from fleetgate.testing import RedisNode, RedisRig
@@ -451,9 +451,15 @@ def test_gateway_calls_go_through_on_the_pods_share_while_redis_is_down(fake_ope
     client = gate.openai(api_key="sk-fake", max_retries=0)
     for _ in range(3):
         client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=MAX_OUTPUT)
-    assert gate.stats["budget_fail_open"] == 3 and gate.stats["refused"] == 0
+
+    async def from_asyncio() -> None:
+        await gate.async_openai(api_key="sk-fake", max_retries=0).chat.completions.create(
+            model=MODEL, messages=ASK, max_tokens=MAX_OUTPUT)
+
+    asyncio.run(from_asyncio())
+    assert gate.stats["budget_fail_open"] == 4 and gate.stats["refused"] == 0
     closed = fg.Gateway(base_url=fake_openai.base_url, redis_url=dead_url(), budgets=budget(1.0),
                         failure_policy="fail_closed")
     with pytest.raises(fg.StoreUnavailable, match="budgets' Redis"):
         closed.openai(api_key="sk-fake", max_retries=0).chat.completions.create(model=MODEL, messages=ASK)
-    assert closed.stats["refused"] == 1 and fake_openai.counters(MODEL).requests == 3, "a refused call is not sent"
+    assert closed.stats["refused"] == 1 and fake_openai.counters(MODEL).requests == 4, "a refused call is not sent"

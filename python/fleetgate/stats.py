@@ -20,7 +20,8 @@ class GatewayStats:
     ``fallback_model``, ``static``, ``deferred``, ``cache``); ``lane_full``;
     ``breaker_refused`` and ``breaker_<state>`` per transition;
     ``dedup_followers``, ``dedup_fleet_followers``, ``dedup_cancelled``; ``budget_refused``,
-    ``budget_queued``, ``budget_alerts``, ``budget_unpriced``, ``budget_settled_from_estimate``;
+    ``budget_queued``, ``budget_alerts``, ``budget_unpriced``, ``budget_settled_from_estimate``,
+    ``budget_fail_open`` (held on this pod's share of its budgets while their store was down);
     ``cache_hits``, ``cache_misses``, ``cache_stored``, ``cache_too_large``, ``cache_errors``
     (the exact layer's); ``semantic_hits``, ``semantic_misses``, ``semantic_guarded_<guard>``
     per near-miss guard that refused a candidate, ``semantic_stale``, ``semantic_dropped``,
