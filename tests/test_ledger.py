@@ -22,6 +22,7 @@ import pytest
 from fleetgate._core import Budget, BudgetReservation, Ledger, Limiter
 from fleetgate.errors import BudgetExceeded, ConfigError, FleetgateError, StoreUnavailable
 from fleetgate.testing import RedisRig
+from tests.polling import until
 
 MakeLedger = Callable[..., Ledger]
 
@@ -465,10 +466,7 @@ def test_a_ledger_that_does_not_answer_in_time_is_unavailable_and_keeps_no_hold(
     finally:
         node.process.send_signal(signal.SIGCONT)
     # Redis made both holds once it woke; nobody was left to use them, so they were given back.
-    end = time.monotonic() + 10
-    while ledger.status(budget, now=NOW).reserved > 0:
-        assert time.monotonic() < end, "the late holds were never given back"
-        time.sleep(0.01)
+    until(lambda: ledger.status(budget, now=NOW).reserved == 0)
     ledger.settle(ledger.reserve([budget], 1.0, now=NOW, timeout=5.0), 0.5)
     node.process.terminate()
     node.process.wait(timeout=10)

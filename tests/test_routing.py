@@ -25,6 +25,7 @@ from fleetgate.router import HeuristicClassifier, NearestClassifier, Rollouts
 from fleetgate.router.rollout import Figures, Outcome, RolloutState, decide
 from fleetgate.testing import RedisRig
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency
+from tests.polling import until
 
 BASE, CANARY = "gpt-4.1-mini", "gpt-4.1-nano"
 TIERS = Path(__file__).parent / "data" / "tier_requests.jsonl"
@@ -372,12 +373,3 @@ def test_the_rollouts_sync_says_a_redis_outage_once_as_it_starts_and_once_as_it_
     [start], [end] = said("is unavailable"), said("answers again")
     assert start.levelno == logging.WARNING and url in start.getMessage() and start.exc_info is None
     assert end.levelno == logging.INFO
-
-
-def until(check: Any, seconds: float = 20.0) -> None:
-    """Wait for `check()` to hold (a bound so a broken feature fails instead of hanging)."""
-    end = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError("the condition did not come about")
-        time.sleep(0.01)
