@@ -159,3 +159,18 @@ def test_a_spent_budget_serves_from_the_cache_only(fake_openai: FakeOpenAI) -> N
 def test_cache_only_needs_the_cache() -> None:
     with pytest.raises(fg.ConfigError, match=r"\[cache\] enabled = true"):
         fg.Gateway(budgets={"limits": [{"dollars": 1.0, "on_exhausted": "cache_only"}]})
+
+
+def test_with_redis_down_calls_are_answered_without_the_cache_and_the_outage_is_said_once(
+        fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    gate = fg.Gateway(base_url=fake_openai.base_url, redis_url="redis://:secret@127.0.0.1:1/0",
+                      cache={"enabled": True})
+    client = gate.openai(api_key="sk-fake", max_retries=0)
+    for n in range(3):
+        answer = client.chat.completions.with_raw_response.create(**ask("where is my parcel"))
+        assert answer.status_code == 200 and "x-fleetgate-cache" not in answer.headers
+        assert fake_openai.counters(MODEL).requests == n + 1
+    said = [r for r in caplog.records if "answer cache's Redis" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING", "the outage is said once, not per call"
+    assert "secret" not in caplog.text and gate.stats["cache_errors"] >= 3
+    gate.close()

@@ -281,8 +281,11 @@ def test_a_pod_that_dies_holding_a_claim_blocks_nobody_past_its_lease(fake_opena
 @pytest.mark.fake_openai(config=FakeConfig())
 def test_with_redis_down_each_pod_calls_alone(fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
     gate = fg.Gateway(base_url=fake_openai.base_url, redis_url="redis://127.0.0.1:1/0", dedup={"across_pods": True})
-    raw = gate.openai(api_key="sk-fake", max_retries=0).chat.completions.with_raw_response.create(
-        model=MODEL, messages=MSG, temperature=0)
-    assert raw.status_code == 200 and raw.headers["x-fleetgate-dedup"] == "leader"
-    assert fake_openai.counters(MODEL).requests == 1
-    assert "this pod calls alone" in caplog.text
+    client = gate.openai(api_key="sk-fake", max_retries=0)
+    for n in range(3):
+        raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=MSG, temperature=0)
+        assert raw.status_code == 200 and raw.headers["x-fleetgate-dedup"] == "leader"
+        assert fake_openai.counters(MODEL).requests == n + 1
+    said = [r for r in caplog.records if "deduplication's Redis" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING", "the outage is said once, not per call"
+    assert "each pod makes its own calls" in said[0].getMessage() and "127.0.0.1:1" in said[0].getMessage()

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import httpx2
 from pydantic import ValidationError
 
-from fleetgate.cache.store import redacted_url
+from fleetgate.redis_clients import redacted_url
 from fleetgate.config import GatewayConfig
 from fleetgate.errors import FleetgateError
 

@@ -27,6 +27,8 @@ import httpx2
 from fleetgate._core import FleetFlights, Flight, Flights, Limiter
 from fleetgate.config import DedupSettings
 from fleetgate.errors import DeadlineExpired, FleetgateError, StoreUnavailable
+from fleetgate.outage import Outage
+from fleetgate.redis_clients import redacted_url
 from fleetgate.sharing import deterministic, is_read, namespace_of
 from fleetgate.scope import Scope
 
@@ -50,10 +52,13 @@ _UNSHARED_HEADERS = frozenset({"content-encoding", "content-length", "transfer-e
 class Collapser:
     """The flights of one gateway, and the policy of which requests join them."""
 
-    def __init__(self, settings: DedupSettings, stats: GatewayStats, limiter: Limiter) -> None:
+    def __init__(self, settings: DedupSettings, stats: GatewayStats, limiter: Limiter,
+                 redis_url: str | None = None) -> None:
         self.settings = settings
         self.stats = stats
         self.fleet = FleetFlights(limiter) if settings.enabled and settings.across_pods else None
+        self._outage = Outage(f"deduplication's Redis at {redacted_url(redis_url)}" if redis_url
+                              else "deduplication's Redis")
         self.flights = Flights()
         self._leaders: dict[str, asyncio.Task[httpx2.Response | None]] = {}
         self._lock = threading.Lock()
@@ -130,9 +135,13 @@ class Collapser:
                     refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response:
         """`answer()` made by this pod, or the answer another pod made for the same request."""
         fleet = self._fleet()
+        if self._outage.suspended():
+            return answer()
         while True:
             try:
-                if fleet.claim(flight.key, _lease(call)):
+                claimed = fleet.claim(flight.key, _lease(call))
+                self._outage.answered()
+                if claimed:
                     break
                 self.stats.count("dedup_fleet_followers")
                 shared = fleet.wait(flight.key, _lease(call, at_least=0.001), self.settings.poll_seconds)
@@ -147,9 +156,13 @@ class Collapser:
     async def across_pods_async(self, flight: Flight, call: Call, answer: Callable[[], Awaitable[httpx2.Response]],
                                 refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response:
         fleet = self._fleet()
+        if self._outage.suspended():
+            return await answer()
         while True:
             try:
-                if await fleet.claim_async(flight.key, _lease(call)):
+                claimed = await fleet.claim_async(flight.key, _lease(call))
+                self._outage.answered()
+                if claimed:
                     break
                 self.stats.count("dedup_fleet_followers")
                 shared = await fleet.wait_async(flight.key, _lease(call, at_least=0.001), self.settings.poll_seconds)
@@ -171,13 +184,11 @@ class Collapser:
             raise RuntimeError("deduplication across pods is off ([dedup] across_pods)")
         return self.fleet
 
-    @staticmethod
-    def _unshared(error: Exception, refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response | None:
+    def _unshared(self, error: Exception, refuse: Callable[[FleetgateError], httpx2.Response]) -> httpx2.Response | None:
         """The refusal for a caller whose deadline passed while another pod made the call,
         or None when Redis is down and this pod must call alone."""
         if isinstance(error, StoreUnavailable):
-            log.warning("fleetgate: Redis unavailable for deduplication across pods (%s); this pod calls alone",
-                        error)
+            self._outage.failed(error, "each pod makes its own calls until it is back")
             return None
         return refuse(DeadlineExpired("the deadline passed while another pod made this call"))
 

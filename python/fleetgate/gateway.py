@@ -132,8 +132,9 @@ class Gateway:
         #: (kind, name) → its quota (None: no limits), since the configuration is frozen.
         self._quota_memo: dict[tuple[str, str], Quota | None] = {}
         self.ladder = Ladder(self.config.fallback)
-        self.collapser = Collapser(self.config.dedup, self.stats, self.limiter)
-        self.budgets = Budgets(self.config.budgets, self.prices, self.limiter, self.stats.count, on_budget_alert)
+        self.collapser = Collapser(self.config.dedup, self.stats, self.limiter, self.config.redis_url)
+        self.budgets = Budgets(self.config.budgets, self.prices, self.limiter, self.stats.count, on_budget_alert,
+                               failure_policy=self.config.failure_policy, local_share=self.config.local_share)
         self.presets = Presets(self.config.presets)
         # One embedder (one model loaded) for the semantic layer and the nearest classifier.
         semantic = self.config.cache.semantic.enabled

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from fleetgate.config import MODES, ModeName, ModeSettings, ModeTrigger
 from fleetgate.errors import ConfigError, StoreUnavailable
 from fleetgate.outage import Outage
+from fleetgate.redis_clients import redacted_url, redis_client
 
 if TYPE_CHECKING:
     from fleetgate.gateway import Gateway
@@ -231,8 +232,6 @@ class ModeStore:
         """The redis-py client, made at first use (a cluster client connects as it is made,
         and a gateway starts while Redis is down)."""
         if self._client is None:
-            from fleetgate.cache.store import redis_client
-
             self._client = redis_client(self.url, timeout=2.0)
         return self._client
 
@@ -349,14 +348,8 @@ def _parse(raw: Any) -> ModeState | None:
         return None
 
 
-def _redacted(url: str) -> str:
-    from fleetgate.cache.store import redacted_url
-
-    return redacted_url(url)
-
-
 def _unavailable(url: str, error: Exception) -> StoreUnavailable:
-    return StoreUnavailable(f"the modes' Redis at {_redacted(url)} is unavailable ({error})")
+    return StoreUnavailable(f"the modes' Redis at {redacted_url(url)} is unavailable ({error})")
 
 
 class Modes:
@@ -370,7 +363,7 @@ class Modes:
         self.current: ModeState = _FULL
         self.pod = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.store = ModeStore(redis_url) if redis_url else None
-        self._outage = Outage(f"the modes' Redis at {_redacted(redis_url)}") if redis_url else None
+        self._outage = Outage(f"the modes' Redis at {redacted_url(redis_url)}") if redis_url else None
         self._window = _Window(settings.window_seconds) if settings.auto else None
         self._auto = Hysteresis(settings)
         self._auto_state: ModeState = _FULL

@@ -255,7 +255,7 @@ class RedisJobStore:
     hash tag, so that its chunks are written together in one transaction."""
 
     def __init__(self, url: str) -> None:
-        from fleetgate.cache.store import redis_client
+        from fleetgate.redis_clients import redis_client
 
         self._redis: Any = redis_client(url)
         self._take = self._redis.register_script(_TAKE_LEASE)

@@ -17,6 +17,8 @@ from fleetgate.cache.semantic import SemanticCache, SemanticQuery
 from fleetgate.cache.store import AnswerStore, RedisAnswerStore, store_for
 from fleetgate.config import CacheSettings
 from fleetgate.errors import StoreUnavailable
+from fleetgate.outage import Outage
+from fleetgate.redis_clients import redacted_url
 from fleetgate.sharing import deterministic, digest, is_read, namespace_of
 from fleetgate.scope import Scope
 
@@ -53,6 +55,8 @@ class AnswerCache:
         self.settings = settings
         self.stats = stats
         self.store: AnswerStore | None = store_for(redis_url, settings.max_entries) if settings.enabled else None
+        self._outage = Outage(f"the answer cache's Redis at {redacted_url(redis_url)}" if redis_url
+                              else "the answer cache")
         self.semantic: SemanticCache | None = None
         if self.store is not None and settings.semantic.enabled:
             if embedder is None:
@@ -92,8 +96,12 @@ class AnswerCache:
         """The stored answer to `request` (or, by `query`, to one that means the same), or
         None. A Redis failure is logged and is a miss."""
         assert self.store is not None
+        if self._outage.suspended():
+            self.stats.count("cache_errors")
+            return None
         try:
             stored = self.store.get(key)
+            self._outage.answered()
             if stored is not None:
                 self.stats.count("cache_hits")
                 return _response(stored, request, ("hit",))
@@ -104,7 +112,7 @@ class AnswerCache:
             stored = self.store.get(match.key) if match is not None else None
         except StoreUnavailable as e:
             self.stats.count("cache_errors")
-            log.warning("fleetgate: %s; answering without the cache", e)
+            self._outage.failed(e, "calls are answered without the cache until it is back")
             return None
         if match is None:
             return None
@@ -169,12 +177,16 @@ class AnswerCache:
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped]
         head = json.dumps({"status": response.status_code, "headers": headers}).encode()
         stored = head + b"\n" + body
+        if self._outage.suspended():
+            self.stats.count("cache_errors")
+            return
         try:
             self.store.put(key, stored, self.settings.ttl_seconds)
         except StoreUnavailable as e:
             self.stats.count("cache_errors")
-            log.warning("fleetgate: %s; the answer was not stored", e)
+            self._outage.failed(e, "calls are answered without the cache until it is back")
             return
+        self._outage.answered()
         self.stats.count("cache_stored")
         if query is not None and self.semantic is not None:
             self.semantic.add_later(query, key, self.settings.ttl_seconds, stored)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import redis
 
-from fleetgate.cache.store import redis_client
+from fleetgate.redis_clients import redis_client
 from fleetgate.errors import StoreUnavailable
 
 __all__ = ["FileJournal", "Journal", "Record", "RedisJournal"]

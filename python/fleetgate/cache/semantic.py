@@ -34,7 +34,7 @@ from fleetgate.cache.embedders import Embedder, Vectors
 from fleetgate.cache.guards import Prompt, changed_terms, near_miss
 from fleetgate.cache.journal import FileJournal, Journal, Record, RedisJournal
 from fleetgate.cache.vectors import IndexSettings, VectorIndex
-from fleetgate.cache.store import redacted_url
+from fleetgate.redis_clients import redacted_url
 from fleetgate.config import SemanticSettings
 from fleetgate.errors import StoreUnavailable
 from fleetgate.outage import Outage

@@ -8,14 +8,14 @@ import threading
 import time
 from collections import OrderedDict
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import redis
 import redis.cluster
 
-from fleetgate.errors import ConfigError, StoreUnavailable
+from fleetgate.errors import StoreUnavailable
+from fleetgate.redis_clients import redis_client
 
-__all__ = ["AnswerStore", "MemoryStore", "RedisAnswerStore", "redacted_url", "redis_client", "store_for"]
+__all__ = ["AnswerStore", "MemoryStore", "RedisAnswerStore", "store_for"]
 
 
 class AnswerStore(Protocol):
@@ -72,32 +72,3 @@ class RedisAnswerStore:
 
 def store_for(redis_url: str | None, max_entries: int) -> AnswerStore:
     return MemoryStore(max_entries) if redis_url is None else RedisAnswerStore(redis_url)
-
-
-def redacted_url(url: str) -> str:
-    """`url` with any password replaced by ``***``, fit for a message or a log."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    userinfo, _, hosts = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{hosts}" if colon or user else url
-
-
-def redis_client(url: str, timeout: float | None = 2.0) -> redis.Redis | redis.cluster.RedisCluster:
-    """A redis-py client for one of fleetgate's store URLs (``redis+cluster://h:p,h:p`` too);
-    `timeout` bounds each socket wait (None: blocking reads may wait as long as they ask)."""
-    if url.startswith("redis+cluster://"):
-        hosts = url.removeprefix("redis+cluster://").split("/")[0].split("@")[-1]
-        nodes = []
-        for host in filter(None, hosts.split(",")):
-            name, _, port = host.rpartition(":")
-            if not name or not port.isdigit():
-                raise ConfigError(f"redis_url: {host!r} is not host:port")
-            nodes.append(redis.cluster.ClusterNode(name, int(port)))  # type: ignore[no-untyped-call]
-        if not nodes:
-            raise ConfigError("redis_url: a redis+cluster:// URL names at least one host:port")
-        parts = urlsplit(url.replace("redis+cluster://", "redis://", 1).split(",")[0])
-        return redis.cluster.RedisCluster(startup_nodes=nodes, username=parts.username, password=parts.password,
-                                          socket_timeout=timeout)
-    return redis.Redis.from_url(url, socket_timeout=timeout)

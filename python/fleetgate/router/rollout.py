@@ -23,7 +23,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import redis
 
-from fleetgate.cache.store import redacted_url, redis_client
+from fleetgate.redis_clients import redacted_url, redis_client
 from fleetgate.config import DeploymentSettings, RolloutSettings
 from fleetgate.errors import ConfigError, StoreUnavailable
 from fleetgate.outage import Outage
