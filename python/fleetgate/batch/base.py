@@ -7,20 +7,33 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import openai
 
-from fleetgate._core import BudgetReservation, Quota
+from fleetgate._core import BudgetReservation, Limiter, Quota
 from fleetgate.batch.report import JobReport
 from fleetgate.batch.state import Job, JobStore, new_owner, store_for
+from fleetgate.budget.guard import Budgets
+from fleetgate.config import GatewayConfig
 from fleetgate.errors import FleetgateError
+from fleetgate.metrics import GatewayMetrics
+from fleetgate.prices import PriceTable
 from fleetgate.scope import Scope
 
-if TYPE_CHECKING:
-    from fleetgate.gateway import Gateway
+__all__ = ["ENDED", "BatchGateway", "JobsBase", "jitter"]
 
-__all__ = ["ENDED", "JobsBase", "jitter"]
+
+class BatchGateway(Protocol):
+    """What batch jobs ask of the gateway they run through (:class:`fleetgate.Gateway`)."""
+
+    config: GatewayConfig
+    limiter: Limiter
+    budgets: Budgets
+    prices: PriceTable
+    metrics: GatewayMetrics | None
+
+    def openai(self, **kwargs: Any) -> openai.OpenAI: ...
 
 ENDED = ("completed", "expired", "cancelled")
 
@@ -32,7 +45,7 @@ def jitter(seconds: float) -> float:
 class JobsBase:
     """The state a gateway's batch jobs share, and the small steps every stage takes."""
 
-    def __init__(self, gateway: Gateway, store: JobStore | None = None, *, directory: str | Path | None = None,
+    def __init__(self, gateway: BatchGateway, store: JobStore | None = None, *, directory: str | Path | None = None,
                  **client_options: Any) -> None:
         self.gateway = gateway
         self.settings = gateway.config.batch

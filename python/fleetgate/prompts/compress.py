@@ -39,12 +39,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from fleetgate._core import count_tokens
-from fleetgate.prompts.body import compress_body
 from fleetgate.prompts.lexicon import FILLERS, LEAD_FILLERS, NEGATIONS, POLITE_WORDS, check_phrase
 from fleetgate.prompts.protected import PROTECTED_KINDS, SENTINEL, SENTINEL_CLOSE, SENTINEL_OPEN, protected_pattern
 from fleetgate.prompts.tidy import drop_repeated_sentences, tidy_whitespace
 
-__all__ = ["FILLERS", "LEAD_FILLERS", "NEGATIONS", "POLITE_WORDS", "Compressed", "Compressor", "compress_body"]
+__all__ = ["FILLERS", "LEAD_FILLERS", "NEGATIONS", "POLITE_WORDS", "Compressed", "Compressor"]
 
 _LIST_LINE: Final = re.compile(r"[ \t]*(?:(?:[-*+•>]|#{1,6}|\d{1,3}[.)]|[A-Za-z][.)])[ \t]+)?")
 _SENTENCE_END_BEFORE: Final = re.compile(r"[.!?:][)\]\"”’']?[ \t]+$")

@@ -5,16 +5,13 @@ adapter that runs every chat, responses and embeddings call through the gateway'
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import httpx2
 
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path._async.stack import chain, layers
 from fleetgate.path.call import gated_call
+from fleetgate.path.services import Services
 
-if TYPE_CHECKING:
-    from fleetgate.gateway import Gateway
 
 __all__ = ["AsyncGateTransport"]
 
@@ -23,7 +20,7 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
     """Every gated call through `gateway`'s path, then `inner` (default: a pooled
     ``httpx2.AsyncHTTPTransport`` sized as the SDK's own)."""
 
-    def __init__(self, gateway: Gateway, inner: httpx2.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, gateway: Services, inner: httpx2.AsyncBaseTransport | None = None) -> None:
         self.gateway = gateway
         self.inner = inner or httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=1000,
                                                                                max_keepalive_connections=100))

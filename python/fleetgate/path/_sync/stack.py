@@ -14,8 +14,6 @@ states its contract with the others, and a test of that contract), place it in
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
-
 import httpx2
 
 from fleetgate.path._sync.breaker import Breaker
@@ -33,14 +31,13 @@ from fleetgate.path._sync.route import Route
 from fleetgate.path._sync.shape import Shape
 from fleetgate.path._sync.upstream import Upstream
 from fleetgate.path.call import Call
+from fleetgate.path.services import Services
 
-if TYPE_CHECKING:
-    from fleetgate.gateway import Gateway
 
 __all__ = ["chain", "layers"]
 
 
-def layers(gateway: Gateway, inner: httpx2.BaseTransport) -> list[Layer]:
+def layers(gateway: Services, inner: httpx2.BaseTransport) -> list[Layer]:
     """The layers of `gateway`'s path, in order, ending with the call to `inner`."""
     g, cfg = gateway, gateway.config
     stats, metrics = g.stats, g.metrics

@@ -6,16 +6,13 @@ adapter that runs every chat, responses and embeddings call through the gateway'
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import httpx2
 
 from fleetgate.path._sync.layer import Layer, Next
 from fleetgate.path._sync.stack import chain, layers
 from fleetgate.path.call import gated_call
+from fleetgate.path.services import Services
 
-if TYPE_CHECKING:
-    from fleetgate.gateway import Gateway
 
 __all__ = ["GateTransport"]
 
@@ -24,7 +21,7 @@ class GateTransport(httpx2.BaseTransport):
     """Every gated call through `gateway`'s path, then `inner` (default: a pooled
     ``httpx2.HTTPTransport`` sized as the SDK's own)."""
 
-    def __init__(self, gateway: Gateway, inner: httpx2.BaseTransport | None = None) -> None:
+    def __init__(self, gateway: Services, inner: httpx2.BaseTransport | None = None) -> None:
         self.gateway = gateway
         self.inner = inner or httpx2.HTTPTransport(limits=httpx2.Limits(max_connections=1000,
                                                                                max_keepalive_connections=100))

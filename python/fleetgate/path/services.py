@@ -1,0 +1,50 @@
+"""What the request path asks of the gateway that assembles it: the services the layers
+are built from. The gateway is one such thing; the path never imports it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from fleetgate._core import Breaker, Breakers, Lanes, Limiter, Quota
+from fleetgate.budget.guard import Budgets
+from fleetgate.budget.presets import Presets
+from fleetgate.cache import AnswerCache
+from fleetgate.config import GatewayConfig
+from fleetgate.dedup import Collapser
+from fleetgate.fallback import Ladder
+from fleetgate.metrics import GatewayMetrics
+from fleetgate.modes import Modes
+from fleetgate.prices import PriceTable
+from fleetgate.prompts import Compressor, LayoutTracker, Savings
+from fleetgate.router import Router
+from fleetgate.scope import Scope
+from fleetgate.stats import GatewayStats
+from fleetgate.tracing import Tracer
+
+__all__ = ["Services"]
+
+
+class Services(Protocol):
+    config: GatewayConfig
+    stats: GatewayStats
+    metrics: GatewayMetrics | None
+    tracer: Tracer | None
+    presets: Presets
+    compressor: Compressor | None
+    prompt_savings: Savings
+    layout: LayoutTracker | None
+    router: Router
+    modes: Modes
+    ladder: Ladder
+    cache: AnswerCache
+    collapser: Collapser
+    budgets: Budgets
+    breakers: Breakers | None
+    limiter: Limiter
+    prices: PriceTable
+
+    def lanes_for(self, model: str) -> Lanes | None: ...
+
+    def breaker_for(self, endpoint: str, model: str) -> Breaker | None: ...
+
+    def quotas_for(self, model: str, sc: Scope) -> tuple[Quota | None, list[Quota]]: ...
