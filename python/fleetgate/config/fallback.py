@@ -1,0 +1,22 @@
+"""``[fallback]``: the fallback ladder's settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["FallbackSettings"]
+
+
+class FallbackSettings(BaseModel):
+    """The fallback ladder (:mod:`fleetgate.fallback`): what serves when the primary cannot."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: A cheaper model per model: ``{"gpt-4.1" = "gpt-4.1-mini"}``.
+    models: dict[str, str] = Field(default_factory=dict)
+    #: An answer to give when nothing upstream can serve (chat completions and responses).
+    static_answer: str | None = None
+    #: A JSONL file (Batch API format) to queue requests in for later.
+    defer_to: Path | None = None
