@@ -388,7 +388,7 @@ def test_a_redis_outage_is_said_once_as_it_starts_and_once_as_it_ends_not_every_
     # A global budget: the modes judge its spent share too, read from the same Redis.
     gate = fg.Gateway(base_url=fake_openai.base_url, redis_url=url, modes=FAST, budgets={"limits": [{"dollars": 5.0}]})
     ticks = 0
-    signals = fleet_signals(gate)
+    signals = fleet_signals(gate.breakers, gate.budgets, gate.config.modes)
 
     def counted() -> dict[str, Any]:
         nonlocal ticks

@@ -152,7 +152,7 @@ class Gateway:
         self.modes = Modes(self.config.modes, self.config.redis_url, on_change=_weakly(self._on_mode))
         if self.metrics is not None:
             self.metrics.mode(self.modes.current.mode)
-        self.modes.start(fleet_signals(self))
+        self.modes.start(fleet_signals(self.breakers, self.budgets, self.config.modes))
         prompts = self.config.prompts
         #: Compression of the ``[prompts] compress_features``' instructions (None: none),
         #: what it saved per template, and the prompt-cache layout samples (None: off).

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fleetgate.gateway import Gateway
+    from fleetgate._core import Breakers
+    from fleetgate.budget.guard import Budgets
+    from fleetgate.config import ModeSettings
 
 __all__ = ["Signals", "fleet_signals"]
 
@@ -54,22 +55,19 @@ class _Window:
         return Signals(requests=n, error_rate=sum(1 for c in recent if c[1]) / n, p95_seconds=p95, **fleet)
 
 
-def fleet_signals(gateway: Gateway) -> Callable[[], dict[str, Any]]:
+def fleet_signals(breakers: Breakers | None, budgets: Budgets,
+                  settings: ModeSettings) -> Callable[[], dict[str, Any]]:
     """What the fleet shares that a pod's mode is judged on: breakers open and isolated
-    (shared through Redis), and the most spent share of a global budget."""
-    ref = weakref.ref(gateway)
-    triggers = gateway.config.modes.enter.values()
-    wants_budget = any(t.budget_share is not None for t in triggers)
+    (shared through Redis), and the most spent share of a global budget (read only when a
+    trigger asks for it)."""
+    wants_budget = any(t.budget_share is not None for t in settings.enter.values())
 
     def signals() -> dict[str, Any]:
-        gate = ref()
-        if gate is None:
-            return {}
-        states = gate.breakers.states().values() if gate.breakers is not None else ()
+        states = breakers.states().values() if breakers is not None else ()
         found: dict[str, Any] = {"open_breakers": sum(1 for s in states if s in ("open", "isolated")),
                                  "isolated_breakers": sum(1 for s in states if s == "isolated")}
         if wants_budget:
-            found["budget_share"] = gate.budgets.spent_share()
+            found["budget_share"] = budgets.spent_share()
         return found
 
     return signals
