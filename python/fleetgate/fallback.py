@@ -23,16 +23,37 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 
 from fleetgate.config import FallbackSettings
 
-__all__ = ["TIER_HEADER", "Ladder"]
+__all__ = ["TIER_HEADER", "Ladder", "Rung", "rungs"]
 
 #: The response header naming the rung that served a call.
 TIER_HEADER = "x-fleetgate-tier"
+
+
+#: A rung below the primary path: the cheaper model, the cache, the static answer, the
+#: deferred queue.
+Rung = Literal["cheaper", "cache", "static", "deferred"]
+
+#: The rungs tried, in order, for what a refusal asks: the whole ladder for a refusal of
+#: the primary path, and for a spent budget what its ``on_exhausted`` says.
+_RUNGS: dict[str, tuple[Rung, ...]] = {
+    "ladder": ("cheaper", "static", "deferred"),
+    "cheaper": ("cheaper",),
+    "cache_only": ("cache",),
+    "refuse": (),
+}
+
+
+def rungs(action: str) -> tuple[Rung, ...]:
+    """The rungs to try, in order, for `action`: ``ladder`` (the primary path refused the
+    call), or a spent budget's ``cheaper``, ``cache_only`` or ``refuse``. A call no rung
+    serves is refused."""
+    return _RUNGS[action]
 
 
 class Ladder:

@@ -32,8 +32,9 @@ Each gated answer names the mode that served it in ``x-fleetgate-mode``, the met
 (``fleetgate_mode``, ``fleetgate_mode_answers_total``) and its log record.
 
 The states live in :mod:`.states`, what they are judged on in :mod:`.signals`, the judging
-in :mod:`.hysteresis`, the operator's mode and the pods' in Redis in :mod:`.store`, and a
-gateway's :class:`Modes` with its judging thread in :mod:`.service`.
+in :mod:`.hysteresis`, the operator's mode and the pods' in Redis in :mod:`.store`, a
+gateway's :class:`Modes` with its judging thread in :mod:`.service`, and how a degraded
+mode serves a call in :mod:`.degrade` (the request path's modes layer acts on it).
 """
 
 from __future__ import annotations

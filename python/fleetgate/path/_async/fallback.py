@@ -19,7 +19,7 @@ import httpx2
 from fleetgate.budget.guard import Budgets
 from fleetgate.cache import AnswerCache
 from fleetgate.errors import BudgetExceeded, ConfigError, FleetgateError
-from fleetgate.fallback import Ladder
+from fleetgate.fallback import Ladder, Rung, rungs
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path.call import Call, Refused
 from fleetgate.path.refusals import refuse
@@ -44,47 +44,41 @@ class Fallback(Layer):
             if action != "queue":
                 break
             await sleep_async(call.waits(wait))
-        if action == "cache_only":
-            return await self._from_cache(call, error)
-        if action == "refuse":
-            return refuse(call, error)
-        body = self.ladder.cheaper_body(call.body)
-        cheaper = call.step_down(body) if body is not None else None
-        if cheaper is not None:
-            try:
-                response = await next(cheaper)
-            except Refused as again:
-                if action == "cheaper":  # the step down was refused too: say why
-                    return refuse(call, again.error)
-            else:
+        for rung in rungs(action):
+            if rung == "cheaper":
+                body = self.ladder.cheaper_body(call.body)
+                cheaper = call.step_down(body) if body is not None else None
+                if cheaper is None:
+                    continue
+                try:
+                    response = await next(cheaper)
+                except Refused as again:
+                    if action == "cheaper":  # the step down was refused too: say why
+                        error = again.error
+                    continue
                 call.tier = "fallback_model"
                 return response
-        if action == "cheaper":  # no cheaper model under [fallback] models
-            return refuse(call, error)
-        static = self.ladder.static_response(call.request, call.endpoint, call.body)
-        if static is not None:
-            call.tier = "static"
-            return static
-        deferred = self.ladder.defer(call.request, call.endpoint, call.body, str(error))
-        if deferred is not None:
-            call.tier = "deferred"
-            return deferred
+            answer = await self._rung_async(call, rung, error)
+            if answer is not None:
+                call.tier = rung
+                return answer
         return refuse(call, error)
 
+    async def _rung_async(self, call: Call, rung: Rung, error: FleetgateError) -> httpx2.Response | None:
+        """The answer of a rung below the models, or None when it has none for the call."""
+        if rung == "static":
+            return self.ladder.static_response(call.request, call.endpoint, call.body)
+        if rung == "deferred":
+            return self.ladder.defer(call.request, call.endpoint, call.body, str(error))
+        address = call.cache_address
+        return (await self.cache.lookup_async(address.key, call.request, address.semantic)
+                if address is not None else None)
+
     def _when_refused(self, call: Call, error: FleetgateError) -> tuple[str, float]:
-        """``("queue", seconds)``, ``("cheaper", 0)``, ``("cache_only", 0)``, ``("refuse", 0)``
-        or ``("ladder", 0)``: down every rung."""
+        """What the refusal asks: ``("queue", seconds)`` (wait for a budget's next period),
+        else the rungs to try (:func:`fleetgate.fallback.rungs`) with 0 seconds."""
         if isinstance(error, ConfigError):
             return "refuse", 0.0
         if isinstance(error, BudgetExceeded):
             return self.budgets.when_refused(error, call.seconds_left())
         return "ladder", 0.0
-
-    async def _from_cache(self, call: Call, error: FleetgateError) -> httpx2.Response:
-        address = call.cache_address
-        hit = (await self.cache.lookup_async(address.key, call.request, address.semantic)
-               if address is not None else None)
-        if hit is None:
-            return refuse(call, error)
-        call.tier = "cache"
-        return hit

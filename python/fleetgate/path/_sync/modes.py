@@ -17,12 +17,12 @@ import time
 
 import httpx2
 
-from fleetgate.budget.presets import cap_output
 from fleetgate.cache import AnswerCache
 from fleetgate.config import ModeSettings
 from fleetgate.errors import ConfigError, ServiceDegraded
 from fleetgate.fallback import Ladder
 from fleetgate.modes import ModeState, Modes as FleetModes
+from fleetgate.modes.degrade import degraded, optional_off, reduced_body
 from fleetgate.path._sync.layer import Layer, Next
 from fleetgate.path.call import Call
 from fleetgate.path.refusals import refuse
@@ -82,17 +82,13 @@ class Modes(Layer):
                                            else "no static answer configured ([fallback] static_answer)"))
 
     def _reduced(self, call: Call, mode: ModeState, next: Next) -> httpx2.Response:  # noqa: A002
-        feature = call.scope.feature
-        if feature is not None and feature in self.settings.optional_features:
-            return refuse(call, self._degraded(mode, f"feature {feature!r} is optional and off in reduced mode"))
-        cheaper, cap = self.ladder.cheaper_body(call.body), self.settings.reduced_max_output_tokens
-        if cheaper is not None or cap is not None:
-            body = dict(cheaper or call.body)
-            if cap is not None:
-                cap_output(call.endpoint, body, cap)
-            if not call.rewrite(body):
-                return refuse(call, ConfigError(f"reduced mode made a request the gateway cannot estimate (its "
-                                                f"[fallback] models step from {call.model!r})"))
+        if optional_off(self.settings, call.scope.feature):
+            return refuse(call, self._degraded(mode, f"feature {call.scope.feature!r} is optional and off in "
+                                                     "reduced mode"))
+        body = reduced_body(self.settings, self.ladder.cheaper_body(call.body), call.endpoint, call.body)
+        if body is not None and not call.rewrite(body):
+            return refuse(call, ConfigError(f"reduced mode made a request the gateway cannot estimate (its "
+                                            f"[fallback] models step from {call.model!r})"))
         return next(call)
 
     def _probe(self, call: Call, next: Next) -> httpx2.Response | None:  # noqa: A002
@@ -109,9 +105,4 @@ class Modes(Layer):
 
     def _degraded(self, mode: ModeState, why: str) -> ServiceDegraded:
         self.stats.count("mode_refused")
-        if mode.source == "operator":
-            source, ends = "set by an operator", "; `fleetgate mode show` says until when, `fleetgate mode clear` ends it"
-        else:
-            source, ends = "entered by itself", "; it ends when upstream recovers: retry after retry_after"
-        return ServiceDegraded(f"the fleet is in {mode.mode} mode ({source}: {mode.reason}): {why}{ends}", mode.mode,
-                               mode.retry_after(self.settings.exit_after_seconds))
+        return degraded(mode, self.settings, why)
