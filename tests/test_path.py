@@ -59,17 +59,22 @@ def test_the_sync_path_is_generated_from_the_async_one() -> None:
     assert "\n    def handle" in generated and "await" not in generated
 
 
-def test_only_the_record_layer_writes_fleetgate_headers() -> None:
+def test_layers_talk_through_the_call_not_through_headers() -> None:
+    # The layers mark the call; the record layer alone writes the marks as x-fleetgate-*
+    # headers, and no layer reads one. (The answers fleetgate makes itself, a refusal, a
+    # cache hit, a static answer, carry what they are from the start.)
     fleetgate_header = r"(\"x-fleetgate[^\"]*\"|[A-Z_]*HEADER)"
     writes = re.compile(rf"headers\[{fleetgate_header}\]\s*=|headers\.(setdefault|update)\(")
     reads = re.compile(rf"headers(\.get\(|\[){fleetgate_header}")
-    for path in sorted((ROOT / "python/fleetgate/path").rglob("*.py")):
+    for path in sorted((ROOT / "python/fleetgate/path/_async").glob("*.py")):
         text, where = path.read_text(), path.relative_to(ROOT)
         if path.name == "record.py":
             assert writes.search(text), "the record layer writes the marks"
             continue
         assert not writes.search(text), f"{where} writes an x-fleetgate header"
         assert not reads.search(text), f"{where} reads an x-fleetgate header"
+    for reader in ("dedup.py", "router/__init__.py"):  # they ask the call how it was served
+        assert "x-fleetgate-tier" not in (ROOT / "python/fleetgate" / reader).read_text()
 
 
 @pytest.mark.parametrize("asyncio_client", [False, True], ids=["sync", "async"])

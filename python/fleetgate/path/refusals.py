@@ -1,7 +1,8 @@
 """The gateway's refusals as HTTP answers: one table from each fleetgate error to the
 status, error ``code`` and attributes the caller's SDK receives.
 
-A refusal looks like an OpenAI error (``{"error": {"message", "type", "param",
+A refusal is marked ``x-fleetgate: refused`` from the start (so is a follower's copy of a
+refused call's answer) and looks like an OpenAI error (``{"error": {"message", "type", "param",
 "code"}}``) with ``type = "fleetgate"`` and the error's attributes under
 ``error.fleetgate``; the gateway's own SDK clients raise the fleetgate exception again from
 them (:mod:`fleetgate.sdk`). It carries ``x-should-retry: false`` (the gateway already
@@ -27,8 +28,12 @@ from fleetgate.errors import (
     ServiceDegraded,
     StoreUnavailable,
 )
+from fleetgate.fallback import TIER_HEADER
 
-__all__ = ["REFUSALS", "Refusal", "refuse", "refusal", "refusal_of"]
+__all__ = ["REFUSALS", "REFUSED_HEADER", "Refusal", "refuse", "refusal", "refusal_of"]
+
+#: The header that marks the gateway's own refusals.
+REFUSED_HEADER = "x-fleetgate"
 
 if TYPE_CHECKING:
     from fleetgate.path.call import Call
@@ -74,7 +79,7 @@ def refusal_of(error: FleetgateError) -> Refusal:
 def refusal(request: httpx2.Request, error: FleetgateError) -> httpx2.Response:
     """`error` as the answer the caller's SDK gets."""
     status, code, names = refusal_of(error)
-    headers = {"x-should-retry": "false"}
+    headers = {"x-should-retry": "false", REFUSED_HEADER: "refused", TIER_HEADER: "refused"}
     retry_after = getattr(error, "retry_after", None)
     if isinstance(retry_after, (int, float)):
         headers["retry-after-ms"] = str(max(1, int(retry_after * 1000)))

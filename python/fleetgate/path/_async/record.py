@@ -21,15 +21,12 @@ from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import MODE_HEADER
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path.call import Call
+from fleetgate.path.refusals import REFUSED_HEADER
 from fleetgate.records import log_request
 from fleetgate.stats import GatewayStats
 from fleetgate.tracing import Tracer
 
 __all__ = ["Record"]
-
-#: The header that marks the gateway's own refusals.
-REFUSED_HEADER = "x-fleetgate"
-
 
 class Record(Layer):
     name = "record"
