@@ -4,7 +4,7 @@ rung of the ladder, preset cut), where its time went, and how it ended.
 
 Layers talk to each other only through the call: a layer that changes what is sent makes
 a new call for the new body (:meth:`Call.reshaped`), one that decides something the
-answer must show marks it (:meth:`Call.mark`; the record layer writes the marks as
+answer must show marks it (:attr:`Call.marks`; the record layer writes them as
 ``x-fleetgate-*`` headers), and one that holds something until the answer is in (a quota
 reservation, a budget hold, a lane's slot) asks to be told when it is
 (:meth:`Call.when_done`): at once for an answer read whole, at its end for a stream.
@@ -146,9 +146,6 @@ class Call:
 
     def seconds_left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
-
-    def mark(self, header: str, value: str) -> None:
-        self.marks[header] = value
 
     def rewrite(self, body: dict[str, Any]) -> bool:
         """Send `body` instead (a preset's, a route's, a degraded mode's): the request
