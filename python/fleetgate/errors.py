@@ -23,7 +23,7 @@ from typing import Any
 
 import time
 
-__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "ServiceDegraded", "StoreUnavailable", "StructuredOutputError", "PartialResponseError"]
+__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "BypassWarning", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "ServiceDegraded", "StoreUnavailable", "StructuredOutputError", "PartialResponseError"]
 
 
 class FleetgateError(Exception):
@@ -180,6 +180,15 @@ class InputTruncated(UserWarning):
         super().__init__(message)
         self.cut = cut
         self.preset = preset
+
+
+class BypassWarning(UserWarning):
+    """A warning: an SDK client from ``gate.openai()`` / ``gate.async_openai()`` was given
+    an ``http_client`` that does not send through a fleetgate transport, so its calls
+    bypass the gateway (no shared quota, budget, breaker, cache or stats). Give that client
+    fleetgate's transport around your own instead: ``httpx2.Client(transport=gate.transport(inner))``
+    (``httpx2.AsyncClient(transport=gate.async_transport(inner))`` for asyncio).
+    ``warnings.simplefilter("error", fleetgate.BypassWarning)`` makes it an error."""
 
 
 #: The ``code`` of the error a gateway refusal answers with, per exception, and the

@@ -307,16 +307,22 @@ class Gateway:
         return BatchJobs(self, directory=directory, **client_options)
 
     def openai(self, **kwargs: Any) -> openai_sdk.OpenAI:
-        """An ``openai.OpenAI`` whose every call goes through this gateway."""
+        """An ``openai.OpenAI`` whose every call goes through this gateway. An
+        ``http_client`` of your own must send through :meth:`transport` (else
+        :class:`fleetgate.BypassWarning`: its calls would bypass the gateway)."""
         kwargs.setdefault("base_url", self.config.base_url)
-        http_client = openai_sdk.DefaultHttpx2Client(transport=GateTransport(self))
-        return GatedOpenAI(http_client=http_client, **kwargs)
+        if kwargs.get("http_client") is None:
+            kwargs["http_client"] = openai_sdk.DefaultHttpx2Client(transport=GateTransport(self))
+        return GatedOpenAI(**kwargs)
 
     def async_openai(self, **kwargs: Any) -> openai_sdk.AsyncOpenAI:
-        """An ``openai.AsyncOpenAI`` whose every call goes through this gateway."""
+        """An ``openai.AsyncOpenAI`` whose every call goes through this gateway. An
+        ``http_client`` of your own must send through :meth:`async_transport` (else
+        :class:`fleetgate.BypassWarning`)."""
         kwargs.setdefault("base_url", self.config.base_url)
-        http_client = openai_sdk.DefaultAsyncHttpx2Client(transport=AsyncGateTransport(self))
-        return GatedAsyncOpenAI(http_client=http_client, **kwargs)
+        if kwargs.get("http_client") is None:
+            kwargs["http_client"] = openai_sdk.DefaultAsyncHttpx2Client(transport=AsyncGateTransport(self))
+        return GatedAsyncOpenAI(**kwargs)
 
     def complete(self, prompt_or_messages: str | list[dict[str, Any]], response_model: type[M], *, model: str,
                  retries: int = 2, client: openai_sdk.OpenAI | None = None, **create: Any) -> M:
