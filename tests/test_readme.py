@@ -20,6 +20,19 @@ def test_readme_example_runs(block: str) -> None:
     exec(compile(block, str(README), "exec"), {"__name__": "readme"})
 
 
+def test_readme_shows_each_library_going_through_the_gateway() -> None:
+    """The section on other libraries has an example per library (each runs above), and
+    each checks that its calls went through the gateway."""
+    section = README.read_text().split("### Using fleetgate with other libraries\n", 1)[1].split("\n### ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    for uses in ("httpx2.Client(transport=gate.transport(", "httpx2.AsyncClient(transport=gate.async_transport(",
+                 "from langchain_openai import", "from agents import", "from pydantic_ai import",
+                 "import instructor"):
+        checked = [b for b in blocks if uses in b and 'assert gate.stats["requests"] ==' in b]
+        assert checked, f"no example in the section uses {uses!r} and checks the gateway's count"
+    assert any("fg.BypassWarning" in b for b in blocks)
+
+
 def test_readme_config_files_load(tmp_path: Path) -> None:
     from fleetgate.testing.fake_openai import load_config
 
