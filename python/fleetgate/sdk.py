@@ -97,8 +97,15 @@ def refusal_error(error: openai.APIStatusError) -> openai.APIStatusError:
         return error
     cls, names = found
     both = _joined(cls, type(error))
-    raised = both.__new__(both, *error.args)
+    message = data.get("message")
+    # The gateway's own words, as the SDK puts them since 3.x's later releases (earlier
+    # ones print the whole body as a dict, quotes escaped).
+    args = (f"Error code: {error.status_code} - {message}",) if isinstance(message, str) and message else error.args
+    raised = both.__new__(both, *args)
     raised.__dict__.update(error.__dict__)
+    raised.args = args
+    if args is not error.args:
+        raised.message = args[0]
     carried = data.get("fleetgate")
     fields: dict[str, Any] = carried if isinstance(carried, dict) else {}
     for name in names:
