@@ -208,9 +208,9 @@ def test_config_from_toml_with_environment_overrides(tmp_path: Path, monkeypatch
     assert model_quota is not None and [q.name for q in quotas] == [
         "model:gpt-4.1-mini", "user:u-9", "feature:support-chat"]
     path.write_text("locl_share = 0.5\n")
-    with pytest.raises(ValueError, match="locl_share"):
+    with pytest.raises(fg.ConfigError, match="locl_share: unknown key; did you mean `local_share`"):
         fg.Gateway.from_config(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(fg.ConfigError, match="missing.toml: no such file"):
         fg.Gateway.from_config(tmp_path / "missing.toml")
 
 

@@ -19,19 +19,49 @@ The Rust core raises these through one mapping (``rust/python/src/error.rs``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "ServiceDegraded", "StoreUnavailable", "StructuredOutputError", "PartialResponseError"]
+__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "ConfigProblem", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "ServiceDegraded", "StoreUnavailable", "StructuredOutputError", "PartialResponseError"]
 
 
 class FleetgateError(Exception):
     """Base class of every fleetgate error."""
 
 
+class ConfigProblem(NamedTuple):
+    """One thing wrong with a config: where the value came from (the file's path, the
+    ``FLEETGATE_*`` variable, ``"argument"`` for a keyword argument), the key in TOML terms
+    (``[cache.semantic] threshold``, ``budgets.limits[0].dollars``; ``""`` for the whole
+    file) and what was expected. It never holds the value itself."""
+
+    where: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.key}: {self.message}" if self.key else f"{self.where}: {self.message}"
+
+
 class ConfigError(FleetgateError, ValueError):
-    """An argument or setting can never be valid; the message names it and says why."""
+    """An argument or setting can never be valid; the message names it and says why.
+
+    Attributes:
+        problems: for a config that does not load, each problem
+            (:class:`ConfigProblem`: ``where``, ``key``, ``message``), one per line of the
+            message; empty for an error about a single argument.
+    """
+
+    def __init__(self, message: str = "", problems: Sequence[ConfigProblem] = ()) -> None:
+        self.problems = list(problems)
+        if not message and self.problems:
+            if len(self.problems) == 1:
+                message = f"fleetgate config: {self.problems[0]}"
+            else:
+                message = "\n".join([f"fleetgate config: {len(self.problems)} problems",
+                                     *(f"  {p}" for p in self.problems)])
+        super().__init__(message)
 
 
 class RateLimited(FleetgateError):

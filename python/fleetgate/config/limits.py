@@ -13,7 +13,7 @@ __all__ = ["LaneSettings", "QuotaLimits"]
 class QuotaLimits(BaseModel):
     """Limits of one quota (see :class:`fleetgate.Quota`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
@@ -25,7 +25,7 @@ class LaneSettings(BaseModel):
     """Priority lanes per model (:class:`fleetgate.Lanes`): a cap on calls in flight, a
     strict realtime lane, interactive and batch lanes shared by weight."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: Calls in flight upstream per model at most (None: no cap and no queueing), and per
     #: model exceptions.
