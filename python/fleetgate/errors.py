@@ -23,11 +23,19 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "ConfigProblem", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "ServiceDegraded", "StoreUnavailable", "StructuredOutputError", "PartialResponseError"]
+__all__ = ["REFUSAL_CODES", "REFUSAL_PREFIX", "BudgetExceeded", "CircuitOpen", "InputTruncated", "ConfigError", "ConfigProblem", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "ServiceDegraded", "StoreUnavailable", "StructuredOutputError", "PartialResponseError"]
 
 
 class FleetgateError(Exception):
-    """Base class of every fleetgate error."""
+    """Base class of every fleetgate error. Its ``str()`` is never empty: an error raised
+    without a message says what its class means."""
+
+    def __str__(self) -> str:
+        said = super().__str__()
+        if said:
+            return said
+        doc = " ".join((type(self).__doc__ or "").split("\n\n")[0].split())
+        return f"{type(self).__name__}: {doc or 'no message'}"
 
 
 class ConfigProblem(NamedTuple):
@@ -53,8 +61,10 @@ class ConfigError(FleetgateError, ValueError):
             message; empty for an error about a single argument.
     """
 
+    problems: tuple[ConfigProblem, ...] = ()
+
     def __init__(self, message: str = "", problems: Sequence[ConfigProblem] = ()) -> None:
-        self.problems = list(problems)
+        self.problems = tuple(problems)
         if not message and self.problems:
             if len(self.problems) == 1:
                 message = f"fleetgate config: {self.problems[0]}"
@@ -211,6 +221,10 @@ class InputTruncated(UserWarning):
         self.cut = cut
         self.preset = preset
 
+
+#: What the message of a gateway refusal's body starts with, before the error's own message
+#: (which the gateway's SDK clients raise again, word for word).
+REFUSAL_PREFIX = "fleetgate: "
 
 #: The ``code`` of the error a gateway refusal answers with, per exception, and the
 #: attributes that ride along with it (the gateway's SDK clients raise the exception again

@@ -10,7 +10,7 @@ from typing import Any
 import httpx2
 import openai
 
-from fleetgate.errors import REFUSAL_CODES, BudgetExceeded, FleetgateError
+from fleetgate.errors import REFUSAL_CODES, REFUSAL_PREFIX, BudgetExceeded, FleetgateError
 
 __all__ = ["GatedAsyncOpenAI", "GatedOpenAI", "refusal_error"]
 
@@ -42,8 +42,14 @@ def refusal_error(error: openai.APIStatusError) -> openai.APIStatusError:
         return error
     cls, names = found
     both = _joined(cls, type(error))
-    raised = both.__new__(both, *error.args)
+    said = data.get("message")
+    message = said.removeprefix(REFUSAL_PREFIX) if isinstance(said, str) and said else f"{cls.__name__}: {error}"
+    raised = both.__new__(both, message)
     raised.__dict__.update(error.__dict__)
+    # What the gateway raised, word for word (``__new__`` alone leaves an OSError's args
+    # empty: DeadlineExpired and StoreUnavailable are ones).
+    raised.args = (message,)
+    raised.message = message
     carried = data.get("fleetgate")
     fields: dict[str, Any] = carried if isinstance(carried, dict) else {}
     for name in names:

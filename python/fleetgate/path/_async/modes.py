@@ -87,7 +87,7 @@ class Modes(Layer):
         body = reduced_body(self.settings, self.ladder.cheaper_body(call.body), call.endpoint, call.body)
         if body is not None and not call.rewrite(body):
             return refuse(call, ConfigError(f"reduced mode made a request the gateway cannot estimate (its "
-                                            f"[fallback] models step from {call.model!r})"))
+                                            f"[fallback] models step from {call.model!r}): check [fallback] models"))
         return await next(call)
 
     async def _probe(self, call: Call, next: Next) -> httpx2.Response | None:  # noqa: A002

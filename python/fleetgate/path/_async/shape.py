@@ -46,7 +46,8 @@ class Shape(Layer):
                     f"preset {name!r} is not configured: add [presets.{name}] to the gateway's config "
                     f"(known: {', '.join(sorted(self.presets.presets)) or 'none'})"))
             if not call.rewrite(shaped.body):
-                return refuse(call, ConfigError(f"preset {name!r} made a request the gateway cannot read"))
+                return refuse(call, ConfigError(f"preset {name!r} made a request the gateway cannot read: check the "
+                                                f"model of [presets.{name}]"))
             call.cut = shaped.cut
         if self.layout is not None:
             call.template = call.scope.feature or template_hash(call.body)

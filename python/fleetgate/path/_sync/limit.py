@@ -63,7 +63,8 @@ class Limit(Layer):
         if call.deadline <= time.monotonic():
             self._settle(decision, Outcome(0, 0, "failure"))
             self.stats.count("deadline_expired")
-            raise Refused(DeadlineExpired("the request's deadline passed before it could be sent; it was not sent"),
+            raise Refused(DeadlineExpired("the request's deadline passed before it could be sent; it was not sent; give "
+                                          "it a later deadline (scope(deadline=…) or default_deadline_seconds)"),
                           self.name)
         response = next(call)
         if model_quota is not None:
