@@ -315,3 +315,13 @@ def test_the_other_errors_say_what_to_do(fake_openai: FakeOpenAI, cls: type[fg.F
     error = make(fake_openai)
     assert type(error) is cls and error.args == (str(error),)
     assert hint in str(error), f"{cls.__name__} says what to do: {error}"
+
+
+def test_overrides_of_a_config_are_checked_too() -> None:
+    config = GatewayConfig(local_share=0.3)
+    gate = fg.Gateway(config, max_upstream_retries=5)
+    assert (gate.config.local_share, gate.config.max_upstream_retries) == (0.3, 5)
+    gate.close()
+    with pytest.raises(fg.ConfigError) as raised:
+        fg.Gateway(config, redis_ulr="redis://127.0.0.1:6379")
+    assert str(raised.value) == "fleetgate config: argument: redis_ulr: unknown key; did you mean `redis_url`?"

@@ -37,6 +37,7 @@ from fleetgate.validate import complete, complete_async
 from fleetgate.budget.presets import Presets
 from fleetgate.budget.report import By, days_between, spend_by
 from fleetgate.config import GatewayConfig, QuotaLimits, SemanticSettings
+from fleetgate.config.loader import overridden
 from fleetgate.dedup import Collapser
 from fleetgate.errors import ConfigError
 from fleetgate.fallback import Ladder
@@ -109,7 +110,7 @@ class Gateway:
         replaces the one ``[cache.semantic] embedder`` names; `classifier` the complexity
         classifier ``[routing] classifier`` names; `tracer_provider` the OpenTelemetry
         tracer provider spans go to (default: the global one; see :mod:`fleetgate.tracing`)."""
-        self.config = config.model_copy(update=overrides) if config is not None else GatewayConfig(**overrides)
+        self.config = overridden(config, overrides) if config is not None else GatewayConfig(**overrides)
         _apply_logging(self.config)
         self.limiter = Limiter(self.config.redis_url, failure_policy=self.config.failure_policy,
                                local_share=self.config.local_share,

@@ -30,7 +30,7 @@ from pydantic_settings.exceptions import SettingsError
 from fleetgate.config.environments import _ENV_NAMES
 from fleetgate.errors import ConfigError, ConfigProblem
 
-__all__ = ["ARGUMENT", "ENV_PREFIX", "OTHER_VARIABLES", "key_path", "load"]
+__all__ = ["ARGUMENT", "ENV_PREFIX", "OTHER_VARIABLES", "key_path", "load", "overridden"]
 
 T = TypeVar("T", bound=BaseSettings)
 
@@ -78,6 +78,14 @@ def load(settings_cls: type[T], make: Callable[[], None], arguments: Mapping[str
         problems += [_problem(settings_cls, error, sources) for error in errors]
     if problems:
         raise ConfigError(problems=problems)
+
+
+def overridden(config: T, overrides: Mapping[str, Any]) -> T:
+    """`config` with `overrides` (top-level fields) in place of its values, validated like
+    any keyword argument: an unknown or bad override is a ConfigError too."""
+    if not overrides:
+        return config
+    return type(config)(**{**dict(config), **overrides})
 
 
 def key_path(loc: Sequence[str | int]) -> str:
