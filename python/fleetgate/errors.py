@@ -4,17 +4,24 @@ Every one derives from :class:`FleetgateError`; where a standard exception means
 same thing, it is a base too, so existing ``except`` clauses keep working::
 
     FleetgateError
-    ├── ConfigError (ValueError)        bad input: a quota, a cost, a URL, an option
+    ├── ConfigError (ValueError)        bad input: a config key, a quota, a cost, a URL
     ├── RateLimited                     acquire() found no room before its timeout
     ├── CircuitOpen                     a circuit breaker refused: upstream is failing
     ├── QueueFull                       a priority lane is full: shed load
     ├── BudgetExceeded                  a dollar budget has no room for the call's worst case
     ├── DeadlineExpired (TimeoutError)  the deadline passed before a slot came: not sent
     ├── ServiceDegraded                 the fleet's degradation mode does not serve this call
-    └── StoreUnavailable (ConnectionError)
-                                        Redis unreachable and the policy is fail-closed
+    ├── StoreUnavailable (ConnectionError)
+    │                                   Redis unreachable and the policy is fail-closed
+    ├── StructuredOutputError (ValueError)
+    │                                   no answer validated into the requested model
+    └── PartialResponseError            a stream stopped before its end
 
-The Rust core raises these through one mapping (``rust/python/src/error.rs``).
+Each one's ``str()`` says what went wrong and what to do. A config that does not load is
+one ConfigError listing every problem (:class:`ConfigProblem`; see
+:mod:`fleetgate.config.loader`). The Rust core raises these through one mapping
+(``rust/python/src/error.rs``); the gateway's SDK clients raise a refusal's exception
+again, with the message the request path raised (:mod:`fleetgate.sdk`).
 """
 
 from __future__ import annotations
