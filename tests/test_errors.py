@@ -325,3 +325,12 @@ def test_overrides_of_a_config_are_checked_too() -> None:
     with pytest.raises(fg.ConfigError) as raised:
         fg.Gateway(config, redis_ulr="redis://127.0.0.1:6379")
     assert str(raised.value) == "fleetgate config: argument: redis_ulr: unknown key; did you mean `redis_url`?"
+
+
+def test_a_validator_that_quotes_its_input_is_not_repeated() -> None:
+    from fleetgate.config import loader
+
+    error = {"type": "value_error", "loc": ("redis_url",), "input": f"redis://:{MARKER}@h:1",
+             "msg": f"Value error, cannot use redis://:{MARKER}@h:1"}
+    problem = loader._problem(GatewayConfig, error, [])
+    assert problem == fg.ConfigProblem("defaults", "redis_url", "is not valid (value_error)")

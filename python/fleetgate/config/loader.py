@@ -68,7 +68,7 @@ def load(settings_cls: type[T], make: Callable[[], None], arguments: Mapping[str
     try:
         make()
     except ValidationError as e:
-        errors = e.errors(include_url=False, include_input=False)
+        errors = e.errors(include_url=False)
     except SettingsError as e:
         problems.append(_settings_problem(settings_cls, str(e)))
     except (OSError, tomllib.TOMLDecodeError) as e:  # the file changed or vanished since it was checked
@@ -251,7 +251,20 @@ def _problem(settings_cls: type[BaseSettings], error: Any, sources: list[_Source
         message = _BY_TYPE[kind]
     else:
         message = str(error["msg"]).removeprefix("Value error, ").replace("Input should", "should")
+        if _repeats_input(message, error.get("input")):  # a validator that quoted what it was given
+            message = f"is not valid ({kind})"
     return ConfigProblem(where, key_path(loc), message)
+
+
+def _repeats_input(message: str, given: Any) -> bool:
+    """Whether `message` quotes the value (or a string inside it) it was given."""
+    if isinstance(given, str):
+        return len(given) >= 4 and given in message
+    if isinstance(given, Mapping):
+        return any(_repeats_input(message, v) for v in given.values())
+    if isinstance(given, (list, tuple)):
+        return any(_repeats_input(message, v) for v in given)
+    return False
 
 
 def _unknown(settings_cls: type[BaseSettings], loc: tuple[str | int, ...], where: str) -> str:
