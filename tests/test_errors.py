@@ -334,3 +334,12 @@ def test_a_validator_that_quotes_its_input_is_not_repeated() -> None:
              "msg": f"Value error, cannot use redis://:{MARKER}@h:1"}
     problem = loader._problem(GatewayConfig, error, [])
     assert problem == fg.ConfigProblem("defaults", "redis_url", "is not valid (value_error)")
+
+
+def test_a_command_given_a_bad_config_says_its_problems_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "fleetgate.toml"
+    path.write_text('redis_url = "redis://127.0.0.1:1"\n[cache.semantic]\nthreshhold = 0.5\n')
+    result = CliRunner().invoke(cli, ["mode", "show", "--config", str(path)])
+    assert result.exit_code == 1 and not isinstance(result.exception, fg.ConfigError)
+    assert result.output == (f"Error: fleetgate config: {path}: [cache.semantic] threshhold: unknown key; "
+                             "did you mean `threshold`?\n")
