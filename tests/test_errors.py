@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import pickle
 import pkgutil
 import socket
 import traceback
@@ -200,7 +201,8 @@ class Case:
     """How to make the request path raise one error: a gateway, what to do to it first,
     the request's scope and model, and words of the advice its message must give."""
 
-    def __init__(self, hint: str, settings: dict[str, Any], prepare: Callable[[fg.Gateway], Any] = lambda g: None,
+    def __init__(self, hint: str, settings: dict[str, Any] | Callable[[], dict[str, Any]],
+                 prepare: Callable[[fg.Gateway], Any] = lambda g: None,
                  scope: dict[str, Any] | None = None, model: str = MODEL) -> None:
         self.hint, self.settings, self.prepare = hint, settings, prepare
         self.scope, self.model = scope or {}, model
@@ -219,8 +221,8 @@ THROUGH_THE_PATH: dict[type[fg.FleetgateError], Case] = {
                              lambda g: g.lanes_for(MODEL).enter(1), scope={"deadline": 0.05}),
     fg.ServiceDegraded: Case("`fleetgate mode clear` ends it", {}, lambda g: g.modes.set("static")),
     fg.StoreUnavailable: Case("check that Redis is reachable",
-                              {"redis_url": _dead_redis_url(), "failure_policy": "fail_closed",
-                               "models": {MODEL: fg.QuotaLimits(requests_per_minute=6_000)}}),
+                              lambda: {"redis_url": _dead_redis_url(), "failure_policy": "fail_closed",
+                                       "models": {MODEL: fg.QuotaLimits(requests_per_minute=6_000)}}),
     fg.ConfigError: Case('unpriced = "allow"', {"budgets": {"limits": [{"dollars": 5}]}}, model="model-with-no-price"),
 }
 
@@ -261,6 +263,12 @@ def test_every_exception_is_covered() -> None:
     assert str(fg.FleetgateError()) and str(fg.StoreUnavailable()) and str(fg.ConfigError()), "never empty"
 
 
+def test_a_config_error_keeps_its_problems_when_pickled() -> None:
+    error = fg.ConfigError(problems=[fg.ConfigProblem("argument", "local_share", "should be less than or equal to 1")])
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), str(again), again.problems) == (fg.ConfigError, str(error), error.problems)
+
+
 @pytest.fixture
 def raised_by_the_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[fg.FleetgateError]]:
     """The errors the request path turned into refusals."""
@@ -281,7 +289,8 @@ def test_a_refusal_raises_what_the_path_raised_with_advice(
         fake_openai: FakeOpenAI, raised_by_the_path: list[fg.FleetgateError], cls: type[fg.FleetgateError],
         asyncio_client: bool) -> None:
     case = THROUGH_THE_PATH[cls]
-    gate = fg.Gateway(base_url=fake_openai.base_url, **case.settings)
+    settings = case.settings() if callable(case.settings) else case.settings
+    gate = fg.Gateway(base_url=fake_openai.base_url, **settings)
     try:
         held = case.prepare(gate)
         with pytest.raises(cls) as raised:

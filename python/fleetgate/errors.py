@@ -80,6 +80,9 @@ class ConfigError(FleetgateError, ValueError):
                                      *(f"  {p}" for p in self.problems)])
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.args[0] if self.args else "", self.problems)
+
 
 class RateLimited(FleetgateError):
     """No room on a quota within the time allowed.
