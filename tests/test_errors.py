@@ -211,7 +211,7 @@ class Case:
 #: Every error a refusal carries, and how the request path is made to raise it.
 THROUGH_THE_PATH: dict[type[fg.FleetgateError], Case] = {
     fg.BudgetExceeded: Case("raise its limit", {"budgets": {"limits": [{"dollars": 1e-9}]}}),
-    fg.RateLimited: Case("retry after", {"models": {MODEL: fg.QuotaLimits(requests_per_minute=1)}},
+    fg.RateLimited: Case("retry", {"models": {MODEL: fg.QuotaLimits(requests_per_minute=1)}},
                          lambda g: g.limiter.try_acquire([g.quotas_for(MODEL, fg.Scope())[0]]),
                          scope={"deadline": 1.0}),  # the next request in a minute
     fg.CircuitOpen: Case("reset it", {}, lambda g: g.breaker_for("/chat/completions", MODEL).isolate()),

@@ -157,7 +157,7 @@ def _settings_problem(settings_cls: type[BaseSettings], said: str) -> ConfigProb
     """pydantic-settings could not parse a variable's value (JSON for a table or array)."""
     found = re.search(r'field "([^"]+)"', said)
     field = found.group(1) if found else ""
-    where = _variable_for(settings_cls, (field,)) if field else None
+    where = _variable_for((field,)) if field else None
     return ConfigProblem(where or f"{ENV_PREFIX}* variables", key_path((field,)) if field else "",
                          "cannot be parsed: a table or array set in a variable is JSON; or set its keys one by "
                          f"one ({ENV_PREFIX}{field.upper()}__<KEY>), or in the config file")
@@ -224,11 +224,11 @@ def _where(settings_cls: type[BaseSettings], loc: Sequence[str | int], sources: 
     if best is None:
         return "defaults"
     if best.where == "env":
-        return _variable_for(settings_cls, loc) or f"{ENV_PREFIX}* variables"
+        return _variable_for(loc) or f"{ENV_PREFIX}* variables"
     return best.where
 
 
-def _variable_for(settings_cls: type[BaseSettings], loc: Sequence[str | int]) -> str | None:
+def _variable_for(loc: Sequence[str | int]) -> str | None:
     """The ``FLEETGATE_*`` variable that set the value at `loc` (the one naming most of it)."""
     want = [str(p).lower() for p in loc]
     best, best_len = None, 0
