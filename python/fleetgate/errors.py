@@ -5,7 +5,7 @@ same thing, it is a base too, so existing ``except`` clauses keep working::
 
     FleetgateError
     ├── ConfigError (ValueError)        bad input: a config key, a quota, a cost, a URL
-    ├── RateLimited                     acquire() found no room before its timeout
+    ├── RateLimited                     no room on a quota before the deadline
     ├── CircuitOpen                     a circuit breaker refused: upstream is failing
     ├── QueueFull                       a priority lane is full: shed load
     ├── BudgetExceeded                  a dollar budget has no room for the call's worst case
