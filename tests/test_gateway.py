@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,31 @@ def test_nested_scopes_refine_and_never_extend_the_deadline() -> None:
         fg.scope(deadline=-1)
     with pytest.raises(TypeError, match="user"):
         fg.scope(user="")
+
+
+@pytest.mark.fake_openai(config=FakeConfig())
+def test_a_deadline_is_each_calls_and_deadline_at_the_blocks(fake_openai: FakeOpenAI) -> None:
+    """A call late in a block that already lasted longer than its deadline still gets the
+    whole deadline, from its own start; a block's deadline_at, once past, refuses."""
+    gate = gateway(fake_openai)
+    client = gate.openai(api_key="sk-fake", max_retries=0)
+    with gate.scope(deadline=1.0) as sc:
+        client.chat.completions.create(model=MODEL, messages=MSG)
+        time.sleep(1.0)  # the block has lasted its deadline
+        assert sc.seconds_left() == 1.0
+        client.chat.completions.create(model=MODEL, messages=MSG)
+    assert gate.stats["deadline_expired"] == 0 and fake_openai.counters(MODEL).requests == 2
+    with gate.scope(deadline=30, deadline_at=time.time() - 1), pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=MODEL, messages=MSG)
+    assert caught.value.code == "fleetgate_deadline_expired" and fake_openai.counters(MODEL).requests == 2
+    with fg.scope(deadline=5, deadline_at=time.time() + 3600) as outer:
+        assert outer.seconds_left() == 5
+        with fg.scope(deadline=60, deadline_at=time.time() + 1) as inner:
+            assert inner.deadline == 5 and inner.deadline_at is not None and inner.deadline_at < outer.deadline_at
+            left = inner.seconds_left()
+            assert left is not None and left <= 1
+    with pytest.raises(ValueError, match="deadline_at"):
+        fg.scope(deadline_at=float("nan"))
 
 
 @pytest.mark.fake_openai(config=FakeConfig(models={MODEL: ModelLimits(requests_per_minute=600)}))

@@ -187,13 +187,14 @@ class Gateway:
 
     def scope(self, *, user: str | None = None, feature: str | None = None, team: str | None = None,
               priority: Priority | int | None = None, deadline: float | None = None, dedup: bool | None = None,
-              preset: str | None = None) -> scope:
-        """:class:`fleetgate.scope`, checking that `preset` is one of this gateway's."""
+              preset: str | None = None, deadline_at: float | None = None) -> scope:
+        """:class:`fleetgate.scope`, checking that `preset` is one of this gateway's.
+        `deadline` is each call's, from its own start; `deadline_at` (a Unix time) the block's."""
         if preset is not None and preset not in self.config.presets:
             raise ConfigError(f"preset {preset!r} is not configured: add [presets.{preset}] to the gateway's config "
                               f"(known: {', '.join(sorted(self.config.presets)) or 'none'})")
         return scope(user=user, feature=feature, team=team, priority=priority, deadline=deadline, dedup=dedup,
-                     preset=preset)
+                     preset=preset, deadline_at=deadline_at)
 
     def quotas_for(self, model: str, sc: Scope) -> tuple[Quota | None, list[Quota]]:
         """The model's quota, and every quota a call of `model` in scope `sc` draws on."""
