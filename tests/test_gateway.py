@@ -140,6 +140,19 @@ def test_nested_scopes_refine_and_never_extend_the_deadline() -> None:
         fg.scope(user="")
 
 
+def test_a_gateway_is_a_context_manager_and_closes_once() -> None:
+    with fg.Gateway() as gate:
+        assert not gate.closed
+    assert gate.closed
+    gate.close()  # again: nothing to do
+
+    async def main() -> fg.Gateway:
+        async with fg.Gateway() as agate:
+            assert not agate.closed
+        return agate
+
+    assert asyncio.run(main()).closed
+
 @pytest.mark.fake_openai(config=FakeConfig())
 def test_a_deadline_is_each_calls_and_deadline_at_the_blocks(fake_openai: FakeOpenAI) -> None:
     """A call late in a block that already lasted longer than its deadline still gets the

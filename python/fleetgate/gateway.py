@@ -173,12 +173,35 @@ class Gateway:
             return LocalEmbedder()
         return OpenAIEmbedder(self.openai(), name.removeprefix("openai:"))
 
+    _closed = False
+
     def close(self) -> None:
-        """Stop the gateway's background work (the semantic layer's journal reader, the
-        rollouts' sync), sending what it still holds."""
+        """Stop the gateway's background work (the modes' judge, the semantic layer's
+        journal reader, the rollouts' sync), sending what it still holds. Closing again
+        does nothing; ``with Gateway(...) as gate:`` closes it at the end of the block."""
+        if self._closed:
+            return
+        self._closed = True
         self.modes.close()
         self.cache.close()
         self.router.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> Gateway:
