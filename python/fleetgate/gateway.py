@@ -49,6 +49,7 @@ from fleetgate.stats import GatewayStats
 from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
 from fleetgate.tracing import tracer
 from fleetgate.path import AsyncGateTransport, GateTransport
+from fleetgate.warm import Warmup, configured_models
 
 if TYPE_CHECKING:
     from fleetgate.batch import BatchJobs
@@ -162,6 +163,9 @@ class Gateway:
         self._sync_client: openai_sdk.OpenAI | None = None
         self._async_sdk_client: openai_sdk.AsyncOpenAI | None = None
         self._lanes_lock = threading.Lock()
+        #: What the first call needs (the configured models' encodings, the embedder),
+        #: loading in the background from now on: :meth:`ready`.
+        self.warmup = Warmup(configured_models(self.config), shared)
 
     def _embedder(self) -> Embedder:
         return self.embedder_for(self.config.cache.semantic)
@@ -202,6 +206,35 @@ class Gateway:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
+
+    def ready(self, timeout: float | None = None) -> bool:
+        """Wait at most `timeout` seconds (None: as long as it takes) until what the first
+        call needs is loaded: the encodings of the configured models and, with the semantic
+        cache or the nearest classifier on, the embedder (:mod:`fleetgate.warm`). True once
+        loaded, False while still loading; raises what failed to load. For a readiness probe:
+
+            gate = fleetgate.Gateway.from_config("fleetgate.toml")   # starts loading
+            gate.ready(timeout=30)                                    # before taking traffic
+
+        Calls need not wait for it: one made earlier waits for the warm-up first, and its
+        deadline starts once the warm-up is over."""
+        return self.warmup.ready(timeout)
+
+    async def ready_async(self, timeout: float | None = None) -> bool:
+        """:meth:`ready`, awaited without blocking the event loop."""
+        return await self.warmup.ready_async(timeout)
+
+    def warmed(self) -> None:
+        """Wait until the warm-up is over (loaded or failed), before a call's deadline starts."""
+        if not self.warmup.done:
+            self.stats.count("warm_waits")
+            self.warmup.wait()
+
+    async def warmed_async(self) -> None:
+        """:meth:`warmed`, awaited without blocking the event loop."""
+        if not self.warmup.done:
+            self.stats.count("warm_waits")
+            await self.warmup.wait_async()
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> Gateway:
