@@ -104,8 +104,8 @@ def test_async_streams(fake_openai: FakeOpenAI) -> None:
 
 
 def test_scope_applies_user_feature_and_team_quotas(fake_openai: FakeOpenAI) -> None:
-    gate = gateway(fake_openai, per_user=fg.QuotaLimits(requests_per_minute=120),  # a burst of 2
-                   features={"search": fg.QuotaLimits(requests_per_minute=60)})
+    gate = gateway(fake_openai, per_user=fg.QuotaLimits(requests_per_minute=120, burst_seconds=1),  # a burst of 2
+                   features={"search": fg.QuotaLimits(requests_per_minute=60, burst_seconds=1)})
     client = gate.openai(api_key="sk-fake", max_retries=2)
     # The calls that fit get a deadline a loaded machine cannot miss; the one that does not
     # fit a short one: no room comes within it, so the gateway refuses instead of waiting.
@@ -291,7 +291,7 @@ def test_model_quotas_keep_the_configured_headroom() -> None:
 
 def test_a_quota_made_again_after_the_memo_starts_over_is_the_same_room(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fleetgate.gateway, "_QUOTA_MEMO", 2)
-    gate = fg.Gateway(per_user=fg.QuotaLimits(requests_per_minute=60))  # a burst of one request
+    gate = fg.Gateway(per_user=fg.QuotaLimits(requests_per_minute=60, burst_seconds=1))  # a burst of one request
     _, (first,) = gate.quotas_for(MODEL, fg.Scope(user="u1"))
     assert gate.limiter.try_acquire([first])
     for user in ("u2", "u3"):  # the memo fills and starts over

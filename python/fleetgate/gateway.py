@@ -274,7 +274,7 @@ class Gateway:
             pass
         limits = self._limits(kind, name)
         found = (Quota(f"{kind}:{name}", limits.requests_per_minute, limits.tokens_per_minute,
-                       algorithm=limits.algorithm, burst_seconds=limits.burst_seconds)
+                       algorithm=limits.algorithm, burst_seconds=limits.burst_for(kind))
                  if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute) else None)
         if len(self._quota_memo) >= _QUOTA_MEMO:
             self._quota_memo.clear()
