@@ -41,7 +41,7 @@ from fleetgate.dedup import Collapser
 from fleetgate.errors import ConfigError
 from fleetgate.fallback import Ladder
 from fleetgate.metrics import BudgetCollector, GatewayMetrics, metrics_app
-from fleetgate.modes import ModeState, Modes, fleet_signals
+from fleetgate.modes import ModeState, Modes, change_reason, fleet_signals
 from fleetgate.prompts import Compressor, LayoutTracker, Savings, render_report
 from fleetgate.prices import PriceTable
 from fleetgate.scope import Priority, Scope, current_scope, scope
@@ -329,7 +329,8 @@ class Gateway:
             self.metrics.mode(now.mode, now.source)
         level = logging.INFO if now.mode == "full" else logging.WARNING
         until = f" until {dt.datetime.fromtimestamp(now.until, dt.UTC):%H:%M:%SZ}" if now.until is not None else ""
-        log.log(level, "fleetgate: mode %s → %s%s (%s: %s)", was.mode, now.mode, until, now.source, now.reason)
+        log.log(level, "fleetgate: mode %s → %s%s (%s: %s)", was.mode, now.mode, until, now.source,
+                change_reason(was, now))
 
     def metrics_app(self, kind: Literal["wsgi", "asgi"] = "wsgi") -> Any:
         """A WSGI (or ASGI) application serving the Prometheus metrics: this process's, or
