@@ -95,3 +95,20 @@ def test_a_failed_load_is_raised_from_ready_and_logged_once(fake_openai: FakeOpe
     said = [r.getMessage() for r in caplog.records if "warming up failed" in r.getMessage()]
     assert len(said) == 1 and str(missing) in said[0], said
 
+
+
+def _count_in_child(gate: fg.Gateway) -> None:
+    from fleetgate._core import count_tokens
+
+    assert gate.ready(timeout=60) and count_tokens(MODEL, "hello") == 1
+
+
+def test_a_process_forked_right_after_gateway_is_ready() -> None:
+    """A fork waits for a warm-up still loading: the child never inherits a half-done load."""
+    import multiprocessing
+
+    with fg.Gateway() as gate:
+        child = multiprocessing.get_context("fork").Process(target=_count_in_child, args=(gate,))
+        child.start()
+        child.join(120)
+        assert child.exitcode == 0

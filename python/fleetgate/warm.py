@@ -12,18 +12,24 @@ starts once it ends (a ``scope(deadline_at=…)`` instant is an instant, and sti
 A readiness probe waits for it with ``gate.ready(timeout)`` (``await
 gate.ready_async(timeout)``), which raises what failed to load: the failure is logged
 once, and each call then loads what it needs itself (and fails as that load fails).
+
+A fork (a server that makes its gateway before forking its workers) waits for a warm-up
+still loading, so that no child inherits a half-done load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Iterable
 
 from fleetgate._core import count_tokens, encoding_for_model
 from fleetgate.cache.embedders import Embedder
 from fleetgate.config import GatewayConfig
+from fleetgate.errors import FleetgateError
 
 __all__ = ["Warmup", "configured_models"]
 
@@ -68,6 +74,7 @@ class Warmup:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        _warmups.add(self)
         threading.Thread(target=self._run, name="fleetgate-warmup", daemon=True).start()
 
     @property
@@ -134,6 +141,39 @@ class Warmup:
             with self._lock:
                 if waiter in self._async_waiters:
                     self._async_waiters.remove(waiter)
+
+
+#: Every warm-up made in this process, for a fork.
+_warmups: weakref.WeakSet[Warmup] = weakref.WeakSet()
+#: How long a fork waits for warm-ups still loading.
+_FORK_WAIT_SECONDS = 120.0
+
+
+def _finish_before_fork() -> None:
+    """A process forked while a tokenizer or model is half loaded would leave its child
+    waiting forever for that load (the loading thread does not come along): a fork (a
+    server that makes its gateway before forking its workers) waits for it first."""
+    for warmup in list(_warmups):
+        if not warmup._done.wait(_FORK_WAIT_SECONDS):
+            log.warning("fleetgate: forking while the gateway is still warming up after %.0fs; the child's "
+                        "gate.ready() raises: make the gateway in each worker instead", _FORK_WAIT_SECONDS)
+
+
+def _after_fork_in_child() -> None:
+    for warmup in list(_warmups):
+        warmup._lock = threading.Lock()
+        warmup._async_waiters = []
+        if not warmup._done.is_set():
+            warmup._error = FleetgateError(
+                "this process was forked while its gateway was still warming up, so what it loaded may be "
+                "half done here: make the gateway after forking (in each worker), or call gate.ready() "
+                "before forking")
+            log.error("fleetgate: %s", warmup._error)
+            warmup._done.set()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_finish_before_fork, after_in_child=_after_fork_in_child)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
