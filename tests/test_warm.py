@@ -52,8 +52,10 @@ def test_ready_loads_the_encodings_of_the_configured_models() -> None:
         assert plain.ready(timeout=60) and plain.warmup.encodings == ["o200k_base"], "o200k_base always"
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
 @pytest.mark.fake_openai(config=FakeConfig())
-def test_a_call_made_before_the_gateway_is_warm_gets_its_whole_deadline_after(fake_openai: FakeOpenAI) -> None:
+def test_a_call_made_before_the_gateway_is_warm_gets_its_whole_deadline_after(fake_openai: FakeOpenAI,
+                                                                               kind: str) -> None:
     """The embedder loads for longer than the call's deadline; the call waits for it, then
     is served: its deadline started once the gateway was warm."""
     embedder = HeldEmbedder()
@@ -61,12 +63,20 @@ def test_a_call_made_before_the_gateway_is_warm_gets_its_whole_deadline_after(fa
         assert embedder.loading.wait(60)
         assert gate.ready(timeout=0) is False
         assert asyncio.run(gate.ready_async(timeout=0)) is False
-        client = gate.openai(api_key="sk-fake", max_retries=0)
         outcome: list[Any] = []
+
+        async def ask_async() -> Any:
+            async with gate.scope(deadline=2.0):
+                return await gate.async_openai(api_key="sk-fake", max_retries=0).chat.completions.create(
+                    model=MODEL, messages=MSG)
 
         def call() -> None:
             try:
+                if kind == "async":
+                    outcome.append(asyncio.run(ask_async()))
+                    return
                 with gate.scope(deadline=2.0):
+                    client = gate.openai(api_key="sk-fake", max_retries=0)
                     outcome.append(client.chat.completions.create(model=MODEL, messages=MSG))
             except Exception as e:  # noqa: BLE001 - judged below
                 outcome.append(e)
