@@ -25,6 +25,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterable
+from types import TracebackType
 
 from fleetgate._core import count_tokens, encoding_for_model
 from fleetgate.cache.embedders import Embedder
@@ -71,6 +72,7 @@ class Warmup:
         self._models = [by_encoding[name] for name in self.encodings]
         self._embedder = embedder
         self._error: BaseException | None = None
+        self._traceback: TracebackType | None = None
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -90,7 +92,7 @@ class Warmup:
             if callable(load):
                 load()
         except Exception as e:  # kept for ready(), which raises it
-            self._error = e
+            self._error, self._traceback = e, e.__traceback__
             log.error("fleetgate: warming up failed (%s: %s); gate.ready() raises this error, and each call "
                       "loads what it needs itself", type(e).__name__, e)
         finally:
@@ -109,8 +111,9 @@ class Warmup:
         once everything is loaded, False if it is still loading; raises what failed to load."""
         if not self._done.wait(timeout):
             return False
-        if self._error is not None:
-            raise self._error
+        error = self._error
+        if error is not None:
+            raise error.with_traceback(self._traceback)  # as it was raised, however often asked
         return True
 
     async def ready_async(self, timeout: float | None = None) -> bool:
