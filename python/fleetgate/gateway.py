@@ -42,7 +42,7 @@ from fleetgate.dedup import Collapser
 from fleetgate.errors import ConfigError
 from fleetgate.fallback import Ladder
 from fleetgate.metrics import BudgetCollector, GatewayMetrics, metrics_app
-from fleetgate.modes import ModeState, Modes, fleet_signals
+from fleetgate.modes import ModeState, Modes, change_reason, fleet_signals
 from fleetgate.prompts import Compressor, LayoutTracker, Savings, render_report
 from fleetgate.prices import PriceTable
 from fleetgate.scope import Priority, Scope, current_scope, scope
@@ -50,6 +50,7 @@ from fleetgate.stats import GatewayStats
 from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
 from fleetgate.tracing import tracer
 from fleetgate.path import AsyncGateTransport, GateTransport
+from fleetgate.warm import Warmup, configured_models
 
 if TYPE_CHECKING:
     from fleetgate.batch import BatchJobs
@@ -163,6 +164,9 @@ class Gateway:
         self._sync_client: openai_sdk.OpenAI | None = None
         self._async_sdk_client: openai_sdk.AsyncOpenAI | None = None
         self._lanes_lock = threading.Lock()
+        #: What the first call needs (the configured models' encodings, the embedder),
+        #: loading in the background from now on: :meth:`ready`.
+        self.warmup = Warmup(configured_models(self.config), shared)
 
     def _embedder(self) -> Embedder:
         return self.embedder_for(self.config.cache.semantic)
@@ -174,12 +178,64 @@ class Gateway:
             return LocalEmbedder()
         return OpenAIEmbedder(self.openai(), name.removeprefix("openai:"))
 
+    _closed = False
+
     def close(self) -> None:
-        """Stop the gateway's background work (the semantic layer's journal reader, the
-        rollouts' sync), sending what it still holds."""
+        """Stop the gateway's background work (the modes' judge, the semantic layer's
+        journal reader, the rollouts' sync), sending what it still holds. Closing again
+        does nothing; ``with Gateway(...) as gate:`` closes it at the end of the block."""
+        if self._closed:
+            return
+        self._closed = True
         self.modes.close()
         self.cache.close()
         self.router.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def ready(self, timeout: float | None = None) -> bool:
+        """Wait at most `timeout` seconds (None: as long as it takes) until what the first
+        call needs is loaded: the encodings of the configured models and, with the semantic
+        cache or the nearest classifier on, the embedder (:mod:`fleetgate.warm`). True once
+        loaded, False while still loading; raises what failed to load. For a readiness probe:
+
+            gate = fleetgate.Gateway.from_config("fleetgate.toml")   # starts loading
+            gate.ready(timeout=30)                                    # before taking traffic
+
+        Calls need not wait for it: one made earlier waits for the warm-up first, and its
+        deadline starts once the warm-up is over."""
+        return self.warmup.ready(timeout)
+
+    async def ready_async(self, timeout: float | None = None) -> bool:
+        """:meth:`ready`, awaited without blocking the event loop."""
+        return await self.warmup.ready_async(timeout)
+
+    def warmed(self) -> None:
+        """Wait until the warm-up is over (loaded or failed), before a call's deadline starts."""
+        if not self.warmup.done:
+            self.stats.count("warm_waits")
+            self.warmup.wait()
+
+    async def warmed_async(self) -> None:
+        """:meth:`warmed`, awaited without blocking the event loop."""
+        if not self.warmup.done:
+            self.stats.count("warm_waits")
+            await self.warmup.wait_async()
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> Gateway:
@@ -188,13 +244,14 @@ class Gateway:
 
     def scope(self, *, user: str | None = None, feature: str | None = None, team: str | None = None,
               priority: Priority | int | None = None, deadline: float | None = None, dedup: bool | None = None,
-              preset: str | None = None) -> scope:
-        """:class:`fleetgate.scope`, checking that `preset` is one of this gateway's."""
+              preset: str | None = None, deadline_at: float | None = None) -> scope:
+        """:class:`fleetgate.scope`, checking that `preset` is one of this gateway's.
+        `deadline` is each call's, from its own start; `deadline_at` (a Unix time) the block's."""
         if preset is not None and preset not in self.config.presets:
             raise ConfigError(f"preset {preset!r} is not configured: add [presets.{preset}] to the gateway's config "
                               f"(known: {', '.join(sorted(self.config.presets)) or 'none'})")
         return scope(user=user, feature=feature, team=team, priority=priority, deadline=deadline, dedup=dedup,
-                     preset=preset)
+                     preset=preset, deadline_at=deadline_at)
 
     def quotas_for(self, model: str, sc: Scope) -> tuple[Quota | None, list[Quota]]:
         """The model's quota, and every quota a call of `model` in scope `sc` draws on."""
@@ -218,7 +275,7 @@ class Gateway:
             pass
         limits = self._limits(kind, name)
         found = (Quota(f"{kind}:{name}", limits.requests_per_minute, limits.tokens_per_minute,
-                       algorithm=limits.algorithm, burst_seconds=limits.burst_seconds)
+                       algorithm=limits.algorithm, burst_seconds=limits.burst_for(kind))
                  if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute) else None)
         if len(self._quota_memo) >= _QUOTA_MEMO:
             self._quota_memo.clear()
@@ -273,7 +330,8 @@ class Gateway:
             self.metrics.mode(now.mode, now.source)
         level = logging.INFO if now.mode == "full" else logging.WARNING
         until = f" until {dt.datetime.fromtimestamp(now.until, dt.UTC):%H:%M:%SZ}" if now.until is not None else ""
-        log.log(level, "fleetgate: mode %s → %s%s (%s: %s)", was.mode, now.mode, until, now.source, now.reason)
+        log.log(level, "fleetgate: mode %s → %s%s (%s: %s)", was.mode, now.mode, until, now.source,
+                change_reason(was, now))
 
     def metrics_app(self, kind: Literal["wsgi", "asgi"] = "wsgi") -> Any:
         """A WSGI (or ASGI) application serving the Prometheus metrics: this process's, or

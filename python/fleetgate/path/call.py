@@ -209,7 +209,7 @@ def gated_call(request: httpx2.Request, assumed_max_output: int, default_deadlin
     if endpoint is None:
         return None
     sc = current_scope()
-    deadline = sc.deadline if sc.deadline is not None else time.monotonic() + default_deadline
+    deadline = sc.call_deadline(default_deadline)  # from this call's start, not its scope's
     try:
         body = json.loads(request.content)
         estimate = estimate_request(endpoint, body, assumed_max_output)

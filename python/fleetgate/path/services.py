@@ -48,3 +48,9 @@ class Services(Protocol):
     def breaker_for(self, endpoint: str, model: str) -> Breaker | None: ...
 
     def quotas_for(self, model: str, sc: Scope) -> tuple[Quota | None, list[Quota]]: ...
+
+    def warmed(self) -> None:
+        """Wait until what calls need is loaded (or failed to load)."""
+
+    async def warmed_async(self) -> None:
+        """:meth:`warmed` without blocking the event loop."""
