@@ -50,6 +50,7 @@ from fleetgate.errors import (
 from fleetgate.gateway import Gateway
 from fleetgate.stats import GatewayStats
 from fleetgate.modes import ModeState, Modes
+from fleetgate.privacy import Privacy
 from fleetgate.scope import Priority, Scope, current_scope, scope
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "ModeState",
     "Modes",
     "Priority",
+    "Privacy",
     "QueueFull",
     "Quota",
     "QuotaLimits",

@@ -20,6 +20,7 @@ from fleetgate.config.limits import LaneSettings, QuotaLimits
 from fleetgate.config.modes import ModeSettings
 from fleetgate.config.observability import LoggingSettings, MetricsSettings, TracingSettings
 from fleetgate.config.prices import PriceSettings
+from fleetgate.config.privacy import PrivacySettings
 from fleetgate.config.prompts import PromptSettings
 from fleetgate.config.routing import RoutingSettings
 
@@ -83,6 +84,7 @@ class GatewayConfig(BaseSettings):
     modes: ModeSettings = Field(default_factory=ModeSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     @classmethod
     def settings_customise_sources(
