@@ -28,6 +28,7 @@ from fleetgate.errors import REFUSAL_CODES
 from fleetgate.privacy import KEY_NAME, Privacy
 from fleetgate.prices import PriceTable
 from fleetgate.testing import RedisRig
+from fleetgate.testing.redis import free_port
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, ModelLimits
 from tests.polling import until
 
@@ -269,3 +270,14 @@ def test_a_fleet_without_a_configured_key_shares_one_in_redis(redis_url: str) ->
     assert embedded[0].privacy.label("user", "u-7") != embedded[1].privacy.label("user", "u-7")
     for gate in (*pods, *embedded):
         gate.close()
+
+
+def test_a_pod_that_cannot_read_the_fleets_key_says_so_without_its_password(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fleetgate")
+    url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"  # nothing listens there
+    privacy = Privacy.from_settings(fg.GatewayConfig(redis_url=url).privacy, url)
+    assert privacy.source == "random, this process" and (privacy.label("user", "u-7") or "").startswith("u_")
+    said = [r.getMessage() for r in caplog.records if "privacy key" in r.getMessage()]
+    assert len(said) == 1 and "FLEETGATE_PRIVACY__KEY" in said[0] and "***" in said[0]
+    assert PASSWORD not in caplog.text
