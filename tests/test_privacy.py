@@ -116,6 +116,7 @@ def test_nothing_private_leaves_the_gateway(fake_openai: FakeOpenAI, redis_rig: 
         base_url=fake_openai.base_url, redis_url=url, tracer_provider=provider, breakers={"enabled": False},
         privacy={"sensitive": ["team", "feature"]},
         cache={"enabled": True, "namespace": "user"}, dedup={"namespace": "user"},  # keyed by user
+        modes={"optional_features": [FEATURE]},  # refused, by name, in reduced mode
         metrics={"features": [FEATURE]},  # a feature shown in labels: as its pseudonym
         per_user=fg.QuotaLimits(requests_per_minute=1),  # one call per user, then refused
         teams={TEAM: fg.QuotaLimits(requests_per_minute=1_000_000)},
@@ -194,6 +195,14 @@ def test_nothing_private_leaves_the_gateway(fake_openai: FakeOpenAI, redis_rig: 
     stored.close()
     metrics = generate_latest(REGISTRY).decode() + b"".join(gate.metrics_app()(
         {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""}, lambda status, headers: None)).decode()
+
+    # Reduced mode refuses the feature, naming it.
+    gate.modes.set("reduced", reason="load test")
+    with gate.scope(user=f"{USER}-reduced", team=TEAM, feature=FEATURE), pytest.raises(fg.ServiceDegraded) as off:
+        client.chat.completions.create(model=MODEL, messages=ask("reduced"), max_tokens=SMALL)
+    errors.append(off.value)
+    assert gate.privacy.label("feature", FEATURE) in str(off.value)
+    gate.modes.clear()
 
     # Redis goes down: the outage is said and calls go on under the failure policy.
     redis_rig.stop_node(node)
