@@ -117,6 +117,7 @@ def test_nothing_private_leaves_the_gateway(fake_openai: FakeOpenAI, redis_rig: 
         privacy={"sensitive": ["team", "feature"]},
         cache={"enabled": True, "namespace": "user"}, dedup={"namespace": "user"},  # keyed by user
         modes={"optional_features": [FEATURE]},  # refused, by name, in reduced mode
+        prompts={"layout": True},  # its report names templates by feature
         metrics={"features": [FEATURE]},  # a feature shown in labels: as its pseudonym
         per_user=fg.QuotaLimits(requests_per_minute=1),  # one call per user, then refused
         teams={TEAM: fg.QuotaLimits(requests_per_minute=1_000_000)},
@@ -220,6 +221,8 @@ def test_nothing_private_leaves_the_gateway(fake_openai: FakeOpenAI, redis_rig: 
     loop.close()
     gate.close()
 
+    prompt_report = gate.prompt_report()
+    assert gate.privacy.label("feature", FEATURE) in prompt_report
     spans = exporter.get_finished_spans()
     assert spans
     records = [json.loads(text.split(" ", 2)[2].rsplit(" args=", 1)[0]) for name, text in logs.lines
@@ -237,7 +240,7 @@ def test_nothing_private_leaves_the_gateway(fake_openai: FakeOpenAI, redis_rig: 
     ours = "\n".join(
         [text for name, text in logs.lines if name.split(".")[0] not in SDK_LOGGERS]
         + [text for e in errors for text in shown(e)]
-        + alerts + [metrics] + key_names
+        + alerts + [metrics, prompt_report] + key_names
         + [json.dumps(reports)]
         + [f"{s.name} {dict(s.attributes or {})} {s.status.description} {[dict(e.attributes or {}) for e in s.events]}"
            for s in spans])
