@@ -28,7 +28,6 @@ from fleetgate.errors import REFUSAL_CODES
 from fleetgate.privacy import KEY_NAME, Privacy
 from fleetgate.prices import PriceTable
 from fleetgate.testing import RedisRig
-from fleetgate.testing.redis import free_port
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, ModelLimits
 from tests.polling import until
 
@@ -284,12 +283,24 @@ def test_a_fleet_without_a_configured_key_shares_one_in_redis(redis_url: str) ->
         gate.close()
 
 
-def test_a_pod_that_cannot_read_the_fleets_key_says_so_without_its_password(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_a_pod_that_starts_while_redis_is_down_takes_the_fleets_key_once_it_is_back(
+        redis_rig: RedisRig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.WARNING, logger="fleetgate")
-    url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"  # nothing listens there
-    privacy = Privacy.from_settings(fg.GatewayConfig(redis_url=url).privacy, url)
-    assert privacy.source == "random, this process" and (privacy.label("user", "u-7") or "").startswith("u_")
-    said = [r.getMessage() for r in caplog.records if "privacy key" in r.getMessage()]
+    monkeypatch.setattr(Privacy, "retry_seconds", 0.05)
+    url = redis_rig.start_standalone(password=PASSWORD)
+    node = redis_rig.nodes[-1]
+    redis_rig.stop_node(node)
+    late = fg.Gateway(redis_url=url, per_user=fg.QuotaLimits(requests_per_minute=60))
+    said = [r.getMessage() for r in caplog.records if "privacy key could not be read" in r.getMessage()]
     assert len(said) == 1 and "FLEETGATE_PRIVACY__KEY" in said[0] and "***" in said[0]
+    _, (before,) = late.quotas_for(MODEL, fg.Scope(user="u-7"))  # named with the pod's own key meanwhile
+    assert before.name.startswith("user:u_")
+    redis_rig.restart(node)
+    until(lambda: "shared" in late.privacy.source)
+    pod = fg.Gateway(redis_url=url, per_user=fg.QuotaLimits(requests_per_minute=60))
+    _, (after,) = late.quotas_for(MODEL, fg.Scope(user="u-7"))
+    _, (fleet,) = pod.quotas_for(MODEL, fg.Scope(user="u-7"))
+    assert after.name == fleet.name != before.name, "the quota is named again with the fleet's key"
     assert PASSWORD not in caplog.text
+    for gate in (late, pod):
+        gate.close()

@@ -167,6 +167,7 @@ class Gateway:
         self._sync_client: openai_sdk.OpenAI | None = None
         self._async_sdk_client: openai_sdk.AsyncOpenAI | None = None
         self._lanes_lock = threading.Lock()
+        self.privacy.on_rekey(_weakly(self._rekeyed))
 
     def _embedder(self) -> Embedder:
         return self.embedder_for(self.config.cache.semantic)
@@ -184,6 +185,7 @@ class Gateway:
         self.modes.close()
         self.cache.close()
         self.router.close()
+        self.privacy.close()
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> Gateway:
@@ -216,9 +218,9 @@ class Gateway:
         name one seen before. The memo is bounded, since user names are not (a quota made
         again has the same name, so the same state). A user's quota (and a sensitive team's
         or feature's) is named by its pseudonym: the name reaches Redis, refusals and logs."""
-        key = (kind, name)
+        key, memo = (kind, name), self._quota_memo  # one memo throughout: a new key brings a new one
         try:
-            return self._quota_memo[key]
+            return memo[key]
         except KeyError:
             pass
         limits = self._limits(kind, name)
@@ -226,10 +228,17 @@ class Gateway:
         found = (Quota(f"{kind}:{label}", limits.requests_per_minute, limits.tokens_per_minute,
                        algorithm=limits.algorithm, burst_seconds=limits.burst_seconds)
                  if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute) else None)
-        if len(self._quota_memo) >= _QUOTA_MEMO:
-            self._quota_memo.clear()
-        self._quota_memo[key] = found
+        if len(memo) >= _QUOTA_MEMO:
+            memo.clear()
+        memo[key] = found
         return found
+
+    def _rekeyed(self) -> None:
+        """The pseudonyms' key changed (this pod read the fleet's): quotas and labels named
+        with the old one are made again."""
+        self._quota_memo = {}
+        if self.metrics is not None:
+            self.metrics.relabel()
 
     def _limits(self, kind: str, name: str) -> QuotaLimits | None:
         """What the configuration sets for `name` of `kind` (a model's: less the headroom)."""

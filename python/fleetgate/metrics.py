@@ -191,12 +191,17 @@ class GatewayMetrics:
         return found
 
     def feature(self, name: str | None) -> str:
-        found = self._features.get(name)
+        features = self._features  # one memo throughout: relabel() brings a new one
+        found = features.get(name)
         if found is None:
             found = (self._privacy.label("feature", name) or "none") if name in self._known_features else "other"
-            if len(self._features) < _MEMO:
-                self._features[name] = found
+            if len(features) < _MEMO:
+                features[name] = found
         return found
+
+    def relabel(self) -> None:
+        """Forget the feature labels made so far (the pseudonyms' key changed)."""
+        self._features = {None: "none"}
 
     def _child(self, family: Any, *labels: str) -> Any:
         key = (family, labels)  # `labels` is a tuple already: none to build per call
