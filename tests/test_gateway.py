@@ -245,7 +245,7 @@ def test_config_from_toml_with_environment_overrides(tmp_path: Path, monkeypatch
     assert gate.config.models["gpt-4.1-mini"].tokens_per_minute == 2_000_000
     model_quota, quotas = gate.quotas_for("gpt-4.1-mini", fg.Scope(user="u-9", feature="support-chat"))
     assert model_quota is not None and [q.name for q in quotas] == [
-        "model:gpt-4.1-mini", "user:u-9", "feature:support-chat"]
+        "model:gpt-4.1-mini", f"user:{gate.privacy.label('user', 'u-9')}", "feature:support-chat"]
     path.write_text("locl_share = 0.5\n")
     with pytest.raises(fg.ConfigError, match="locl_share: unknown key; did you mean `local_share`"):
         fg.Gateway.from_config(path)

@@ -51,6 +51,7 @@ from fleetgate.errors import (
 from fleetgate.gateway import Gateway
 from fleetgate.stats import GatewayStats
 from fleetgate.modes import ModeState, Modes
+from fleetgate.privacy import Privacy
 from fleetgate.scope import Priority, Scope, current_scope, scope
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "ModeState",
     "Modes",
     "Priority",
+    "Privacy",
     "QueueFull",
     "Quota",
     "QuotaLimits",

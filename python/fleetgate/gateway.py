@@ -44,6 +44,7 @@ from fleetgate.fallback import Ladder
 from fleetgate.metrics import BudgetCollector, GatewayMetrics, metrics_app
 from fleetgate.modes import ModeState, Modes, change_reason, fleet_signals
 from fleetgate.prompts import Compressor, LayoutTracker, Savings, render_report
+from fleetgate.privacy import Privacy
 from fleetgate.prices import PriceTable
 from fleetgate.scope import Priority, Scope, current_scope, scope
 from fleetgate.stats import GatewayStats
@@ -117,9 +118,12 @@ class Gateway:
                                local_share=self.config.local_share,
                                lease_seconds=self.config.quota_lease_seconds)
         self.stats = GatewayStats()
+        #: The pseudonyms that stand for users (and sensitive teams or features) in every
+        #: name that leaves the process (:mod:`fleetgate.privacy`).
+        self.privacy = Privacy.from_settings(self.config.privacy, self.config.redis_url)
         self.prices = PriceTable.from_settings(self.config.prices)
         #: Prometheus metrics (None with ``[metrics] enabled = false``).
-        self.metrics = GatewayMetrics(self.config, self.prices) if self.config.metrics.enabled else None
+        self.metrics = GatewayMetrics(self.config, self.prices, self.privacy) if self.config.metrics.enabled else None
         #: OpenTelemetry spans (None without ``opentelemetry-api`` or with ``[tracing] enabled = false``).
         self.tracer = tracer(self.config.tracing.enabled, tracer_provider)
         b = self.config.breakers
@@ -136,7 +140,8 @@ class Gateway:
         self.ladder = Ladder(self.config.fallback)
         self.collapser = Collapser(self.config.dedup, self.stats, self.limiter, self.config.redis_url)
         self.budgets = Budgets(self.config.budgets, self.prices, self.limiter, self.stats.count, on_budget_alert,
-                               failure_policy=self.config.failure_policy, local_share=self.config.local_share)
+                               failure_policy=self.config.failure_policy, local_share=self.config.local_share,
+                               privacy=self.privacy)
         self.presets = Presets(self.config.presets)
         # One embedder (one model loaded) for the semantic layer and the nearest classifier.
         semantic = self.config.cache.semantic.enabled
@@ -164,6 +169,7 @@ class Gateway:
         self._sync_client: openai_sdk.OpenAI | None = None
         self._async_sdk_client: openai_sdk.AsyncOpenAI | None = None
         self._lanes_lock = threading.Lock()
+        self.privacy.on_rekey(_weakly(self._rekeyed))
         #: What the first call needs (the configured models' encodings, the embedder),
         #: loading in the background from now on: :meth:`ready`.
         self.warmup = Warmup(configured_models(self.config), shared)
@@ -190,6 +196,7 @@ class Gateway:
         self.modes.close()
         self.cache.close()
         self.router.close()
+        self.privacy.close()
 
     @property
     def closed(self) -> bool:
@@ -267,20 +274,29 @@ class Gateway:
     def _quota(self, kind: str, name: str) -> Quota | None:
         """The quota of `name` (a model, user, feature or team), remembered: most calls
         name one seen before. The memo is bounded, since user names are not (a quota made
-        again has the same name, so the same state)."""
-        key = (kind, name)
+        again has the same name, so the same state). A user's quota (and a sensitive team's
+        or feature's) is named by its pseudonym: the name reaches Redis, refusals and logs."""
+        key, memo = (kind, name), self._quota_memo  # one memo throughout: a new key brings a new one
         try:
-            return self._quota_memo[key]
+            return memo[key]
         except KeyError:
             pass
         limits = self._limits(kind, name)
-        found = (Quota(f"{kind}:{name}", limits.requests_per_minute, limits.tokens_per_minute,
+        label = name if kind == "model" else self.privacy.label(kind, name)
+        found = (Quota(f"{kind}:{label}", limits.requests_per_minute, limits.tokens_per_minute,
                        algorithm=limits.algorithm, burst_seconds=limits.burst_for(kind))
                  if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute) else None)
-        if len(self._quota_memo) >= _QUOTA_MEMO:
-            self._quota_memo.clear()
-        self._quota_memo[key] = found
+        if len(memo) >= _QUOTA_MEMO:
+            memo.clear()
+        memo[key] = found
         return found
+
+    def _rekeyed(self) -> None:
+        """The pseudonyms' key changed (this pod read the fleet's): quotas and labels named
+        with the old one are made again."""
+        self._quota_memo = {}
+        if self.metrics is not None:
+            self.metrics.relabel()
 
     def _limits(self, kind: str, name: str) -> QuotaLimits | None:
         """What the configuration sets for `name` of `kind` (a model's: less the headroom)."""

@@ -21,6 +21,7 @@ from fleetgate.config.loader import load
 from fleetgate.config.modes import ModeSettings
 from fleetgate.config.observability import LoggingSettings, MetricsSettings, TracingSettings
 from fleetgate.config.prices import PriceSettings
+from fleetgate.config.privacy import PrivacySettings
 from fleetgate.config.prompts import PromptSettings
 from fleetgate.config.routing import RoutingSettings
 
@@ -85,6 +86,7 @@ class GatewayConfig(BaseSettings):
     modes: ModeSettings = Field(default_factory=ModeSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     def __init__(self, **values: Any) -> None:
         """Read the settings: `values`, then ``FLEETGATE_*`` variables, then the TOML file

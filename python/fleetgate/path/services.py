@@ -15,6 +15,7 @@ from fleetgate.fallback import Ladder
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import Modes
 from fleetgate.prices import PriceTable
+from fleetgate.privacy import Privacy
 from fleetgate.prompts import Compressor, LayoutTracker, Savings
 from fleetgate.router import Router
 from fleetgate.scope import Scope
@@ -42,6 +43,7 @@ class Services(Protocol):
     breakers: Breakers | None
     limiter: Limiter
     prices: PriceTable
+    privacy: Privacy
 
     def lanes_for(self, model: str) -> Lanes | None: ...
 
