@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import uuid
+from pathlib import Path
 from collections.abc import Iterator
 
 import httpx2
@@ -104,8 +105,10 @@ def worst_case() -> float:
 
 
 @pytest.mark.fake_openai(config=LONG)
-def test_nothing_private_leaves_the_gateway(fake_openai: FakeOpenAI, redis_rig: RedisRig, logs: Everything) -> None:
+def test_nothing_private_leaves_the_gateway(fake_openai: FakeOpenAI, redis_rig: RedisRig, logs: Everything,
+                                            tmp_path: Path) -> None:
     url = redis_rig.start_standalone(password=PASSWORD)
+    assert PASSWORD in url
     node = redis_rig.nodes[-1]
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -203,6 +206,15 @@ def test_nothing_private_leaves_the_gateway(fake_openai: FakeOpenAI, redis_rig: 
     errors.append(off.value)
     assert gate.privacy.label("feature", FEATURE) in str(off.value)
     gate.modes.clear()
+
+    # A config with the Redis URL under a mistyped key, and a user where a number belongs:
+    # refused, naming the keys, repeating neither value.
+    bad = tmp_path / "fleetgate.toml"
+    bad.write_text(f'redis_ulr = "{url}"\n[per_user]\nrequests_per_minute = "{USER}"\n')
+    with pytest.raises(fg.ConfigError) as config_error:
+        fg.Gateway.from_config(bad)
+    errors.append(config_error.value)
+    assert "redis_url" in str(config_error.value) and "requests_per_minute" in str(config_error.value)
 
     # Redis goes down: the outage is said and calls go on under the failure policy.
     redis_rig.stop_node(node)
