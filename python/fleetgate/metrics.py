@@ -55,6 +55,9 @@ multiprocess mode). When a worker exits, call
                                                    schema checks, rollout judgements, and
                                                    ``gate.quality()`` (user feedback)
 =================================================  ======================================
+
+Counters and histograms have no ``*_created`` series (the application's own metrics keep
+whatever prometheus-client gives them).
 """
 
 from __future__ import annotations
@@ -140,7 +143,13 @@ class _Families(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for value in vars(self).values():
-            yield from value.collect()
+            for metric in value.collect():
+                # No ``*_created`` series: a timestamp per labelled child that only doubles
+                # the series a scrape stores. Dropped here rather than with
+                # ``prometheus_client.disable_created_metrics()``, which would change the
+                # application's own metrics too.
+                metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+                yield metric
 
 
 _families: _Families | None = None
