@@ -56,7 +56,7 @@ class Limit(Layer):
                 raise Refused(e, self.name) from e
             finally:
                 waited = time.perf_counter() - asked
-                call.timing.waited += waited
+                call.waits(waited, "quota")
                 if self.metrics is not None:
                     self.metrics.limiter_waited(call.model, waited)
         if call.deadline <= time.monotonic():

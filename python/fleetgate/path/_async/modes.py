@@ -46,7 +46,7 @@ class Modes(Layer):
         if mode.mode == "maintenance":
             began = time.perf_counter()
             mode = await self.modes.wait_out_async(call.seconds_left())
-            call.timing.waited += time.perf_counter() - began
+            call.waits(time.perf_counter() - began, "maintenance")
             if mode.mode == "full":
                 return await next(call)
         call.mode = mode.mode

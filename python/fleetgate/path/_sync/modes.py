@@ -47,7 +47,7 @@ class Modes(Layer):
         if mode.mode == "maintenance":
             began = time.perf_counter()
             mode = self.modes.wait_out(call.seconds_left())
-            call.timing.waited += time.perf_counter() - began
+            call.waits(time.perf_counter() - began, "maintenance")
             if mode.mode == "full":
                 return next(call)
         call.mode = mode.mode

@@ -22,7 +22,7 @@ from fleetgate.fallback import TIER_HEADER
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import MODE_HEADER
 from fleetgate.path._sync.layer import Layer, Next
-from fleetgate.path.call import Call
+from fleetgate.path.call import Call, Spent
 from fleetgate.path.refusals import REFUSED_HEADER
 from fleetgate.privacy import Privacy
 from fleetgate.records import log_request
@@ -72,6 +72,8 @@ class Record(Layer):
             self.tracer.answered(call.span, response)
         log_request(call.endpoint, call.body, call.scope, response, seconds, timing.usage, timing.cost, timing.model,
                     privacy=self.privacy)
+        response.extensions[Spent.KEY] = Spent(seconds, timing.upstream, dict(timing.waited_for), timing.sent,
+                                               timing.quota_tokens)
         return response
 
     def _failed(self, call: Call, error: BaseException) -> None:
