@@ -113,7 +113,7 @@ def test_no_prompt_answer_or_key_in_the_logs_of_a_file_run(fake_openai: FakeOpen
     assert summary.sent == 5 and summary.bad_lines == 2
     answers = [json.loads(x)["response"]["body"]["choices"][0]["message"]["content"]
                for x in out.read_text().splitlines()]
-    everything = "\n".join([r.getMessage() for r in caplog.records] + [summary.render(quota_rpm=None),
+    everything = "\n".join([r.getMessage() for r in caplog.records] + [summary.render(),
                             (tmp_path / "out.errors.jsonl").read_text()])
     assert sum(r.name == "fleetgate.requests" for r in caplog.records) == 5
     for marker in MARKERS:
