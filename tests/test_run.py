@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def test_a_run_waits_for_quota_past_the_interactive_deadline(fake_openai: FakeOp
 
 
 def test_quota_use_counts_the_window_the_run_covered_and_its_burst() -> None:
-    from fleetgate.run import QuotaUse, allowed_in
+    from fleetgate.summary import QuotaUse, allowed_in
 
     bucket = fg.QuotaLimits(requests_per_minute=1_200, tokens_per_minute=200_000)
     # 40 requests in 1 s: a full bucket's 20 (one second's share) and 20 more as it refills.
@@ -123,7 +124,7 @@ def test_quota_use_counts_the_window_the_run_covered_and_its_burst() -> None:
     window = fg.QuotaLimits(requests_per_minute=1_200, algorithm="sliding_window")
     assert allowed_in(1_200, 1.0, window) == 1_200 and allowed_in(1_200, 61.0, window) == 2_400
     idle = QuotaUse("m", bucket, seconds=10.0, requests=20, tokens=100, waiting=0.0)
-    assert not idle.bound and "neither limit bound the pace" in idle.render()
+    assert not idle.bound and "requests the most used, but the quota did not set the pace" in idle.render()
 
 
 @pytest.mark.fake_openai(config=FakeConfig(models={MODEL: ModelLimits(requests_per_minute=1_200)}))
@@ -163,3 +164,22 @@ def test_the_summary_without_limits_says_where_the_time_went(fake_openai: FakeOp
     text = summary.render()
     assert "quota use" not in text and "waiting for" not in text, "no quota, no waiting for one"
     assert "\n  upstream: p50 " in text and "\n  the p95 request: " in text
+
+
+@pytest.mark.fake_openai(config=FakeConfig(models={MODEL: ModelLimits(requests_per_minute=1_200)}))
+def test_the_command_reports_the_quota_use_of_the_configured_model(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fleetgate.cli import main
+
+    src, config = tmp_path / "in.jsonl", tmp_path / "fleetgate.toml"
+    write_input(src, 12)
+    config.write_text(f'[models."{MODEL}"]\nrequests_per_minute = 600\n')
+    result = CliRunner().invoke(main, ["run", str(src), "--out", str(tmp_path / "out.jsonl"), "--config", str(config),
+                                       "--base-url", fake_openai.base_url, "--api-key", "sk-fake"])
+    assert result.exit_code == 0, result.output
+    quota = next(line for line in result.output.splitlines() if line.startswith("quota use, "))
+    share = re.search(r": requests ([\d.]+)% of 600/min \(12 sent upstream\)$", quota)
+    assert share is not None and quota.startswith(f"quota use, {MODEL}: requests "), quota
+    assert 0 < float(share.group(1)) <= 100, "a short run never uses more than the limit allows"
+    assert "\n  upstream: p50 " in result.output and "\n  the p95 request: " in result.output

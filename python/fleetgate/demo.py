@@ -25,7 +25,8 @@ from fleetgate.cache.embedders import LocalEmbedder
 from fleetgate.config import QuotaLimits
 from fleetgate.errors import ConfigError
 from fleetgate.gateway import Gateway
-from fleetgate.run import RunSummary, allowed_in, run_file
+from fleetgate.run import RunSummary, run_file
+from fleetgate.summary import allowed_in
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, ModelLimits
 
 __all__ = ["DEMO_LIMITS", "ROLLOUT_UPSTREAM", "SEMANTIC_QUESTIONS", "UPSTREAM_LIMITS", "rollout_episode", "run_demo",
