@@ -221,7 +221,8 @@ class RunSummary:
         lines = [f"latency: {spread(self.latencies_ms)}"]
         if not self.times:
             return lines
-        kinds = sorted({k for t in self.times for k, ms in t.waited_ms.items() if ms > 0},
+        # Waits no request spent half a millisecond in are left out (the quota's, always shown).
+        kinds = sorted({k for t in self.times for k, ms in t.waited_ms.items() if ms >= 0.5 or k == "quota"},
                        key=lambda k: list(WAIT_LABELS).index(k) if k in WAIT_LABELS else len(WAIT_LABELS))
         lines += [f"  {label(kind)}: {spread([t.waited_ms.get(kind, 0.0) for t in self.times])}" for kind in kinds]
         lines.append(f"  upstream: {spread([t.upstream_ms for t in self.times])}")
