@@ -34,13 +34,13 @@ PACED_BY_QUOTA = (0.1, 0.9)
 
 
 def allowed_in(per_minute: int, seconds: float, limits: QuotaLimits) -> float:
-    """How much a limit of `per_minute` lets through in a window of `seconds`: a token
-    bucket, its rate for that time plus the burst a full bucket starts with
-    (``burst_seconds`` of the rate); a sliding window, the whole limit in each minute the
-    window touches."""
+    """How much a model's limit of `per_minute` lets through in a window of `seconds`: a
+    token bucket, its rate for that time plus the burst a full bucket starts with
+    (``burst_seconds`` of the rate, one second's by default); a sliding window, the whole
+    limit in each minute the window touches."""
     if limits.algorithm == "sliding_window":
         return float(per_minute * max(1, math.ceil(seconds / 60)))
-    return per_minute / 60 * (seconds + limits.burst_seconds)
+    return per_minute / 60 * (seconds + limits.burst_for("model"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ class QuotaUse:
                      f"requests' time spent waiting for it: the concurrency or the latency did)")
         order = sorted(parts, key=lambda name: name != binding)
         burst = ("the limit over any minute it touched" if self.limits.algorithm == "sliding_window"
-                 else f"its rate for that time plus its {self.limits.burst_seconds:g} s burst")
+                 else f"its rate for that time plus its {self.limits.burst_for('model'):g} s burst")
         return (f"quota use, {self.model}: {head}: " + "; ".join(parts[name] for name in order) + "\n"
                 f"  (use: what the run counted against the limit, over what the limit allows in the run's "
                 f"{self.seconds:.1f} s: {burst})")
