@@ -29,7 +29,8 @@ stubtest: build  ## the stubs match the extension, and the package type-checks s
 	$(PY) -m mypy.stubtest fleetgate._core
 	$(PY) -m mypy --strict python/fleetgate
 
-# The Prometheus alerting rules and their unit tests, with promtool from Debian's prometheus
+# The Prometheus alerting rules and their unit tests, and the dashboards' expressions
+# (scripts/dashboard_rules.py), with promtool from Debian's prometheus
 # package (2.42 on bookworm), installed when missing. Its postinst would start a Prometheus
 # server on :9090: a policy-rc.d answering 101 (action forbidden) keeps invoke-rc.d and
 # deb-systemd-invoke from starting it, and is removed after unless one was there already
@@ -52,6 +53,12 @@ test-alerts:
 	@promtool --version 2>&1 | head -n 1
 	promtool check rules alerts/fleetgate.rules.yml
 	promtool test rules alerts/fleetgate.rules.test.yml
+	@# Every dashboard panel's expression, as a recording rule: parsed, and a few evaluated.
+	dash=$$(mktemp -d); trap 'rm -rf "$$dash"' EXIT; \
+	$(PYTHON) scripts/dashboard_rules.py dashboards/*.json --out "$$dash"; \
+	promtool check rules "$$dash"/*.rules.yml; \
+	cp dashboards/*.rules.test.yml "$$dash"/; \
+	for t in "$$dash"/*.rules.test.yml; do promtool test rules "$$t"; done
 
 # The environment: a virtualenv with maturin and the test tools.
 $(VENV)/.ready: pyproject.toml

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,8 @@ def test_async_streams(fake_openai: FakeOpenAI) -> None:
 
 
 def test_scope_applies_user_feature_and_team_quotas(fake_openai: FakeOpenAI) -> None:
-    gate = gateway(fake_openai, per_user=fg.QuotaLimits(requests_per_minute=120),  # a burst of 2
-                   features={"search": fg.QuotaLimits(requests_per_minute=60)})
+    gate = gateway(fake_openai, per_user=fg.QuotaLimits(requests_per_minute=120, burst_seconds=1),  # a burst of 2
+                   features={"search": fg.QuotaLimits(requests_per_minute=60, burst_seconds=1)})
     client = gate.openai(api_key="sk-fake", max_retries=2)
     # The calls that fit get a deadline a loaded machine cannot miss; the one that does not
     # fit a short one: no room comes within it, so the gateway refuses instead of waiting.
@@ -137,6 +138,44 @@ def test_nested_scopes_refine_and_never_extend_the_deadline() -> None:
         fg.scope(deadline=-1)
     with pytest.raises(TypeError, match="user"):
         fg.scope(user="")
+
+
+def test_a_gateway_is_a_context_manager_and_closes_once() -> None:
+    with fg.Gateway() as gate:
+        assert not gate.closed
+    assert gate.closed
+    gate.close()  # again: nothing to do
+
+    async def main() -> fg.Gateway:
+        async with fg.Gateway() as agate:
+            assert not agate.closed
+        return agate
+
+    assert asyncio.run(main()).closed
+
+@pytest.mark.fake_openai(config=FakeConfig())
+def test_a_deadline_is_each_calls_and_deadline_at_the_blocks(fake_openai: FakeOpenAI) -> None:
+    """A call late in a block that already lasted longer than its deadline still gets the
+    whole deadline, from its own start; a block's deadline_at, once past, refuses."""
+    gate = gateway(fake_openai)
+    client = gate.openai(api_key="sk-fake", max_retries=0)
+    with gate.scope(deadline=1.0) as sc:
+        client.chat.completions.create(model=MODEL, messages=MSG)
+        time.sleep(1.0)  # the block has lasted its deadline
+        assert sc.seconds_left() == 1.0
+        client.chat.completions.create(model=MODEL, messages=MSG)
+    assert gate.stats["deadline_expired"] == 0 and fake_openai.counters(MODEL).requests == 2
+    with gate.scope(deadline=30, deadline_at=time.time() - 1), pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=MODEL, messages=MSG)
+    assert caught.value.code == "fleetgate_deadline_expired" and fake_openai.counters(MODEL).requests == 2
+    with fg.scope(deadline=5, deadline_at=time.time() + 3600) as outer:
+        assert outer.seconds_left() == 5
+        with fg.scope(deadline=60, deadline_at=time.time() + 1) as inner:
+            assert inner.deadline == 5 and inner.deadline_at is not None and inner.deadline_at < outer.deadline_at
+            left = inner.seconds_left()
+            assert left is not None and left <= 1
+    with pytest.raises(ValueError, match="deadline_at"):
+        fg.scope(deadline_at=float("nan"))
 
 
 @pytest.mark.fake_openai(config=FakeConfig(models={MODEL: ModelLimits(requests_per_minute=600)}))
@@ -206,11 +245,11 @@ def test_config_from_toml_with_environment_overrides(tmp_path: Path, monkeypatch
     assert gate.config.models["gpt-4.1-mini"].tokens_per_minute == 2_000_000
     model_quota, quotas = gate.quotas_for("gpt-4.1-mini", fg.Scope(user="u-9", feature="support-chat"))
     assert model_quota is not None and [q.name for q in quotas] == [
-        "model:gpt-4.1-mini", "user:u-9", "feature:support-chat"]
+        "model:gpt-4.1-mini", f"user:{gate.privacy.label('user', 'u-9')}", "feature:support-chat"]
     path.write_text("locl_share = 0.5\n")
-    with pytest.raises(ValueError, match="locl_share"):
+    with pytest.raises(fg.ConfigError, match="locl_share: unknown key; did you mean `local_share`"):
         fg.Gateway.from_config(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(fg.ConfigError, match="missing.toml: no such file"):
         fg.Gateway.from_config(tmp_path / "missing.toml")
 
 
@@ -252,7 +291,7 @@ def test_model_quotas_keep_the_configured_headroom() -> None:
 
 def test_a_quota_made_again_after_the_memo_starts_over_is_the_same_room(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fleetgate.gateway, "_QUOTA_MEMO", 2)
-    gate = fg.Gateway(per_user=fg.QuotaLimits(requests_per_minute=60))  # a burst of one request
+    gate = fg.Gateway(per_user=fg.QuotaLimits(requests_per_minute=60, burst_seconds=1))  # a burst of one request
     _, (first,) = gate.quotas_for(MODEL, fg.Scope(user="u1"))
     assert gate.limiter.try_acquire([first])
     for user in ("u2", "u3"):  # the memo fills and starts over

@@ -225,6 +225,30 @@ def test_disabled_metrics_record_nothing(fake_openai: FakeOpenAI) -> None:
     assert total(delta(scrape_wsgi(app), before), "fleetgate_requests_total") == 0
 
 
+def test_no_created_series_and_the_applications_own_metrics_unchanged(fake_openai: FakeOpenAI) -> None:
+    from prometheus_client import REGISTRY, generate_latest
+    from prometheus_client import Counter as AppCounter
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    gate = fg.Gateway(base_url=fake_openai.base_url, lanes={"concurrency": 2},
+                      models={MODEL: {"requests_per_minute": 10_000}})
+    gate.openai(api_key="sk-test").chat.completions.create(model=MODEL, messages=messages("created?"))
+    mine = AppCounter("app_orders", "The application's own counter", registry=None)
+    mine.inc()
+    pages = {
+        "metrics_app": b"".join(gate.metrics_app()({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics",
+                                                    "QUERY_STRING": ""}, lambda s, h: None)).decode(),
+        "the application's registry": generate_latest(REGISTRY).decode(),
+        "OpenMetrics": generate_openmetrics(REGISTRY).decode(),
+    }
+    for where, text in pages.items():
+        series = [line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("fleetgate_")]
+        assert "fleetgate_requests_total" in series and "fleetgate_queue_wait_seconds_count" in series, where
+        assert not [name for name in series if name.endswith("_created")], where
+    assert any(s.name == "app_orders_created" for family in mine.collect() for s in family.samples), \
+        "the application's own counters keep their created series"
+
+
 def test_dashboard_shows_only_metrics_that_exist(fake_openai: FakeOpenAI) -> None:
     import json
     import re
@@ -234,7 +258,7 @@ def test_dashboard_shows_only_metrics_that_exist(fake_openai: FakeOpenAI) -> Non
         gate.openai(api_key="sk-test").chat.completions.create(model=MODEL, messages=messages("seen"))
     exposed = {family.name for family in text_string_to_metric_families(
         b"".join(gate.metrics_app()({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
-                                    lambda s, h: None)).decode()) if not family.name.endswith("_created")}
+                                    lambda s, h: None)).decode())}
     dashboard = json.loads((Path(__file__).parents[1] / "dashboards" / "fleetgate.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {re.sub(r"_(total|bucket|count|sum)$", "", name) for e in exprs for name in re.findall(r"fleetgate_\w+", e)}

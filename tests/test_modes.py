@@ -443,3 +443,24 @@ def test_a_failing_judgement_is_logged_once_while_it_lasts(caplog: pytest.LogCap
     said = [(r.levelno, r.getMessage(), r.exc_info) for r in caplog.records if r.name == "fleetgate"]
     assert [level for level, _, _ in said] == [logging.ERROR, logging.INFO], said
     assert "a signal cannot be read" in said[0][1] and said[0][2] is None
+
+
+def test_every_mode_change_is_logged_with_a_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """The default mode has no reason of its own: the log says what ended the one before."""
+    caplog.set_level(logging.INFO, logger="fleetgate")
+    with fg.Gateway(modes={"evaluate_every_seconds": 0.05}) as gate:
+        gate.modes.set("static")
+        gate.modes.clear()
+        gate.modes.set("cached-only", for_seconds=0.2)
+        until(lambda: gate.modes.current.mode == "full")
+    said = [r.getMessage() for r in caplog.records if "fleetgate: mode " in r.getMessage()]
+    assert said == ["fleetgate: mode full → static (operator: set in this process)",
+                    "fleetgate: mode static → full (default: the operator's mode was cleared)",
+                    said[2], "fleetgate: mode cached-only → full (default: the operator's mode expired)"], said
+    assert said[2].startswith("fleetgate: mode full → cached-only until ") and said[2].endswith(
+        "(operator: set in this process)")
+    assert fg.modes.change_reason(fg.ModeState("static", "operator"), fg.ModeState("full")) == \
+        "the operator's mode was cleared"
+    assert fg.modes.change_reason(fg.ModeState("full"), fg.ModeState("static", "operator")) == "set by an operator"
+    assert fg.modes.change_reason(fg.ModeState("reduced", "auto", "error rate 0.6"), fg.ModeState("full")) == \
+        "the signals recovered"

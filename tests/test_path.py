@@ -162,6 +162,51 @@ def drawn(text: str, after: str) -> list[str]:
             or re.match(r"^[a-z]+ {2,}\S", line)]
 
 
+@pytest.mark.parametrize("asyncio_client", [False, True], ids=["sync", "async"])
+def test_an_answer_tells_where_its_time_went_and_what_it_counted(fake_openai: FakeOpenAI,
+                                                                  asyncio_client: bool) -> None:
+    from fleetgate.path.call import Spent
+
+    gate = fg.Gateway(base_url=fake_openai.base_url, models={MODEL: fg.QuotaLimits(requests_per_minute=10_000)})
+    if asyncio_client:
+        async def one() -> Any:
+            return await gate.async_openai(api_key="sk-test").chat.completions.with_raw_response.create(
+                model=MODEL, messages=MSG, max_tokens=8)
+        answer = asyncio.run(one())
+    else:
+        answer = gate.openai(api_key="sk-test").chat.completions.with_raw_response.create(
+            model=MODEL, messages=MSG, max_tokens=8)
+    spent = answer.http_response.extensions[Spent.KEY]
+    assert isinstance(spent, Spent) and spent.sent == 1
+    # What OpenAI counts against tokens per minute: the prompt's estimate plus max_tokens.
+    assert spent.quota_tokens > 8
+    assert set(spent.waited) == {"quota"}, "asked the limiter, and nothing else to wait for"
+    assert spent.upstream > 0.0 and spent.seconds >= spent.upstream + spent.waited["quota"]
+
+
+def test_an_answer_tells_how_long_it_waited_for_a_lane(fake_openai: FakeOpenAI) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fleetgate.path.call import Spent
+
+    gate = fg.Gateway(base_url=fake_openai.base_url, lanes={"concurrency": 1})
+    client = gate.openai(api_key="sk-test")
+    lanes = gate.lanes_for(MODEL)
+    assert lanes is not None
+    stream = client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=8, stream=True)  # holds the slot
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(client.chat.completions.with_raw_response.create, model=MODEL, messages=MSG,
+                             max_tokens=8)
+        until(lambda: lanes.queued(int(fg.Priority.INTERACTIVE)) == 1)
+        queued_by = time.perf_counter()
+        time.sleep(0.2)  # the slot stays held at least this long, however slow the machine
+        held_until = time.perf_counter()
+        list(stream)  # read to its end: the slot is given back
+        spent = second.result(timeout=60).http_response.extensions[Spent.KEY]
+    assert spent.waited["lane"] >= held_until - queued_by
+    assert spent.seconds >= spent.upstream + spent.waited["lane"] and spent.sent == 1
+
+
 def test_the_readme_and_the_design_draw_the_path_in_the_codes_order() -> None:
     assert drawn((ROOT / "README.md").read_text(), "### The request path") == ORDER
     assert drawn((ROOT.parent / "shared" / "DESIGN.md").read_text(), "## The path of one request") == ORDER

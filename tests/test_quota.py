@@ -62,3 +62,32 @@ def test_parse_duration_reads_openai_reset_headers() -> None:
     assert fg.parse_duration("23h18m29.144s") == pytest.approx(83909.144)
     with pytest.raises(fg.ConfigError, match="invalid duration"):
         fg.parse_duration("soon")
+
+
+@pytest.mark.parametrize("kind", ["user", "feature", "team"])
+def test_a_scope_quota_admits_its_whole_minute_at_once_and_then_spreads(kind: str) -> None:
+    """requests_per_minute = 5 for a user, feature or team: five calls at once, the sixth
+    refused until a fifth of the minute has refilled one."""
+    five = fg.QuotaLimits(requests_per_minute=5)
+    gate = fg.Gateway(per_user=five, features={"search": five}, teams={"research": five},
+                      models={"gpt-4.1-mini": fg.QuotaLimits(requests_per_minute=600)})
+    sc = fg.Scope(**{kind: {"user": "u-1", "feature": "search", "team": "research"}[kind]})
+    model_quota, quotas = gate.quotas_for("gpt-4.1-mini", sc)
+    assert model_quota is not None and model_quota.request_capacity == 9, "a model's: one second's share"
+    (quota,) = [q for q in quotas if q is not model_quota]
+    assert quota.request_capacity == 5
+    for _ in range(5):
+        assert gate.limiter.try_acquire([quota])
+    sixth = gate.limiter.try_acquire([quota])
+    assert not sixth and sixth.retry_after > 5, "one call's room comes back every 12 s"
+    gate.close()
+
+
+def test_a_scope_quota_bursts_as_configured() -> None:
+    gate = fg.Gateway(per_user=fg.QuotaLimits(requests_per_minute=60, burst_seconds=1),
+                      teams={"t": fg.QuotaLimits(requests_per_minute=60, algorithm="sliding_window")})
+    _, (user, team) = gate.quotas_for("gpt-4.1-mini", fg.Scope(user="u-1", team="t"))
+    assert (user.request_capacity, team.request_capacity) == (1, 60)
+    with pytest.raises(ValueError, match="burst_seconds applies to the token_bucket algorithm only"):
+        fg.QuotaLimits(requests_per_minute=60, algorithm="sliding_window", burst_seconds=1)
+    gate.close()

@@ -113,7 +113,7 @@ def test_no_prompt_answer_or_key_in_the_logs_of_a_file_run(fake_openai: FakeOpen
     assert summary.sent == 5 and summary.bad_lines == 2
     answers = [json.loads(x)["response"]["body"]["choices"][0]["message"]["content"]
                for x in out.read_text().splitlines()]
-    everything = "\n".join([r.getMessage() for r in caplog.records] + [summary.render(quota_rpm=None),
+    everything = "\n".join([r.getMessage() for r in caplog.records] + [summary.render(),
                             (tmp_path / "out.errors.jsonl").read_text()])
     assert sum(r.name == "fleetgate.requests" for r in caplog.records) == 5
     for marker in MARKERS:
@@ -141,18 +141,22 @@ def test_no_prompt_answer_or_key_in_what_a_batch_job_reports(tmp_path: Path, cap
                            line_rejection_rate=0.1, duplicate_lines=1, unknown_lines=1)
     with FakeOpenAI(FakeConfig(batch=timings)) as fake:
         gate = fg.Gateway(base_url=fake.base_url, batch={"directory": str(tmp_path / "state"), "max_attempts": 2,
-                                                         "poll_min_seconds": 0.02, "poll_max_seconds": 0.2})
+                                                         "poll_min_seconds": 0.02, "poll_max_seconds": 0.2},
+                          budgets={"record_spend": True})
         jobs = gate.batches(api_key=SECRET_KEY)
         with pytest.raises(BatchInputError) as refused:
             jobs.submit(src, name="private", user=SECRET_USER)
         report = jobs.submit(src, name="private", user=SECRET_USER, skip_bad_lines=True)
         summary = jobs.collect("private", tmp_path / "out.jsonl")
     assert report.done and summary.dead > 0 and summary.answered > 0
+    spenders = gate.costs(by="user")
+    assert [user for user, _ in spenders] == [gate.privacy.label("user", SECRET_USER)]  # its pseudonym
     answers = [json.loads(x)["response"]["body"]["choices"][0]["message"]["content"]
                for x in summary.output.read_text().splitlines()]
     everything = "\n".join([r.getMessage() for r in caplog.records] + [
         str(refused.value), repr(refused.value), report.render(), summary.dead_letters.read_text(),
-        (tmp_path / "state" / "private" / "rejected.jsonl").read_text(), generate_latest(REGISTRY).decode()])
+        (tmp_path / "state" / "private" / "rejected.jsonl").read_text(), generate_latest(REGISTRY).decode(),
+        json.dumps(spenders)])
     assert "unknown ids" in everything and "line 62" in everything  # it did report, by id and number
     for marker in MARKERS:
         assert marker not in everything

@@ -97,7 +97,7 @@ def test_the_gates_leave_out_time_spent_waiting_for_quota(fake_openai: FakeOpenA
     """A user's quota of 2 requests a second holds 4 of 6 calls back about 0.5 s each; each
     still answers in about 10 ms, and that is what its configuration is judged on. (The
     median, not the p95: a process's first call or a collector's pause may stall one.)"""
-    gate = fg.Gateway(base_url=fake_openai.base_url, per_user=fg.QuotaLimits(requests_per_minute=120),
+    gate = fg.Gateway(base_url=fake_openai.base_url, per_user=fg.QuotaLimits(requests_per_minute=120, burst_seconds=1),
                       routing={"rollouts": {"r": rollout(steps=[0.5, 1.0], early_requests=1000)}})
     client = gate.openai(api_key="sk-fake", max_retries=0)
     took = []

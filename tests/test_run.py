@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -103,3 +104,82 @@ def test_a_run_waits_for_quota_past_the_interactive_deadline(fake_openai: FakeOp
                       models={MODEL: fg.QuotaLimits(requests_per_minute=240)})  # one every 0.25 s
     summary = run_file(src, out, gateway=gate, concurrency=6, progress=False, api_key="sk-fake")
     assert summary.succeeded == 6 and gate.stats["refused"] == 0
+
+
+# -- the summary --------------------------------------------------------------------------------
+
+
+def test_quota_use_counts_the_window_the_run_covered_and_its_burst() -> None:
+    from fleetgate.summary import QuotaUse, allowed_in
+
+    bucket = fg.QuotaLimits(requests_per_minute=1_200, tokens_per_minute=200_000)
+    # 40 requests in 1 s: a full bucket's 20 (one second's share) and 20 more as it refills.
+    # Per minute of the run's second alone that would be 200%.
+    assert allowed_in(1_200, 1.0, bucket) == 40
+    use = QuotaUse("m", bucket, seconds=1.0, requests=40, tokens=5_000)
+    assert use.requests_share == 1.0 and use.tokens_share == 5_000 / (200_000 / 60 * 2)
+    assert use.binding == "requests" and use.bound
+    longer = fg.QuotaLimits(requests_per_minute=1_200, burst_seconds=5)
+    assert allowed_in(1_200, 1.0, longer) == 120
+    window = fg.QuotaLimits(requests_per_minute=1_200, algorithm="sliding_window")
+    assert allowed_in(1_200, 1.0, window) == 1_200 and allowed_in(1_200, 61.0, window) == 2_400
+    idle = QuotaUse("m", bucket, seconds=10.0, requests=20, tokens=100, waiting=0.0)
+    assert not idle.bound and "requests the most used, but the quota did not set the pace" in idle.render()
+
+
+@pytest.mark.fake_openai(config=FakeConfig(models={MODEL: ModelLimits(requests_per_minute=1_200)}))
+def test_the_summary_names_the_binding_limit_and_splits_waiting_from_upstream(fake_openai: FakeOpenAI,
+                                                                             tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(src, 40)
+    # Ten requests a second, a burst of ten: all 40 asked at once, most wait for quota.
+    gate = fg.Gateway(base_url=fake_openai.base_url,
+                      models={MODEL: fg.QuotaLimits(requests_per_minute=600, tokens_per_minute=10_000_000)})
+    summary = run_file(src, out, gateway=gate, concurrency=40, progress=False, api_key="sk-fake")
+    counters = fake_openai.counters(MODEL)
+    assert summary.succeeded == 40
+    assert summary.quota_requests[MODEL] == counters.requests == 40
+    assert summary.quota_tokens[MODEL] == counters.tokens_admitted, "tokens counted as upstream counts them"
+    [use] = summary.quota_use()
+    assert use.binding == "requests" and use.bound
+    assert use.requests_share is not None and use.requests_share <= 1.0, "never more than the limit allows"
+    text = summary.render()
+    quota_line = next(line for line in text.splitlines() if line.startswith("quota use, "))
+    assert quota_line.startswith(f"quota use, {MODEL}: requests bound the pace: requests ")
+    assert "of 600/min (40 sent upstream); tokens " in quota_line and "of 10,000,000/min" in quota_line
+    assert "its rate for that time plus its 1 s burst" in text
+    assert "\n  waiting for request quota: p50 " in text and "\n  upstream: p50 " in text
+    p95 = next(line for line in text.splitlines() if line.startswith("  the p95 request: "))
+    assert " = waiting for request quota " in p95 and " + upstream " in p95
+    assert len(summary.times) == 40
+    for t in summary.times:
+        assert t.upstream_ms > 0 and "quota" in t.waited_ms
+        assert t.total_ms >= t.upstream_ms + sum(t.waited_ms.values())
+
+
+def test_the_summary_without_limits_says_where_the_time_went(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(src, 5)
+    summary = run_file(src, out, gateway=fg.Gateway(base_url=fake_openai.base_url), progress=False, api_key="sk-fake")
+    text = summary.render()
+    assert "quota use" not in text and "waiting for" not in text, "no quota, no waiting for one"
+    assert "\n  upstream: p50 " in text and "\n  the p95 request: " in text
+
+
+@pytest.mark.fake_openai(config=FakeConfig(models={MODEL: ModelLimits(requests_per_minute=1_200)}))
+def test_the_command_reports_the_quota_use_of_the_configured_model(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fleetgate.cli import main
+
+    src, config = tmp_path / "in.jsonl", tmp_path / "fleetgate.toml"
+    write_input(src, 12)
+    config.write_text(f'[models."{MODEL}"]\nrequests_per_minute = 600\n')
+    result = CliRunner().invoke(main, ["run", str(src), "--out", str(tmp_path / "out.jsonl"), "--config", str(config),
+                                       "--base-url", fake_openai.base_url, "--api-key", "sk-fake"])
+    assert result.exit_code == 0, result.output
+    quota = next(line for line in result.output.splitlines() if line.startswith("quota use, "))
+    share = re.search(r": requests ([\d.]+)% of 600/min \(12 sent upstream\)$", quota)
+    assert share is not None and quota.startswith(f"quota use, {MODEL}: requests "), quota
+    assert 0 < float(share.group(1)) <= 100, "a short run never uses more than the limit allows"
+    assert "\n  upstream: p50 " in result.output and "\n  the p95 request: " in result.output

@@ -40,6 +40,7 @@ from fleetgate.errors import (
     BypassWarning,
     CircuitOpen,
     ConfigError,
+    ConfigProblem,
     DeadlineExpired,
     FleetgateError,
     InputTruncated,
@@ -51,6 +52,7 @@ from fleetgate.errors import (
 from fleetgate.gateway import Gateway
 from fleetgate.stats import GatewayStats
 from fleetgate.modes import ModeState, Modes
+from fleetgate.privacy import Privacy
 from fleetgate.scope import Priority, Scope, current_scope, scope
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "BypassWarning",
     "CircuitOpen",
     "ConfigError",
+    "ConfigProblem",
     "DeadlineExpired",
     "Decision",
     "FleetgateError",
@@ -80,6 +83,7 @@ __all__ = [
     "ModeState",
     "Modes",
     "Priority",
+    "Privacy",
     "QueueFull",
     "Quota",
     "QuotaLimits",

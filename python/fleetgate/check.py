@@ -15,18 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx2
-from pydantic import ValidationError
 
 from fleetgate.redis_clients import redacted_url
 from fleetgate.config import GatewayConfig
-from fleetgate.errors import FleetgateError
+from fleetgate.errors import ConfigError, FleetgateError
 
 __all__ = ["Finding", "run_checks"]
 
@@ -89,16 +87,10 @@ def _config(path: Path | None, overrides: dict[str, Any], findings: list[Finding
     where = str(path) if path is not None else "no file (defaults and FLEETGATE_* variables)"
     try:
         config = GatewayConfig.from_toml(path, **overrides) if path is not None else GatewayConfig(**overrides)
-    except FileNotFoundError as e:
-        findings.append(Finding("FAIL", "config", str(e)))
-        return None
-    except tomllib.TOMLDecodeError as e:
-        findings.append(Finding("FAIL", "config", f"{where} is not valid TOML: {e}"))
-        return None
-    except ValidationError as e:
-        for error in e.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            findings.append(Finding("FAIL", "config", f"{field}: {error['msg']} ({where})"))
+    except ConfigError as e:  # the loader's problems, one finding each
+        findings.extend(Finding("FAIL", "config", str(problem)) for problem in e.problems)
+        if not e.problems:
+            findings.append(Finding("FAIL", "config", str(e)))
         return None
     findings.append(Finding("ok", "config", f"{where} ({config.env or 'no FLEETGATE_ENV'})"))
     return config

@@ -190,7 +190,8 @@ class Collapser:
         if isinstance(error, StoreUnavailable):
             self._outage.failed(error, "each pod makes its own calls until it is back")
             return None
-        return refuse(DeadlineExpired("the deadline passed while another pod made this call"))
+        return refuse(DeadlineExpired("the deadline passed while another pod made this call; give the request a "
+                                       "later deadline (scope(deadline=…) or default_deadline_seconds)"))
 
     def _share(self, fleet: FleetFlights, key: str, call: Call, answer: Callable[[], httpx2.Response]) -> httpx2.Response:
         """Make the claimed call and publish its answer; only upstream's 200s are shared (a

@@ -26,9 +26,11 @@ from fleetgate.config import QuotaLimits
 from fleetgate.errors import ConfigError
 from fleetgate.gateway import Gateway
 from fleetgate.run import RunSummary, run_file
+from fleetgate.summary import allowed_in
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, ModelLimits
 
-__all__ = ["DEMO_LIMITS", "ROLLOUT_UPSTREAM", "SEMANTIC_QUESTIONS", "rollout_episode", "run_demo", "semantic_episode",
+__all__ = ["DEMO_LIMITS", "ROLLOUT_UPSTREAM", "SEMANTIC_QUESTIONS", "UPSTREAM_LIMITS", "rollout_episode", "run_demo",
+           "semantic_episode", "upstream_line",
            "write_workload"]
 
 MODEL = "gpt-4.1-mini"
@@ -39,6 +41,10 @@ DEMO_LIMITS = ModelLimits(requests_per_minute=1_200, tokens_per_minute=200_000)
 #: What the gateway is told: a little headroom, since no client can count exactly as
 #: OpenAI does (it estimates from characters).
 GATEWAY_LIMITS = QuotaLimits(requests_per_minute=1_140, tokens_per_minute=190_000)
+#: The upstream's limits as a quota: what the summary measures the run's use against (the
+#: fake enforces them in one-second slices: a one-second burst).
+UPSTREAM_LIMITS = QuotaLimits(requests_per_minute=DEMO_LIMITS.requests_per_minute,
+                              tokens_per_minute=DEMO_LIMITS.tokens_per_minute)
 #: The rollouts' upstream: room for the episode's pace, answers in 30 ms, and the cheaper
 #: model failing a quarter of the time, so that the gates judge the configurations alone.
 ROLLOUT_UPSTREAM = FakeConfig(
@@ -161,21 +167,16 @@ def rollout_episode(base_url: str, echo: bool = True) -> list[str]:
 
 def _worker(base_url: str, redis_url: str | None, src: str, out: str, queue: Any) -> None:
     gate = Gateway(base_url=base_url, redis_url=redis_url, models={MODEL: GATEWAY_LIMITS})
-    summary = run_file(src, out, gateway=gate, concurrency=32, progress=False, api_key="sk-fleetgate-demo")
-    queue.put(asdict(summary))
+    queue.put(run_file(src, out, gateway=gate, concurrency=32, progress=False, api_key="sk-fleetgate-demo"))
 
 
-def _merge(parts: list[dict[str, Any]]) -> RunSummary:
-    total = RunSummary()
-    for p in parts:
-        for name in ("total", "skipped", "sent", "succeeded", "failed", "bad_lines", "cost", "unpriced"):
-            setattr(total, name, getattr(total, name) + p[name])
-        total.elapsed = max(total.elapsed, p["elapsed"])
-        total.latencies_ms.extend(p["latencies_ms"])
-        total.tokens.update(p["tokens"])
-        for k, v in p["gateway"].items():
-            total.gateway[k] = total.gateway.get(k, 0) + v
-    return total
+def upstream_line(upstream: dict[str, Any], seconds: float) -> str:
+    """What the fake upstream counted, as a share of what its limits allow in `seconds`
+    (a one-second burst included, as :func:`fleetgate.run.allowed_in` counts)."""
+    requests = upstream["requests"] / allowed_in(DEMO_LIMITS.requests_per_minute, seconds, UPSTREAM_LIMITS)
+    tokens = upstream["tokens_admitted"] / allowed_in(DEMO_LIMITS.tokens_per_minute, seconds, UPSTREAM_LIMITS)
+    return (f"upstream counted {upstream['requests']} requests ({requests:.1%} of its limit) and "
+            f"{upstream['tokens_admitted']:,} tokens ({tokens:.1%}), refused {upstream['rate_limited']} with 429")
 
 
 def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int = 1, echo: bool = True) -> tuple[RunSummary, dict[str, Any]]:
@@ -206,7 +207,7 @@ def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int 
             procs = [ctx.Process(target=_worker, args=(fake.base_url, redis_url, s, o, queue)) for s, o in shards]
             for p in procs:
                 p.start()
-            summary = _merge([queue.get(timeout=600) for _ in procs])
+            summary = RunSummary.merge([queue.get(timeout=600) for _ in procs])
             for p in procs:
                 p.join()
         upstream = asdict(fake.counters(MODEL))
@@ -221,11 +222,8 @@ def run_demo(*, requests: int = 240, redis_url: str | None = None, workers: int 
                 decisions = rollout_episode(rollout_fake.base_url, echo=False)
     if echo:
         print()
-        print(summary.render(quota_rpm=DEMO_LIMITS.requests_per_minute))
-        minutes = summary.elapsed / 60
-        print(f"upstream saw {upstream['requests']} requests, refused {upstream['rate_limited']} with 429; "
-              f"it counted {upstream['tokens_admitted']:,} tokens: "
-              f"{upstream['tokens_admitted'] / minutes / DEMO_LIMITS.tokens_per_minute:.1%} of its tokens per minute")
+        print(summary.render({MODEL: UPSTREAM_LIMITS}))
+        print(upstream_line(upstream, summary.elapsed))
         print("\nthe semantic cache (all-MiniLM-L6-v2, threshold 0.90): paraphrases served, traps sent upstream")
         for question, how in episode if isinstance(episode, list) else [(episode, "")]:
             print(f"  {question!r:<62} → {how}" if how else f"  {question}")

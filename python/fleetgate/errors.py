@@ -4,34 +4,84 @@ Every one derives from :class:`FleetgateError`; where a standard exception means
 same thing, it is a base too, so existing ``except`` clauses keep working::
 
     FleetgateError
-    ├── ConfigError (ValueError)        bad input: a quota, a cost, a URL, an option
-    ├── RateLimited                     acquire() found no room before its timeout
+    ├── ConfigError (ValueError)        bad input: a config key, a quota, a cost, a URL
+    ├── RateLimited                     no room on a quota before the deadline
     ├── CircuitOpen                     a circuit breaker refused: upstream is failing
     ├── QueueFull                       a priority lane is full: shed load
     ├── BudgetExceeded                  a dollar budget has no room for the call's worst case
     ├── DeadlineExpired (TimeoutError)  the deadline passed before a slot came: not sent
     ├── ServiceDegraded                 the fleet's degradation mode does not serve this call
-    └── StoreUnavailable (ConnectionError)
-                                        Redis unreachable and the policy is fail-closed
+    ├── StoreUnavailable (ConnectionError)
+    │                                   Redis unreachable and the policy is fail-closed
+    ├── StructuredOutputError (ValueError)
+    │                                   no answer validated into the requested model
+    └── PartialResponseError            a stream stopped before its end
 
-The Rust core raises these through one mapping (``rust/python/src/error.rs``).
+Each one's ``str()`` says what went wrong and what to do. A config that does not load is
+one ConfigError listing every problem (:class:`ConfigProblem`; see
+:mod:`fleetgate.config.loader`). The Rust core raises these through one mapping
+(``rust/python/src/error.rs``); the gateway's SDK clients raise a refusal's exception
+again, with the message the request path raised (:mod:`fleetgate.sdk`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-__all__ = ["REFUSAL_CODES", "BudgetExceeded", "CircuitOpen", "InputTruncated", "BypassWarning", "ConfigError", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "ServiceDegraded", "StoreUnavailable", "StructuredOutputError", "PartialResponseError"]
+__all__ = ["REFUSAL_CODES", "REFUSAL_PREFIX", "BudgetExceeded", "BypassWarning", "CircuitOpen", "InputTruncated", "ConfigError", "ConfigProblem", "DeadlineExpired", "QueueFull", "FleetgateError", "RateLimited", "ServiceDegraded", "StoreUnavailable", "StructuredOutputError", "PartialResponseError"]
 
 
 class FleetgateError(Exception):
-    """Base class of every fleetgate error."""
+    """Base class of every fleetgate error. Its ``str()`` is never empty: an error raised
+    without a message says what its class means."""
+
+    def __str__(self) -> str:
+        said = super().__str__()
+        if said:
+            return said
+        doc = " ".join((type(self).__doc__ or "").split("\n\n")[0].split())
+        return f"{type(self).__name__}: {doc or 'no message'}"
+
+
+class ConfigProblem(NamedTuple):
+    """One thing wrong with a config: where the value came from (the file's path, the
+    ``FLEETGATE_*`` variable, ``"argument"`` for a keyword argument), the key in TOML terms
+    (``[cache.semantic] threshold``, ``budgets.limits[0].dollars``; ``""`` for the whole
+    file) and what was expected. It never holds the value itself."""
+
+    where: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.key}: {self.message}" if self.key else f"{self.where}: {self.message}"
 
 
 class ConfigError(FleetgateError, ValueError):
-    """An argument or setting can never be valid; the message names it and says why."""
+    """An argument or setting can never be valid; the message names it and says why.
+
+    Attributes:
+        problems: for a config that does not load, each problem
+            (:class:`ConfigProblem`: ``where``, ``key``, ``message``), one per line of the
+            message; empty for an error about a single argument.
+    """
+
+    problems: tuple[ConfigProblem, ...] = ()
+
+    def __init__(self, message: str = "", problems: Sequence[ConfigProblem] = ()) -> None:
+        self.problems = tuple(problems)
+        if not message and self.problems:
+            if len(self.problems) == 1:
+                message = f"fleetgate config: {self.problems[0]}"
+            else:
+                message = "\n".join([f"fleetgate config: {len(self.problems)} problems",
+                                     *(f"  {p}" for p in self.problems)])
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.args[0] if self.args else "", self.problems)
 
 
 class RateLimited(FleetgateError):
@@ -190,6 +240,10 @@ class BypassWarning(UserWarning):
     (``httpx2.AsyncClient(transport=gate.async_transport(inner))`` for asyncio).
     ``warnings.simplefilter("error", fleetgate.BypassWarning)`` makes it an error."""
 
+
+#: What the message of a gateway refusal's body starts with, before the error's own message
+#: (which the gateway's SDK clients raise again, word for word).
+REFUSAL_PREFIX = "fleetgate: "
 
 #: The ``code`` of the error a gateway refusal answers with, per exception, and the
 #: attributes that ride along with it (the gateway's SDK clients raise the exception again

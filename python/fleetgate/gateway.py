@@ -37,18 +37,21 @@ from fleetgate.validate import complete, complete_async
 from fleetgate.budget.presets import Presets
 from fleetgate.budget.report import By, days_between, spend_by
 from fleetgate.config import GatewayConfig, QuotaLimits, SemanticSettings
+from fleetgate.config.loader import overridden
 from fleetgate.dedup import Collapser
 from fleetgate.errors import ConfigError
 from fleetgate.fallback import Ladder
 from fleetgate.metrics import BudgetCollector, GatewayMetrics, metrics_app
-from fleetgate.modes import ModeState, Modes, fleet_signals
+from fleetgate.modes import ModeState, Modes, change_reason, fleet_signals
 from fleetgate.prompts import Compressor, LayoutTracker, Savings, render_report
+from fleetgate.privacy import Privacy
 from fleetgate.prices import PriceTable
 from fleetgate.scope import Priority, Scope, current_scope, scope
 from fleetgate.stats import GatewayStats
 from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
 from fleetgate.tracing import tracer
 from fleetgate.path import AsyncGateTransport, GateTransport
+from fleetgate.warm import Warmup, configured_models
 
 if TYPE_CHECKING:
     from fleetgate.batch import BatchJobs
@@ -109,15 +112,18 @@ class Gateway:
         replaces the one ``[cache.semantic] embedder`` names; `classifier` the complexity
         classifier ``[routing] classifier`` names; `tracer_provider` the OpenTelemetry
         tracer provider spans go to (default: the global one; see :mod:`fleetgate.tracing`)."""
-        self.config = config.model_copy(update=overrides) if config is not None else GatewayConfig(**overrides)
+        self.config = overridden(config, overrides) if config is not None else GatewayConfig(**overrides)
         _apply_logging(self.config)
         self.limiter = Limiter(self.config.redis_url, failure_policy=self.config.failure_policy,
                                local_share=self.config.local_share,
                                lease_seconds=self.config.quota_lease_seconds)
         self.stats = GatewayStats()
+        #: The pseudonyms that stand for users (and sensitive teams or features) in every
+        #: name that leaves the process (:mod:`fleetgate.privacy`).
+        self.privacy = Privacy.from_settings(self.config.privacy, self.config.redis_url)
         self.prices = PriceTable.from_settings(self.config.prices)
         #: Prometheus metrics (None with ``[metrics] enabled = false``).
-        self.metrics = GatewayMetrics(self.config, self.prices) if self.config.metrics.enabled else None
+        self.metrics = GatewayMetrics(self.config, self.prices, self.privacy) if self.config.metrics.enabled else None
         #: OpenTelemetry spans (None without ``opentelemetry-api`` or with ``[tracing] enabled = false``).
         self.tracer = tracer(self.config.tracing.enabled, tracer_provider)
         b = self.config.breakers
@@ -134,7 +140,8 @@ class Gateway:
         self.ladder = Ladder(self.config.fallback)
         self.collapser = Collapser(self.config.dedup, self.stats, self.limiter, self.config.redis_url)
         self.budgets = Budgets(self.config.budgets, self.prices, self.limiter, self.stats.count, on_budget_alert,
-                               failure_policy=self.config.failure_policy, local_share=self.config.local_share)
+                               failure_policy=self.config.failure_policy, local_share=self.config.local_share,
+                               privacy=self.privacy)
         self.presets = Presets(self.config.presets)
         # One embedder (one model loaded) for the semantic layer and the nearest classifier.
         semantic = self.config.cache.semantic.enabled
@@ -162,6 +169,10 @@ class Gateway:
         self._sync_client: openai_sdk.OpenAI | None = None
         self._async_sdk_client: openai_sdk.AsyncOpenAI | None = None
         self._lanes_lock = threading.Lock()
+        self.privacy.on_rekey(_weakly(self._rekeyed))
+        #: What the first call needs (the configured models' encodings, the embedder),
+        #: loading in the background from now on: :meth:`ready`.
+        self.warmup = Warmup(configured_models(self.config), shared)
 
     def _embedder(self) -> Embedder:
         return self.embedder_for(self.config.cache.semantic)
@@ -173,12 +184,65 @@ class Gateway:
             return LocalEmbedder()
         return OpenAIEmbedder(self.openai(), name.removeprefix("openai:"))
 
+    _closed = False
+
     def close(self) -> None:
-        """Stop the gateway's background work (the semantic layer's journal reader, the
-        rollouts' sync), sending what it still holds."""
+        """Stop the gateway's background work (the modes' judge, the semantic layer's
+        journal reader, the rollouts' sync), sending what it still holds. Closing again
+        does nothing; ``with Gateway(...) as gate:`` closes it at the end of the block."""
+        if self._closed:
+            return
+        self._closed = True
         self.modes.close()
         self.cache.close()
         self.router.close()
+        self.privacy.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def ready(self, timeout: float | None = None) -> bool:
+        """Wait at most `timeout` seconds (None: as long as it takes) until what the first
+        call needs is loaded: the encodings of the configured models and, with the semantic
+        cache or the nearest classifier on, the embedder (:mod:`fleetgate.warm`). True once
+        loaded, False while still loading; raises what failed to load. For a readiness probe:
+
+            gate = fleetgate.Gateway.from_config("fleetgate.toml")   # starts loading
+            gate.ready(timeout=30)                                    # before taking traffic
+
+        Calls need not wait for it: one made earlier waits for the warm-up first, and its
+        deadline starts once the warm-up is over."""
+        return self.warmup.ready(timeout)
+
+    async def ready_async(self, timeout: float | None = None) -> bool:
+        """:meth:`ready`, awaited without blocking the event loop."""
+        return await self.warmup.ready_async(timeout)
+
+    def warmed(self) -> None:
+        """Wait until the warm-up is over (loaded or failed), before a call's deadline starts."""
+        if not self.warmup.done:
+            self.stats.count("warm_waits")
+            self.warmup.wait()
+
+    async def warmed_async(self) -> None:
+        """:meth:`warmed`, awaited without blocking the event loop."""
+        if not self.warmup.done:
+            self.stats.count("warm_waits")
+            await self.warmup.wait_async()
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> Gateway:
@@ -187,13 +251,14 @@ class Gateway:
 
     def scope(self, *, user: str | None = None, feature: str | None = None, team: str | None = None,
               priority: Priority | int | None = None, deadline: float | None = None, dedup: bool | None = None,
-              preset: str | None = None) -> scope:
-        """:class:`fleetgate.scope`, checking that `preset` is one of this gateway's."""
+              preset: str | None = None, deadline_at: float | None = None) -> scope:
+        """:class:`fleetgate.scope`, checking that `preset` is one of this gateway's.
+        `deadline` is each call's, from its own start; `deadline_at` (a Unix time) the block's."""
         if preset is not None and preset not in self.config.presets:
             raise ConfigError(f"preset {preset!r} is not configured: add [presets.{preset}] to the gateway's config "
                               f"(known: {', '.join(sorted(self.config.presets)) or 'none'})")
         return scope(user=user, feature=feature, team=team, priority=priority, deadline=deadline, dedup=dedup,
-                     preset=preset)
+                     preset=preset, deadline_at=deadline_at)
 
     def quotas_for(self, model: str, sc: Scope) -> tuple[Quota | None, list[Quota]]:
         """The model's quota, and every quota a call of `model` in scope `sc` draws on."""
@@ -209,20 +274,29 @@ class Gateway:
     def _quota(self, kind: str, name: str) -> Quota | None:
         """The quota of `name` (a model, user, feature or team), remembered: most calls
         name one seen before. The memo is bounded, since user names are not (a quota made
-        again has the same name, so the same state)."""
-        key = (kind, name)
+        again has the same name, so the same state). A user's quota (and a sensitive team's
+        or feature's) is named by its pseudonym: the name reaches Redis, refusals and logs."""
+        key, memo = (kind, name), self._quota_memo  # one memo throughout: a new key brings a new one
         try:
-            return self._quota_memo[key]
+            return memo[key]
         except KeyError:
             pass
         limits = self._limits(kind, name)
-        found = (Quota(f"{kind}:{name}", limits.requests_per_minute, limits.tokens_per_minute,
-                       algorithm=limits.algorithm, burst_seconds=limits.burst_seconds)
+        label = name if kind == "model" else self.privacy.label(kind, name)
+        found = (Quota(f"{kind}:{label}", limits.requests_per_minute, limits.tokens_per_minute,
+                       algorithm=limits.algorithm, burst_seconds=limits.burst_for(kind))
                  if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute) else None)
-        if len(self._quota_memo) >= _QUOTA_MEMO:
-            self._quota_memo.clear()
-        self._quota_memo[key] = found
+        if len(memo) >= _QUOTA_MEMO:
+            memo.clear()
+        memo[key] = found
         return found
+
+    def _rekeyed(self) -> None:
+        """The pseudonyms' key changed (this pod read the fleet's): quotas and labels named
+        with the old one are made again."""
+        self._quota_memo = {}
+        if self.metrics is not None:
+            self.metrics.relabel()
 
     def _limits(self, kind: str, name: str) -> QuotaLimits | None:
         """What the configuration sets for `name` of `kind` (a model's: less the headroom)."""
@@ -272,7 +346,8 @@ class Gateway:
             self.metrics.mode(now.mode, now.source)
         level = logging.INFO if now.mode == "full" else logging.WARNING
         until = f" until {dt.datetime.fromtimestamp(now.until, dt.UTC):%H:%M:%SZ}" if now.until is not None else ""
-        log.log(level, "fleetgate: mode %s → %s%s (%s: %s)", was.mode, now.mode, until, now.source, now.reason)
+        log.log(level, "fleetgate: mode %s → %s%s (%s: %s)", was.mode, now.mode, until, now.source,
+                change_reason(was, now))
 
     def metrics_app(self, kind: Literal["wsgi", "asgi"] = "wsgi") -> Any:
         """A WSGI (or ASGI) application serving the Prometheus metrics: this process's, or

@@ -1,6 +1,8 @@
 """Prometheus metrics of the gateway, named ``fleetgate_*`` with their unit in the name and
 bounded labels: a model that is neither configured nor priced is ``other``, and so is a
-feature that is not configured (``none`` when a request has none).
+feature that is not configured (``none`` when a request has none). A feature named
+sensitive in ``[privacy]`` is labelled by its pseudonym (:mod:`fleetgate.privacy`), and so
+is a user's or a sensitive team's budget.
 
 The families live once per process and every gateway of the process adds to them. With
 several worker processes (gunicorn, uvicorn ``--workers``, a pod running N processes), set
@@ -53,6 +55,9 @@ multiprocess mode). When a worker exits, call
                                                    schema checks, rollout judgements, and
                                                    ``gate.quality()`` (user feedback)
 =================================================  ======================================
+
+Counters and histograms have no ``*_created`` series (the application's own metrics keep
+whatever prometheus-client gives them).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ from prometheus_client.registry import Collector
 from fleetgate.config import MODES, GatewayConfig
 from fleetgate.estimate import UsageCounts
 from fleetgate.prices import PriceTable
+from fleetgate.privacy import Privacy
 
 if TYPE_CHECKING:
     from fleetgate.budget.guard import Budgets
@@ -137,7 +143,13 @@ class _Families(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for value in vars(self).values():
-            yield from value.collect()
+            for metric in value.collect():
+                # No ``*_created`` series: a timestamp per labelled child that only doubles
+                # the series a scrape stores. Dropped here rather than with
+                # ``prometheus_client.disable_created_metrics()``, which would change the
+                # application's own metrics too.
+                metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+                yield metric
 
 
 _families: _Families | None = None
@@ -155,8 +167,11 @@ def _shared() -> _Families:
 class GatewayMetrics:
     """What one gateway reports, with its labels bounded by its configuration."""
 
-    def __init__(self, config: GatewayConfig, prices: PriceTable) -> None:
+    def __init__(self, config: GatewayConfig, prices: PriceTable, privacy: Privacy | None = None) -> None:
+        """`privacy`: the gateway's pseudonyms, for sensitive features (default: a key for
+        this process alone)."""
         self.f = _shared()
+        self._privacy = privacy if privacy is not None else Privacy.process_local(config.privacy.sensitive)
         routing = config.routing
         self._known_models = (set(config.models) | set(prices.models) | set(config.fallback.models)
                               | set(config.fallback.models.values()) | set(routing.route_models)
@@ -185,12 +200,17 @@ class GatewayMetrics:
         return found
 
     def feature(self, name: str | None) -> str:
-        found = self._features.get(name)
+        features = self._features  # one memo throughout: relabel() brings a new one
+        found = features.get(name)
         if found is None:
-            found = name if name in self._known_features else "other"
-            if len(self._features) < _MEMO:
-                self._features[name] = found
+            found = (self._privacy.label("feature", name) or "none") if name in self._known_features else "other"
+            if len(features) < _MEMO:
+                features[name] = found
         return found
+
+    def relabel(self) -> None:
+        """Forget the feature labels made so far (the pseudonyms' key changed)."""
+        self._features = {None: "none"}
 
     def _child(self, family: Any, *labels: str) -> Any:
         key = (family, labels)  # `labels` is a tuple already: none to build per call

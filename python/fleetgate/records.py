@@ -2,7 +2,9 @@
 INFO: a JSON object with the request id, a hash of the prompt's template (its system
 message or instructions — never the prompt), model, tokens, latency, status, which
 cache layer, tier, degradation mode, route and deployment served it, and cost. API keys, prompts and
-answers never appear; users appear only hashed.
+answers never appear; a user appears only as its pseudonym, a keyed hash (and so do a team
+and a feature named sensitive in ``[privacy]``): the same one as in the user's quota and
+budget names, on every pod that shares the key (:mod:`fleetgate.privacy`).
 
     logging.getLogger("fleetgate.requests").setLevel(logging.INFO)
 
@@ -20,6 +22,7 @@ from typing import Any
 import httpx2
 
 from fleetgate.estimate import usage_counts
+from fleetgate.privacy import Privacy
 from fleetgate.scope import Scope
 
 __all__ = ["log_request", "template_hash"]
@@ -39,10 +42,11 @@ def template_hash(body: dict[str, Any]) -> str:
 
 
 def log_request(endpoint: str, body: dict[str, Any], sc: Scope, response: httpx2.Response, seconds: float,
-                usage: dict[str, Any] | None, cost: float | None, model: str | None) -> None:
+                usage: dict[str, Any] | None, cost: float | None, model: str | None, *, privacy: Privacy) -> None:
     """Log one record for an answered request (when INFO is enabled for the logger):
     `usage` and `cost` are what it was billed, by `model` (None when it was not billed: a
-    cache hit, a follower of an identical request, a refusal or a stream still open)."""
+    cache hit, a follower of an identical request, a refusal or a stream still open);
+    `privacy` names its user (and a sensitive team or feature)."""
     if not log.isEnabledFor(logging.INFO):
         return
     headers = response.headers
@@ -64,9 +68,9 @@ def log_request(endpoint: str, body: dict[str, Any], sc: Scope, response: httpx2
         "route": headers.get("x-fleetgate-route"),
         "deployment": headers.get("x-fleetgate-deployment"),
         "refused": headers.get("x-fleetgate") == "refused",
-        "feature": sc.feature,
-        "team": sc.team,
-        "user": hashlib.blake2b(sc.user.encode(), digest_size=6).hexdigest() if sc.user else None,
+        "feature": privacy.label("feature", sc.feature),
+        "team": privacy.label("team", sc.team),
+        "user": privacy.label("user", sc.user),
     }
     log.info(json.dumps(record, separators=(",", ":")))
 

@@ -15,7 +15,8 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,8 +26,11 @@ from tqdm import tqdm
 
 from fleetgate.estimate import usage_counts
 from fleetgate.gateway import Gateway
+from fleetgate.path.call import Spent
 from fleetgate.prices import PriceTable, default_prices
+from fleetgate.sdk import GatedAsyncOpenAI
 from fleetgate.scope import Priority, scope
+from fleetgate.summary import RequestTimes, RunSummary
 
 __all__ = ["RunSummary", "read_requests", "run_file"]
 
@@ -95,62 +99,48 @@ def finished_ids(path: Path) -> set[str]:
     return done
 
 
-@dataclass
-class RunSummary:
-    total: int = 0
-    skipped: int = 0
-    sent: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    bad_lines: int = 0
-    elapsed: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
-    tokens: Counter[str] = field(default_factory=Counter)
-    cost: float = 0.0
-    unpriced: int = 0
-    gateway: dict[str, int] = field(default_factory=dict)
-
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-
-    def render(self, quota_rpm: int | None = None) -> str:
-        rate = self.sent / self.elapsed if self.elapsed else 0.0
-        lines = [
-            f"requests: {self.sent} sent ({self.succeeded} ok, {self.failed} failed), "
-            f"{self.skipped} already done, {self.bad_lines} bad lines",
-            f"time: {self.elapsed:.1f} s, throughput {rate:.1f} requests/s ({rate * 60:.0f}/min)",
-        ]
-        if quota_rpm:
-            lines.append(f"quota use: {rate * 60 / quota_rpm:.1%} of {quota_rpm} requests/min")
-        lines += [
-            f"latency: p50 {self.percentile(0.5):.0f} ms, p95 {self.percentile(0.95):.0f} ms, "
-            f"p99 {self.percentile(0.99):.0f} ms",
-            f"tokens: {self.tokens['input']:,} in, {self.tokens['output']:,} out",
-            f"cost: ${self.cost:.4f}" + (f" ({self.unpriced} responses of unpriced models)" if self.unpriced else ""),
-            "gateway: " + ", ".join(f"{k} {v}" for k, v in sorted(self.gateway.items())),
-        ]
-        return "\n".join(lines)
-
-
 def _usage(body: Any) -> dict[str, Any] | None:
     usage = body.get("usage") if isinstance(body, dict) else None
     return usage if isinstance(usage, dict) else None
 
 
-async def _send(client: openai.AsyncOpenAI, line: RequestLine) -> tuple[int, str | None, Any]:
+#: What the gateway spent on each attempt of the request being sent (the SDK's retries
+#: included), as the client's response hook sees them.
+_attempts: ContextVar[list[Spent] | None] = ContextVar("fleetgate_run_attempts", default=None)
+
+
+async def _note_attempt(response: httpx2.Response) -> None:
+    spent, attempts = response.extensions.get(Spent.KEY), _attempts.get()
+    if isinstance(spent, Spent) and attempts is not None:
+        attempts.append(spent)
+
+
+def _client(gateway: Gateway, options: dict[str, Any]) -> openai.AsyncOpenAI:
+    """The gateway's async client, with a hook that notes what each attempt spent."""
+    http_client = openai.DefaultAsyncHttpx2Client(transport=gateway.async_transport(),
+                                                  event_hooks={"response": [_note_attempt]})
+    return GatedAsyncOpenAI(http_client=http_client, **{"base_url": gateway.config.base_url, **options})
+
+
+async def _send(client: openai.AsyncOpenAI, line: RequestLine) -> tuple[int, str | None, Any, list[Spent]]:
+    """The answer's status, request id and body, and what the gateway spent on each attempt
+    (none when no attempt got an answer)."""
+    attempts: list[Spent] = []
+    token = _attempts.set(attempts)
     try:
         response = await client.post(line.url.removeprefix("/v1"), body=line.body, cast_to=httpx2.Response)
-        return response.status_code, response.headers.get("x-request-id"), response.json()
+        return response.status_code, response.headers.get("x-request-id"), response.json(), attempts
     except openai.APIStatusError as e:
-        return e.status_code, e.request_id, {"error": e.body}
+        return e.status_code, e.request_id, {"error": e.body}, attempts
     except openai.APIConnectionError as e:
-        return 0, None, {"error": {"message": str(e), "type": "connection_error", "code": None}}
+        return 0, None, {"error": {"message": str(e), "type": "connection_error", "code": None}}, attempts
+    finally:
+        _attempts.reset(token)
 
 
 async def _run(gateway: Gateway, lines: list[RequestLine], out: TextIO, summary: RunSummary,
                concurrency: int, prices: PriceTable, bar: tqdm[Any], client_options: dict[str, Any]) -> None:
-    client = gateway.async_openai(**client_options)
+    client = _client(gateway, client_options)
     queue: asyncio.Queue[RequestLine] = asyncio.Queue()
     for line in lines:
         queue.put_nowait(line)
@@ -162,8 +152,16 @@ async def _run(gateway: Gateway, lines: list[RequestLine], out: TextIO, summary:
             except asyncio.QueueEmpty:
                 return
             started = time.perf_counter()
-            status, request_id, body = await _send(client, line)
-            summary.latencies_ms.append((time.perf_counter() - started) * 1000)
+            status, request_id, body, attempts = await _send(client, line)
+            total_ms = (time.perf_counter() - started) * 1000
+            summary.latencies_ms.append(total_ms)
+            model = str(line.body["model"])
+            waited: Counter[str] = Counter()
+            for spent in attempts:
+                waited.update({k: v * 1000 for k, v in spent.waited.items()})
+                summary.quota_requests[model] += spent.sent
+                summary.quota_tokens[model] += spent.quota_tokens
+            summary.times.append(RequestTimes(total_ms, sum(a.upstream for a in attempts) * 1000, dict(waited)))
             summary.sent += 1
             ok = status == 200
             summary.succeeded += ok
@@ -173,7 +171,7 @@ async def _run(gateway: Gateway, lines: list[RequestLine], out: TextIO, summary:
                 counts = usage_counts(usage)
                 summary.tokens["input"] += counts.prompt
                 summary.tokens["output"] += counts.output
-                cost = prices.cost(str(line.body["model"]), usage)
+                cost = prices.cost(model, usage)
                 if cost is None:
                     summary.unpriced += 1
                 else:
@@ -225,7 +223,9 @@ def run_file(
         with errors_path.open("w", encoding="utf-8") as errors:
             for b in bad:
                 errors.write(json.dumps({"line": b.number, "error": b.reason}) + "\n")
-    started = time.perf_counter()
+    summary.limits = {model: limits for model in sorted({line.body["model"] for line in todo})
+                      if (limits := gateway.config.models.get(model, gateway.config.default_model_limits)) is not None}
+    summary.started_at, started = time.time(), time.perf_counter()
     # A file run waits as long as the quotas make it (a week at most), not the gateway's
     # default deadline for interactive calls; a caller's own scope still applies.
     with output_path.open("a", encoding="utf-8") as out, tqdm(
@@ -233,5 +233,6 @@ def run_file(
     ) as bar, scope(priority=Priority.BATCH, deadline=7 * 86_400):
         asyncio.run(_run(gateway, todo, out, summary, concurrency, prices or default_prices(), bar, client_options))
     summary.elapsed = time.perf_counter() - started
+    summary.finished_at = summary.started_at + summary.elapsed
     summary.gateway = gateway.stats.snapshot()
     return summary

@@ -18,7 +18,7 @@ from typing import Any
 import httpx2
 import openai
 
-from fleetgate.errors import REFUSAL_CODES, BudgetExceeded, BypassWarning, FleetgateError
+from fleetgate.errors import REFUSAL_CODES, REFUSAL_PREFIX, BudgetExceeded, BypassWarning, FleetgateError
 from fleetgate.path import AsyncGateTransport, GateTransport
 
 __all__ = ["GatedAsyncOpenAI", "GatedOpenAI", "refusal_error", "sends_through_gateway"]
@@ -97,15 +97,14 @@ def refusal_error(error: openai.APIStatusError) -> openai.APIStatusError:
         return error
     cls, names = found
     both = _joined(cls, type(error))
-    message = data.get("message")
-    # The gateway's own words, as the SDK puts them since 3.x's later releases (earlier
-    # ones print the whole body as a dict, quotes escaped).
-    args = (f"Error code: {error.status_code} - {message}",) if isinstance(message, str) and message else error.args
-    raised = both.__new__(both, *args)
+    said = data.get("message")
+    message = said.removeprefix(REFUSAL_PREFIX) if isinstance(said, str) and said else f"{cls.__name__}: {error}"
+    raised = both.__new__(both, message)
     raised.__dict__.update(error.__dict__)
-    raised.args = args
-    if args is not error.args:
-        raised.message = args[0]
+    # What the gateway raised, word for word (``__new__`` alone leaves an OSError's args
+    # empty: DeadlineExpired and StoreUnavailable are ones).
+    raised.args = (message,)
+    raised.message = message
     carried = data.get("fleetgate")
     fields: dict[str, Any] = carried if isinstance(carried, dict) else {}
     for name in names:

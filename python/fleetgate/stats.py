@@ -25,7 +25,8 @@ class GatewayStats:
     ``cache_hits``, ``cache_misses``, ``cache_stored``, ``cache_too_large``, ``cache_errors``
     (the exact layer's); ``semantic_hits``, ``semantic_misses``, ``semantic_guarded_<guard>``
     per near-miss guard that refused a candidate, ``semantic_stale``, ``semantic_dropped``,
-    ``semantic_other_embedder``.
+    ``semantic_other_embedder``; ``warm_waits`` calls that waited for the gateway's warm-up
+    (:mod:`fleetgate.warm`) before their deadline started.
     """
 
     def __init__(self) -> None:

@@ -11,7 +11,8 @@ to the answer (a stream: its headers). Attributes: ``gen_ai.operation.name``,
 ``gen_ai.usage.input_tokens`` / ``output_tokens``, ``server.address`` / ``server.port``,
 ``error.type`` when it failed; and fleetgate's own: ``fleetgate.tier``,
 ``fleetgate.cache``, ``fleetgate.dedup``, ``fleetgate.route``, ``fleetgate.deployment``,
-``fleetgate.feature``, ``fleetgate.refused``. Prompts and answers are never recorded.
+``fleetgate.feature`` (its pseudonym when ``[privacy] sensitive`` names features),
+``fleetgate.refused``. Prompts, answers and users are never recorded.
 """
 
 from __future__ import annotations

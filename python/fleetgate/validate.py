@@ -132,6 +132,10 @@ async def complete_async(client: openai.AsyncOpenAI, prompt_or_messages: str | l
     raise _failure(response_model, attempts)
 
 
+#: What a cut-short stream's error says to do.
+_PARTIAL = "; what arrived is in the error's content: retry the request, or use it as is"
+
+
 def accumulate(stream: Iterable[Any], *, idle_timeout: float = 30.0) -> tuple[str, str | None]:
     """(the text, the finish reason) of a chat completion stream. Raises
     PartialResponseError with what arrived when no chunk comes for `idle_timeout` seconds
@@ -153,15 +157,15 @@ def accumulate(stream: Iterable[Any], *, idle_timeout: float = 30.0) -> tuple[st
         try:
             kind, item = chunks.get(timeout=idle_timeout)
         except queue.Empty:
-            raise PartialResponseError(f"the stream sent nothing for {idle_timeout:g} s",
+            raise PartialResponseError(f"the stream sent nothing for {idle_timeout:g} s{_PARTIAL}",
                                        "".join(parts), finish) from _close(stream)
         if kind == "end":
             break
         if kind == "error":
-            raise PartialResponseError(f"the stream broke ({item})", "".join(parts), finish) from item
+            raise PartialResponseError(f"the stream broke ({item}){_PARTIAL}", "".join(parts), finish) from item
         finish = _take(item, parts) or finish
     if finish is None:
-        raise PartialResponseError("the stream ended without a finish reason", "".join(parts))
+        raise PartialResponseError(f"the stream ended without a finish reason{_PARTIAL}", "".join(parts))
     return "".join(parts), finish
 
 
@@ -179,13 +183,13 @@ async def accumulate_async(stream: AsyncIterable[Any], *, idle_timeout: float = 
             close = getattr(stream, "close", None)
             if close is not None:
                 await close()
-            raise PartialResponseError(f"the stream sent nothing for {idle_timeout:g} s",
+            raise PartialResponseError(f"the stream sent nothing for {idle_timeout:g} s{_PARTIAL}",
                                        "".join(parts), finish) from None
         except Exception as e:
-            raise PartialResponseError(f"the stream broke ({e})", "".join(parts), finish) from e
+            raise PartialResponseError(f"the stream broke ({e}){_PARTIAL}", "".join(parts), finish) from e
         finish = _take(chunk, parts) or finish
     if finish is None:
-        raise PartialResponseError("the stream ended without a finish reason", "".join(parts))
+        raise PartialResponseError(f"the stream ended without a finish reason{_PARTIAL}", "".join(parts))
     return "".join(parts), finish
 
 
@@ -253,7 +257,8 @@ def _judge(raw: Any, response_model: type[M], attempts: list[Attempt], messages:
 def _failure(response_model: type[BaseModel], attempts: list[Attempt]) -> StructuredOutputError:
     return StructuredOutputError(
         f"no answer validated as {response_model.__name__} after {len(attempts)} attempts "
-        f"(last: {attempts[-1].error})", raw=attempts[-1].text, attempts=attempts)
+        f"(last: {attempts[-1].error}); the error's raw and attempts hold the answers: allow more retries, "
+        f"or loosen {response_model.__name__}", raw=attempts[-1].text, attempts=attempts)
 
 
 def _outermost_json(text: str) -> str | None:

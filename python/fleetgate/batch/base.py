@@ -19,6 +19,7 @@ from fleetgate.config import GatewayConfig
 from fleetgate.errors import FleetgateError
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.prices import PriceTable
+from fleetgate.privacy import Privacy
 from fleetgate.scope import Scope
 
 __all__ = ["ENDED", "BatchGateway", "JobsBase", "jitter"]
@@ -32,6 +33,7 @@ class BatchGateway(Protocol):
     budgets: Budgets
     prices: PriceTable
     metrics: GatewayMetrics | None
+    privacy: Privacy
 
     def openai(self, **kwargs: Any) -> openai.OpenAI: ...
 

@@ -143,7 +143,9 @@ class Collecting(ChunkFiles):
         ledger = self.gateway.budgets.ledger
         if hold is None:  # reserved by a process that is gone: its hold lapses by itself
             hold = ledger.reserve(self.gateway.budgets.applicable(self._scope(job)), 0.0, lease=600)
-        ledger.settle(hold, chunk.cost, model=job.model, feature=job.feature, user=job.user, team=job.team)
+        label = self.gateway.privacy.label  # the spend records name users as the request path does
+        ledger.settle(hold, chunk.cost, model=job.model, feature=label("feature", job.feature or None) or "",
+                      user=label("user", job.user or None) or "", team=label("team", job.team or None) or "")
         chunk.billed = True
         self.store.save_chunks(job.id, [chunk])
 

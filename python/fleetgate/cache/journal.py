@@ -79,7 +79,8 @@ class RedisJournal:
         try:
             self._client.xadd(STREAM, fields, maxlen=self._max, approximate=True)  # type: ignore[arg-type]
         except redis.RedisError as e:
-            raise StoreUnavailable(f"the semantic cache's Redis is unavailable ({e})") from e
+            raise StoreUnavailable(f"the semantic cache's Redis is unavailable ({e}); check that Redis is "
+                                   "reachable at redis_url") from e
 
     def read(self, after: str, wait: float) -> tuple[list[Record], str]:
         entries: list[tuple[Any, dict[bytes, bytes]]]
@@ -90,7 +91,8 @@ class RedisJournal:
                 found: Any = self._reader.xread({STREAM: after}, count=10_000, block=max(1, int(wait * 1000)))
                 entries = found[0][1] if found else []
         except redis.RedisError as e:
-            raise StoreUnavailable(f"the semantic cache's Redis is unavailable ({e})") from e
+            raise StoreUnavailable(f"the semantic cache's Redis is unavailable ({e}); check that Redis is "
+                                   "reachable at redis_url") from e
         if not entries:
             return [], after if after != "0" else "0-0"
         records = [Record.from_head(f[b"r"], f.get(b"v")) for _, f in entries]

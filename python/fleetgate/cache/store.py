@@ -60,14 +60,16 @@ class RedisAnswerStore:
         try:
             value = self._client.get(f"fg:cache:{key}")
         except redis.RedisError as e:
-            raise StoreUnavailable(f"the answer cache's Redis is unavailable ({e})") from e
+            raise StoreUnavailable(f"the answer cache's Redis is unavailable ({e}); check that Redis is "
+                                   "reachable at redis_url") from e
         return value if isinstance(value, bytes) else None
 
     def put(self, key: str, value: bytes, ttl: float) -> None:
         try:
             self._client.set(f"fg:cache:{key}", value, px=max(1, int(ttl * 1000)))
         except redis.RedisError as e:
-            raise StoreUnavailable(f"the answer cache's Redis is unavailable ({e})") from e
+            raise StoreUnavailable(f"the answer cache's Redis is unavailable ({e}); check that Redis is "
+                                   "reachable at redis_url") from e
 
 
 def store_for(redis_url: str | None, max_entries: int) -> AnswerStore:

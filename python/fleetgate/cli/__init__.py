@@ -3,15 +3,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from fleetgate import __version__
+from fleetgate.errors import ConfigError
 from fleetgate.cli import batch, cache, check, costs, demo, fake_openai, metrics, mode, prompts, rollout, run
 
 __all__ = ["main"]
 
 
-@click.group()
+class _Commands(click.Group):
+    """The commands, with a config that does not load said as the command's failure (its
+    problems, one per line) rather than as a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            failed = click.ClickException(str(e))
+        raise failed
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="fleetgate")
 def main() -> None:
     """fleetgate: one OpenAI quota, shared exactly by every pod of a service."""

@@ -31,12 +31,14 @@ def metrics_serve(host: str, port: int, directory: str, config_path: str | None)
         from fleetgate.budget.guard import Budgets
         from fleetgate.config import GatewayConfig
         from fleetgate.prices import PriceTable
+        from fleetgate.privacy import Privacy
         from fleetgate._core import Limiter
 
         config = GatewayConfig.from_toml(config_path)
         if config.budgets.limits:
             limiter = Limiter(config.redis_url, failure_policy=config.failure_policy)
-            budgets = Budgets(config.budgets, PriceTable.from_settings(config.prices), limiter, lambda name: None)
+            budgets = Budgets(config.budgets, PriceTable.from_settings(config.prices), limiter, lambda name: None,
+                              privacy=Privacy.from_settings(config.privacy, config.redis_url))
             extra.append(BudgetCollector(budgets))
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)

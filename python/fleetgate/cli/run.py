@@ -47,5 +47,4 @@ def run(input_path: str, output_path: str, config_path: str | None, base_url: st
                        errors_path=errors_path, api_key=api_key)
     if summary.bad_lines:
         click.echo(f"{summary.bad_lines} bad input lines were skipped: see the errors file", err=True)
-    models = {limits.requests_per_minute for limits in gate.config.models.values() if limits.requests_per_minute}
-    click.echo(summary.render(quota_rpm=models.pop() if len(models) == 1 else None))
+    click.echo(summary.render())

@@ -21,11 +21,12 @@ from fleetgate.config.modes import MODES, ModeName as ModeName, ModeSettings, Mo
 from fleetgate.config.observability import LoggingSettings, MetricsSettings as MetricsSettings
 from fleetgate.config.observability import TracingSettings as TracingSettings
 from fleetgate.config.prices import PriceFields, PriceSettings
+from fleetgate.config.privacy import PrivacySettings
 from fleetgate.config.prompts import PromptSettings
 from fleetgate.config.routing import DeploymentSettings, RolloutSettings, RoutingSettings, TierSettings
 
 __all__ = [
     "ENVIRONMENTS", "PromptSettings", "BatchSettings", "BreakerSettings", "LoggingSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
-    "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "QuotaLimits", "SemanticSettings",
+    "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "PrivacySettings", "QuotaLimits", "SemanticSettings",
     "DeploymentSettings", "MODES", "ModeSettings", "ModeTrigger", "RolloutSettings", "RoutingSettings", "TierSettings",
 ]

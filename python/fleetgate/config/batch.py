@@ -13,7 +13,7 @@ __all__ = ["BatchSettings"]
 class BatchSettings(BaseModel):
     """``[batch]``: jobs carried through the Batch API (see :mod:`fleetgate.batch`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
     #: Where jobs are recorded without Redis (``jobs.sqlite``) and their chunk files are
     #: kept until uploaded and done. Default: ``$XDG_STATE_HOME/fleetgate/batches``.
     directory: str | None = None

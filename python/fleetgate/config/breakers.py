@@ -10,7 +10,7 @@ __all__ = ["BreakerSettings"]
 class BreakerSettings(BaseModel):
     """Circuit breakers, one per (endpoint, model); see :class:`fleetgate.Breakers`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     enabled: bool = True
     #: The last N calls judged; or, when set, the calls of the last ``window_seconds``.

@@ -14,7 +14,7 @@ class BudgetLimit(BaseModel):
     """One dollar budget. ``scope = "feature"`` with ``name`` is that feature's budget;
     without ``name`` every feature gets a budget of this size (likewise users and teams)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     scope: Literal["global", "team", "feature", "user"] = "global"
     name: str | None = Field(default=None, min_length=1)
@@ -29,7 +29,7 @@ class BudgetLimit(BaseModel):
 class BudgetSettings(BaseModel):
     """Dollar budgets (:mod:`fleetgate.budget`), held across the fleet."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     limits: list[BudgetLimit] = Field(default_factory=list)
     #: The time zone days and months are counted in (IANA name, e.g. "Europe/Berlin").
@@ -54,7 +54,7 @@ class BudgetSettings(BaseModel):
 class PresetSettings(BaseModel):
     """A token budget for one type of request (``scope(preset=…)``, or the feature's name)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: The model requests of this type use (None: the one the caller asked for).
     model: str | None = None

@@ -14,7 +14,7 @@ class SemanticSettings(BaseModel):
     one answered before (same model, same instructions and earlier messages, same
     namespace) is answered from that answer, unless a guard sees a near miss."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     enabled: bool = False
     #: ``"local"`` (all-MiniLM-L6-v2 on onnxruntime: the ``local-embeddings`` extra), or
@@ -45,7 +45,7 @@ class CacheSettings(BaseModel):
     """The answer cache (:mod:`fleetgate.cache`): exact repeats of a request answered from
     a stored answer, in Redis (``redis_url``) or in memory."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     enabled: bool = False
     #: Which requests are answered from the cache: deterministic ones (``temperature`` 0,

@@ -12,7 +12,7 @@ __all__ = ["DedupSettings"]
 class DedupSettings(BaseModel):
     """Collapsing identical in-flight requests into one upstream call (:mod:`fleetgate.dedup`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     enabled: bool = True
     #: Which requests may share an answer: "deterministic" (``temperature`` 0 and one

@@ -12,7 +12,7 @@ __all__ = ["FallbackSettings"]
 class FallbackSettings(BaseModel):
     """The fallback ladder (:mod:`fleetgate.fallback`): what serves when the primary cannot."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: A cheaper model per model: ``{"gpt-4.1" = "gpt-4.1-mini"}``.
     models: dict[str, str] = Field(default_factory=dict)

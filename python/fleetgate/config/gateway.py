@@ -17,9 +17,11 @@ from fleetgate.config.dedup import DedupSettings
 from fleetgate.config.environments import Environment, _EnvironmentPreset
 from fleetgate.config.fallback import FallbackSettings
 from fleetgate.config.limits import LaneSettings, QuotaLimits
+from fleetgate.config.loader import load
 from fleetgate.config.modes import ModeSettings
 from fleetgate.config.observability import LoggingSettings, MetricsSettings, TracingSettings
 from fleetgate.config.prices import PriceSettings
+from fleetgate.config.privacy import PrivacySettings
 from fleetgate.config.prompts import PromptSettings
 from fleetgate.config.routing import RoutingSettings
 
@@ -29,7 +31,8 @@ __all__ = ["GatewayConfig"]
 class GatewayConfig(BaseSettings):
     """Everything a :class:`fleetgate.Gateway` is configured with."""
 
-    model_config = SettingsConfigDict(env_prefix="FLEETGATE_", env_nested_delimiter="__", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="FLEETGATE_", env_nested_delimiter="__", extra="forbid", frozen=True,
+                                      hide_input_in_errors=True)
 
     #: The environment (``FLEETGATE_ENV``: development/dev, staging, production/prod): its
     #: preset (:data:`ENVIRONMENTS`) comes under the config file.
@@ -83,6 +86,15 @@ class GatewayConfig(BaseSettings):
     modes: ModeSettings = Field(default_factory=ModeSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+
+    def __init__(self, **values: Any) -> None:
+        """Read the settings: `values`, then ``FLEETGATE_*`` variables, then the TOML file
+        (:meth:`from_toml`), then the ``FLEETGATE_ENV`` preset. Raises
+        :class:`fleetgate.ConfigError` naming every problem (see :mod:`.loader`)."""
+        toml_file = type(self).model_config.get("toml_file")
+        load(type(self), lambda: super(GatewayConfig, self).__init__(**values), values,
+             Path(toml_file) if isinstance(toml_file, (str, Path)) else None)
 
     @classmethod
     def settings_customise_sources(
@@ -99,9 +111,8 @@ class GatewayConfig(BaseSettings):
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> GatewayConfig:
-        """Read a TOML file; ``FLEETGATE_*`` variables and `overrides` win over it."""
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"fleetgate config file not found: {p}")
-        loader = type("GatewayConfigFromToml", (cls,), {"model_config": {**cls.model_config, "toml_file": p}})
-        return cls.model_validate(loader(**overrides).model_dump())
+        """Read a TOML file; ``FLEETGATE_*`` variables and `overrides` win over it. A file
+        that is missing, not TOML or not a valid config raises :class:`fleetgate.ConfigError`
+        naming the file, each key at fault and what it should be."""
+        from_file = type(cls.__name__, (cls,), {"model_config": {**cls.model_config, "toml_file": Path(path)}})
+        return cls.model_validate(from_file(**overrides).model_dump())

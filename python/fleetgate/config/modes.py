@@ -18,7 +18,7 @@ class ModeTrigger(BaseModel):
     """When a degradation mode is entered by itself: any one condition met is enough.
     Rates are over ``[modes] window_seconds`` of this pod's upstream calls."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: Share of upstream calls that failed (5xx, no answer; upstream 429s are quota, not health).
     error_rate: float | None = Field(default=None, gt=0, le=1)
@@ -45,7 +45,7 @@ class ModeSettings(BaseModel):
     """``[modes]``: the fleet's degradation modes (:mod:`fleetgate.modes`), entered by
     themselves from signals or set by an operator (``fleetgate mode set``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: Enter and leave modes by themselves, from ``enter``'s triggers (the production
     #: environment preset turns this on; an operator's mode works either way).

@@ -12,7 +12,7 @@ __all__ = ["LoggingSettings", "MetricsSettings", "TracingSettings"]
 class MetricsSettings(BaseModel):
     """``[metrics]``: Prometheus metrics (see :mod:`fleetgate.metrics`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
     enabled: bool = True
     #: Features shown by name in labels, besides those configured elsewhere (quotas,
     #: presets, budgets, rollouts); any other feature is ``other``.
@@ -22,7 +22,7 @@ class MetricsSettings(BaseModel):
 class TracingSettings(BaseModel):
     """``[tracing]``: OpenTelemetry spans (see :mod:`fleetgate.tracing`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
     #: Spans of gated requests, when ``opentelemetry-api`` is installed.
     enabled: bool = True
 
@@ -30,7 +30,7 @@ class TracingSettings(BaseModel):
 class LoggingSettings(BaseModel):
     """``[logging]``: how much fleetgate says (None: as the application set its loggers)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
     #: The level of the ``fleetgate`` logger (mode changes, breakers, budget alerts, failures).
     level: Literal["debug", "info", "warning", "error"] | None = None
     #: One record per gated request on ``fleetgate.requests`` (INFO; see :mod:`fleetgate.records`).

@@ -12,7 +12,7 @@ __all__ = ["PriceFields", "PriceSettings"]
 class PriceFields(BaseModel):
     """One model's price, in dollars per million tokens. Reasoning tokens are output."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     input: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0)
@@ -23,7 +23,7 @@ class PriceSettings(BaseModel):
     """Model prices (:mod:`fleetgate.prices`): the table fleetgate ships, or ``file``,
     with ``models`` added on top."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: A price file of your own (same format as the shipped ``prices.toml``) in place of it.
     file: Path | None = None

@@ -11,7 +11,7 @@ class PromptSettings(BaseModel):
     """``[prompts]``: compression of instructions and a prompt-cache layout report
     (:mod:`fleetgate.prompts`); both opt-in."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
     #: Features whose system/developer messages and instructions are compressed: filler
     #: phrasing and repeated whitespace removed; numbers, negations, names, code, quotes,
     #: URLs and {placeholders} never touched.

@@ -12,7 +12,7 @@ __all__ = ["DeploymentSettings", "RolloutSettings", "RoutingSettings", "TierSett
 class DeploymentSettings(BaseModel):
     """One named configuration of a rollout: what its requests are sent as (None: as asked)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     model: str | None = None
     #: Replaces the system message (chat) or ``instructions`` (responses).
@@ -27,7 +27,7 @@ class RolloutSettings(BaseModel):
     """A canary: `canary` takes a growing share of `baseline`'s traffic, promoted step by
     step while its gates hold, rolled back when one is clearly broken."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: Which requests take part: those of this scope feature, or asking for this model.
     feature: str | None = None
@@ -56,7 +56,7 @@ class RolloutSettings(BaseModel):
 class TierSettings(BaseModel):
     """A complexity tier: requests the classifier puts here are sent to `model`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: str
     model: str
@@ -65,7 +65,7 @@ class TierSettings(BaseModel):
 class RoutingSettings(BaseModel):
     """Model routing (:mod:`fleetgate.router`): complexity tiers and rollouts."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: Cheapest first; the last is the top tier. Empty: no complexity routing.
     tiers: list[TierSettings] = Field(default_factory=list)

@@ -43,7 +43,7 @@ from fleetgate.config import MODES
 from fleetgate.modes.hysteresis import Hysteresis
 from fleetgate.modes.service import Modes
 from fleetgate.modes.signals import Signals, fleet_signals as fleet_signals
-from fleetgate.modes.states import MODE_HEADER, ModeState, mode_level, operator_mode as operator_mode
+from fleetgate.modes.states import MODE_HEADER, ModeState, change_reason, mode_level, operator_mode as operator_mode
 from fleetgate.modes.store import ModeStore, PodMode
 
-__all__ = ["MODES", "MODE_HEADER", "ModeState", "ModeStore", "Modes", "PodMode", "Signals", "Hysteresis", "mode_level"]
+__all__ = ["MODES", "MODE_HEADER", "ModeState", "ModeStore", "Modes", "PodMode", "Signals", "Hysteresis", "change_reason", "mode_level"]

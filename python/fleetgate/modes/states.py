@@ -10,7 +10,7 @@ from typing import Literal, cast
 from fleetgate.config import MODES, ModeName
 from fleetgate.errors import ConfigError
 
-__all__ = ["MODE_HEADER", "ModeState", "mode_level", "operator_mode"]
+__all__ = ["MODE_HEADER", "ModeState", "change_reason", "mode_level", "operator_mode"]
 
 #: The response header naming the mode that served a gated call.
 MODE_HEADER = "x-fleetgate-mode"
@@ -55,3 +55,21 @@ def operator_mode(mode: str, for_seconds: float | None, reason: str) -> ModeStat
         raise ConfigError(f"a mode's duration must be positive, not {for_seconds}")
     now = time.time()
     return ModeState(cast(ModeName, mode), "operator", reason, now, None if for_seconds is None else now + for_seconds)
+
+
+def change_reason(was: ModeState, now: ModeState) -> str:
+    """Why a pod went from `was` to `now`, never empty: `now`'s reason, or, where it gives
+    none (the default mode has none), what ended `was`."""
+    if now.reason:
+        return now.reason
+    if now.source == "operator":
+        return "set by an operator"
+    if now.source == "auto":
+        return "judged from this pod's signals"
+    if was.source == "operator":
+        if was.until is not None and was.until <= time.time():
+            return "the operator's mode expired"
+        return "the operator's mode was cleared"
+    if was.source == "auto":
+        return "the signals recovered"
+    return "back to the default mode"

@@ -30,21 +30,50 @@ from fleetgate.sharing import identity
 if TYPE_CHECKING:
     from fleetgate.cache import CacheAddress
 
-__all__ = ["Call", "Outcome", "Refused", "Timing", "gated_call"]
+__all__ = ["WAITS", "Call", "Outcome", "Refused", "Spent", "Timing", "gated_call"]
+
+
+#: What a call may wait for (:meth:`Call.waits`): quota, a lane's slot, a retry after a 429,
+#: a paused model, a budget's next period, the end of maintenance.
+WAITS = ("quota", "lane", "retry", "paused", "budget", "maintenance")
 
 
 @dataclass(slots=True)
 class Timing:
-    """Where a call's time went outside the gateway (the upstream call, and waiting for
-    quota, a lane, a retry or a paused model), and what its answer was billed: the usage,
-    its price and the model that answered (None when nothing was billed). Shared by a
-    call and the calls it is reshaped into."""
+    """Where a call's time went outside the gateway (the upstream call, and waiting:
+    `waited` in all, `waited_for` by what it waited for, one of `WAITS`), what it counted
+    against its model's quota (the requests `sent` upstream, and the tokens they were
+    settled to, as OpenAI counts them), and what its answer was billed: the usage, its
+    price and the model that answered (None when nothing was billed). Shared by a call
+    and the calls it is reshaped into."""
 
     upstream: float = 0.0
     waited: float = 0.0
+    waited_for: dict[str, float] = field(default_factory=dict)
+    sent: int = 0
+    quota_tokens: int = 0
     usage: dict[str, Any] | None = None
     cost: float | None = None
     model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """Where one answered call's time went, as its answer's
+    ``response.extensions["fleetgate.spent"]`` tells (``fleetgate run`` sums them up):
+    `seconds` in the gateway from taking the call to its answer, of which `upstream` in
+    the upstream call and `waited` waiting, by what (one of `WAITS`); the requests it
+    `sent` upstream and the `quota_tokens` they counted against the model's tokens per
+    minute (a stream's: those known when its headers came)."""
+
+    seconds: float
+    upstream: float
+    waited: dict[str, float]
+    sent: int
+    quota_tokens: int
+
+    #: The key of ``httpx.Response.extensions`` the record layer puts it under.
+    KEY = "fleetgate.spent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +199,12 @@ class Call:
                     self.assumed_max_output, self.timing, self.cut, self.route, self.mode, self.template,
                     started=self.started)
 
-    def waits(self, seconds: float) -> float:
-        """`seconds` the call is about to wait (for quota, a lane, a retry-after, a paused
-        model), counted as its waiting."""
-        self.timing.waited += seconds
+    def waits(self, seconds: float, what: str) -> float:
+        """`seconds` the call waits (or waited) for `what` (one of `WAITS`: quota, a lane,
+        a retry-after, a paused model...), counted as its waiting."""
+        timing = self.timing
+        timing.waited += seconds
+        timing.waited_for[what] = timing.waited_for.get(what, 0.0) + seconds
         return seconds
 
     def when_done(self, then: Callable[[Outcome], None]) -> None:
@@ -209,7 +240,7 @@ def gated_call(request: httpx2.Request, assumed_max_output: int, default_deadlin
     if endpoint is None:
         return None
     sc = current_scope()
-    deadline = sc.deadline if sc.deadline is not None else time.monotonic() + default_deadline
+    deadline = sc.call_deadline(default_deadline)  # from this call's start, not its scope's
     try:
         body = json.loads(request.content)
         estimate = estimate_request(endpoint, body, assumed_max_output)

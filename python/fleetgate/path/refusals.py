@@ -18,6 +18,7 @@ import httpx2
 
 from fleetgate.errors import (
     REFUSAL_CODES,
+    REFUSAL_PREFIX,
     BudgetExceeded,
     CircuitOpen,
     ConfigError,
@@ -84,7 +85,7 @@ def refusal(request: httpx2.Request, error: FleetgateError) -> httpx2.Response:
     if isinstance(retry_after, (int, float)):
         headers["retry-after-ms"] = str(max(1, int(retry_after * 1000)))
     fields = {name: getattr(error, name, None) for name in names}
-    body = {"error": {"message": f"fleetgate: {error}", "type": "fleetgate", "param": None, "code": code,
+    body = {"error": {"message": f"{REFUSAL_PREFIX}{error}", "type": "fleetgate", "param": None, "code": code,
                       "fleetgate": fields}}
     return httpx2.Response(status, headers=headers, json=body, request=request)
 

@@ -15,6 +15,7 @@ from fleetgate.fallback import Ladder
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import Modes
 from fleetgate.prices import PriceTable
+from fleetgate.privacy import Privacy
 from fleetgate.prompts import Compressor, LayoutTracker, Savings
 from fleetgate.router import Router
 from fleetgate.scope import Scope
@@ -42,9 +43,16 @@ class Services(Protocol):
     breakers: Breakers | None
     limiter: Limiter
     prices: PriceTable
+    privacy: Privacy
 
     def lanes_for(self, model: str) -> Lanes | None: ...
 
     def breaker_for(self, endpoint: str, model: str) -> Breaker | None: ...
 
     def quotas_for(self, model: str, sc: Scope) -> tuple[Quota | None, list[Quota]]: ...
+
+    def warmed(self) -> None:
+        """Wait until what calls need is loaded (or failed to load)."""
+
+    async def warmed_async(self) -> None:
+        """:meth:`warmed` without blocking the event loop."""

@@ -274,7 +274,8 @@ class _RedisStore:
         try:
             return fn(*args, **kwargs)
         except redis.RedisError as e:
-            raise StoreUnavailable(f"the rollouts' Redis is unavailable ({e})") from e
+            raise StoreUnavailable(f"the rollouts' Redis is unavailable ({e}); check that Redis is "
+                                   "reachable at redis_url") from e
 
 
 class Rollouts:

@@ -7,6 +7,7 @@ parent.
 
     with RedisRig() as rig:
         url = rig.start_standalone()           # "redis://127.0.0.1:<port>/0"
+        locked = rig.start_standalone(password="s3cret")  # "redis://:s3cret@127.0.0.1:<port>/0"
         cluster = rig.start_cluster()          # "redis+cluster://127.0.0.1:<p1>,…"
         node = rig.kill_primary("fg:{gpt-4.1}:tb")   # SIGKILL; its replica takes over
         rig.restart(node)                      # back, as a replica
@@ -42,6 +43,8 @@ class RedisNode:
     directory: Path
     cluster: bool
     process: subprocess.Popen[bytes] | None = None
+    #: ``requirepass`` (None: no AUTH).
+    password: str | None = None
 
     @property
     def address(self) -> str:
@@ -134,6 +137,8 @@ class RedisRig:
             "--daemonize", "no",
             "--logfile", str(node.directory / "redis.log"),
         ]
+        if node.password is not None:
+            args += ["--requirepass", node.password]
         if node.cluster:
             args += [
                 "--cluster-enabled", "yes",
@@ -154,26 +159,30 @@ class RedisRig:
                 log = node.directory / "redis.log"
                 tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
                 raise RedisRigError(f"redis-server on port {node.port} exited at start:\n{tail}")
-            if self._command(node.port, "PING", check=False) == "PONG":
+            if self._command(node.port, "PING", check=False, password=node.password) == "PONG":
                 return
             time.sleep(0.02)
         raise RedisRigError(f"redis-server on port {node.port} did not answer PING within {timeout}s")
 
-    def _command(self, port: int, *args: str, check: bool = True) -> str:
+    def _command(self, port: int, *args: str, check: bool = True, password: str | None = None) -> str:
+        env = {**os.environ, "REDISCLI_AUTH": password} if password is not None else None  # not on the command line
         done = subprocess.run(
             [self.cli, "-h", "127.0.0.1", "-p", str(port), *args],
-            capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL, env=env,
         )
         if check and done.returncode != 0:
             raise RedisRigError(f"redis-cli -p {port} {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
         return done.stdout.strip()
 
-    def start_standalone(self) -> str:
-        """Start a standalone server; returns its URL."""
-        node = RedisNode(free_port(taken=self._taken), self.root / f"standalone-{len(self.nodes)}", cluster=False)
+    def start_standalone(self, *, password: str | None = None) -> str:
+        """Start a standalone server (that asks clients for `password`, when given); returns
+        its URL (with the password in it)."""
+        node = RedisNode(free_port(taken=self._taken), self.root / f"standalone-{len(self.nodes)}", cluster=False,
+                         password=password)
         self.nodes.append(node)
         self._launch(node)
-        return f"redis://127.0.0.1:{node.port}/0"
+        auth = f":{password}@" if password is not None else ""
+        return f"redis://{auth}127.0.0.1:{node.port}/0"
 
     def start_cluster(self, primaries: int = 3, replicas: int = 1) -> str:
         """Start a cluster of `primaries` primaries with `replicas` replicas each; returns a
@@ -242,6 +251,12 @@ class RedisRig:
         node.process.send_signal(signal.SIGKILL)
         node.process.wait(timeout=10)
         return node
+
+    def stop_node(self, node: RedisNode) -> None:
+        """Stop one server, as an outage would (:meth:`restart` starts it again)."""
+        if node.process is not None and node.alive:
+            node.process.terminate()
+            node.process.wait(timeout=10)
 
     def restart(self, node: RedisNode) -> None:
         """Start a killed node again; a cluster node rejoins (as a replica after failover)."""

@@ -29,7 +29,11 @@ pub enum Error {
     StoreUnavailable(String),
 
     /// `acquire` gave up: the quota had no room before the deadline.
-    #[error("rate limited on quota {quota:?}: no room within the timeout; retry after {:.3}s", retry_after.as_secs_f64())]
+    #[error(
+        "rate limited on quota {quota:?}: no room before the deadline; room is expected in {:.3}s: retry then, \
+         allow the call a longer deadline, or raise the quota",
+        retry_after.as_secs_f64()
+    )]
     RateLimited { quota: String, retry_after: Duration },
 
     /// A circuit breaker refused the call: upstream is failing, its probes are out, or it

@@ -41,7 +41,7 @@ fn timeout(value: Option<f64>) -> Option<Duration> {
 }
 
 fn timed_out() -> PyErr {
-    PyTimeoutError::new_err("no answer from the shared upstream call within the timeout")
+    PyTimeoutError::new_err("no answer from the shared upstream call before the deadline; send the call yourself or allow a longer deadline")
 }
 
 /// The head as Python sees it: `(status, headers)`, or None when the flight ended first.

@@ -44,7 +44,7 @@ class Breaker(Layer):
                 break
             except CircuitOpen as e:
                 if e.reason == "paused" and e.retry_after is not None and e.retry_after < call.seconds_left():
-                    await sleep_async(call.waits(e.retry_after))
+                    await sleep_async(call.waits(e.retry_after, "paused"))
                     continue
                 self.stats.count("breaker_refused")
                 raise Refused(e, self.name) from e

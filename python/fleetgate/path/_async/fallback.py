@@ -43,7 +43,7 @@ class Fallback(Layer):
             action, wait = self._when_refused(call, error)
             if action != "queue":
                 break
-            await sleep_async(call.waits(wait))
+            await sleep_async(call.waits(wait, "budget"))
         for rung in rungs(action):
             if rung == "cheaper":
                 body = self.ladder.cheaper_body(call.body)

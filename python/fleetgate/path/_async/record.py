@@ -1,7 +1,8 @@
 """record: the first layer and the last word on every gated call. It is the only writer
 of the ``x-fleetgate-*`` headers (what the layers below marked on the call: its mode, its
 rung of the ladder, its route, its preset's cut, a refusal), and it counts the call in the
-stats, the metrics, the trace and the log record.
+stats, the metrics, the trace and the log record, where its user (and a sensitive team or
+feature) appears only by pseudonym (:mod:`fleetgate.privacy`).
 
 Contract: a refusal by any layer is an answer here like any other (marked
 ``x-fleetgate: refused``); a call that raises is counted as failed (or cancelled) and the
@@ -20,8 +21,9 @@ from fleetgate.fallback import TIER_HEADER
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import MODE_HEADER
 from fleetgate.path._async.layer import Layer, Next
-from fleetgate.path.call import Call
+from fleetgate.path.call import Call, Spent
 from fleetgate.path.refusals import REFUSED_HEADER
+from fleetgate.privacy import Privacy
 from fleetgate.records import log_request
 from fleetgate.stats import GatewayStats
 from fleetgate.tracing import Tracer
@@ -31,13 +33,15 @@ __all__ = ["Record"]
 class Record(Layer):
     name = "record"
 
-    def __init__(self, stats: GatewayStats, metrics: GatewayMetrics | None, tracer: Tracer | None) -> None:
-        self.stats, self.metrics, self.tracer = stats, metrics, tracer
+    def __init__(self, stats: GatewayStats, metrics: GatewayMetrics | None, tracer: Tracer | None,
+                 privacy: Privacy) -> None:
+        self.stats, self.metrics, self.tracer, self.privacy = stats, metrics, tracer, privacy
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
         self.stats.count("requests")
         if self.tracer is not None:
-            call.span = self.tracer.start(call.endpoint, call.body, call.request, call.scope.feature)
+            call.span = self.tracer.start(call.endpoint, call.body, call.request,
+                                          self.privacy.label("feature", call.scope.feature))
         try:
             response = await next(call)
         except BaseException as e:
@@ -65,7 +69,10 @@ class Record(Layer):
                                   timing.upstream + timing.waited if timing.upstream else 0.0, call.looked_up)
         if call.span is not None and self.tracer is not None:
             self.tracer.answered(call.span, response)
-        log_request(call.endpoint, call.body, call.scope, response, seconds, timing.usage, timing.cost, timing.model)
+        log_request(call.endpoint, call.body, call.scope, response, seconds, timing.usage, timing.cost, timing.model,
+                    privacy=self.privacy)
+        response.extensions[Spent.KEY] = Spent(seconds, timing.upstream, dict(timing.waited_for), timing.sent,
+                                               timing.quota_tokens)
         return response
 
     def _failed(self, call: Call, error: BaseException) -> None:

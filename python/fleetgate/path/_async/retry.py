@@ -41,7 +41,7 @@ class Retry(Layer):
                 return response
             await response.aclose()
             attempt += 1
-            await sleep_async(call.waits(wait))
+            await sleep_async(call.waits(wait, "retry"))
 
     def _retry_in(self, call: Call, response: httpx2.Response, attempt: int) -> float | None:
         """Seconds to wait before sending a 429'd call again, or None to hand it back."""

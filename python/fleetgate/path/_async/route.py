@@ -44,7 +44,8 @@ class Route(Layer):
             if routed is not None:
                 body, call.route = routed
                 if body is not call.body and not call.rewrite(body):
-                    return refuse(call, ConfigError("the router made a request the gateway cannot read"))
+                    return refuse(call, ConfigError("the router made a request the gateway cannot read: check the "
+                                                    "models of [routing] tiers"))
         override = self.override
         if override and call.endpoint != "/embeddings" and call.model != override:
             if not call.rewrite({**call.body, "model": override}):

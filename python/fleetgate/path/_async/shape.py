@@ -19,6 +19,7 @@ from fleetgate.metrics import GatewayMetrics
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path.call import Call
 from fleetgate.path.refusals import refuse
+from fleetgate.privacy import Privacy
 from fleetgate.prompts import Compressor, LayoutTracker, Savings, compress_body
 from fleetgate.records import template_hash
 
@@ -29,9 +30,10 @@ class Shape(Layer):
     name = "shape"
 
     def __init__(self, presets: Presets, prompts: PromptSettings, compressor: Compressor | None, savings: Savings,
-                 layout: LayoutTracker | None, metrics: GatewayMetrics | None) -> None:
+                 layout: LayoutTracker | None, metrics: GatewayMetrics | None, privacy: Privacy) -> None:
         self.presets, self.compressor, self.savings, self.layout, self.metrics = (presets, compressor, savings,
                                                                                   layout, metrics)
+        self.privacy = privacy  # reports name a template by its feature: a sensitive one by pseudonym
         self.compressed = frozenset(prompts.compress_features) if compressor is not None else frozenset()
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
@@ -46,10 +48,11 @@ class Shape(Layer):
                     f"preset {name!r} is not configured: add [presets.{name}] to the gateway's config "
                     f"(known: {', '.join(sorted(self.presets.presets)) or 'none'})"))
             if not call.rewrite(shaped.body):
-                return refuse(call, ConfigError(f"preset {name!r} made a request the gateway cannot read"))
+                return refuse(call, ConfigError(f"preset {name!r} made a request the gateway cannot read: check the "
+                                                f"model of [presets.{name}]"))
             call.cut = shaped.cut
         if self.layout is not None:
-            call.template = call.scope.feature or template_hash(call.body)
+            call.template = self.privacy.label("feature", call.scope.feature) or template_hash(call.body)
             self.layout.observe(call.template, call.endpoint, call.body)
         return await next(call)
 
@@ -61,6 +64,6 @@ class Shape(Layer):
         body, saved = done
         before = call.estimate.prompt_tokens
         if call.rewrite(body):
-            self.savings.add(str(call.scope.feature), before, saved)  # the layout's key
+            self.savings.add(str(self.privacy.label("feature", call.scope.feature)), before, saved)  # the layout's key
             if self.metrics is not None:
                 self.metrics.prompt_saved(call.scope.feature, saved)

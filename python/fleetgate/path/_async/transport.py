@@ -29,6 +29,8 @@ class AsyncGateTransport(httpx2.AsyncBaseTransport):
         self._assumed, self._deadline = config.assumed_max_output_tokens, config.default_deadline_seconds
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST":  # maybe gated: its deadline starts once the gateway is warm
+            await self.gateway.warmed_async()
         call = gated_call(request, self._assumed, self._deadline)
         if call is None:
             return await self.inner.handle_async_request(request)

@@ -42,6 +42,7 @@ class Upstream(Layer):
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
         call.outcome = None
+        call.timing.sent += 1
         started = time.perf_counter()
         try:
             response = await self.inner.handle_async_request(call.request)
@@ -66,6 +67,7 @@ class Upstream(Layer):
                                    self._billed(call, usage))
         else:
             call.outcome = Outcome(status, 0, "failure", code=error_code(response) if status == 429 else None)
+        call.timing.quota_tokens += call.outcome.tokens
         self._timed(call, started, status, call.outcome.code)
         return response
 
@@ -86,6 +88,7 @@ class Upstream(Layer):
         else:
             outcome = Outcome(200, estimate.settle_with(estimate.prompt_tokens + scanner.deltas), "estimate", None,
                               scanner.deltas)
+        call.timing.quota_tokens += outcome.tokens
         call.done(outcome)
 
     def _billed(self, call: Call, usage: object) -> dict[str, Any] | None:

@@ -45,7 +45,7 @@ class Breaker(Layer):
                 break
             except CircuitOpen as e:
                 if e.reason == "paused" and e.retry_after is not None and e.retry_after < call.seconds_left():
-                    sleep(call.waits(e.retry_after))
+                    sleep(call.waits(e.retry_after, "paused"))
                     continue
                 self.stats.count("breaker_refused")
                 raise Refused(e, self.name) from e

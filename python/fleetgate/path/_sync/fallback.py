@@ -44,7 +44,7 @@ class Fallback(Layer):
             action, wait = self._when_refused(call, error)
             if action != "queue":
                 break
-            sleep(call.waits(wait))
+            sleep(call.waits(wait, "budget"))
         for rung in rungs(action):
             if rung == "cheaper":
                 body = self.ladder.cheaper_body(call.body)

@@ -49,7 +49,7 @@ class Lanes(Layer):
             raise Refused(e, self.name) from e
         finally:
             waited = time.perf_counter() - joined
-            call.timing.waited += waited
+            call.waits(waited, "lane")
             if metrics is not None:
                 metrics.left_queue(call.model, call.priority, waited)
         try:

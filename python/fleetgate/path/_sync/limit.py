@@ -57,13 +57,14 @@ class Limit(Layer):
                 raise Refused(e, self.name) from e
             finally:
                 waited = time.perf_counter() - asked
-                call.timing.waited += waited
+                call.waits(waited, "quota")
                 if self.metrics is not None:
                     self.metrics.limiter_waited(call.model, waited)
         if call.deadline <= time.monotonic():
             self._settle(decision, Outcome(0, 0, "failure"))
             self.stats.count("deadline_expired")
-            raise Refused(DeadlineExpired("the request's deadline passed before it could be sent; it was not sent"),
+            raise Refused(DeadlineExpired("the request's deadline passed before it could be sent; it was not sent; give "
+                                          "it a later deadline (scope(deadline=…) or default_deadline_seconds)"),
                           self.name)
         response = next(call)
         if model_quota is not None:

@@ -26,6 +26,7 @@ from fleetgate.modes.degrade import degraded, optional_off, reduced_body
 from fleetgate.path._sync.layer import Layer, Next
 from fleetgate.path.call import Call
 from fleetgate.path.refusals import refuse
+from fleetgate.privacy import Privacy
 from fleetgate.stats import GatewayStats
 
 __all__ = ["Modes"]
@@ -35,8 +36,9 @@ class Modes(Layer):
     name = "modes"
 
     def __init__(self, modes: FleetModes, settings: ModeSettings, ladder: Ladder, cache: AnswerCache,
-                 stats: GatewayStats) -> None:
+                 stats: GatewayStats, privacy: Privacy) -> None:
         self.modes, self.settings, self.ladder, self.cache, self.stats = modes, settings, ladder, cache, stats
+        self.privacy = privacy
 
     def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
         mode = self.modes.current
@@ -45,7 +47,7 @@ class Modes(Layer):
         if mode.mode == "maintenance":
             began = time.perf_counter()
             mode = self.modes.wait_out(call.seconds_left())
-            call.timing.waited += time.perf_counter() - began
+            call.waits(time.perf_counter() - began, "maintenance")
             if mode.mode == "full":
                 return next(call)
         call.mode = mode.mode
@@ -83,12 +85,12 @@ class Modes(Layer):
 
     def _reduced(self, call: Call, mode: ModeState, next: Next) -> httpx2.Response:  # noqa: A002
         if optional_off(self.settings, call.scope.feature):
-            return refuse(call, self._degraded(mode, f"feature {call.scope.feature!r} is optional and off in "
-                                                     "reduced mode"))
+            feature = self.privacy.label("feature", call.scope.feature)
+            return refuse(call, self._degraded(mode, f"feature {feature!r} is optional and off in reduced mode"))
         body = reduced_body(self.settings, self.ladder.cheaper_body(call.body), call.endpoint, call.body)
         if body is not None and not call.rewrite(body):
             return refuse(call, ConfigError(f"reduced mode made a request the gateway cannot estimate (its "
-                                            f"[fallback] models step from {call.model!r})"))
+                                            f"[fallback] models step from {call.model!r}): check [fallback] models"))
         return next(call)
 
     def _probe(self, call: Call, next: Next) -> httpx2.Response | None:  # noqa: A002

@@ -42,7 +42,7 @@ class Retry(Layer):
                 return response
             response.close()
             attempt += 1
-            sleep(call.waits(wait))
+            sleep(call.waits(wait, "retry"))
 
     def _retry_in(self, call: Call, response: httpx2.Response, attempt: int) -> float | None:
         """Seconds to wait before sending a 429'd call again, or None to hand it back."""

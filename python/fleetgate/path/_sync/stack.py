@@ -43,11 +43,11 @@ def layers(gateway: Services, inner: httpx2.BaseTransport) -> list[Layer]:
     stats, metrics = g.stats, g.metrics
     prompts = cfg.prompts
     found: list[Layer | None] = [
-        Record(stats, metrics, g.tracer),
-        Shape(g.presets, prompts, g.compressor, g.prompt_savings, g.layout, metrics)
+        Record(stats, metrics, g.tracer, g.privacy),
+        Shape(g.presets, prompts, g.compressor, g.prompt_savings, g.layout, metrics, g.privacy)
         if cfg.presets or g.compressor is not None or g.layout is not None else None,
         Route(g.router, cfg.model_override, stats) if g.router.active or cfg.model_override else None,
-        Modes(g.modes, cfg.modes, g.ladder, g.cache, stats),
+        Modes(g.modes, cfg.modes, g.ladder, g.cache, stats, g.privacy),
         Cache(g.cache) if g.cache.store is not None else None,
         Dedup(g.collapser) if cfg.dedup.enabled else None,
         Fallback(g.ladder, g.budgets, g.cache),

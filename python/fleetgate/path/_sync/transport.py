@@ -30,6 +30,8 @@ class GateTransport(httpx2.BaseTransport):
         self._assumed, self._deadline = config.assumed_max_output_tokens, config.default_deadline_seconds
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST":  # maybe gated: its deadline starts once the gateway is warm
+            self.gateway.warmed()
         call = gated_call(request, self._assumed, self._deadline)
         if call is None:
             return self.inner.handle_request(request)

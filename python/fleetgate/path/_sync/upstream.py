@@ -43,6 +43,7 @@ class Upstream(Layer):
 
     def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
         call.outcome = None
+        call.timing.sent += 1
         started = time.perf_counter()
         try:
             response = self.inner.handle_request(call.request)
@@ -67,6 +68,7 @@ class Upstream(Layer):
                                    self._billed(call, usage))
         else:
             call.outcome = Outcome(status, 0, "failure", code=error_code(response) if status == 429 else None)
+        call.timing.quota_tokens += call.outcome.tokens
         self._timed(call, started, status, call.outcome.code)
         return response
 
@@ -87,6 +89,7 @@ class Upstream(Layer):
         else:
             outcome = Outcome(200, estimate.settle_with(estimate.prompt_tokens + scanner.deltas), "estimate", None,
                               scanner.deltas)
+        call.timing.quota_tokens += outcome.tokens
         call.done(outcome)
 
     def _billed(self, call: Call, usage: object) -> dict[str, Any] | None:
