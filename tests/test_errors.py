@@ -10,6 +10,7 @@ import importlib
 import pickle
 import pkgutil
 import socket
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,11 +24,13 @@ from pydantic import BaseModel, field_validator
 import fleetgate as fg
 import fleetgate.config
 import fleetgate.path.refusals
+from fleetgate.batch import BatchInputError, JobBusy, ResultsExpired
 from fleetgate.cli import main as cli
 from fleetgate.config import GatewayConfig
 from fleetgate.errors import REFUSAL_CODES
 from fleetgate.testing.fake_openai import FakeOpenAI
 from fleetgate.validate import accumulate
+from tests.test_batch import jobs_for, write_input
 
 MODEL = "gpt-4.1-mini"
 MSG = [{"role": "user", "content": "How do I reset my password?"}]
@@ -180,7 +183,11 @@ def test_no_config_error_repeats_a_variables_value(monkeypatch: pytest.MonkeyPat
 # -- every error says what to do, as the path raised it -------------------------------------------
 
 def tree() -> set[type[fg.FleetgateError]]:
-    """Every fleetgate exception class (the SDK clients' twins of refusals aside)."""
+    """Every fleetgate exception class (the SDK clients' twins of refusals aside), every
+    module imported first: what other tests happened to import does not change the tree."""
+    for info in pkgutil.walk_packages(fleetgate.__path__, "fleetgate."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
     found: set[type[fg.FleetgateError]] = set()
     todo: list[type[fg.FleetgateError]] = [fg.FleetgateError]
     while todo:
@@ -249,10 +256,35 @@ def _partial(fake: FakeOpenAI) -> fg.FleetgateError:
     return raised.value
 
 
+def _batch_input(fake: FakeOpenAI) -> fg.FleetgateError:
+    with tempfile.TemporaryDirectory() as tmp, pytest.raises(BatchInputError) as raised:
+        jobs = jobs_for(fake, Path(tmp))
+        jobs.submit(write_input(Path(tmp) / "in.jsonl", 2, extra=["{not json"]))
+    return raised.value
+
+
+def _job_busy(fake: FakeOpenAI) -> fg.FleetgateError:
+    with tempfile.TemporaryDirectory() as tmp, pytest.raises(JobBusy) as raised:
+        jobs = jobs_for(fake, Path(tmp))
+        jobs.submit(write_input(Path(tmp) / "in.jsonl", 2), name="busy", wait=False)
+        assert jobs.store.take_lease("busy", "another-pod", 30) is None
+        jobs.watch("busy")
+    return raised.value
+
+
+def _results_expired(fake: FakeOpenAI) -> fg.FleetgateError:
+    with tempfile.TemporaryDirectory() as tmp, pytest.raises(ResultsExpired) as raised:
+        list(jobs_for(fake, Path(tmp))._file_lines("file-gone"))
+    return raised.value
+
+
 #: The rest, made at their raise sites, with words of the advice each must give.
 ELSEWHERE: dict[type[fg.FleetgateError], tuple[Callable[[FakeOpenAI], fg.FleetgateError], str]] = {
     fg.StructuredOutputError: (_structured, "allow more retries"),
     fg.PartialResponseError: (_partial, "retry the request"),
+    BatchInputError: (_batch_input, "skip_bad_lines=True"),
+    JobBusy: (_job_busy, "wait_for_lease"),
+    ResultsExpired: (_results_expired, "submit"),
 }
 
 

@@ -198,7 +198,8 @@ class Collecting(ChunkFiles):
                                     dead += 1
                         except ResultsExpired as e:
                             raise ResultsExpired(f"job {job_id}: the results of {chunk.id} (batch {chunk.batch_id}) "
-                                                 "have expired at OpenAI; they cannot be collected any more") from e
+                                                 "have expired at OpenAI; they cannot be collected any more: submit its requests "
+                                                 "again") from e
                 error = chunk.error or {"code": "no_result", "message": "the batch returned no result for this request"}
                 if chunk.state == "cancelled" or (chunk.state == "collected" and job.status == "cancelled"):
                     error = {"code": "batch_cancelled", "message": "the job was cancelled before this request ran"}

@@ -61,7 +61,8 @@ class ChunkFiles(JobsBase):
                 if rest:
                     yield rest
         except openai.NotFoundError as e:
-            raise ResultsExpired(f"file {file_id} is gone from the API (expired or deleted)") from e
+            raise ResultsExpired(f"file {file_id} is gone from the API (expired or deleted); its requests' answers "
+                                 "cannot be read any more: submit those requests again") from e
 
     def _ids(self, job: Job, chunk: Chunk, chunks: list[Chunk]) -> set[str]:
         """The ids the chunk was sent: from its lines here, else from its uploaded file."""

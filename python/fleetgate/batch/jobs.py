@@ -117,8 +117,9 @@ class BatchJobs(Sending, Collecting):
         deadline = time.monotonic() + wait_for_lease
         while (holder := self.store.take_lease(job.id, self.owner, self.settings.lease_seconds)) is not None:
             if time.monotonic() >= deadline:
-                raise JobBusy(f"job {job.id} is watched by {holder}; it takes over when that lease lapses "
-                              f"(within {self.settings.lease_seconds:.0f} s of its last renewal)")
+                raise JobBusy(f"job {job.id} is watched by {holder}, whose lease lapses within "
+                              f"{self.settings.lease_seconds:.0f} s of its last renewal; leave the job to it, or "
+                              "watch with wait_for_lease=<seconds> to take over once the lease lapses")
             time.sleep(min(1.0, self.settings.lease_seconds / 4))
         self._found = None
         try:
