@@ -35,6 +35,11 @@ def test_the_gateway_imports_without_numpy_or_faiss() -> None:
     assert "fleetgate.gateway" in loaded and "numpy" not in loaded and "faiss" not in loaded
 
 
+def test_an_embedded_gateway_never_imports_redis_py() -> None:
+    loaded = loaded_after("import fleetgate as fg\nfg.Gateway().close()")
+    assert "fleetgate.gateway" in loaded and "redis" not in loaded
+
+
 def test_help_loads_no_command_s_dependencies() -> None:
     code = "from fleetgate.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
     assert loaded_after(code) == []
