@@ -8,7 +8,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test test-rust test-python test-alerts test-generated build redis-server bench bench-rust bench-python stubtest clean
+.PHONY: demo test test-rust test-python test-alerts test-generated build wheel redis-server bench bench-rust bench-python stubtest clean
 
 demo: build  ## build, then run the main job on embedded defaults
 	$(VENV)/bin/fleetgate demo
@@ -19,8 +19,12 @@ test: redis-server build test-generated test-rust test-python stubtest test-aler
 test-generated: $(VENV)/.ready
 	$(PY) scripts/unasync.py --check
 
+# In the release profile, after `build`: the tests run the code as the extension ships it, and
+# reuse the dependencies `maturin develop --release` compiled, save those the dev-dependencies
+# (proptest, criterion) build with other features. On 2 cores that is about as fast as a
+# debug build of everything (~80 s), and keeps target/ to one profile.
 test-rust:
-	cargo test -p fleetgate-core --locked
+	cargo test --release -p fleetgate-core --locked
 
 test-python: build
 	$(PY) -m pytest -q
@@ -67,8 +71,17 @@ $(VENV)/.ready: pyproject.toml
 	$(PY) -m pip install -q 'maturin>=1.9,<2'
 	touch $@
 
+# cargo prints each crate as it compiles: a first build takes several minutes on two cores.
 build: $(VENV)/.ready  ## compile the Rust extension (release) into the virtualenv
-	$(VENV)/bin/maturin develop --release --locked --extras testing,test,bench,local-embeddings,otel -q
+	@echo "building fleetgate's Rust extension (release; a first build takes 5-15 minutes on 2 cores)"
+	$(VENV)/bin/maturin develop --release --locked --extras testing,test,bench,semantic,local-embeddings,otel
+
+# One abi3 wheel (CPython 3.11 and later) for manylinux2014 (glibc 2.17: Debian 9+, Ubuntu
+# 18.04+, Amazon Linux 2, RHEL/UBI 7+), linked by zig (the ziglang package) against that
+# glibc, whatever this machine's. Not part of `make test`: it is a second full compile.
+wheel: $(VENV)/.ready  ## build the distributable wheel into dist/
+	$(PY) -m pip install -q 'ziglang>=0.13'
+	$(VENV)/bin/maturin build --release --locked --zig --compatibility manylinux2014 --out dist
 
 # Debian's redis-server (7.0), installed when missing; CI runs as root.
 redis-server:

@@ -9,33 +9,15 @@ True
 >>> limiter.settle(decision.reservation, tokens=900)
 """
 
-from fleetgate._core import (
-    Breaker,
-    Breakers,
-    Budget,
-    BudgetReservation,
-    BudgetStatus,
-    Decision,
-    Flight,
-    Flights,
-    Lanes,
-    Ledger,
-    Limiter,
-    Quota,
-    Reservation,
-    Slot,
-    __version__,
-    chat_prompt_tokens,
-    count_tokens,
-    encoding_for_model,
-    health,
-    parse_duration,
-    truncate_tokens,
-)
-from fleetgate.config import GatewayConfig, QuotaLimits
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The errors and scopes are plain Python, imported now (`fleetgate.scope` is the function, not
+# its module). Every other public name is loaded on first use (PEP 562): `import fleetgate`
+# stays cheap, and a pytest run that only loads fleetgate's plugin pays for nothing more.
 from fleetgate.errors import (
-    PartialResponseError,
-    StructuredOutputError,
     BudgetExceeded,
     BypassWarning,
     CircuitOpen,
@@ -44,16 +26,61 @@ from fleetgate.errors import (
     DeadlineExpired,
     FleetgateError,
     InputTruncated,
+    PartialResponseError,
     QueueFull,
     RateLimited,
     ServiceDegraded,
     StoreUnavailable,
+    StructuredOutputError,
 )
-from fleetgate.gateway import Gateway
-from fleetgate.stats import GatewayStats
-from fleetgate.modes import ModeState, Modes
-from fleetgate.privacy import Privacy
 from fleetgate.scope import Priority, Scope, current_scope, scope
+
+if TYPE_CHECKING:
+    from fleetgate._core import (
+        Breaker,
+        Breakers,
+        Budget,
+        BudgetReservation,
+        BudgetStatus,
+        Decision,
+        Flight,
+        Flights,
+        Lanes,
+        Ledger,
+        Limiter,
+        Quota,
+        Reservation,
+        Slot,
+        __version__,
+        chat_prompt_tokens,
+        count_tokens,
+        encoding_for_model,
+        health,
+        parse_duration,
+        truncate_tokens,
+    )
+    from fleetgate.config import GatewayConfig, QuotaLimits
+    from fleetgate.gateway import Gateway
+    from fleetgate.modes import ModeState, Modes
+    from fleetgate.privacy import Privacy
+    from fleetgate.stats import GatewayStats
+
+# The module each lazily loaded name comes from.
+_LAZY: dict[str, str] = {
+    name: home
+    for home, names in (
+        ("fleetgate._core", ("Breaker", "Breakers", "Budget", "BudgetReservation", "BudgetStatus", "Decision",
+                             "Flight", "Flights", "Lanes", "Ledger", "Limiter", "Quota", "Reservation", "Slot",
+                             "__version__", "chat_prompt_tokens", "count_tokens", "encoding_for_model", "health",
+                             "parse_duration", "truncate_tokens")),
+        ("fleetgate.config", ("GatewayConfig", "QuotaLimits")),
+        ("fleetgate.gateway", ("Gateway",)),
+        ("fleetgate.modes", ("ModeState", "Modes")),
+        ("fleetgate.privacy", ("Privacy",)),
+        ("fleetgate.stats", ("GatewayStats",)),
+    )
+    for name in names
+}
 
 __all__ = [
     "PartialResponseError",
@@ -103,3 +130,22 @@ __all__ = [
     "scope",
     "truncate_tokens",
 ]
+
+
+# Defined for the interpreter only: to a type checker the names above are plain imports, and
+# a misspelt `fleetgate.X` stays an error instead of becoming Any.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        home = _LAZY.get(name)
+        if home is None:
+            raise AttributeError(f"module 'fleetgate' has no attribute {name!r}")
+        value = getattr(importlib.import_module(home), name)
+        globals()[name] = value  # the next look-up is a plain attribute
+        return value
+
+    def __dir__() -> list[str]:
+        # The public names, the dunders and the submodules loaded so far (not `importlib`).
+        here = globals()
+        loaded = {n for n, v in here.items() if n.startswith("_") or getattr(v, "__name__", "") == f"{__name__}.{n}"}
+        return sorted(loaded | set(__all__))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -31,7 +32,6 @@ from pydantic import BaseModel
 from fleetgate._core import Breaker, Breakers, Budget, Lanes, Limiter, Quota
 from fleetgate.budget.guard import AlertCallback, Budgets
 from fleetgate.cache import AnswerCache
-from fleetgate.cache.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
 from fleetgate.router import Classifier, Router
 from fleetgate.validate import complete, complete_async
 from fleetgate.budget.presets import Presets
@@ -52,9 +52,11 @@ from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
 from fleetgate.tracing import tracer
 from fleetgate.path import AsyncGateTransport, GateTransport
 from fleetgate.warm import Warmup, configured_models
+from fleetgate import _extras
 
 if TYPE_CHECKING:
     from fleetgate.batch import BatchJobs
+    from fleetgate.cache.embedders import Embedder
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -63,6 +65,8 @@ __all__ = ["Gateway"]
 
 log = logging.getLogger("fleetgate")
 _MISSING = object()
+#: What the semantic cache and the nearest classifier need (import name → distribution).
+_VECTORS = {"numpy": "numpy", "faiss": "faiss-cpu"}
 
 
 #: How many (kind, name) quotas a gateway remembers before it starts over.
@@ -146,6 +150,10 @@ class Gateway:
         # One embedder (one model loaded) for the semantic layer and the nearest classifier.
         semantic = self.config.cache.semantic.enabled
         nearest = self.config.routing.classifier == "nearest" and bool(self.config.routing.tiers)
+        if semantic:
+            _extras.require("[cache.semantic] enabled = true", _VECTORS, _extras.SEMANTIC)
+        if nearest:
+            _extras.require('[routing] classifier = "nearest"', _VECTORS, _extras.SEMANTIC)
         shared = (embedder or self._embedder()) if semantic or nearest else None
         self.cache = AnswerCache(self.config.cache, self.config.redis_url, self.stats, shared if semantic else None,
                                  on_guarded=self.metrics.near_miss if self.metrics is not None else None)
@@ -178,10 +186,18 @@ class Gateway:
         return self.embedder_for(self.config.cache.semantic)
 
     def embedder_for(self, settings: SemanticSettings) -> Embedder:
-        """The embedder `settings` name: ``local``, or ``openai:<model>`` through this gateway."""
+        """The embedder `settings` name: ``local``, or ``openai:<model>`` through this gateway
+        (with the API key in ``OPENAI_API_KEY``)."""
+        from fleetgate.cache.embedders import LocalEmbedder, OpenAIEmbedder
+
         name = settings.embedder
         if name == "local":
             return LocalEmbedder()
+        if not os.environ.get("OPENAI_API_KEY"):
+            raise ConfigError(f'[cache.semantic] embedder = "{name}" asks OpenAI\'s embeddings with the API key in '
+                              "OPENAI_API_KEY, which is not set: set OPENAI_API_KEY, or pass Gateway(embedder=…) "
+                              f'an OpenAIEmbedder of your own client, or use embedder = "local" '
+                              f"({_extras.LOCAL_EMBEDDINGS})")
         return OpenAIEmbedder(self.openai(), name.removeprefix("openai:"))
 
     _closed = False

@@ -26,11 +26,14 @@ import threading
 import weakref
 from collections.abc import Iterable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from fleetgate._core import count_tokens, encoding_for_model
-from fleetgate.cache.embedders import Embedder
 from fleetgate.config import GatewayConfig
 from fleetgate.errors import FleetgateError
+
+if TYPE_CHECKING:
+    from fleetgate.cache.embedders import Embedder
 
 __all__ = ["Warmup", "configured_models"]
 

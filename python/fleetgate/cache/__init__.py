@@ -21,10 +21,29 @@ Answers carry ``x-fleetgate-cache: hit`` (exact) or ``semantic`` (with
 ``x-fleetgate-similarity``) when they come from the cache.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from fleetgate.cache.answers import CACHE_HEADER, SIMILARITY_HEADER, AnswerCache, CacheAddress
-from fleetgate.cache.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
-from fleetgate.cache.semantic import SemanticCache
 from fleetgate.cache.store import AnswerStore, MemoryStore, RedisAnswerStore
+
+if TYPE_CHECKING:
+    from fleetgate.cache.embedders import Embedder, LocalEmbedder, OpenAIEmbedder
+    from fleetgate.cache.semantic import SemanticCache
 
 __all__ = ["CACHE_HEADER", "SIMILARITY_HEADER", "AnswerCache", "CacheAddress", "AnswerStore", "Embedder", "LocalEmbedder",
            "MemoryStore", "OpenAIEmbedder", "RedisAnswerStore", "SemanticCache"]
+
+# The semantic layer's names need numpy and FAISS (the `semantic` extra): loaded on first use.
+_LAZY = {"Embedder": "fleetgate.cache.embedders", "LocalEmbedder": "fleetgate.cache.embedders",
+         "OpenAIEmbedder": "fleetgate.cache.embedders", "SemanticCache": "fleetgate.cache.semantic"}
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        home = _LAZY.get(name)
+        if home is None:
+            raise AttributeError(f"module 'fleetgate.cache' has no attribute {name!r}")
+        return getattr(importlib.import_module(home), name)

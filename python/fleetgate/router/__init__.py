@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from fleetgate.cache.embedders import Embedder
 from fleetgate.config import DeploymentSettings, RoutingSettings
 from fleetgate.errors import CircuitOpen, FleetgateError
 from fleetgate.prices import PriceTable
@@ -33,6 +32,9 @@ from fleetgate.router.rollout import Figures, Outcome, Rollouts, RolloutState, S
 from fleetgate.router.tiers import Classifier, HeuristicClassifier, NearestClassifier, prompt_of
 from fleetgate.scope import Scope
 from fleetgate.sharing import is_read
+
+if TYPE_CHECKING:
+    from fleetgate.cache.embedders import Embedder
 
 __all__ = ["Classifier", "Figures", "HeuristicClassifier", "NearestClassifier", "Outcome", "Route", "Router",
            "RolloutState", "Rollouts", "decide"]

@@ -21,8 +21,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
-import redis
-
 from fleetgate.redis_clients import redacted_url, redis_client
 from fleetgate.config import DeploymentSettings, RolloutSettings
 from fleetgate.errors import ConfigError, StoreUnavailable
@@ -271,6 +269,8 @@ class _RedisStore:
 
     @staticmethod
     def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import redis  # loaded already by the client `fn` belongs to; a gateway without Redis never imports it
+
         try:
             return fn(*args, **kwargs)
         except redis.RedisError as e:

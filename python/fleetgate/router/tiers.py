@@ -14,12 +14,10 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
-from fleetgate.cache.embedders import Embedder
-from fleetgate.cache.vectors import VectorIndex
+if TYPE_CHECKING:
+    from fleetgate.cache.embedders import Embedder
 
 __all__ = ["Classifier", "HeuristicClassifier", "NearestClassifier", "prompt_of"]
 
@@ -80,6 +78,11 @@ class NearestClassifier:
     def __init__(self, embedder: Embedder, examples: Sequence[tuple[str, str]], k: int = 7) -> None:
         if not examples:
             raise ValueError("the nearest-neighbour classifier needs labelled examples")
+        # numpy and FAISS (the `semantic` extra) load with the first nearest classifier.
+        import numpy as np
+
+        from fleetgate.cache.vectors import VectorIndex
+
         self.embedder, self.k = embedder, k
         self._tiers = [tier for _, tier in examples]
         vectors = embedder.embed([text for text, _ in examples])

@@ -9,20 +9,26 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
-
-from fleetgate.testing.redis import RedisNode, RedisRig, RedisRigError
 
 if TYPE_CHECKING:
     from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI
+    from fleetgate.testing.redis import RedisNode, RedisRig, RedisRigError
 
 __all__ = ["FakeConfig", "FakeOpenAI", "RedisNode", "RedisRig", "RedisRigError"]
 
 
-def __getattr__(name: str) -> Any:
-    # The fake server needs aiohttp (the `testing` extra): import it only when asked for.
-    if name in ("FakeOpenAI", "FakeConfig"):
-        from fleetgate.testing import fake_openai
+# Loaded when asked for: the fake server needs aiohttp (the `testing` extra), and the pytest
+# plugin (fleetgate.testing.pytest_plugin) must cost a test run nothing until it is used.
+_LAZY = {"FakeConfig": "fleetgate.testing.fake_openai", "FakeOpenAI": "fleetgate.testing.fake_openai",
+         "RedisNode": "fleetgate.testing.redis", "RedisRig": "fleetgate.testing.redis",
+         "RedisRigError": "fleetgate.testing.redis"}
 
-        return getattr(fake_openai, name)
-    raise AttributeError(f"module 'fleetgate.testing' has no attribute {name!r}")
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        home = _LAZY.get(name)
+        if home is None:
+            raise AttributeError(f"module 'fleetgate.testing' has no attribute {name!r}")
+        return getattr(importlib.import_module(home), name)

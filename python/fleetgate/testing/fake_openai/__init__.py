@@ -2,10 +2,16 @@
 failure: limits enforced as OpenAI does, faults on a schedule, batches that take time,
 expire, fail per line and come back out of order.
 
-Needs the ``testing`` extra (``pip install fleetgate[testing]``) for aiohttp.
+Needs the ``testing`` extra (``pip install 'fleetgate[testing]'``) for aiohttp.
 """
 
 from __future__ import annotations
+
+from fleetgate import _extras
+
+if _extras.missing("aiohttp"):
+    raise ImportError(f"fleetgate.testing's FakeOpenAI needs aiohttp, which is not installed: {_extras.TESTING}",
+                      name="aiohttp")
 
 from fleetgate.testing.fake_openai.config import BatchTimings, FakeConfig, Fault, Latency, ModelLimits, load_config
 from fleetgate.testing.fake_openai.server import FakeOpenAI, ModelCounters
