@@ -320,3 +320,4 @@ def test_a_pod_that_starts_while_redis_is_down_takes_the_fleets_key_once_it_is_b
     assert PASSWORD not in caplog.text
     for gate in (late, pod):
         gate.close()
+    redis_rig.stop_node(node)  # the session's rig: no server asking for a password left behind

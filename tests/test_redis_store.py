@@ -66,7 +66,7 @@ def test_scripts_lost_by_a_restart_are_reloaded(store_url: str, redis_rig, name:
     assert limiter.try_acquire(quota).source == "redis"
     for node in redis_rig.nodes:
         if node.alive:
-            redis.Redis(port=node.port).script_flush()
+            redis.Redis(port=node.port, password=node.password).script_flush()
     d = limiter.try_acquire(quota)
     assert d.allowed and d.source == "redis"
     assert d.remaining_requests == 8, "state survived; only the script cache was lost"
