@@ -19,10 +19,10 @@ test: redis-server build test-generated test-rust test-python stubtest test-aler
 test-generated: $(VENV)/.ready
 	$(PY) scripts/unasync.py --check
 
-# In the release profile, after `build`: the tests run the code as the extension ships it, and
-# reuse the dependencies `maturin develop --release` compiled, save those the dev-dependencies
-# (proptest, criterion) build with other features. On 2 cores that is about as fast as a
-# debug build of everything (~80 s), and keeps target/ to one profile.
+# In the release profile, after `build`: the tests run the code as the extension ships it and
+# reuse what `maturin develop --release` compiled (criterion's benches live in a crate of their
+# own, rust/bench, so its dependencies never change the features the core's tests build with);
+# what compiles again is the core itself and proptest's few crates.
 test-rust:
 	cargo test --release -p fleetgate-core --locked
 
@@ -95,7 +95,7 @@ redis-server:
 bench: bench-rust bench-python
 
 bench-rust:
-	cargo bench -p fleetgate-core --bench limiter --locked
+	cargo bench -p fleetgate-bench --bench limiter --locked
 
 bench-python: redis-server build
 	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq wrk >/dev/null; }

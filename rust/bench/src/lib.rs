@@ -1,0 +1,1 @@
+//! Nothing to build: the benches live in `benches/` (`cargo bench -p fleetgate-bench`).
