@@ -8,12 +8,12 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test test-rust test-python test-alerts test-generated build wheel redis-server bench bench-rust bench-python stubtest clean
+.PHONY: demo test test-rust test-python test-floor test-alerts test-generated build wheel redis-server bench bench-rust bench-python stubtest clean
 
 demo: build  ## build, then run the main job on embedded defaults
 	$(VENV)/bin/fleetgate demo
 
-test: redis-server build test-generated test-rust test-python stubtest test-alerts  ## everything, against real Redis
+test: redis-server build test-generated test-rust test-python test-floor stubtest test-alerts  ## everything, against real Redis
 
 # The sync request path is generated from the async one (scripts/unasync.py): never stale.
 test-generated: $(VENV)/.ready
@@ -27,7 +27,24 @@ test-rust:
 	cargo test --release -p fleetgate-core --locked
 
 test-python: build
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not instructor"
+
+# The oldest openai fleetgate supports (pyproject's lower bound), in a virtualenv of its own:
+# the wheel from the same compile (maturin reuses it), installed with its extras and that
+# openai, and the whole suite again. instructor runs there: its jiter pin keeps it off the
+# newest openai, which .venv tests.
+FLOOR := .venv-floor
+OPENAI_FLOOR := $(shell sed -n 's/^ *"openai>=\([0-9.]*\)",.*/\1/p' pyproject.toml | head -n 1)
+test-floor: build
+	rm -rf target/floor-wheel
+	$(VENV)/bin/maturin build --release --locked --out target/floor-wheel
+	test -x $(FLOOR)/bin/python || $(PY) -m venv $(FLOOR)
+	$(FLOOR)/bin/python -m pip install -q --upgrade pip
+	$(FLOOR)/bin/python -m pip install -q --force-reinstall --no-deps target/floor-wheel/fleetgate-*.whl
+	$(FLOOR)/bin/python -m pip install -q "$$(ls target/floor-wheel/fleetgate-*.whl)[testing,test,semantic,local-embeddings,otel]" \
+		"openai==$(OPENAI_FLOOR)" "instructor>=1.17"
+	@echo "openai $(OPENAI_FLOOR) (fleetgate's lower bound), with instructor:"
+	VIRTUAL_ENV=$(CURDIR)/$(FLOOR) PATH=$(CURDIR)/$(FLOOR)/bin:$$PATH $(FLOOR)/bin/python -m pytest -q -p no:cacheprovider
 
 stubtest: build  ## the stubs match the extension, and the package type-checks strictly
 	$(PY) -m mypy.stubtest fleetgate._core
@@ -106,4 +123,4 @@ bench-python: redis-server build
 	$(PY) benches/gateway_quota_use.py
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) $(FLOOR) target

@@ -15,7 +15,10 @@ def test_readme_has_examples() -> None:
     assert len(BLOCKS) >= 3
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+@pytest.mark.parametrize("block", [
+    # instructor cannot share a virtualenv with the newest openai: `make test-floor` runs it.
+    pytest.param(block, id=f"block{i}", marks=[pytest.mark.instructor] if "import instructor" in block else [])
+    for i, block in enumerate(BLOCKS)])
 def test_readme_example_runs(block: str) -> None:
     exec(compile(block, str(README), "exec"), {"__name__": "readme"})
 
