@@ -11,8 +11,9 @@ True
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fleetgate._lazy import lazy
 
 # The errors and scopes are plain Python, imported now (`fleetgate.scope` is the function, not
 # its module). Every other public name is loaded on first use (PEP 562): `import fleetgate`
@@ -136,16 +137,10 @@ __all__ = [
 # a misspelt `fleetgate.X` stays an error instead of becoming Any.
 if not TYPE_CHECKING:
 
-    def __getattr__(name: str) -> Any:
-        home = _LAZY.get(name)
-        if home is None:
-            raise AttributeError(f"module 'fleetgate' has no attribute {name!r}")
-        value = getattr(importlib.import_module(home), name)
-        globals()[name] = value  # the next look-up is a plain attribute
-        return value
+    __getattr__ = lazy(__name__, _LAZY, globals())
 
     def __dir__() -> list[str]:
-        # The public names, the dunders and the submodules loaded so far (not `importlib`).
+        # The public names, the dunders and the submodules loaded so far (not `lazy`).
         here = globals()
         loaded = {n for n, v in here.items() if n.startswith("_") or getattr(v, "__name__", "") == f"{__name__}.{n}"}
         return sorted(loaded | set(__all__))

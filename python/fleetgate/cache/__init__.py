@@ -23,8 +23,9 @@ Answers carry ``x-fleetgate-cache: hit`` (exact) or ``semantic`` (with
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fleetgate._lazy import lazy
 
 from fleetgate.cache.answers import CACHE_HEADER, SIMILARITY_HEADER, AnswerCache, CacheAddress
 from fleetgate.cache.store import AnswerStore, MemoryStore, RedisAnswerStore
@@ -42,8 +43,4 @@ _LAZY = {"Embedder": "fleetgate.cache.embedders", "LocalEmbedder": "fleetgate.ca
 
 if not TYPE_CHECKING:
 
-    def __getattr__(name: str) -> Any:
-        home = _LAZY.get(name)
-        if home is None:
-            raise AttributeError(f"module 'fleetgate.cache' has no attribute {name!r}")
-        return getattr(importlib.import_module(home), name)
+    __getattr__ = lazy(__name__, _LAZY, globals())

@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fleetgate._lazy import lazy
 
 if TYPE_CHECKING:
     from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI
@@ -27,8 +28,4 @@ _LAZY = {"FakeConfig": "fleetgate.testing.fake_openai", "FakeOpenAI": "fleetgate
 
 if not TYPE_CHECKING:
 
-    def __getattr__(name: str) -> Any:
-        home = _LAZY.get(name)
-        if home is None:
-            raise AttributeError(f"module 'fleetgate.testing' has no attribute {name!r}")
-        return getattr(importlib.import_module(home), name)
+    __getattr__ = lazy(__name__, _LAZY, globals())
