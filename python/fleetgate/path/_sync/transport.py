@@ -26,12 +26,14 @@ class GateTransport(httpx2.BaseTransport):
         self.inner = inner or httpx2.HTTPTransport(limits=httpx2.Limits(max_connections=1000,
                                                                                max_keepalive_connections=100))
         self._path: Next | None = None  # built at the first call: the gateway may still be assembling
+        self._warm = False
         config = gateway.config
         self._assumed, self._deadline = config.assumed_max_output_tokens, config.default_deadline_seconds
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        if request.method == "POST":  # maybe gated: its deadline starts once the gateway is warm
+        if not self._warm and request.method == "POST":  # maybe gated: its deadline starts once warm
             self.gateway.warmed()
+            self._warm = True  # the warm-up is over (loaded or failed) for good
         call = gated_call(request, self._assumed, self._deadline)
         if call is None:
             return self.inner.handle_request(request)
