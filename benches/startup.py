@@ -1,5 +1,6 @@
-"""What a new pod pays before its calls are fast, in one run: ``import fleetgate`` against
-``import openai`` (``-X importtime``, fresh processes, interleaved), ``fleetgate --help``'s
+"""What a new pod pays before its calls are fast, in one run: ``import fleetgate`` and
+``import fleetgate.gateway`` against ``import openai`` (``-X importtime``, fresh processes,
+interleaved), ``fleetgate --help``'s
 wall time, and a fresh process's first call through ``gate.openai()`` against its tenth
 (:mod:`first_call`'s "right after ``Gateway()``" case, FakeOpenAI, embedded store).
 
@@ -52,13 +53,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="fresh processes per figure")
     args = parser.parse_args()
-    fleetgate, openai = [], []
-    for _ in range(args.runs):  # interleaved: drift hits both alike
+    fleetgate, gateway, openai = [], [], []
+    for _ in range(args.runs):  # interleaved: drift hits all alike
         fleetgate.append(import_ms("fleetgate"))
+        gateway.append(import_ms("fleetgate.gateway"))
         openai.append(import_ms("openai"))
     ours, theirs = statistics.median(fleetgate), statistics.median(openai)
     print(f"import fleetgate {ours:.1f} ms, import openai {theirs:.1f} ms (medians of {args.runs}): "
           f"ratio {ours / theirs:.2f} (at most 1.30)")
+    whole = statistics.median(gateway)
+    print(f"import fleetgate.gateway (what `fleetgate.Gateway` loads, openai included) {whole:.1f} ms: "
+          f"{whole / theirs:.2f} times import openai")
     helps = [help_ms() for _ in range(args.runs)]
     print(f"fleetgate --help: {statistics.median(helps):.0f} ms wall (median of {args.runs}; "
           f"range {min(helps):.0f}-{max(helps):.0f})")
