@@ -176,7 +176,7 @@ def test_an_answer_tells_where_its_time_went_and_what_it_counted(fake_openai: Fa
     else:
         answer = gate.openai(api_key="sk-test").chat.completions.with_raw_response.create(
             model=MODEL, messages=MSG, max_tokens=8)
-    spent = answer.http_response.extensions[Spent.KEY]
+    spent = Spent.of(answer.http_response)
     assert isinstance(spent, Spent) and spent.sent == 1
     # What OpenAI counts against tokens per minute: the prompt's estimate plus max_tokens.
     assert spent.quota_tokens > 8
@@ -202,7 +202,7 @@ def test_an_answer_tells_how_long_it_waited_for_a_lane(fake_openai: FakeOpenAI) 
         time.sleep(0.2)  # the slot stays held at least this long, however slow the machine
         held_until = time.perf_counter()
         list(stream)  # read to its end: the slot is given back
-        spent = second.result(timeout=60).http_response.extensions[Spent.KEY]
+        spent = Spent.of(second.result(timeout=60).http_response)
     assert spent.waited["lane"] >= held_until - queued_by
     assert spent.seconds >= spent.upstream + spent.waited["lane"] and spent.sent == 1
 

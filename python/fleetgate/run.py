@@ -110,8 +110,9 @@ _attempts: ContextVar[list[Spent] | None] = ContextVar("fleetgate_run_attempts",
 
 
 async def _note_attempt(response: httpx2.Response) -> None:
-    spent, attempts = response.extensions.get(Spent.KEY), _attempts.get()
-    if isinstance(spent, Spent) and attempts is not None:
+    attempts = _attempts.get()
+    spent = Spent.of(response) if attempts is not None else None
+    if spent is not None and attempts is not None:
         attempts.append(spent)
 
 

@@ -59,12 +59,11 @@ class Timing:
 
 @dataclass(frozen=True, slots=True)
 class Spent:
-    """Where one answered call's time went, as its answer's
-    ``response.extensions["fleetgate.spent"]`` tells (``fleetgate run`` sums them up):
-    `seconds` in the gateway from taking the call to its answer, of which `upstream` in
-    the upstream call and `waited` waiting, by what (one of `WAITS`); the requests it
-    `sent` upstream and the `quota_tokens` they counted against the model's tokens per
-    minute (a stream's: those known when its headers came)."""
+    """Where one answered call's time went (``Spent.of(response)``; ``fleetgate run`` sums
+    them up): `seconds` in the gateway from taking the call to its answer, of which
+    `upstream` in the upstream call and `waited` waiting, by what (one of `WAITS`); the
+    requests it `sent` upstream and the `quota_tokens` they counted against the model's
+    tokens per minute (a stream's: those known when it is asked, all of them once it ended)."""
 
     seconds: float
     upstream: float
@@ -72,8 +71,19 @@ class Spent:
     sent: int
     quota_tokens: int
 
-    #: The key of ``httpx.Response.extensions`` the record layer puts it under.
+    #: The key of ``httpx2.Response.extensions`` under which the record layer leaves what
+    #: :meth:`of` reads: the call's seconds and its :class:`Timing`, made into a
+    #: :class:`Spent` only when asked, so that calls nobody asks about pay nothing for it.
     KEY = "fleetgate.spent"
+
+    @classmethod
+    def of(cls, response: httpx2.Response) -> Spent | None:
+        """What the gateway spent on the call `response` answers (None: not a gated call)."""
+        left = response.extensions.get(cls.KEY)
+        if not isinstance(left, tuple):
+            return None
+        seconds, timing = left
+        return cls(seconds, timing.upstream, dict(timing.waited_for), timing.sent, timing.quota_tokens)
 
 
 @dataclass(frozen=True, slots=True)

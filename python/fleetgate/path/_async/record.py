@@ -71,8 +71,7 @@ class Record(Layer):
             self.tracer.answered(call.span, response)
         log_request(call.endpoint, call.body, call.scope, response, seconds, timing.usage, timing.cost, timing.model,
                     privacy=self.privacy)
-        response.extensions[Spent.KEY] = Spent(seconds, timing.upstream, dict(timing.waited_for), timing.sent,
-                                               timing.quota_tokens)
+        response.extensions[Spent.KEY] = (seconds, timing)  # made a Spent when asked: Spent.of(response)
         return response
 
     def _failed(self, call: Call, error: BaseException) -> None:
