@@ -20,10 +20,10 @@ test-generated: $(VENV)/.ready
 	$(PY) scripts/unasync.py --check
 
 # In the release profile, after `build`: the tests run the code as the extension ships it and
-# reuse most of what `maturin develop --release` compiled (criterion's benches live in a crate
-# of their own, rust/bench, so its dependencies do not change the features the core's tests
-# build with). About 50 of 165 crates compile again: proptest's, and those that pyo3's macros
-# and proptest give other features (syn, num-traits, once_cell, and what depends on them).
+# reuse every crate `maturin develop --release` compiled; only the core itself and the crates
+# only tests use (proptest's) compile. Criterion's benches live in a crate of their own
+# (rust/bench), and rust/core/Cargo.toml gives the tests the features the extension's build
+# has, so that no shared crate is compiled twice.
 test-rust:
 	cargo test --release -p fleetgate-core --locked
 
