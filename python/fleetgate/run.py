@@ -111,8 +111,7 @@ _attempts: ContextVar[list[Spent] | None] = ContextVar("fleetgate_run_attempts",
 
 async def _note_attempt(response: httpx2.Response) -> None:
     attempts = _attempts.get()
-    spent = Spent.of(response) if attempts is not None else None
-    if spent is not None and attempts is not None:
+    if attempts is not None and (spent := Spent.of(response)) is not None:
         attempts.append(spent)
 
 
