@@ -101,12 +101,14 @@ def estimate_request(endpoint: str, body: dict[str, Any], assumed_max_output: in
 
 
 class UsageCounts(NamedTuple):
-    """A response's tokens: `prompt` (of which `cached`), `output` (of which `reasoning`)."""
+    """A response's tokens: `prompt` (of which `cached` read from the prompt cache and
+    `written` to it), `output` (of which `reasoning`)."""
 
     prompt: int
     cached: int
     output: int
     reasoning: int
+    written: int = 0
 
 
 def _count(value: Any) -> int:
@@ -120,8 +122,11 @@ def usage_counts(usage: dict[str, Any]) -> UsageCounts:
     output = usage.get("completion_tokens", usage.get("output_tokens"))
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
-    return UsageCounts(_count(prompt), _count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
-                       _count(output), _count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0)
+    if not isinstance(details, dict):
+        details = {}
+    return UsageCounts(_count(prompt), _count(details.get("cached_tokens")), _count(output),
+                       _count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0,
+                       _count(details.get("cache_write_tokens")))
 
 
 def usage_tokens(usage: Any) -> int | None:

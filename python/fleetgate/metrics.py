@@ -27,8 +27,8 @@ multiprocess mode). When a worker exits, call
                                                    sent upstream: its duration less the
                                                    upstream call and the waits below
 ``fleetgate_tokens_total``                         tokens billed by kind (``input``,
-                                                   ``cached_input``, ``output``,
-                                                   ``reasoning``)
+                                                   ``cached_input``, ``cache_write``,
+                                                   ``output``, ``reasoning``)
 ``fleetgate_cost_dollars_total``                   dollars billed, at the price table
 ``fleetgate_cache_hits_total`` / ``_misses_total``  answers served by layer (``exact``,
                                                    ``semantic``), lookups that missed
@@ -264,9 +264,9 @@ class GatewayMetrics:
         """Tokens and dollars of one answer from upstream, from the counts of its ``usage``
         (read once by the caller, which prices them too)."""
         m, feat = self.model(model), self.feature(feature)
-        prompt, cached, output, reasoning = counts
-        for kind, n in (("input", prompt - cached), ("cached_input", cached), ("output", output),
-                        ("reasoning", reasoning)):
+        prompt, cached, output, reasoning, written = counts
+        for kind, n in (("input", prompt - cached - written), ("cached_input", cached), ("cache_write", written),
+                        ("output", output), ("reasoning", reasoning)):
             if n:
                 self._child(self.f.tokens, m, feat, kind).inc(n)
         if cost:

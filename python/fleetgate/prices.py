@@ -1,23 +1,33 @@
 """Model prices as data (``prices.toml`` beside this file, or a file of your own), and the
-cost of a response's ``usage``.
+cost of a response's ``usage`` at the service tier that served it.
 
 A price file::
 
     batch_discount = 0.5            # the Batch API costs half
 
-    [models."gpt-4.1-mini"]         # dollars per million tokens
-    input = 0.40
-    cached_input = 0.10             # optional: cached prompt tokens
-    output = 1.60                   # reasoning tokens are billed as output
+    [models."gpt-5.5"]              # dollars per million tokens
+    input = 5.00
+    cached_input = 0.50             # optional: prompt tokens read from the prompt cache
+    cache_write = 6.25              # optional: prompt tokens written to it (models that bill writes)
+    output = 30.00                  # reasoning tokens are billed as output
+    long_context = { above = 272000, input = 10.00, cached_input = 1.00, output = 45.00 }
+    flex = { input = 2.50, cached_input = 0.25, output = 15.00 }
+    priority = { input = 12.50, cached_input = 1.25, output = 75.00 }
 
-A dated snapshot (``gpt-4.1-mini-2025-04-14``) and a fine-tune (``ft:gpt-4.1-mini:…``) take
-the price of the model they are named after unless the file lists them.
+An absent ``batch`` is the standard price times ``batch_discount``; an absent ``flex`` is
+the batch price; an absent ``priority`` is the standard price. A dated snapshot
+(``gpt-4.1-mini-2025-04-14``) and a fine-tune (``ft:gpt-4.1-mini:…``) take the price of the
+model they are named after unless the file lists them.
+
+A request's ``service_tier`` is priced as :func:`price_tier` says: ``flex``, ``priority``
+(also ``fast``), or the standard price (``auto``, ``default``, ``scale``). The response's
+``service_tier`` is the tier that served it, and the one to settle with.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,25 +35,102 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleetgate.config import PriceFields, PriceSettings
+from fleetgate.config.prices import RateFields, TierFields
 from fleetgate.errors import ConfigError
 from fleetgate.estimate import UsageCounts, usage_counts
 
-__all__ = ["ModelPrice", "PriceTable", "default_prices"]
+__all__ = ["TIERS", "ModelPrice", "PriceTable", "Rates", "TierPrice", "default_prices", "price_tier"]
+
+#: The tiers OpenAI prices apart: standard, the Batch API, Flex processing, Priority ("fast").
+TIERS = ("default", "batch", "flex", "priority")
+_TIER_NAMES = {"flex": "flex", "priority": "priority", "fast": "priority", "batch": "batch"}
+
+
+def price_tier(service_tier: str | None) -> str:
+    """The tier a ``service_tier`` (asked or answered) is priced at: ``flex``,
+    ``priority`` (``fast`` is its other name), ``batch``, else ``default`` (``auto``,
+    ``default``, ``scale``, or none given)."""
+    return _TIER_NAMES.get(service_tier or "", "default")
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Dollars per million tokens: `input`, prompt tokens read from the prompt cache
+    (`cached_input`; None: as input), prompt tokens written to it (`cache_write`; None: as
+    input), and `output` (reasoning included)."""
+
+    input: float
+    cached_input: float | None = None
+    cache_write: float | None = None
+    output: float = 0.0
+
+    def dollars(self, prompt: int, output: int, cached: int = 0, written: int = 0) -> float:
+        """The cost of `prompt` input tokens (`cached` of them read from the prompt cache,
+        `written` written to it) and `output` output tokens."""
+        cached = min(cached, prompt) if self.cached_input is not None else 0
+        written = min(written, prompt - cached) if self.cache_write is not None else 0
+        plain = prompt - cached - written
+        return (plain * self.input + cached * (self.cached_input or 0.0) + written * (self.cache_write or 0.0)
+                + output * self.output) / 1e6
+
+    def worst(self, prompt: int, output: int) -> float:
+        """The most `prompt` input and `output` output tokens can cost: every prompt token
+        at the dearer of input and a cache write."""
+        return (prompt * max(self.input, self.cache_write or 0.0) + output * self.output) / 1e6
+
+    def scaled(self, factor: float) -> Rates:
+        return Rates(self.input * factor, None if self.cached_input is None else self.cached_input * factor,
+                     None if self.cache_write is None else self.cache_write * factor, self.output * factor)
+
+
+@dataclass(frozen=True, slots=True)
+class TierPrice:
+    """One tier's rates, and the rates of a request whose prompt is over `above` tokens
+    (`long`; None: the model has no long-context price)."""
+
+    rates: Rates
+    long: Rates | None = None
+    above: int = 0
+
+    def rates_for(self, prompt: int) -> Rates:
+        return self.long if self.long is not None and prompt > self.above else self.rates
+
+    def scaled(self, factor: float) -> TierPrice:
+        return TierPrice(self.rates.scaled(factor), None if self.long is None else self.long.scaled(factor), self.above)
 
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """Dollars per million tokens."""
+    """A model's standard rates (dollars per million tokens) and the tiers it is priced
+    at: each of :data:`TIERS` (those not given derived as :class:`PriceFields` says)."""
 
     input: float
     cached_input: float | None = None
     output: float = 0.0
+    cache_write: float | None = None
+    tiers: dict[str, TierPrice] = field(default_factory=dict, compare=False, hash=False)
 
-    def dollars(self, prompt: int, output: int, cached: int = 0) -> float:
-        """The cost of `prompt` input tokens (`cached` of them from the prompt cache) and
-        `output` output tokens."""
-        cached = min(cached, prompt) if self.cached_input is not None else 0
-        return ((prompt - cached) * self.input + cached * (self.cached_input or 0.0) + output * self.output) / 1e6
+    def __post_init__(self) -> None:
+        standard = self.tiers.get("default") or TierPrice(Rates(self.input, self.cached_input, self.cache_write,
+                                                                 self.output))
+        batch = self.tiers.get("batch") or standard.scaled(0.5)
+        object.__setattr__(self, "tiers", {"default": standard, "batch": batch,
+                                           "flex": self.tiers.get("flex") or batch,
+                                           "priority": self.tiers.get("priority") or standard})
+
+    def rates(self, prompt: int, tier: str = "default") -> Rates:
+        """The rates of a request of `prompt` input tokens at `tier` (one of :data:`TIERS`)."""
+        return self.tiers[tier].rates_for(prompt)
+
+    def dollars(self, prompt: int, output: int, cached: int = 0, written: int = 0, *, tier: str = "default") -> float:
+        """The cost of `prompt` input tokens (`cached` read from the prompt cache,
+        `written` written to it) and `output` output tokens at `tier`."""
+        return self.rates(prompt, tier).dollars(prompt, output, cached, written)
+
+    def worst(self, prompt: int, output: int, *, tier: str = "default") -> float:
+        """The most such a request can cost at `tier`: no prompt token cached, every one
+        possibly written to the cache, and all the output it may produce."""
+        return self.rates(prompt, tier).worst(prompt, output)
 
 
 class _PriceFile(BaseModel):
@@ -59,8 +146,9 @@ class PriceTable:
     batch_discount: float = 0.5
 
     @classmethod
-    def load(cls, path: str | Path) -> PriceTable:
-        """Read a price file. Raises ConfigError naming the model and the field at fault."""
+    def load(cls, path: str | Path, *, batch_discount: float | None = None) -> PriceTable:
+        """Read a price file (`batch_discount`: in place of the file's). Raises
+        ConfigError naming the model and the field at fault."""
         p = Path(path)
         try:
             data = tomllib.loads(p.read_text())
@@ -72,7 +160,8 @@ class PriceTable:
             parsed = _PriceFile.model_validate(data)
         except ValidationError as e:
             raise ConfigError(f"price file {p}: {_describe(e)}") from e
-        return cls({name: _price(f) for name, f in parsed.models.items()}, parsed.batch_discount)
+        discount = parsed.batch_discount if batch_discount is None else batch_discount
+        return cls({name: _price(f, discount) for name, f in parsed.models.items()}, discount)
 
     @classmethod
     def from_settings(cls, settings: PriceSettings) -> PriceTable:
@@ -80,8 +169,10 @@ class PriceTable:
         base = cls.load(settings.file) if settings.file is not None else default_prices()
         if not settings.models and settings.batch_discount is None:
             return base
-        models = {**base.models, **{name: _price(f) for name, f in settings.models.items()}}
         discount = settings.batch_discount if settings.batch_discount is not None else base.batch_discount
+        if settings.file is None and settings.batch_discount is not None:
+            base = cls.load(Path(__file__).with_name("prices.toml"), batch_discount=discount)
+        models = {**base.models, **{name: _price(f, discount) for name, f in settings.models.items()}}
         return cls(models, discount)
 
     def price(self, model: str) -> ModelPrice | None:
@@ -101,24 +192,44 @@ class PriceTable:
         matches = [listed for listed in self.models if name.startswith(listed + "-")]
         return max(matches, key=len) if matches else None
 
-    def cost(self, model: str, usage: dict[str, Any] | None, *, batch: bool = False) -> float | None:
-        """Dollars for one response's usage (chat, responses or embeddings), or None when the
-        model has no price or there is no usage."""
+    def cost(self, model: str, usage: dict[str, Any] | None, *, batch: bool = False,
+             tier: str | None = None) -> float | None:
+        """Dollars for one response's usage (chat, responses or embeddings) at the
+        ``service_tier`` that served it (`tier`; `batch`: a Batch API line), or None when
+        the model has no price or there is no usage."""
         if not isinstance(usage, dict):
             return None
-        return self.counts_cost(model, usage_counts(usage), batch=batch)
+        return self.counts_cost(model, usage_counts(usage), batch=batch, tier=tier)
 
-    def counts_cost(self, model: str, counts: UsageCounts, *, batch: bool = False) -> float | None:
+    def counts_cost(self, model: str, counts: UsageCounts, *, batch: bool = False,
+                    tier: str | None = None) -> float | None:
         """Dollars for a response's token counts (:func:`~fleetgate.estimate.usage_counts`
-        of its usage), or None when the model has no price."""
+        of its usage) at `tier` (a ``service_tier``; `batch`: a Batch API line), or None
+        when the model has no price."""
         price = self.price(model)
         if price is None:
             return None
-        return price.dollars(counts.prompt, counts.output, counts.cached) * (self.batch_discount if batch else 1.0)
+        return price.dollars(counts.prompt, counts.output, counts.cached, counts.written,
+                             tier="batch" if batch else price_tier(tier))
 
 
-def _price(fields: PriceFields) -> ModelPrice:
-    return ModelPrice(fields.input, fields.cached_input, fields.output)
+def _rates(fields: RateFields) -> Rates:
+    return Rates(fields.input, fields.cached_input, fields.cache_write, fields.output)
+
+
+def _tier(fields: TierFields) -> TierPrice:
+    long = fields.long_context
+    return TierPrice(_rates(fields), None if long is None else _rates(long), 0 if long is None else long.above)
+
+
+def _price(fields: PriceFields, batch_discount: float) -> ModelPrice:
+    standard = _tier(fields)
+    tiers = {"default": standard, "batch": _tier(fields.batch) if fields.batch else standard.scaled(batch_discount)}
+    if fields.flex is not None:
+        tiers["flex"] = _tier(fields.flex)
+    if fields.priority is not None:
+        tiers["priority"] = _tier(fields.priority)
+    return ModelPrice(fields.input, fields.cached_input, fields.output, fields.cache_write, tiers)
 
 
 def _describe(error: ValidationError) -> str:
@@ -128,7 +239,7 @@ def _describe(error: ValidationError) -> str:
     for e in error.errors():
         loc = [str(x) for x in e["loc"]]
         if loc[:1] == ["models"] and len(loc) >= 3:
-            where = f'model "{loc[1]}", field "{loc[2]}"'
+            where = f'model "{loc[1]}", field "{".".join(loc[2:])}"'
         elif loc[:1] == ["models"] and len(loc) == 2:
             where = f'model "{loc[1]}"'
         else:

@@ -108,7 +108,7 @@ class Sending(ChunkFiles):
         price = self.gateway.prices.price(job.model)
         if price is None:
             return True
-        worst = price.dollars(chunk.tokens - chunk.output_tokens, chunk.output_tokens) * self.gateway.prices.batch_discount
+        worst = price.worst(chunk.tokens - chunk.output_tokens, chunk.output_tokens, tier="batch")
         try:
             self._holds[job.id, chunk.id] = self.gateway.budgets.ledger.reserve(budgets, worst, lease=86_400)
         except BudgetExceeded as e:

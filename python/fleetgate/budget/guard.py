@@ -169,8 +169,8 @@ class Budgets:
         return self._actions.get(budget, "refuse")
 
     def worst_case(self, estimate: Estimate) -> tuple[ModelPrice | None, float]:
-        """The model's price and the most a call can cost: every prompt token uncached, and
-        the most output it may produce. Raises ConfigError for a model with no price when
+        """The model's price and the most a call can cost: no prompt token read from the
+        prompt cache, every one possibly written to it, and the most output it may produce. Raises ConfigError for a model with no price when
         ``[budgets] unpriced = "refuse"``."""
         price = self.prices.price(estimate.model)
         if price is None:
@@ -181,7 +181,7 @@ class Budgets:
                     'or set [budgets] unpriced = "allow"')
             self._count("budget_unpriced")
             return None, 0.0
-        return price, price.dollars(estimate.prompt_tokens, estimate.max_output_tokens)
+        return price, price.worst(estimate.prompt_tokens, estimate.max_output_tokens)
 
     def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice,
              local: bool = False) -> Hold:

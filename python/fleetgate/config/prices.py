@@ -1,4 +1,4 @@
-"""``[prices]``: what each model's tokens cost."""
+"""``[prices]``: what each model's tokens cost, at each service tier."""
 
 from __future__ import annotations
 
@@ -6,17 +6,43 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["PriceFields", "PriceSettings"]
+__all__ = ["LongContextFields", "PriceFields", "PriceSettings", "RateFields", "TierFields"]
 
 
-class PriceFields(BaseModel):
-    """One model's price, in dollars per million tokens. Reasoning tokens are output."""
+class RateFields(BaseModel):
+    """Dollars per million tokens. Reasoning tokens are output."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     input: float = Field(ge=0)
+    #: Prompt tokens read from the prompt cache (None: billed as input).
     cached_input: float | None = Field(default=None, ge=0)
+    #: Prompt tokens written to the prompt cache, on models that bill writes (None: as input).
+    cache_write: float | None = Field(default=None, ge=0)
     output: float = Field(default=0.0, ge=0)
+
+
+class LongContextFields(RateFields):
+    """The rates of a request whose prompt is longer than `above` tokens (the whole request)."""
+
+    above: int = Field(gt=0)
+
+
+class TierFields(RateFields):
+    """One service tier's rates, and its long-context rates if the model has them."""
+
+    long_context: LongContextFields | None = None
+
+
+class PriceFields(TierFields):
+    """One model's price: the standard rates, and those of the other service tiers it
+    offers. An absent ``batch`` is the standard price times the table's ``batch_discount``;
+    an absent ``flex`` is the batch price (OpenAI prices Flex as Batch); an absent
+    ``priority`` is the standard price (the model serves priority requests at standard)."""
+
+    flex: TierFields | None = None
+    priority: TierFields | None = None
+    batch: TierFields | None = None
 
 
 class PriceSettings(BaseModel):

@@ -15,6 +15,7 @@ from aiohttp import BodyPartReader, web
 
 from fleetgate.testing.fake_openai import api
 from fleetgate.testing.fake_openai.api import ApiError, Completion
+from fleetgate.testing.fake_openai.billing import Bill
 from fleetgate.testing.fake_openai.config import FakeConfig
 
 __all__ = ["BatchStore", "FileStore"]
@@ -114,6 +115,8 @@ class Batch:
     task: asyncio.Task[None] | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: The project its lines bill (the creating request's ``OpenAI-Project``).
+    project: str = "proj_default"
 
 
 class _Invalid(Exception):
@@ -123,7 +126,8 @@ class _Invalid(Exception):
 
 
 class BatchStore:
-    def __init__(self, config: FakeConfig, files: FileStore) -> None:
+    def __init__(self, config: FakeConfig, files: FileStore, bill: Bill) -> None:
+        self.bill = bill
         self.config = config
         self.files = files
         self.batches: dict[str, Batch] = {}
@@ -170,7 +174,8 @@ class BatchStore:
             "cancelled_at": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
             "metadata": metadata, "usage": None,
         }
-        batch = Batch(obj, output_expires_seconds=(expires_after or {}).get("seconds", 30 * 86400))
+        batch = Batch(obj, output_expires_seconds=(expires_after or {}).get("seconds", 30 * 86400),
+                      project=request.headers.get("openai-project") or "proj_default")
         self.batches[obj["id"]] = batch
         batch.task = asyncio.get_running_loop().create_task(self._run(batch, stored.data))
         return _json(obj)
@@ -339,6 +344,7 @@ class BatchStore:
             try:
                 plan = planner(self.config, line["body"])
                 body = api.render(self.config, plan, 0)
+                self.bill.charge(plan.model, body.get("usage"), tier="batch", project=batch.project)
                 usage["input_tokens"] += plan.prompt_tokens
                 usage["output_tokens"] += plan.completion_tokens
             except ApiError as e:

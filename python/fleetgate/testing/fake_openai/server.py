@@ -19,6 +19,7 @@ from aiohttp import web
 from fleetgate.testing.fake_openai import api, content
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
+from fleetgate.testing.fake_openai.billing import Bill, Charge
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
 from fleetgate.testing.fake_openai.limits import ModelQuota
 
@@ -49,7 +50,8 @@ class _Server:
         self.counters_lock = threading.Lock()
         self.prompt_cache = content.PrefixCache()
         self.files = FileStore()
-        self.batches = BatchStore(config, self.files)
+        self.bill = Bill()
+        self.batches = BatchStore(config, self.files, self.bill)
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -179,16 +181,18 @@ class _Server:
 
         cached = self.prompt_cache.cached(plan.model, plan.prompt, plan.prompt_tokens)
         text = _shaped_text(plan.text, shape)
+        project = project_of(request)
         if body.get("stream") and plan.kind != "embeddings":
-            return await self._stream(request, plan, cached, text, headers, cut="cut_stream" in shape)
+            return await self._stream(request, plan, cached, text, headers, cut="cut_stream" in shape, project=project)
         result = api.render(self.config, plan, cached, text=text)
+        self.bill.charge(plan.model, api.usage(plan, cached), project=project)
         if "malformed_json" in shape:
             raw = json.dumps(result)
             return web.Response(text=raw[: len(raw) // 2], content_type=_JSON, headers=headers)
         return _json(result, headers=headers)
 
     async def _stream(self, request: web.Request, plan: Completion, cached: int, text: str,
-                      headers: dict[str, str], *, cut: bool) -> web.StreamResponse:
+                      headers: dict[str, str], *, cut: bool, project: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"})
         await response.prepare(request)
         deltas = content.split_for_stream(text)
@@ -199,6 +203,7 @@ class _Server:
                 _drop(request)
                 return response
             await response.write(event)
+        self.bill.charge(plan.model, api.usage(plan, cached), project=project)  # billed once it ended
         await response.write_eof()
         return response
 
@@ -226,6 +231,11 @@ class _Server:
         if lat.kind == "lognormal":
             return self.rng.lognormvariate(math.log(max(lat.ms, 1e-3)), lat.spread)
         return lat.ms
+
+
+def project_of(request: web.Request) -> str:
+    """The project a request bills: its ``OpenAI-Project`` header, else the key's default."""
+    return request.headers.get("openai-project") or "proj_default"
 
 
 def _drop(request: web.Request) -> None:
@@ -399,6 +409,13 @@ class FakeOpenAI:
         if self._server is None:
             raise RuntimeError("the server is not running")
         return [copy.deepcopy(b.obj) for b in list(self._server.batches.batches.values())]
+
+    def bill(self) -> list[Charge]:
+        """Every answer billed so far, oldest first (a copy): what the fleet really spent is
+        ``sum(c.dollars or 0 for c in fake.bill())``."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return self._server.bill.charges()
 
     def files(self) -> list[dict[str, Any]]:
         """Every file stored now, as the API shows it (copies)."""
