@@ -4,6 +4,7 @@ long-context rates, from the shipped table or a file of your own."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +110,49 @@ def test_a_bad_tier_field_is_named(tmp_path: Path) -> None:
     path.write_text('[models."m"]\ninput = 1.0\nflex = { input = "cheap" }\n')
     with pytest.raises(fg.ConfigError, match=r'model "m", field "flex.input"'):
         PriceTable.load(path)
+
+
+WRITES = """
+[models."m-write"]
+input = 4.00
+cached_input = 0.40
+cache_write = 5.00
+output = 20.00
+"""
+
+
+def test_cache_writes_are_reserved_and_settled_as_billed(tmp_path: Path) -> None:
+    """A model that bills cache writes: the first long prompt writes its prefix (dearer than
+    input), the next ones read it; the budget's worst case covers the write, and what the
+    fleet records equals what upstream billed."""
+    from fleetgate.testing import FakeOpenAI
+    from fleetgate.testing.fake_openai import FakeConfig
+
+    prices = tmp_path / "prices.toml"
+    prices.write_text(WRITES)
+    prefix = "Policy handbook. " * 400  # about 1,700 tokens, shared by every call
+    with FakeOpenAI(FakeConfig(prices_file=prices)) as fake:
+        gate = fg.Gateway(base_url=fake.base_url, prices={"file": str(prices)},
+                          budgets={"limits": [{"dollars": 100.0}]})
+        client = gate.openai(api_key="sk-fake", max_retries=0)
+        reserved: list[float] = []
+        reserve = gate.budgets.reserve
+
+        def noted(estimate: Any, sc: Any) -> Any:
+            hold = reserve(estimate, sc)
+            reserved.append(gate.budgets.worst_case(estimate)[1])
+            return hold
+
+        gate.budgets.reserve = noted  # type: ignore[method-assign]
+        for question in ("What is the refund window?", "Who approves travel?", "What is the dress code?"):
+            client.chat.completions.create(model="m-write", max_tokens=50,
+                                           messages=[{"role": "system", "content": prefix},
+                                                     {"role": "user", "content": question}])
+        charges = fake.bill()
+        details = [c.usage["prompt_tokens_details"] for c in charges]
+        assert details[0]["cache_write_tokens"] > 1000 and details[0]["cached_tokens"] == 0
+        assert details[1]["cached_tokens"] > 1000
+        for charge, worst in zip(charges, reserved):
+            assert charge.dollars is not None and charge.dollars <= worst
+        gate.close()
+        assert dict(gate.costs())["m-write"] == pytest.approx(sum(c.dollars or 0 for c in charges))

@@ -169,7 +169,8 @@ class Budgets:
         return self._actions.get(budget, "refuse")
 
     def worst_case(self, estimate: Estimate) -> tuple[ModelPrice | None, float]:
-        """The model's price and the most a call can cost: no prompt token read from the
+        """The model's price and the most a call can cost: its prompt as the larger of the
+        tokenizer's count and OpenAI's character estimate, no prompt token read from the
         prompt cache, every one possibly written to it, and the most output it may produce. Raises ConfigError for a model with no price when
         ``[budgets] unpriced = "refuse"``."""
         price = self.prices.price(estimate.model)
@@ -181,7 +182,8 @@ class Budgets:
                     'or set [budgets] unpriced = "allow"')
             self._count("budget_unpriced")
             return None, 0.0
-        return price, price.worst(estimate.prompt_tokens, estimate.max_output_tokens)
+        prompt = max(estimate.prompt_tokens, estimate.prompt_chars_estimate)
+        return price, price.worst(prompt, estimate.max_output_tokens)
 
     def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice,
              local: bool = False) -> Hold:

@@ -70,6 +70,8 @@ class Completion:
     finish_reason: str = "stop"
     #: Embeddings: each input text.
     inputs: tuple[str, ...] = ()
+    #: Prompt tokens written to the prompt cache (models that bill cache writes).
+    written: int = 0
 
 
 def _answer(config: FakeConfig, model: str, prompt: str, limit: int | None,
@@ -135,17 +137,22 @@ def usage(plan: Completion, cached: int) -> dict[str, Any]:
             "prompt_tokens": plan.prompt_tokens,
             "completion_tokens": plan.completion_tokens,
             "total_tokens": total,
-            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0, **_writes(plan)},
             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         }
     return {
         "input_tokens": plan.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": {"cached_tokens": cached, **_writes(plan)},
         "output_tokens": plan.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": total,
     }
+
+
+def _writes(plan: Completion) -> dict[str, int]:
+    """``cache_write_tokens``, reported by models that bill cache writes."""
+    return {"cache_write_tokens": plan.written} if plan.written else {}
 
 
 def render(config: FakeConfig, plan: Completion, cached: int, *, text: str | None = None) -> dict[str, Any]:

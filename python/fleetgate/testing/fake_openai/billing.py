@@ -52,6 +52,11 @@ class Bill:
             self._charges.append(charge)
         return charge
 
+    def bills_writes(self, model: str) -> bool:
+        """Whether `model` bills prompt-cache writes (and so reports them in its usage)."""
+        price = self.prices.price(model)
+        return price is not None and price.rates(0).cache_write is not None
+
     def charges(self) -> list[Charge]:
         """Every charge so far, oldest first (a copy)."""
         with self._lock:

@@ -93,6 +93,8 @@ class FakeConfig(_Strict):
     #: Words in a generated answer when the request sets no maximum.
     answer_words: int = Field(default=24, gt=0)
     embedding_dimensions: int = Field(default=256, gt=0, le=3072)
+    #: The price file the server bills with (None: the table fleetgate ships).
+    prices_file: Path | None = None
 
     def limits_for(self, model: str) -> ModelLimits:
         return self.models.get(model, self.default_limits)

@@ -128,7 +128,8 @@ def responses_input_text(body: dict[str, Any]) -> str:
 class PrefixCache:
     """Prompt caching as OpenAI reports it: of a prompt of 1,024 tokens or more, the longest
     prefix in 128-token steps that an earlier prompt of the same model began with is served
-    from cache (a prompt whose changing part comes first gets nothing)."""
+    from cache (a prompt whose changing part comes first gets nothing), and the steps beyond
+    it are written to the cache (:meth:`written`, for models that bill cache writes)."""
 
     _STEP_CHARS = 128 * 4  # the fake counts about four characters per token
 
@@ -136,6 +137,7 @@ class PrefixCache:
         self._seen: set[int] = set()
 
     def cached(self, model: str, prompt: str, prompt_tokens: int) -> int:
+        """Tokens of the prompt read from the cache (and the rest of its steps written)."""
         if prompt_tokens < 1024:
             return 0
         best = 0
@@ -145,3 +147,9 @@ class PrefixCache:
                 best = step * 128
             self._seen.add(key)
         return best
+
+    @staticmethod
+    def written(prompt_tokens: int, cached: int) -> int:
+        """Tokens a prompt of `prompt_tokens` (`cached` of them read) wrote to the cache:
+        its whole 128-token steps beyond what it read."""
+        return 0 if prompt_tokens < 1024 else prompt_tokens // 128 * 128 - cached

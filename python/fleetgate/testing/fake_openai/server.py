@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from fleetgate.prices import PriceTable
 from fleetgate.testing.fake_openai import api, content
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
@@ -50,7 +51,7 @@ class _Server:
         self.counters_lock = threading.Lock()
         self.prompt_cache = content.PrefixCache()
         self.files = FileStore()
-        self.bill = Bill()
+        self.bill = Bill(PriceTable.load(config.prices_file) if config.prices_file else None)
         self.batches = BatchStore(config, self.files, self.bill)
 
     def now(self) -> float:
@@ -180,6 +181,8 @@ class _Server:
                 shape.add(fault.kind)
 
         cached = self.prompt_cache.cached(plan.model, plan.prompt, plan.prompt_tokens)
+        if self.bill.bills_writes(plan.model):
+            plan.written = self.prompt_cache.written(plan.prompt_tokens, cached)
         text = _shaped_text(plan.text, shape)
         project = project_of(request)
         if body.get("stream") and plan.kind != "embeddings":
