@@ -263,7 +263,7 @@ def test_costs_are_reported_by_feature_and_model(fake_openai: FakeOpenAI, redis_
 
 # -- the store down or slow: failure_policy ----------------------------------------------------
 
-CALL = Estimate("/chat/completions", MODEL, 50, 200, MAX_OUTPUT, False)
+CALL = Estimate("/chat/completions", MODEL, 50, 50, MAX_OUTPUT, False)
 
 
 @pytest.fixture
