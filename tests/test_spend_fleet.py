@@ -1,0 +1,110 @@
+"""A fleet of 8 processes spending one $1.00 budget with the traffic of today's API: long
+answers at the standard price, long system prompts cached and written to the prompt cache
+on a model that bills cache writes, and the other kinds of call each part of fleetgate
+accounts for. What OpenAI billed (the fake's bill, not fleetgate's ledger) stays within the
+budget plus one call's worst case, and the fleet uses at least 95% of it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fleetgate as fg
+from fleetgate.prices import PriceTable
+from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, ModelLimits
+
+DOLLARS = 1.00
+PODS, THREADS = 8, 2
+#: Stop after this many refusals in a row: the budget is spent for everyone.
+GIVE_UP = 12
+#: A bound on each thread, so a broken budget cannot run the test on forever.
+MAX_CALLS, MAX_SECONDS = 400, 240.0
+PRICES = """
+batch_discount = 0.5
+
+[models."gpt-4.1"]
+input = 2.00
+cached_input = 0.50
+output = 8.00
+
+[models."writer-1"]
+input = 4.00
+cached_input = 0.40
+cache_write = 5.00
+output = 20.00
+"""
+PREFIX = "Handbook section {n}. " * 220  # about 1,200 tokens: cached after its first call
+
+
+def _one(client: Any, kind: int, n: int) -> None:
+    """One call of the mix, by `kind`."""
+    if kind == 0:
+        client.chat.completions.create(model="gpt-4.1", max_tokens=400,
+                                       messages=[{"role": "user", "content": f"Tell story {n} at length."}])
+    else:
+        client.chat.completions.create(model="writer-1", max_tokens=60, messages=[
+            {"role": "system", "content": PREFIX.format(n=n % 3)},
+            {"role": "user", "content": f"Question {n}?"}])
+
+
+def _pod(base_url: str, redis_url: str, prices: str, pod: int, out: Any) -> None:
+    gate = fg.Gateway(base_url=base_url, redis_url=redis_url, prices={"file": prices},
+                      budgets={"limits": [{"dollars": DOLLARS}]})
+    client = gate.openai(api_key="sk-fake", max_retries=0)
+    made = [0] * THREADS
+
+    def spend(thread: int) -> None:
+        refused, end = 0, time.monotonic() + MAX_SECONDS
+        n = pod * 10_000 + thread * 1_000
+        while refused < GIVE_UP and made[thread] < MAX_CALLS and time.monotonic() < end:
+            n += 1
+            try:
+                _one(client, n % 2, n)
+            except fg.BudgetExceeded:
+                refused += 1
+                time.sleep(0.02 * refused)  # others' holds settle meanwhile
+                continue
+            refused = 0
+            made[thread] += 1
+
+    threads = [threading.Thread(target=spend, args=(t,)) for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gate.close()
+    out.put(sum(made))
+
+
+def test_eight_pods_spend_one_budget_as_openai_bills_it(tmp_path: Path, redis_url: str) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text(PRICES)
+    with FakeOpenAI(FakeConfig(answer_words=400, prices_file=prices, default_limits=ModelLimits(
+            requests_per_minute=1_000_000, tokens_per_minute=100_000_000))) as fake:
+        ctx = multiprocessing.get_context("spawn")
+        out = ctx.Queue()
+        procs = [ctx.Process(target=_pod, args=(fake.base_url, redis_url, str(prices), pod, out))
+                 for pod in range(PODS)]
+        for p in procs:
+            p.start()
+        made = sum(out.get(timeout=MAX_SECONDS + 120) for _ in procs)
+        for p in procs:
+            p.join(timeout=30)
+        billed = sum(c.dollars or 0.0 for c in fake.bill())
+    table = PriceTable.load(prices)
+    worst = max(_worst(table, "gpt-4.1", 20, 400), _worst(table, "writer-1", 1400, 60))
+    print(f"calls {made}, billed ${billed:.4f}, worst ${worst:.4f}")
+    assert made > 0
+    assert billed <= DOLLARS + worst, f"OpenAI billed ${billed:.4f} of a ${DOLLARS:.2f} budget"
+    assert billed >= 0.95 * DOLLARS, f"the fleet used only ${billed:.4f} of ${DOLLARS:.2f}"
+
+
+def _worst(table: PriceTable, model: str, prompt: int, output: int) -> float:
+    price = table.price(model)
+    assert price is not None
+    return price.worst(prompt, output)
