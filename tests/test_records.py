@@ -85,6 +85,7 @@ def test_no_prompt_answer_or_key_in_logs_or_errors(fake_openai: FakeOpenAI, capl
     other = [{"role": "system", "content": "Another template."}, messages()[1]]
     assert template_hash({"model": MODEL, "messages": other}) != records[0]["template"]
     assert records[0]["prompt_tokens"] and records[0]["cost_usd"] and records[0]["user"] != SECRET_USER
+    assert records[0]["cached_tokens"] == 0 and records[0]["cache_write_tokens"] == 0
     # A cached answer cost nothing: no tokens or dollars are recorded for it.
     assert records[1]["cost_usd"] is None and records[1]["prompt_tokens"] is None
     assert records[4]["status"] == 503 and records[-1]["refused"] and records[-1]["status"] == 429

@@ -61,6 +61,8 @@ def log_request(endpoint: str, body: dict[str, Any], sc: Scope, response: httpx2
         "latency_ms": round(seconds * 1000, 2),
         "prompt_tokens": counts.prompt if counts else None,
         "completion_tokens": counts.output if counts else None,
+        "cached_tokens": counts.cached if counts else None,
+        "cache_write_tokens": counts.written if counts else None,
         "cost_usd": cost,
         "cache": headers.get("x-fleetgate-cache"),
         "tier": headers.get("x-fleetgate-tier"),
