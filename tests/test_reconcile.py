@@ -134,6 +134,10 @@ def test_spend_through_the_gateway_reconciles_with_what_openai_billed(fake_opena
     assert result.exit_code == 0, result.output
     assert "the ledger matches OpenAI within 1.00%" in result.output
     assert PROJECT in result.output and "text-embedding-3-small" in result.output and "!" not in result.output
+    other = run_cli(fake_openai, ledger_url, "--since", since.isoformat(), "--until", today().isoformat(),
+                    "--project", "proj_other")
+    assert other.exit_code == 1, "the fleet's ledger is not proj_other's bill"
+    assert "proj_other" in other.output and PROJECT not in other.output
 
 
 def test_spend_around_the_gateway_shows_on_its_day_and_fails_the_command(fake_openai: FakeOpenAI, ledger_url: str,

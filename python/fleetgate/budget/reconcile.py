@@ -23,7 +23,9 @@ A reconciliation, as :func:`reconcile` does it:
 Reading OpenAI's Usage and Costs APIs needs an admin key (``OPENAI_ADMIN_KEY``, an
 ``sk-admin-…`` key an organization owner creates); they are read directly, not through the
 gateway (they are not calls to budget). OpenAI's costs of the current day are still coming
-in: reconcile the days that are over.
+in: reconcile the days that are over. Batch API spend is recorded in the ledger on the day
+its results are collected, and billed by OpenAI on the day its lines ran: a batch that
+spans midnight shows as a difference on both days that cancels out over the two.
 """
 
 from __future__ import annotations
