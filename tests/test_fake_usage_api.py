@@ -3,12 +3,15 @@ in buckets and pages as OpenAI serves them, to an admin key only."""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import openai
 import pytest
 
 from fleetgate.testing.fake_openai import FakeOpenAI
+from tests.polling import until
 
 DAY = 86_400
 ASK = [{"role": "user", "content": "How do I reset my password?"}]
@@ -98,3 +101,30 @@ def test_only_an_admin_key_reads_usage_and_bad_queries_say_what_is_wrong(fake_op
         usage.costs(start_time=midnight(), bucket_width="1h")  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="not a cursor of this query"):
         usage.costs(start_time=midnight(), page="page_bm9wZQ==")
+
+
+def test_batch_lines_are_reported_as_batch_at_the_batch_price(fake_openai: FakeOpenAI, tmp_path: Any) -> None:
+    client = openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-fake", max_retries=0)
+    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": "gpt-4.1-mini", "messages": ASK}}) for i in range(3)]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    uploaded = client.files.create(file=(tmp_path / "in.jsonl").open("rb"), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    until(lambda: client.batches.retrieve(batch.id).status == "completed")
+    client.chat.completions.create(model="gpt-4.1-mini", messages=ASK)
+    usage = admin(fake_openai).admin.organization.usage
+
+    split = usage.completions(start_time=midnight(), group_by=["batch", "service_tier"])
+    counts = {(r.batch, r.service_tier): r.num_model_requests for b in split.data for r in b.results}
+    assert counts == {(True, "batch"): 3, (False, "default"): 1}
+    only_batch = usage.completions(start_time=midnight(), batch=True)
+    assert [r.num_model_requests for b in only_batch.data for r in b.results] == [3]
+
+    costs = usage.costs(start_time=midnight(), group_by=["line_item"])
+    items = {r.line_item: r.amount.value for b in costs.data for r in b.results if r.amount is not None}
+    assert set(items) == {"gpt-4.1-mini, input_tokens", "gpt-4.1-mini, output_tokens",
+                          "gpt-4.1-mini, input_tokens (batch)", "gpt-4.1-mini, output_tokens (batch)"}
+    bill = fake_openai.bill()
+    assert sum(items.values()) == pytest.approx(sum(c.dollars or 0.0 for c in bill))
+    assert sum(v or 0.0 for k, v in items.items() if "(batch)" in (k or "")) == pytest.approx(
+        sum(c.dollars or 0.0 for c in bill if c.tier == "batch"))
