@@ -51,7 +51,6 @@ __all__ = ["ALL_PROJECTS", "OpenAISpend", "Reconciliation", "ReconciliationRow",
 ALL_PROJECTS = "(all projects)"
 #: Buckets asked for per page: the most the Usage API gives for daily buckets.
 PAGE_BUCKETS = 31
-_DAY = 86_400
 _SNAPSHOT = re.compile(r"^(?P<model>.+)-\d{4}-\d{2}-\d{2}$")
 _OTHER = "(other)"
 #: An API key as an error message may quote it (masked or not): never passed on.
