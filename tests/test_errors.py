@@ -6,6 +6,7 @@ gateway's SDK clients raise it again from a refusal."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import importlib
 import pickle
 import pkgutil
@@ -25,6 +26,7 @@ import fleetgate as fg
 import fleetgate.config
 import fleetgate.path.refusals
 from fleetgate.batch import BatchInputError, JobBusy, ResultsExpired
+from fleetgate.budget.reconcile import ReconcileError
 from fleetgate.cli import main as cli
 from fleetgate.config import GatewayConfig
 from fleetgate.errors import REFUSAL_CODES
@@ -278,6 +280,13 @@ def _results_expired(fake: FakeOpenAI) -> fg.FleetgateError:
     return raised.value
 
 
+def _reconcile_refused(fake: FakeOpenAI) -> fg.FleetgateError:
+    project_key = openai.OpenAI(base_url=fake.base_url, admin_api_key="sk-proj-abc", max_retries=0)
+    with fg.Gateway(base_url=fake.base_url) as gate, pytest.raises(ReconcileError) as raised:
+        gate.reconcile(dt.date.today(), client=project_key)
+    return raised.value
+
+
 #: The rest, made at their raise sites, with words of the advice each must give.
 ELSEWHERE: dict[type[fg.FleetgateError], tuple[Callable[[FakeOpenAI], fg.FleetgateError], str]] = {
     fg.StructuredOutputError: (_structured, "allow more retries"),
@@ -285,6 +294,7 @@ ELSEWHERE: dict[type[fg.FleetgateError], tuple[Callable[[FakeOpenAI], fg.Fleetga
     BatchInputError: (_batch_input, "skip_bad_lines=True"),
     JobBusy: (_job_busy, "wait_for_lease"),
     ResultsExpired: (_results_expired, "submit"),
+    ReconcileError: (_reconcile_refused, "OPENAI_ADMIN_KEY"),
 }
 
 

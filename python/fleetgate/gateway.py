@@ -56,6 +56,7 @@ from fleetgate import _extras
 
 if TYPE_CHECKING:
     from fleetgate.batch import BatchJobs
+    from fleetgate.budget.reconcile import Reconciliation
     from fleetgate.cache.embedders import Embedder
 
 
@@ -383,6 +384,23 @@ class Gateway:
         since = since or until - dt.timedelta(days=6)
         return spend_by(self.budgets.ledger, days_between(since, until), by)
 
+    def reconcile(self, since: dt.date, until: dt.date | None = None, *, project: str | None = None,
+                  tolerance: float = 0.01, client: openai_sdk.OpenAI | None = None) -> Reconciliation:
+        """The ledger against what OpenAI billed, per UTC day and model, from `since` to `until`
+        (default: yesterday, the last whole day), for `project` (default: ``openai_project``,
+        else ``OPENAI_PROJECT_ID``; neither: the whole organization), read with `client` (an
+        ``openai.OpenAI`` with an admin key; default: ``OPENAI_ADMIN_KEY``). See
+        :mod:`fleetgate.budget.reconcile`.
+
+            report = gate.reconcile(dt.date(2026, 11, 1), dt.date(2026, 11, 30))
+            print(report.table()); assert report.ok, report.differing()
+        """
+        from fleetgate.budget.reconcile import admin_client, gateway_project, reconcile
+
+        return reconcile(self.budgets.ledger, client or admin_client(self.config.base_url), since, until,
+                         project=project or gateway_project(self.config.openai_project), tolerance=tolerance,
+                         timezone=self.config.budgets.timezone)
+
     def batches(self, *, directory: str | Path | None = None, **client_options: Any) -> BatchJobs:
         """Batch API jobs through this gateway's upstream, Redis (or, embedded, a SQLite
         file in `directory`, default ``[batch] directory``), budgets and prices;
@@ -402,6 +420,7 @@ class Gateway:
         ``http_client`` of your own must send through :meth:`transport` (else
         :class:`fleetgate.BypassWarning`: its calls would bypass the gateway)."""
         kwargs.setdefault("base_url", self.config.base_url)
+        kwargs.setdefault("project", self.config.openai_project)
         if kwargs.get("http_client") is None:
             kwargs["http_client"] = openai_sdk.DefaultHttpx2Client(transport=GateTransport(self))
         return GatedOpenAI(**kwargs)
@@ -411,6 +430,7 @@ class Gateway:
         ``http_client`` of your own must send through :meth:`async_transport` (else
         :class:`fleetgate.BypassWarning`)."""
         kwargs.setdefault("base_url", self.config.base_url)
+        kwargs.setdefault("project", self.config.openai_project)
         if kwargs.get("http_client") is None:
             kwargs["http_client"] = openai_sdk.DefaultAsyncHttpx2Client(transport=AsyncGateTransport(self))
         return GatedAsyncOpenAI(**kwargs)

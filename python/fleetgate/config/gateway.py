@@ -51,6 +51,10 @@ class GatewayConfig(BaseSettings):
     quota_lease_seconds: float = Field(default=0.1, ge=0, le=10)
     #: The upstream API (None: the SDK's default, or OPENAI_BASE_URL).
     base_url: str | None = None
+    #: The OpenAI project the gateway's calls bill (sent as ``OpenAI-Project``; None: the
+    #: SDK's ``OPENAI_PROJECT_ID``, if set): the project ``fleetgate costs reconcile`` compares
+    #: the ledger with.
+    openai_project: str | None = None
     #: The organization's limits per model, as OpenAI shows them.
     models: dict[str, QuotaLimits] = Field(default_factory=dict)
     #: Share of each model's limits left unused: the margin for what no client can count

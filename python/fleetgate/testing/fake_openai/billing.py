@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,8 @@ class Bill:
         self.prices = prices or default_prices()
         self._charges: list[Charge] = []
         self._lock = threading.Lock()
+        #: Unix seconds a charge is dated at (replaceable: a test's days gone by).
+        self.clock: Callable[[], float] = time.time
 
     def charge(self, model: str, usage: dict[str, Any] | None, *, tier: str = "default", project: str = "proj_default",
                at: float | None = None) -> Charge | None:
@@ -47,7 +50,7 @@ class Bill:
         if not usage:
             return None
         dollars = self.prices.cost(model, usage, batch=tier == "batch", tier=tier)
-        charge = Charge(time.time() if at is None else at, project, model, tier, dict(usage), dollars)
+        charge = Charge(self.clock() if at is None else at, project, model, tier, dict(usage), dollars)
         with self._lock:
             self._charges.append(charge)
         return charge

@@ -23,6 +23,7 @@ from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
 from fleetgate.testing.fake_openai.billing import Bill, Charge
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
 from fleetgate.testing.fake_openai.limits import ModelQuota
+from fleetgate.testing.fake_openai.usage_api import UsageApi
 
 __all__ = ["FakeOpenAI", "ModelCounters"]
 
@@ -80,6 +81,7 @@ class _Server:
             web.get("/v1/batches/{id}", self.batches.retrieve),
             web.post("/v1/batches/{id}/cancel", self.batches.cancel),
             web.get("/fleetgate/counters", self.counters_view),
+            *UsageApi(self.bill).routes(),
         ])
         app.on_cleanup.append(self.batches.shutdown)
         return app
@@ -419,6 +421,13 @@ class FakeOpenAI:
         if self._server is None:
             raise RuntimeError("the server is not running")
         return self._server.bill.charges()
+
+    def set_bill_clock(self, clock: Callable[[], float]) -> None:
+        """Date what is billed from now on by `clock` (unix seconds), as the Usage and Costs
+        APIs report it: spend on days gone by, in a test."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        self._server.bill.clock = clock
 
     def files(self) -> list[dict[str, Any]]:
         """Every file stored now, as the API shows it (copies)."""
