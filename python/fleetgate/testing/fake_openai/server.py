@@ -16,7 +16,8 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from fleetgate.testing.fake_openai import api, content
+from fleetgate.prices import PriceTable
+from fleetgate.testing.fake_openai import api, content, tiers
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
 from fleetgate.testing.fake_openai.billing import Bill, Charge
@@ -41,7 +42,7 @@ class ModelCounters:
 class _Server:
     """State and handlers; lives on the server's event loop thread."""
 
-    def __init__(self, config: FakeConfig) -> None:
+    def __init__(self, config: FakeConfig, prices: PriceTable | None = None) -> None:
         self.config = config
         self.started = time.monotonic()
         self.rng = random.Random(config.seed)
@@ -50,7 +51,7 @@ class _Server:
         self.counters_lock = threading.Lock()
         self.prompt_cache = content.PrefixCache()
         self.files = FileStore()
-        self.bill = Bill()
+        self.bill = Bill(prices)
         self.batches = BatchStore(config, self.files, self.bill)
 
     def now(self) -> float:
@@ -179,13 +180,15 @@ class _Server:
             else:
                 shape.add(fault.kind)
 
+        if plan.kind != "embeddings":
+            plan.service_tier = tiers.serve(self.config.tiers, self.rng, body, plan.model)
         cached = self.prompt_cache.cached(plan.model, plan.prompt, plan.prompt_tokens)
         text = _shaped_text(plan.text, shape)
         project = project_of(request)
         if body.get("stream") and plan.kind != "embeddings":
             return await self._stream(request, plan, cached, text, headers, cut="cut_stream" in shape, project=project)
         result = api.render(self.config, plan, cached, text=text)
-        self.bill.charge(plan.model, api.usage(plan, cached), project=project)
+        self.bill.charge(plan.model, api.usage(plan, cached), project=project, tier=plan.service_tier)
         if "malformed_json" in shape:
             raw = json.dumps(result)
             return web.Response(text=raw[: len(raw) // 2], content_type=_JSON, headers=headers)
@@ -203,7 +206,8 @@ class _Server:
                 _drop(request)
                 return response
             await response.write(event)
-        self.bill.charge(plan.model, api.usage(plan, cached), project=project)  # billed once it ended
+        self.bill.charge(plan.model, api.usage(plan, cached), project=project,
+                         tier=plan.service_tier)  # billed once it ended
         await response.write_eof()
         return response
 
@@ -270,7 +274,7 @@ def _chat_events(plan: Completion, cached: int, deltas: list[str]) -> list[bytes
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
         data: dict[str, Any] = {
             "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": plan.model,
-            "system_fingerprint": "fp_fleetgate_fake",
+            "service_tier": plan.service_tier, "system_fingerprint": "fp_fleetgate_fake",
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         if include_usage:
@@ -282,7 +286,8 @@ def _chat_events(plan: Completion, cached: int, deltas: list[str]) -> list[bytes
     events.append(chunk({}, plan.finish_reason))
     if include_usage:
         events.append(_sse({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                            "model": plan.model, "choices": [], "usage": api.usage(plan, cached)}))
+                            "model": plan.model, "service_tier": plan.service_tier, "choices": [],
+                            "usage": api.usage(plan, cached)}))
     events.append(b"data: [DONE]\n\n")
     return events
 
@@ -320,8 +325,11 @@ class FakeOpenAI:
             fake.counters("gpt-4.1-mini").requests   # 1
     """
 
-    def __init__(self, config: FakeConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, config: FakeConfig | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 prices: PriceTable | None = None) -> None:
+        """`prices`: what the bill charges (default: fleetgate's own table)."""
         self.config = config or FakeConfig()
+        self.prices = prices
         self.host, self.port = host, port
         self._server: _Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -360,7 +368,7 @@ class FakeOpenAI:
         return self
 
     async def _serve(self, ready: threading.Event) -> None:
-        self._server = _Server(self.config)
+        self._server = _Server(self.config, self.prices)
         self._runner = web.AppRunner(self._server.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
