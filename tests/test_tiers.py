@@ -225,13 +225,19 @@ def test_flex_without_capacity_is_served_on_the_standard_tier_and_opens_no_break
                 spent_on = Spent.of(raw.http_response)
                 assert spent_on is not None and spent_on.sent == 2, "the flex attempt, then the standard one"
                 assert "paused" not in spent_on.waited and "retry" not in spent_on.waited
+            stream = client.chat.completions.with_raw_response.create(
+                model=MODEL, messages=ASK, service_tier="flex", stream=True, stream_options={"include_usage": True})
+            assert stream.headers[FLEX_FALLBACK_HEADER] == "default"
+            assert [chunk.service_tier for chunk in stream.parse()][-1] == "default"
+            answer = client.responses.with_raw_response.create(model=MODEL, input="one line", service_tier="flex")
+            assert answer.headers[FLEX_FALLBACK_HEADER] == "default" and answer.parse().service_tier == "default"
         breaker = gate.breaker_for("/chat/completions", MODEL)
-        assert breaker is not None and breaker.state == "closed", "six refusals of six flex attempts: no trip"
-        assert fake.counters(MODEL).requests == 12
-        assert [c.tier for c in fake.bill()] == ["default"] * 6, "the refusals were not billed"
+        assert breaker is not None and breaker.state == "closed", "refusals of every flex attempt: no trip"
+        assert fake.counters(MODEL).requests == 16
+        assert [c.tier for c in fake.bill()] == ["default"] * 8, "the refusals were not billed"
         until(lambda: spent(gate)[1] == 0)
         assert spent(gate)[0] == pytest.approx(billed(fake)), "settled at the standard price"
-        assert gate.stats["flex_unavailable"] == 6 and gate.stats["flex_fallback"] == 6
+        assert gate.stats["flex_unavailable"] == 8 and gate.stats["flex_fallback"] == 8
         assert gate.stats["upstream_rate_limited"] == 0
 
 
