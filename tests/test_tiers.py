@@ -25,7 +25,7 @@ from fleetgate.estimate import estimate_request
 from fleetgate.path.call import Spent
 from fleetgate.path.wire import UsageScanner, served_tier
 from fleetgate.prices import PriceTable, price_tier
-from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, TierBehaviour
+from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, TierBehaviour
 from fleetgate.tiers import FLEX_FALLBACK_HEADER
 from tests.polling import until
 
@@ -283,6 +283,22 @@ def test_with_the_fallback_off_flex_without_capacity_is_refused_plainly_async(pr
         assert [c.tier for c in fake.bill()] == ["default"]
         until(lambda: spent(gate)[1] == 0)
         assert spent(gate)[0] == pytest.approx(billed(fake)), "the refusals' holds were given back"
+
+
+def test_a_flex_refusal_after_the_deadline_is_handed_back_not_retried(prices: PriceTable, price_file: Path) -> None:
+    # Flex answers its refusal only after the call's deadline has passed: no time is left to
+    # serve it on the standard tier.
+    slow = FakeConfig(tiers=TierBehaviour(flex_unavailable=1.0),
+                      faults=[Fault(kind="latency", latency=Latency(ms=3000))])
+    with FakeOpenAI(slow, prices=prices) as fake:
+        gate = fg.Gateway(base_url=fake.base_url, prices={"file": str(price_file)})
+        client = gate.openai(api_key="sk-fake")
+        with gate.scope(deadline=1.5), pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model=MODEL, messages=ASK, service_tier="flex")
+        assert refused.value.code == "resource_unavailable"
+        assert refused.value.response.headers[FLEX_FALLBACK_HEADER] == "none"
+        assert "deadline left no time" in str(refused.value)
+        assert fake.counters(MODEL).requests == 1 and fake.bill() == []
 
 
 # -- records, spans, metrics -------------------------------------------------------------------
