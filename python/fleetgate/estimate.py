@@ -32,6 +32,9 @@ class Estimate:
     prompt_chars_estimate: int
     max_output_tokens: int
     stream: bool
+    #: The ``service_tier`` the request asks for (None: none, the project's default); the
+    #: answer's own ``service_tier`` says which tier served it (:mod:`fleetgate.tiers`).
+    service_tier: str | None = None
 
     @property
     def tokens(self) -> int:
@@ -97,7 +100,8 @@ def estimate_request(endpoint: str, body: dict[str, Any], assumed_max_output: in
         by_chars = chars_estimate(["\n".join(parts)])
         limit = body.get("max_output_tokens")
     max_output = limit if isinstance(limit, int) and limit > 0 else assumed_max_output
-    return Estimate(endpoint, model, prompt, by_chars, max_output, stream)
+    tier = body.get("service_tier")
+    return Estimate(endpoint, model, prompt, by_chars, max_output, stream, tier if isinstance(tier, str) else None)
 
 
 class UsageCounts(NamedTuple):

@@ -28,8 +28,12 @@ multiprocess mode). When a worker exits, call
                                                    upstream call and the waits below
 ``fleetgate_tokens_total``                         tokens billed by kind (``input``,
                                                    ``cached_input``, ``cache_write``,
-                                                   ``output``, ``reasoning``)
-``fleetgate_cost_dollars_total``                   dollars billed, at the price table
+                                                   ``output``, ``reasoning``) and
+                                                   ``service_tier`` (the tier that served
+                                                   them: ``default``, ``flex``,
+                                                   ``priority``, ``batch``)
+``fleetgate_cost_dollars_total``                   dollars billed, at the price table, by
+                                                   ``service_tier`` as above
 ``fleetgate_cache_hits_total`` / ``_misses_total``  answers served by layer (``exact``,
                                                    ``semantic``), lookups that missed
 ``fleetgate_cache_near_misses_total``              semantic candidates a guard refused
@@ -114,8 +118,10 @@ class _Families(Collector):
                                   ("endpoint", "model"), _DURATION_BUCKETS)
         self.overhead = histogram("fleetgate_gateway_overhead_seconds",
                                   "The gateway's own time on a request sent upstream", ("endpoint",), _OVERHEAD_BUCKETS)
-        self.tokens = counter("fleetgate_tokens", "Tokens billed, by kind", ("model", "feature", "kind"))
-        self.cost = counter("fleetgate_cost_dollars", "Dollars billed at the price table", ("model", "feature"))
+        self.tokens = counter("fleetgate_tokens", "Tokens billed, by kind and the service tier that served them",
+                              ("model", "feature", "kind", "service_tier"))
+        self.cost = counter("fleetgate_cost_dollars", "Dollars billed at the price table, by service tier",
+                            ("model", "feature", "service_tier"))
         self.cache_hits = counter("fleetgate_cache_hits", "Answers served from the cache, by layer", ("layer",))
         self.cache_misses = counter("fleetgate_cache_misses", "Cache lookups that found no answer", ())
         self.near_misses = counter("fleetgate_cache_near_misses", "Semantic candidates refused by a guard", ("guard",))
@@ -260,17 +266,19 @@ class GatewayMetrics:
         self._child(self.f.requests, endpoint, m, self.feature(feature), "primary", outcome).inc()
         self._child(self.f.duration, endpoint, m).observe(seconds)
 
-    def billed(self, model: str, feature: str | None, counts: UsageCounts, cost: float | None) -> None:
+    def billed(self, model: str, feature: str | None, counts: UsageCounts, cost: float | None, *,
+               service_tier: str = "default") -> None:
         """Tokens and dollars of one answer from upstream, from the counts of its ``usage``
-        (read once by the caller, which prices them too)."""
+        (read once by the caller, which prices them too), served at `service_tier` (one of
+        :data:`fleetgate.prices.TIERS`)."""
         m, feat = self.model(model), self.feature(feature)
         prompt, cached, output, reasoning, written = counts
         for kind, n in (("input", prompt - cached - written), ("cached_input", cached), ("cache_write", written),
                         ("output", output), ("reasoning", reasoning)):
             if n:
-                self._child(self.f.tokens, m, feat, kind).inc(n)
+                self._child(self.f.tokens, m, feat, kind, service_tier).inc(n)
         if cost:
-            self._child(self.f.cost, m, feat).inc(cost)
+            self._child(self.f.cost, m, feat, service_tier).inc(cost)
 
     def limiter_waited(self, model: str, seconds: float) -> None:
         self._child(self.f.limiter_wait, self.model(model)).observe(seconds)

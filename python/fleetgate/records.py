@@ -1,7 +1,9 @@
 """One structured log record per gated request, on the ``fleetgate.requests`` logger at
 INFO: a JSON object with the request id, a hash of the prompt's template (its system
 message or instructions — never the prompt), model, tokens, latency, status, which
-cache layer, tier, degradation mode, route and deployment served it, and cost. API keys, prompts and
+cache layer, tier, degradation mode, route and deployment served it, the ``service_tier``
+that served it upstream (as the answer reports it: ``default``, ``flex``, ``priority``...;
+None when nothing was billed, or for a stream still open), and cost. API keys, prompts and
 answers never appear; a user appears only as its pseudonym, a keyed hash (and so do a team
 and a feature named sensitive in ``[privacy]``): the same one as in the user's quota and
 budget names, on every pod that shares the key (:mod:`fleetgate.privacy`).
@@ -42,11 +44,12 @@ def template_hash(body: dict[str, Any]) -> str:
 
 
 def log_request(endpoint: str, body: dict[str, Any], sc: Scope, response: httpx2.Response, seconds: float,
-                usage: dict[str, Any] | None, cost: float | None, model: str | None, *, privacy: Privacy) -> None:
+                usage: dict[str, Any] | None, cost: float | None, model: str | None, *, privacy: Privacy,
+                service_tier: str | None = None) -> None:
     """Log one record for an answered request (when INFO is enabled for the logger):
-    `usage` and `cost` are what it was billed, by `model` (None when it was not billed: a
-    cache hit, a follower of an identical request, a refusal or a stream still open);
-    `privacy` names its user (and a sensitive team or feature)."""
+    `usage` and `cost` are what it was billed, by `model` at `service_tier` (None when it
+    was not billed: a cache hit, a follower of an identical request, a refusal or a stream
+    still open); `privacy` names its user (and a sensitive team or feature)."""
     if not log.isEnabledFor(logging.INFO):
         return
     headers = response.headers
@@ -64,6 +67,7 @@ def log_request(endpoint: str, body: dict[str, Any], sc: Scope, response: httpx2
         "cached_tokens": counts.cached if counts else None,
         "cache_write_tokens": counts.written if counts else None,
         "cost_usd": cost,
+        "service_tier": service_tier if usage else None,
         "cache": headers.get("x-fleetgate-cache"),
         "tier": headers.get("x-fleetgate-tier"),
         "mode": headers.get("x-fleetgate-mode"),

@@ -8,7 +8,9 @@ One CLIENT span per gated request, named ``{gen_ai.operation.name} {gen_ai.reque
 to the answer (a stream: its headers). Attributes: ``gen_ai.operation.name``,
 ``gen_ai.provider.name`` (``openai``), ``gen_ai.request.model`` / ``max_tokens`` /
 ``temperature`` / ``top_p``, ``gen_ai.response.id`` / ``model`` / ``finish_reasons``,
-``gen_ai.usage.input_tokens`` / ``output_tokens``, ``server.address`` / ``server.port``,
+``gen_ai.usage.input_tokens`` / ``output_tokens``, ``openai.request.service_tier`` (the
+tier asked) / ``openai.response.service_tier`` (the tier that served an answer read
+whole), ``server.address`` / ``server.port``,
 ``error.type`` when it failed; and fleetgate's own: ``fleetgate.tier``,
 ``fleetgate.cache``, ``fleetgate.dedup``, ``fleetgate.route``, ``fleetgate.deployment``,
 ``fleetgate.feature`` (its pseudonym when ``[privacy] sensitive`` names features),
@@ -74,6 +76,8 @@ class Tracer:
                             ("gen_ai.request.top_p", body.get("top_p"))):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 attributes[name] = value
+        if isinstance(body.get("service_tier"), str):
+            attributes["openai.request.service_tier"] = body["service_tier"]
         if feature is not None:
             attributes["fleetgate.feature"] = feature
         return self._tracer.start_span(f"{operation} {model}", kind=self._trace.SpanKind.CLIENT,
@@ -121,7 +125,8 @@ def _response_attributes(span: Any, response: httpx2.Response) -> None:
         return
     if not isinstance(answer, dict):
         return
-    for key, attribute in (("id", "gen_ai.response.id"), ("model", "gen_ai.response.model")):
+    for key, attribute in (("id", "gen_ai.response.id"), ("model", "gen_ai.response.model"),
+                           ("service_tier", "openai.response.service_tier")):
         if isinstance(answer.get(key), str):
             span.set_attribute(attribute, answer[key])
     reasons = [c.get("finish_reason") for c in answer.get("choices") or () if isinstance(c, dict)]

@@ -92,7 +92,8 @@ class Collecting(ChunkFiles):
                     line_cost = prices.cost(job.model, usage, batch=True) if usage else None
                     cost += line_cost or 0.0
                     if metrics is not None and isinstance(usage, dict):
-                        metrics.billed(job.model, job.feature or None, usage_counts(usage), line_cost)
+                        metrics.billed(job.model, job.feature or None, usage_counts(usage), line_cost,
+                                       service_tier="batch")
         missing = sent - tally.seen
         cancelled = job.status == "cancelling"
         again = set() if cancelled or chunk.attempt >= job.max_attempts else tally.retry | missing

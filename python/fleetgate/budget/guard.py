@@ -13,12 +13,15 @@ died) lapses after ``[budgets] reservation_seconds``.
 
 One call, as the budget layer drives it:
 
-1. :meth:`Budgets.reserve` (or :meth:`~Budgets.reserve_async`): the worst case priced
-   (an unpriced model: refused, or let through uncounted), then held on every budget that
+1. :meth:`Budgets.reserve` (or :meth:`~Budgets.reserve_async`): the worst case priced at
+   the ``service_tier`` the request asks for (``flex``, ``priority``/``fast``; ``auto``,
+   ``default``, ``scale`` or none at the standard price; :mod:`fleetgate.tiers`) (an
+   unpriced model: refused, or let through uncounted), then held on every budget that
    applies, all or nothing. A :class:`Hold`, or None when no budget holds the call.
 2. No room: :meth:`Budgets.when_refused` says what to do (queue for the next period, step
    down to a cheaper model, serve from the cache, or refuse).
-3. The answer: :meth:`Budgets.spend` settles the hold with what the call cost, or
+3. The answer: :meth:`Budgets.spend` settles the hold with what the call cost (its usage
+   priced at the tier the answer reports it was served at), or
    :meth:`Budgets.release` gives it back when nothing was spent.
 
 When the store does not answer within ``[budgets] store_timeout_seconds`` it counts as down
@@ -52,7 +55,7 @@ from fleetgate.config import BudgetLimit, BudgetSettings, GatewayConfig
 from fleetgate.errors import BudgetExceeded, ConfigError, StoreUnavailable
 from fleetgate.estimate import Estimate
 from fleetgate.outage import Outage
-from fleetgate.prices import ModelPrice, PriceTable
+from fleetgate.prices import ModelPrice, PriceTable, price_tier
 from fleetgate.privacy import Privacy
 from fleetgate.scope import Scope
 
@@ -83,6 +86,8 @@ class Hold:
     #: Held on this pod's share of each budget while the store was down (not in the fleet's
     #: totals).
     local: bool = False
+    #: The priced tier the call asked for (:func:`~fleetgate.prices.price_tier`).
+    tier: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +174,10 @@ class Budgets:
         return self._actions.get(budget, "refuse")
 
     def worst_case(self, estimate: Estimate) -> tuple[ModelPrice | None, float]:
-        """The model's price and the most a call can cost: its prompt as the larger of the
-        tokenizer's count and OpenAI's character estimate, no prompt token read from the
-        prompt cache, every one possibly written to it, and the most output it may produce. Raises ConfigError for a model with no price when
+        """The model's price and the most a call can cost at the tier it asks for: its prompt
+        as the larger of the tokenizer's count and OpenAI's character estimate, no prompt token
+        read from the prompt cache, every one possibly written to it, and the most output it
+        may produce. Raises ConfigError for a model with no price when
         ``[budgets] unpriced = "refuse"``."""
         price = self.prices.price(estimate.model)
         if price is None:
@@ -183,13 +189,14 @@ class Budgets:
             self._count("budget_unpriced")
             return None, 0.0
         prompt = max(estimate.prompt_tokens, estimate.prompt_chars_estimate)
-        return price, price.worst(prompt, estimate.max_output_tokens)
+        return price, price.worst(prompt, estimate.max_output_tokens, tier=price_tier(estimate.service_tier))
 
     def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice,
              local: bool = False) -> Hold:
         label = self.privacy.label
         return Hold(reservation, price, estimate.model, label("feature", sc.feature) or "",
-                    label("user", sc.user) or "", label("team", sc.team) or "", local)
+                    label("user", sc.user) or "", label("team", sc.team) or "", local,
+                    price_tier(estimate.service_tier))
 
     # -- reserving ---------------------------------------------------------------------------
 
@@ -296,10 +303,11 @@ class Budgets:
     # -- settling ----------------------------------------------------------------------------
 
     def spend(self, hold: Hold, cost: float | None, prompt_tokens: int, output_tokens: int) -> None:
-        """Settle `hold` with what the call cost: `cost`, its usage priced, when the response
-        had one; else from the token counts (in the background)."""
+        """Settle `hold` with what the call cost: `cost`, its usage priced at the tier that
+        served it, when the response had one; else from the token counts at the tier asked
+        (in the background)."""
         if cost is None:
-            cost = hold.price.dollars(prompt_tokens, output_tokens)
+            cost = hold.price.dollars(prompt_tokens, output_tokens, tier=hold.tier)
             self._count("budget_settled_from_estimate")
         ledger = self._local if hold.local else self.ledger
         ledger.settle_later(hold.reservation, cost, model=hold.model, feature=hold.feature, user=hold.user,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,3 +21,6 @@ class FallbackSettings(BaseModel):
     static_answer: str | None = None
     #: A JSONL file (Batch API format) to queue requests in for later.
     defer_to: Path | None = None
+    #: A ``service_tier: "flex"`` call Flex has no capacity for: sent again on the standard
+    #: tier (``"default"``) within its deadline, or handed the 429 (``"none"``).
+    flex_fallback: Literal["default", "none"] = "default"

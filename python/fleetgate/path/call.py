@@ -44,8 +44,9 @@ class Timing:
     `waited` in all, `waited_for` by what it waited for, one of `WAITS`), what it counted
     against its model's quota (the requests `sent` upstream, and the tokens they were
     settled to, as OpenAI counts them), and what its answer was billed: the usage, its
-    price and the model that answered (None when nothing was billed). Shared by a call
-    and the calls it is reshaped into."""
+    price, the model that answered and the ``service_tier`` that served it, as the answer
+    reports it (None when nothing was billed). Shared by a call and the calls it is
+    reshaped into."""
 
     upstream: float = 0.0
     waited: float = 0.0
@@ -55,6 +56,7 @@ class Timing:
     usage: dict[str, Any] | None = None
     cost: float | None = None
     model: str | None = None
+    service_tier: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,13 +5,14 @@ of an answer read whole, and the usage a passing stream carries."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx2
 
 from fleetgate.estimate import usage_tokens
 
-__all__ = ["EXHAUSTED", "UsageScanner", "error_code", "rate_limit_headers", "retry_wait", "usage_of"]
+__all__ = ["EXHAUSTED", "UsageScanner", "error_code", "rate_limit_headers", "retry_wait", "served_tier", "usage_of"]
 
 #: What a 429 ``rate_limit_exceeded`` says of the model's quota: nothing left.
 EXHAUSTED = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "0"}
@@ -79,10 +80,27 @@ def usage_of(body: bytes) -> object:
     return whole.get("usage") if isinstance(whole, dict) else None
 
 
+_TIER_KEY = b'"service_tier"'
+#: A ``service_tier`` value: a short JSON string of letters (``default``, ``flex``, ``priority``).
+_TIER_VALUE = re.compile(rb'\s*:\s*"([a-z_]{1,32})"')
+
+
+def served_tier(body: bytes) -> str | None:
+    """The ``service_tier`` an answer reports (the tier that served it), or None. Read from
+    its key on, without parsing the answer: chat puts it at the top level after the usage,
+    the Responses API at the top level of the response. Text inside the answer cannot
+    match, its quotes being escaped; the last one found is taken, as for the usage."""
+    at = body.rfind(_TIER_KEY)
+    if at < 0:
+        return None
+    found = _TIER_VALUE.match(body, at + len(_TIER_KEY))
+    return found.group(1).decode() if found else None
+
+
 class UsageScanner:
     """Watches a passing SSE stream for its usage, without holding it back."""
 
-    __slots__ = ("_pending", "usage", "detail", "deltas")
+    __slots__ = ("_pending", "usage", "detail", "deltas", "tier")
 
     def __init__(self) -> None:
         self._pending = b""
@@ -90,6 +108,8 @@ class UsageScanner:
         #: The usage object itself (for its cost).
         self.detail: Any = None
         self.deltas = 0
+        #: The ``service_tier`` the stream reports (the tier serving it), once seen.
+        self.tier: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         data = self._pending + chunk
@@ -103,9 +123,16 @@ class UsageScanner:
                     event = json.loads(line[6:])
                 except ValueError:
                     continue
-                usage = event.get("usage") or (event.get("response") or {}).get("usage")
+                response = event.get("response") or {}
+                usage = event.get("usage") or response.get("usage")
                 tokens = usage_tokens(usage)
                 if tokens is not None:
                     self.usage, self.detail = tokens, usage
-            elif b'"delta"' in line:
-                self.deltas += 1
+                tier = event.get("service_tier") or response.get("service_tier")
+                if isinstance(tier, str):
+                    self.tier = tier
+            else:
+                if b'"delta"' in line:
+                    self.deltas += 1
+                if self.tier is None and _TIER_KEY in line:
+                    self.tier = served_tier(line)

@@ -4,7 +4,8 @@ the caller gets the first rung that can answer: a cheaper model (the rest of the
 again for it), the static answer, the deferred queue, else the refusal itself. A spent
 budget does what its ``on_exhausted`` says: wait for its next period (``queue``), step down
 only to the cheaper model (``cheaper``), answer only from the cache (``cache_only``) or
-refuse. See :mod:`fleetgate.fallback`.
+refuse. See :mod:`fleetgate.fallback`. Before any of that, a Flex call that Flex had no
+capacity for is sent again on the standard tier (:mod:`.flex`).
 
 Contract: every refusal from below ends here, as an answer marked with its rung; the
 refusal that turned the primary path down stays on the call (:attr:`Call.refusal`), for the
@@ -20,6 +21,7 @@ from fleetgate.budget.guard import Budgets
 from fleetgate.cache import AnswerCache
 from fleetgate.errors import BudgetExceeded, ConfigError, FleetgateError
 from fleetgate.fallback import Ladder, Rung, rungs
+from fleetgate.path._async.flex import FlexFallback
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path.call import Call, Refused
 from fleetgate.path.refusals import refuse
@@ -31,13 +33,13 @@ __all__ = ["Fallback"]
 class Fallback(Layer):
     name = "fallback"
 
-    def __init__(self, ladder: Ladder, budgets: Budgets, cache: AnswerCache) -> None:
-        self.ladder, self.budgets, self.cache = ladder, budgets, cache
+    def __init__(self, ladder: Ladder, budgets: Budgets, cache: AnswerCache, flex: FlexFallback) -> None:
+        self.ladder, self.budgets, self.cache, self.flex = ladder, budgets, cache, flex
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
         while True:
             try:
-                return await next(call)
+                return await self.flex.handle(call, next)
             except Refused as refused:
                 call.refusal, error = refused, refused.error
             action, wait = self._when_refused(call, error)

@@ -4,7 +4,9 @@ its user's, feature's and team's) in one round trip, waiting for room at most un
 deadline. Once the answer is in (a stream: at its end), the reservation is settled to what
 upstream counted, and the fleet's view of the model's quota is lowered to what upstream's
 ``x-ratelimit-*`` headers report (in the background). A 429 ``rate_limit_exceeded``
-empties that view for the whole fleet: upstream refused what it admitted.
+empties that view for the whole fleet: upstream refused what it admitted. Every
+``service_tier`` draws on the model's one quota: OpenAI shares rate limits across tiers
+(:mod:`fleetgate.tiers`).
 
 Contract: no room before the deadline refuses with ``RateLimited`` (Redis down under
 ``fail_closed``: ``StoreUnavailable``), a refusal of the call's own configuration; a call

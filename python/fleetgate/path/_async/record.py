@@ -70,7 +70,7 @@ class Record(Layer):
         if call.span is not None and self.tracer is not None:
             self.tracer.answered(call.span, response)
         log_request(call.endpoint, call.body, call.scope, response, seconds, timing.usage, timing.cost, timing.model,
-                    privacy=self.privacy)
+                    privacy=self.privacy, service_tier=timing.service_tier)
         response.extensions[Spent.KEY] = (seconds, timing)  # made a Spent when asked: Spent.of(response)
         return response
 

@@ -6,7 +6,9 @@ carries ``x-should-retry: false`` so the SDK does not retry on top. Connection e
 
 Contract: each attempt goes through the breaker and the limiter again (a 429 is quota,
 not health: the breaker pauses, the limiter empties the fleet's view of the model's
-quota); ``insufficient_quota`` is never retried (waiting brings no credit back).
+quota); ``insufficient_quota`` is never retried (waiting brings no credit back), nor is
+Flex's ``resource_unavailable`` (not a rate limit: the flex layer decides; see
+:mod:`fleetgate.tiers`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fleetgate.path.call import Call
 from fleetgate.path.waits import sleep_async
 from fleetgate.path.wire import retry_wait
 from fleetgate.stats import GatewayStats
+from fleetgate.tiers import flex_unavailable
 
 __all__ = ["Retry"]
 
@@ -45,10 +48,12 @@ class Retry(Layer):
 
     def _retry_in(self, call: Call, response: httpx2.Response, attempt: int) -> float | None:
         """Seconds to wait before sending a 429'd call again, or None to hand it back."""
+        outcome = call.outcome
+        if outcome is not None and flex_unavailable(429, outcome.code):
+            return None  # Flex's capacity, not the quota: not counted as a rate limit
         self.stats.count("upstream_rate_limited")
         if self.metrics is not None:
             self.metrics.limiter_refused(call.model, "upstream")
-        outcome = call.outcome
         if outcome is None or outcome.code != "rate_limit_exceeded" or response.headers.get("x-should-retry") == "false":
             return None  # insufficient_quota and the like: waiting will not help
         wait = retry_wait(response)

@@ -20,6 +20,7 @@ from fleetgate.path._async.budget import Budget
 from fleetgate.path._async.cache import Cache
 from fleetgate.path._async.dedup import Dedup
 from fleetgate.path._async.fallback import Fallback
+from fleetgate.path._async.flex import FlexFallback
 from fleetgate.path._async.lanes import Lanes
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path._async.limit import Limit
@@ -49,7 +50,7 @@ def layers(gateway: Services, inner: httpx2.AsyncBaseTransport) -> list[Layer]:
         Modes(g.modes, cfg.modes, g.ladder, g.cache, stats, g.privacy),
         Cache(g.cache) if g.cache.store is not None else None,
         Dedup(g.collapser) if cfg.dedup.enabled else None,
-        Fallback(g.ladder, g.budgets, g.cache),
+        Fallback(g.ladder, g.budgets, g.cache, FlexFallback(cfg.fallback.flex_fallback, stats)),
         Budget(g.budgets, stats) if g.budgets.active else None,
         Lanes(g.lanes_for, stats, metrics) if cfg.lanes.concurrency is not None or cfg.lanes.models else None,
         Retry(cfg.max_upstream_retries, stats, metrics),

@@ -4,9 +4,13 @@ usage picked from the events as they go by. When the answer is in (a stream: whe
 closed) the call is told how it ended (:meth:`Call.done`), and the layers above settle
 what they hold.
 
+An answer is priced at the ``service_tier`` it reports (the tier that served it, read
+beside its usage; :mod:`fleetgate.tiers`), which the call's :class:`Timing` keeps.
+
 Contract: each upstream call's health verdict (``classify`` in the Rust core: 5xx, 408 and
-no answer are failures; a 429 is quota) feeds the fleet's degradation modes, as it feeds
-the breakers; its time is counted as the call's upstream time, apart from the gateway's.
+no answer are failures; a 429 is quota; Flex's 429 ``resource_unavailable`` is neither and
+is not observed) feeds the fleet's degradation modes, as it feeds the breakers; its time is
+counted as the call's upstream time, apart from the gateway's.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import Modes
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path.call import Call, Outcome
-from fleetgate.path.wire import UsageScanner, error_code, usage_of
+from fleetgate.path.wire import UsageScanner, error_code, served_tier, usage_of
 from fleetgate.prices import PriceTable
 from fleetgate.prompts import LayoutTracker
+from fleetgate.tiers import flex_unavailable, served_tier_label
 
 __all__ = ["SettlingStream", "Upstream"]
 
@@ -63,8 +68,9 @@ class Upstream(Layer):
         if status == 200:
             usage = usage_of(response.content)
             tokens = usage_tokens(usage)
+            billed = self._billed(call, usage, served_tier(response.content) if usage is not None else None)
             call.outcome = Outcome(status, call.estimate.settle_with(tokens), "estimate" if tokens is None else "usage",
-                                   self._billed(call, usage))
+                                   billed)
         else:
             call.outcome = Outcome(status, 0, "failure", code=error_code(response) if status == 429 else None)
         call.timing.quota_tokens += call.outcome.tokens
@@ -75,7 +81,7 @@ class Upstream(Layer):
         elapsed = time.perf_counter() - started
         call.timing.upstream += elapsed
         verdict = health(status, code)
-        if verdict not in _QUOTA:
+        if verdict not in _QUOTA and not (status is not None and flex_unavailable(status, code)):
             self.modes.observe(verdict == "failure", elapsed)
 
     def _streamed(self, call: Call, scanner: UsageScanner) -> None:
@@ -83,27 +89,30 @@ class Upstream(Layer):
         prompt and one token per content delta)."""
         estimate = call.estimate
         if scanner.usage is not None:
-            outcome = Outcome(200, estimate.settle_with(scanner.usage), "usage", self._billed(call, scanner.detail),
-                              scanner.deltas)
+            outcome = Outcome(200, estimate.settle_with(scanner.usage), "usage",
+                              self._billed(call, scanner.detail, scanner.tier), scanner.deltas)
         else:
             outcome = Outcome(200, estimate.settle_with(estimate.prompt_tokens + scanner.deltas), "estimate", None,
                               scanner.deltas)
         call.timing.quota_tokens += outcome.tokens
         call.done(outcome)
 
-    def _billed(self, call: Call, usage: object) -> dict[str, Any] | None:
-        """The answer's ``usage`` priced once: kept on the call (for the router, the budget
-        and the log record) and counted in the metrics and the prompt-cache report."""
+    def _billed(self, call: Call, usage: object, tier: str | None) -> dict[str, Any] | None:
+        """The answer's ``usage`` priced once, at the `tier` that served it (the answer's
+        ``service_tier``; None: it did not say, priced at the tier asked): kept on the call
+        (for the router, the budget and the log record) and counted in the metrics and the
+        prompt-cache report."""
         if not isinstance(usage, dict):
             return None
         model, counts = call.model, usage_counts(usage)
-        cost = self.prices.counts_cost(model, counts)
+        served = tier if tier is not None else call.estimate.service_tier
+        cost = self.prices.counts_cost(model, counts, tier=served)
         timing = call.timing
-        timing.usage, timing.cost, timing.model = usage, cost, model
+        timing.usage, timing.cost, timing.model, timing.service_tier = usage, cost, model, served
         if call.template is not None and self.layout is not None:
             self.layout.usage(call.template, usage)
         if self.metrics is not None:
-            self.metrics.billed(model, call.scope.feature, counts, cost)
+            self.metrics.billed(model, call.scope.feature, counts, cost, service_tier=served_tier_label(served))
         return usage
 
 

@@ -3,7 +3,8 @@
 closed breaker lets the call through with a permit; an open one refuses it at once; a
 half-open one lets the fleet's probes through, one round for the whole fleet. How the call
 went is recorded on the permit: the health verdict of ``classify`` in the Rust core (5xx,
-408, no answer: failures; 429: quota, not health; other 4xx: the caller's doing).
+408, no answer: failures; 429: quota, not health; other 4xx, and Flex's 429
+``resource_unavailable``: neutral, see :mod:`fleetgate.tiers`).
 
 Contract: an open breaker refuses with ``CircuitOpen`` (the fallback layer decides; the
 router counts it against the side it refused and rolls a canary back); a breaker paused by

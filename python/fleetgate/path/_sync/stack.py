@@ -21,6 +21,7 @@ from fleetgate.path._sync.budget import Budget
 from fleetgate.path._sync.cache import Cache
 from fleetgate.path._sync.dedup import Dedup
 from fleetgate.path._sync.fallback import Fallback
+from fleetgate.path._sync.flex import FlexFallback
 from fleetgate.path._sync.lanes import Lanes
 from fleetgate.path._sync.layer import Layer, Next
 from fleetgate.path._sync.limit import Limit
@@ -50,7 +51,7 @@ def layers(gateway: Services, inner: httpx2.BaseTransport) -> list[Layer]:
         Modes(g.modes, cfg.modes, g.ladder, g.cache, stats, g.privacy),
         Cache(g.cache) if g.cache.store is not None else None,
         Dedup(g.collapser) if cfg.dedup.enabled else None,
-        Fallback(g.ladder, g.budgets, g.cache),
+        Fallback(g.ladder, g.budgets, g.cache, FlexFallback(cfg.fallback.flex_fallback, stats)),
         Budget(g.budgets, stats) if g.budgets.active else None,
         Lanes(g.lanes_for, stats, metrics) if cfg.lanes.concurrency is not None or cfg.lanes.models else None,
         Retry(cfg.max_upstream_retries, stats, metrics),

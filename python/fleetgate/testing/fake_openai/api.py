@@ -72,6 +72,8 @@ class Completion:
     inputs: tuple[str, ...] = ()
     #: Prompt tokens written to the prompt cache (models that bill cache writes).
     written: int = 0
+    #: The tier that serves it, as the answer reports it (:mod:`.tiers`).
+    service_tier: str = "default"
 
 
 def _answer(config: FakeConfig, model: str, prompt: str, limit: int | None,
@@ -165,7 +167,7 @@ def render(config: FakeConfig, plan: Completion, cached: int, *, text: str | Non
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None,
                                                  "annotations": []},
                          "logprobs": None, "finish_reason": plan.finish_reason}],
-            "usage": usage(plan, cached), "service_tier": "default", "system_fingerprint": "fp_fleetgate_fake",
+            "usage": usage(plan, cached), "service_tier": plan.service_tier, "system_fingerprint": "fp_fleetgate_fake",
         }
     if plan.kind == "responses":
         return response_object(plan, cached, "completed", text)
@@ -190,7 +192,7 @@ def response_object(plan: Completion, cached: int, status: str, text: str, *, re
         "id": response_id or new_id("resp"), "object": "response", "created_at": int(time.time()),
         "status": status, "model": plan.model, "output": output, "error": None, "incomplete_details": None,
         "instructions": plan.body.get("instructions"), "max_output_tokens": plan.body.get("max_output_tokens"),
-        "parallel_tool_calls": True, "temperature": plan.body.get("temperature", 1.0),
+        "parallel_tool_calls": True, "service_tier": plan.service_tier, "temperature": plan.body.get("temperature", 1.0),
         "tool_choice": "auto", "tools": [], "top_p": plan.body.get("top_p", 1.0),
         "usage": usage(plan, cached) if done else None, "metadata": plan.body.get("metadata") or {},
     }

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["BatchTimings", "FakeConfig", "Fault", "Latency", "ModelLimits", "load_config"]
+__all__ = ["BatchTimings", "FakeConfig", "Fault", "Latency", "ModelLimits", "TierBehaviour", "load_config"]
 
 
 class _Strict(BaseModel):
@@ -83,6 +83,15 @@ class BatchTimings(_Strict):
     unknown_lines: int = Field(default=0, ge=0)
 
 
+class TierBehaviour(_Strict):
+    """How the fake's tiers behave under load (probabilities per request, seeded)."""
+
+    #: A ``priority`` (or ``fast``) request served, and billed, at ``default`` instead.
+    priority_downgrade: float = Field(default=0.0, ge=0, le=1)
+    #: A ``flex`` request refused with 429 ``resource_unavailable``.
+    flex_unavailable: float = Field(default=0.0, ge=0, le=1)
+
+
 class FakeConfig(_Strict):
     seed: int = 0
     #: Limits per model; models not listed use ``default_limits``.
@@ -95,6 +104,8 @@ class FakeConfig(_Strict):
     embedding_dimensions: int = Field(default=256, gt=0, le=3072)
     #: The price file the server bills with (None: the table fleetgate ships).
     prices_file: Path | None = None
+    #: Priority downgrades and Flex capacity refusals (:mod:`fleetgate.testing.fake_openai.tiers`).
+    tiers: TierBehaviour = TierBehaviour()
 
     def limits_for(self, model: str) -> ModelLimits:
         return self.models.get(model, self.default_limits)

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from fleetgate.prices import PriceTable
-from fleetgate.testing.fake_openai import api, content
+from fleetgate.testing.fake_openai import api, content, tiers
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
 from fleetgate.testing.fake_openai.billing import Bill, Charge
@@ -182,6 +182,8 @@ class _Server:
             else:
                 shape.add(fault.kind)
 
+        if plan.kind != "embeddings":
+            plan.service_tier = tiers.serve(self.config.tiers, self.rng, body, plan.model)
         cached = self.prompt_cache.cached(plan.model, plan.prompt, plan.prompt_tokens)
         if self.bill.bills_writes(plan.model):
             plan.written = self.prompt_cache.written(plan.prompt_tokens, cached)
@@ -190,7 +192,7 @@ class _Server:
         if body.get("stream") and plan.kind != "embeddings":
             return await self._stream(request, plan, cached, text, headers, cut="cut_stream" in shape, project=project)
         result = api.render(self.config, plan, cached, text=text)
-        self.bill.charge(plan.model, api.usage(plan, cached), project=project)
+        self.bill.charge(plan.model, api.usage(plan, cached), project=project, tier=plan.service_tier)
         if "malformed_json" in shape:
             raw = json.dumps(result)
             return web.Response(text=raw[: len(raw) // 2], content_type=_JSON, headers=headers)
@@ -208,7 +210,8 @@ class _Server:
                 _drop(request)
                 return response
             await response.write(event)
-        self.bill.charge(plan.model, api.usage(plan, cached), project=project)  # billed once it ended
+        self.bill.charge(plan.model, api.usage(plan, cached), project=project,
+                         tier=plan.service_tier)  # billed once it ended
         await response.write_eof()
         return response
 
@@ -275,7 +278,7 @@ def _chat_events(plan: Completion, cached: int, deltas: list[str]) -> list[bytes
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
         data: dict[str, Any] = {
             "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": plan.model,
-            "system_fingerprint": "fp_fleetgate_fake",
+            "service_tier": plan.service_tier, "system_fingerprint": "fp_fleetgate_fake",
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         if include_usage:
@@ -287,7 +290,8 @@ def _chat_events(plan: Completion, cached: int, deltas: list[str]) -> list[bytes
     events.append(chunk({}, plan.finish_reason))
     if include_usage:
         events.append(_sse({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                            "model": plan.model, "choices": [], "usage": api.usage(plan, cached)}))
+                            "model": plan.model, "service_tier": plan.service_tier, "choices": [],
+                            "usage": api.usage(plan, cached)}))
     events.append(b"data: [DONE]\n\n")
     return events
 

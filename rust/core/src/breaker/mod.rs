@@ -11,7 +11,9 @@
 //! probes succeeding closes the breaker, any failing reopens it. `Isolated` refuses until
 //! someone resets it: an operator's `isolate()`, or an `insufficient_quota` 429 (no amount of
 //! waiting brings credit back). A 429 `rate_limit_exceeded` is quota, not health: it pauses
-//! the breaker until the reset upstream gives, counting nothing.
+//! the breaker until the reset upstream gives, counting nothing. A 429 `resource_unavailable`
+//! (Flex processing had no capacity for a `service_tier: "flex"` request) is neither quota
+//! nor health: it counts nothing and pauses nothing, since the other tiers are served.
 //!
 //! Every transition is recorded as a `Transition` for the caller to publish (metrics, logs,
 //! callbacks, and the fleet: see `fleet`).
@@ -65,9 +67,15 @@ pub enum Verdict {
     RateLimited { retry_after: Duration },
     /// A 429 `insufficient_quota`: credit is gone; isolate until reset.
     QuotaExhausted,
-    /// The caller's own doing (400, 404, 422, a cancellation): says nothing about health.
+    /// The caller's own doing (400, 404, 422, a cancellation), or a 429 `resource_unavailable`
+    /// (Flex processing had no capacity for a `service_tier: "flex"` request: not the
+    /// project's quota, and the other tiers are served): says nothing about health.
     Neutral,
 }
+
+/// The `code` of OpenAI's 429 "Resource Unavailable": Flex processing has no capacity for
+/// the request now (it is not billed; standard processing may still serve it).
+pub const FLEX_UNAVAILABLE: &str = "resource_unavailable";
 
 /// Classify an upstream outcome: an HTTP status with the error's `code`, or `None` for a
 /// call that got no response (timeout, connection error).
@@ -75,6 +83,7 @@ pub fn classify(status: Option<u16>, error_code: Option<&str>, retry_after: Dura
     match status {
         None => Verdict::Failure,
         Some(429) if error_code == Some("insufficient_quota") => Verdict::QuotaExhausted,
+        Some(429) if error_code == Some(FLEX_UNAVAILABLE) => Verdict::Neutral,
         Some(429) => Verdict::RateLimited { retry_after },
         Some(408) | Some(500..=599) => Verdict::Failure,
         Some(200..=399) => Verdict::Success,
@@ -677,6 +686,7 @@ mod tests {
         assert_eq!(classify(Some(200), None, z), Verdict::Success);
         assert_eq!(classify(Some(429), Some("insufficient_quota"), z), Verdict::QuotaExhausted);
         assert_eq!(classify(Some(429), Some("rate_limit_exceeded"), MS), Verdict::RateLimited { retry_after: MS });
+        assert_eq!(classify(Some(429), Some("resource_unavailable"), MS), Verdict::Neutral);
         for s in [400, 401, 404, 422, 499] {
             assert_eq!(classify(Some(s), None, z), Verdict::Neutral, "{s}");
         }
