@@ -109,3 +109,80 @@ def test_a_bad_tier_field_is_named(tmp_path: Path) -> None:
     path.write_text('[models."m"]\ninput = 1.0\nflex = { input = "cheap" }\n')
     with pytest.raises(fg.ConfigError, match=r'model "m", field "flex.input"'):
         PriceTable.load(path)
+
+
+# -- the shipped table ---------------------------------------------------------------------
+
+def test_every_shipped_model_has_its_rates_and_a_source() -> None:
+    table = default_prices()
+    assert table.source and table.source.startswith("https://") and table.read is not None
+    for name, price in table.models.items():
+        assert price.input > 0, name
+        if "embedding" not in name:
+            assert price.output > 0, name  # embeddings are billed on input only
+        source = table.source_of(name)
+        assert source is not None and "https://" in source, name
+        for tier in ("default", "batch", "flex", "priority"):
+            rates = price.rates(1000, tier)
+            assert rates.input > 0 and (rates.cached_input is None or rates.cached_input <= rates.input), (name, tier)
+
+
+def test_the_current_families_are_priced() -> None:
+    table = default_prices()
+    for name in ("gpt-6.2-astra", "gpt-6.2-sol", "gpt-6.1-sol", "gpt-6-luna", "gpt-5.6-sol", "gpt-5.6-terra",
+                 "gpt-5.6-luna", "gpt-5.5", "gpt-5.4-mini", "gpt-5", "gpt-5-nano", "gpt-4o", "gpt-4o-mini", "o3",
+                 "o4-mini", "text-embedding-3-large", "gpt-image-1"):
+        assert table.price(name) is not None, name
+
+
+def test_models_that_bill_cache_writes_bill_them_at_a_quarter_over_input() -> None:
+    table = default_prices()
+    for name in ("gpt-6.2-sol", "gpt-6-astra", "gpt-5.6-sol", "gpt-5.6-luna"):
+        price = table.price(name)
+        assert price is not None and price.cache_write == pytest.approx(price.input * 1.25), name
+        long = price.rates(300_000)
+        assert long.input == pytest.approx(price.input * 2) and long.output == pytest.approx(price.output * 1.5)
+        assert price.rates(1000, "priority").input == pytest.approx(price.input * 2)
+    assert table.price("gpt-4.1") is not None and table.price("gpt-4.1").cache_write is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("model", "priced_as"), [
+    ("gpt-5.1-codex-2025-11-13", "gpt-5.1-codex"),
+    ("gpt-5.1-codex-mini", "gpt-5.1-codex-mini"),  # not gpt-5.1, which costs five times more
+    ("o4-mini-deep-research-2025-06-26", "o4-mini-deep-research"),  # not o4-mini
+    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),  # not gpt-4o
+    ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),  # a snapshot that kept its own price
+    ("gpt-4o-2024-11-20", "gpt-4o"),
+    ("gpt-4-0613", "gpt-4"),
+    ("gpt-5.6-sol-2026-07-09", "gpt-5.6-sol"),
+    ("gpt-image-1-mini", "gpt-image-1-mini"),
+    ("ft:gpt-4.1-mini:acme::AbC123", "ft:gpt-4.1-mini"),  # fine-tuned inference costs more
+    ("ft:gpt-4o-2024-08-06:acme:support:AbC123", "ft:gpt-4o"),
+    ("ft:gpt-5.4-mini:acme::AbC123", "gpt-5.4-mini"),  # no fine-tuned price listed: the base's
+])
+def test_snapshots_and_fine_tunes_resolve_to_their_own_family(model: str, priced_as: str) -> None:
+    assert default_prices().priced_as(model) == priced_as
+
+
+def test_a_name_that_only_starts_like_a_listed_model_has_no_price() -> None:
+    table = default_prices()
+    for name in ("gpt-4o-realtime-preview", "gpt-4o-mini-tts", "gpt-5.6-sol-mini", "gpt-4.1-mini-turbo", "ft:nothing"):
+        assert table.priced_as(name) is None and table.price(name) is None, name
+
+
+def test_a_fine_tune_costs_what_its_listing_says() -> None:
+    table = default_prices()
+    usage = {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000}
+    assert table.cost("ft:gpt-4.1-mini:acme::x", usage) == pytest.approx(0.80 + 3.20)
+    assert table.cost("gpt-4.1-mini", usage) == pytest.approx(0.40 + 1.60)
+
+
+def test_prices_of_the_config_name_their_source(tmp_path: Path) -> None:
+    table = PriceTable.from_settings(PriceSettings.model_validate(
+        {"models": {"in-house": {"input": 1.0, "output": 2.0}, "gpt-4.1": {"input": 1.0, "output": 4.0,
+                                                                           "source": "our contract"}}}))
+    assert table.source_of("in-house") == "[prices.models]" and table.source_of("gpt-4.1") == "our contract"
+    assert table.source_of("gpt-4o") == default_prices().source
+    path = tmp_path / "prices.toml"
+    path.write_text('[models."m"]\ninput = 1.0\noutput = 2.0\n')
+    assert PriceTable.load(path).source_of("m") == str(path)  # a file that names no source is its own
