@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import fleetgate as fg
+from fleetgate.cli import main as cli
 from fleetgate.config import PriceSettings
 from fleetgate.prices import ModelPrice, PriceTable, default_prices, price_tier
 
@@ -186,3 +188,53 @@ def test_prices_of_the_config_name_their_source(tmp_path: Path) -> None:
     path = tmp_path / "prices.toml"
     path.write_text('[models."m"]\ninput = 1.0\noutput = 2.0\n')
     assert PriceTable.load(path).source_of("m") == str(path)  # a file that names no source is its own
+
+
+# -- fleetgate prices ------------------------------------------------------------------------
+
+def prices_cli(*args: str) -> list[str]:
+    result = CliRunner().invoke(cli, ["prices", *args], env={"FLEETGATE_ENV": None})
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()
+
+
+def test_fleetgate_prices_prints_each_model_at_each_tier_with_its_source() -> None:
+    lines = prices_cli()
+    assert lines[0] == ("prices: https://developers.openai.com/api/docs/pricing, read 2026-12-06 "
+                        "(dollars per 1M tokens; – : billed as input)")
+    rows = [line.split() for line in lines[2:]]
+    assert len(rows) == 4 * len(default_prices().models)
+    sol = [r for r in rows if r[0] == "gpt-6.2-sol"]
+    assert [r[1:6] for r in sol] == [["default", "2.00", "0.10", "2.50", "10.00"],
+                                     ["batch", "1.00", "0.05", "1.25", "5.00"],
+                                     ["flex", "1.00", "0.05", "1.25", "5.00"],
+                                     ["priority", "4.00", "0.20", "5.00", "20.00"]]
+    assert sol[0][6:11] == ["above", "272000:", "4.00", "/", "0.20"] and sol[0][-1].endswith("gpt-6.2-sol]")
+    assert ["gpt-4.1", "default", "2.00", "0.50", "–", "8.00"] in rows  # no cache-write charge
+    assert ["text-embedding-3-large", "batch", "0.065", "–", "–", "0.00"] in rows
+
+
+def test_fleetgate_prices_shows_the_config_table_and_filters(tmp_path: Path) -> None:
+    path = tmp_path / "fleetgate.toml"
+    path.write_text('[prices.models."in-house-7b"]\ninput = 0.30\noutput = 0.60\n'
+                    'priority = { input = 0.90, output = 1.80 }\n')
+    lines = prices_cli("--config", str(path), "--model", "in-house-*", "--tier", "priority", "--tier", "default")
+    assert [line.split() for line in lines[2:]] == [
+        ["in-house-7b", "default", "0.30", "–", "–", "0.60", "[source:", "[prices.models]]"],
+        ["in-house-7b", "priority", "0.90", "–", "–", "1.80"]]
+    assert [line.split()[:2] for line in prices_cli("--model", "ft:gpt-4o-2024-08-06:acme::x", "--tier", "default")[2:]
+            ] == [["ft:gpt-4o", "default"]]  # the entry a fine-tune is priced as
+
+
+def test_the_command_offers_every_tier() -> None:
+    from fleetgate.cli.prices import TIERS as OFFERED
+    from fleetgate.prices import TIERS
+
+    assert OFFERED == TIERS
+
+
+def test_fleetgate_prices_says_what_to_do_about_an_unpriced_model() -> None:
+    result = CliRunner().invoke(cli, ["prices", "--model", "gpt-4o-realtime-preview"])
+    assert result.exit_code == 1
+    assert "no priced model matches 'gpt-4o-realtime-preview'" in result.output
+    assert '[prices.models."gpt-4o-realtime-preview"]' in result.output
