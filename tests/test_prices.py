@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import openai
 import pytest
 from click.testing import CliRunner
 
@@ -12,6 +13,7 @@ import fleetgate as fg
 from fleetgate.cli import main as cli
 from fleetgate.config import PriceSettings
 from fleetgate.prices import ModelPrice, PriceTable, default_prices, price_tier
+from fleetgate.testing.fake_openai import FakeOpenAI
 
 TABLE = """
 batch_discount = 0.5
@@ -238,3 +240,10 @@ def test_fleetgate_prices_says_what_to_do_about_an_unpriced_model() -> None:
     assert result.exit_code == 1
     assert "no priced model matches 'gpt-4o-realtime-preview'" in result.output
     assert '[prices.models."gpt-4o-realtime-preview"]' in result.output
+
+
+def test_the_fake_lists_the_models_of_the_shipped_table(fake_openai: FakeOpenAI) -> None:
+    listed = {m.id for m in openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-fake").models.list()}
+    shipped = {name for name in default_prices().models if not name.startswith("ft:")}
+    assert listed >= shipped and {"gpt-6.2-sol", "gpt-5.6-terra", "text-embedding-3-large", "gpt-image-1"} <= listed
+    assert not any(name.startswith("ft:") for name in listed)  # those entries price fine-tunes
