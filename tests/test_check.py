@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -268,3 +269,23 @@ def test_a_key_in_the_config_file_fails_without_printing_it(tmp_path: Path, redi
     for line in (4, 7):  # a key in a comment is in the repository too
         assert f"FAIL  secrets: {path} line {line} holds an OpenAI API key: read it from OPENAI_API_KEY instead" in lines
     assert any("[cache.semantic] api_key: unknown key" in line for line in lines)  # and no such setting exists
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_worker_notes_what_it_gates_itself(fleet_redis: str) -> None:
+    seen = SeenModels(fleet_redis)
+    seen.note("gpt-5.4")  # the parent's writer thread is running when it forks
+    assert seen.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: a writer and a connection of its own
+        try:
+            seen.note("gpt-5.4")  # a new process: noted again
+            seen.note("gpt-5.4-nano")
+            os._exit(0 if seen.flush(30) and seen.names() == {"gpt-5.4", "gpt-5.4-nano"} else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert set(recent(fleet_redis)) == {"gpt-5.4", "gpt-5.4-nano"}
+    assert seen.names() == {"gpt-5.4"}
+    seen.close()

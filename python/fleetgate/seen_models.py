@@ -13,14 +13,17 @@ price before a budget refuses their calls.
 
 A process notes at most :data:`MOST_PER_PROCESS` names. When Redis cannot be reached the
 names stay queued, the failure is logged once, and the next note (or :meth:`close`) tries
-again.
+again. A forked child (a server that makes its gateway before forking its workers) starts
+afresh: it notes what it gates itself, with a writer and a connection of its own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -51,6 +54,11 @@ class SeenModels:
     def __init__(self, redis_url: str | None, *, clock: Callable[[], float] = time.time) -> None:
         self.redis_url = redis_url
         self._clock = clock
+        self._fresh()
+        _ALL.add(self)
+
+    def _fresh(self) -> None:
+        """The state of a process that has noted nothing yet."""
         self._seen: set[str] = set()
         self._pending: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -148,6 +156,20 @@ class SeenModels:
             log.warning("fleetgate: noting the models this process gates in %s again", redacted_url(self.redis_url))
         self._failing = False
         return True
+
+
+_ALL: weakref.WeakSet[SeenModels] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for seen in list(_ALL):
+        closed = seen._closed
+        seen._fresh()
+        seen._closed = closed
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def recent(redis_url: str, *, within: float = RECENT_SECONDS, now: float | None = None,
