@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import openai
 import pytest
 from click.testing import CliRunner
 
@@ -106,13 +105,6 @@ def test_settings_override_the_shipped_batch_discount_for_every_model() -> None:
     model = "gpt-4.1-mini"
     assert table.cost(model, usage, batch=True) == pytest.approx((table.cost(model, usage) or 0) * 0.25)
     assert shipped.cost(model, usage) == table.cost(model, usage)
-
-
-def test_a_bad_tier_field_is_named(tmp_path: Path) -> None:
-    path = tmp_path / "bad.toml"
-    path.write_text('[models."m"]\ninput = 1.0\nflex = { input = "cheap" }\n')
-    with pytest.raises(fg.ConfigError, match=r'model "m", field "flex.input"'):
-        PriceTable.load(path)
 
 
 # -- the shipped table ---------------------------------------------------------------------
@@ -243,7 +235,16 @@ def test_fleetgate_prices_says_what_to_do_about_an_unpriced_model() -> None:
 
 
 def test_the_fake_lists_the_models_of_the_shipped_table(fake_openai: FakeOpenAI) -> None:
+    import openai
+
     listed = {m.id for m in openai.OpenAI(base_url=fake_openai.base_url, api_key="sk-fake").models.list()}
     shipped = {name for name in default_prices().models if not name.startswith("ft:")}
     assert listed >= shipped and {"gpt-6.2-sol", "gpt-5.6-terra", "text-embedding-3-large", "gpt-image-1"} <= listed
     assert not any(name.startswith("ft:") for name in listed)  # those entries price fine-tunes
+
+
+def test_a_bad_tier_field_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[models."m"]\ninput = 1.0\nflex = { input = "cheap" }\n')
+    with pytest.raises(fg.ConfigError, match=r'model "m", field "flex.input"'):
+        PriceTable.load(path)
