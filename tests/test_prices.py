@@ -243,6 +243,41 @@ def test_the_fake_lists_the_models_of_the_shipped_table(fake_openai: FakeOpenAI)
     assert not any(name.startswith("ft:") for name in listed)  # those entries price fine-tunes
 
 
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_current_models_pass_a_budget_and_are_recorded_as_billed(fake_openai: FakeOpenAI, mode: str) -> None:
+    """Calls of models the table once lacked are no longer refused under a budget, and the
+    fleet records what upstream billed for each."""
+    import asyncio
+
+    gate = fg.Gateway(base_url=fake_openai.base_url, budgets={"limits": [{"dollars": 100.0}]})
+    chats = ("gpt-6.2-sol", "gpt-5.6-terra", "gpt-5.4-mini-2026-03-17", "gpt-4o", "o4-mini")
+    messages = [{"role": "user", "content": "Summarise the refund policy in one line."}]
+
+    async def send_async() -> None:
+        client = gate.async_openai(api_key="sk-fake", max_retries=0)
+        for model in chats:
+            await client.chat.completions.create(model=model, messages=messages, max_tokens=40)
+        await client.embeddings.create(model="text-embedding-3-large", input="refund policy")
+
+    if mode == "async":
+        asyncio.run(send_async())
+    else:
+        client = gate.openai(api_key="sk-fake", max_retries=0)
+        for model in chats:
+            client.chat.completions.create(model=model, messages=messages, max_tokens=40)
+        client.embeddings.create(model="text-embedding-3-large", input="refund policy")
+    billed: dict[str, float] = {}
+    for charge in fake_openai.bill():
+        assert charge.dollars is not None and charge.dollars > 0, charge
+        billed[charge.model] = billed.get(charge.model, 0.0) + charge.dollars
+    recorded = dict(gate.costs())
+    gate.close()
+    assert set(recorded) == set(billed) == {*chats, "text-embedding-3-large"}
+    for model, dollars in billed.items():
+        assert recorded[model] == pytest.approx(dollars), model
+
+
 def test_a_bad_tier_field_is_named(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('[models."m"]\ninput = 1.0\nflex = { input = "cheap" }\n')
