@@ -19,6 +19,7 @@ from fleetgate.cli import main as cli
 from fleetgate.config import GatewayConfig
 from fleetgate.seen_models import SeenModels, recent
 from fleetgate.testing.fake_openai import FakeOpenAI
+from tests.polling import until
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -288,4 +289,21 @@ def test_a_forked_worker_notes_what_it_gates_itself(fleet_redis: str) -> None:
     assert os.WEXITSTATUS(status) == 0
     assert set(recent(fleet_redis)) == {"gpt-5.4", "gpt-5.4-nano"}
     assert seen.names() == {"gpt-5.4"}
+    seen.close()
+
+
+def test_models_noted_while_redis_is_down_are_kept_and_the_outage_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    seen = SeenModels(f"redis://:hunter2@127.0.0.1:{port}")
+    with caplog.at_level(logging.WARNING, logger="fleetgate"):
+        seen.note("gpt-5.4")
+        until(lambda: any("cannot note the models" in r.getMessage() for r in caplog.records))
+        seen.note("gpt-5.4-mini")  # tried again: still down, not logged again
+        assert not seen.flush(0.2)
+    warned = [r.getMessage() for r in caplog.records if "cannot note the models" in r.getMessage()]
+    assert len(warned) == 1 and f"redis://:***@127.0.0.1:{port}" in warned[0] and "hunter2" not in warned[0]
+    assert seen.names() == {"gpt-5.4", "gpt-5.4-mini"}
     seen.close()

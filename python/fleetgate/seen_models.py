@@ -107,8 +107,10 @@ class SeenModels:
             return True
 
     def close(self, timeout: float = 2.0) -> None:
-        """Write what is still queued (waiting at most `timeout` seconds) and stop the writer."""
-        self.flush(timeout)
+        """Write what is still queued (waiting at most `timeout` seconds, and not at all while
+        Redis cannot be reached) and stop the writer."""
+        if not self._failing:
+            self.flush(timeout)
         with self._lock:
             self._closed = True
             self._wake.notify_all()
