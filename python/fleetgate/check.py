@@ -1,7 +1,9 @@
 """``fleetgate check``: what a pipeline runs before a deploy. It validates the config,
 reaches Redis and the upstream (``GET /models``: no tokens spent), confirms that budgets
-and metrics are on, and looks for secrets written into the config file. Every problem is
-one line; any problem makes the command exit non-zero.
+and metrics are on, names the models it names or the fleet gated lately that have no price
+(``WARN`` when a budget would refuse their calls), and looks for secrets written into the
+config file. Every problem is one line; any problem (``FAIL`` or ``WARN``) makes the
+command exit non-zero.
 
     $ FLEETGATE_ENV=production fleetgate check --config fleetgate.toml
     ok    config: fleetgate.toml (production)
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ _DEFAULT_BASE_URL = "https://api.openai.com/v1"
 class Finding:
     """One line of the check: what was checked, whether it passed, and what to do."""
 
-    status: Literal["ok", "FAIL"]
+    status: Literal["ok", "WARN", "FAIL"]
     area: str
     message: str
 
@@ -71,10 +74,12 @@ def run_checks(config_path: str | Path | None, *, api_key: str | None = None, ti
     gateway = None
     try:
         gateway = _gateway(config, findings)
-        findings.append(_redis(config, gateway))
+        reached = _redis(config, gateway)
+        findings.append(reached)
         findings.append(_upstream(config, api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"),
                                   timeout))
         findings.append(_budgets(config))
+        findings.extend(_prices(config, gateway, reached.status == "ok", timeout))
         findings.append(_metrics(config))
     finally:
         if gateway is not None:
@@ -166,6 +171,45 @@ def _budgets(config: GatewayConfig) -> Finding:
     return Finding("ok", "budgets", shown)
 
 
+def _prices(config: GatewayConfig, gateway: Any, redis_answers: bool, timeout: float) -> list[Finding]:
+    """The models the config names, and those the fleet gated in the last 7 days (read from
+    Redis), that have no price: WARN when a budget refuses their calls."""
+    from fleetgate.config.named_models import model_places
+    from fleetgate.seen_models import RECENT_SECONDS, recent
+
+    if gateway is None:
+        return []  # the config does not make a gateway, nor so its price table: said above
+    table = gateway.prices
+    refused = config.budgets.unpriced == "refuse" and bool(config.budgets.limits)
+    status: Literal["ok", "WARN"] = "WARN" if refused else "ok"
+    what = ('a budget refuses their calls ([budgets] unpriced = "refuse")' if refused else
+            "no budget counts their calls" + (' ([budgets] unpriced = "allow")' if config.budgets.limits else ""))
+    todo = "; price it under [prices.models.\"{}\"] (`fleetgate prices` shows the table), or check the name"
+    found = []
+    configured = {m: where for m, where in model_places(config).items() if table.price(m) is None}
+    for model, where in sorted(configured.items()):
+        found.append(Finding(status, "prices", f"{model!r}, named in {', '.join(where)}, has no price: {what}"
+                                               + todo.format(model)))
+    fleet = ""
+    if config.redis_url is not None and redis_answers:
+        try:
+            seen = recent(config.redis_url, timeout=timeout)
+        except Exception as e:  # redis-py's errors: the check's finding
+            return [*found, Finding("FAIL", "prices", f"cannot read the models the fleet gated from "
+                                                      f"{redacted_url(config.redis_url)} ({type(e).__name__}: {e})")]
+        for model, at in seen.items():
+            if model not in configured and table.price(model) is None:
+                when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+                found.append(Finding(status, "prices", f"{model!r}, gated by the fleet (last noted {when}), has no "
+                                                       f"price: {what}" + todo.format(model)))
+        fleet = f" and every one the fleet gated in the last {RECENT_SECONDS // 86400} days"
+    if found:
+        return found
+    read = f", read {table.read.isoformat()}" if table.read else ""
+    return [Finding("ok", "prices", f"every configured model{fleet} has a price ({len(table.models)} models from "
+                                    f"{table.source}{read})")]
+
+
 def _metrics(config: GatewayConfig) -> Finding:
     if not config.metrics.enabled:
         return Finding("FAIL", "metrics", "disabled ([metrics] enabled = false): no alert could fire; enable them")
@@ -179,7 +223,7 @@ def _metrics(config: GatewayConfig) -> Finding:
 
 
 def render(findings: list[Finding], echo: Callable[[str], None]) -> bool:
-    """Print each finding; True when all passed."""
+    """Print each finding; True when all passed (none is FAIL or WARN)."""
     for finding in findings:
         echo(str(finding))
     return all(f.status == "ok" for f in findings)

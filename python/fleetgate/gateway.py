@@ -47,6 +47,7 @@ from fleetgate.prompts import Compressor, LayoutTracker, Savings, render_report
 from fleetgate.privacy import Privacy
 from fleetgate.prices import PriceTable
 from fleetgate.scope import Priority, Scope, current_scope, scope
+from fleetgate.seen_models import SeenModels
 from fleetgate.stats import GatewayStats
 from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
 from fleetgate.tracing import tracer
@@ -144,9 +145,11 @@ class Gateway:
         self._quota_memo: dict[tuple[str, str], Quota | None] = {}
         self.ladder = Ladder(self.config.fallback)
         self.collapser = Collapser(self.config.dedup, self.stats, self.limiter, self.config.redis_url)
+        #: The models this process gates, noted for `fleetgate check` (:mod:`fleetgate.seen_models`).
+        self.seen_models = SeenModels(self.config.redis_url)
         self.budgets = Budgets(self.config.budgets, self.prices, self.limiter, self.stats.count, on_budget_alert,
                                failure_policy=self.config.failure_policy, local_share=self.config.local_share,
-                               privacy=self.privacy)
+                               privacy=self.privacy, on_unpriced=self.seen_models.note)
         self.presets = Presets(self.config.presets)
         # One embedder (one model loaded) for the semantic layer and the nearest classifier.
         semantic = self.config.cache.semantic.enabled
@@ -214,6 +217,7 @@ class Gateway:
         self.cache.close()
         self.router.close()
         self.privacy.close()
+        self.seen_models.close()
 
     @property
     def closed(self) -> bool:
@@ -298,6 +302,8 @@ class Gateway:
             return memo[key]
         except KeyError:
             pass
+        if kind == "model":  # a model new to this process (or to a fresh memo)
+            self.seen_models.note(name)
         limits = self._limits(kind, name)
         label = name if kind == "model" else self.privacy.label(kind, name)
         found = (Quota(f"{kind}:{label}", limits.requests_per_minute, limits.tokens_per_minute,

@@ -16,8 +16,14 @@ A price file::
 
 An absent ``batch`` is the standard price times ``batch_discount``; an absent ``flex`` is
 the batch price; an absent ``priority`` is the standard price. A dated snapshot
-(``gpt-4.1-mini-2025-04-14``) and a fine-tune (``ft:gpt-4.1-mini:…``) take the price of the
-model they are named after unless the file lists them.
+(``gpt-4.1-mini-2025-04-14``, ``gpt-4-0613``) takes the price of the model it is named after
+unless the file lists it; a name that only starts like a listed one
+(``gpt-4o-realtime-preview``) has no price, rather than a neighbour's. A fine-tune
+(``ft:gpt-4.1-mini:…``) takes the price listed as ``ft:gpt-4.1-mini`` (fine-tuned models
+cost more than their base), else its base model's.
+
+A file says where its prices come from and when they were read (``source``, ``read``); a
+model whose figures come from elsewhere says so in its own ``source``.
 
 A request's ``service_tier`` is priced as :func:`price_tier` says: ``flex``, ``priority``
 (also ``fast``), or the standard price (``auto``, ``default``, ``scale``). The response's
@@ -26,8 +32,10 @@ A request's ``service_tier`` is priced as :func:`price_tier` says: ``flex``, ``p
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -109,6 +117,8 @@ class ModelPrice:
     output: float = 0.0
     cache_write: float | None = None
     tiers: dict[str, TierPrice] = field(default_factory=dict, compare=False, hash=False)
+    #: Where these figures come from (None: the table's source).
+    source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         standard = self.tiers.get("default") or TierPrice(Rates(self.input, self.cached_input, self.cache_write,
@@ -137,13 +147,24 @@ class _PriceFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_discount: float = Field(default=0.5, gt=0, le=1)
+    source: str | None = None
+    read: date | None = None
     models: dict[str, PriceFields] = Field(default_factory=dict)
+
+
+#: What may follow a model's name in a dated snapshot of it: ``-2025-04-14``, ``-0613``, ``-20250414``.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4}|\d{8})")
 
 
 @dataclass(frozen=True)
 class PriceTable:
+    """Model prices, where they come from (`source`, a URL or file) and the day they were
+    read (`read`)."""
+
     models: dict[str, ModelPrice]
     batch_discount: float = 0.5
+    source: str | None = None
+    read: date | None = None
 
     @classmethod
     def load(cls, path: str | Path, *, batch_discount: float | None = None) -> PriceTable:
@@ -161,7 +182,8 @@ class PriceTable:
         except ValidationError as e:
             raise ConfigError(f"price file {p}: {_describe(e)}") from e
         discount = parsed.batch_discount if batch_discount is None else batch_discount
-        return cls({name: _price(f, discount) for name, f in parsed.models.items()}, discount)
+        return cls({name: _price(f, discount) for name, f in parsed.models.items()}, discount,
+                   parsed.source or str(p), parsed.read)
 
     @classmethod
     def from_settings(cls, settings: PriceSettings) -> PriceTable:
@@ -172,8 +194,9 @@ class PriceTable:
         discount = settings.batch_discount if settings.batch_discount is not None else base.batch_discount
         if settings.file is None and settings.batch_discount is not None:
             base = cls.load(Path(__file__).with_name("prices.toml"), batch_discount=discount)
-        models = {**base.models, **{name: _price(f, discount) for name, f in settings.models.items()}}
-        return cls(models, discount)
+        models = {**base.models, **{name: _price(f, discount, "[prices.models]")
+                                    for name, f in settings.models.items()}}
+        return cls(models, discount, base.source, base.read)
 
     def price(self, model: str) -> ModelPrice | None:
         """The price of `model`, or of the model a snapshot or fine-tune is named after."""
@@ -184,13 +207,36 @@ class PriceTable:
         return None if listed is None else self.models[listed]
 
     def priced_as(self, model: str) -> str | None:
-        """The listed model `model` is priced as: itself, or the model a snapshot
-        (``gpt-4.1-2025-04-14``) or fine-tune (``ft:gpt-4.1:org::id``) is named after."""
-        name = model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 1 else model
+        """The listed model `model` is priced as: itself, the model a dated snapshot
+        (``gpt-4.1-2025-04-14``) is named after, or for a fine-tune (``ft:gpt-4.1:org::id``)
+        ``ft:<base>`` if listed, else the base."""
+        if model in self.models:
+            return model
+        if model.startswith("ft:"):
+            base = self._listed(model.split(":")[1])
+            if base is None:
+                return None
+            return f"ft:{base}" if f"ft:{base}" in self.models else base
+        return self._listed(model)
+
+    def _listed(self, name: str) -> str | None:
+        """`name` if listed, else the listed model `name` is a dated snapshot of."""
         if name in self.models:
             return name
-        matches = [listed for listed in self.models if name.startswith(listed + "-")]
-        return max(matches, key=len) if matches else None
+        family, dash, _ = name.rpartition("-")
+        while dash:
+            if family in self.models and _SNAPSHOT.fullmatch(name[len(family):]):
+                return family
+            family, dash, _ = family.rpartition("-")
+        return None
+
+    def source_of(self, model: str) -> str | None:
+        """Where the price `model` is charged at comes from: the model's own source, else
+        the table's."""
+        listed = self.priced_as(model)
+        if listed is None:
+            return None
+        return self.models[listed].source or self.source
 
     def cost(self, model: str, usage: dict[str, Any] | None, *, batch: bool = False,
              tier: str | None = None) -> float | None:
@@ -222,14 +268,15 @@ def _tier(fields: TierFields) -> TierPrice:
     return TierPrice(_rates(fields), None if long is None else _rates(long), 0 if long is None else long.above)
 
 
-def _price(fields: PriceFields, batch_discount: float) -> ModelPrice:
+def _price(fields: PriceFields, batch_discount: float, source: str | None = None) -> ModelPrice:
     standard = _tier(fields)
     tiers = {"default": standard, "batch": _tier(fields.batch) if fields.batch else standard.scaled(batch_discount)}
     if fields.flex is not None:
         tiers["flex"] = _tier(fields.flex)
     if fields.priority is not None:
         tiers["priority"] = _tier(fields.priority)
-    return ModelPrice(fields.input, fields.cached_input, fields.output, fields.cache_write, tiers)
+    return ModelPrice(fields.input, fields.cached_input, fields.output, fields.cache_write, tiers,
+                      fields.source or source)
 
 
 def _describe(error: ValidationError) -> str:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from fleetgate._core import count_tokens, encoding_for_model
 from fleetgate.config import GatewayConfig
+from fleetgate.config.named_models import model_places
 from fleetgate.errors import FleetgateError
 
 if TYPE_CHECKING:
@@ -47,18 +48,8 @@ _DEFAULT_MODEL = "gpt-4o"
 
 
 def configured_models(config: GatewayConfig) -> set[str]:
-    """Every model `config` names: its limits, lanes, fallbacks, presets, routing tiers,
-    routed models, rollouts and override."""
-    found = {*config.models, *config.lanes.models, *config.fallback.models, *config.fallback.models.values(),
-             *config.routing.route_models, *(tier.model for tier in config.routing.tiers)}
-    found.update(p.model for p in config.presets.values() if p.model)
-    for rollout in config.routing.rollouts.values():
-        found.update(m for m in (rollout.model, rollout.baseline.model, rollout.canary.model) if m)
-    if config.model_override:
-        found.add(config.model_override)
-    if config.cache.semantic.embedder.startswith("openai:"):
-        found.add(config.cache.semantic.embedder.removeprefix("openai:"))
-    return found
+    """Every model `config` names (see :func:`~fleetgate.config.named_models.model_places`)."""
+    return set(model_places(config))
 
 
 class Warmup:

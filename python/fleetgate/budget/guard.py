@@ -105,11 +105,13 @@ class Budgets:
     def __init__(self, settings: BudgetSettings, prices: PriceTable, limiter: Limiter,
                  count: Callable[[str], None], on_alert: AlertCallback | None = None, *,
                  failure_policy: str | None = None, local_share: float | None = None,
-                 privacy: Privacy | None = None) -> None:
+                 privacy: Privacy | None = None, on_unpriced: Callable[[str], None] | None = None) -> None:
         """`failure_policy` (default: the limiter's) and `local_share` (default: the
         gateway's default) decide what happens while the store is down. `privacy` names
-        users (default: a key for this process alone)."""
+        users (default: a key for this process alone). `on_unpriced(model)` hears of each
+        call of a model with no price."""
         self.settings = settings
+        self._on_unpriced = on_unpriced
         self.privacy = privacy if privacy is not None else Privacy.process_local()
         self.prices = prices
         self._count = count
@@ -181,6 +183,8 @@ class Budgets:
         ``[budgets] unpriced = "refuse"``."""
         price = self.prices.price(estimate.model)
         if price is None:
+            if self._on_unpriced is not None:
+                self._on_unpriced(estimate.model)
             if self.settings.unpriced == "refuse":
                 raise ConfigError(
                     f"model {estimate.model!r} has no price, so no budget can hold its calls: add it under "

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("fleetgate.cli.run", "run"),
     "batch": ("fleetgate.cli.batch", "batch"),
     "costs": ("fleetgate.cli.costs", "costs"),
+    "prices": ("fleetgate.cli.prices", "prices"),
     "fake-openai": ("fleetgate.cli.fake_openai", "fake_openai"),
     "metrics": ("fleetgate.cli.metrics", "metrics"),
     "cache": ("fleetgate.cli.cache", "cache"),

@@ -16,7 +16,8 @@ import click
               help="Seconds each reach for Redis or the upstream may take.")
 def check(config_path: str | None, env: str | None, redis_url: str | None, timeout: float) -> None:
     """Before a deploy: the config valid, Redis and the upstream reachable, budgets and metrics
-    on, no secret in the config file. One line per check; exits 1 on any problem."""
+    on, every model it names or the fleet gated lately priced, no secret in the config file.
+    One line per check; exits 1 on any problem (FAIL or WARN)."""
     from fleetgate.check import render, run_checks
 
     overrides: dict[str, Any] = {}

@@ -43,6 +43,8 @@ class PriceFields(TierFields):
     flex: TierFields | None = None
     priority: TierFields | None = None
     batch: TierFields | None = None
+    #: Where these figures come from, when not from the table's ``source``.
+    source: str | None = None
 
 
 class PriceSettings(BaseModel):

@@ -21,6 +21,7 @@ from fleetgate.testing.fake_openai import api, content, tiers
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
 from fleetgate.testing.fake_openai.billing import Bill, Charge
+from fleetgate.testing.fake_openai.catalog import model_list
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
 from fleetgate.testing.fake_openai.limits import ModelQuota
 from fleetgate.testing.fake_openai.usage_api import UsageApi
@@ -96,10 +97,7 @@ class _Server:
     # -- endpoints ---------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
-        names = sorted({*self.config.models, "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3-mini",
-                        "text-embedding-3-small"})
-        data = [{"id": n, "object": "model", "created": 1_700_000_000, "owned_by": "fleetgate-fake"} for n in names]
-        return _json({"object": "list", "data": data}, headers={"x-request-id": api.new_id("req")})
+        return _json(model_list(self.bill.prices, self.config.models), headers={"x-request-id": api.new_id("req")})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, api.plan_chat)
