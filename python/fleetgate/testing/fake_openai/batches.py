@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from aiohttp import BodyPartReader, web
 
-from fleetgate.testing.fake_openai import api
+from fleetgate.testing.fake_openai import api, other_endpoints
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.billing import Bill
 from fleetgate.testing.fake_openai.config import FakeConfig
@@ -28,8 +28,10 @@ PLANNERS: dict[str, Callable[[FakeConfig, dict[str, Any]], Completion]] = {
     "/v1/chat/completions": api.plan_chat,
     "/v1/responses": api.plan_responses,
     "/v1/embeddings": api.plan_embeddings,
+    **other_endpoints.PLANNERS,
 }
-ENDPOINTS = {*PLANNERS, "/v1/completions", "/v1/moderations"}
+#: What batches may target (``/v1/videos`` no longer: the Videos API shut down on 2026-09-24).
+ENDPOINTS = set(PLANNERS)
 ACTIVE = {"validating", "in_progress", "finalizing"}
 
 

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from fleetgate.testing.fake_openai import api, content
+from fleetgate.testing.fake_openai import api, content, other_endpoints
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
 from fleetgate.testing.fake_openai.billing import Bill, Charge
@@ -69,6 +69,7 @@ class _Server:
             web.post("/v1/chat/completions", self.chat),
             web.post("/v1/responses", self.responses),
             web.post("/v1/embeddings", self.embeddings),
+            *other_endpoints.routes(self._complete),
             web.post("/v1/files", self.files.upload),
             web.get("/v1/files", self.files.list_all),
             web.get("/v1/files/{id}", self.files.retrieve),
