@@ -33,7 +33,7 @@ from fleetgate.endpoints import BATCH_ENDPOINTS, body_problem, gated, url_proble
 from fleetgate.estimate import usage_counts
 from fleetgate.gateway import Gateway
 from fleetgate.path.call import Spent
-from fleetgate.prices import PriceTable, default_prices
+from fleetgate.prices import PriceTable
 from fleetgate.sdk import GatedAsyncOpenAI
 from fleetgate.scope import Priority, scope
 from fleetgate.summary import RequestTimes, RunSummary
@@ -240,7 +240,7 @@ def run_file(
     with output_path.open("a", encoding="utf-8") as out, tqdm(
         total=len(todo), disable=not progress, unit="req", dynamic_ncols=True, desc="fleetgate run"
     ) as bar, scope(priority=Priority.BATCH, deadline=7 * 86_400):
-        asyncio.run(_run(gateway, todo, out, summary, concurrency, prices or default_prices(), bar, client_options))
+        asyncio.run(_run(gateway, todo, out, summary, concurrency, prices or gateway.prices, bar, client_options))
     summary.elapsed = time.perf_counter() - started
     summary.finished_at = summary.started_at + summary.elapsed
     summary.gateway = gateway.stats.snapshot()
