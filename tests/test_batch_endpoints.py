@@ -236,3 +236,13 @@ def test_fleetgate_run_refuses_a_body_its_endpoint_cannot_take(fake_openai: Fake
     errors = [json.loads(x) for x in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
     assert errors == [{"line": 2, "error": "body.input must be a non-empty string, a list of them, or a list of "
                                            "text and image_url parts"}]
+
+
+def test_the_commands_say_which_endpoints_they_take() -> None:
+    runner = CliRunner()
+    run_help = runner.invoke(main, ["run", "--help"]).output
+    assert "completions, moderations and images pass through the gateway untouched" in run_help
+    submit_help = runner.invoke(main, ["batch", "submit", "--help"]).output
+    for url in ("/v1/completions", "/v1/moderations", "/v1/images/generations", "/v1/images/edits"):
+        assert url in submit_help
+    assert "Videos API shut down" in submit_help and "50,000 inputs" in submit_help
