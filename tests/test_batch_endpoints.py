@@ -246,3 +246,32 @@ def test_the_commands_say_which_endpoints_they_take() -> None:
     for url in ("/v1/completions", "/v1/moderations", "/v1/images/generations", "/v1/images/edits"):
         assert url in submit_help
     assert "Videos API shut down" in submit_help and "50,000 inputs" in submit_help
+
+
+def test_the_python_splitter_sizes_and_refuses_embeddings_lines_as_the_core_does() -> None:
+    from fleetgate._core import Splitter
+    from fleetgate.batch.lines import LineSplitter
+
+    def emb(custom_id: str, value: Any, **extra: Any) -> str:
+        return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings",
+                           "body": {"model": "text-embedding-3-small", "input": value}, **extra})
+
+    lines = [
+        emb("a", "hello world"), emb("b", ["naïve café", "日本語のテキストです", "x" * 90]), emb("c", [1, 2, 3, 4]),
+        emb("d", [[5, 6], [7]]), emb("a", "again"), emb("e" * 65, "long id"), emb("f", "get", method="GET"),
+        json.dumps({"custom_id": "g", "method": "POST", "url": "/v1/embeddings",
+                    "body": {"model": "text-embedding-3-large", "input": "other model"}}),
+        json.dumps({"custom_id": "h", "method": "POST", "url": "/v1/embeddings",
+                    "body": {"model": "text-embedding-3-small", "input": "s", "stream": True}}),
+        "not json", "[1]", emb("i", "Ünïcödé " * 40),
+    ]
+    block = ("\n".join(lines) + "\n").encode()
+    limits = {"max_lines": 3, "max_bytes": 1 << 30, "max_tokens": 1 << 40, "default_max_output": 16}
+    core_runs, core_problems = Splitter(endpoint="/v1/embeddings", **limits).split(block)
+    ours_runs, ours_problems = LineSplitter(endpoint="/v1/embeddings", **limits).split(block)
+    assert sum(r[4] for r in ours_runs) == sum(r[4] for r in core_runs) and sum(r[4] for r in ours_runs) > 0
+    assert [r[0] for r in ours_runs] == [0, 0, 0, 1, 1]  # the same lines, cut at 3 lines a chunk
+    assert [p[0] for p in ours_problems] == [p[0] for p in core_problems] == [5, 6, 7, 8, 9, 10, 11]
+    # The same words, but for the JSON parser's own description of a line that is not JSON.
+    assert [p[1] for p in ours_problems][:5] == [p[1] for p in core_problems][:5]
+    assert ours_problems[-1][1] == core_problems[-1][1] == "a line must be a JSON object"
