@@ -68,13 +68,13 @@ class Completion:
     text: str = ""
     completion_tokens: int = 0
     finish_reason: str = "stop"
-    #: Embeddings: each input text.
-    inputs: tuple[str, ...] = ()
     #: Endpoints answered by :mod:`~fleetgate.testing.fake_openai.other_endpoints`
     #: (completions, moderations, images): the answer's body, given its text.
     render_body: Callable[[FakeConfig, Completion, str], dict[str, Any]] | None = None
     #: Their usage as the answer reports it (None: none, and nothing is billed).
     own_usage: dict[str, Any] | None = None
+    #: Embeddings: each input text.
+    inputs: tuple[str, ...] = ()
 
 
 def _answer(config: FakeConfig, model: str, prompt: str, limit: int | None,

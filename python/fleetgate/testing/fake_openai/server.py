@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from fleetgate.testing.fake_openai import api, content, other_endpoints
+from fleetgate.testing.fake_openai import api, content
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
 from fleetgate.testing.fake_openai.billing import Bill, Charge
@@ -63,13 +63,15 @@ class _Server:
         return q
 
     def app(self) -> web.Application:
+        from fleetgate.testing.fake_openai.other_endpoints import routes as other_routes
+
         app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._errors])
         app.add_routes([
             web.get("/v1/models", self.models),
             web.post("/v1/chat/completions", self.chat),
             web.post("/v1/responses", self.responses),
             web.post("/v1/embeddings", self.embeddings),
-            *other_endpoints.routes(self._complete),
+            *other_routes(self._complete),
             web.post("/v1/files", self.files.upload),
             web.get("/v1/files", self.files.list_all),
             web.get("/v1/files/{id}", self.files.retrieve),
