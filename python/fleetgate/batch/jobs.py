@@ -11,6 +11,10 @@ finds the batches its predecessor created instead of creating them again.
     >>> job = jobs.submit("requests.jsonl", name="nightly")     # doctest: +SKIP
     >>> jobs.collect("nightly", "results.jsonl")                # doctest: +SKIP
 
+A file targets one endpoint, any the Batch API accepts
+(:data:`fleetgate.endpoints.BATCH_ENDPOINTS`: responses, chat completions, embeddings,
+completions, moderations, image generations and edits); each body is checked for it.
+
 :class:`BatchJobs` is the public face and the loop that drives each chunk through its
 states (``watch``); the steps it takes are one module each: :mod:`~fleetgate.batch.sending`
 (upload, create), :mod:`~fleetgate.batch.collecting` (poll, collect, retry, bill, write the
