@@ -1,8 +1,13 @@
 """``fleetgate run``: send a file of requests through the gateway at the highest rate the
 quotas allow, and write one result per request.
 
-The input is the Batch API's line format (``custom_id``, ``method``, ``url``, ``body``);
-the output is the Batch API's output format, one line per ``custom_id``, written as each
+The input is the Batch API's line format (``custom_id``, ``method``, ``url``, ``body``),
+for any endpoint the Batch API accepts (:data:`fleetgate.endpoints.BATCH_ENDPOINTS`), each
+line's body checked for its endpoint. Calls to the endpoints the gateway gates (chat
+completions, responses, embeddings) wait for the fleet's quotas and budgets; the others
+(completions, moderations, images) pass through the gateway untouched: sent as they are,
+their cost counted from their usage where the price table lists the model, and counted in
+the summary as passed through. The output is the Batch API's output format, one line per ``custom_id``, written as each
 answer arrives. A run that is stopped and started again skips every ``custom_id`` already
 in the output. Lines that cannot be sent are reported with their line numbers in an errors
 file and do not stop the run.
@@ -24,17 +29,18 @@ import httpx2
 import openai
 from tqdm import tqdm
 
+from fleetgate.endpoints import BATCH_ENDPOINTS, body_problem, gated, url_problem
 from fleetgate.estimate import usage_counts
 from fleetgate.gateway import Gateway
 from fleetgate.path.call import Spent
-from fleetgate.prices import PriceTable, default_prices
+from fleetgate.prices import PriceTable
 from fleetgate.sdk import GatedAsyncOpenAI
 from fleetgate.scope import Priority, scope
 from fleetgate.summary import RequestTimes, RunSummary
 
 __all__ = ["RunSummary", "read_requests", "run_file"]
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
+ENDPOINTS = BATCH_ENDPOINTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +79,17 @@ def read_requests(path: Path) -> Iterator[RequestLine | BadLine]:
                 yield BadLine(number, f"custom_id {custom_id!r} appears more than once")
             elif item.get("method", "POST") != "POST":
                 yield BadLine(number, "only the POST method is supported")
-            elif url not in ENDPOINTS:
-                # Not echoed: a line's content stays out of reports (its number finds it).
-                yield BadLine(number, f"url must be one of {', '.join(ENDPOINTS)}")
+            elif (problem := url_problem(url)) is not None:
+                yield BadLine(number, problem)
             elif not isinstance(body, dict) or not isinstance(body.get("model"), str):
                 yield BadLine(number, "body must be a JSON object with a model")
             elif body.get("stream"):
                 yield BadLine(number, "streaming requests cannot be run from a file")
+            elif (problem := body_problem(str(url), body)) is not None:
+                yield BadLine(number, problem)
             else:
                 seen.add(custom_id)
-                yield RequestLine(number, custom_id, url, body)
+                yield RequestLine(number, custom_id, str(url), body)
 
 
 def finished_ids(path: Path) -> set[str]:
@@ -163,6 +170,8 @@ async def _run(gateway: Gateway, lines: list[RequestLine], out: TextIO, summary:
                 summary.quota_tokens[model] += spent.quota_tokens
             summary.times.append(RequestTimes(total_ms, sum(a.upstream for a in attempts) * 1000, dict(waited)))
             summary.sent += 1
+            if not gated(line.url):
+                summary.passed_through[line.url] += 1
             ok = status == 200
             summary.succeeded += ok
             summary.failed += not ok
@@ -231,7 +240,7 @@ def run_file(
     with output_path.open("a", encoding="utf-8") as out, tqdm(
         total=len(todo), disable=not progress, unit="req", dynamic_ncols=True, desc="fleetgate run"
     ) as bar, scope(priority=Priority.BATCH, deadline=7 * 86_400):
-        asyncio.run(_run(gateway, todo, out, summary, concurrency, prices or default_prices(), bar, client_options))
+        asyncio.run(_run(gateway, todo, out, summary, concurrency, prices or gateway.prices, bar, client_options))
     summary.elapsed = time.perf_counter() - started
     summary.finished_at = summary.started_at + summary.elapsed
     summary.gateway = gateway.stats.snapshot()

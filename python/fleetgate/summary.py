@@ -152,6 +152,8 @@ class RunSummary:
     finished_at: float = 0.0
     cost: float = 0.0
     unpriced: int = 0
+    #: Requests sent to endpoints the gateway does not gate (no quota or budget), by endpoint.
+    passed_through: Counter[str] = field(default_factory=Counter)
     gateway: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -168,6 +170,7 @@ class RunSummary:
             total.tokens.update(p.tokens)
             total.quota_requests.update(p.quota_requests)
             total.quota_tokens.update(p.quota_tokens)
+            total.passed_through.update(p.passed_through)
             total.limits.update(p.limits)
             for k, v in p.gateway.items():
                 total.gateway[k] = total.gateway.get(k, 0) + v
@@ -207,6 +210,11 @@ class RunSummary:
         lines += [
             f"tokens: {self.tokens['input']:,} in, {self.tokens['output']:,} out",
             f"cost: ${self.cost:.4f}" + (f" ({self.unpriced} responses of unpriced models)" if self.unpriced else ""),
+        ]
+        if self.passed_through:
+            lines.append("passed through ungated (no quota or budget): "
+                         + ", ".join(f"{url} {n}" for url, n in sorted(self.passed_through.items())))
+        lines += [
             "gateway: " + ", ".join(f"{k} {v}" for k, v in sorted(self.gateway.items())),
         ]
         return "\n".join(lines)

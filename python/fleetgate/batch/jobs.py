@@ -11,6 +11,10 @@ finds the batches its predecessor created instead of creating them again.
     >>> job = jobs.submit("requests.jsonl", name="nightly")     # doctest: +SKIP
     >>> jobs.collect("nightly", "results.jsonl")                # doctest: +SKIP
 
+A file targets one endpoint, any the Batch API accepts
+(:data:`fleetgate.endpoints.BATCH_ENDPOINTS`: responses, chat completions, embeddings,
+completions, moderations, image generations and edits); each body is checked for it.
+
 :class:`BatchJobs` is the public face and the loop that drives each chunk through its
 states (``watch``); the steps it takes are one module each: :mod:`~fleetgate.batch.sending`
 (upload, create), :mod:`~fleetgate.batch.collecting` (poll, collect, retry, bill, write the
@@ -36,7 +40,7 @@ from fleetgate.batch.report import CollectSummary, JobReport
 from fleetgate.batch.sending import Sending
 from fleetgate.batch.split import Problem, split_file
 from fleetgate.batch.state import Chunk, Job
-from fleetgate.errors import BudgetExceeded, FleetgateError
+from fleetgate.errors import BudgetExceeded, ConfigError, FleetgateError
 
 __all__ = ["BatchJobs", "BatchInputError", "CollectSummary", "JobBusy", "JobReport", "ResultsExpired"]
 
@@ -97,8 +101,16 @@ class BatchJobs(Sending, Collecting):
 
     def _check_budget(self, job: Job) -> None:
         """Refuse a job whose budget is already spent (a job larger than what is left
-        waits for the budget batch by batch)."""
+        waits for the budget batch by batch), or whose model has no price when budgets
+        apply and ``[budgets] unpriced = "refuse"`` (image models are priced only when the
+        price table lists them)."""
         budgets = self.gateway.budgets.applicable(self._scope(job))
+        if budgets and self.gateway.prices.price(job.model) is None \
+                and self.gateway.budgets.settings.unpriced == "refuse":
+            raise ConfigError(
+                f"model {job.model!r} has no price, so no budget can hold the job's batches: add it under "
+                f'[prices.models."{job.model}"] (input and output dollars per 1M tokens; image models bill their '
+                'image tokens as output), or set [budgets] unpriced = "allow": the job was not submitted')
         for budget in budgets:
             status = self.gateway.budgets.ledger.status(budget)
             if status.spent + status.reserved >= status.limit:

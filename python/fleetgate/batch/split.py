@@ -1,6 +1,10 @@
 """Checking a Batch API input file and cutting it into chunk files, before anything is
 uploaded: the checks and the sizing run in the Rust core (``Splitter``), block by block,
-with the GIL released; this module only moves bytes from the input to the chunk files."""
+with the GIL released, after each line's body is checked for its endpoint
+(:class:`~fleetgate.batch.lines.BodyChecks`); files of the endpoints the core does not size
+(embeddings, with their 50,000 inputs per batch, and images) are checked and cut by
+:class:`~fleetgate.batch.lines.LineSplitter`. This module moves bytes from the input to the
+chunk files."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fleetgate._core import Splitter
+from fleetgate.batch.lines import BodyChecks, LineSplitter, Splitting, first_endpoint, sized_here
 
 __all__ = ["ChunkFile", "Problem", "SplitResult", "split_file"]
 
@@ -50,13 +55,25 @@ class SplitResult:
 
 def split_file(input_path: str | Path, directory: str | Path | None, *, max_lines: int, max_bytes: int,
                max_tokens: int, default_max_output: int, model_tokens: dict[str, int] | None = None,
-               endpoint: str | None = None, prefix: str = "chunk-") -> SplitResult:
+               endpoint: str | None = None, prefix: str = "chunk-", max_inputs: int | None = None) -> SplitResult:
     """Check every line of `input_path` and write its sendable lines to chunk files
     ``<prefix>NNNNN.jsonl`` in `directory` (each fsynced), each within the limits
-    (`max_tokens` enqueued tokens, or `model_tokens` of the file's model). With
-    `directory` None, only check and size (nothing is written)."""
-    splitter = Splitter(max_lines=max_lines, max_bytes=max_bytes, max_tokens=max_tokens, model_tokens=model_tokens,
-                        endpoint=endpoint, default_max_output=default_max_output)
+    (`max_tokens` enqueued tokens, or `model_tokens` of the file's model; for embeddings,
+    `max_inputs` inputs, by default the Batch API's 50,000). The file's endpoint is
+    `endpoint`, else its first line's. With `directory` None, only check and size
+    (nothing is written)."""
+    endpoint = endpoint or first_endpoint(input_path)
+    splitter: Splitting
+    checks: BodyChecks | None = None
+    if sized_here(endpoint):
+        assert endpoint is not None
+        splitter = LineSplitter(max_lines=max_lines, max_bytes=max_bytes, max_tokens=max_tokens,
+                                model_tokens=model_tokens, endpoint=endpoint, default_max_output=default_max_output,
+                                max_inputs=max_inputs)
+    else:
+        splitter = Splitter(max_lines=max_lines, max_bytes=max_bytes, max_tokens=max_tokens,
+                            model_tokens=model_tokens, endpoint=endpoint, default_max_output=default_max_output)
+        checks = BodyChecks(endpoint)
     chunks: list[ChunkFile] = []
     problems: list[Problem] = []
     out: BinaryIO | None = None
@@ -74,6 +91,10 @@ def split_file(input_path: str | Path, directory: str | Path | None, *, max_line
                     block, rest = block[:cut], block[cut:]
                     if not block:  # no line ends in this block: read on
                         continue
+                blanked: list[tuple[int, str]] = []
+                if checks is not None:
+                    block, blanked = checks.check(block)
+                    problems.extend(Problem(number, reason) for number, reason in blanked)
                 runs, bad = splitter.split(block)
                 problems.extend(Problem(number, reason) for number, reason in bad)
                 for index, start, end, lines, tokens, output_tokens in runs:
@@ -86,18 +107,22 @@ def split_file(input_path: str | Path, directory: str | Path | None, *, max_line
                         if folder is not None:
                             out = open(path, "wb")
                     chunk = chunks[-1]
+                    run = block[start:end]
+                    if blanked:  # the core runs over blank lines: the blanked ones stay out
+                        run = b"\n".join(line for line in run.split(b"\n") if line.strip())
                     chunk.lines += lines
-                    chunk.bytes += end - start + 1
+                    chunk.bytes += len(run) + 1
                     chunk.tokens += tokens
                     chunk.output_tokens += output_tokens
                     if out is not None:
-                        out.write(block[start:end])
+                        out.write(run)
                         out.write(b"\n")
                 if not data:
                     break
     finally:
         if out is not None:
             _close(out)
+    problems.sort(key=lambda p: p.line)
     return SplitResult(splitter.endpoint, splitter.model, splitter.lines_read, chunks, problems)
 
 

@@ -63,7 +63,13 @@ def progress_bar(jobs: Any) -> Any:
 @_batch_options
 def batch_submit(input_path: str, name: str | None, skip_bad_lines: bool, max_attempts: int | None,
                  feature: str | None, detach: bool, **common: Any) -> None:
-    """Check INPUT.jsonl, send it as batches, and watch them to the end (unless --detach)."""
+    """Check INPUT.jsonl, send it as batches, and watch them to the end (unless --detach).
+
+    \b
+    One endpoint per file, any the Batch API accepts: /v1/responses, /v1/chat/completions,
+    /v1/embeddings, /v1/completions, /v1/moderations, /v1/images/generations,
+    /v1/images/edits (/v1/videos no longer: the Videos API shut down on 2026-09-24).
+    Each body is checked for its endpoint; embeddings batches hold at most 50,000 inputs."""
     jobs = batch_jobs(**common)
     done = progress_bar(jobs) if not detach else (lambda: None)
     try:

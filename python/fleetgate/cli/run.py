@@ -26,7 +26,13 @@ from fleetgate.cli.shared import call_or_fail, gateway_for
 def run(input_path: str, output_path: str, config_path: str | None, base_url: str | None, redis_url: str | None,
         concurrency: int, errors_path: str | None, api_key: str | None, through_batch: bool,
         name: str | None) -> None:
-    """Send every request of INPUT.jsonl through the gateway; resumable."""
+    """Send every request of INPUT.jsonl through the gateway; resumable.
+
+    \b
+    Lines may target any endpoint the Batch API accepts, each body checked for it.
+    Chat completions, responses and embeddings wait for the fleet's quotas and budgets;
+    completions, moderations and images pass through the gateway untouched (the summary
+    counts them as passed through ungated)."""
     if through_batch:
         jobs = batch_jobs(config_path, redis_url, base_url, api_key, None)
         done = progress_bar(jobs)

@@ -8,7 +8,7 @@ import json
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from fleetgate.testing.fake_openai import content
 from fleetgate.testing.fake_openai.config import FakeConfig
@@ -68,6 +68,11 @@ class Completion:
     text: str = ""
     completion_tokens: int = 0
     finish_reason: str = "stop"
+    #: Endpoints answered by :mod:`~fleetgate.testing.fake_openai.other_endpoints`
+    #: (completions, moderations, images): the answer's body, given its text.
+    render_body: Callable[[FakeConfig, Completion, str], dict[str, Any]] | None = None
+    #: Their usage as the answer reports it (None: none, and nothing is billed).
+    own_usage: dict[str, Any] | None = None
     #: Embeddings: each input text.
     inputs: tuple[str, ...] = ()
     #: Prompt tokens written to the prompt cache (models that bill cache writes).
@@ -131,6 +136,8 @@ def plan_embeddings(config: FakeConfig, body: dict[str, Any]) -> Completion:
 
 
 def usage(plan: Completion, cached: int) -> dict[str, Any]:
+    if plan.render_body is not None:
+        return dict(plan.own_usage or {})
     if plan.kind == "embeddings":
         return {"prompt_tokens": plan.prompt_tokens, "total_tokens": plan.prompt_tokens}
     total = plan.prompt_tokens + plan.completion_tokens
@@ -161,6 +168,8 @@ def render(config: FakeConfig, plan: Completion, cached: int, *, text: str | Non
     """The whole (non-streamed) response object."""
     now = int(time.time())
     text = plan.text if text is None else text
+    if plan.render_body is not None:
+        return plan.render_body(config, plan, text)
     if plan.kind == "chat":
         return {
             "id": new_id("chatcmpl"), "object": "chat.completion", "created": now, "model": plan.model,

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from aiohttp import BodyPartReader, web
 
-from fleetgate.testing.fake_openai import api
+from fleetgate.testing.fake_openai import api, other_endpoints
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.billing import Bill
 from fleetgate.testing.fake_openai.config import FakeConfig
@@ -21,6 +21,8 @@ from fleetgate.testing.fake_openai.config import FakeConfig
 __all__ = ["BatchStore", "FileStore"]
 
 MAX_LINES = 50_000
+#: Embedding inputs across all the requests of a batch, at most.
+MAX_EMBEDDING_INPUTS = 50_000
 MAX_BATCH_BYTES = 200 * 1024 * 1024
 MAX_FILE_BYTES = 512 * 1024 * 1024
 PURPOSES = {"batch", "assistants", "fine-tune", "vision", "user_data", "evals"}
@@ -28,8 +30,10 @@ PLANNERS: dict[str, Callable[[FakeConfig, dict[str, Any]], Completion]] = {
     "/v1/chat/completions": api.plan_chat,
     "/v1/responses": api.plan_responses,
     "/v1/embeddings": api.plan_embeddings,
+    **other_endpoints.PLANNERS,
 }
-ENDPOINTS = {*PLANNERS, "/v1/completions", "/v1/moderations"}
+#: What batches may target (``/v1/videos`` no longer: the Videos API shut down on 2026-09-24).
+ENDPOINTS = set(PLANNERS)
 ACTIVE = {"validating", "in_progress", "finalizing"}
 
 
@@ -273,6 +277,7 @@ class BatchStore:
         seen: set[str] = set()
         model: str | None = None
         tokens = 0
+        inputs = 0
         for number, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
             if not raw.strip():
                 continue
@@ -308,9 +313,14 @@ class BatchStore:
             planner = PLANNERS.get(endpoint)
             if planner is not None:
                 try:
-                    tokens += planner(self.config, body).rate_tokens
+                    plan = planner(self.config, body)
+                    tokens += plan.rate_tokens
+                    inputs += len(plan.inputs)
                 except ApiError:
                     pass  # a bad body fails its own line, not the batch
+            if endpoint == "/v1/embeddings" and inputs > MAX_EMBEDDING_INPUTS:
+                raise _Invalid("too_many_inputs", f"An embeddings batch can have at most {MAX_EMBEDDING_INPUTS:,} "
+                                                  "embedding inputs across all its requests.", number, "body.input")
             lines.append(line)
         if not lines:
             raise _Invalid("empty_file", "The input file has no requests.")

@@ -66,12 +66,15 @@ class _Server:
         return q
 
     def app(self) -> web.Application:
+        from fleetgate.testing.fake_openai.other_endpoints import routes as other_routes
+
         app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._errors])
         app.add_routes([
             web.get("/v1/models", self.models),
             web.post("/v1/chat/completions", self.chat),
             web.post("/v1/responses", self.responses),
             web.post("/v1/embeddings", self.embeddings),
+            *other_routes(self._complete),
             web.post("/v1/files", self.files.upload),
             web.get("/v1/files", self.files.list_all),
             web.get("/v1/files/{id}", self.files.retrieve),
