@@ -1,7 +1,8 @@
 """A fleet of 8 processes spending one $1.00 budget with the traffic of today's API: long
-answers at the standard price, long system prompts cached and written to the prompt cache
-on a model that bills cache writes, and the other kinds of call each part of fleetgate
-accounts for. What OpenAI billed (the fake's bill, not fleetgate's ledger) stays within the
+answers at the standard, Flex and Priority tiers (some Priority calls downgraded, some Flex
+calls finding no capacity), long system prompts cached and written to the prompt cache on a
+model that bills cache writes, and the other kinds of call each part of fleetgate accounts
+for. What OpenAI billed (the fake's bill, not fleetgate's ledger) stays within the
 budget plus one call's worst case, and the fleet uses at least 95% of it."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 import fleetgate as fg
 from fleetgate.prices import PriceTable
-from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, ModelLimits
+from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, ModelLimits, TierBehaviour
 
 DOLLARS = 1.00
 PODS, THREADS = 8, 2
@@ -31,6 +32,7 @@ batch_discount = 0.5
 input = 2.00
 cached_input = 0.50
 output = 8.00
+priority = { input = 3.50, cached_input = 0.875, output = 14.00 }
 
 [models."writer-1"]
 input = 4.00
@@ -41,15 +43,20 @@ output = 20.00
 PREFIX = "Handbook section {n}. " * 220  # about 1,200 tokens: cached after its first call
 
 
-def _one(client: Any, kind: int, n: int) -> None:
-    """One call of the mix, by `kind`."""
-    if kind == 0:
-        client.chat.completions.create(model="gpt-4.1", max_tokens=400,
-                                       messages=[{"role": "user", "content": f"Tell story {n} at length."}])
-    else:
+#: The kinds of call in the mix, taken in turn.
+KINDS = ("standard", "cached", "flex", "priority")
+
+
+def _one(client: Any, kind: str, n: int) -> None:
+    """One call of the mix."""
+    if kind == "cached":
         client.chat.completions.create(model="writer-1", max_tokens=60, messages=[
             {"role": "system", "content": PREFIX.format(n=n % 3)},
             {"role": "user", "content": f"Question {n}?"}])
+    else:  # long answers, asked at a tier (Flex without capacity is served at standard)
+        tier = {"flex": "flex", "priority": "priority"}.get(kind, "auto")
+        client.chat.completions.create(model="gpt-4.1", max_tokens=400, service_tier=tier,
+                                       messages=[{"role": "user", "content": f"Tell story {n} at length."}])
 
 
 def _pod(base_url: str, redis_url: str, prices: str, pod: int, out: Any) -> None:
@@ -64,7 +71,7 @@ def _pod(base_url: str, redis_url: str, prices: str, pod: int, out: Any) -> None
         while refused < GIVE_UP and made[thread] < MAX_CALLS and time.monotonic() < end:
             n += 1
             try:
-                _one(client, n % 2, n)
+                _one(client, KINDS[n % len(KINDS)], n)
             except fg.BudgetExceeded:
                 refused += 1
                 time.sleep(0.02 * refused)  # others' holds settle meanwhile
@@ -84,8 +91,12 @@ def _pod(base_url: str, redis_url: str, prices: str, pod: int, out: Any) -> None
 def test_eight_pods_spend_one_budget_as_openai_bills_it(tmp_path: Path, redis_url: str) -> None:
     prices = tmp_path / "prices.toml"
     prices.write_text(PRICES)
-    with FakeOpenAI(FakeConfig(answer_words=400, prices_file=prices, default_limits=ModelLimits(
-            requests_per_minute=1_000_000, tokens_per_minute=100_000_000))) as fake:
+    # Half the priority calls are served (and billed) at standard, a fifth of the Flex calls
+    # find no capacity and are served at standard.
+    with FakeOpenAI(FakeConfig(answer_words=400, prices_file=prices, seed=7,
+                               tiers=TierBehaviour(priority_downgrade=0.5, flex_unavailable=0.2),
+                               default_limits=ModelLimits(requests_per_minute=1_000_000,
+                                                          tokens_per_minute=100_000_000))) as fake:
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
         procs = [ctx.Process(target=_pod, args=(fake.base_url, redis_url, str(prices), pod, out))
@@ -95,16 +106,20 @@ def test_eight_pods_spend_one_budget_as_openai_bills_it(tmp_path: Path, redis_ur
         made = sum(out.get(timeout=MAX_SECONDS + 120) for _ in procs)
         for p in procs:
             p.join(timeout=30)
-        billed = sum(c.dollars or 0.0 for c in fake.bill())
+        bill = fake.bill()
+        billed = sum(c.dollars or 0.0 for c in bill)
+    assert {c.tier for c in bill} == {"default", "flex", "priority"}
+    assert any(c.usage["prompt_tokens_details"].get("cache_write_tokens") for c in bill)
+    assert any(c.usage["prompt_tokens_details"].get("cached_tokens") for c in bill)
     table = PriceTable.load(prices)
-    worst = max(_worst(table, "gpt-4.1", 20, 400), _worst(table, "writer-1", 1400, 60))
+    worst = max(_worst(table, "gpt-4.1", 20, 400, "priority"), _worst(table, "writer-1", 1400, 60))
     print(f"calls {made}, billed ${billed:.4f}, worst ${worst:.4f}")
     assert made > 0
     assert billed <= DOLLARS + worst, f"OpenAI billed ${billed:.4f} of a ${DOLLARS:.2f} budget"
     assert billed >= 0.95 * DOLLARS, f"the fleet used only ${billed:.4f} of ${DOLLARS:.2f}"
 
 
-def _worst(table: PriceTable, model: str, prompt: int, output: int) -> float:
+def _worst(table: PriceTable, model: str, prompt: int, output: int, tier: str = "default") -> float:
     price = table.price(model)
     assert price is not None
-    return price.worst(prompt, output)
+    return price.worst(prompt, output, tier=tier)
