@@ -107,12 +107,14 @@ def test_image_chunks_hold_their_worst_case_on_the_budget_and_settle_to_the_bill
 
 
 def test_an_unpriced_model_under_a_budget_follows_the_unpriced_policy(tmp_path: Path) -> None:
-    src = write(tmp_path / "in.jsonl", [line("/v1/images/generations", i) for i in range(3)])
+    unpriced = "acme-image-1"  # a model the shipped table does not list
+    src = write(tmp_path / "in.jsonl", [line("/v1/images/generations", i, {**body_for("/v1/images/generations", i),
+                                                                           "model": unpriced}) for i in range(3)])
     limits = [{"scope": "feature", "name": "art", "dollars": 10.0, "period": "day"}]
     with FakeOpenAI(FakeConfig(batch=QUICK)) as fake:
         settings = {"directory": str(tmp_path / "state"), "poll_min_seconds": 0.02}
         refusing = fg.Gateway(base_url=fake.base_url, budgets={"limits": limits}, batch=settings)
-        with pytest.raises(fg.ConfigError, match=r"model 'gpt-image-1.5' has no price.*the job was not submitted"):
+        with pytest.raises(fg.ConfigError, match=r"model 'acme-image-1' has no price.*the job was not submitted"):
             refusing.batches(api_key="sk-fake").submit(src, name="unpriced", feature="art")
         assert fake.files() == []
         allowing = fg.Gateway(base_url=fake.base_url, budgets={"limits": limits, "unpriced": "allow"}, batch=settings)
