@@ -70,6 +70,10 @@ class Completion:
     finish_reason: str = "stop"
     #: Embeddings: each input text.
     inputs: tuple[str, ...] = ()
+    #: Responses: input tokens held by the server (a chain's context), within `prompt_tokens`.
+    held: int = 0
+    #: Responses: the id its answer has (None: a new one each time it is rendered).
+    response_id: str | None = None
 
 
 def _answer(config: FakeConfig, model: str, prompt: str, limit: int | None,
@@ -180,7 +184,7 @@ def response_object(plan: Completion, cached: int, status: str, text: str, *, re
         "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
     }] if done else []
     return {
-        "id": response_id or new_id("resp"), "object": "response", "created_at": int(time.time()),
+        "id": response_id or plan.response_id or new_id("resp"), "object": "response", "created_at": int(time.time()),
         "status": status, "model": plan.model, "output": output, "error": None, "incomplete_details": None,
         "instructions": plan.body.get("instructions"), "max_output_tokens": plan.body.get("max_output_tokens"),
         "parallel_tool_calls": True, "temperature": plan.body.get("temperature", 1.0),

@@ -22,6 +22,7 @@ from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
 from fleetgate.testing.fake_openai.billing import Bill, Charge
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
 from fleetgate.testing.fake_openai.limits import ModelQuota
+from fleetgate.testing.fake_openai.stateful import ServerContext
 
 __all__ = ["FakeOpenAI", "ModelCounters"]
 
@@ -52,6 +53,7 @@ class _Server:
         self.files = FileStore()
         self.bill = Bill()
         self.batches = BatchStore(config, self.files, self.bill)
+        self.held = ServerContext()
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -68,6 +70,8 @@ class _Server:
             web.get("/v1/models", self.models),
             web.post("/v1/chat/completions", self.chat),
             web.post("/v1/responses", self.responses),
+            web.post("/v1/responses/input_tokens", self.held.count_input_tokens),
+            web.post("/v1/conversations", self.held.create_conversation),
             web.post("/v1/embeddings", self.embeddings),
             web.post("/v1/files", self.files.upload),
             web.get("/v1/files", self.files.list_all),
@@ -118,7 +122,7 @@ class _Server:
 
     async def _complete(self, request: web.Request, planner: Callable[[FakeConfig, dict[str, Any]], Completion]) -> web.StreamResponse:
         body = await _read_json(request)
-        plan = planner(self.config, body)
+        plan = self.held.plan(planner(self.config, body))
         now = self.now()
         quota = self.quota(plan.model)
         tpm = quota.limits.tokens_per_minute
@@ -179,13 +183,14 @@ class _Server:
             else:
                 shape.add(fault.kind)
 
-        cached = self.prompt_cache.cached(plan.model, plan.prompt, plan.prompt_tokens)
+        cached = self.prompt_cache.cached(plan.model, plan.prompt, plan.prompt_tokens - plan.held)
         text = _shaped_text(plan.text, shape)
         project = project_of(request)
         if body.get("stream") and plan.kind != "embeddings":
             return await self._stream(request, plan, cached, text, headers, cut="cut_stream" in shape, project=project)
         result = api.render(self.config, plan, cached, text=text)
         self.bill.charge(plan.model, api.usage(plan, cached), project=project)
+        self.held.answered(plan, api.usage(plan, cached))
         if "malformed_json" in shape:
             raw = json.dumps(result)
             return web.Response(text=raw[: len(raw) // 2], content_type=_JSON, headers=headers)
@@ -204,6 +209,7 @@ class _Server:
                 return response
             await response.write(event)
         self.bill.charge(plan.model, api.usage(plan, cached), project=project)  # billed once it ended
+        self.held.answered(plan, api.usage(plan, cached))
         await response.write_eof()
         return response
 
@@ -288,7 +294,7 @@ def _chat_events(plan: Completion, cached: int, deltas: list[str]) -> list[bytes
 
 
 def _responses_events(plan: Completion, cached: int, text: str, deltas: list[str]) -> list[bytes]:
-    rid, mid = api.new_id("resp"), api.new_id("msg")
+    rid, mid = plan.response_id or api.new_id("resp"), api.new_id("msg")
     seq = iter(range(1_000_000))
     started = api.response_object(plan, cached, "in_progress", "", response_id=rid)
     done = api.response_object(plan, cached, "completed", text, response_id=rid, item_id=mid)
