@@ -181,7 +181,7 @@ class Budgets:
                     'or set [budgets] unpriced = "allow"')
             self._count("budget_unpriced")
             return None, 0.0
-        return price, price.worst(estimate.prompt_tokens, estimate.max_output_tokens)
+        return price, price.worst(estimate.input_tokens, estimate.max_output_tokens)
 
     def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice,
              local: bool = False) -> Hold:

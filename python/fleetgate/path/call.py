@@ -91,8 +91,9 @@ class Outcome:
     """How the upstream call ended, once its answer is in: the status, the tokens to
     settle its quota with and where they come from (``usage``, ``estimate`` or
     ``failure``: nothing spent), its ``usage`` object, how many content deltas a stream
-    carried, and the error ``code`` of a refusal (a 429's ``rate_limit_exceeded`` or
-    ``insufficient_quota``)."""
+    carried, the error ``code`` of a refusal (a 429's ``rate_limit_exceeded`` or
+    ``insufficient_quota``), and the id of the Responses object a stream completed (an
+    answer read whole has it in its body)."""
 
     status: int
     tokens: int
@@ -100,6 +101,7 @@ class Outcome:
     usage: dict[str, Any] | None = None
     deltas: int = 0
     code: str | None = None
+    response_id: str | None = None
 
     @property
     def billed(self) -> bool:

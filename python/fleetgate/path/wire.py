@@ -11,7 +11,8 @@ import httpx2
 
 from fleetgate.estimate import usage_tokens
 
-__all__ = ["EXHAUSTED", "UsageScanner", "error_code", "rate_limit_headers", "retry_wait", "usage_of"]
+__all__ = ["EXHAUSTED", "UsageScanner", "error_code", "rate_limit_headers", "response_id_of", "retry_wait",
+           "usage_of"]
 
 #: What a 429 ``rate_limit_exceeded`` says of the model's quota: nothing left.
 EXHAUSTED = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "0"}
@@ -58,6 +59,27 @@ def error_code(response: httpx2.Response) -> str | None:
 _DECODER = json.JSONDecoder()
 
 
+def response_id_of(body: bytes) -> str | None:
+    """The top-level ``id`` of a JSON answer. OpenAI puts it first, so it is parsed alone
+    from its first occurrence; the whole body is parsed only when that fails."""
+    at = body.find(b'"id"')
+    if at >= 0:
+        try:
+            rest = body[at + 4:at + 512].decode(errors="replace").lstrip()
+            if rest.startswith(":"):
+                value, _ = _DECODER.raw_decode(rest[1:].lstrip())
+                if isinstance(value, str):
+                    return value
+        except ValueError:
+            pass  # not where it usually is: parse the whole body below
+    try:
+        whole = json.loads(body)
+    except ValueError:
+        return None
+    found = whole.get("id") if isinstance(whole, dict) else None
+    return found if isinstance(found, str) else None
+
+
 def usage_of(body: bytes) -> object:
     """The top-level ``usage`` of a JSON response. OpenAI puts it last, so it is parsed
     alone from its key on (the answer, often most of the body, is not parsed twice); the
@@ -82,7 +104,7 @@ def usage_of(body: bytes) -> object:
 class UsageScanner:
     """Watches a passing SSE stream for its usage, without holding it back."""
 
-    __slots__ = ("_pending", "usage", "detail", "deltas")
+    __slots__ = ("_pending", "usage", "detail", "deltas", "response_id")
 
     def __init__(self) -> None:
         self._pending = b""
@@ -90,6 +112,8 @@ class UsageScanner:
         #: The usage object itself (for its cost).
         self.detail: Any = None
         self.deltas = 0
+        #: The id of the Responses object whose usage it carried (None: another endpoint's).
+        self.response_id: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         data = self._pending + chunk
@@ -103,9 +127,12 @@ class UsageScanner:
                     event = json.loads(line[6:])
                 except ValueError:
                     continue
-                usage = event.get("usage") or (event.get("response") or {}).get("usage")
+                whole = event.get("response") or {}
+                usage = event.get("usage") or whole.get("usage")
                 tokens = usage_tokens(usage)
                 if tokens is not None:
                     self.usage, self.detail = tokens, usage
+                    rid = whole.get("id")
+                    self.response_id = rid if isinstance(rid, str) else None
             elif b'"delta"' in line:
                 self.deltas += 1
