@@ -3,8 +3,8 @@
 in this package (a step switched off is a layer left out), and the chain that runs a call
 through them.
 
-    record → shape → route → modes → cache → dedup → fallback → budget → lanes → retry
-           → breaker → limit → upstream
+    record → shape → route → modes → cache → dedup → fallback → context → budget → lanes
+           → retry → breaker → limit → upstream
 
 To add a step: write ``_async/<step>.py`` (a :class:`Layer` with a module docstring that
 states its contract with the others, and a test of that contract), place it in
@@ -19,6 +19,7 @@ import httpx2
 from fleetgate.path._sync.breaker import Breaker
 from fleetgate.path._sync.budget import Budget
 from fleetgate.path._sync.cache import Cache
+from fleetgate.path._sync.context import Context
 from fleetgate.path._sync.dedup import Dedup
 from fleetgate.path._sync.fallback import Fallback
 from fleetgate.path._sync.lanes import Lanes
@@ -51,6 +52,7 @@ def layers(gateway: Services, inner: httpx2.BaseTransport) -> list[Layer]:
         Cache(g.cache) if g.cache.store is not None else None,
         Dedup(g.collapser) if cfg.dedup.enabled else None,
         Fallback(g.ladder, g.budgets, g.cache),
+        Context(g.chains, cfg.server_context, inner, stats) if cfg.server_context.enabled else None,
         Budget(g.budgets, stats) if g.budgets.active else None,
         Lanes(g.lanes_for, stats, metrics) if cfg.lanes.concurrency is not None or cfg.lanes.models else None,
         Retry(cfg.max_upstream_retries, stats, metrics),
