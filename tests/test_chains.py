@@ -221,6 +221,25 @@ def test_a_conversation_is_read_from_the_fleet_on_each_turn(fake_openai: FakeOpe
         assert source == ("count" if turn == 0 else "ledger"), f"turn {turn}"
 
 
+def test_a_streamed_answer_is_learned_too(fake_openai: FakeOpenAI, kind: str) -> None:
+    pod = Pod(fake_openai, kind)
+    body = {"model": MODEL, "input": question(0), "max_output_tokens": MAX_OUTPUT, "stream": True}
+
+    async def read_async() -> Any:
+        events = [event async for event in await pod.client.responses.create(**body)]
+        return events[-1].response
+
+    try:
+        if kind == "sync":
+            done = list(pod.client.responses.create(**body))[-1].response
+        else:
+            done = pod.loop.run_until_complete(read_async())
+        _, headers, _ = pod.create(input=question(1), previous_response_id=done.id)
+    finally:
+        pod.close()
+    assert headers[HELD] == f"{done.usage.input_tokens + done.usage.output_tokens}; ledger"
+
+
 # -- unknown chains ------------------------------------------------------------------------------
 
 
