@@ -240,6 +240,28 @@ def test_a_streamed_answer_is_learned_too(fake_openai: FakeOpenAI, kind: str) ->
     assert headers[HELD] == f"{done.usage.input_tokens + done.usage.output_tokens}; ledger"
 
 
+def test_a_compacted_chain_is_over_reserved_never_under(fake_openai: FakeOpenAI, kind: str) -> None:
+    """Server-side compaction shrinks what the next turn carries: the ledger's figure (the
+    whole input and output) covers it, and the turn after learns the smaller one."""
+    pod = Pod(fake_openai, kind)
+    compaction = [{"type": "compaction", "compact_threshold": 400}]
+    rows, inputs, previous = [], [], None
+    try:
+        for turn in range(12):
+            before = len(fake_openai.bill())
+            response, headers, _ = pod.create(input=question(turn), context_management=compaction,
+                                              **({"previous_response_id": previous} if previous else {}))
+            sent = [s for s in pod.observer.sent if s.path.endswith("/responses")][-1]
+            charge = fake_openai.bill()[before]
+            rows.append((sent.reserved, charge.dollars or 0.0))
+            inputs.append(response.usage.input_tokens)
+            previous = response.id
+    finally:
+        pod.close()
+    assert any(later < earlier for earlier, later in zip(inputs, inputs[1:])), "the chain was compacted"
+    assert all(reserved >= billed for reserved, billed in rows)
+
+
 # -- unknown chains ------------------------------------------------------------------------------
 
 

@@ -8,7 +8,10 @@
    call's input: in ``usage.input_tokens``, in the bill, and against the model's tokens per
    minute. An unknown response or conversation is a 404, as OpenAI answers it; both at
    once is a 400.
-3. ``POST /v1/responses/input_tokens`` counts a request's input as the call would carry it
+3. Server-side compaction (``context_management=[{"type": "compaction", "compact_threshold":
+   N}]``): a call whose input crosses N is billed for all of it, and what continuing it
+   carries is compacted: a quarter of N (the compaction item) plus its output.
+4. ``POST /v1/responses/input_tokens`` counts a request's input as the call would carry it
    (body and held context), without billing or counting it against the limits.
 
 State lives on the server's event loop; the handlers are its only writers.
@@ -37,6 +40,16 @@ def _conversation_id(body: dict[str, Any]) -> str | None:
         raise ApiError(400, "Invalid 'conversation': expected a conversation id or an object with one.",
                        param="conversation", code="invalid_type")
     return value
+
+
+def _compact_threshold(body: dict[str, Any]) -> int | None:
+    """The input size at which the request asks for server-side compaction (None: never)."""
+    entries = body.get("context_management")
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and entry.get("type") == "compaction":
+            threshold = entry.get("compact_threshold")
+            return threshold if isinstance(threshold, int) and threshold > 0 else 200_000
+    return None
 
 
 class ServerContext:
@@ -84,7 +97,11 @@ class ServerContext:
         """`plan`'s answer was given (and billed with `usage`): keep what continuing it carries."""
         if plan.kind != "responses" or plan.response_id is None:
             return
-        carried = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+        input_tokens, output_tokens = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+        threshold = _compact_threshold(plan.body)
+        if threshold is not None and input_tokens > threshold:
+            input_tokens = max(1, threshold // 4)
+        carried = input_tokens + output_tokens
         if plan.body.get("store") is not False:
             self.responses[plan.response_id] = carried
         conversation = _conversation_id(plan.body)
