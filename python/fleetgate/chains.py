@@ -12,7 +12,8 @@ This ledger remembers, per chain, how many input tokens a call continuing it wil
    not carried over, so the figure errs on the high side.
 2. Each record is kept in process (a bounded LRU) and, with Redis, in a key per chain
    (``fg:chain:<kind>:<hash of its id>``, expiring after ``[server_context] ttl_seconds``),
-   written by one background thread after the answer: the call that made it never waits.
+   written by one background thread after the answer, in pipelines of what a few
+   milliseconds bring: the call that made it never waits.
 3. A call continuing a chain asks the ledger (:meth:`Chains.lookup`): a response's record
    never changes, so one known in process needs no round trip; a conversation grows with
    each turn, wherever it is taken, so its record is read from Redis (one GET) every time.
@@ -31,6 +32,7 @@ import hashlib
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -49,8 +51,10 @@ __all__ = ["Chain", "Chains", "carried_by", "continued"]
 
 log = logging.getLogger("fleetgate")
 
-#: Records a background write sends in one pipeline at most.
+#: Records a background write sends in one pipeline at most, and how long it gathers them
+#: (a pipeline per answer would cost the answers' own thread time on a busy pod).
 _WRITE_BATCH = 256
+_WRITE_GATHER = 0.005
 
 
 class Chain(NamedTuple):
@@ -211,15 +215,16 @@ class Chains:
                 self._local.popitem(last=False)
 
     def _write_loop(self) -> None:
-        """Send what was learned, in pipelines, until :meth:`close`."""
+        """Send what was learned, in pipelines of what came within `_WRITE_GATHER` of the
+        first record, until :meth:`close`."""
         while True:
             first = self._writes.get()
             if first is None:
                 return
-            batch = [first]
+            batch, until = [first], time.monotonic() + _WRITE_GATHER
             while len(batch) < _WRITE_BATCH:
                 try:
-                    item = self._writes.get_nowait()
+                    item = self._writes.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:
