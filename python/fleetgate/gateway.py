@@ -9,8 +9,8 @@ The gateway assembles the services every pod shares (the limiter, breakers, budg
 cache, router, modes, ...); the request path that uses them is a stack of layers built from
 the same config (:mod:`fleetgate.path`):
 
-    record → shape → route → modes → cache → dedup → fallback → budget → lanes → retry
-           → breaker → limit → upstream
+    record → shape → route → modes → cache → dedup → fallback → context → budget → lanes
+           → retry → breaker → limit → upstream
 """
 
 from __future__ import annotations
