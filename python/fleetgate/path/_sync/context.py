@@ -43,8 +43,10 @@ HELD_HEADER = "x-fleetgate-held-context"
 #: ``responses.input_tokens.count`` parameters).
 _COUNTED = ("model", "input", "instructions", "previous_response_id", "conversation", "tools", "tool_choice",
             "reasoning", "text", "truncation", "parallel_tool_calls", "personality")
-#: Headers of the call not copied onto its count: the count has a body of its own.
-_NOT_COPIED = frozenset({b"content-length", b"content-type", b"transfer-encoding", b"x-stainless-retry-count"})
+#: Headers of the call not copied onto its count: the count has a body of its own, and an
+#: idempotency key is the call's alone (upstream would take the call for a repeat of its count).
+_NOT_COPIED = frozenset({b"content-length", b"content-type", b"transfer-encoding", b"x-stainless-retry-count",
+                         b"idempotency-key"})
 
 
 class Context(Layer):
