@@ -12,6 +12,7 @@ import dataclasses
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -432,10 +433,13 @@ def test_the_fake_bills_held_context_and_counts_input_tokens(fake_openai: FakeOp
 # -- a fleet of chains against a TPM limit -------------------------------------------------------
 
 TPM = 480_000
+#: A model of its own: the quota's state in Redis is named for it, and earlier tests on the
+#: same Redis used the model above with other limits.
+LIMITED = f"gpt-4.1-chains-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.mark.fake_openai(config=FakeConfig(answer_words=8, models={
-    MODEL: ModelLimits(requests_per_minute=1_000_000, tokens_per_minute=TPM)}))
+    LIMITED: ModelLimits(requests_per_minute=1_000_000, tokens_per_minute=TPM)}))
 def test_chains_run_close_to_the_token_limit_without_upstream_429s(fake_openai: FakeOpenAI, redis_url: str) -> None:
     """Eight threads run 10-turn chains through two pods sharing the quota in Redis, for at
     most 30 s or 3,000 calls. Upstream counts each call's held context against its tokens
@@ -447,7 +451,7 @@ def test_chains_run_close_to_the_token_limit_without_upstream_429s(fake_openai: 
     # With calls this varied in size that put 1-3 of ~1,500 calls over (measured with
     # leases on; none in 3 runs with them off): a matter for the limiter's leases.
     pods = [fg.Gateway(base_url=fake_openai.base_url, redis_url=redis_url, max_upstream_retries=0,
-                       quota_lease_seconds=0, models={MODEL: fg.QuotaLimits(tokens_per_minute=TPM)})
+                       quota_lease_seconds=0, models={LIMITED: fg.QuotaLimits(tokens_per_minute=TPM)})
             for _ in range(2)]
     clients = [pod.openai(api_key="sk-fake", max_retries=0) for pod in pods]
     stop_at, calls = time.monotonic() + 30, threading.Semaphore(3_000)
@@ -463,7 +467,7 @@ def test_chains_run_close_to_the_token_limit_without_upstream_429s(fake_openai: 
                         return
                     try:
                         previous = client.responses.create(
-                            model=MODEL, input=question(turn), max_output_tokens=16,
+                            model=LIMITED, input=question(turn), max_output_tokens=16,
                             **({"previous_response_id": previous} if previous else {})).id
                     except openai.RateLimitError:
                         break  # counted by the fake; the chain starts again
@@ -480,7 +484,7 @@ def test_chains_run_close_to_the_token_limit_without_upstream_429s(fake_openai: 
     for pod in pods:
         pod.close()
     assert not errors, errors[:3]
-    up = fake_openai.counters(MODEL)
+    up = fake_openai.counters(LIMITED)
     assert up.requests >= 1_000, "enough calls to judge one in a thousand"
     assert up.rate_limited <= up.requests * 0.001, f"{up.rate_limited} of {up.requests} refused upstream"
     allowed = TPM / 60 * (elapsed + 1)  # the rate, and one second's slice at the start
