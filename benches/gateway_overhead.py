@@ -6,6 +6,7 @@ drifts between rounds more than the gateway adds), and the added latency over ev
 of the run.
 
     python benches/gateway_overhead.py [--calls 2000] [--rounds 5] [--store redis|embedded]
+                                       [--endpoint chat|responses|chain]
 """
 
 from __future__ import annotations
@@ -55,14 +56,29 @@ def fake_server() -> Iterator[str]:
             proc.wait(timeout=10)
 
 
-def measure(direct: openai.OpenAI, gated: openai.OpenAI, calls: int) -> tuple[list[float], list[float]]:
+def one_call(client: openai.OpenAI, endpoint: str, chains: dict[int, tuple[str | None, int]]) -> None:
+    """One call of `endpoint`: a chat completion, a Responses call (a chain's first turn),
+    or one continuing the client's chain (`chains`: its last answer and turn; ten turns,
+    then a new chain)."""
+    if endpoint == "chat":
+        client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=32)
+        return
+    previous, turn = chains.get(id(client), (None, 0)) if endpoint == "chain" else (None, 0)
+    answer = client.responses.create(model=MODEL, input=MSG[0]["content"], max_output_tokens=32,
+                                     **({"previous_response_id": previous} if previous else {}))
+    chains[id(client)] = (answer.id, turn + 1) if turn < 9 else (None, 0)
+
+
+def measure(direct: openai.OpenAI, gated: openai.OpenAI, calls: int, endpoint: str = "chat",
+            chain: dict[int, tuple[str | None, int]] | None = None) -> tuple[list[float], list[float]]:
     """`calls` of each client, alternating which goes first; milliseconds per call."""
     plain: list[float] = []
     through: list[float] = []
+    chain = {} if chain is None else chain
     for i in range(calls):
         for client, sink in ((direct, plain), (gated, through)) if i % 2 else ((gated, through), (direct, plain)):
             start = time.perf_counter()
-            client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=32)
+            one_call(client, endpoint, chain)
             sink.append((time.perf_counter() - start) * 1000)
     return plain, through
 
@@ -72,6 +88,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="calls of each client per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--store", choices=["redis", "embedded"], default="redis")
+    parser.add_argument("--endpoint", choices=["chat", "responses", "chain"], default="chat",
+                        help="chat completions, Responses first turns, or Responses calls continuing a chain")
     args = parser.parse_args()
     added: list[tuple[float, float]] = []
     every_plain: list[float] = []
@@ -84,10 +102,11 @@ def main() -> None:
         direct = openai.OpenAI(base_url=base_url, api_key="sk-fake", max_retries=0)
         gated = gate.openai(api_key="sk-fake", max_retries=0)
         with gate.scope(user="bench-user"):
-            measure(direct, gated, 200)  # warm-up: connections, tokenizer, scripts
-            print(f"store: {args.store}; {args.rounds} rounds of {args.calls} calls each, 2 quotas per call (model + user)")
+            chain: dict[int, tuple[str | None, int]] = {}
+            measure(direct, gated, 200, args.endpoint, chain)  # warm-up: connections, tokenizer, scripts
+            print(f"{args.endpoint}, store: {args.store}; {args.rounds} rounds of {args.calls} calls each, 2 quotas per call (model + user)")
             for r in range(args.rounds):
-                plain, through = measure(direct, gated, args.calls)
+                plain, through = measure(direct, gated, args.calls, args.endpoint, chain)
                 p50d, p99d = percentile(plain, 0.5), percentile(plain, 0.99)
                 p50g, p99g = percentile(through, 0.5), percentile(through, 0.99)
                 added.append((p50g - p50d, p99g - p99d))

@@ -37,14 +37,15 @@ def names(transport: GateTransport | AsyncGateTransport) -> list[str]:
 
 def test_the_path_is_the_configs_steps_in_the_designs_order(tmp_path: Path) -> None:
     plain = fg.Gateway()
-    assert names(plain.transport()) == ["record", "modes", "dedup", "fallback", "retry", "breaker", "limit",
-                                        "upstream"]
+    assert names(plain.transport()) == ["record", "shape", "modes", "dedup", "fallback", "retry", "breaker",
+                                        "limit", "upstream"]
     everything = fg.Gateway(
         presets={"short": {"max_output_tokens": 100}}, model_override="gpt-4.1-nano", cache={"enabled": True},
         budgets={"limits": [{"scope": "global", "dollars": 10.0}]}, lanes={"concurrency": 4})
     for transport in (everything.transport(), everything.async_transport()):
         assert names(transport) == ORDER
-    assert names(fg.Gateway(breakers={"enabled": False}, dedup={"enabled": False}).transport()) == [
+    assert names(fg.Gateway(breakers={"enabled": False}, dedup={"enabled": False},
+                            server_context={"enabled": False}).transport()) == [
         "record", "modes", "fallback", "retry", "limit", "upstream"]
     for gate in (plain, everything):
         gate.close()

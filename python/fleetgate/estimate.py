@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from fleetgate._core import chat_prompt_tokens, count_tokens
 
-__all__ = ["Estimate", "GATED_PATHS", "UsageCounts", "estimate_request", "usage_counts", "usage_tokens"]
+__all__ = ["Estimate", "GATED_PATHS", "UsageCounts", "estimate_request", "usage_counts", "usage_input", "usage_tokens"]
 
 #: The endpoints whose calls pass through quotas, by the end of their URL path.
 GATED_PATHS = ("/chat/completions", "/responses", "/embeddings")
@@ -35,20 +35,35 @@ class Estimate:
     #: The ``service_tier`` the request asks for (None: none, the project's default); the
     #: answer's own ``service_tier`` says which tier served it (:mod:`fleetgate.tiers`).
     service_tier: str | None = None
+    #: Input tokens OpenAI holds for the call and adds to its body (the context of a
+    #: Responses chain it continues: :mod:`fleetgate.chains`); 0 for most calls.
+    held: int = 0
 
     @property
     def tokens(self) -> int:
         """What to reserve."""
-        return max(self.prompt_tokens, self.prompt_chars_estimate) + self.max_output_tokens
+        return max(self.prompt_tokens, self.prompt_chars_estimate) + self.held + self.max_output_tokens
+
+    @property
+    def input_tokens(self) -> int:
+        """The input the call is billed for: its prompt and the context held for it."""
+        return self.prompt_tokens + self.held
 
     @property
     def upstream_tokens(self) -> int:
         """What OpenAI counts against tokens per minute for this request."""
-        return self.prompt_chars_estimate + self.max_output_tokens
+        return self.prompt_chars_estimate + self.held + self.max_output_tokens
 
-    def settle_with(self, usage: int | None) -> int:
-        """What to settle the reservation to, given the real usage (None if unknown)."""
-        return self.upstream_tokens if usage is None else max(usage, self.upstream_tokens)
+    def settle_with(self, usage: int | None, input_tokens: int | None = None) -> int:
+        """What to settle the reservation to, given the real usage (None if unknown) and,
+        for a call with held context, the input it reports: the context it really carried
+        replaces the one reserved for."""
+        if usage is None:
+            return self.upstream_tokens
+        if self.held and input_tokens is not None:  # the body counted as the lesser of both ways, to be safe
+            carried = max(0, input_tokens - min(self.prompt_tokens, self.prompt_chars_estimate))
+            return max(usage, self.prompt_chars_estimate + carried + self.max_output_tokens)
+        return max(usage, self.upstream_tokens)
 
 
 def chars_estimate(texts: list[str], per_message: int = 0) -> int:
@@ -142,3 +157,12 @@ def usage_tokens(usage: Any) -> int | None:
     parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")]
     numbers = [p for p in parts if isinstance(p, int)]
     return sum(numbers) if numbers else None
+
+
+def usage_input(usage: Any) -> int | None:
+    """The input tokens a response's ``usage`` reports (chat's ``prompt_tokens``, the
+    Responses API's ``input_tokens``), or None."""
+    if not isinstance(usage, dict):
+        return None
+    value = usage.get("input_tokens", usage.get("prompt_tokens"))
+    return value if isinstance(value, int) else None

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from fleetgate._core import Breaker, Breakers, Budget, Lanes, Limiter, Quota
 from fleetgate.budget.guard import AlertCallback, Budgets
 from fleetgate.cache import AnswerCache
+from fleetgate.chains import Chains
 from fleetgate.router import Classifier, Router
 from fleetgate.validate import complete, complete_async
 from fleetgate.budget.presets import Presets
@@ -151,6 +152,8 @@ class Gateway:
                                failure_policy=self.config.failure_policy, local_share=self.config.local_share,
                                privacy=self.privacy, on_unpriced=self.seen_models.note)
         self.presets = Presets(self.config.presets)
+        #: What calls continuing a Responses chain carry (:mod:`fleetgate.chains`).
+        self.chains = Chains(self.config.server_context, self.config.redis_url, self.stats, self.config.failure_policy)
         # One embedder (one model loaded) for the semantic layer and the nearest classifier.
         semantic = self.config.cache.semantic.enabled
         nearest = self.config.routing.classifier == "nearest" and bool(self.config.routing.tiers)
@@ -218,6 +221,7 @@ class Gateway:
         self.router.close()
         self.privacy.close()
         self.seen_models.close()
+        self.chains.close()
 
     @property
     def closed(self) -> bool:

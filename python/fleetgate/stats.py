@@ -26,7 +26,10 @@ class GatewayStats:
     (the exact layer's); ``semantic_hits``, ``semantic_misses``, ``semantic_guarded_<guard>``
     per near-miss guard that refused a candidate, ``semantic_stale``, ``semantic_dropped``,
     ``semantic_other_embedder``; ``warm_waits`` calls that waited for the gateway's warm-up
-    (:mod:`fleetgate.warm`) before their deadline started.
+    (:mod:`fleetgate.warm`) before their deadline started; ``chain_known``, ``chain_counted``
+    (of which ``chain_not_found``), ``chain_allowance``: Responses calls continuing a chain,
+    by how its held context was known; ``chain_count_failures``, ``chain_reads`` (Redis
+    GETs), ``chain_store_down``, ``chain_write_failures`` (:mod:`fleetgate.chains`).
     """
 
     def __init__(self) -> None:

@@ -192,7 +192,7 @@ class Budgets:
                     'or set [budgets] unpriced = "allow"')
             self._count("budget_unpriced")
             return None, 0.0
-        prompt = max(estimate.prompt_tokens, estimate.prompt_chars_estimate)
+        prompt = max(estimate.prompt_tokens, estimate.prompt_chars_estimate) + estimate.held
         return price, price.worst(prompt, estimate.max_output_tokens, tier=price_tier(estimate.service_tier))
 
     def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice,

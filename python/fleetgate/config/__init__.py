@@ -24,9 +24,11 @@ from fleetgate.config.prices import PriceFields, PriceSettings
 from fleetgate.config.privacy import PrivacySettings
 from fleetgate.config.prompts import PromptSettings
 from fleetgate.config.routing import DeploymentSettings, RolloutSettings, RoutingSettings, TierSettings
+from fleetgate.config.server_context import ServerContextSettings
 
 __all__ = [
     "ENVIRONMENTS", "PromptSettings", "BatchSettings", "BreakerSettings", "LoggingSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
     "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "PrivacySettings", "QuotaLimits", "SemanticSettings",
     "DeploymentSettings", "MODES", "ModeSettings", "ModeTrigger", "RolloutSettings", "RoutingSettings", "TierSettings",
+    "ServerContextSettings",
 ]

@@ -24,6 +24,7 @@ from fleetgate.config.prices import PriceSettings
 from fleetgate.config.privacy import PrivacySettings
 from fleetgate.config.prompts import PromptSettings
 from fleetgate.config.routing import RoutingSettings
+from fleetgate.config.server_context import ServerContextSettings
 
 __all__ = ["GatewayConfig"]
 
@@ -91,6 +92,7 @@ class GatewayConfig(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    server_context: ServerContextSettings = Field(default_factory=ServerContextSettings)
 
     def __init__(self, **values: Any) -> None:
         """Read the settings: `values`, then ``FLEETGATE_*`` variables, then the TOML file

@@ -12,6 +12,7 @@ reservation, a budget hold, a lane's slot) asks to be told when it is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -93,8 +94,9 @@ class Outcome:
     """How the upstream call ended, once its answer is in: the status, the tokens to
     settle its quota with and where they come from (``usage``, ``estimate`` or
     ``failure``: nothing spent), its ``usage`` object, how many content deltas a stream
-    carried, and the error ``code`` of a refusal (a 429's ``rate_limit_exceeded`` or
-    ``insufficient_quota``)."""
+    carried, the error ``code`` of a refusal (a 429's ``rate_limit_exceeded`` or
+    ``insufficient_quota``), and the id of the Responses object a stream completed (an
+    answer read whole has it in its body)."""
 
     status: int
     tokens: int
@@ -102,6 +104,7 @@ class Outcome:
     usage: dict[str, Any] | None = None
     deltas: int = 0
     code: str | None = None
+    response_id: str | None = None
 
     @property
     def billed(self) -> bool:
@@ -192,24 +195,37 @@ class Call:
         """Send `body` instead (a preset's, a route's, a degraded mode's): the request
         rewritten and estimated anew, in place; False (and nothing changed) when the body
         cannot be estimated."""
-        try:
-            estimate = estimate_request(self.endpoint, body, self.assumed_max_output)
-        except (ValueError, TypeError):
+        estimate = self._estimate(body)
+        if estimate is None:
             return False
         self.request, self.body, self.estimate, self._identity = with_body(self.request, body), body, estimate, None
         return True
 
     def step_down(self, body: dict[str, Any]) -> Call | None:
-        """A call for another rung of the ladder (a cheaper model's `body`), in the same
-        scope, deadline and timing; None when the body cannot be estimated. What the rung
-        decides is noted on this call, which the caller's answer reports."""
+        """A call for another rung of the ladder (a cheaper model's `body`, the standard
+        tier's), in the same scope, deadline and timing; None when the body cannot be
+        estimated. What the rung decides is noted on this call, which the caller's answer
+        reports, and its outcome is this call's too (:meth:`when_done`)."""
+        estimate = self._estimate(body)
+        if estimate is None:
+            return None
+        stepped = Call(with_body(self.request, body), self.endpoint, body, estimate, self.scope, self.deadline,
+                       self.assumed_max_output, self.timing, self.cut, self.route, self.mode, self.template,
+                       started=self.started)
+        stepped.when_done(self.done)
+        return stepped
+
+    def _estimate(self, body: dict[str, Any]) -> Estimate | None:
+        """The estimate of `body` sent in place of this call's (None: it cannot be made),
+        with the context OpenAI holds for this call when `body` continues the same chain."""
         try:
             estimate = estimate_request(self.endpoint, body, self.assumed_max_output)
         except (ValueError, TypeError):
             return None
-        return Call(with_body(self.request, body), self.endpoint, body, estimate, self.scope, self.deadline,
-                    self.assumed_max_output, self.timing, self.cut, self.route, self.mode, self.template,
-                    started=self.started)
+        held = self.estimate.held
+        if held and all(body.get(k) == self.body.get(k) for k in ("previous_response_id", "conversation")):
+            estimate = dataclasses.replace(estimate, held=held)
+        return estimate
 
     def waits(self, seconds: float, what: str) -> float:
         """`seconds` the call waits (or waited) for `what` (one of `WAITS`: quota, a lane,

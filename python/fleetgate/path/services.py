@@ -9,6 +9,7 @@ from fleetgate._core import Breaker, Breakers, Lanes, Limiter, Quota
 from fleetgate.budget.guard import Budgets
 from fleetgate.budget.presets import Presets
 from fleetgate.cache import AnswerCache
+from fleetgate.chains import Chains
 from fleetgate.config import GatewayConfig
 from fleetgate.dedup import Collapser
 from fleetgate.fallback import Ladder
@@ -40,6 +41,7 @@ class Services(Protocol):
     cache: AnswerCache
     collapser: Collapser
     budgets: Budgets
+    chains: Chains
     breakers: Breakers | None
     limiter: Limiter
     prices: PriceTable

@@ -12,7 +12,8 @@ import httpx2
 
 from fleetgate.estimate import usage_tokens
 
-__all__ = ["EXHAUSTED", "UsageScanner", "error_code", "rate_limit_headers", "retry_wait", "served_tier", "usage_of"]
+__all__ = ["EXHAUSTED", "UsageScanner", "error_code", "rate_limit_headers", "response_id_of", "retry_wait",
+           "served_tier", "usage_of"]
 
 #: What a 429 ``rate_limit_exceeded`` says of the model's quota: nothing left.
 EXHAUSTED = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "0"}
@@ -59,6 +60,27 @@ def error_code(response: httpx2.Response) -> str | None:
 _DECODER = json.JSONDecoder()
 
 
+def response_id_of(body: bytes) -> str | None:
+    """The top-level ``id`` of a JSON answer. OpenAI puts it first, so it is parsed alone
+    from its first occurrence; the whole body is parsed only when that fails."""
+    at = body.find(b'"id"')
+    if at >= 0:
+        try:
+            rest = body[at + 4:at + 512].decode(errors="replace").lstrip()
+            if rest.startswith(":"):
+                value, _ = _DECODER.raw_decode(rest[1:].lstrip())
+                if isinstance(value, str):
+                    return value
+        except ValueError:
+            pass  # not where it usually is: parse the whole body below
+    try:
+        whole = json.loads(body)
+    except ValueError:
+        return None
+    found = whole.get("id") if isinstance(whole, dict) else None
+    return found if isinstance(found, str) else None
+
+
 def usage_of(body: bytes) -> object:
     """The top-level ``usage`` of a JSON response. OpenAI puts it last, so it is parsed
     alone from its key on (the answer, often most of the body, is not parsed twice); the
@@ -100,7 +122,7 @@ def served_tier(body: bytes) -> str | None:
 class UsageScanner:
     """Watches a passing SSE stream for its usage, without holding it back."""
 
-    __slots__ = ("_pending", "usage", "detail", "deltas", "tier")
+    __slots__ = ("_pending", "usage", "detail", "deltas", "tier", "response_id")
 
     def __init__(self) -> None:
         self._pending = b""
@@ -110,6 +132,8 @@ class UsageScanner:
         self.deltas = 0
         #: The ``service_tier`` the stream reports (the tier serving it), once seen.
         self.tier: str | None = None
+        #: The id of the Responses object whose usage it carried (None: another endpoint's).
+        self.response_id: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         data = self._pending + chunk
@@ -128,6 +152,8 @@ class UsageScanner:
                 tokens = usage_tokens(usage)
                 if tokens is not None:
                     self.usage, self.detail = tokens, usage
+                    rid = response.get("id")
+                    self.response_id = rid if isinstance(rid, str) else None
                 tier = event.get("service_tier") or response.get("service_tier")
                 if isinstance(tier, str):
                     self.tier = tier

@@ -57,7 +57,7 @@ class Budget(Layer):
         cost = call.timing.cost if outcome.usage is not None else None
         output = outcome.deltas if call.stream else call.estimate.max_output_tokens
         try:
-            self.budgets.spend(hold, cost, call.estimate.prompt_tokens, output)
+            self.budgets.spend(hold, cost, call.estimate.input_tokens, output)
         except FleetgateError as e:
             settle_failed(self.stats, e)
 

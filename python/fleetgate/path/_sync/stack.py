@@ -19,6 +19,7 @@ import httpx2
 from fleetgate.path._sync.breaker import Breaker
 from fleetgate.path._sync.budget import Budget
 from fleetgate.path._sync.cache import Cache
+from fleetgate.path._sync.context import Context
 from fleetgate.path._sync.dedup import Dedup
 from fleetgate.path._sync.fallback import Fallback
 from fleetgate.path._sync.flex import FlexFallback
@@ -45,8 +46,9 @@ def layers(gateway: Services, inner: httpx2.BaseTransport) -> list[Layer]:
     prompts = cfg.prompts
     found: list[Layer | None] = [
         Record(stats, metrics, g.tracer, g.privacy),
-        Shape(g.presets, prompts, g.compressor, g.prompt_savings, g.layout, metrics, g.privacy)
-        if cfg.presets or g.compressor is not None or g.layout is not None else None,
+        Shape(g.presets, prompts, g.compressor, g.prompt_savings, g.layout, metrics, g.privacy,
+              Context(g.chains, cfg.server_context, inner, stats) if cfg.server_context.enabled else None)
+        if cfg.presets or g.compressor is not None or g.layout is not None or cfg.server_context.enabled else None,
         Route(g.router, cfg.model_override, stats) if g.router.active or cfg.model_override else None,
         Modes(g.modes, cfg.modes, g.ladder, g.cache, stats, g.privacy),
         Cache(g.cache) if g.cache.store is not None else None,

@@ -23,7 +23,7 @@ from typing import Any
 import httpx2
 
 from fleetgate._core import health
-from fleetgate.estimate import usage_counts, usage_tokens
+from fleetgate.estimate import usage_counts, usage_input, usage_tokens
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import Modes
 from fleetgate.path._sync.layer import Layer, Next
@@ -69,9 +69,10 @@ class Upstream(Layer):
         if status == 200:
             usage = usage_of(response.content)
             tokens = usage_tokens(usage)
+            estimate = call.estimate
+            settled = estimate.settle_with(tokens, usage_input(usage) if estimate.held else None)
             billed = self._billed(call, usage, served_tier(response.content) if usage is not None else None)
-            call.outcome = Outcome(status, call.estimate.settle_with(tokens), "estimate" if tokens is None else "usage",
-                                   billed)
+            call.outcome = Outcome(status, settled, "estimate" if tokens is None else "usage", billed)
         else:
             call.outcome = Outcome(status, 0, "failure", code=error_code(response) if status == 429 else None)
         call.timing.quota_tokens += call.outcome.tokens
@@ -90,10 +91,11 @@ class Upstream(Layer):
         prompt and one token per content delta)."""
         estimate = call.estimate
         if scanner.usage is not None:
-            outcome = Outcome(200, estimate.settle_with(scanner.usage), "usage",
-                              self._billed(call, scanner.detail, scanner.tier), scanner.deltas)
+            settled = estimate.settle_with(scanner.usage, usage_input(scanner.detail) if estimate.held else None)
+            outcome = Outcome(200, settled, "usage", self._billed(call, scanner.detail, scanner.tier), scanner.deltas,
+                              response_id=scanner.response_id)
         else:
-            outcome = Outcome(200, estimate.settle_with(estimate.prompt_tokens + scanner.deltas), "estimate", None,
+            outcome = Outcome(200, estimate.settle_with(estimate.input_tokens + scanner.deltas), "estimate", None,
                               scanner.deltas)
         call.timing.quota_tokens += outcome.tokens
         call.done(outcome)

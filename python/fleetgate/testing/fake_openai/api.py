@@ -79,6 +79,10 @@ class Completion:
     written: int = 0
     #: The tier that serves it, as the answer reports it (:mod:`.tiers`).
     service_tier: str = "default"
+    #: Responses: input tokens held by the server (a chain's context), within `prompt_tokens`.
+    held: int = 0
+    #: Responses: the id its answer has (None: a new one each time it is rendered).
+    response_id: str | None = None
 
 
 def _answer(config: FakeConfig, model: str, prompt: str, limit: int | None,
@@ -198,7 +202,7 @@ def response_object(plan: Completion, cached: int, status: str, text: str, *, re
         "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
     }] if done else []
     return {
-        "id": response_id or new_id("resp"), "object": "response", "created_at": int(time.time()),
+        "id": response_id or plan.response_id or new_id("resp"), "object": "response", "created_at": int(time.time()),
         "status": status, "model": plan.model, "output": output, "error": None, "incomplete_details": None,
         "instructions": plan.body.get("instructions"), "max_output_tokens": plan.body.get("max_output_tokens"),
         "parallel_tool_calls": True, "service_tier": plan.service_tier, "temperature": plan.body.get("temperature", 1.0),

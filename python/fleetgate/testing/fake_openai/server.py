@@ -25,6 +25,7 @@ from fleetgate.testing.fake_openai.catalog import model_list
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
 from fleetgate.testing.fake_openai.limits import ModelQuota
 from fleetgate.testing.fake_openai.usage_api import UsageApi
+from fleetgate.testing.fake_openai.stateful import ServerContext
 
 __all__ = ["FakeOpenAI", "ModelCounters"]
 
@@ -55,6 +56,7 @@ class _Server:
         self.files = FileStore()
         self.bill = Bill(PriceTable.load(config.prices_file) if config.prices_file else None)
         self.batches = BatchStore(config, self.files, self.bill)
+        self.held = ServerContext()
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -73,6 +75,8 @@ class _Server:
             web.get("/v1/models", self.models),
             web.post("/v1/chat/completions", self.chat),
             web.post("/v1/responses", self.responses),
+            web.post("/v1/responses/input_tokens", self.held.count_input_tokens),
+            web.post("/v1/conversations", self.held.create_conversation),
             web.post("/v1/embeddings", self.embeddings),
             *other_routes(self._complete),
             web.post("/v1/files", self.files.upload),
@@ -122,7 +126,7 @@ class _Server:
 
     async def _complete(self, request: web.Request, planner: Callable[[FakeConfig, dict[str, Any]], Completion]) -> web.StreamResponse:
         body = await _read_json(request)
-        plan = planner(self.config, body)
+        plan = self.held.plan(planner(self.config, body))
         now = self.now()
         quota = self.quota(plan.model)
         tpm = quota.limits.tokens_per_minute
@@ -185,15 +189,16 @@ class _Server:
 
         if plan.kind != "embeddings":
             plan.service_tier = tiers.serve(self.config.tiers, self.rng, body, plan.model)
-        cached = self.prompt_cache.cached(plan.model, plan.prompt, plan.prompt_tokens)
+        cached = self.prompt_cache.cached(plan.model, plan.prompt, plan.prompt_tokens - plan.held)
         if self.bill.bills_writes(plan.model):
-            plan.written = self.prompt_cache.written(plan.prompt_tokens, cached)
+            plan.written = self.prompt_cache.written(plan.prompt_tokens - plan.held, cached)
         text = _shaped_text(plan.text, shape)
         project = project_of(request)
         if body.get("stream") and plan.kind != "embeddings":
             return await self._stream(request, plan, cached, text, headers, cut="cut_stream" in shape, project=project)
         result = api.render(self.config, plan, cached, text=text)
         self.bill.charge(plan.model, api.usage(plan, cached), project=project, tier=plan.service_tier)
+        self.held.answered(plan, api.usage(plan, cached))
         if "malformed_json" in shape:
             raw = json.dumps(result)
             return web.Response(text=raw[: len(raw) // 2], content_type=_JSON, headers=headers)
@@ -213,6 +218,7 @@ class _Server:
             await response.write(event)
         self.bill.charge(plan.model, api.usage(plan, cached), project=project,
                          tier=plan.service_tier)  # billed once it ended
+        self.held.answered(plan, api.usage(plan, cached))
         await response.write_eof()
         return response
 
@@ -298,7 +304,7 @@ def _chat_events(plan: Completion, cached: int, deltas: list[str]) -> list[bytes
 
 
 def _responses_events(plan: Completion, cached: int, text: str, deltas: list[str]) -> list[bytes]:
-    rid, mid = api.new_id("resp"), api.new_id("msg")
+    rid, mid = plan.response_id or api.new_id("resp"), api.new_id("msg")
     seq = iter(range(1_000_000))
     started = api.response_object(plan, cached, "in_progress", "", response_id=rid)
     done = api.response_object(plan, cached, "completed", text, response_id=rid, item_id=mid)
