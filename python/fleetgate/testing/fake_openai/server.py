@@ -18,6 +18,7 @@ from aiohttp import web
 
 from fleetgate.testing.fake_openai import api, content
 from fleetgate.testing.fake_openai.api import ApiError, Completion
+from fleetgate.testing.fake_openai.background import BackgroundStore, Delivery
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
 from fleetgate.testing.fake_openai.billing import Bill, Charge
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
@@ -52,6 +53,7 @@ class _Server:
         self.files = FileStore()
         self.bill = Bill()
         self.batches = BatchStore(config, self.files, self.bill)
+        self.background = BackgroundStore(config, self.bill)
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -68,6 +70,8 @@ class _Server:
             web.get("/v1/models", self.models),
             web.post("/v1/chat/completions", self.chat),
             web.post("/v1/responses", self.responses),
+            web.get("/v1/responses/{id}", self.background.retrieve),
+            web.post("/v1/responses/{id}/cancel", self.background.cancel),
             web.post("/v1/embeddings", self.embeddings),
             web.post("/v1/files", self.files.upload),
             web.get("/v1/files", self.files.list_all),
@@ -81,6 +85,7 @@ class _Server:
             web.get("/fleetgate/counters", self.counters_view),
         ])
         app.on_cleanup.append(self.batches.shutdown)
+        app.on_cleanup.append(self.background.shutdown)
         return app
 
     @web.middleware
@@ -182,6 +187,8 @@ class _Server:
         cached = self.prompt_cache.cached(plan.model, plan.prompt, plan.prompt_tokens)
         text = _shaped_text(plan.text, shape)
         project = project_of(request)
+        if plan.kind == "responses" and body.get("background") is True and not body.get("stream"):
+            return self.background.start(plan, cached, text, headers, project)  # billed when it ends
         if body.get("stream") and plan.kind != "embeddings":
             return await self._stream(request, plan, cached, text, headers, cut="cut_stream" in shape, project=project)
         result = api.render(self.config, plan, cached, text=text)
@@ -416,6 +423,12 @@ class FakeOpenAI:
         if self._server is None:
             raise RuntimeError("the server is not running")
         return self._server.bill.charges()
+
+    def webhooks(self) -> list[Delivery]:
+        """Every background response webhook sent so far, oldest first (a copy)."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return list(self._server.background.deliveries)
 
     def files(self) -> list[dict[str, Any]]:
         """Every file stored now, as the API shows it (copies)."""
