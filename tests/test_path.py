@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4.1-mini"
 MSG = [{"role": "user", "content": "How do I reset my password?"}]
 #: The order of the path, as ../shared/DESIGN.md and the README draw it.
-ORDER = ["record", "shape", "route", "modes", "cache", "dedup", "fallback", "budget", "lanes", "retry", "breaker",
-         "limit", "upstream"]
+ORDER = ["record", "shape", "route", "modes", "cache", "dedup", "fallback", "background", "budget", "lanes", "retry",
+         "breaker", "limit", "upstream"]
 
 
 def names(transport: GateTransport | AsyncGateTransport) -> list[str]:
@@ -37,15 +37,15 @@ def names(transport: GateTransport | AsyncGateTransport) -> list[str]:
 
 def test_the_path_is_the_configs_steps_in_the_designs_order(tmp_path: Path) -> None:
     plain = fg.Gateway()
-    assert names(plain.transport()) == ["record", "modes", "dedup", "fallback", "retry", "breaker", "limit",
-                                        "upstream"]
+    assert names(plain.transport()) == ["record", "modes", "dedup", "fallback", "background", "retry", "breaker",
+                                        "limit", "upstream"]
     everything = fg.Gateway(
         presets={"short": {"max_output_tokens": 100}}, model_override="gpt-4.1-nano", cache={"enabled": True},
         budgets={"limits": [{"scope": "global", "dollars": 10.0}]}, lanes={"concurrency": 4})
     for transport in (everything.transport(), everything.async_transport()):
         assert names(transport) == ORDER
     assert names(fg.Gateway(breakers={"enabled": False}, dedup={"enabled": False}).transport()) == [
-        "record", "modes", "fallback", "retry", "limit", "upstream"]
+        "record", "modes", "fallback", "background", "retry", "limit", "upstream"]
     for gate in (plain, everything):
         gate.close()
 

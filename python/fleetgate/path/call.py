@@ -28,6 +28,7 @@ from fleetgate.scope import Scope, current_scope
 from fleetgate.sharing import identity
 
 if TYPE_CHECKING:
+    from fleetgate.background import Handoff
     from fleetgate.cache import CacheAddress
 
 __all__ = ["WAITS", "Call", "Outcome", "Refused", "Spent", "Timing", "gated_call"]
@@ -92,7 +93,8 @@ class Outcome:
     settle its quota with and where they come from (``usage``, ``estimate`` or
     ``failure``: nothing spent), its ``usage`` object, how many content deltas a stream
     carried, and the error ``code`` of a refusal (a 429's ``rate_limit_exceeded`` or
-    ``insufficient_quota``)."""
+    ``insufficient_quota``). A response still running in the background (source
+    ``background``) is settled `later`: the layers leave what they hold on the handoff."""
 
     status: int
     tokens: int
@@ -100,6 +102,7 @@ class Outcome:
     usage: dict[str, Any] | None = None
     deltas: int = 0
     code: str | None = None
+    later: Handoff | None = None
 
     @property
     def billed(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from fleetgate._core import Breaker, Breakers, Lanes, Limiter, Quota
+from fleetgate.background import BackgroundCalls
 from fleetgate.budget.guard import Budgets
 from fleetgate.budget.presets import Presets
 from fleetgate.cache import AnswerCache
@@ -40,6 +41,7 @@ class Services(Protocol):
     cache: AnswerCache
     collapser: Collapser
     budgets: Budgets
+    background: BackgroundCalls
     breakers: Breakers | None
     limiter: Limiter
     prices: PriceTable

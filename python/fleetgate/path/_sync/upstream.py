@@ -3,7 +3,9 @@
 read whole, its ``usage`` found and priced once; a stream passes through untouched, its
 usage picked from the events as they go by. When the answer is in (a stream: when it is
 closed) the call is told how it ended (:meth:`Call.done`), and the layers above settle
-what they hold.
+what they hold; an answer that says its response runs in the background (``background:
+true``, ``queued``) carries a handoff instead, settled when the response ends
+(:mod:`fleetgate.background`).
 
 Contract: each upstream call's health verdict (``classify`` in the Rust core: 5xx, 408 and
 no answer are failures; a 429 is quota) feeds the fleet's degradation modes, as it feeds
@@ -19,6 +21,7 @@ from typing import Any
 import httpx2
 
 from fleetgate._core import health
+from fleetgate.background.handoff import Handoff, background_answer
 from fleetgate.estimate import usage_counts, usage_tokens
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import Modes
@@ -61,7 +64,10 @@ class Upstream(Layer):
                                    stream=SettlingStream(response.stream,  # type: ignore[arg-type]
                                                          lambda scanner: self._streamed(call, scanner)))
         response.read()
-        if status == 200:
+        later = background_answer(call, response.content) if status == 200 else None
+        if later is not None:  # running in the background: settled when it ends
+            call.outcome = Outcome(status, call.estimate.tokens, "background", later=Handoff(call, later))
+        elif status == 200:
             usage = usage_of(response.content)
             tokens = usage_tokens(usage)
             call.outcome = Outcome(status, call.estimate.settle_with(tokens), "estimate" if tokens is None else "usage",

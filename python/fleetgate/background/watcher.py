@@ -1,0 +1,556 @@
+"""The watcher of background responses: each call the request path hands over
+(:class:`~fleetgate.background.handoff.Handoff`) is polled until its response ends, then
+its quota and budget are settled from what it reports.
+
+1. :meth:`BackgroundCalls.watch`: the call is recorded (in Redis for a fleet, claimed by
+   this pod; in process when embedded) and polled first after ``[background]
+   poll_min_seconds``, then at intervals doubling up to ``poll_max_seconds``.
+2. Each poll (``GET /v1/responses/{id}`` through the gateway's upstream, not gated) is
+   turned into one decision (:func:`decide`): poll again later, or settle, and how:
+
+   - ``usage``: it ended (``completed``, ``incomplete``, ``failed``, ``cancelled``) and says
+     what it used: priced at the service tier it reports;
+   - ``nothing``: it ended with no usage (cancelled or failed before it ran);
+   - ``worst``: the API no longer knows it (404: it is kept about 10 minutes after it
+     ends), or it was still unsettled ``[background] lease_seconds`` after it was made
+     (it cannot be polled, or never ends): its worst case is spent, never released.
+
+3. A webhook that says a response ended (:mod:`fleetgate.webhooks`) polls it at once.
+4. In a fleet, every pod renews its claims and takes the calls whose claim lapsed (their
+   pod died, or closed and handed them back). A call taken over is settled by spending
+   its cost directly on its budgets (the hold its first pod made cannot be settled from
+   another process: it lapses by itself ``lease_seconds`` after the call was made, so
+   until then the budget counts the call's worst case as held on top of its spend: it
+   may refuse early, never admit too much). Its quota reservation is left as it was:
+   counted at the request's estimate, as OpenAI's limiter counts it, and refilled within
+   the minute.
+
+One daemon thread watches for every client of the gateway, sync or async: a background
+call outlives the call (and the event loop) that made it, and a pod takes over its dead
+peers' calls whether or not it makes any. Polls run on a few worker threads. The thread
+stops with the gateway (:meth:`BackgroundCalls.close`): in a fleet this pod's calls are
+handed back to the others; embedded, nobody else could settle them, so they are settled
+at their worst case.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx2
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fleetgate._core import Budget, Limiter
+from fleetgate.background.handoff import ACTIVE, ENDED, Handoff
+from fleetgate.background.pending import LocalPending, PendingCall, PendingStore, RedisPending
+from fleetgate.budget.guard import Budgets
+from fleetgate.config.background import BackgroundSettings
+from fleetgate.errors import BudgetExceeded, FleetgateError, QueueFull
+from fleetgate.estimate import usage_counts, usage_tokens
+from fleetgate.metrics import GatewayMetrics
+from fleetgate.prices import PriceTable
+from fleetgate.stats import GatewayStats
+
+__all__ = ["BackgroundCalls", "BackgroundCollector", "Decision", "Polled", "decide"]
+
+log = logging.getLogger("fleetgate")
+
+#: How a background call was settled.
+How = Literal["usage", "nothing", "worst"]
+SETTLED: tuple[How, ...] = ("usage", "nothing", "worst")
+_POLL_WORKERS = 4
+#: Calls taken over from other pods per look.
+_TAKE_AT_ONCE = 100
+_NANO = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """What one poll found: the response's ``status`` (``missing``: the API does not know
+    it; ``unreachable``: no answer, or an error that says nothing of the response), its
+    usage and service tier once it ended, and a `reason` for an unreachable one."""
+
+    status: str
+    usage: dict[str, Any] | None = None
+    tier: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Poll again in `wait` seconds, or settle (`how` is not None)."""
+
+    how: How | None
+    wait: float = 0.0
+
+
+def decide(polled: Polled, interval: float, settings: BackgroundSettings, overdue: bool) -> Decision:
+    """What to do after a poll: `interval` is the wait before this poll, `overdue` whether
+    the call outlived ``lease_seconds``."""
+    if polled.status in ENDED:
+        return Decision("usage" if polled.usage else "nothing")
+    if polled.status == "missing" or overdue:
+        return Decision("worst")
+    return Decision(None, min(max(interval * 2, settings.poll_min_seconds), settings.poll_max_seconds))
+
+
+@dataclass(eq=False)
+class _Watched:
+    record: PendingCall
+    #: This pod's holds (None: taken over from another pod).
+    handoff: Handoff | None
+    #: Request headers that poll it in this pod (its API key: never stored).
+    auth: dict[str, str] = field(default_factory=dict)
+    next_poll: float = 0.0
+    interval: float = 0.0
+    busy: bool = False
+    #: Poll again as soon as the poll under way is over (a webhook came meanwhile).
+    again: bool = False
+    #: Feature as the metrics label it (this pod's calls; None otherwise).
+    feature: str | None = None
+
+
+class BackgroundCalls:
+    """This gateway's background calls: watched until they end, then settled."""
+
+    def __init__(self, settings: BackgroundSettings, *, transport: httpx2.BaseTransport, redis_url: str | None,
+                 limiter: Limiter, budgets: Budgets, prices: PriceTable, stats: GatewayStats,
+                 metrics: GatewayMetrics | None) -> None:
+        self.settings = settings
+        self._limiter, self._budgets, self._prices, self.stats, self._metrics = limiter, budgets, prices, stats, metrics
+        self._store: PendingStore = RedisPending(redis_url) if redis_url else LocalPending()
+        self._http = httpx2.Client(transport=transport, timeout=httpx2.Timeout(30.0, connect=10.0))
+        #: This pod, as the holder of claims.
+        self.owner = f"{os.getpid()}/{uuid.uuid4().hex[:12]}"
+        self._watched: dict[str, _Watched] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._stopping = False
+        self._pool = ThreadPoolExecutor(max_workers=_POLL_WORKERS, thread_name_prefix="fleetgate-background-poll")
+        self._thread: threading.Thread | None = None
+        self._next_fleet = 0.0
+        if self._store.shared:
+            self._start()  # takes over the calls of pods that died, from the start
+
+    # -- the request path's side -----------------------------------------------------------
+
+    def room(self) -> QueueFull | None:
+        """None when this pod can watch one more background call, else the refusal."""
+        if len(self._watched) < self.settings.max_pending:
+            return None
+        self.stats.count("background_refused")
+        return QueueFull(f"this pod already watches {self.settings.max_pending} background responses until they "
+                         "end ([background] max_pending), so the cost of another could not be followed; the request "
+                         "was not sent: retry later, or raise [background] max_pending",
+                         "background", self.settings.max_pending)
+
+    def watch(self, handoff: Handoff) -> None:
+        """Watch a background call until its response ends, holding what `handoff` holds."""
+        call = handoff.call
+        record = self._record(handoff)
+        headers = call.request.headers
+        auth = {"authorization": headers["authorization"]} if "authorization" in headers else {}
+        watched = _Watched(record, handoff, auth, time.monotonic() + self.settings.poll_min_seconds,
+                           self.settings.poll_min_seconds, feature=call.scope.feature)
+        with self._lock:
+            full = len(self._watched) >= self.settings.max_pending or self._stopping
+            if not full:
+                self._watched[record.response_id] = watched
+        if full:  # sent before the room ran out (or while closing): settled now, at its worst
+            self.stats.count("background_refused")
+            log.warning("fleetgate: background response %s could not be watched (this pod watches %d, "
+                        "[background] max_pending, or is closing): settled at its worst case, $%.6g",
+                        record.response_id, self.settings.max_pending, record.worst)
+            self._apply(watched, "worst", None, None)
+            return
+        try:
+            self._store.add(record, self.owner, self.settings.claim_seconds)
+        except Exception as e:  # noqa: BLE001 - the call is watched in this pod all the same
+            self.stats.count("background_store_errors")
+            log.warning("fleetgate: background response %s is watched by this pod only: it could not be recorded "
+                        "in the store (%s); if this pod stops, its budget hold lapses after [background] "
+                        "lease_seconds", record.response_id, e)
+        self.stats.count("background_watched")
+        self._start()
+        with self._wake:
+            self._wake.notify()
+
+    def _record(self, handoff: Handoff) -> PendingCall:
+        call, hold = handoff.call, handoff.hold
+        now = time.time()
+        url = urlsplit(str(call.request.url))
+        host = f"{url.hostname}:{url.port}" if url.port else url.hostname or ""
+        where = urlunsplit((url.scheme, host, url.path, "", ""))  # no credentials, no query
+        if hold is not None:
+            worst = hold.reservation.dollars
+        else:
+            price = self._prices.price(call.model)
+            worst = price.worst(call.estimate.prompt_tokens, call.estimate.max_output_tokens) if price else 0.0
+        held = set(hold.reservation.budgets) if hold is not None and not hold.local else set()
+        budgets: list[tuple[str, float, str]] = [(b.name, b.limit, b.period) for b in self._budgets.applicable(call.scope) if b.name in held]
+        tier = call.body.get("service_tier")
+        headers = call.request.headers
+        return PendingCall(
+            handoff.response_id, where, call.model, now, now + self.settings.lease_seconds,
+            call.estimate.prompt_tokens, call.estimate.max_output_tokens, worst,
+            project=headers.get("openai-project"), organization=headers.get("openai-organization"),
+            tier=tier if isinstance(tier, str) else None, budgets=budgets,
+            recorded=hold is not None and not hold.local,
+            feature=hold.feature if hold else "", user=hold.user if hold else "", team=hold.team if hold else "")
+
+    # -- webhooks ------------------------------------------------------------------------------
+
+    def ended(self, response_id: str) -> bool:
+        """A webhook says `response_id` ended: poll it now and settle it (in this thread
+        when this pod watches it; else its pod is told). Whether it is pending anywhere."""
+        with self._lock:
+            watched = self._watched.get(response_id)
+            if watched is not None:
+                if watched.busy:
+                    watched.again = True
+                    return True
+                watched.busy = True
+        if watched is not None:
+            self._poll_one(watched)
+            return True
+        try:
+            return self._store.mark_due(response_id)
+        except Exception as e:  # noqa: BLE001 - it is polled all the same
+            self.stats.count("background_store_errors")
+            log.warning("fleetgate: could not tell the fleet that background response %s ended (%s); it is "
+                        "settled at its next poll", response_id, e)
+            return False
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Background calls this pod watches now."""
+        with self._lock:
+            return len(self._watched)
+
+    def fleet_pending(self) -> int:
+        """Background calls not yet settled in the whole fleet (embedded: this pod's)."""
+        return self._store.count()
+
+    # -- the watcher ---------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stopping:
+                return
+            self._thread = threading.Thread(target=_run, args=(weakref.ref(self), self._wake),
+                                            name="fleetgate-background", daemon=True)
+        self._thread.start()
+
+    def _step(self) -> float:
+        """One turn of the watcher: poll what is due, look after the fleet's claims; the
+        seconds until the next turn."""
+        now = time.monotonic()
+        with self._lock:
+            if self._stopping:
+                return 0.0
+            due = [w for w in self._watched.values() if not w.busy and w.next_poll <= now]
+            for w in due:
+                w.busy = True
+        for w in due:
+            self._pool.submit(self._poll_one, w)
+        if self._store.shared and now >= self._next_fleet:
+            self._fleet()
+            tick = self.settings.claim_seconds / 3
+            self._next_fleet = now + (min(1.0, tick) if self._watched else tick)
+        with self._lock:
+            waits = [w.next_poll for w in self._watched.values() if not w.busy]
+        if self._store.shared:
+            waits.append(self._next_fleet)
+        return max(0.01, min(waits, default=now + 60.0) - time.monotonic())
+
+    def _fleet(self) -> None:
+        """Renew this pod's claims, take the calls whose claim lapsed, and poll at once
+        those a webhook said ended."""
+        store = self._store
+        try:
+            with self._lock:
+                mine = list(self._watched)
+            held = set(store.renew(mine, self.owner, self.settings.claim_seconds))
+            lost = [i for i in mine if i not in held]
+            taken = store.take(self.owner, self.settings.claim_seconds, _TAKE_AT_ONCE)
+            due = set(store.due([i for i in mine if i in held]))
+        except Exception as e:  # noqa: BLE001 - tried again at the next turn
+            self.stats.count("background_store_errors")
+            log.warning("fleetgate: the background calls' store did not answer (%s); this pod keeps watching its "
+                        "own calls", e)
+            return
+        for response_id in lost:  # finished or taken by another pod while this one was slow
+            with self._lock:
+                watched = self._watched.get(response_id)
+                if watched is None or watched.busy:
+                    continue
+                del self._watched[response_id]
+            self._hand_off(watched)
+        now = time.monotonic()
+        with self._lock:
+            for record in taken:
+                if record.response_id not in self._watched:
+                    self._watched[record.response_id] = _Watched(record, None, next_poll=now,
+                                                                 interval=self.settings.poll_min_seconds)
+                    self.stats.count("background_taken_over")
+                    log.info("fleetgate: took over background response %s from a pod that stopped watching it",
+                             record.response_id)
+            for response_id in due:
+                watched = self._watched.get(response_id)
+                if watched is not None:
+                    watched.next_poll = now
+                    watched.again = watched.busy
+
+    def _poll_one(self, watched: _Watched) -> None:
+        """Poll one call and act on it (in a worker thread, or a webhook's)."""
+        try:
+            polled = self._poll(watched)
+            overdue = time.time() >= watched.record.ends_by
+            decision = decide(polled, watched.interval, self.settings, overdue)
+            if decision.how is not None:
+                if self._settle(watched, decision.how, polled):
+                    return
+                decision = Decision(None, self.settings.poll_max_seconds)
+        except Exception:  # noqa: BLE001 - logged; the call is polled again
+            self.stats.count("background_poll_errors")
+            log.exception("fleetgate: polling background response %s failed; it is polled again",
+                          watched.record.response_id)
+            decision = Decision(None, self.settings.poll_max_seconds)
+        with self._wake:
+            watched.busy = False
+            watched.interval = decision.wait
+            watched.next_poll = time.monotonic() + (0.0 if watched.again else decision.wait)
+            watched.again = False
+            self._wake.notify()
+
+    def _poll(self, watched: _Watched) -> Polled:
+        record = watched.record
+        headers = dict(watched.auth)
+        if "authorization" not in headers:
+            key = os.environ.get("OPENAI_API_KEY")
+            if not key:
+                return Polled("unreachable", reason="no API key to poll it with: set OPENAI_API_KEY")
+            headers["authorization"] = f"Bearer {key}"
+        if record.project:
+            headers["openai-project"] = record.project
+        if record.organization:
+            headers["openai-organization"] = record.organization
+        try:
+            answer = self._http.get(f"{record.url}/{record.response_id}", headers=headers)
+        except httpx2.TransportError as e:
+            return self._unreachable(record, f"no answer: {type(e).__name__}")
+        if answer.status_code == 404:
+            return Polled("missing")
+        if answer.status_code != 200:
+            return self._unreachable(record, f"HTTP {answer.status_code}")
+        try:
+            body = answer.json()
+        except ValueError:
+            return self._unreachable(record, "an answer that is not JSON")
+        status = body.get("status") if isinstance(body, dict) else None
+        if status in ACTIVE or status in ENDED:
+            usage = body.get("usage")
+            tier = body.get("service_tier")
+            return Polled(status, usage if isinstance(usage, dict) else None, tier if isinstance(tier, str) else None)
+        return self._unreachable(record, f"an unknown status {status!r}")
+
+    def _unreachable(self, record: PendingCall, reason: str) -> Polled:
+        self.stats.count("background_poll_errors")
+        log.warning("fleetgate: could not poll background response %s (%s); it is polled again, and settled at its "
+                    "worst case if still unknown [background] lease_seconds after it was made",
+                    record.response_id, reason)
+        return Polled("unreachable", reason=reason)
+
+    # -- settling ------------------------------------------------------------------------------
+
+    def _settle(self, watched: _Watched, how: How, polled: Polled | None) -> bool:
+        """Settle a call this pod holds the claim on, once; False to try again later."""
+        record = watched.record
+        if self._store.shared:
+            try:
+                held = record.response_id in self._store.renew([record.response_id], self.owner,
+                                                                self.settings.claim_seconds)
+            except Exception as e:  # noqa: BLE001 - tried again at the next poll
+                self.stats.count("background_store_errors")
+                log.warning("fleetgate: could not settle background response %s yet: its store did not answer "
+                            "(%s)", record.response_id, e)
+                return False
+            if not held:  # another pod took it over (this one was too slow): it settles it
+                self._forget(watched)
+                self._hand_off(watched)
+                return True
+        usage = polled.usage if polled is not None else None
+        tier = polled.tier if polled is not None else None
+        if not self._apply(watched, how, usage, tier):
+            return False
+        try:
+            self._store.finish(record.response_id, self.owner)
+        except Exception as e:  # noqa: BLE001 - settled; its record is cleared by whoever takes it next
+            self.stats.count("background_store_errors")
+            log.warning("fleetgate: background response %s is settled but its record could not be cleared (%s)",
+                        record.response_id, e)
+        self._forget(watched)
+        return True
+
+    def _apply(self, watched: _Watched, how: How, usage: dict[str, Any] | None, tier: str | None) -> bool:
+        """Spend what the call cost (or give its holds back); False when its budgets could
+        not take the spend yet (taken over, and a budget already holds more than it may)."""
+        record = watched.record
+        counts = usage_counts(usage) if usage is not None else None
+        cost = self._prices.counts_cost(record.model, counts, tier=tier or record.tier) if counts is not None else None
+        if how == "worst":
+            log.warning("fleetgate: background response %s could not be followed to its end: settled at its worst "
+                        "case, $%.6g", record.response_id, record.worst)
+        handoff = watched.handoff
+        try:
+            if handoff is not None:
+                self._settle_holds(handoff, how, usage, cost)
+            elif not self._spend_taken(record, how, cost):
+                return False
+        except FleetgateError as e:
+            self.stats.count("settle_failures")
+            log.warning("fleetgate: could not settle background response %s (%s)", record.response_id, e)
+        self.stats.count(f"background_settled_{how}")
+        if counts is not None and self._metrics is not None:
+            self._metrics.billed(record.model, watched.feature, counts, cost)
+        return True
+
+    def _settle_holds(self, handoff: Handoff, how: How, usage: dict[str, Any] | None, cost: float | None) -> None:
+        call, hold = handoff.call, handoff.hold
+        estimate = call.estimate
+        if handoff.quota is not None:
+            tokens = (estimate.settle_with(usage_tokens(usage)) if how == "usage"
+                      else 0 if how == "nothing" else estimate.upstream_tokens)
+            self._limiter.settle_later(handoff.quota, tokens)
+        if hold is None:
+            return
+        if how == "nothing":
+            self._budgets.release(hold)
+        elif how == "worst":
+            self._budgets.spend(hold, hold.reservation.dollars, estimate.prompt_tokens, estimate.max_output_tokens)
+        else:
+            counts = usage_counts(usage or {})
+            self._budgets.spend(hold, cost, counts.prompt, counts.output)
+
+    def _spend_taken(self, record: PendingCall, how: How, cost: float | None) -> bool:
+        """Spend a taken-over call's cost on its budgets (and the spend records) directly."""
+        dollars = record.worst if how == "worst" else (cost or 0.0) if how == "usage" else 0.0
+        if not record.recorded or dollars <= 0:
+            return True
+        settings = self._budgets.settings
+        budgets = [Budget(name, limit, period, settings.timezone, settings.alerts)  # type: ignore[arg-type]
+                   for name, limit, period in record.budgets]
+        ledger = self._budgets.ledger
+        try:
+            # A nano-dollar, not nothing: a shared ledger cannot settle a hold of $0 ("-0").
+            reservation = ledger.reserve(budgets, _NANO, lease=60.0, now=record.made_at,
+                                         timeout=settings.store_timeout_seconds)
+        except BudgetExceeded as e:  # over already: spend once the dead pod's hold lapses
+            self.stats.count("background_settle_waits")
+            log.warning("fleetgate: background response %s cost $%.6g, not spent yet: %s; tried again until its "
+                        "first pod's hold lapses", record.response_id, dollars, e)
+            return False
+        ledger.settle(reservation, dollars, model=record.model, feature=record.feature, user=record.user,
+                      team=record.team)
+        return True
+
+    def _forget(self, watched: _Watched) -> None:
+        with self._lock:
+            if self._watched.get(watched.record.response_id) is watched:
+                del self._watched[watched.record.response_id]
+
+    def _hand_off(self, watched: _Watched) -> None:
+        """Another pod settles a call this pod held: its quota stays as counted, its budget
+        hold is given back (the other pod spends the cost directly)."""
+        if watched.handoff is not None and watched.handoff.hold is not None:
+            try:
+                self._budgets.release(watched.handoff.hold)
+            except FleetgateError as e:
+                self.stats.count("settle_failures")
+                log.warning("fleetgate: could not give back the hold of background response %s (%s); it lapses by "
+                            "itself", watched.record.response_id, e)
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop watching. In a fleet the calls still running are handed back to the other
+        pods (each keeps its budget hold until it lapses); embedded, they are settled at
+        their worst case, since nobody else could settle them."""
+        with self._wake:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._wake.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            left = list(self._watched.values())
+            self._watched.clear()
+        if left and self._store.shared:
+            try:
+                self._store.release([w.record.response_id for w in left], self.owner)
+                log.info("fleetgate: handed %d background responses still running to the fleet", len(left))
+            except Exception as e:  # noqa: BLE001 - their claims lapse by themselves
+                self.stats.count("background_store_errors")
+                log.warning("fleetgate: could not hand %d background responses to the fleet (%s); other pods take "
+                            "them over once this pod's claims lapse", len(left), e)
+        elif left:
+            for watched in left:
+                self._apply(watched, "worst", None, None)
+                self._store.finish(watched.record.response_id, self.owner)
+        self._http.close()
+        self._store.close()
+
+
+def _run(ref: weakref.ref[BackgroundCalls], wake: threading.Condition) -> None:
+    """The watcher thread: holds its gateway's watcher weakly, so an unclosed gateway that
+    is dropped stops it too."""
+    while True:
+        me = ref()
+        if me is None or me._stopping:
+            return
+        try:
+            wait = me._step()
+        except Exception:  # noqa: BLE001 - logged; the next turn tries again
+            log.exception("fleetgate: the background watcher's turn failed; it goes on")
+            wait = 1.0
+        del me
+        with wake:
+            wake.wait(timeout=wait)
+
+
+class BackgroundCollector(Collector):
+    """``fleetgate_background_pending{scope}`` (``pod``: watched by this pod; ``fleet``:
+    not yet settled anywhere, read from the store when scraped) and
+    ``fleetgate_background_settled_total{how}`` (``usage``, ``nothing``, ``worst``)."""
+
+    def __init__(self, calls: BackgroundCalls, stats: GatewayStats) -> None:
+        self.calls, self.stats = calls, stats
+
+    def collect(self) -> Iterator[Metric]:
+        pending = GaugeMetricFamily("fleetgate_background_pending", "Background responses not yet settled",
+                                    labels=["scope"])
+        pending.add_metric(["pod"], self.calls.pending())
+        try:
+            pending.add_metric(["fleet"], self.calls.fleet_pending())
+        except Exception as e:  # noqa: BLE001 - the pod's own figure is still served
+            log.warning("fleetgate: could not count the fleet's background responses (%s)", e)
+        settled = CounterMetricFamily("fleetgate_background_settled", "Background responses settled, by how",
+                                      labels=["how"])
+        for how in SETTLED:
+            settled.add_metric([how], self.stats[f"background_settled_{how}"])
+        yield from (pending, settled)
