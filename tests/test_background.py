@@ -6,6 +6,9 @@ hands its calls to another; a response the API forgot is spent at its worst case
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,6 +23,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 import fleetgate as fg
 from fleetgate.background import BackgroundCollector
 from fleetgate.redis_clients import redis_client
+from fleetgate.background.pending import PendingCall, RedisPending
+from fleetgate.testing import RedisRig
 from fleetgate.testing.fake_openai import BackgroundTimings, FakeConfig, FakeOpenAI
 from fleetgate.testing.fake_openai.background import sign
 from fleetgate.webhooks import Receiver, WebhookRejected
@@ -30,6 +35,7 @@ MAX_OUTPUT = 300
 SECRET = "whsec_" + "c2VjcmV0LWZvci1mbGVldGdhdGUtdGVzdHMtb25seQ=="
 #: Polls often, so a test waits little for a response that ended.
 FAST_POLLS = {"poll_min_seconds": 0.05, "poll_max_seconds": 0.2}
+KEYS = [f"fg:{{background}}:{part}" for part in ("calls", "claims", "owners", "due")]
 
 
 def fake_config(**timings: Any) -> FakeConfig:
@@ -58,14 +64,20 @@ def feature() -> str:
     return f"bg-{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(scope="module")
+def own_redis(redis_rig: RedisRig) -> str:
+    """A Redis of these tests' own: no other test's gateway (closed or not) watches it, so
+    none takes over the calls these tests leave to the fleet."""
+    return redis_rig.start_standalone()
+
+
 @pytest.fixture
-def fleet(redis_url: str) -> Iterator[str]:
+def fleet(own_redis: str) -> Iterator[str]:
     """The shared store, with no background call left over from another test."""
-    client = redis_client(redis_url)
-    keys = [f"fg:{{background}}:{part}" for part in ("calls", "claims", "owners", "due")]
-    client.delete(*keys)
-    yield redis_url
-    client.delete(*keys)
+    client = redis_client(own_redis)
+    client.delete(*KEYS)
+    yield own_redis
+    client.delete(*KEYS)
     client.close()
 
 
@@ -265,6 +277,62 @@ def test_a_stopped_gateway_hands_its_calls_to_another_that_settles_them(feature:
         # The spend is exactly what was billed; the first pod's hold still counts until it lapses.
         until(lambda: spent(second) == pytest.approx((charge.dollars, held), abs=1e-8))
         second.close()
+
+
+#: A pod that makes a background call and dies at once, without closing its gateway.
+DYING_POD = """
+import os, sys
+import fleetgate as fg
+base_url, redis_url, feature = sys.argv[1:4]
+gate = fg.Gateway(base_url=base_url, redis_url=redis_url,
+                  budgets={"limits": [{"scope": "feature", "name": feature, "dollars": 10.0}]},
+                  background={"claim_seconds": 1.0, "poll_min_seconds": 3600, "poll_max_seconds": 3600})
+with gate.scope(feature=feature):
+    answer = gate.openai(api_key="sk-fake").responses.create(
+        model="gpt-4.1-mini", input="Work on it while I am gone.", background=True, max_output_tokens=300)
+print(answer.id, flush=True)
+os._exit(0)
+"""
+
+
+def test_the_calls_of_a_pod_that_died_are_taken_over_once_its_claims_lapse(feature: str, fleet: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake")
+    with FakeOpenAI(fake_config(complete_seconds=0.2)) as fake:
+        died = subprocess.run([sys.executable, "-c", DYING_POD, fake.base_url, fleet, feature], capture_output=True,
+                              text=True, env=dict(os.environ), timeout=120)
+        assert died.returncode == 0, died.stderr
+        response_id = died.stdout.strip()
+        assert response_id.startswith("resp_")
+        survivor = gateway(fake, feature, fleet, claim_seconds=1.0)
+        held = spent(survivor)[1]
+        assert held > 0  # the dead pod's hold, until it lapses
+        until(lambda: survivor.background.fleet_pending() == 0)
+        assert survivor.stats["background_taken_over"] == 1 and survivor.stats["background_settled_usage"] == 1
+        [charge] = fake.bill()
+        until(lambda: spent(survivor) == pytest.approx((charge.dollars, held), abs=1e-8))
+        survivor.close()
+
+
+def test_the_fleets_record_is_claimed_by_one_pod_at_a_time(store_url: str) -> None:
+    store = RedisPending(store_url)
+    store.release(store.renew([], "x", 1.0), "x")
+    call = PendingCall(f"resp_{uuid.uuid4().hex}", "http://127.0.0.1:9/v1/responses", MODEL, time.time(),
+                       time.time() + 60, 10, 20, 0.5, project="proj_a", budgets=[("feature:a:day", 5.0, "day")],
+                       recorded=True, feature="a")
+    store.add(call, "pod-a", 60.0)
+    assert store.renew([call.response_id], "pod-a", 60.0) == [call.response_id]
+    assert store.renew([call.response_id], "pod-b", 60.0) == []  # not pod-b's
+    assert call.response_id not in [c.response_id for c in store.take("pod-b", 60.0, 100)]  # claimed
+    assert not store.finish(call.response_id, "pod-b")
+    store.release([call.response_id], "pod-a")  # pod-a hands it back
+    [taken] = [c for c in store.take("pod-b", 60.0, 100) if c.response_id == call.response_id]
+    assert taken == call
+    assert store.renew([call.response_id], "pod-a", 60.0) == []  # pod-a lost it
+    assert store.mark_due(call.response_id) and store.due([call.response_id]) == [call.response_id]
+    assert store.due([call.response_id]) == []
+    assert store.finish(call.response_id, "pod-b") and not store.mark_due(call.response_id)
+    store.close()
 
 
 def test_a_response_the_api_forgot_is_spent_at_its_worst_case(feature: str, fleet: str,
