@@ -26,7 +26,11 @@ class GatewayStats:
     (the exact layer's); ``semantic_hits``, ``semantic_misses``, ``semantic_guarded_<guard>``
     per near-miss guard that refused a candidate, ``semantic_stale``, ``semantic_dropped``,
     ``semantic_other_embedder``; ``warm_waits`` calls that waited for the gateway's warm-up
-    (:mod:`fleetgate.warm`) before their deadline started.
+    (:mod:`fleetgate.warm`) before their deadline started; ``background_watched``,
+    ``background_settled_usage`` / ``_nothing`` / ``_worst``, ``background_taken_over``,
+    ``background_refused``, ``background_poll_errors``, ``background_store_errors``,
+    ``background_settle_waits``, ``background_webhooks``, ``background_webhooks_rejected``
+    (:mod:`fleetgate.background`).
     """
 
     def __init__(self) -> None:
