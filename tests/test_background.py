@@ -45,6 +45,7 @@ def fake_config(**timings: Any) -> FakeConfig:
 def gateway(fake: FakeOpenAI, feature: str, redis_url: str | None = None, **background: Any) -> fg.Gateway:
     return fg.Gateway(base_url=fake.base_url, redis_url=redis_url,
                       budgets={"limits": [{"scope": "feature", "name": feature, "dollars": 10.0}]},
+                      features={feature: fg.QuotaLimits(requests_per_minute=1_000, tokens_per_minute=1_000_000)},
                       background={**FAST_POLLS, **background})
 
 
@@ -141,7 +142,9 @@ def test_sync_background_calls_spend_what_the_fake_billed_once_they_end(store: s
         assert [a.status for a in answers] == ["queued"] * 4 and all(a.usage is None for a in answers)
         assert gate.background.pending() == 4
         assert spent(gate)[0] == 0.0  # nothing spent at once: the cost is not known yet
+        assert gate.stats["settled_from_usage"] == 0  # nor the feature's quota settled
         until(lambda: gate.background.pending() == 0)
+        assert gate.stats["settled_from_usage"] == 4  # settled from the usage once they ended
         assert len(fake.bill()) == 4 and {c.tier for c in fake.bill()} == {"default", "flex", "priority"}
         until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
         assert gate.stats["background_settled_usage"] == 4
@@ -198,6 +201,7 @@ def test_a_response_cancelled_while_queued_spends_nothing(feature: str) -> None:
         asyncio.run(main())
         until(lambda: gate.background.pending() == 0)
         assert fake.bill() == [] and gate.stats["background_settled_nothing"] == 1
+        assert gate.stats["settled_from_failure"] == 1  # its quota given back too
         until(lambda: spent(gate) == (0.0, 0.0))  # the hold given back
         gate.close()
 
@@ -218,6 +222,7 @@ def test_a_webhook_settles_the_response_at_once(client_kind: str, feature: str, 
                 asyncio.run(gate.async_openai(api_key="sk-fake").responses.create(model=MODEL, input="Hi.",
                                                                                   background=True))
         until(lambda: gate.background.pending() == 0)
+        until(lambda: len(fake.webhooks()) == 1)  # the fake notes a delivery once it is answered
         assert [(d.type, d.status) for d in fake.webhooks()] == [("response.completed", 200)]
         assert gate.stats["background_webhooks"] == 1 and gate.stats["background_settled_usage"] == 1
         until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
@@ -366,6 +371,7 @@ def test_an_embedded_gateway_closed_mid_call_spends_the_worst_case(feature: str)
         worst = spent(gate)[1]
         gate.close()  # nobody else could settle it
         assert gate.stats["background_settled_worst"] == 1 and gate.background.pending() == 0
+        assert gate.stats["settled_from_estimate"] == 1  # its quota kept at what upstream counted
         until(lambda: spent(gate) == pytest.approx((worst, 0.0), abs=1e-8))
 
 

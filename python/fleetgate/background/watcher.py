@@ -73,6 +73,8 @@ _POLL_WORKERS = 4
 #: Calls taken over from other pods per look.
 _TAKE_AT_ONCE = 100
 _NANO = 1e-9
+#: What a quota reservation is settled from, by how its call was settled.
+_QUOTA_SOURCE: dict[How, str] = {"usage": "usage", "nothing": "failure", "worst": "estimate"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +436,8 @@ class BackgroundCalls:
             tokens = (estimate.settle_with(usage_tokens(usage)) if how == "usage"
                       else 0 if how == "nothing" else estimate.upstream_tokens)
             self._limiter.settle_later(handoff.quota, tokens)
+            # Counted as the limit layer counts what it settles at once.
+            self.stats.count(f"settled_from_{_QUOTA_SOURCE[how]}")
         if hold is None:
             return
         if how == "nothing":
