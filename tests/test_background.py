@@ -402,3 +402,17 @@ def test_pending_calls_are_bounded_and_counted_in_stats_and_metrics(feature: str
         assert 'fleetgate_background_settled_total{how="usage"} 2.0' in text
         assert 'fleetgate_background_pending{scope="fleet"} 0.0' in text
         gate.close()
+
+
+def test_with_the_store_down_a_pod_still_settles_its_own_calls(feature: str, caplog: pytest.LogCaptureFixture) -> None:
+    with FakeOpenAI(fake_config(complete_seconds=0.2)) as fake:
+        gate = gateway(fake, feature, "redis://127.0.0.1:1/0")  # nothing listens there
+        client = gate.openai(api_key="sk-fake", max_retries=0)
+        with gate.scope(feature=feature):
+            for i in range(3):
+                client.responses.create(model=MODEL, input=f"Task {i}.", background=True)
+        until(lambda: gate.background.pending() == 0)
+        assert gate.stats["background_settled_usage"] == 3 and gate.stats["background_store_errors"] >= 3
+        said = [r.getMessage() for r in caplog.records if "background calls' Redis" in r.getMessage()]
+        assert len(said) == 1 and "keeps watching and settling its own" in said[0]  # once per outage
+        gate.close()

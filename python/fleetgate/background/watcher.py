@@ -59,7 +59,9 @@ from fleetgate.config.background import BackgroundSettings
 from fleetgate.errors import BudgetExceeded, FleetgateError, QueueFull
 from fleetgate.estimate import usage_counts, usage_tokens
 from fleetgate.metrics import GatewayMetrics
+from fleetgate.outage import Outage
 from fleetgate.prices import PriceTable
+from fleetgate.redis_clients import redacted_url
 from fleetgate.stats import GatewayStats
 
 __all__ = ["BackgroundCalls", "BackgroundCollector", "Decision", "Polled", "decide"]
@@ -121,6 +123,8 @@ class _Watched:
     again: bool = False
     #: Feature as the metrics label it (this pod's calls; None otherwise).
     feature: str | None = None
+    #: Whether a poll that said nothing was logged already.
+    warned: bool = False
 
 
 class BackgroundCalls:
@@ -132,6 +136,8 @@ class BackgroundCalls:
         self.settings = settings
         self._limiter, self._budgets, self._prices, self.stats, self._metrics = limiter, budgets, prices, stats, metrics
         self._store: PendingStore = RedisPending(redis_url) if redis_url else LocalPending()
+        self._outage = Outage(f"the background calls' Redis at {redacted_url(redis_url)}" if redis_url
+                              else "the background calls' record")
         self._http = httpx2.Client(transport=transport, timeout=httpx2.Timeout(30.0, connect=10.0))
         #: This pod, as the holder of claims.
         self.owner = f"{os.getpid()}/{uuid.uuid4().hex[:12]}"
@@ -179,10 +185,7 @@ class BackgroundCalls:
         try:
             self._store.add(record, self.owner, self.settings.claim_seconds)
         except Exception as e:  # noqa: BLE001 - the call is watched in this pod all the same
-            self.stats.count("background_store_errors")
-            log.warning("fleetgate: background response %s is watched by this pod only: it could not be recorded "
-                        "in the store (%s); if this pod stops, its budget hold lapses after [background] "
-                        "lease_seconds", record.response_id, e)
+            self._store_failed(e)
         self.stats.count("background_watched")
         self._start()
         with self._wake:
@@ -229,9 +232,7 @@ class BackgroundCalls:
         try:
             return self._store.mark_due(response_id)
         except Exception as e:  # noqa: BLE001 - it is polled all the same
-            self.stats.count("background_store_errors")
-            log.warning("fleetgate: could not tell the fleet that background response %s ended (%s); it is "
-                        "settled at its next poll", response_id, e)
+            self._store_failed(e)
             return False
 
     # -- reading -------------------------------------------------------------------------------
@@ -289,10 +290,9 @@ class BackgroundCalls:
             taken = store.take(self.owner, self.settings.claim_seconds, _TAKE_AT_ONCE)
             due = set(store.due([i for i in mine if i in held]))
         except Exception as e:  # noqa: BLE001 - tried again at the next turn
-            self.stats.count("background_store_errors")
-            log.warning("fleetgate: the background calls' store did not answer (%s); this pod keeps watching its "
-                        "own calls", e)
+            self._store_failed(e)
             return
+        self._outage.answered("background calls are recorded for the fleet again")
         for response_id in lost:  # finished or taken by another pod while this one was slow
             with self._lock:
                 watched = self._watched.get(response_id)
@@ -343,7 +343,7 @@ class BackgroundCalls:
         if "authorization" not in headers:
             key = os.environ.get("OPENAI_API_KEY")
             if not key:
-                return Polled("unreachable", reason="no API key to poll it with: set OPENAI_API_KEY")
+                return self._unreachable(watched, "no API key to poll it with: set OPENAI_API_KEY")
             headers["authorization"] = f"Bearer {key}"
         if record.project:
             headers["openai-project"] = record.project
@@ -352,27 +352,30 @@ class BackgroundCalls:
         try:
             answer = self._http.get(f"{record.url}/{record.response_id}", headers=headers)
         except httpx2.TransportError as e:
-            return self._unreachable(record, f"no answer: {type(e).__name__}")
+            return self._unreachable(watched, f"no answer: {type(e).__name__}")
         if answer.status_code == 404:
             return Polled("missing")
         if answer.status_code != 200:
-            return self._unreachable(record, f"HTTP {answer.status_code}")
+            return self._unreachable(watched, f"HTTP {answer.status_code}")
         try:
             body = answer.json()
         except ValueError:
-            return self._unreachable(record, "an answer that is not JSON")
+            return self._unreachable(watched, "an answer that is not JSON")
         status = body.get("status") if isinstance(body, dict) else None
         if status in ACTIVE or status in ENDED:
             usage = body.get("usage")
             tier = body.get("service_tier")
             return Polled(status, usage if isinstance(usage, dict) else None, tier if isinstance(tier, str) else None)
-        return self._unreachable(record, f"an unknown status {status!r}")
+        return self._unreachable(watched, f"an unknown status {status!r}")
 
-    def _unreachable(self, record: PendingCall, reason: str) -> Polled:
+    def _unreachable(self, watched: _Watched, reason: str) -> Polled:
+        """A poll that said nothing of the response: counted, and logged once per call."""
         self.stats.count("background_poll_errors")
-        log.warning("fleetgate: could not poll background response %s (%s); it is polled again, and settled at its "
-                    "worst case if still unknown [background] lease_seconds after it was made",
-                    record.response_id, reason)
+        if not watched.warned:
+            watched.warned = True
+            log.warning("fleetgate: could not poll background response %s (%s); it is polled again (said once), and "
+                        "settled at its worst case if still unknown [background] lease_seconds after it was made",
+                        watched.record.response_id, reason)
         return Polled("unreachable", reason=reason)
 
     # -- settling ------------------------------------------------------------------------------
@@ -384,11 +387,14 @@ class BackgroundCalls:
             try:
                 held = record.response_id in self._store.renew([record.response_id], self.owner,
                                                                 self.settings.claim_seconds)
-            except Exception as e:  # noqa: BLE001 - tried again at the next poll
-                self.stats.count("background_store_errors")
-                log.warning("fleetgate: could not settle background response %s yet: its store did not answer "
-                            "(%s)", record.response_id, e)
-                return False
+            except Exception as e:  # noqa: BLE001 - see below
+                self._store_failed(e)
+                # This pod's own call is settled all the same (another pod could take it only
+                # once its claim lapsed: at worst spent twice, never left unspent); one taken
+                # over is tried again at the next poll.
+                held = watched.handoff is not None
+                if not held:
+                    return False
             if not held:  # another pod took it over (this one was too slow): it settles it
                 self._forget(watched)
                 self._hand_off(watched)
@@ -399,10 +405,8 @@ class BackgroundCalls:
             return False
         try:
             self._store.finish(record.response_id, self.owner)
-        except Exception as e:  # noqa: BLE001 - settled; its record is cleared by whoever takes it next
-            self.stats.count("background_store_errors")
-            log.warning("fleetgate: background response %s is settled but its record could not be cleared (%s)",
-                        record.response_id, e)
+        except Exception as e:  # noqa: BLE001 - settled; whoever takes its record next finds it ended
+            self._store_failed(e)
         self._forget(watched)
         return True
 
@@ -469,6 +473,13 @@ class BackgroundCalls:
         ledger.settle(reservation, dollars, model=record.model, feature=record.feature, user=record.user,
                       team=record.team)
         return True
+
+    def _store_failed(self, error: Exception) -> None:
+        """The store did not answer: counted, and said once per outage."""
+        self.stats.count("background_store_errors")
+        self._outage.failed(error, "this pod keeps watching and settling its own background calls; a call it "
+                                   "could not record is not taken over by another pod if this one stops (its "
+                                   "budget hold then lapses after [background] lease_seconds)")
 
     def _forget(self, watched: _Watched) -> None:
         with self._lock:
