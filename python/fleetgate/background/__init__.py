@@ -10,8 +10,7 @@ tier that served it. See :mod:`fleetgate.background.watcher` for the flow and
     gate.background.pending()          # 1: watched until it ends, then settled
 """
 
-from fleetgate.background.handoff import Handoff
 from fleetgate.background.pending import PendingCall
 from fleetgate.background.watcher import BackgroundCalls, BackgroundCollector
 
-__all__ = ["BackgroundCalls", "BackgroundCollector", "Handoff", "PendingCall"]
+__all__ = ["BackgroundCalls", "BackgroundCollector", "PendingCall"]

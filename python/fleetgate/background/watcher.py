@@ -1,5 +1,5 @@
 """The watcher of background responses: each call the request path hands over
-(:class:`~fleetgate.background.handoff.Handoff`) is polled until its response ends, then
+(:class:`~fleetgate.path.call.Handoff`) is polled until its response ends, then
 its quota and budget are settled from what it reports.
 
 1. :meth:`BackgroundCalls.watch`: the call is recorded (in Redis for a fleet, claimed by
@@ -52,7 +52,6 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from fleetgate._core import Budget, Limiter
-from fleetgate.background.handoff import ACTIVE, ENDED, Handoff
 from fleetgate.background.pending import LocalPending, PendingCall, PendingStore, RedisPending
 from fleetgate.budget.guard import Budgets
 from fleetgate.config.background import BackgroundSettings
@@ -60,6 +59,8 @@ from fleetgate.errors import BudgetExceeded, FleetgateError, QueueFull
 from fleetgate.estimate import usage_counts, usage_tokens
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.outage import Outage
+from fleetgate.path.call import Handoff
+from fleetgate.path.running import ACTIVE, ENDED
 from fleetgate.prices import PriceTable
 from fleetgate.redis_clients import redacted_url
 from fleetgate.stats import GatewayStats

@@ -28,10 +28,11 @@ from fleetgate.scope import Scope, current_scope
 from fleetgate.sharing import identity
 
 if TYPE_CHECKING:
-    from fleetgate.background import Handoff
+    from fleetgate._core import Reservation
+    from fleetgate.budget.guard import Hold
     from fleetgate.cache import CacheAddress
 
-__all__ = ["WAITS", "Call", "Outcome", "Refused", "Spent", "Timing", "gated_call"]
+__all__ = ["WAITS", "Call", "Handoff", "Outcome", "Refused", "Spent", "Timing", "gated_call"]
 
 
 #: What a call may wait for (:meth:`Call.waits`): quota, a lane's slot, a retry after a 429,
@@ -85,6 +86,20 @@ class Spent:
             return None
         seconds, timing = left
         return cls(seconds, timing.upstream, dict(timing.waited_for), timing.sent, timing.quota_tokens)
+
+
+@dataclass(eq=False)
+class Handoff:
+    """What a call whose response runs on in the background holds until it ends: the
+    layers put their holds here instead of settling them, and the background layer hands
+    it to the watcher (:mod:`fleetgate.background`), which settles them."""
+
+    call: Call
+    response_id: str
+    #: The limit layer's reservation on the call's quotas (None: no quota applies).
+    quota: Reservation | None = None
+    #: The budget layer's hold (None: no budget holds the call).
+    hold: Hold | None = None
 
 
 @dataclass(frozen=True, slots=True)

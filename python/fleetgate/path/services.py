@@ -6,15 +6,16 @@ from __future__ import annotations
 from typing import Protocol
 
 from fleetgate._core import Breaker, Breakers, Lanes, Limiter, Quota
-from fleetgate.background import BackgroundCalls
 from fleetgate.budget.guard import Budgets
 from fleetgate.budget.presets import Presets
 from fleetgate.cache import AnswerCache
 from fleetgate.config import GatewayConfig
 from fleetgate.dedup import Collapser
+from fleetgate.errors import FleetgateError
 from fleetgate.fallback import Ladder
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import Modes
+from fleetgate.path.call import Handoff
 from fleetgate.prices import PriceTable
 from fleetgate.privacy import Privacy
 from fleetgate.prompts import Compressor, LayoutTracker, Savings
@@ -23,7 +24,18 @@ from fleetgate.scope import Scope
 from fleetgate.stats import GatewayStats
 from fleetgate.tracing import Tracer
 
-__all__ = ["Services"]
+__all__ = ["BackgroundWatcher", "Services"]
+
+
+class BackgroundWatcher(Protocol):
+    """Watches calls whose response runs on in the background until it ends
+    (:class:`fleetgate.background.BackgroundCalls`)."""
+
+    def room(self) -> FleetgateError | None:
+        """None when one more can be watched, else the refusal."""
+
+    def watch(self, handoff: Handoff) -> None:
+        """Settle what `handoff` holds when its response ends."""
 
 
 class Services(Protocol):
@@ -41,11 +53,13 @@ class Services(Protocol):
     cache: AnswerCache
     collapser: Collapser
     budgets: Budgets
-    background: BackgroundCalls
     breakers: Breakers | None
     limiter: Limiter
     prices: PriceTable
     privacy: Privacy
+
+    @property
+    def background(self) -> BackgroundWatcher: ...
 
     def lanes_for(self, model: str) -> Lanes | None: ...
 

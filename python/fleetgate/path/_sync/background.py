@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import httpx2
 
-from fleetgate.background import BackgroundCalls
 from fleetgate.path._sync.layer import Layer, Next
 from fleetgate.path.call import Call, Outcome, Refused
+from fleetgate.path.services import BackgroundWatcher
 
 __all__ = ["Background"]
 
@@ -27,7 +27,7 @@ __all__ = ["Background"]
 class Background(Layer):
     name = "background"
 
-    def __init__(self, calls: BackgroundCalls) -> None:
+    def __init__(self, calls: BackgroundWatcher) -> None:
         self.calls = calls
 
     def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002

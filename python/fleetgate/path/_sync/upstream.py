@@ -21,12 +21,12 @@ from typing import Any
 import httpx2
 
 from fleetgate._core import health
-from fleetgate.background.handoff import Handoff, background_answer
 from fleetgate.estimate import usage_counts, usage_tokens
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import Modes
 from fleetgate.path._sync.layer import Layer, Next
-from fleetgate.path.call import Call, Outcome
+from fleetgate.path.call import Call, Handoff, Outcome
+from fleetgate.path.running import background_answer
 from fleetgate.path.wire import UsageScanner, error_code, usage_of
 from fleetgate.prices import PriceTable
 from fleetgate.prompts import LayoutTracker
