@@ -229,6 +229,23 @@ def test_a_webhook_settles_the_response_at_once(client_kind: str, feature: str, 
         gate.close()
 
 
+def test_a_webhook_to_another_pod_has_the_watching_pod_settle_at_once(feature: str, fleet: str,
+                                                                      webhooks: WebhookServer) -> None:
+    with FakeOpenAI(fake_config(complete_seconds=0.2, webhook_url=webhooks.url, webhook_secret=SECRET)) as fake:
+        slow = {"poll_min_seconds": 3_600, "poll_max_seconds": 3_600}
+        watching = gateway(fake, feature, fleet, **slow)
+        receiving = gateway(fake, feature, fleet, **slow)
+        webhooks.receiver = receiving.webhooks(secret=SECRET)  # the load balancer chose this pod
+        with watching.scope(feature=feature):
+            watching.openai(api_key="sk-fake").responses.create(model=MODEL, input="Hi.", background=True)
+        until(lambda: watching.background.pending() == 0)
+        assert receiving.stats["background_webhooks"] == 1 and receiving.background.pending() == 0
+        assert watching.stats["background_settled_usage"] == 1  # its own hold, settled by its own pod
+        until(lambda: spent(watching) == pytest.approx((billed(fake), 0.0), abs=1e-8))
+        for gate in (watching, receiving):
+            gate.close()
+
+
 def test_a_webhook_with_a_bad_or_stale_signature_is_refused(feature: str, webhooks: WebhookServer) -> None:
     wrong = "whsec_" + "bm90LXRoZS1yaWdodC1zZWNyZXQtYXQtYWxsLTEyMzQ="
     with FakeOpenAI(fake_config(complete_seconds=0.2, webhook_url=webhooks.url, webhook_secret=wrong)) as fake:

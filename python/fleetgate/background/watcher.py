@@ -190,6 +190,9 @@ class BackgroundCalls:
         self.stats.count("background_watched")
         self._start()
         with self._wake:
+            # Watching calls, the pod looks at the fleet's store often (a webhook may have
+            # said one ended); idle, seldom.
+            self._next_fleet = min(self._next_fleet, time.monotonic() + self._busy_tick())
             self._wake.notify()
 
     def _record(self, handoff: Handoff) -> PendingCall:
@@ -271,13 +274,15 @@ class BackgroundCalls:
             self._pool.submit(self._poll_one, w)
         if self._store.shared and now >= self._next_fleet:
             self._fleet()
-            tick = self.settings.claim_seconds / 3
-            self._next_fleet = now + (min(1.0, tick) if self._watched else tick)
+            self._next_fleet = now + (self._busy_tick() if self._watched else self.settings.claim_seconds / 3)
         with self._lock:
             waits = [w.next_poll for w in self._watched.values() if not w.busy]
         if self._store.shared:
             waits.append(self._next_fleet)
         return max(0.01, min(waits, default=now + 60.0) - time.monotonic())
+
+    def _busy_tick(self) -> float:
+        return min(1.0, self.settings.claim_seconds / 3)
 
     def _fleet(self) -> None:
         """Renew this pod's claims, take the calls whose claim lapsed, and poll at once
