@@ -171,6 +171,26 @@ def test_async_background_calls_spend_what_the_fake_billed_once_they_end(feature
         gate.close()
 
 
+@pytest.mark.parametrize("read", ["whole", "first event"])
+def test_a_background_stream_is_settled_when_read_whole_or_when_its_response_ends(read: str, feature: str) -> None:
+    with FakeOpenAI(fake_config(complete_seconds=0.3)) as fake:
+        gate = gateway(fake, feature)
+        client = gate.openai(api_key="sk-fake", max_retries=0)
+        with gate.scope(feature=feature):
+            stream = client.responses.create(model=MODEL, input="Stream a story.", background=True, stream=True,
+                                             max_output_tokens=MAX_OUTPUT)
+            events = [next(iter(stream))] if read == "first event" else list(stream)
+            stream.close()  # left early: the response runs on upstream
+        assert events[0].type == "response.created"
+        if read == "whole":  # its usage came with it: settled at its end, nothing handed over
+            assert events[-1].type == "response.completed" and gate.stats["background_watched"] == 0
+        else:
+            assert gate.stats["background_watched"] == 1
+        until(lambda: len(fake.bill()) == 1 and gate.background.pending() == 0)
+        until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
+        gate.close()
+
+
 def test_a_cancelled_response_spends_what_it_reports(feature: str) -> None:
     with FakeOpenAI(fake_config(queued_seconds=0.0, complete_seconds=600)) as fake:
         gate = gateway(fake, feature)

@@ -82,7 +82,7 @@ def usage_of(body: bytes) -> object:
 class UsageScanner:
     """Watches a passing SSE stream for its usage, without holding it back."""
 
-    __slots__ = ("_pending", "usage", "detail", "deltas")
+    __slots__ = ("_pending", "usage", "detail", "deltas", "response_id")
 
     def __init__(self) -> None:
         self._pending = b""
@@ -90,6 +90,8 @@ class UsageScanner:
         #: The usage object itself (for its cost).
         self.detail: Any = None
         self.deltas = 0
+        #: A Responses stream's response id (from its ``response.created`` event).
+        self.response_id: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         data = self._pending + chunk
@@ -109,3 +111,15 @@ class UsageScanner:
                     self.usage, self.detail = tokens, usage
             elif b'"delta"' in line:
                 self.deltas += 1
+            elif self.response_id is None and b'"response.created"' in line:
+                self.response_id = _created_id(line[6:])
+
+
+def _created_id(data: bytes) -> str | None:
+    """The response id a ``response.created`` event carries."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    found = (event.get("response") or {}).get("id") if isinstance(event, dict) else None
+    return found if isinstance(found, str) else None

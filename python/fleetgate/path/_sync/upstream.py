@@ -87,9 +87,14 @@ class Upstream(Layer):
 
     def _streamed(self, call: Call, scanner: UsageScanner) -> None:
         """A stream ended: settle from what it carried (its usage event; else at least the
-        prompt and one token per content delta)."""
+        prompt and one token per content delta). A background response's stream left before
+        its end hands the call over: the response runs on, and is settled when it ends."""
         estimate = call.estimate
-        if scanner.usage is not None:
+        if scanner.usage is None and scanner.response_id is not None and call.body.get("background") is True:
+            # Left before its end: the response runs on in the background, settled when it ends.
+            outcome = Outcome(200, estimate.tokens, "background", later=Handoff(call, scanner.response_id),
+                              deltas=scanner.deltas)
+        elif scanner.usage is not None:
             outcome = Outcome(200, estimate.settle_with(scanner.usage), "usage", self._billed(call, scanner.detail),
                               scanner.deltas)
         else:

@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 
 from fleetgate.prices import price_tier
-from fleetgate.testing.fake_openai import api
+from fleetgate.testing.fake_openai import api, content
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.billing import Bill
 from fleetgate.testing.fake_openai.config import FakeConfig
@@ -62,6 +62,7 @@ class _Running:
     tier: str
     ended_at: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class BackgroundStore:
@@ -76,13 +77,43 @@ class BackgroundStore:
 
     def start(self, plan: Completion, cached: int, text: str, headers: dict[str, str], project: str) -> web.Response:
         """Answer a ``background: true`` request: ``queued``, to end later."""
-        tier = price_tier(plan.body.get("service_tier") if isinstance(plan.body.get("service_tier"), str) else None)
+        return _json(self._begin(plan, cached, text, project).obj, headers=headers)
+
+    def _begin(self, plan: Completion, cached: int, text: str, project: str) -> _Running:
+        asked = plan.body.get("service_tier")
+        tier = price_tier(asked if isinstance(asked, str) else None)
         served = "default" if tier == "batch" else tier
         obj = {**api.response_object(plan, cached, "queued", ""), "background": True, "service_tier": served}
         running = _Running(obj, plan, cached, text, project, served)
         self.responses[obj["id"]] = running
         running.tasks.append(asyncio.get_running_loop().create_task(self._run(running)))
-        return _json(obj, headers=headers)
+        return running
+
+    async def stream(self, request: web.Request, plan: Completion, cached: int, text: str, headers: dict[str, str],
+                     project: str) -> web.StreamResponse:
+        """Answer a ``background: true, stream: true`` request: the response's events as it
+        runs. A client that leaves early leaves the response running: it ends, and is
+        billed, all the same."""
+        running = self._begin(plan, cached, text, project)
+        response = web.StreamResponse(headers={**headers, "content-type": "text/event-stream"})
+        sequence = iter(range(1_000_000))
+
+        def event(kind: str, **fields: Any) -> bytes:
+            data = {"type": kind, "sequence_number": next(sequence), **fields}
+            return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+        try:
+            await response.prepare(request)
+            await response.write(event("response.created", response=dict(running.obj)))
+            await running.ended.wait()
+            for piece in content.split_for_stream(running.text) if running.obj["status"] == "completed" else []:
+                await response.write(event("response.output_text.delta", output_index=0, content_index=0,
+                                           delta=piece))
+            await response.write(event(f"response.{running.obj['status']}", response=dict(running.obj)))
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the client left: the response runs on
+        return response
 
     async def retrieve(self, request: web.Request) -> web.Response:
         running = self._found(request.match_info["id"])
@@ -126,6 +157,7 @@ class BackgroundStore:
         """The response ends: billed once, kept for ``keep_seconds``, announced."""
         running.obj.update(status=status, usage=usage, completed_at=int(time.time()) if status == "completed" else None)
         running.ended_at = time.monotonic()
+        running.ended.set()
         self.bill.charge(running.plan.model, usage, tier=running.tier, project=running.project)
         if self.config.background.webhook_url:
             task = asyncio.get_running_loop().create_task(self._announce(f"response.{status}", running.obj["id"]))

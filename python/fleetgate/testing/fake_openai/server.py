@@ -187,8 +187,10 @@ class _Server:
         cached = self.prompt_cache.cached(plan.model, plan.prompt, plan.prompt_tokens)
         text = _shaped_text(plan.text, shape)
         project = project_of(request)
-        if plan.kind == "responses" and body.get("background") is True and not body.get("stream"):
-            return self.background.start(plan, cached, text, headers, project)  # billed when it ends
+        if plan.kind == "responses" and body.get("background") is True:  # billed when it ends
+            if body.get("stream"):
+                return await self.background.stream(request, plan, cached, text, headers, project)
+            return self.background.start(plan, cached, text, headers, project)
         if body.get("stream") and plan.kind != "embeddings":
             return await self._stream(request, plan, cached, text, headers, cut="cut_stream" in shape, project=project)
         result = api.render(self.config, plan, cached, text=text)
