@@ -61,7 +61,7 @@ from fleetgate.metrics import GatewayMetrics
 from fleetgate.outage import Outage
 from fleetgate.path.call import Handoff
 from fleetgate.path.running import ACTIVE, ENDED
-from fleetgate.prices import PriceTable
+from fleetgate.prices import PriceTable, price_tier
 from fleetgate.redis_clients import redacted_url
 from fleetgate.stats import GatewayStats
 
@@ -201,20 +201,22 @@ class BackgroundCalls:
         url = urlsplit(str(call.request.url))
         host = f"{url.hostname}:{url.port}" if url.port else url.hostname or ""
         where = urlunsplit((url.scheme, host, url.path, "", ""))  # no credentials, no query
-        if hold is not None:
-            worst = hold.reservation.dollars
-        else:
-            price = self._prices.price(call.model)
-            worst = price.worst(call.estimate.prompt_tokens, call.estimate.max_output_tokens) if price else 0.0
-        held = set(hold.reservation.budgets) if hold is not None and not hold.local else set()
-        budgets: list[tuple[str, float, str]] = [(b.name, b.limit, b.period) for b in self._budgets.applicable(call.scope) if b.name in held]
         tier = call.body.get("service_tier")
+        tier = tier if isinstance(tier, str) else None
+        # The most it may cost at the tier it asked for (its hold may be priced at another).
+        price = self._prices.price(call.model)
+        worst = max(hold.reservation.dollars if hold is not None else 0.0,
+                    price.worst(call.estimate.prompt_tokens, call.estimate.max_output_tokens, tier=price_tier(tier))
+                    if price is not None else 0.0)
+        held = set(hold.reservation.budgets) if hold is not None and not hold.local else set()
+        budgets: list[tuple[str, float, str]] = [(b.name, b.limit, b.period)
+                                                 for b in self._budgets.applicable(call.scope) if b.name in held]
         headers = call.request.headers
         return PendingCall(
             handoff.response_id, where, call.model, now, now + self.settings.lease_seconds,
             call.estimate.prompt_tokens, call.estimate.max_output_tokens, worst,
             project=headers.get("openai-project"), organization=headers.get("openai-organization"),
-            tier=tier if isinstance(tier, str) else None, budgets=budgets,
+            tier=tier, budgets=budgets,
             recorded=hold is not None and not hold.local,
             feature=hold.feature if hold else "", user=hold.user if hold else "", team=hold.team if hold else "")
 
@@ -428,7 +430,7 @@ class BackgroundCalls:
         handoff = watched.handoff
         try:
             if handoff is not None:
-                self._settle_holds(handoff, how, usage, cost)
+                self._settle_holds(watched, handoff, how, usage, cost)
             elif not self._spend_taken(record, how, cost):
                 return False
         except FleetgateError as e:
@@ -439,7 +441,8 @@ class BackgroundCalls:
             self._metrics.billed(record.model, watched.feature, counts, cost)
         return True
 
-    def _settle_holds(self, handoff: Handoff, how: How, usage: dict[str, Any] | None, cost: float | None) -> None:
+    def _settle_holds(self, watched: _Watched, handoff: Handoff, how: How, usage: dict[str, Any] | None,
+                      cost: float | None) -> None:
         call, hold = handoff.call, handoff.hold
         estimate = call.estimate
         if handoff.quota is not None:
@@ -453,7 +456,7 @@ class BackgroundCalls:
         if how == "nothing":
             self._budgets.release(hold)
         elif how == "worst":
-            self._budgets.spend(hold, hold.reservation.dollars, estimate.prompt_tokens, estimate.max_output_tokens)
+            self._budgets.spend(hold, watched.record.worst, estimate.prompt_tokens, estimate.max_output_tokens)
         else:
             counts = usage_counts(usage or {})
             self._budgets.spend(hold, cost, counts.prompt, counts.output)
