@@ -5,25 +5,13 @@ its quota and budget are settled from what it reports.
 1. :meth:`BackgroundCalls.watch`: the call is recorded (in Redis for a fleet, claimed by
    this pod; in process when embedded) and polled first after ``[background]
    poll_min_seconds``, then at intervals doubling up to ``poll_max_seconds``.
-2. Each poll (``GET /v1/responses/{id}`` through the gateway's upstream, not gated) is
-   turned into one decision (:func:`decide`): poll again later, or settle, and how:
-
-   - ``usage``: it ended (``completed``, ``incomplete``, ``failed``, ``cancelled``) and says
-     what it used: priced at the service tier it reports;
-   - ``nothing``: it ended with no usage (cancelled or failed before it ran);
-   - ``worst``: the API no longer knows it (404: it is kept about 10 minutes after it
-     ends), or it was still unsettled ``[background] lease_seconds`` after it was made
-     (it cannot be polled, or never ends): its worst case is spent, never released.
-
+2. Each poll is turned into one decision (:mod:`fleetgate.background.polling`): poll
+   again later, or settle from its usage, for nothing, or at its worst case
+   (:mod:`fleetgate.background.settling`).
 3. A webhook that says a response ended (:mod:`fleetgate.webhooks`) polls it at once.
 4. In a fleet, every pod renews its claims and takes the calls whose claim lapsed (their
-   pod died, or closed and handed them back). A call taken over is settled by spending
-   its cost directly on its budgets (the hold its first pod made cannot be settled from
-   another process: it lapses by itself ``lease_seconds`` after the call was made, so
-   until then the budget counts the call's worst case as held on top of its spend: it
-   may refuse early, never admit too much). Its quota reservation is left as it was:
-   counted at the request's estimate, as OpenAI's limiter counts it, and refilled within
-   the minute.
+   pod died, or closed and handed them back), and finishes them
+   (:mod:`fleetgate.background.pending`).
 
 One daemon thread watches for every client of the gateway, sync or async: a background
 call outlives the call (and the event loop) that made it, and a pod takes over its dead
@@ -41,73 +29,33 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from fleetgate._core import Budget, Limiter
+from fleetgate._core import Limiter
 from fleetgate.background.pending import LocalPending, PendingCall, PendingStore, RedisPending
+from fleetgate.background.polling import Decision, How, Polled, Poller, decide
+from fleetgate.background.settling import Settler
 from fleetgate.budget.guard import Budgets
 from fleetgate.config.background import BackgroundSettings
-from fleetgate.errors import BudgetExceeded, FleetgateError, QueueFull
-from fleetgate.estimate import usage_counts, usage_tokens
+from fleetgate.errors import QueueFull
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.outage import Outage
 from fleetgate.path.call import Handoff
-from fleetgate.path.running import ACTIVE, ENDED
 from fleetgate.prices import PriceTable, price_tier
 from fleetgate.redis_clients import redacted_url
 from fleetgate.stats import GatewayStats
 
-__all__ = ["BackgroundCalls", "BackgroundCollector", "Decision", "Polled", "decide"]
+__all__ = ["BackgroundCalls"]
 
 log = logging.getLogger("fleetgate")
 
-#: How a background call was settled.
-How = Literal["usage", "nothing", "worst"]
-SETTLED: tuple[How, ...] = ("usage", "nothing", "worst")
 _POLL_WORKERS = 4
 #: Calls taken over from other pods per look.
 _TAKE_AT_ONCE = 100
-_NANO = 1e-9
-#: What a quota reservation is settled from, by how its call was settled.
-_QUOTA_SOURCE: dict[How, str] = {"usage": "usage", "nothing": "failure", "worst": "estimate"}
-
-
-@dataclass(frozen=True, slots=True)
-class Polled:
-    """What one poll found: the response's ``status`` (``missing``: the API does not know
-    it; ``unreachable``: no answer, or an error that says nothing of the response), its
-    usage and service tier once it ended, and a `reason` for an unreachable one."""
-
-    status: str
-    usage: dict[str, Any] | None = None
-    tier: str | None = None
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Poll again in `wait` seconds, or settle (`how` is not None)."""
-
-    how: How | None
-    wait: float = 0.0
-
-
-def decide(polled: Polled, interval: float, settings: BackgroundSettings, overdue: bool) -> Decision:
-    """What to do after a poll: `interval` is the wait before this poll, `overdue` whether
-    the call outlived ``lease_seconds``."""
-    if polled.status in ENDED:
-        return Decision("usage" if polled.usage else "nothing")
-    if polled.status == "missing" or overdue:
-        return Decision("worst")
-    return Decision(None, min(max(interval * 2, settings.poll_min_seconds), settings.poll_max_seconds))
 
 
 @dataclass(eq=False)
@@ -135,11 +83,13 @@ class BackgroundCalls:
                  limiter: Limiter, budgets: Budgets, prices: PriceTable, stats: GatewayStats,
                  metrics: GatewayMetrics | None) -> None:
         self.settings = settings
-        self._limiter, self._budgets, self._prices, self.stats, self._metrics = limiter, budgets, prices, stats, metrics
+        self.stats = stats
+        self._budgets, self._prices = budgets, prices
+        self._settler = Settler(limiter, budgets, prices, stats, metrics)
+        self._poller = Poller(transport)
         self._store: PendingStore = RedisPending(redis_url) if redis_url else LocalPending()
         self._outage = Outage(f"the background calls' Redis at {redacted_url(redis_url)}" if redis_url
                               else "the background calls' record")
-        self._http = httpx2.Client(transport=transport, timeout=httpx2.Timeout(30.0, connect=10.0))
         #: This pod, as the holder of claims.
         self.owner = f"{os.getpid()}/{uuid.uuid4().hex[:12]}"
         self._watched: dict[str, _Watched] = {}
@@ -181,7 +131,7 @@ class BackgroundCalls:
             log.warning("fleetgate: background response %s could not be watched (this pod watches %d, "
                         "[background] max_pending, or is closing): settled at its worst case, $%.6g",
                         record.response_id, self.settings.max_pending, record.worst)
-            self._apply(watched, "worst", None, None)
+            self._settler.settle(record, handoff, "worst", None, None, watched.feature)
             return
         try:
             self._store.add(record, self.owner, self.settings.claim_seconds)
@@ -307,7 +257,7 @@ class BackgroundCalls:
                 if watched is None or watched.busy:
                     continue
                 del self._watched[response_id]
-            self._hand_off(watched)
+            self._settler.give_back(watched.record, watched.handoff)
         now = time.monotonic()
         with self._lock:
             for record in taken:
@@ -346,38 +296,11 @@ class BackgroundCalls:
             self._wake.notify()
 
     def _poll(self, watched: _Watched) -> Polled:
-        record = watched.record
-        headers = dict(watched.auth)
-        if "authorization" not in headers:
-            key = os.environ.get("OPENAI_API_KEY")
-            if not key:
-                return self._unreachable(watched, "no API key to poll it with: set OPENAI_API_KEY")
-            headers["authorization"] = f"Bearer {key}"
-        if record.project:
-            headers["openai-project"] = record.project
-        if record.organization:
-            headers["openai-organization"] = record.organization
-        try:
-            answer = self._http.get(f"{record.url}/{record.response_id}", headers=headers)
-        except httpx2.TransportError as e:
-            return self._unreachable(watched, f"no answer: {type(e).__name__}")
-        if answer.status_code == 404:
-            return Polled("missing")
-        if answer.status_code != 200:
-            return self._unreachable(watched, f"HTTP {answer.status_code}")
-        try:
-            body = answer.json()
-        except ValueError:
-            return self._unreachable(watched, "an answer that is not JSON")
-        status = body.get("status") if isinstance(body, dict) else None
-        if status in ACTIVE or status in ENDED:
-            usage = body.get("usage")
-            tier = body.get("service_tier")
-            return Polled(status, usage if isinstance(usage, dict) else None, tier if isinstance(tier, str) else None)
-        return self._unreachable(watched, f"an unknown status {status!r}")
+        polled = self._poller.poll(watched.record, watched.auth)
+        return self._unreachable(watched, polled.reason) if polled.status == "unreachable" else polled
 
     def _unreachable(self, watched: _Watched, reason: str) -> Polled:
-        """A poll that said nothing of the response: counted, and logged once per call."""
+        """A poll that said nothing of the response: counted, and said once per call."""
         self.stats.count("background_poll_errors")
         if not watched.warned:
             watched.warned = True
@@ -405,82 +328,17 @@ class BackgroundCalls:
                     return False
             if not held:  # another pod took it over (this one was too slow): it settles it
                 self._forget(watched)
-                self._hand_off(watched)
+                self._settler.give_back(record, watched.handoff)
                 return True
         usage = polled.usage if polled is not None else None
         tier = polled.tier if polled is not None else None
-        if not self._apply(watched, how, usage, tier):
+        if not self._settler.settle(record, watched.handoff, how, usage, tier, watched.feature):
             return False
         try:
             self._store.finish(record.response_id, self.owner)
         except Exception as e:  # noqa: BLE001 - settled; whoever takes its record next finds it ended
             self._store_failed(e)
         self._forget(watched)
-        return True
-
-    def _apply(self, watched: _Watched, how: How, usage: dict[str, Any] | None, tier: str | None) -> bool:
-        """Spend what the call cost (or give its holds back); False when its budgets could
-        not take the spend yet (taken over, and a budget already holds more than it may)."""
-        record = watched.record
-        counts = usage_counts(usage) if usage is not None else None
-        cost = self._prices.counts_cost(record.model, counts, tier=tier or record.tier) if counts is not None else None
-        if how == "worst":
-            log.warning("fleetgate: background response %s could not be followed to its end: settled at its worst "
-                        "case, $%.6g", record.response_id, record.worst)
-        handoff = watched.handoff
-        try:
-            if handoff is not None:
-                self._settle_holds(watched, handoff, how, usage, cost)
-            elif not self._spend_taken(record, how, cost):
-                return False
-        except FleetgateError as e:
-            self.stats.count("settle_failures")
-            log.warning("fleetgate: could not settle background response %s (%s)", record.response_id, e)
-        self.stats.count(f"background_settled_{how}")
-        if counts is not None and self._metrics is not None:
-            self._metrics.billed(record.model, watched.feature, counts, cost)
-        return True
-
-    def _settle_holds(self, watched: _Watched, handoff: Handoff, how: How, usage: dict[str, Any] | None,
-                      cost: float | None) -> None:
-        call, hold = handoff.call, handoff.hold
-        estimate = call.estimate
-        if handoff.quota is not None:
-            tokens = (estimate.settle_with(usage_tokens(usage)) if how == "usage"
-                      else 0 if how == "nothing" else estimate.upstream_tokens)
-            self._limiter.settle_later(handoff.quota, tokens)
-            # Counted as the limit layer counts what it settles at once.
-            self.stats.count(f"settled_from_{_QUOTA_SOURCE[how]}")
-        if hold is None:
-            return
-        if how == "nothing":
-            self._budgets.release(hold)
-        elif how == "worst":
-            self._budgets.spend(hold, watched.record.worst, estimate.prompt_tokens, estimate.max_output_tokens)
-        else:
-            counts = usage_counts(usage or {})
-            self._budgets.spend(hold, cost, counts.prompt, counts.output)
-
-    def _spend_taken(self, record: PendingCall, how: How, cost: float | None) -> bool:
-        """Spend a taken-over call's cost on its budgets (and the spend records) directly."""
-        dollars = record.worst if how == "worst" else (cost or 0.0) if how == "usage" else 0.0
-        if not record.recorded or dollars <= 0:
-            return True
-        settings = self._budgets.settings
-        budgets = [Budget(name, limit, period, settings.timezone, settings.alerts)  # type: ignore[arg-type]
-                   for name, limit, period in record.budgets]
-        ledger = self._budgets.ledger
-        try:
-            # A nano-dollar, not nothing: a shared ledger cannot settle a hold of $0 ("-0").
-            reservation = ledger.reserve(budgets, _NANO, lease=60.0, now=record.made_at,
-                                         timeout=settings.store_timeout_seconds)
-        except BudgetExceeded as e:  # over already: spend once the dead pod's hold lapses
-            self.stats.count("background_settle_waits")
-            log.warning("fleetgate: background response %s cost $%.6g, not spent yet: %s; tried again until its "
-                        "first pod's hold lapses", record.response_id, dollars, e)
-            return False
-        ledger.settle(reservation, dollars, model=record.model, feature=record.feature, user=record.user,
-                      team=record.team)
         return True
 
     def _store_failed(self, error: Exception) -> None:
@@ -494,17 +352,6 @@ class BackgroundCalls:
         with self._lock:
             if self._watched.get(watched.record.response_id) is watched:
                 del self._watched[watched.record.response_id]
-
-    def _hand_off(self, watched: _Watched) -> None:
-        """Another pod settles a call this pod held: its quota stays as counted, its budget
-        hold is given back (the other pod spends the cost directly)."""
-        if watched.handoff is not None and watched.handoff.hold is not None:
-            try:
-                self._budgets.release(watched.handoff.hold)
-            except FleetgateError as e:
-                self.stats.count("settle_failures")
-                log.warning("fleetgate: could not give back the hold of background response %s (%s); it lapses by "
-                            "itself", watched.record.response_id, e)
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -534,9 +381,9 @@ class BackgroundCalls:
                             "them over once this pod's claims lapse", len(left), e)
         elif left:
             for watched in left:
-                self._apply(watched, "worst", None, None)
+                self._settler.settle(watched.record, watched.handoff, "worst", None, None, watched.feature)
                 self._store.finish(watched.record.response_id, self.owner)
-        self._http.close()
+        self._poller.close()
         self._store.close()
 
 
@@ -555,26 +402,3 @@ def _run(ref: weakref.ref[BackgroundCalls], wake: threading.Condition) -> None:
         del me
         with wake:
             wake.wait(timeout=wait)
-
-
-class BackgroundCollector(Collector):
-    """``fleetgate_background_pending{scope}`` (``pod``: watched by this pod; ``fleet``:
-    not yet settled anywhere, read from the store when scraped) and
-    ``fleetgate_background_settled_total{how}`` (``usage``, ``nothing``, ``worst``)."""
-
-    def __init__(self, calls: BackgroundCalls, stats: GatewayStats) -> None:
-        self.calls, self.stats = calls, stats
-
-    def collect(self) -> Iterator[Metric]:
-        pending = GaugeMetricFamily("fleetgate_background_pending", "Background responses not yet settled",
-                                    labels=["scope"])
-        pending.add_metric(["pod"], self.calls.pending())
-        try:
-            pending.add_metric(["fleet"], self.calls.fleet_pending())
-        except Exception as e:  # noqa: BLE001 - the pod's own figure is still served
-            log.warning("fleetgate: could not count the fleet's background responses (%s)", e)
-        settled = CounterMetricFamily("fleetgate_background_settled", "Background responses settled, by how",
-                                      labels=["how"])
-        for how in SETTLED:
-            settled.add_metric([how], self.stats[f"background_settled_{how}"])
-        yield from (pending, settled)
