@@ -24,6 +24,8 @@ import fleetgate as fg
 from fleetgate.background import BackgroundCollector
 from fleetgate.redis_clients import redis_client
 from fleetgate.background.pending import PendingCall, RedisPending
+from fleetgate.background.polling import Decision, Polled, decide
+from fleetgate.config import BackgroundSettings
 from fleetgate.testing import RedisRig
 from fleetgate.testing.fake_openai import BackgroundTimings, FakeConfig, FakeOpenAI
 from fleetgate.testing.fake_openai.background import sign
@@ -453,3 +455,19 @@ def test_with_the_store_down_a_pod_still_settles_its_own_calls(feature: str, cap
         said = [r.getMessage() for r in caplog.records if "background calls' Redis" in r.getMessage()]
         assert len(said) == 1 and "keeps watching and settling its own" in said[0]  # once per outage
         gate.close()
+
+
+def test_each_poll_decides_to_wait_longer_or_to_settle_and_how() -> None:
+    settings = BackgroundSettings(poll_min_seconds=1.0, poll_max_seconds=8.0)
+    running, usage = Polled("in_progress"), {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}
+    assert [decide(running, wait, settings, overdue=False) for wait in (1.0, 4.0, 8.0)] == [
+        Decision(None, 2.0), Decision(None, 8.0), Decision(None, 8.0)]  # doubled, up to the last
+    assert decide(Polled("completed", usage, "flex"), 2.0, settings, overdue=False) == Decision("usage")
+    assert decide(Polled("incomplete", usage), 2.0, settings, overdue=True) == Decision("usage")
+    assert decide(Polled("cancelled"), 2.0, settings, overdue=False) == Decision("nothing")
+    assert decide(Polled("missing"), 2.0, settings, overdue=False) == Decision("worst")  # never released
+    assert decide(Polled("unreachable", reason="HTTP 503"), 2.0, settings, overdue=False) == Decision(None, 4.0)
+    assert decide(Polled("unreachable"), 2.0, settings, overdue=True) == Decision("worst")
+    assert decide(running, 2.0, settings, overdue=True) == Decision("worst")
+    with pytest.raises(fg.ConfigError, match="poll_max_seconds"):
+        fg.Gateway(background={"poll_min_seconds": 5, "poll_max_seconds": 1})
