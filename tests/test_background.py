@@ -457,6 +457,26 @@ def test_with_the_store_down_a_pod_still_settles_its_own_calls(feature: str, cap
         gate.close()
 
 
+def test_a_call_watched_while_the_store_was_down_is_recorded_once_it_is_back(redis_rig: RedisRig,
+                                                                             feature: str) -> None:
+    url = redis_rig.start_standalone()
+    node = redis_rig.nodes[-1]
+    with FakeOpenAI(fake_config(complete_seconds=600)) as fake:
+        gate = gateway(fake, feature, url, claim_seconds=0.6)
+        redis_rig.stop_node(node)  # an outage
+        client = gate.openai(api_key="sk-fake", max_retries=0)
+        with gate.scope(feature=feature):
+            answer = client.responses.create(model=MODEL, input="During the outage.", background=True)
+        assert gate.stats["background_store_errors"] >= 1 and gate.background.pending() == 1
+        redis_rig.restart(node)
+        until(lambda: gate.background.fleet_pending() == 1)  # recorded for the fleet now
+        client.responses.cancel(answer.id)
+        until(lambda: gate.background.pending() == 0)
+        # Settled from its usage by this pod (not dropped as if another pod had taken it).
+        assert gate.stats["background_settled_usage"] == 1 and gate.background.fleet_pending() == 0
+        gate.close()
+
+
 def test_each_poll_decides_to_wait_longer_or_to_settle_and_how() -> None:
     settings = BackgroundSettings(poll_min_seconds=1.0, poll_max_seconds=8.0)
     running, usage = Polled("in_progress"), {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}

@@ -74,6 +74,9 @@ class _Watched:
     feature: str | None = None
     #: Whether a poll that said nothing was logged already.
     warned: bool = False
+    #: Whether it is recorded in the store (claimed by this pod): until then no other pod
+    #: knows it, and this one settles it alone.
+    stored: bool = False
 
 
 class BackgroundCalls:
@@ -135,7 +138,8 @@ class BackgroundCalls:
             return
         try:
             self._store.add(record, self.owner, self.settings.claim_seconds)
-        except Exception as e:  # noqa: BLE001 - the call is watched in this pod all the same
+            watched.stored = True
+        except Exception as e:  # noqa: BLE001 - watched in this pod all the same, recorded later
             self._store_failed(e)
         self.stats.count("background_watched")
         self._start()
@@ -242,7 +246,11 @@ class BackgroundCalls:
         store = self._store
         try:
             with self._lock:
-                mine = list(self._watched)
+                mine = [i for i, w in self._watched.items() if w.stored]
+                unstored = [w for w in self._watched.values() if not w.stored]
+            for late in unstored:  # watched while the store was down: recorded now
+                store.add(late.record, self.owner, self.settings.claim_seconds)
+                late.stored = True
             held = set(store.renew(mine, self.owner, self.settings.claim_seconds))
             lost = [i for i in mine if i not in held]
             taken = store.take(self.owner, self.settings.claim_seconds, _TAKE_AT_ONCE)
@@ -263,7 +271,7 @@ class BackgroundCalls:
             for record in taken:
                 if record.response_id not in self._watched:
                     self._watched[record.response_id] = _Watched(record, None, next_poll=now,
-                                                                 interval=self.settings.poll_min_seconds)
+                                                                 interval=self.settings.poll_min_seconds, stored=True)
                     self.stats.count("background_taken_over")
                     log.info("fleetgate: took over background response %s from a pod that stopped watching it",
                              record.response_id)
@@ -314,7 +322,7 @@ class BackgroundCalls:
     def _settle(self, watched: _Watched, how: How, polled: Polled | None) -> bool:
         """Settle a call this pod holds the claim on, once; False to try again later."""
         record = watched.record
-        if self._store.shared:
+        if self._store.shared and watched.stored:
             try:
                 held = record.response_id in self._store.renew([record.response_id], self.owner,
                                                                 self.settings.claim_seconds)
