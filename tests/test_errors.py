@@ -32,6 +32,7 @@ from fleetgate.config import GatewayConfig
 from fleetgate.errors import REFUSAL_CODES
 from fleetgate.testing.fake_openai import FakeOpenAI
 from fleetgate.validate import accumulate
+from fleetgate.webhooks import WebhookRejected
 from tests.test_batch import jobs_for, write_input
 
 MODEL = "gpt-4.1-mini"
@@ -287,6 +288,16 @@ def _reconcile_refused(fake: FakeOpenAI) -> fg.FleetgateError:
     return raised.value
 
 
+def _webhook_rejected(fake: FakeOpenAI) -> fg.FleetgateError:
+    gate = fg.Gateway(base_url=fake.base_url)
+    body = b'{"id":"evt_1","object":"event","type":"response.completed","created_at":1,"data":{"id":"resp_1"}}'
+    with pytest.raises(WebhookRejected) as raised:
+        gate.webhooks(secret="whsec_c2VjcmV0").handle(body, {"webhook-id": "evt_1", "webhook-timestamp": "1",
+                                                           "webhook-signature": "v1,bm90LWl0"})
+    gate.close()
+    return raised.value
+
+
 #: The rest, made at their raise sites, with words of the advice each must give.
 ELSEWHERE: dict[type[fg.FleetgateError], tuple[Callable[[FakeOpenAI], fg.FleetgateError], str]] = {
     fg.StructuredOutputError: (_structured, "allow more retries"),
@@ -295,6 +306,7 @@ ELSEWHERE: dict[type[fg.FleetgateError], tuple[Callable[[FakeOpenAI], fg.Fleetga
     JobBusy: (_job_busy, "wait_for_lease"),
     ResultsExpired: (_results_expired, "submit"),
     ReconcileError: (_reconcile_refused, "OPENAI_ADMIN_KEY"),
+    WebhookRejected: (_webhook_rejected, "answer it with 400"),
 }
 
 

@@ -30,6 +30,7 @@ import openai as openai_sdk
 from pydantic import BaseModel
 
 from fleetgate._core import Breaker, Breakers, Budget, Lanes, Limiter, Quota
+from fleetgate.background import BackgroundCalls, BackgroundCollector
 from fleetgate.budget.guard import AlertCallback, Budgets
 from fleetgate.cache import AnswerCache
 from fleetgate.chains import Chains
@@ -54,6 +55,7 @@ from fleetgate.sdk import GatedAsyncOpenAI, GatedOpenAI
 from fleetgate.tracing import tracer
 from fleetgate.path import AsyncGateTransport, GateTransport
 from fleetgate.warm import Warmup, configured_models
+from fleetgate.webhooks import Receiver
 from fleetgate import _extras
 
 if TYPE_CHECKING:
@@ -154,6 +156,11 @@ class Gateway:
         self.presets = Presets(self.config.presets)
         #: What calls continuing a Responses chain carry (:mod:`fleetgate.chains`).
         self.chains = Chains(self.config.server_context, self.config.redis_url, self.stats, self.config.failure_policy)
+        #: Responses made with ``background: true``, watched until they end, then settled
+        #: (:mod:`fleetgate.background`): ``gate.background.pending()``.
+        self.background = BackgroundCalls(self.config.background, transport=GateTransport(self),
+                                          redis_url=self.config.redis_url, limiter=self.limiter, budgets=self.budgets,
+                                          prices=self.prices, stats=self.stats, metrics=self.metrics)
         # One embedder (one model loaded) for the semantic layer and the nearest classifier.
         semantic = self.config.cache.semantic.enabled
         nearest = self.config.routing.classifier == "nearest" and bool(self.config.routing.tiers)
@@ -211,11 +218,13 @@ class Gateway:
 
     def close(self) -> None:
         """Stop the gateway's background work (the modes' judge, the semantic layer's
-        journal reader, the rollouts' sync), sending what it still holds. Closing again
+        journal reader, the rollouts' sync, the watcher of background responses, which
+        hands those still running to the fleet), sending what it still holds. Closing again
         does nothing; ``with Gateway(...) as gate:`` closes it at the end of the block."""
         if self._closed:
             return
         self._closed = True
+        self.background.close()
         self.modes.close()
         self.cache.close()
         self.router.close()
@@ -384,7 +393,8 @@ class Gateway:
             from wsgiref.simple_server import make_server
             make_server("0.0.0.0", 9464, gate.metrics_app()).serve_forever()
         """
-        return metrics_app(kind, [BudgetCollector(self.budgets)] if self.budgets.settings.limits else [])
+        extra = [BudgetCollector(self.budgets)] if self.budgets.settings.limits else []
+        return metrics_app(kind, [*extra, BackgroundCollector(self.background, self.stats)])
 
     def costs(self, since: dt.date | None = None, until: dt.date | None = None, by: By = "model") -> list[tuple[str, float]]:
         """Dollars spent from `since` to `until` (days in ``[budgets] timezone``, both included;
@@ -424,6 +434,16 @@ class Gateway:
         from fleetgate.batch import BatchJobs
 
         return BatchJobs(self, directory=directory, **client_options)
+
+    def webhooks(self, secret: str | None = None) -> Receiver:
+        """A receiver of OpenAI's webhooks (:mod:`fleetgate.webhooks`) signed with `secret`
+        (the endpoint's ``whsec_…``; default ``OPENAI_WEBHOOK_SECRET``): a background
+        response that ended is settled at once.
+
+            receiver = gate.webhooks(secret="whsec_…")
+            event = receiver.handle(body, headers)   # WebhookRejected: answer 400
+        """
+        return Receiver(self.background, secret)
 
     def openai(self, **kwargs: Any) -> openai_sdk.OpenAI:
         """An ``openai.OpenAI`` whose every call goes through this gateway. An

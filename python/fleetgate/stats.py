@@ -29,7 +29,11 @@ class GatewayStats:
     (:mod:`fleetgate.warm`) before their deadline started; ``chain_known``, ``chain_counted``
     (of which ``chain_not_found``), ``chain_allowance``: Responses calls continuing a chain,
     by how its held context was known; ``chain_count_failures``, ``chain_reads`` (Redis
-    GETs), ``chain_store_down``, ``chain_write_failures`` (:mod:`fleetgate.chains`).
+    GETs), ``chain_store_down``, ``chain_write_failures`` (:mod:`fleetgate.chains`);
+    ``background_watched``, ``background_settled_usage`` / ``_nothing`` / ``_worst``,
+    ``background_taken_over``, ``background_refused``, ``background_poll_errors``,
+    ``background_store_errors``, ``background_settle_waits``, ``background_webhooks``,
+    ``background_webhooks_rejected`` (:mod:`fleetgate.background`).
     """
 
     def __init__(self) -> None:

@@ -204,39 +204,41 @@ class Budgets:
 
     # -- reserving ---------------------------------------------------------------------------
 
-    def reserve(self, estimate: Estimate, sc: Scope) -> Hold | None:
+    def reserve(self, estimate: Estimate, sc: Scope, *, lease: float | None = None) -> Hold | None:
         """Hold the call's worst-case cost on every budget of scope `sc`, or on none. None
         when no budget is configured, or the model has no price and ``unpriced = "allow"``.
         Raises BudgetExceeded (a budget has no room: see :meth:`when_refused`), ConfigError
         (no price, ``unpriced = "refuse"``) or StoreUnavailable (the store is down and
         ``failure_policy = "fail_closed"``); with ``fail_open`` a call made while the store
         is down is held on this pod's share of each budget (counted in ``budget_fail_open``;
-        refusals are the caller's to count)."""
+        refusals are the caller's to count). `lease`: how long the hold lasts unsettled
+        (default ``[budgets] reservation_seconds``; a background call's is its life)."""
         plan = self._plan(estimate, sc)
         if plan is None:
             return None
         if self._goes_without_store(plan):
-            return self._without_store(plan, estimate, sc, None)
+            return self._without_store(plan, estimate, sc, None, lease)
         try:
-            reservation = self.ledger.reserve(plan.budgets, plan.worst, lease=self.settings.reservation_seconds,
+            reservation = self.ledger.reserve(plan.budgets, plan.worst,
+                                              lease=lease or self.settings.reservation_seconds,
                                               now=self.clock(), timeout=self.settings.store_timeout_seconds)
         except StoreUnavailable as e:
-            return self._without_store(plan, estimate, sc, e)
+            return self._without_store(plan, estimate, sc, e, lease)
         return self._held(plan, estimate, sc, reservation)
 
-    async def reserve_async(self, estimate: Estimate, sc: Scope) -> Hold | None:
+    async def reserve_async(self, estimate: Estimate, sc: Scope, *, lease: float | None = None) -> Hold | None:
         """:meth:`reserve`, waiting for the store off the event loop."""
         plan = self._plan(estimate, sc)
         if plan is None:
             return None
         if self._goes_without_store(plan):
-            return self._without_store(plan, estimate, sc, None)
+            return self._without_store(plan, estimate, sc, None, lease)
         try:
             reservation = await self.ledger.reserve_async(
-                plan.budgets, plan.worst, lease=self.settings.reservation_seconds, now=self.clock(),
+                plan.budgets, plan.worst, lease=lease or self.settings.reservation_seconds, now=self.clock(),
                 timeout=self.settings.store_timeout_seconds)
         except StoreUnavailable as e:
-            return self._without_store(plan, estimate, sc, e)
+            return self._without_store(plan, estimate, sc, e, lease)
         return self._held(plan, estimate, sc, reservation)
 
     def when_refused(self, error: BudgetExceeded, seconds_left: float) -> tuple[str, float]:
@@ -269,7 +271,8 @@ class Budgets:
             self._outage.answered("budgets are held across the fleet again")
         return self.hold(estimate, sc, reservation, plan.price)
 
-    def _without_store(self, plan: _Plan, estimate: Estimate, sc: Scope, error: StoreUnavailable | None) -> Hold:
+    def _without_store(self, plan: _Plan, estimate: Estimate, sc: Scope, error: StoreUnavailable | None,
+                       lease: float | None = None) -> Hold:
         """The call under the failure policy, the store being down (`error`: what it just
         said; None: it failed moments ago and was not asked)."""
         if error is not None:
@@ -280,7 +283,7 @@ class Budgets:
                 f'failure_policy = "fail_closed" refuses calls under a budget while it is') from error
         budgets = [self._local_budget(b) for b in plan.budgets]
         try:
-            reservation = self._local.reserve(budgets, plan.worst, lease=self.settings.reservation_seconds,
+            reservation = self._local.reserve(budgets, plan.worst, lease=lease or self.settings.reservation_seconds,
                                               now=self.clock())
         except BudgetExceeded as e:
             raise BudgetExceeded(f"{e} (this pod's share, {self.local_share:g} of the budget, while "

@@ -8,6 +8,7 @@ settings have a module of their own, and :mod:`.environments` holds the presets 
 
 from __future__ import annotations
 
+from fleetgate.config.background import BackgroundSettings
 from fleetgate.config.batch import BatchSettings
 from fleetgate.config.breakers import BreakerSettings
 from fleetgate.config.budgets import BudgetLimit, BudgetSettings, PresetSettings
@@ -27,7 +28,7 @@ from fleetgate.config.routing import DeploymentSettings, RolloutSettings, Routin
 from fleetgate.config.server_context import ServerContextSettings
 
 __all__ = [
-    "ENVIRONMENTS", "PromptSettings", "BatchSettings", "BreakerSettings", "LoggingSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
+    "ENVIRONMENTS", "BackgroundSettings", "PromptSettings", "BatchSettings", "BreakerSettings", "LoggingSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
     "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "PrivacySettings", "QuotaLimits", "SemanticSettings",
     "DeploymentSettings", "MODES", "ModeSettings", "ModeTrigger", "RolloutSettings", "RoutingSettings", "TierSettings",
     "ServerContextSettings",

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from fleetgate.config.background import BackgroundSettings
 from fleetgate.config.batch import BatchSettings
 from fleetgate.config.breakers import BreakerSettings
 from fleetgate.config.budgets import BudgetSettings, PresetSettings
@@ -88,6 +89,7 @@ class GatewayConfig(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    background: BackgroundSettings = Field(default_factory=BackgroundSettings)
     modes: ModeSettings = Field(default_factory=ModeSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     prompts: PromptSettings = Field(default_factory=PromptSettings)

@@ -29,9 +29,11 @@ from fleetgate.scope import Scope, current_scope
 from fleetgate.sharing import identity
 
 if TYPE_CHECKING:
+    from fleetgate._core import Reservation
+    from fleetgate.budget.guard import Hold
     from fleetgate.cache import CacheAddress
 
-__all__ = ["WAITS", "Call", "Outcome", "Refused", "Spent", "Timing", "gated_call"]
+__all__ = ["WAITS", "Call", "Handoff", "Outcome", "Refused", "Spent", "Timing", "gated_call"]
 
 
 #: What a call may wait for (:meth:`Call.waits`): quota, a lane's slot, a retry after a 429,
@@ -89,6 +91,20 @@ class Spent:
         return cls(seconds, timing.upstream, dict(timing.waited_for), timing.sent, timing.quota_tokens)
 
 
+@dataclass(eq=False)
+class Handoff:
+    """What a call whose response runs on in the background holds until it ends: the
+    layers put their holds here instead of settling them, and the background layer hands
+    it to the watcher (:mod:`fleetgate.background`), which settles them."""
+
+    call: Call
+    response_id: str
+    #: The limit layer's reservation on the call's quotas (None: no quota applies).
+    quota: Reservation | None = None
+    #: The budget layer's hold (None: no budget holds the call).
+    hold: Hold | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How the upstream call ended, once its answer is in: the status, the tokens to
@@ -96,7 +112,9 @@ class Outcome:
     ``failure``: nothing spent), its ``usage`` object, how many content deltas a stream
     carried, the error ``code`` of a refusal (a 429's ``rate_limit_exceeded`` or
     ``insufficient_quota``), and the id of the Responses object a stream completed (an
-    answer read whole has it in its body)."""
+    answer read whole has it in its body). A response still running in the background
+    (source ``background``) is settled `later`: the layers leave what they hold on the
+    handoff."""
 
     status: int
     tokens: int
@@ -105,6 +123,7 @@ class Outcome:
     deltas: int = 0
     code: str | None = None
     response_id: str | None = None
+    later: Handoff | None = None
 
     @property
     def billed(self) -> bool:

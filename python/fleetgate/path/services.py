@@ -12,9 +12,11 @@ from fleetgate.cache import AnswerCache
 from fleetgate.chains import Chains
 from fleetgate.config import GatewayConfig
 from fleetgate.dedup import Collapser
+from fleetgate.errors import FleetgateError
 from fleetgate.fallback import Ladder
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import Modes
+from fleetgate.path.call import Handoff
 from fleetgate.prices import PriceTable
 from fleetgate.privacy import Privacy
 from fleetgate.prompts import Compressor, LayoutTracker, Savings
@@ -23,7 +25,18 @@ from fleetgate.scope import Scope
 from fleetgate.stats import GatewayStats
 from fleetgate.tracing import Tracer
 
-__all__ = ["Services"]
+__all__ = ["BackgroundWatcher", "Services"]
+
+
+class BackgroundWatcher(Protocol):
+    """Watches calls whose response runs on in the background until it ends
+    (:class:`fleetgate.background.BackgroundCalls`)."""
+
+    def room(self) -> FleetgateError | None:
+        """None when one more can be watched, else the refusal."""
+
+    def watch(self, handoff: Handoff) -> None:
+        """Settle what `handoff` holds when its response ends."""
 
 
 class Services(Protocol):
@@ -46,6 +59,9 @@ class Services(Protocol):
     limiter: Limiter
     prices: PriceTable
     privacy: Privacy
+
+    @property
+    def background(self) -> BackgroundWatcher: ...
 
     def lanes_for(self, model: str) -> Lanes | None: ...
 

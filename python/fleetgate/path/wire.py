@@ -132,7 +132,8 @@ class UsageScanner:
         self.deltas = 0
         #: The ``service_tier`` the stream reports (the tier serving it), once seen.
         self.tier: str | None = None
-        #: The id of the Responses object whose usage it carried (None: another endpoint's).
+        #: A Responses stream's response id (from its ``response.created`` event, or the
+        #: event that carried its usage; None: another endpoint's).
         self.response_id: str | None = None
 
     def feed(self, chunk: bytes) -> None:
@@ -153,12 +154,25 @@ class UsageScanner:
                 if tokens is not None:
                     self.usage, self.detail = tokens, usage
                     rid = response.get("id")
-                    self.response_id = rid if isinstance(rid, str) else None
+                    if isinstance(rid, str):
+                        self.response_id = rid
                 tier = event.get("service_tier") or response.get("service_tier")
                 if isinstance(tier, str):
                     self.tier = tier
             else:
                 if b'"delta"' in line:
                     self.deltas += 1
+                elif self.response_id is None and b'"response.created"' in line:
+                    self.response_id = _created_id(line[6:])
                 if self.tier is None and _TIER_KEY in line:
                     self.tier = served_tier(line)
+
+
+def _created_id(data: bytes) -> str | None:
+    """The response id a ``response.created`` event carries."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    found = (event.get("response") or {}).get("id") if isinstance(event, dict) else None
+    return found if isinstance(found, str) else None

@@ -1,8 +1,9 @@
 """budget: the call's worst-case cost (its prompt and the most output it may produce, at
 its model's price) is reserved on every dollar budget that applies, atomically across the
 fleet, before it goes on; the reservation is settled with the real cost once the answer is
-in (a stream: at its end), and released when nothing was spent. See
-:mod:`fleetgate.budget.guard`.
+in (a stream: at its end), and released when nothing was spent. A call made with
+``background: true`` is held for ``[background] lease_seconds`` (its life), and settled
+when its response ends (:mod:`fleetgate.background`). See :mod:`fleetgate.budget.guard`.
 
 Contract: a budget with no room refuses with ``BudgetExceeded`` (the fallback layer then
 does what its ``on_exhausted`` says, and the router counts it against a rollout side); a
@@ -28,12 +29,13 @@ __all__ = ["Budget"]
 class Budget(Layer):
     name = "budget"
 
-    def __init__(self, budgets: Budgets, stats: GatewayStats) -> None:
-        self.budgets, self.stats = budgets, stats
+    def __init__(self, budgets: Budgets, stats: GatewayStats, background_lease: float) -> None:
+        self.budgets, self.stats, self.background_lease = budgets, stats, background_lease
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
+        lease = self.background_lease if call.body.get("background") is True else None
         try:
-            hold = await self.budgets.reserve_async(call.estimate, call.scope)
+            hold = await self.budgets.reserve_async(call.estimate, call.scope, lease=lease)
         except (BudgetExceeded, ConfigError, StoreUnavailable) as e:
             self.stats.count("budget_refused" if isinstance(e, BudgetExceeded) else "refused")
             raise Refused(e, self.name) from e
@@ -49,7 +51,11 @@ class Budget(Layer):
 
     def _settle(self, call: Call, hold: Hold, outcome: Outcome) -> None:
         """Spend what the call cost: its usage priced, else the prompt and what it wrote (a
-        stream's deltas; the most it could write when that is unknown)."""
+        stream's deltas; the most it could write when that is unknown); a background
+        response's hold is left to be settled when it ends."""
+        if outcome.later is not None:
+            outcome.later.hold = hold
+            return
         if not outcome.billed:
             self._release(hold)
             return

@@ -5,7 +5,9 @@ again for it), the static answer, the deferred queue, else the refusal itself. A
 budget does what its ``on_exhausted`` says: wait for its next period (``queue``), step down
 only to the cheaper model (``cheaper``), answer only from the cache (``cache_only``) or
 refuse. See :mod:`fleetgate.fallback`. Before any of that, a Flex call that Flex had no
-capacity for is sent again on the standard tier (:mod:`.flex`).
+capacity for is sent again on the standard tier (:mod:`.flex`). Under the ladder, every
+rung's call made with ``background: true`` is watched until its response ends, and settled
+then (:mod:`.background`).
 
 Contract: every refusal from below ends here, as an answer marked with its rung; the
 refusal that turned the primary path down stays on the call (:attr:`Call.refusal`), for the
@@ -15,12 +17,15 @@ is refused at once: no rung below can help.
 
 from __future__ import annotations
 
+from functools import partial
+
 import httpx2
 
 from fleetgate.budget.guard import Budgets
 from fleetgate.cache import AnswerCache
 from fleetgate.errors import BudgetExceeded, ConfigError, FleetgateError
 from fleetgate.fallback import Ladder, Rung, rungs
+from fleetgate.path._async.background import Background
 from fleetgate.path._async.flex import FlexFallback
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path.call import Call, Refused
@@ -33,10 +38,13 @@ __all__ = ["Fallback"]
 class Fallback(Layer):
     name = "fallback"
 
-    def __init__(self, ladder: Ladder, budgets: Budgets, cache: AnswerCache, flex: FlexFallback) -> None:
-        self.ladder, self.budgets, self.cache, self.flex = ladder, budgets, cache, flex
+    def __init__(self, ladder: Ladder, budgets: Budgets, cache: AnswerCache, flex: FlexFallback,
+                 background: Background) -> None:
+        self.ladder, self.budgets, self.cache, self.flex, self.background = ladder, budgets, cache, flex, background
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
+        if call.body.get("background") is True:
+            next = partial(self.background.handle, next=next)  # noqa: A001
         while True:
             try:
                 return await self.flex.handle(call, next)

@@ -3,10 +3,11 @@ produce, as OpenAI counts them) are reserved on every quota that applies (the mo
 its user's, feature's and team's) in one round trip, waiting for room at most until the
 deadline. Once the answer is in (a stream: at its end), the reservation is settled to what
 upstream counted, and the fleet's view of the model's quota is lowered to what upstream's
-``x-ratelimit-*`` headers report (in the background). A 429 ``rate_limit_exceeded``
-empties that view for the whole fleet: upstream refused what it admitted. Every
-``service_tier`` draws on the model's one quota: OpenAI shares rate limits across tiers
-(:mod:`fleetgate.tiers`).
+``x-ratelimit-*`` headers report (in the background). A response still running in the
+background (``background: true``) leaves its reservation to be settled when it ends. A 429
+``rate_limit_exceeded`` empties that view for the whole fleet: upstream refused what it
+admitted. Every ``service_tier`` draws on the model's one quota: OpenAI shares rate limits
+across tiers (:mod:`fleetgate.tiers`).
 
 Contract: no room before the deadline refuses with ``RateLimited`` (Redis down under
 ``fail_closed``: ``StoreUnavailable``), a refusal of the call's own configuration; a call
@@ -91,6 +92,9 @@ class Limit(Layer):
     def _settle(self, decision: Decision | None, outcome: Outcome) -> None:
         """Settle a reservation (in the background on a shared store), counted by source."""
         if decision is None or decision.reservation is None:
+            return
+        if outcome.later is not None:  # a background response: settled when it ends
+            outcome.later.quota = decision.reservation
             return
         try:
             self.limiter.settle_later(decision.reservation, outcome.tokens)

@@ -2,8 +2,8 @@
 in this package (a step switched off is a layer left out), and the chain that runs a call
 through them.
 
-    record → shape → route → modes → cache → dedup → fallback → budget → lanes → retry
-           → breaker → limit → upstream
+    record → shape → route → modes → cache → dedup → fallback → background → budget
+           → lanes → retry → breaker → limit → upstream
 
 To add a step: write ``_async/<step>.py`` (a :class:`Layer` with a module docstring that
 states its contract with the others, and a test of that contract), place it in
@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import partial
 import httpx2
 
+from fleetgate.path._async.background import Background
 from fleetgate.path._async.breaker import Breaker
 from fleetgate.path._async.budget import Budget
 from fleetgate.path._async.cache import Cache
@@ -52,8 +53,9 @@ def layers(gateway: Services, inner: httpx2.AsyncBaseTransport) -> list[Layer]:
         Modes(g.modes, cfg.modes, g.ladder, g.cache, stats, g.privacy),
         Cache(g.cache) if g.cache.store is not None else None,
         Dedup(g.collapser) if cfg.dedup.enabled else None,
-        Fallback(g.ladder, g.budgets, g.cache, FlexFallback(cfg.fallback.flex_fallback, stats)),
-        Budget(g.budgets, stats) if g.budgets.active else None,
+        Fallback(g.ladder, g.budgets, g.cache, FlexFallback(cfg.fallback.flex_fallback, stats),
+                 Background(g.background)),
+        Budget(g.budgets, stats, cfg.background.lease_seconds) if g.budgets.active else None,
         Lanes(g.lanes_for, stats, metrics) if cfg.lanes.concurrency is not None or cfg.lanes.models else None,
         Retry(cfg.max_upstream_retries, stats, metrics),
         Breaker(g.breaker_for, stats) if g.breakers is not None else None,

@@ -2,7 +2,9 @@
 read whole, its ``usage`` found and priced once; a stream passes through untouched, its
 usage picked from the events as they go by. When the answer is in (a stream: when it is
 closed) the call is told how it ended (:meth:`Call.done`), and the layers above settle
-what they hold.
+what they hold; an answer that says its response runs in the background (``background:
+true``, ``queued``) carries a handoff instead, settled when the response ends
+(:mod:`fleetgate.background`).
 
 An answer is priced at the ``service_tier`` it reports (the tier that served it, read
 beside its usage; :mod:`fleetgate.tiers`), which the call's :class:`Timing` keeps.
@@ -26,7 +28,8 @@ from fleetgate.estimate import usage_counts, usage_input, usage_tokens
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import Modes
 from fleetgate.path._async.layer import Layer, Next
-from fleetgate.path.call import Call, Outcome
+from fleetgate.path.call import Call, Handoff, Outcome
+from fleetgate.path.running import background_answer
 from fleetgate.path.wire import UsageScanner, error_code, served_tier, usage_of
 from fleetgate.prices import PriceTable
 from fleetgate.prompts import LayoutTracker
@@ -65,7 +68,10 @@ class Upstream(Layer):
                                    stream=SettlingStream(response.stream,  # type: ignore[arg-type]
                                                          lambda scanner: self._streamed(call, scanner)))
         await response.aread()
-        if status == 200:
+        later = background_answer(call, response.content) if status == 200 else None
+        if later is not None:  # running in the background: settled when it ends
+            call.outcome = Outcome(status, call.estimate.tokens, "background", later=Handoff(call, later))
+        elif status == 200:
             usage = usage_of(response.content)
             tokens = usage_tokens(usage)
             estimate = call.estimate
@@ -87,9 +93,14 @@ class Upstream(Layer):
 
     def _streamed(self, call: Call, scanner: UsageScanner) -> None:
         """A stream ended: settle from what it carried (its usage event; else at least the
-        prompt and one token per content delta)."""
+        prompt and one token per content delta). A background response's stream left before
+        its end hands the call over: the response runs on, and is settled when it ends."""
         estimate = call.estimate
-        if scanner.usage is not None:
+        if scanner.usage is None and scanner.response_id is not None and call.body.get("background") is True:
+            # Left before its end: the response runs on in the background, settled when it ends.
+            outcome = Outcome(200, estimate.tokens, "background", later=Handoff(call, scanner.response_id),
+                              deltas=scanner.deltas)
+        elif scanner.usage is not None:
             settled = estimate.settle_with(scanner.usage, usage_input(scanner.detail) if estimate.held else None)
             outcome = Outcome(200, settled, "usage", self._billed(call, scanner.detail, scanner.tier), scanner.deltas,
                               response_id=scanner.response_id)

@@ -28,6 +28,8 @@ class Cache(Layer):
         self.cache = cache
 
     def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
+        if call.body.get("background") is True:
+            return next(call)  # answered "queued": a placeholder, not an answer to keep
         cache = self.cache
         address = call.cache_address = cache.address(call.identity, call.endpoint, call.body, call.request,
                                                      call.scope)

@@ -13,7 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["BatchTimings", "FakeConfig", "Fault", "Latency", "ModelLimits", "TierBehaviour", "load_config"]
+__all__ = ["BackgroundTimings", "BatchTimings", "FakeConfig", "Fault", "Latency", "ModelLimits", "TierBehaviour",
+           "load_config"]
 
 
 class _Strict(BaseModel):
@@ -92,6 +93,21 @@ class TierBehaviour(_Strict):
     flex_unavailable: float = Field(default=0.0, ge=0, le=1)
 
 
+class BackgroundTimings(_Strict):
+    """How background responses (``background: true``) move, and where their webhooks go."""
+
+    #: From creation to ``in_progress``, and to the end (``completed``).
+    queued_seconds: float = Field(default=0.0, ge=0)
+    complete_seconds: float = Field(default=0.3, ge=0)
+    #: How long a response is kept once it ended (OpenAI: about 10 minutes); after that
+    #: ``GET /v1/responses/{id}`` answers 404.
+    keep_seconds: float = Field(default=600.0, gt=0)
+    #: Where ``response.*`` webhooks are POSTed (None: none), signed with ``webhook_secret``
+    #: (``whsec_`` and base64, as OpenAI shows it) the Standard Webhooks way.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+
+
 class FakeConfig(_Strict):
     seed: int = 0
     #: Limits per model; models not listed use ``default_limits``.
@@ -99,6 +115,7 @@ class FakeConfig(_Strict):
     default_limits: ModelLimits = ModelLimits()
     faults: list[Fault] = Field(default_factory=list)
     batch: BatchTimings = BatchTimings()
+    background: BackgroundTimings = BackgroundTimings()
     #: Words in a generated answer when the request sets no maximum.
     answer_words: int = Field(default=24, gt=0)
     embedding_dimensions: int = Field(default=256, gt=0, le=3072)

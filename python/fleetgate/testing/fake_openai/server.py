@@ -19,6 +19,7 @@ from aiohttp import web
 from fleetgate.prices import PriceTable
 from fleetgate.testing.fake_openai import api, content, tiers
 from fleetgate.testing.fake_openai.api import ApiError, Completion
+from fleetgate.testing.fake_openai.background import BackgroundStore, Delivery
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
 from fleetgate.testing.fake_openai.billing import Bill, Charge
 from fleetgate.testing.fake_openai.catalog import model_list
@@ -57,6 +58,7 @@ class _Server:
         self.bill = Bill(PriceTable.load(config.prices_file) if config.prices_file else None)
         self.batches = BatchStore(config, self.files, self.bill)
         self.held = ServerContext()
+        self.background = BackgroundStore(config, self.bill)
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -77,6 +79,8 @@ class _Server:
             web.post("/v1/responses", self.responses),
             web.post("/v1/responses/input_tokens", self.held.count_input_tokens),
             web.post("/v1/conversations", self.held.create_conversation),
+            web.get("/v1/responses/{id}", self.background.retrieve),
+            web.post("/v1/responses/{id}/cancel", self.background.cancel),
             web.post("/v1/embeddings", self.embeddings),
             *other_routes(self._complete),
             web.post("/v1/files", self.files.upload),
@@ -92,6 +96,7 @@ class _Server:
             *UsageApi(self.bill).routes(),
         ])
         app.on_cleanup.append(self.batches.shutdown)
+        app.on_cleanup.append(self.background.shutdown)
         return app
 
     @web.middleware
@@ -194,6 +199,10 @@ class _Server:
             plan.written = self.prompt_cache.written(plan.prompt_tokens - plan.held, cached)
         text = _shaped_text(plan.text, shape)
         project = project_of(request)
+        if plan.kind == "responses" and body.get("background") is True:  # billed when it ends
+            if body.get("stream"):
+                return await self.background.stream(request, plan, cached, text, headers, project)
+            return self.background.start(plan, cached, text, headers, project)
         if body.get("stream") and plan.kind != "embeddings":
             return await self._stream(request, plan, cached, text, headers, cut="cut_stream" in shape, project=project)
         result = api.render(self.config, plan, cached, text=text)
@@ -439,6 +448,12 @@ class FakeOpenAI:
         if self._server is None:
             raise RuntimeError("the server is not running")
         self._server.bill.clock = clock
+
+    def webhooks(self) -> list[Delivery]:
+        """Every background response webhook sent so far, oldest first (a copy)."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return list(self._server.background.deliveries)
 
     def files(self) -> list[dict[str, Any]]:
         """Every file stored now, as the API shows it (copies)."""
