@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,10 @@ def _one(client: Any, kind: str, n: int) -> None:
                                        messages=[{"role": "user", "content": f"Tell story {n} at length."}])
 
 
-def _pod(base_url: str, redis_url: str, prices: str, pod: int, out: Any) -> None:
+def _pod(base_url: str, redis_url: str, prices: str, team: str, pod: int, out: Any) -> None:
+    # The fleet's budget is its team's, a team of this test alone (the Redis is shared).
     gate = fg.Gateway(base_url=base_url, redis_url=redis_url, prices={"file": prices},
-                      budgets={"limits": [{"dollars": DOLLARS}]})
+                      budgets={"limits": [{"scope": "team", "name": team, "dollars": DOLLARS}]})
     client = gate.openai(api_key="sk-fake", max_retries=0)
     made = [0] * THREADS
 
@@ -71,7 +73,8 @@ def _pod(base_url: str, redis_url: str, prices: str, pod: int, out: Any) -> None
         while refused < GIVE_UP and made[thread] < MAX_CALLS and time.monotonic() < end:
             n += 1
             try:
-                _one(client, KINDS[n % len(KINDS)], n)
+                with fg.scope(team=team):
+                    _one(client, KINDS[n % len(KINDS)], n)
             except fg.BudgetExceeded:
                 refused += 1
                 time.sleep(0.02 * refused)  # others' holds settle meanwhile
@@ -99,7 +102,8 @@ def test_eight_pods_spend_one_budget_as_openai_bills_it(tmp_path: Path, redis_ur
                                                           tokens_per_minute=100_000_000))) as fake:
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
-        procs = [ctx.Process(target=_pod, args=(fake.base_url, redis_url, str(prices), pod, out))
+        team = f"fleet-{uuid.uuid4().hex[:8]}"
+        procs = [ctx.Process(target=_pod, args=(fake.base_url, redis_url, str(prices), team, pod, out))
                  for pod in range(PODS)]
         for p in procs:
             p.start()
