@@ -1,8 +1,8 @@
 """A fleet of 8 processes spending one $1.00 budget with the traffic of today's API: long
 answers at the standard, Flex and Priority tiers (some Priority calls downgraded, some Flex
 calls finding no capacity), long system prompts cached and written to the prompt cache on a
-model that bills cache writes, and the other kinds of call each part of fleetgate accounts
-for. What OpenAI billed (the fake's bill, not fleetgate's ledger) stays within the
+model that bills cache writes, stateful Responses chains (billed for the context OpenAI
+holds) and background responses (billed when they end). What OpenAI billed (the fake's bill, not fleetgate's ledger) stays within the
 budget plus one call's worst case, and the fleet uses at least 95% of it."""
 
 from __future__ import annotations
@@ -45,12 +45,23 @@ PREFIX = "Handbook section {n}. " * 220  # about 1,200 tokens: cached after its 
 
 
 #: The kinds of call in the mix, taken in turn.
-KINDS = ("standard", "cached", "flex", "priority")
+KINDS = ("standard", "cached", "flex", "priority", "chain", "background")
+#: Turns of a stateful chain before a thread starts another.
+TURNS = 6
 
 
-def _one(client: Any, kind: str, n: int) -> None:
-    """One call of the mix."""
-    if kind == "cached":
+def _one(client: Any, kind: str, n: int, chain: list[str]) -> None:
+    """One call of the mix; `chain` holds the thread's stateful chain (its last response)."""
+    if kind == "chain":  # the context OpenAI holds grows with every turn
+        if len(chain) >= TURNS:
+            chain.clear()
+        r = client.responses.create(model="gpt-4.1", input=f"Turn {n}: and then?", max_output_tokens=200,
+                                    previous_response_id=chain[-1] if chain else None)
+        chain.append(r.id)
+    elif kind == "background":  # answered at once, billed when it ends
+        client.responses.create(model="gpt-4.1", input=f"Report {n}, at length.", max_output_tokens=300,
+                                background=True)
+    elif kind == "cached":
         client.chat.completions.create(model="writer-1", max_tokens=60, messages=[
             {"role": "system", "content": PREFIX.format(n=n % 3)},
             {"role": "user", "content": f"Question {n}?"}])
@@ -69,12 +80,12 @@ def _pod(base_url: str, redis_url: str, prices: str, team: str, pod: int, out: A
 
     def spend(thread: int) -> None:
         refused, end = 0, time.monotonic() + MAX_SECONDS
-        n = pod * 10_000 + thread * 1_000
+        n, chain = pod * 10_000 + thread * 1_000, []
         while refused < GIVE_UP and made[thread] < MAX_CALLS and time.monotonic() < end:
             n += 1
             try:
                 with fg.scope(team=team):
-                    _one(client, KINDS[n % len(KINDS)], n)
+                    _one(client, KINDS[n % len(KINDS)], n, chain)
             except fg.BudgetExceeded:
                 refused += 1
                 time.sleep(0.02 * refused)  # others' holds settle meanwhile
@@ -87,8 +98,11 @@ def _pod(base_url: str, redis_url: str, prices: str, team: str, pod: int, out: A
         t.start()
     for t in threads:
         t.join()
+    end = time.monotonic() + MAX_SECONDS
+    while gate.background.pending() and time.monotonic() < end:  # its background calls settled
+        time.sleep(0.05)
     gate.close()
-    out.put(sum(made))
+    out.put((sum(made), gate.stats["background_settled_usage"]))
 
 
 def test_eight_pods_spend_one_budget_as_openai_bills_it(tmp_path: Path, redis_url: str) -> None:
@@ -107,18 +121,20 @@ def test_eight_pods_spend_one_budget_as_openai_bills_it(tmp_path: Path, redis_ur
                  for pod in range(PODS)]
         for p in procs:
             p.start()
-        made = sum(out.get(timeout=MAX_SECONDS + 120) for _ in procs)
+        made, settled_later = map(sum, zip(*(out.get(timeout=MAX_SECONDS + 120) for _ in procs)))
         for p in procs:
             p.join(timeout=30)
         bill = fake.bill()
         billed = sum(c.dollars or 0.0 for c in bill)
     assert {c.tier for c in bill} == {"default", "flex", "priority"}
+    assert any(c.usage.get("input_tokens", 0) > 800 for c in bill), "chains carried their context"
     assert any(c.usage["prompt_tokens_details"].get("cache_write_tokens") for c in bill)
     assert any(c.usage["prompt_tokens_details"].get("cached_tokens") for c in bill)
     table = PriceTable.load(prices)
-    worst = max(_worst(table, "gpt-4.1", 20, 400, "priority"), _worst(table, "writer-1", 1400, 60))
-    print(f"calls {made}, billed ${billed:.4f}, worst ${worst:.4f}")
-    assert made > 0
+    worst = max(_worst(table, "gpt-4.1", 20, 400, "priority"), _worst(table, "writer-1", 1400, 60),
+                _worst(table, "gpt-4.1", 200 * 2 * TURNS, 300))
+    print(f"calls {made} ({settled_later} in the background), billed ${billed:.4f}, worst ${worst:.4f}")
+    assert made > 0 and settled_later > 0, "background calls were made, and settled when they ended"
     assert billed <= DOLLARS + worst, f"OpenAI billed ${billed:.4f} of a ${DOLLARS:.2f} budget"
     assert billed >= 0.95 * DOLLARS, f"the fleet used only ${billed:.4f} of ${DOLLARS:.2f}"
 
