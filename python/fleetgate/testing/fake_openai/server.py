@@ -22,6 +22,7 @@ from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
 from fleetgate.testing.fake_openai.billing import Bill, Charge
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
 from fleetgate.testing.fake_openai.limits import ModelQuota
+from fleetgate.testing.fake_openai.sockets import Sockets
 
 __all__ = ["FakeOpenAI", "ModelCounters"]
 
@@ -79,6 +80,7 @@ class _Server:
             web.get("/v1/batches/{id}", self.batches.retrieve),
             web.post("/v1/batches/{id}/cancel", self.batches.cancel),
             web.get("/fleetgate/counters", self.counters_view),
+            *Sockets(self).routes(),
         ])
         app.on_cleanup.append(self.batches.shutdown)
         return app
