@@ -25,18 +25,41 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import TYPE_CHECKING, Any
+import random
+import threading
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
 from fleetgate.prices import price_tier
 from fleetgate.testing.fake_openai import api, content
 from fleetgate.testing.fake_openai.api import ApiError, Completion
-
-if TYPE_CHECKING:
-    from fleetgate.testing.fake_openai.server import _Server
+from fleetgate.testing.fake_openai.billing import Bill
+from fleetgate.testing.fake_openai.config import FakeConfig, Fault
+from fleetgate.testing.fake_openai.limits import ModelQuota
 
 __all__ = ["Sockets"]
+
+
+class _Server(Protocol):
+    """What the handlers use of the fake server: its limits, counters, faults and bill."""
+
+    config: FakeConfig
+    rng: random.Random
+    counters: Any
+    counters_lock: threading.Lock
+    prompt_cache: content.PrefixCache
+    bill: Bill
+
+    def now(self) -> float: ...
+
+    def quota(self, model: str) -> ModelQuota: ...
+
+    def _active_faults(self, model: str) -> list[Fault]: ...
+
+    def _count_fault(self, model: str, kind: str) -> None: ...
+
+    def _sample_ms(self, fault: Fault) -> float: ...
 
 #: What the fake answers a ``service_tier`` with (``fast`` is ``priority``'s other name).
 _SERVED = {"flex": "flex", "priority": "priority", "fast": "priority"}
@@ -141,7 +164,8 @@ class Sockets:
                 frame = _frame(message.data) or {}
                 kind = frame.get("type")
                 if kind == "session.update":
-                    update = frame.get("session") if isinstance(frame.get("session"), dict) else {}
+                    found = frame.get("session")
+                    update: dict[str, Any] = found if isinstance(found, dict) else {}
                     session.update({k: v for k, v in update.items() if k != "type"})
                     await _send(ws, {"type": "session.updated", "event_id": api.new_id("event"), "session": session})
                 elif kind == "conversation.item.create" and isinstance(frame.get("item"), dict):
@@ -152,7 +176,8 @@ class Sockets:
                 elif kind == "response.create":
                     if current is not None:
                         await current  # one response at a time, as Realtime answers them
-                    options = frame.get("response") if isinstance(frame.get("response"), dict) else {}
+                    asked = frame.get("response")
+                    options: dict[str, Any] = asked if isinstance(asked, dict) else {}
                     current = asyncio.create_task(self._realtime_response(ws, session, said, options, project))
                 else:
                     await _send(ws, {"type": "error", "event_id": api.new_id("event"),

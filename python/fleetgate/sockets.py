@@ -1,0 +1,807 @@
+"""WebSocket mode and Realtime through the gateway. ``client.responses.connect()`` and
+``client.realtime.connect()`` do not use the HTTP transport (the SDK opens the socket with
+the ``websockets`` library), so the clients ``gate.openai()`` and ``gate.async_openai()``
+hand out wrap the SDK's connections instead: the same classes, the same API, sync and
+async, with every ``response.create`` frame gated as an HTTP call of its model is.
+
+    with gate.scope(user="u-42", feature="voice"):
+        with client.responses.connect() as connection:
+            connection.response.create(model="gpt-4.1-mini", input="Hello", max_output_tokens=200)
+            for event in connection:                     # fleetgate.BudgetExceeded, RateLimited...
+                if event.type == "response.completed":   # ...are raised by create(), unsent
+                    break
+
+One ``response.create`` frame, as a gated connection drives it:
+
+1. It is estimated as the HTTP call would be (its prompt and the most output it may
+   produce; on Realtime, the session's instructions and the conversation sent so far), in
+   the scope current when it is sent (user, feature, team, deadline).
+2. Its worst-case cost is reserved on every budget of the scope, then its requests and
+   tokens on every quota of its model, user, feature and team, waiting for room until
+   its deadline. A refusal (``BudgetExceeded``, ``RateLimited``, ``DeadlineExpired``,
+   ``StoreUnavailable``, ``ConfigError``) is raised to the caller of ``send`` (or
+   ``response.create``), and the frame is not sent; what was held is given back.
+3. It is sent, and waits in its lane (its ``stream_id``: frames of one lane are answered
+   in order) until a ``response.created`` names its response.
+4. The response's last event (``response.completed``, ``response.failed``,
+   ``response.incomplete``; on Realtime ``response.done``) settles the quotas and budgets
+   from its ``usage``, priced at the ``service_tier`` it reports; its log record and
+   metrics are written as an HTTP call's. An ``error`` answering the frame itself (a 429
+   from upstream, a bad request) settles it as nothing billed; a 429
+   ``rate_limit_exceeded`` also empties the fleet's view of the model's quota.
+5. A connection closed (or lost, or reconnected) with responses in flight settles them
+   from their estimate (the prompt and the most output they could write): upstream may
+   have billed them, so nothing is released.
+
+Frames queued with the connection manager's ``send`` before the socket opens are gated
+when queued; the async manager's ``send`` is not awaited, so it does not wait for quota
+(no room: ``RateLimited`` at once). Frames that are not ``response.create`` pass
+untouched. A connection whose client does not send through the gateway (its own
+``http_client``: see :class:`fleetgate.BypassWarning`) is the SDK's, ungated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx2
+import openai
+from openai.resources.realtime.realtime import (
+    AsyncRealtime,
+    AsyncRealtimeConnection,
+    AsyncRealtimeConnectionManager,
+    Realtime,
+    RealtimeConnection,
+    RealtimeConnectionManager,
+)
+from openai.resources.responses.responses import (
+    AsyncResponses,
+    AsyncResponsesConnection,
+    AsyncResponsesConnectionManager,
+    Responses,
+    ResponsesConnection,
+    ResponsesConnectionManager,
+)
+
+from fleetgate._core import Decision, Quota
+from fleetgate.budget.guard import Hold
+from fleetgate.errors import BudgetExceeded, ConfigError, DeadlineExpired, FleetgateError, RateLimited, StoreUnavailable
+from fleetgate.estimate import Estimate, estimate_request, usage_counts, usage_tokens
+from fleetgate.path import AsyncGateTransport, GateTransport
+from fleetgate.path.services import Services
+from fleetgate.path.settle import settle_failed
+from fleetgate.path.wire import EXHAUSTED
+from fleetgate.records import log_request
+from fleetgate.scope import Scope, current_scope
+
+__all__ = ["AsyncGatedRealtime", "AsyncGatedResponses", "GatedRealtime", "GatedResponses", "SocketMeter",
+           "gateway_of"]
+
+#: The events that start or end a response, or refuse a frame: the only ones parsed.
+_WATCHED = re.compile(rb'"(response\.(created|completed|failed|incomplete|done)|error)"')
+_ENDINGS = frozenset({"response.completed", "response.failed", "response.incomplete", "response.done"})
+_REFUSALS = (BudgetExceeded, ConfigError, StoreUnavailable, RateLimited)
+
+
+def gateway_of(client: openai.OpenAI | openai.AsyncOpenAI) -> Services | None:
+    """The gateway `client` sends through (None: its own ``http_client`` bypasses it)."""
+    transport = getattr(client._client, "_transport", None)
+    return transport.gateway if isinstance(transport, (GateTransport, AsyncGateTransport)) else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one ``response.create`` frame asks: the frame to send (as sent), its estimate,
+    scope, deadline (a ``time.monotonic()`` instant) and lane."""
+
+    event: dict[str, Any]
+    endpoint: str
+    estimate: Estimate
+    scope: Scope
+    deadline: float
+    lane: str | None
+
+
+@dataclass(slots=True, eq=False)
+class _Frame:
+    """One admitted frame: what it holds until its response ends."""
+
+    plan: _Plan
+    hold: Hold | None
+    decision: Decision | None
+    model_quota: Quota | None
+    #: ``time.perf_counter()`` when it was taken, and the seconds the gateway spent on it
+    #: (admission, less waiting).
+    started: float
+    overhead: float = 0.0
+    response_id: str | None = None
+    #: The Realtime ``event_id`` an ``error`` about it names.
+    event_id: str | None = None
+    settled: bool = field(default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """How a response ended: its HTTP-like status for records and metrics, its usage (None:
+    not known), the tier it reports, its id and a refusal's code."""
+
+    status: int
+    usage: dict[str, Any] | None
+    tier: str | None = None
+    response_id: str | None = None
+    code: str | None = None
+
+
+#: How a response ended when its connection went before it did: billed, count unknown.
+_LOST = _Ending(0, None)
+
+
+class SocketMeter:
+    """The gated side of one connection: decides what a frame is (:meth:`plan`), holds
+    what it reserved, and settles it from the events read back (:meth:`observe`) or from
+    its estimate when the connection goes (:meth:`lost`). The connections' drivers do
+    the waiting (sync or async); this class never blocks on its own."""
+
+    def __init__(self, gate: Services, endpoint: str, model: str | None = None) -> None:
+        """`endpoint`: ``/responses`` or ``/realtime``; `model`: the Realtime session's."""
+        self.gate, self.endpoint = gate, endpoint
+        self.model = model
+        self._instructions = ""
+        self._max_output: int | None = None
+        self._said: list[str] = []
+        self._waiting: list[_Frame] = []
+        self._running: dict[str, _Frame] = {}
+        self._lock = threading.Lock()
+
+    # -- deciding ----------------------------------------------------------------------
+
+    def plan(self, event: dict[str, Any]) -> _Plan | None:
+        """The ``response.create`` frame `event` as a call to gate, or None for any other
+        frame (which a Realtime session's ``session.update`` and ``conversation.item.create``
+        still inform: its model, instructions, maximum output and the text said so far)."""
+        kind = event.get("type")
+        if self.endpoint == "/realtime":
+            self._session(event)
+        if kind != "response.create":
+            return None
+        config = self.gate.config
+        if self.endpoint == "/realtime":
+            estimate = self._realtime_estimate(event, config.assumed_max_output_tokens)
+            if estimate is None:
+                return None
+            if not isinstance(event.get("event_id"), str):  # what an error about this frame will name
+                event = {**event, "event_id": f"fg_{uuid.uuid4().hex[:20]}"}
+        else:
+            body = {k: v for k, v in event.items() if k not in ("type", "stream_id")}
+            try:
+                estimate = estimate_request("/responses", body, config.assumed_max_output_tokens)
+            except (ValueError, TypeError):
+                return None  # no model to gate it by: let upstream judge it
+        sc = current_scope()
+        lane = event.get("stream_id")
+        return _Plan(event, self.endpoint, estimate, sc, sc.call_deadline(config.default_deadline_seconds),
+                     lane if isinstance(lane, str) else None)
+
+    def _session(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "session.update" and isinstance(event.get("session"), dict):
+            session = event["session"]
+            if isinstance(session.get("model"), str) and session["model"]:
+                self.model = session["model"]
+            if isinstance(session.get("instructions"), str):
+                self._instructions = session["instructions"]
+            if "max_output_tokens" in session:
+                limit = session["max_output_tokens"]
+                self._max_output = limit if isinstance(limit, int) and limit > 0 else None
+        elif kind == "conversation.item.create" and isinstance(event.get("item"), dict):
+            self._said.append(_item_text(event["item"]))
+
+    def _realtime_estimate(self, event: dict[str, Any], assumed: int) -> Estimate | None:
+        if not self.model:
+            return None  # joined a call by its id: the model is not known here
+        found = event.get("response")
+        options: dict[str, Any] = found if isinstance(found, dict) else {}
+        texts = [options.get("instructions") or self._instructions]
+        if options.get("conversation") != "none":
+            texts += self._said
+        texts += [_item_text(i) for i in options.get("input") or [] if isinstance(i, dict)]
+        limit = options.get("max_output_tokens", self._max_output)
+        body = {"model": self.model, "input": "\n".join(t for t in texts if isinstance(t, str) and t),
+                "max_output_tokens": limit if isinstance(limit, int) and limit > 0 else assumed}
+        return dataclasses.replace(estimate_request("/responses", body, assumed), endpoint="/realtime")
+
+    def quotas(self, plan: _Plan) -> tuple[Quota | None, list[Quota]]:
+        return self.gate.quotas_for(plan.estimate.model, plan.scope)
+
+    def refused(self, plan: _Plan, error: FleetgateError, hold: Hold | None, by_limit: bool) -> None:
+        """Count a refusal (the caller raises it) and give back what was held."""
+        stats, metrics = self.gate.stats, self.gate.metrics
+        stats.count("budget_refused" if isinstance(error, BudgetExceeded) else "refused")
+        if by_limit and metrics is not None:
+            metrics.limiter_refused(plan.estimate.model, "gateway")
+        self._release(hold)
+
+    def admitted(self, plan: _Plan, hold: Hold | None, decision: Decision | None, model_quota: Quota | None,
+                 started: float, waited: float) -> _Frame:
+        """The frame, once its quotas answered after `waited` seconds: DeadlineExpired (what
+        was held given back) when its deadline passed meanwhile."""
+        model = plan.estimate.model
+        if self.gate.metrics is not None and waited:
+            self.gate.metrics.limiter_waited(model, waited)
+        frame = _Frame(plan, hold, decision, model_quota, started)
+        if plan.deadline <= time.monotonic():
+            self._settle(frame, _Ending(0, None), billed=False, record=False)
+            self.gate.stats.count("deadline_expired")
+            raise DeadlineExpired("the frame's deadline passed before it could be sent; it was not sent; give it a "
+                                  "later deadline (scope(deadline=…) or default_deadline_seconds)")
+        self.gate.stats.count("requests")
+        frame.overhead = time.perf_counter() - started - waited
+        event_id = plan.event.get("event_id")
+        frame.event_id = event_id if isinstance(event_id, str) else None
+        return frame
+
+    # -- the frame on the wire ---------------------------------------------------------
+
+    def sending(self, frame: _Frame) -> None:
+        """`frame` goes out now: it waits for its response, after those sent before it."""
+        with self._lock:
+            self._waiting.append(frame)
+
+    def unsent(self, frame: _Frame) -> None:
+        """Sending `frame` failed: nothing reached upstream."""
+        with self._lock:
+            if frame in self._waiting:
+                self._waiting.remove(frame)
+        self._settle(frame, _Ending(0, None), billed=False, record=False)
+
+    def observe(self, message: bytes | str) -> None:
+        """Read an event coming back: a response created, ended, or a frame refused."""
+        raw = message.encode() if isinstance(message, str) else message
+        if _WATCHED.search(raw) is None:
+            return
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        kind = event.get("type")
+        if kind == "response.created":
+            self._created(event)
+        elif kind in _ENDINGS:
+            self._ended(event)
+        elif kind == "error":
+            self._error(event)
+
+    def lost(self) -> None:
+        """The connection went: every response in flight is settled from its estimate."""
+        with self._lock:
+            frames, self._waiting, self._running = [*self._waiting, *self._running.values()], [], {}
+        for frame in frames:
+            self._settle(frame, _LOST, billed=True, record=True)
+
+    def abandon(self) -> None:
+        """The connection never opened: frames queued for it were never sent."""
+        with self._lock:
+            frames, self._waiting = self._waiting, []
+        for frame in frames:
+            self._settle(frame, _Ending(0, None), billed=False, record=False)
+
+    def _created(self, event: dict[str, Any]) -> None:
+        response = event.get("response")
+        rid = response.get("id") if isinstance(response, dict) else None
+        if not isinstance(rid, str):
+            return
+        with self._lock:
+            frame = self._next_waiting(event)
+            if frame is not None:
+                frame.response_id = rid
+                self._running[rid] = frame
+        # A response nobody here asked for (a steered successor, server-side turn
+        # detection) was not admitted: nothing of ours to settle.
+
+    def _ended(self, event: dict[str, Any]) -> None:
+        response = event.get("response")
+        if not isinstance(response, dict):
+            return
+        rid = response.get("id")
+        with self._lock:
+            frame = self._running.pop(rid, None) if isinstance(rid, str) else None
+            if frame is None:
+                frame = self._next_waiting(event)
+        if frame is None:
+            return
+        usage = response.get("usage")
+        status = str(response.get("status") or event.get("type", "").removeprefix("response."))
+        tier = response.get("service_tier")
+        ending = _Ending(500 if status == "failed" else 200, usage if isinstance(usage, dict) else None,
+                         tier if isinstance(tier, str) else None, rid if isinstance(rid, str) else None)
+        self._settle(frame, ending, billed=ending.usage is not None or status != "failed", record=True)
+
+    def _error(self, event: dict[str, Any]) -> None:
+        found = event.get("error")
+        error: dict[str, Any] = found if isinstance(found, dict) else {}
+        code = error.get("code") if isinstance(error.get("code"), str) else None
+        status = event.get("status")
+        if not isinstance(status, int):
+            status = 429 if code == "rate_limit_exceeded" else 400
+        with self._lock:
+            if self.endpoint == "/realtime":  # errors name the client event they answer
+                about = error.get("event_id")
+                frame = next((f for f in self._waiting if about is not None and f.event_id == about), None)
+                if frame is not None:
+                    self._waiting.remove(frame)
+            else:  # the socket carries only response.create: an error answers the next one
+                frame = self._next_waiting(event)
+        if frame is None:
+            return
+        if code == "rate_limit_exceeded" and frame.model_quota is not None:
+            try:  # upstream refused what the fleet admitted: nothing is left
+                self.gate.limiter.sync_from_headers_later(frame.model_quota, EXHAUSTED)
+            except FleetgateError as e:
+                settle_failed(self.gate.stats, e)
+        self._settle(frame, _Ending(status, None, code=code), billed=False, record=True)
+
+    def _next_waiting(self, event: dict[str, Any]) -> _Frame | None:
+        """The oldest frame still waiting in `event`'s lane (the lock held)."""
+        lane = event.get("stream_id")
+        lane = lane if isinstance(lane, str) else None
+        for i, frame in enumerate(self._waiting):
+            if frame.plan.lane == lane:
+                return self._waiting.pop(i)
+        return None
+
+    # -- settling ----------------------------------------------------------------------
+
+    def _settle(self, frame: _Frame, ending: _Ending, *, billed: bool, record: bool) -> None:
+        """Settle `frame`'s quotas and budgets from how it ended, once: its usage when
+        known; else, `billed`, its estimate (the most it could have cost), or nothing."""
+        if frame.settled:
+            return
+        frame.settled = True
+        gate, plan = self.gate, frame.plan
+        estimate, model = plan.estimate, plan.estimate.model
+        counted = usage_tokens(ending.usage)
+        cost: float | None = None
+        counts = None
+        if ending.usage is not None and counted is not None:
+            counts = usage_counts(_as_responses_usage(ending.usage))
+            cost = gate.prices.counts_cost(model, counts, tier=ending.tier)
+            tokens, source = estimate.settle_with(counted), "usage"
+        elif billed:
+            tokens, source = estimate.settle_with(None), "estimate"
+        else:
+            tokens, source = 0, "failure"
+        try:
+            if frame.decision is not None and frame.decision.reservation is not None:
+                gate.limiter.settle_later(frame.decision.reservation, tokens)
+            if source == "failure":
+                self._release(frame.hold)
+            elif frame.hold is not None:
+                output = counts.output if counts is not None else estimate.max_output_tokens
+                gate.budgets.spend(frame.hold, cost, estimate.prompt_tokens, output)
+        except FleetgateError as e:
+            settle_failed(gate.stats, e)
+        if frame.decision is not None:
+            gate.stats.count(f"settled_from_{source}")
+        if record:
+            self._record(frame, ending, counts, cost)
+
+    def _record(self, frame: _Frame, ending: _Ending, counts: Any, cost: float | None) -> None:
+        """Its log record and metrics, as an HTTP call's (the user by pseudonym)."""
+        gate, plan = self.gate, frame.plan
+        model, feature = plan.estimate.model, plan.scope.feature
+        seconds = time.perf_counter() - frame.started
+        metrics = gate.metrics
+        if ending is _LOST:
+            if metrics is not None:
+                metrics.failed(plan.endpoint, model, feature, seconds, "failed")
+            return
+        if metrics is not None and counts is not None:
+            metrics.billed(model, feature, counts, cost)
+        headers = {"x-fleetgate-tier": "primary", "x-fleetgate-mode": "full"}
+        if ending.response_id is not None:
+            headers["x-request-id"] = ending.response_id
+        answer = httpx2.Response(ending.status, headers=headers,
+                                 json={"error": {"code": ending.code}} if ending.status >= 400 else None)
+        if metrics is not None:
+            metrics.answered(plan.endpoint, model, feature, answer, seconds, max(0.0, seconds - frame.overhead),
+                             False)
+        body = {k: v for k, v in plan.event.items() if k != "type"}
+        log_request(plan.endpoint, body if plan.endpoint == "/responses" else {"model": model, **body}, plan.scope,
+                    answer, seconds, ending.usage, cost, model if ending.usage is not None else None,
+                    privacy=gate.privacy)
+
+    def _release(self, hold: Hold | None) -> None:
+        try:
+            self.gate.budgets.release(hold)
+        except FleetgateError as e:
+            settle_failed(self.gate.stats, e)
+
+    # -- the drivers: admission, waiting as the caller does ------------------------------
+
+    def admit(self, event: dict[str, Any], *, wait: bool = True) -> _Frame | None:
+        """Gate `event` (None: not a frame to gate), waiting for quota until its deadline
+        (`wait` False: not at all). Raises the refusal."""
+        plan = self.plan(event)
+        if plan is None:
+            return None
+        started = time.perf_counter()
+        self.gate.warmed()
+        try:
+            hold = self.gate.budgets.reserve(plan.estimate, plan.scope)
+        except _REFUSALS as e:
+            self.refused(plan, e, None, by_limit=False)
+            raise
+        model_quota, quotas = self.quotas(plan)
+        decision, asked = None, time.perf_counter()
+        if quotas:
+            try:
+                decision = self.gate.limiter.acquire(quotas, tokens=plan.estimate.tokens,
+                                                     timeout=_seconds_left(plan) if wait else 0.0)
+            except _REFUSALS as e:
+                self.refused(plan, e, hold, by_limit=True)
+                raise
+            except BaseException:
+                self._release(hold)
+                raise
+        return self.admitted(plan, hold, decision, model_quota, started, time.perf_counter() - asked)
+
+    async def admit_async(self, event: dict[str, Any]) -> _Frame | None:
+        """:meth:`admit`, waiting off the event loop."""
+        plan = self.plan(event)
+        if plan is None:
+            return None
+        started = time.perf_counter()
+        await self.gate.warmed_async()
+        try:
+            hold = await self.gate.budgets.reserve_async(plan.estimate, plan.scope)
+        except _REFUSALS as e:
+            self.refused(plan, e, None, by_limit=False)
+            raise
+        model_quota, quotas = self.quotas(plan)
+        decision, asked = None, time.perf_counter()
+        if quotas:
+            try:
+                decision = await self.gate.limiter.acquire_async(quotas, tokens=plan.estimate.tokens,
+                                                                 timeout=_seconds_left(plan))
+            except _REFUSALS as e:
+                self.refused(plan, e, hold, by_limit=True)
+                raise
+            except BaseException:
+                self._release(hold)
+                raise
+        return self.admitted(plan, hold, decision, model_quota, started, time.perf_counter() - asked)
+
+
+def _seconds_left(plan: _Plan) -> float:
+    return max(0.0, plan.deadline - time.monotonic())
+
+
+def _as_responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """A Realtime usage (``input_token_details``) named as the Responses API's, so that its
+    cached tokens are priced as cached."""
+    if "input_token_details" in usage and "input_tokens_details" not in usage:
+        return {**usage, "input_tokens_details": usage["input_token_details"]}
+    return usage
+
+
+def _item_text(item: dict[str, Any]) -> str:
+    parts = item.get("content")
+    if isinstance(parts, str):
+        return parts
+    if not isinstance(parts, list):
+        return ""
+    return "\n".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+
+
+def _event_dict(event: Any) -> dict[str, Any]:
+    """A client event (a dict or the SDK's model) as the JSON object it is sent as."""
+    if isinstance(event, openai.BaseModel):
+        found = json.loads(event.to_json(use_api_names=True, exclude_unset=True))
+        return found if isinstance(found, dict) else {}
+    return dict(event) if isinstance(event, dict) else {}
+
+
+def _raw_dict(data: bytes | str) -> dict[str, Any]:
+    try:
+        found = json.loads(data)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+# -- the connections: the SDK's own, gated -----------------------------------------------
+
+class _Gated:
+    """What a gated sync connection adds to the SDK's (mixed in before its class)."""
+
+    _fleetgate: SocketMeter
+    _fleetgate_sending: threading.Lock
+
+    def send(self, event: Any) -> None:
+        meter = self._fleetgate
+        frame = meter.admit(_event_dict(event))
+        if frame is None:
+            super().send(event)  # type: ignore[misc]
+            return
+        with self._fleetgate_sending:  # answers come back in the order frames went out
+            meter.sending(frame)
+            try:
+                super().send(frame.plan.event)  # type: ignore[misc]
+            except BaseException:
+                meter.unsent(frame)
+                raise
+
+    def send_raw(self, data: bytes | str) -> None:
+        meter = self._fleetgate
+        frame = meter.admit(_raw_dict(data))
+        if frame is None:
+            super().send_raw(data)  # type: ignore[misc]
+            return
+        with self._fleetgate_sending:
+            meter.sending(frame)
+            try:
+                super().send_raw(json.dumps(frame.plan.event))  # type: ignore[misc]
+            except BaseException:
+                meter.unsent(frame)
+                raise
+
+    def recv_bytes(self) -> bytes:
+        message: bytes = super().recv_bytes()  # type: ignore[misc]
+        self._fleetgate.observe(message)
+        return message
+
+    def close(self, *, code: int = 1000, reason: str = "") -> None:
+        try:
+            super().close(code=code, reason=reason)  # type: ignore[misc]
+        finally:
+            self._fleetgate.lost()
+
+    def _reconnect(self, exc: Exception) -> bool:
+        self._fleetgate.lost()  # what was in flight on the old socket is not answered on the new
+        found: bool = super()._reconnect(exc)  # type: ignore[misc]
+        return found
+
+
+class _AsyncGated:
+    """What a gated async connection adds to the SDK's (mixed in before its class)."""
+
+    _fleetgate: SocketMeter
+    _fleetgate_sending: asyncio.Lock
+
+    async def send(self, event: Any) -> None:
+        meter = self._fleetgate
+        frame = await meter.admit_async(_event_dict(event))
+        if frame is None:
+            await super().send(event)  # type: ignore[misc]
+            return
+        async with self._fleetgate_sending:
+            meter.sending(frame)
+            try:
+                await super().send(frame.plan.event)  # type: ignore[misc]
+            except BaseException:
+                meter.unsent(frame)
+                raise
+
+    async def send_raw(self, data: bytes | str) -> None:
+        meter = self._fleetgate
+        frame = await meter.admit_async(_raw_dict(data))
+        if frame is None:
+            await super().send_raw(data)  # type: ignore[misc]
+            return
+        async with self._fleetgate_sending:
+            meter.sending(frame)
+            try:
+                await super().send_raw(json.dumps(frame.plan.event))  # type: ignore[misc]
+            except BaseException:
+                meter.unsent(frame)
+                raise
+
+    async def recv_bytes(self) -> bytes:
+        message: bytes = await super().recv_bytes()  # type: ignore[misc]
+        self._fleetgate.observe(message)
+        return message
+
+    async def close(self, *, code: int = 1000, reason: str = "") -> None:
+        try:
+            await super().close(code=code, reason=reason)  # type: ignore[misc]
+        finally:
+            self._fleetgate.lost()
+
+    async def _reconnect(self, exc: Exception) -> bool:
+        self._fleetgate.lost()
+        found: bool = await super()._reconnect(exc)  # type: ignore[misc]
+        return found
+
+
+class GatedResponsesConnection(_Gated, ResponsesConnection):
+    """``client.responses.connect()``'s connection, its ``response.create`` frames gated."""
+
+
+class GatedRealtimeConnection(_Gated, RealtimeConnection):
+    """``client.realtime.connect()``'s connection, its ``response.create`` frames gated."""
+
+
+class AsyncGatedResponsesConnection(_AsyncGated, AsyncResponsesConnection):
+    """The async ``client.responses.connect()``'s connection, gated."""
+
+
+class AsyncGatedRealtimeConnection(_AsyncGated, AsyncRealtimeConnection):
+    """The async ``client.realtime.connect()``'s connection, gated."""
+
+
+C = TypeVar("C")
+
+
+def _gated(connection: Any, cls: type[C], meter: SocketMeter, lock: Any) -> C:
+    """The SDK's open `connection`, made the gated class of the same layout (its resources,
+    handlers and send queue stay as they are)."""
+    connection.__class__ = cls
+    connection._fleetgate, connection._fleetgate_sending = meter, lock
+    return connection  # type: ignore[no-any-return]
+
+
+# -- the managers: the SDK's, gating frames queued before the socket opens -----------------
+
+class _GatedResponsesManager(ResponsesConnectionManager):
+    def __init__(self, meter: SocketMeter, **options: Any) -> None:
+        super().__init__(**options)
+        self._fleetgate = meter
+
+    def send(self, event: Any) -> None:
+        frame = self._fleetgate.admit(_event_dict(event))
+        if frame is None:
+            return super().send(event)
+        self._fleetgate.sending(frame)
+        super().send(frame.plan.event)  # type: ignore[arg-type]
+
+    def __enter__(self) -> ResponsesConnection:
+        try:
+            connection = super().__enter__()
+        except BaseException:
+            self._fleetgate.abandon()
+            raise
+        return _gated(connection, GatedResponsesConnection, self._fleetgate, threading.Lock())
+
+    enter = __enter__
+
+
+class _GatedRealtimeManager(RealtimeConnectionManager):
+    def __init__(self, meter: SocketMeter, **options: Any) -> None:
+        super().__init__(**options)
+        self._fleetgate = meter
+
+    def send(self, event: Any) -> None:
+        frame = self._fleetgate.admit(_event_dict(event))
+        if frame is None:
+            return super().send(event)
+        self._fleetgate.sending(frame)
+        super().send(frame.plan.event)  # type: ignore[arg-type]
+
+    def __enter__(self) -> RealtimeConnection:
+        try:
+            connection = super().__enter__()
+        except BaseException:
+            self._fleetgate.abandon()
+            raise
+        return _gated(connection, GatedRealtimeConnection, self._fleetgate, threading.Lock())
+
+    enter = __enter__
+
+
+class _AsyncGatedResponsesManager(AsyncResponsesConnectionManager):
+    def __init__(self, meter: SocketMeter, **options: Any) -> None:
+        super().__init__(**options)
+        self._fleetgate = meter
+
+    def send(self, event: Any) -> None:
+        frame = self._fleetgate.admit(_event_dict(event), wait=False)
+        if frame is None:
+            return super().send(event)
+        self._fleetgate.sending(frame)
+        super().send(frame.plan.event)  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> AsyncResponsesConnection:
+        try:
+            connection = await super().__aenter__()
+        except BaseException:
+            self._fleetgate.abandon()
+            raise
+        return _gated(connection, AsyncGatedResponsesConnection, self._fleetgate, asyncio.Lock())
+
+    enter = __aenter__
+
+
+class _AsyncGatedRealtimeManager(AsyncRealtimeConnectionManager):
+    def __init__(self, meter: SocketMeter, **options: Any) -> None:
+        super().__init__(**options)
+        self._fleetgate = meter
+
+    def send(self, event: Any) -> None:
+        frame = self._fleetgate.admit(_event_dict(event), wait=False)
+        if frame is None:
+            return super().send(event)
+        self._fleetgate.sending(frame)
+        super().send(frame.plan.event)  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> AsyncRealtimeConnection:
+        try:
+            connection = await super().__aenter__()
+        except BaseException:
+            self._fleetgate.abandon()
+            raise
+        return _gated(connection, AsyncGatedRealtimeConnection, self._fleetgate, asyncio.Lock())
+
+    enter = __aenter__
+
+
+# -- the resources ``client.responses`` and ``client.realtime`` ----------------------------
+
+def _options(connect: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of an SDK ``connect(*args, **kwargs)`` call by name, as its manager
+    takes them (checked as the SDK's own signature checks them)."""
+    bound = inspect.signature(connect).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    return {name: value for name, value in bound.arguments.items() if name != "self"}
+
+
+def _session_model(options: dict[str, Any]) -> str | None:
+    model = options.get("model")
+    return model if isinstance(model, str) and model else None
+
+
+class GatedResponses(Responses):
+    """``client.responses`` of a gated client: ``connect()`` gates its frames."""
+
+    def connect(self, *args: Any, **kwargs: Any) -> ResponsesConnectionManager:
+        gate = gateway_of(self._client)
+        if gate is None:
+            return super().connect(*args, **kwargs)
+        return _GatedResponsesManager(SocketMeter(gate, "/responses"), client=self._client,
+                                      **_options(Responses.connect, args, kwargs))
+
+
+class AsyncGatedResponses(AsyncResponses):
+    """``client.responses`` of a gated async client: ``connect()`` gates its frames."""
+
+    def connect(self, *args: Any, **kwargs: Any) -> AsyncResponsesConnectionManager:
+        gate = gateway_of(self._client)
+        if gate is None:
+            return super().connect(*args, **kwargs)
+        return _AsyncGatedResponsesManager(SocketMeter(gate, "/responses"), client=self._client,
+                                           **_options(AsyncResponses.connect, args, kwargs))
+
+
+class GatedRealtime(Realtime):
+    """``client.realtime`` of a gated client: ``connect()`` gates its frames."""
+
+    def connect(self, *args: Any, **kwargs: Any) -> RealtimeConnectionManager:
+        gate = gateway_of(self._client)
+        if gate is None:
+            return super().connect(*args, **kwargs)
+        options = _options(Realtime.connect, args, kwargs)
+        return _GatedRealtimeManager(SocketMeter(gate, "/realtime", _session_model(options)), client=self._client,
+                                     **options)
+
+
+class AsyncGatedRealtime(AsyncRealtime):
+    """``client.realtime`` of a gated async client: ``connect()`` gates its frames."""
+
+    def connect(self, *args: Any, **kwargs: Any) -> AsyncRealtimeConnectionManager:
+        gate = gateway_of(self._client)
+        if gate is None:
+            return super().connect(*args, **kwargs)
+        options = _options(AsyncRealtime.connect, args, kwargs)
+        return _AsyncGatedRealtimeManager(SocketMeter(gate, "/realtime", _session_model(options)),
+                                          client=self._client, **options)
