@@ -226,9 +226,15 @@ def test_an_upstream_refusal_releases_the_budget(fake_openai: FakeOpenAI) -> Non
             if event.type == "error":
                 assert event.error.code == "rate_limit_exceeded"
                 break
+    with gate.scope(feature="big"), client.realtime.connect(model=MODEL) as realtime:
+        realtime.response.create(response={"max_output_tokens": 500})
+        for event in realtime:
+            if event.type == "error":
+                assert event.error.code == "rate_limit_exceeded"
+                break
     assert fake_openai.bill() == []
-    until(lambda: gate.stats["settled_from_failure"] == 1)
-    assert spent(gate, "big") == 0.0
+    until(lambda: gate.stats["settled_from_failure"] == 2)
+    assert spent(gate, "big") == 0.0 and gate.stats["settled_from_estimate"] == 0
 
 
 # -- closed mid-response ---------------------------------------------------------------------

@@ -178,7 +178,8 @@ class Sockets:
                         await current  # one response at a time, as Realtime answers them
                     asked = frame.get("response")
                     options: dict[str, Any] = asked if isinstance(asked, dict) else {}
-                    current = asyncio.create_task(self._realtime_response(ws, session, said, options, project))
+                    current = asyncio.create_task(self._realtime_response(ws, session, said, options, project,
+                                                                          frame.get("event_id")))
                 else:
                     await _send(ws, {"type": "error", "event_id": api.new_id("event"),
                                      "error": {"type": "invalid_request_error", "code": "unsupported_event",
@@ -191,7 +192,7 @@ class Sockets:
         return ws
 
     async def _realtime_response(self, ws: web.WebSocketResponse, session: dict[str, Any], said: list[str],
-                                 options: dict[str, Any], project: str) -> None:
+                                 options: dict[str, Any], project: str, event_id: object) -> None:
         model = str(session.get("model") or "")
         instructions = options.get("instructions") or session.get("instructions") or ""
         texts = [instructions] + ([] if options.get("conversation") == "none" else said)
@@ -200,8 +201,8 @@ class Sockets:
         body = {"model": model, "input": "\n".join(t for t in texts if t),
                 **({"max_output_tokens": limit} if isinstance(limit, int) else {})}
         plan = self._admitted(ws, lambda: api.plan_responses(self.server.config, body))
-        if isinstance(plan, dict):
-            await _send(ws, {**plan, "event_id": api.new_id("event")})
+        if isinstance(plan, dict):  # a Realtime error names the client event it answers
+            await _send(ws, {**plan, "event_id": api.new_id("event"), "error": {**plan["error"], "event_id": event_id}})
             return
         rid, iid = api.new_id("resp"), api.new_id("item")
         response = {"id": rid, "object": "realtime.response", "status": "in_progress", "output": [],
