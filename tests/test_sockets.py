@@ -47,6 +47,12 @@ def spent_as_billed(gate: fg.Gateway, fake: FakeOpenAI, feature: str, responses:
     assert billed(fake) > 0
 
 
+def error_code(event: Any) -> Any:
+    """An ``error`` event's code (older SDKs leave a Responses WebSocket error a dict)."""
+    error = event.error
+    return error.get("code") if isinstance(error, dict) else error.code
+
+
 def realtime_item(text: str) -> dict[str, Any]:
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
 
@@ -60,7 +66,8 @@ def test_responses_frames_are_admitted_and_settled_to_the_bill(fake_openai: Fake
     client = gate.openai(api_key="sk-fake")
     with gate.scope(user="u-42", feature="ws-sync"), client.responses.connect() as connection:
         connection.response.create(model=MODEL, input="Plan my week.", max_output_tokens=80, service_tier="flex")
-        connection.response.create(model=MODEL, input="And my weekend?", max_output_tokens=40, stream_id="b")
+        connection.send({"type": "response.create", "model": MODEL, "input": "And my weekend?",  # on lane "b"
+                         "max_output_tokens": 40, "stream_id": "b"})
         connection.response.create(model=MODEL, input="Summarise both.", max_output_tokens=60,
                                    service_tier="priority")
         ended = []
@@ -224,13 +231,13 @@ def test_an_upstream_refusal_releases_the_budget(fake_openai: FakeOpenAI) -> Non
         connection.response.create(model=MODEL, input="Hello", max_output_tokens=500)
         for event in connection:
             if event.type == "error":
-                assert event.error.code == "rate_limit_exceeded"
+                assert error_code(event) == "rate_limit_exceeded"
                 break
     with gate.scope(feature="big"), client.realtime.connect(model=MODEL) as realtime:
         realtime.response.create(response={"max_output_tokens": 500})
         for event in realtime:
             if event.type == "error":
-                assert event.error.code == "rate_limit_exceeded"
+                assert error_code(event) == "rate_limit_exceeded"
                 break
     assert fake_openai.bill() == []
     until(lambda: gate.stats["settled_from_failure"] == 2)
