@@ -224,8 +224,10 @@ def test_async_frames_wait_for_quota(fake_openai: FakeOpenAI) -> None:
 @pytest.mark.fake_openai(config=FakeConfig(models={MODEL: ModelLimits(tokens_per_minute=100)}))
 def test_an_upstream_refusal_releases_the_budget(fake_openai: FakeOpenAI) -> None:
     """Upstream's error event (here: over its tokens per minute) answers the frame: nothing
-    was billed, so nothing is spent."""
-    gate = gateway(fake_openai)
+    was billed, so nothing is spent; and the fleet's view of the model's quota is emptied."""
+    # A minute's burst of 60 requests, refilled at one a second: emptied, it stays so a while.
+    gate = gateway(fake_openai, model_headroom=0, models={MODEL: fg.QuotaLimits(requests_per_minute=60,
+                                                                                 burst_seconds=60)})
     client = gate.openai(api_key="sk-fake")
     with gate.scope(feature="big"), client.responses.connect() as connection:
         connection.response.create(model=MODEL, input="Hello", max_output_tokens=500)
@@ -233,6 +235,20 @@ def test_an_upstream_refusal_releases_the_budget(fake_openai: FakeOpenAI) -> Non
             if event.type == "error":
                 assert error_code(event) == "rate_limit_exceeded"
                 break
+        model_quota, _ = gate.quotas_for(MODEL, fg.Scope())
+        assert model_quota is not None
+        until(lambda: gate.limiter.try_acquire(model_quota, requests=0).remaining_requests == 0)
+        with gate.scope(deadline=0.05), pytest.raises(fg.RateLimited):
+            connection.response.create(model=MODEL, input="Hello", max_output_tokens=500)
+    until(lambda: gate.stats["settled_from_failure"] == 1)
+    assert spent(gate, "big") == 0.0 and gate.stats["settled_from_estimate"] == 0
+
+
+@pytest.mark.fake_openai(config=FakeConfig(models={MODEL: ModelLimits(tokens_per_minute=100)}))
+def test_an_upstream_refusal_of_a_realtime_frame_releases_the_budget(fake_openai: FakeOpenAI) -> None:
+    """Realtime's error names the frame it answers (its ``event_id``)."""
+    gate = gateway(fake_openai)
+    client = gate.openai(api_key="sk-fake")
     with gate.scope(feature="big"), client.realtime.connect(model=MODEL) as realtime:
         realtime.response.create(response={"max_output_tokens": 500})
         for event in realtime:
@@ -240,7 +256,7 @@ def test_an_upstream_refusal_releases_the_budget(fake_openai: FakeOpenAI) -> Non
                 assert error_code(event) == "rate_limit_exceeded"
                 break
     assert fake_openai.bill() == []
-    until(lambda: gate.stats["settled_from_failure"] == 2)
+    until(lambda: gate.stats["settled_from_failure"] == 1)
     assert spent(gate, "big") == 0.0 and gate.stats["settled_from_estimate"] == 0
 
 

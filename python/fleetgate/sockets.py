@@ -345,11 +345,14 @@ class SocketMeter:
                 frame = self._next_waiting(event)
         if frame is None:
             return
-        if code == "rate_limit_exceeded" and frame.model_quota is not None:
-            try:  # upstream refused what the fleet admitted: nothing is left
-                self.gate.limiter.sync_from_headers_later(frame.model_quota, EXHAUSTED)
-            except FleetgateError as e:
-                settle_failed(self.gate.stats, e)
+        if code == "rate_limit_exceeded":
+            if self.gate.metrics is not None:
+                self.gate.metrics.limiter_refused(frame.plan.estimate.model, "upstream")
+            if frame.model_quota is not None:
+                try:  # upstream refused what the fleet admitted: nothing is left
+                    self.gate.limiter.sync_from_headers_later(frame.model_quota, EXHAUSTED)
+                except FleetgateError as e:
+                    settle_failed(self.gate.stats, e)
         self._settle(frame, _Ending(status, None, code=code), billed=False, record=True)
 
     def _next_waiting(self, event: dict[str, Any]) -> _Frame | None:
