@@ -11,7 +11,7 @@ def test_all_names_exist_and_are_public() -> None:
     # (pytest's assertion rewriting may add "@py_…" names to modules of plugins: not ours.)
     public = {n for n in dir(fleetgate) if n.isidentifier() and not n.startswith("_")}
     # Submodules are reachable as attributes once imported; everything else must be exported.
-    submodules = {"errors", "testing", "cli", "demo", "config", "estimate", "gateway", "scope", "path", "stats", "run", "prices", "fallback", "dedup", "budget", "rewrite", "sdk", "cache", "sharing", "router", "validate", "records", "metrics", "tracing", "batch", "modes", "prompts", "check", "outage", "redis_clients", "warm", "privacy", "summary", "sockets"}
+    submodules = {"errors", "testing", "cli", "demo", "config", "estimate", "gateway", "scope", "path", "stats", "run", "prices", "fallback", "dedup", "budget", "rewrite", "sdk", "cache", "sharing", "router", "validate", "records", "metrics", "tracing", "batch", "modes", "prompts", "check", "outage", "redis_clients", "warm", "privacy", "summary"}
     assert public - submodules <= set(fleetgate.__all__)
 
 

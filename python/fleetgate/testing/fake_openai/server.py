@@ -19,10 +19,10 @@ from aiohttp import web
 from fleetgate.testing.fake_openai import api, content
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
+from fleetgate.testing.fake_openai.sockets import Sockets
 from fleetgate.testing.fake_openai.billing import Bill, Charge
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
 from fleetgate.testing.fake_openai.limits import ModelQuota
-from fleetgate.testing.fake_openai.sockets import Sockets
 
 __all__ = ["FakeOpenAI", "ModelCounters"]
 
@@ -67,6 +67,7 @@ class _Server:
         app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._errors])
         app.add_routes([
             web.get("/v1/models", self.models),
+            *Sockets(self).routes(),  # GET /v1/responses (WebSocket mode), GET /v1/realtime
             web.post("/v1/chat/completions", self.chat),
             web.post("/v1/responses", self.responses),
             web.post("/v1/embeddings", self.embeddings),
@@ -80,7 +81,6 @@ class _Server:
             web.get("/v1/batches/{id}", self.batches.retrieve),
             web.post("/v1/batches/{id}/cancel", self.batches.cancel),
             web.get("/fleetgate/counters", self.counters_view),
-            *Sockets(self).routes(),
         ])
         app.on_cleanup.append(self.batches.shutdown)
         return app

@@ -77,7 +77,8 @@ from fleetgate._core import Decision, Quota
 from fleetgate.budget.guard import Hold
 from fleetgate.errors import BudgetExceeded, ConfigError, DeadlineExpired, FleetgateError, RateLimited, StoreUnavailable
 from fleetgate.estimate import Estimate, estimate_request, usage_counts, usage_tokens
-from fleetgate.path import AsyncGateTransport, GateTransport
+from fleetgate.path._async.transport import AsyncGateTransport
+from fleetgate.path._sync.transport import GateTransport
 from fleetgate.path.services import Services
 from fleetgate.path.settle import settle_failed
 from fleetgate.path.wire import EXHAUSTED
