@@ -327,3 +327,45 @@ def test_frames_are_recorded_and_counted_as_http_calls(fake_openai: FakeOpenAI,
     metrics = b"".join(gate.metrics_app()({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
                                           lambda *_: None)).decode()
     assert 'endpoint="/realtime"' in metrics and "alice" not in metrics
+
+
+# -- responses the server starts on its own ---------------------------------------------------
+
+def test_realtime_responses_the_server_starts_are_counted_when_they_end(fake_openai: FakeOpenAI) -> None:
+    """With turn detection the server answers a spoken turn without a response.create:
+    nothing could be reserved before, but its spend and tokens are counted when it ends, in
+    the scope of the connection's latest frame."""
+    gate = gateway(fake_openai)
+    client = gate.openai(api_key="sk-fake")
+    with gate.scope(feature="voice"), client.realtime.connect(model=MODEL) as connection:
+        connection.session.update(session={"type": "realtime", "instructions": "Answer briefly.",
+                                           "turn_detection": {"type": "server_vad"}})
+        connection.input_audio_buffer.append(audio="AAAA")
+        connection.input_audio_buffer.commit()
+        for event in connection:
+            if event.type == "response.done":
+                break
+    spent_as_billed(gate, fake_openai, "voice", 1)
+    assert gate.stats["requests"] == 1 and gate.stats["settled_from_usage"] == 1
+
+
+@pytest.mark.fake_openai(config=HELD)
+def test_an_async_response_the_server_started_is_counted_when_the_socket_closes(fake_openai: FakeOpenAI) -> None:
+    gate = gateway(fake_openai)
+
+    async def main() -> None:
+        client = gate.async_openai(api_key="sk-fake")
+        async with gate.scope(feature="voice"), client.realtime.connect(model=MODEL) as connection:
+            await connection.session.update(session={"type": "realtime", "max_output_tokens": 200,
+                                                     "turn_detection": {"type": "server_vad"}})
+            await connection.input_audio_buffer.commit()
+            async for event in connection:
+                if event.type == "response.created":
+                    break  # held by the fake: closed mid-response
+
+    asyncio.run(main())
+    until(lambda: spent(gate, "voice") > 0)
+    price = gate.prices.price(MODEL)
+    assert price is not None  # nothing said in text: the most it could have written
+    assert spent(gate, "voice") == pytest.approx(price.dollars(0, 200))
+    assert gate.stats["settled_from_estimate"] == 1 and fake_openai.bill() == []

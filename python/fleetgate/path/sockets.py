@@ -33,6 +33,11 @@ One ``response.create`` frame, as a gated connection drives it:
    from their estimate (the prompt and the most output they could write): upstream may
    have billed them, so nothing is released.
 
+6. A response the server started on its own (Realtime's turn detection, a steered
+   successor) could not be refused: when it ends, its spend and tokens are counted on the
+   budgets and quotas of the connection's latest scope, room or not (a budget that cannot
+   take it is logged and counted in ``stats["budget_overrun"]``).
+
 Frames queued with the connection manager's ``send`` before the socket opens are gated
 when queued; the async manager's ``send`` is not awaited, so it does not wait for quota
 (no room: ``RateLimited`` at once). Frames that are not ``response.create`` pass
@@ -46,6 +51,7 @@ import asyncio
 import dataclasses
 import inspect
 import json
+import logging
 import re
 import threading
 import time
@@ -88,6 +94,8 @@ from fleetgate.scope import Scope, current_scope
 __all__ = ["AsyncGatedRealtime", "AsyncGatedResponses", "GatedRealtime", "GatedResponses", "SocketMeter",
            "gateway_of"]
 
+log = logging.getLogger("fleetgate")
+
 #: The events that start or end a response, or refuse a frame: the only ones parsed.
 _WATCHED = re.compile(rb'"(response\.(created|completed|failed|incomplete|done)|error)"')
 _ENDINGS = frozenset({"response.completed", "response.failed", "response.incomplete", "response.done"})
@@ -128,6 +136,9 @@ class _Frame:
     response_id: str | None = None
     #: The Realtime ``event_id`` an ``error`` about it names.
     event_id: str | None = None
+    #: A response the server started on its own (no frame of ours asked for it): counted
+    #: when it ends, since nothing could be reserved before.
+    adopted: bool = False
     settled: bool = field(default=False)
 
 
@@ -146,6 +157,9 @@ class _Ending:
 #: How a response ended when its connection went before it did: billed, count unknown.
 _LOST = _Ending(0, None)
 
+#: A response the server started on its own that ended: to count (:meth:`SocketMeter.count`).
+Adopted = tuple[_Frame, _Ending]
+
 
 class SocketMeter:
     """The gated side of one connection: decides what a frame is (:meth:`plan`), holds
@@ -157,6 +171,9 @@ class SocketMeter:
         """`endpoint`: ``/responses`` or ``/realtime``; `model`: the Realtime session's."""
         self.gate, self.endpoint = gate, endpoint
         self.model = model
+        #: Whom the connection's responses are counted for: the scope of its latest frame
+        #: (at first, of the ``connect()`` call).
+        self.scope = current_scope()
         self._instructions = ""
         self._max_output: int | None = None
         self._said: list[str] = []
@@ -171,6 +188,7 @@ class SocketMeter:
         frame (which a Realtime session's ``session.update`` and ``conversation.item.create``
         still inform: its model, instructions, maximum output and the text said so far)."""
         kind = event.get("type")
+        self.scope = current_scope()
         if self.endpoint == "/realtime":
             self._session(event)
         if kind != "response.create":
@@ -207,8 +225,9 @@ class SocketMeter:
         elif kind == "conversation.item.create" and isinstance(event.get("item"), dict):
             self._said.append(_item_text(event["item"]))
 
-    def _realtime_estimate(self, event: dict[str, Any], assumed: int) -> Estimate | None:
-        if not self.model:
+    def _realtime_estimate(self, event: dict[str, Any], assumed: int, model: str | None = None) -> Estimate | None:
+        model = model or self.model
+        if not model:
             return None  # joined a call by its id: the model is not known here
         found = event.get("response")
         options: dict[str, Any] = found if isinstance(found, dict) else {}
@@ -217,7 +236,7 @@ class SocketMeter:
             texts += self._said
         texts += [_item_text(i) for i in options.get("input") or [] if isinstance(i, dict)]
         limit = options.get("max_output_tokens", self._max_output)
-        body = {"model": self.model, "input": "\n".join(t for t in texts if isinstance(t, str) and t),
+        body = {"model": model, "input": "\n".join(t for t in texts if isinstance(t, str) and t),
                 "max_output_tokens": limit if isinstance(limit, int) and limit > 0 else assumed}
         return dataclasses.replace(estimate_request("/responses", body, assumed), endpoint="/realtime")
 
@@ -265,31 +284,37 @@ class SocketMeter:
                 self._waiting.remove(frame)
         self._settle(frame, _Ending(0, None), billed=False, record=False)
 
-    def observe(self, message: bytes | str) -> None:
-        """Read an event coming back: a response created, ended, or a frame refused."""
+    def observe(self, message: bytes | str) -> Adopted | None:
+        """Read an event coming back: a response created, ended, or a frame refused. A
+        response the server started on its own that ended is returned, for the caller to
+        :meth:`count` (or :meth:`count_async`)."""
         raw = message.encode() if isinstance(message, str) else message
         if _WATCHED.search(raw) is None:
-            return
+            return None
         try:
             event = json.loads(raw)
         except ValueError:
-            return
+            return None
         if not isinstance(event, dict):
-            return
+            return None
         kind = event.get("type")
         if kind == "response.created":
             self._created(event)
         elif kind in _ENDINGS:
-            self._ended(event)
+            return self._ended(event)
         elif kind == "error":
             self._error(event)
+        return None
 
     def lost(self) -> None:
         """The connection went: every response in flight is settled from its estimate."""
         with self._lock:
             frames, self._waiting, self._running = [*self._waiting, *self._running.values()], [], {}
         for frame in frames:
-            self._settle(frame, _LOST, billed=True, record=True)
+            if frame.adopted:
+                self.count((frame, _LOST))
+            else:
+                self._settle(frame, _LOST, billed=True, record=True)
 
     def abandon(self) -> None:
         """The connection never opened: frames queued for it were never sent."""
@@ -300,34 +325,102 @@ class SocketMeter:
 
     def _created(self, event: dict[str, Any]) -> None:
         response = event.get("response")
-        rid = response.get("id") if isinstance(response, dict) else None
-        if not isinstance(rid, str):
+        if not isinstance(response, dict) or not isinstance(response.get("id"), str):
             return
+        rid = response["id"]
         with self._lock:
             frame = self._next_waiting(event)
+            if frame is None:  # the server started it (turn detection, a steered successor)
+                frame = self._adopt(response)
             if frame is not None:
                 frame.response_id = rid
                 self._running[rid] = frame
-        # A response nobody here asked for (a steered successor, server-side turn
-        # detection) was not admitted: nothing of ours to settle.
 
-    def _ended(self, event: dict[str, Any]) -> None:
+    def _adopt(self, response: dict[str, Any]) -> _Frame | None:
+        """A frame for a response nobody here asked for, in the connection's scope, to
+        count when it ends (None: its model is not known)."""
+        model = response.get("model")
+        model = model if isinstance(model, str) and model else self.model
+        assumed = self.gate.config.assumed_max_output_tokens
+        if self.endpoint == "/realtime":
+            estimate = self._realtime_estimate({}, assumed, model)
+        elif model:
+            limit = response.get("max_output_tokens")
+            estimate = estimate_request("/responses", {"model": model, "input": "", "max_output_tokens": limit
+                                                       if isinstance(limit, int) and limit > 0 else assumed}, assumed)
+        else:
+            estimate = None
+        if estimate is None:
+            return None
+        sc = self.scope
+        plan = _Plan({"type": "response.create", "model": estimate.model}, self.endpoint, estimate, sc,
+                     sc.call_deadline(self.gate.config.default_deadline_seconds), None)
+        return _Frame(plan, None, None, self.gate.quotas_for(estimate.model, sc)[0], time.perf_counter(),
+                      adopted=True)
+
+    def _ended(self, event: dict[str, Any]) -> Adopted | None:
         response = event.get("response")
         if not isinstance(response, dict):
-            return
+            return None
         rid = response.get("id")
         with self._lock:
             frame = self._running.pop(rid, None) if isinstance(rid, str) else None
             if frame is None:
                 frame = self._next_waiting(event)
         if frame is None:
-            return
+            return None
         usage = response.get("usage")
         status = str(response.get("status") or event.get("type", "").removeprefix("response."))
         tier = response.get("service_tier")
         ending = _Ending(500 if status == "failed" else 200, usage if isinstance(usage, dict) else None,
                          tier if isinstance(tier, str) else None, rid if isinstance(rid, str) else None)
+        if frame.adopted:
+            return frame, ending
         self._settle(frame, ending, billed=ending.usage is not None or status != "failed", record=True)
+        return None
+
+    # -- counting what the server started on its own -------------------------------------
+
+    def _nothing_held(self, frame: _Frame) -> Estimate:
+        """An adopted response's estimate with nothing left to reserve: it has run."""
+        return dataclasses.replace(frame.plan.estimate, prompt_tokens=0, prompt_chars_estimate=0,
+                                   max_output_tokens=0)
+
+    def _counted(self, frame: _Frame, ending: _Ending, hold: Hold | None, decision: Decision | None,
+                 error: FleetgateError | None) -> None:
+        if error is not None:  # spent all the same: said, counted, and in the records and metrics
+            log.warning("fleetgate: a response the server started on its own on a %s connection is not in the "
+                        "budgets (%s); it is in the request records and metrics", frame.plan.endpoint, error)
+            self.gate.stats.count("budget_overrun")
+        frame.hold, frame.decision = hold, decision
+        self.gate.stats.count("requests")
+        self._settle(frame, ending, billed=True, record=True)
+
+    def count(self, adopted: Adopted) -> None:
+        """Count a response the server started on its own, now that it ended: its spend on
+        the budgets and its request and tokens on the quotas, whether or not they have room
+        (upstream already served it)."""
+        frame, ending = adopted
+        hold, error = None, None
+        try:
+            hold = self.gate.budgets.reserve(self._nothing_held(frame), frame.plan.scope)
+        except _REFUSALS as e:
+            error = e
+        _, quotas = self.quotas(frame.plan)
+        decision = self.gate.limiter.try_acquire(quotas, tokens=0) if quotas else None
+        self._counted(frame, ending, hold, decision, error)
+
+    async def count_async(self, adopted: Adopted) -> None:
+        """:meth:`count`, off the event loop."""
+        frame, ending = adopted
+        hold, error = None, None
+        try:
+            hold = await self.gate.budgets.reserve_async(self._nothing_held(frame), frame.plan.scope)
+        except _REFUSALS as e:
+            error = e
+        _, quotas = self.quotas(frame.plan)
+        decision = await self.gate.limiter.try_acquire_async(quotas, tokens=0) if quotas else None
+        self._counted(frame, ending, hold, decision, error)
 
     def _error(self, event: dict[str, Any]) -> None:
         found = event.get("error")
@@ -563,7 +656,9 @@ class _Gated:
 
     def recv_bytes(self) -> bytes:
         message: bytes = super().recv_bytes()  # type: ignore[misc]
-        self._fleetgate.observe(message)
+        adopted = self._fleetgate.observe(message)
+        if adopted is not None:
+            self._fleetgate.count(adopted)
         return message
 
     def close(self, *, code: int = 1000, reason: str = "") -> None:
@@ -614,7 +709,9 @@ class _AsyncGated:
 
     async def recv_bytes(self) -> bytes:
         message: bytes = await super().recv_bytes()  # type: ignore[misc]
-        self._fleetgate.observe(message)
+        adopted = self._fleetgate.observe(message)
+        if adopted is not None:
+            await self._fleetgate.count_async(adopted)
         return message
 
     async def close(self, *, code: int = 1000, reason: str = "") -> None:

@@ -14,6 +14,10 @@ A ``response.create`` frame, on either:
 3. is billed once, at that tier, when that last event is sent. A socket closed before
    then cancels its responses still in flight: they are not billed.
 
+On Realtime, a session with ``turn_detection`` answers each ``input_audio_buffer.commit``
+on its own (the audio is not listened to: a commit stands for a spoken turn), as server
+turn detection does, without a ``response.create``.
+
 Responses WebSocket frames with the same ``stream_id`` (lane) are answered in order, one
 at a time; different lanes run side by side, and every event echoes its lane. A
 ``latency`` fault holds a response after ``response.created`` (so a test can close the
@@ -173,6 +177,17 @@ class Sockets:
                     said.append(_item_text(item))
                     await _send(ws, {"type": "conversation.item.created", "event_id": api.new_id("event"),
                                      "previous_item_id": None, "item": item})
+                elif kind == "input_audio_buffer.append":
+                    continue  # the audio is not listened to: a commit stands for a turn spoken
+                elif kind == "input_audio_buffer.commit":
+                    item_id = api.new_id("item")
+                    said.append("(a spoken turn)")
+                    await _send(ws, {"type": "input_audio_buffer.committed", "event_id": api.new_id("event"),
+                                     "previous_item_id": None, "item_id": item_id})
+                    if isinstance(session.get("turn_detection"), dict):  # the server answers the turn itself
+                        if current is not None:
+                            await current
+                        current = asyncio.create_task(self._realtime_response(ws, session, said, {}, project, None))
                 elif kind == "response.create":
                     if current is not None:
                         await current  # one response at a time, as Realtime answers them
