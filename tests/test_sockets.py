@@ -53,6 +53,17 @@ def error_code(event: Any) -> Any:
     return error.get("code") if isinstance(error, dict) else error.code
 
 
+def metrics_text(gate: fg.Gateway) -> str:
+    return b"".join(gate.metrics_app()({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
+                                       lambda *_: None)).decode()
+
+
+def metric(gate: fg.Gateway, *parts: str) -> float:
+    """The sum of the samples whose line has every one of `parts`."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text(gate).splitlines()
+               if all(p in line for p in parts))
+
+
 def realtime_item(text: str) -> dict[str, Any]:
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
 
@@ -312,21 +323,26 @@ def test_frames_are_recorded_and_counted_as_http_calls(fake_openai: FakeOpenAI,
     caplog.set_level(logging.INFO, logger="fleetgate.requests")
     gate = gateway(fake_openai)
     client = gate.openai(api_key="sk-fake")
+    before = metric(gate, "fleetgate_requests_total{", 'endpoint="/realtime"', 'outcome="refused"')
     with gate.scope(user="alice@example.com", feature="voice"), client.realtime.connect(model=MODEL) as connection:
         connection.conversation.item.create(item=realtime_item("Hello"))
         connection.response.create()
         for event in connection:
             if event.type == "response.done":
                 break
+        with pytest.raises(fg.BudgetExceeded):  # over the feature's $1.00 at its worst
+            connection.response.create(response={"max_output_tokens": 10_000_000})
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "fleetgate.requests"]
-    assert [(r["endpoint"], r["model"], r["status"], r["feature"]) for r in records] == [
-        ("/realtime", MODEL, 200, "voice")]
+    assert [(r["endpoint"], r["model"], r["status"], r["feature"], r["refused"]) for r in records] == [
+        ("/realtime", MODEL, 200, "voice", False), ("/realtime", MODEL, 429, "voice", True)]
     assert records[0]["cost_usd"] == pytest.approx(billed(fake_openai))
     assert records[0]["request_id"].startswith("resp_")
-    assert records[0]["user"] and "alice" not in json.dumps(records)
-    metrics = b"".join(gate.metrics_app()({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
-                                          lambda *_: None)).decode()
-    assert 'endpoint="/realtime"' in metrics and "alice" not in metrics
+    assert records[0]["user"] and records[0]["user"] == records[1]["user"] and "alice" not in json.dumps(records)
+    assert metric(gate, "fleetgate_requests_total{", 'endpoint="/realtime"', 'outcome="refused"') == before + 1
+    assert metric(gate, "fleetgate_refusals_total{", 'reason="budget_exceeded"') >= 1
+    assert metric(gate, "fleetgate_requests_total{", 'endpoint="/realtime"', 'outcome="ok"') >= 1
+    assert "alice" not in metrics_text(gate)
+    assert gate.stats["requests"] == 2 and gate.stats["budget_refused"] == 1
 
 
 # -- responses the server starts on its own ---------------------------------------------------

@@ -85,6 +85,9 @@ from fleetgate.errors import BudgetExceeded, ConfigError, DeadlineExpired, Fleet
 from fleetgate.estimate import Estimate, estimate_request, usage_counts, usage_tokens
 from fleetgate.path._async.transport import AsyncGateTransport
 from fleetgate.path._sync.transport import GateTransport
+from fleetgate.fallback import TIER_HEADER
+from fleetgate.modes import MODE_HEADER
+from fleetgate.path.refusals import refusal
 from fleetgate.path.services import Services
 from fleetgate.path.settle import settle_failed
 from fleetgate.path.wire import EXHAUSTED
@@ -243,13 +246,24 @@ class SocketMeter:
     def quotas(self, plan: _Plan) -> tuple[Quota | None, list[Quota]]:
         return self.gate.quotas_for(plan.estimate.model, plan.scope)
 
-    def refused(self, plan: _Plan, error: FleetgateError, hold: Hold | None, by_limit: bool) -> None:
-        """Count a refusal (the caller raises it) and give back what was held."""
+    def refused(self, plan: _Plan, error: FleetgateError, hold: Hold | None, by_limit: bool,
+                started: float) -> None:
+        """Count a refusal (the caller raises it), give back what was held, and write its
+        record and metrics as an HTTP call's refusal (the answer the SDK would have had)."""
         stats, metrics = self.gate.stats, self.gate.metrics
+        stats.count("requests")
         stats.count("budget_refused" if isinstance(error, BudgetExceeded) else "refused")
         if by_limit and metrics is not None:
             metrics.limiter_refused(plan.estimate.model, "gateway")
         self._release(hold)
+        seconds = time.perf_counter() - started
+        base = (self.gate.config.base_url or "https://api.openai.com/v1").rstrip("/")
+        answer = refusal(httpx2.Request("GET", f"{base}{plan.endpoint}"), error)
+        answer.headers[MODE_HEADER] = self.gate.modes.current.mode
+        if metrics is not None:
+            metrics.answered(plan.endpoint, plan.estimate.model, plan.scope.feature, answer, seconds, 0.0, False)
+        log_request(plan.endpoint, _logged_body(plan), plan.scope, answer, seconds, None, None, None,
+                    privacy=self.gate.privacy)
 
     def admitted(self, plan: _Plan, hold: Hold | None, decision: Decision | None, model_quota: Quota | None,
                  started: float, waited: float) -> _Frame:
@@ -262,8 +276,10 @@ class SocketMeter:
         if plan.deadline <= time.monotonic():
             self._settle(frame, _Ending(0, None), billed=False, record=False)
             self.gate.stats.count("deadline_expired")
-            raise DeadlineExpired("the frame's deadline passed before it could be sent; it was not sent; give it a "
-                                  "later deadline (scope(deadline=…) or default_deadline_seconds)")
+            expired = DeadlineExpired("the frame's deadline passed before it could be sent; it was not sent; give "
+                                      "it a later deadline (scope(deadline=…) or default_deadline_seconds)")
+            self.refused(plan, expired, None, by_limit=False, started=started)
+            raise expired
         self.gate.stats.count("requests")
         frame.overhead = time.perf_counter() - started - waited
         event_id = plan.event.get("event_id")
@@ -506,7 +522,7 @@ class SocketMeter:
             return
         if metrics is not None and counts is not None:
             metrics.billed(model, feature, counts, cost)
-        headers = {"x-fleetgate-tier": "primary", "x-fleetgate-mode": "full"}
+        headers = {TIER_HEADER: "primary", MODE_HEADER: gate.modes.current.mode}
         if ending.response_id is not None:
             headers["x-request-id"] = ending.response_id
         answer = httpx2.Response(ending.status, headers=headers,
@@ -514,10 +530,8 @@ class SocketMeter:
         if metrics is not None:
             metrics.answered(plan.endpoint, model, feature, answer, seconds, max(0.0, seconds - frame.overhead),
                              False)
-        body = {k: v for k, v in plan.event.items() if k != "type"}
-        log_request(plan.endpoint, body if plan.endpoint == "/responses" else {"model": model, **body}, plan.scope,
-                    answer, seconds, ending.usage, cost, model if ending.usage is not None else None,
-                    privacy=gate.privacy)
+        log_request(plan.endpoint, _logged_body(plan), plan.scope, answer, seconds, ending.usage, cost,
+                    model if ending.usage is not None else None, privacy=gate.privacy)
 
     def _release(self, hold: Hold | None) -> None:
         try:
@@ -538,7 +552,7 @@ class SocketMeter:
         try:
             hold = self.gate.budgets.reserve(plan.estimate, plan.scope)
         except _REFUSALS as e:
-            self.refused(plan, e, None, by_limit=False)
+            self.refused(plan, e, None, by_limit=False, started=started)
             raise
         model_quota, quotas = self.quotas(plan)
         decision, asked = None, time.perf_counter()
@@ -547,7 +561,7 @@ class SocketMeter:
                 decision = self.gate.limiter.acquire(quotas, tokens=plan.estimate.tokens,
                                                      timeout=_seconds_left(plan) if wait else 0.0)
             except _REFUSALS as e:
-                self.refused(plan, e, hold, by_limit=True)
+                self.refused(plan, e, hold, by_limit=True, started=started)
                 raise
             except BaseException:
                 self._release(hold)
@@ -564,7 +578,7 @@ class SocketMeter:
         try:
             hold = await self.gate.budgets.reserve_async(plan.estimate, plan.scope)
         except _REFUSALS as e:
-            self.refused(plan, e, None, by_limit=False)
+            self.refused(plan, e, None, by_limit=False, started=started)
             raise
         model_quota, quotas = self.quotas(plan)
         decision, asked = None, time.perf_counter()
@@ -573,12 +587,17 @@ class SocketMeter:
                 decision = await self.gate.limiter.acquire_async(quotas, tokens=plan.estimate.tokens,
                                                                  timeout=_seconds_left(plan))
             except _REFUSALS as e:
-                self.refused(plan, e, hold, by_limit=True)
+                self.refused(plan, e, hold, by_limit=True, started=started)
                 raise
             except BaseException:
                 self._release(hold)
                 raise
         return self.admitted(plan, hold, decision, model_quota, started, time.perf_counter() - asked)
+
+
+def _logged_body(plan: _Plan) -> dict[str, Any]:
+    """The frame as its log record reads it (a request body: its model, instructions...)."""
+    return {"model": plan.estimate.model, **{k: v for k, v in plan.event.items() if k != "type"}}
 
 
 def _seconds_left(plan: _Plan) -> float:
