@@ -385,3 +385,43 @@ def test_an_async_response_the_server_started_is_counted_when_the_socket_closes(
     assert price is not None  # nothing said in text: the most it could have written
     assert spent(gate, "voice") == pytest.approx(price.dollars(0, 200))
     assert gate.stats["settled_from_estimate"] == 1 and fake_openai.bill() == []
+
+
+# -- the fleet's degradation modes -----------------------------------------------------------
+
+def test_the_fleets_mode_refuses_frames_it_cannot_serve(fake_openai: FakeOpenAI) -> None:
+    """A socket has no cached or static answer: in cached-only mode its frames are refused;
+    in maintenance, once their deadline passed; back in full mode they go."""
+    gate = gateway(fake_openai)
+    client = gate.openai(api_key="sk-fake")
+    with gate.scope(feature="modes"), client.responses.connect() as connection:
+        gate.modes.set("cached-only", for_seconds=600, reason="upstream outage")
+        with pytest.raises(fg.ServiceDegraded):
+            connection.response.create(model=MODEL, input="Hello", max_output_tokens=20)
+        gate.modes.set("maintenance", for_seconds=600, reason="migration")
+        with gate.scope(deadline=0.05), pytest.raises(fg.ServiceDegraded):
+            connection.response.create(model=MODEL, input="Hello", max_output_tokens=20)
+        gate.modes.clear()
+        connection.response.create(model=MODEL, input="Hello", max_output_tokens=20)
+        for event in connection:
+            if event.type == "response.completed":
+                break
+    assert fake_openai.counters(MODEL).requests == 1 and gate.stats["mode_refused"] == 2
+    spent_as_billed(gate, fake_openai, "modes", 1)
+
+
+def test_async_frames_wait_out_maintenance(fake_openai: FakeOpenAI) -> None:
+    gate = gateway(fake_openai)
+
+    async def main() -> None:
+        client = gate.async_openai(api_key="sk-fake")
+        async with gate.scope(feature="modes", deadline=30), client.responses.connect() as connection:
+            gate.modes.set("maintenance", for_seconds=0.2, reason="a short one")
+            await connection.response.create(model=MODEL, input="Hello", max_output_tokens=20)  # waits it out
+            async for event in connection:
+                if event.type == "response.completed":
+                    break
+
+    asyncio.run(main())
+    assert fake_openai.counters(MODEL).requests == 1 and gate.stats["mode_refused"] == 0
+    spent_as_billed(gate, fake_openai, "modes", 1)

@@ -16,11 +16,14 @@ One ``response.create`` frame, as a gated connection drives it:
 1. It is estimated as the HTTP call would be (its prompt and the most output it may
    produce; on Realtime, the session's instructions and the conversation sent so far), in
    the scope current when it is sent (user, feature, team, deadline).
-2. Its worst-case cost is reserved on every budget of the scope, then its requests and
-   tokens on every quota of its model, user, feature and team, waiting for room until
-   its deadline. A refusal (``BudgetExceeded``, ``RateLimited``, ``DeadlineExpired``,
-   ``StoreUnavailable``, ``ConfigError``) is raised to the caller of ``send`` (or
-   ``response.create``), and the frame is not sent; what was held is given back.
+2. The fleet's degradation mode may refuse it (``maintenance`` once its deadline passed;
+   ``cached-only`` and ``static``, which have no answer for a socket; an optional feature
+   in ``reduced``). Its worst-case cost is reserved on every budget of the scope, then
+   its requests and tokens on every quota of its model, user, feature and team, waiting
+   for room until its deadline. A refusal (``ServiceDegraded``, ``BudgetExceeded``,
+   ``RateLimited``, ``DeadlineExpired``, ``StoreUnavailable``, ``ConfigError``) is raised
+   to the caller of ``send`` (or ``response.create``), and the frame is not sent; what
+   was held is given back. Its log record and metrics are a refused HTTP call's.
 3. It is sent, and waits in its lane (its ``stream_id``: frames of one lane are answered
    in order) until a ``response.created`` names its response.
 4. The response's last event (``response.completed``, ``response.failed``,
@@ -81,12 +84,21 @@ from openai.resources.responses.responses import (
 
 from fleetgate._core import Decision, Quota
 from fleetgate.budget.guard import Hold
-from fleetgate.errors import BudgetExceeded, ConfigError, DeadlineExpired, FleetgateError, RateLimited, StoreUnavailable
+from fleetgate.errors import (
+    BudgetExceeded,
+    ConfigError,
+    DeadlineExpired,
+    FleetgateError,
+    RateLimited,
+    ServiceDegraded,
+    StoreUnavailable,
+)
 from fleetgate.estimate import Estimate, estimate_request, usage_counts, usage_tokens
 from fleetgate.path._async.transport import AsyncGateTransport
 from fleetgate.path._sync.transport import GateTransport
 from fleetgate.fallback import TIER_HEADER
-from fleetgate.modes import MODE_HEADER
+from fleetgate.modes import MODE_HEADER, ModeState
+from fleetgate.modes.degrade import degraded, optional_off
 from fleetgate.path.refusals import refusal
 from fleetgate.path.services import Services
 from fleetgate.path.settle import settle_failed
@@ -264,6 +276,24 @@ class SocketMeter:
             metrics.answered(plan.endpoint, plan.estimate.model, plan.scope.feature, answer, seconds, 0.0, False)
         log_request(plan.endpoint, _logged_body(plan), plan.scope, answer, seconds, None, None, None,
                     privacy=self.gate.privacy)
+
+    def mode_refusal(self, plan: _Plan, mode: ModeState) -> ServiceDegraded | None:
+        """What the fleet's degradation mode (after waiting out maintenance) says of a frame:
+        None to go on. A socket has no cached or static answer to give instead, so
+        ``cached-only`` and ``static`` refuse its frames, as ``maintenance`` does once the
+        deadline passed, and ``reduced`` those of its optional features."""
+        settings = self.gate.config.modes
+        if mode.mode == "full" or (mode.mode == "reduced" and not optional_off(settings, plan.scope.feature)):
+            return None
+        if mode.mode == "reduced":
+            why = (f"feature {self.gate.privacy.label('feature', plan.scope.feature)!r} is optional and off in "
+                   "reduced mode")
+        elif mode.mode == "maintenance":
+            why = "the deadline passed while the fleet was in maintenance; the frame was not sent"
+        else:
+            why = f"a WebSocket frame has no cached or static answer in {mode.mode} mode; the frame was not sent"
+        self.gate.stats.count("mode_refused")
+        return degraded(mode, settings, why)
 
     def admitted(self, plan: _Plan, hold: Hold | None, decision: Decision | None, model_quota: Quota | None,
                  started: float, waited: float) -> _Frame:
@@ -549,6 +579,13 @@ class SocketMeter:
             return None
         started = time.perf_counter()
         self.gate.warmed()
+        mode = self.gate.modes.current
+        if mode.mode == "maintenance":
+            mode = self.gate.modes.wait_out(_seconds_left(plan) if wait else 0.0)
+        refused = self.mode_refusal(plan, mode)
+        if refused is not None:
+            self.refused(plan, refused, None, by_limit=False, started=started)
+            raise refused
         try:
             hold = self.gate.budgets.reserve(plan.estimate, plan.scope)
         except _REFUSALS as e:
@@ -575,6 +612,13 @@ class SocketMeter:
             return None
         started = time.perf_counter()
         await self.gate.warmed_async()
+        mode = self.gate.modes.current
+        if mode.mode == "maintenance":
+            mode = await self.gate.modes.wait_out_async(_seconds_left(plan))
+        refused = self.mode_refusal(plan, mode)
+        if refused is not None:
+            self.refused(plan, refused, None, by_limit=False, started=started)
+            raise refused
         try:
             hold = await self.gate.budgets.reserve_async(plan.estimate, plan.scope)
         except _REFUSALS as e:
