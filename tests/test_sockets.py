@@ -425,3 +425,41 @@ def test_async_frames_wait_out_maintenance(fake_openai: FakeOpenAI) -> None:
     asyncio.run(main())
     assert fake_openai.counters(MODEL).requests == 1 and gate.stats["mode_refused"] == 0
     spent_as_billed(gate, fake_openai, "modes", 1)
+
+
+# -- traces ----------------------------------------------------------------------------------
+
+@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="latency", model="gpt-4.1", latency=Latency(ms=600_000))]))
+def test_each_frame_has_a_client_span(fake_openai: FakeOpenAI) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    gate = gateway(fake_openai, tracer_provider=provider,
+                   budgets={"limits": [{"scope": "feature", "name": "tiny", "dollars": 0.000001}]})
+    client = gate.openai(api_key="sk-fake")
+    with client.responses.connect() as connection:
+        with gate.scope(feature="voice"):
+            connection.response.create(model=MODEL, input="MARKER Hello", max_output_tokens=20)
+            for event in connection:
+                if event.type == "response.completed":
+                    answered = event.response
+                    break
+        with gate.scope(feature="tiny"), pytest.raises(fg.BudgetExceeded):
+            connection.response.create(model=MODEL, input="Hello", max_output_tokens=500)
+        connection.response.create(model="gpt-4.1", input="Held by the fake", max_output_tokens=20)
+        for event in connection:
+            if event.type == "response.created":
+                break  # closed mid-response
+    spans = [s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == "fleetgate"]
+    assert [s.name for s in spans] == [f"chat {MODEL}", f"chat {MODEL}", "chat gpt-4.1"]
+    done, refused, lost = (dict(s.attributes or {}) for s in spans)
+    assert done["gen_ai.response.id"] == answered.id and done["fleetgate.feature"] == "voice"
+    assert answered.usage is not None and done["gen_ai.usage.output_tokens"] == answered.usage.output_tokens
+    assert refused["fleetgate.refused"] is True and spans[1].status.status_code == StatusCode.ERROR
+    assert lost["error.type"] == "ConnectionAbortedError" and spans[2].status.status_code == StatusCode.ERROR
+    assert "MARKER" not in repr([dict(s.attributes or {}) for s in spans])

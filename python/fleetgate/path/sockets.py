@@ -126,7 +126,8 @@ def gateway_of(client: openai.OpenAI | openai.AsyncOpenAI) -> Services | None:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """What one ``response.create`` frame asks: the frame to send (as sent), its estimate,
-    scope, deadline (a ``time.monotonic()`` instant) and lane."""
+    scope, deadline (a ``time.monotonic()`` instant), lane, and its trace span (None: not
+    traced)."""
 
     event: dict[str, Any]
     endpoint: str
@@ -134,6 +135,7 @@ class _Plan:
     scope: Scope
     deadline: float
     lane: str | None
+    span: Any = None
 
 
 @dataclass(slots=True, eq=False)
@@ -167,10 +169,16 @@ class _Ending:
     tier: str | None = None
     response_id: str | None = None
     code: str | None = None
+    #: The response's own ``status`` (``completed``, ``incomplete``, ``failed``...).
+    state: str | None = None
 
 
 #: How a response ended when its connection went before it did: billed, count unknown.
 _LOST = _Ending(0, None)
+
+#: How the span of a frame ends when it never left, or its connection went before its answer.
+_NOT_SENT = ConnectionError("the frame was not sent")
+_CLOSED = ConnectionAbortedError("the connection closed with the response in flight")
 
 #: A response the server started on its own that ended: to count (:meth:`SocketMeter.count`).
 Adopted = tuple[_Frame, _Ending]
@@ -224,7 +232,20 @@ class SocketMeter:
         sc = current_scope()
         lane = event.get("stream_id")
         return _Plan(event, self.endpoint, estimate, sc, sc.call_deadline(config.default_deadline_seconds),
-                     lane if isinstance(lane, str) else None)
+                     lane if isinstance(lane, str) else None, self._span(event, estimate, sc))
+
+    def _request(self, endpoint: str) -> httpx2.Request:
+        """The request a frame stands for, where records and spans want one."""
+        base = (self.gate.config.base_url or "https://api.openai.com/v1").rstrip("/")
+        return httpx2.Request("GET", f"{base}{endpoint}")
+
+    def _span(self, event: dict[str, Any], estimate: Estimate, sc: Scope) -> Any:
+        tracer = self.gate.tracer
+        if tracer is None:
+            return None
+        body = {**event, "model": estimate.model, "max_output_tokens": estimate.max_output_tokens}
+        return tracer.start(self.endpoint, body, self._request(self.endpoint),
+                            self.gate.privacy.label("feature", sc.feature))
 
     def _session(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -269,22 +290,23 @@ class SocketMeter:
             metrics.limiter_refused(plan.estimate.model, "gateway")
         self._release(hold)
         seconds = time.perf_counter() - started
-        base = (self.gate.config.base_url or "https://api.openai.com/v1").rstrip("/")
-        answer = refusal(httpx2.Request("GET", f"{base}{plan.endpoint}"), error)
+        answer = refusal(self._request(plan.endpoint), error)
         answer.headers[MODE_HEADER] = self.gate.modes.current.mode
         if metrics is not None:
             metrics.answered(plan.endpoint, plan.estimate.model, plan.scope.feature, answer, seconds, 0.0, False)
         log_request(plan.endpoint, _logged_body(plan), plan.scope, answer, seconds, None, None, None,
                     privacy=self.gate.privacy)
+        if plan.span is not None and self.gate.tracer is not None:
+            self.gate.tracer.answered(plan.span, answer)
 
-    def mode_refusal(self, plan: _Plan, mode: ModeState) -> ServiceDegraded | None:
+    def check_mode(self, plan: _Plan, mode: ModeState) -> None:
         """What the fleet's degradation mode (after waiting out maintenance) says of a frame:
-        None to go on. A socket has no cached or static answer to give instead, so
-        ``cached-only`` and ``static`` refuse its frames, as ``maintenance`` does once the
-        deadline passed, and ``reduced`` those of its optional features."""
+        ServiceDegraded, or nothing to go on. A socket has no cached or static answer to give
+        instead, so ``cached-only`` and ``static`` refuse its frames, as ``maintenance`` does
+        once the deadline passed, and ``reduced`` those of its optional features."""
         settings = self.gate.config.modes
         if mode.mode == "full" or (mode.mode == "reduced" and not optional_off(settings, plan.scope.feature)):
-            return None
+            return
         if mode.mode == "reduced":
             why = (f"feature {self.gate.privacy.label('feature', plan.scope.feature)!r} is optional and off in "
                    "reduced mode")
@@ -293,7 +315,18 @@ class SocketMeter:
         else:
             why = f"a WebSocket frame has no cached or static answer in {mode.mode} mode; the frame was not sent"
         self.gate.stats.count("mode_refused")
-        return degraded(mode, settings, why)
+        raise degraded(mode, settings, why)
+
+    def not_admitted(self, plan: _Plan, error: BaseException, hold: Hold | None, by_limit: bool,
+                     started: float) -> None:
+        """Admission ended in `error` (the caller raises it): a refusal is counted and
+        recorded; anything else (cancelled, ...) only gives back what was held."""
+        if isinstance(error, (*_REFUSALS, ServiceDegraded)):
+            self.refused(plan, error, hold, by_limit, started)
+            return
+        self._release(hold)
+        if plan.span is not None and self.gate.tracer is not None:
+            self.gate.tracer.failed(plan.span, error)
 
     def admitted(self, plan: _Plan, hold: Hold | None, decision: Decision | None, model_quota: Quota | None,
                  started: float, waited: float) -> _Frame:
@@ -304,11 +337,15 @@ class SocketMeter:
             self.gate.metrics.limiter_waited(model, waited)
         frame = _Frame(plan, hold, decision, model_quota, started)
         if plan.deadline <= time.monotonic():
-            self._settle(frame, _Ending(0, None), billed=False, record=False)
+            if decision is not None and decision.reservation is not None:
+                try:
+                    self.gate.limiter.settle_later(decision.reservation, 0)
+                except FleetgateError as e:
+                    settle_failed(self.gate.stats, e)
             self.gate.stats.count("deadline_expired")
             expired = DeadlineExpired("the frame's deadline passed before it could be sent; it was not sent; give "
                                       "it a later deadline (scope(deadline=…) or default_deadline_seconds)")
-            self.refused(plan, expired, None, by_limit=False, started=started)
+            self.refused(plan, expired, hold, by_limit=False, started=started)
             raise expired
         self.gate.stats.count("requests")
         frame.overhead = time.perf_counter() - started - waited
@@ -399,8 +436,9 @@ class SocketMeter:
         if estimate is None:
             return None
         sc = self.scope
-        plan = _Plan({"type": "response.create", "model": estimate.model}, self.endpoint, estimate, sc,
-                     sc.call_deadline(self.gate.config.default_deadline_seconds), None)
+        event = {"type": "response.create", "model": estimate.model}
+        plan = _Plan(event, self.endpoint, estimate, sc, sc.call_deadline(self.gate.config.default_deadline_seconds),
+                     None, self._span(event, estimate, sc))
         return _Frame(plan, None, None, self.gate.quotas_for(estimate.model, sc)[0], time.perf_counter(),
                       adopted=True)
 
@@ -419,7 +457,8 @@ class SocketMeter:
         status = str(response.get("status") or event.get("type", "").removeprefix("response."))
         tier = response.get("service_tier")
         ending = _Ending(500 if status == "failed" else 200, usage if isinstance(usage, dict) else None,
-                         tier if isinstance(tier, str) else None, rid if isinstance(rid, str) else None)
+                         tier if isinstance(tier, str) else None, rid if isinstance(rid, str) else None,
+                         state=status)
         if frame.adopted:
             return frame, ending
         self._settle(frame, ending, billed=ending.usage is not None or status != "failed", record=True)
@@ -539,6 +578,8 @@ class SocketMeter:
             gate.stats.count(f"settled_from_{source}")
         if record:
             self._record(frame, ending, counts, cost)
+        elif plan.span is not None and gate.tracer is not None:
+            gate.tracer.failed(plan.span, _NOT_SENT)
 
     def _record(self, frame: _Frame, ending: _Ending, counts: Any, cost: float | None) -> None:
         """Its log record and metrics, as an HTTP call's (the user by pseudonym)."""
@@ -546,22 +587,29 @@ class SocketMeter:
         model, feature = plan.estimate.model, plan.scope.feature
         seconds = time.perf_counter() - frame.started
         metrics = gate.metrics
+        tracer = gate.tracer if plan.span is not None else None
         if ending is _LOST:
             if metrics is not None:
                 metrics.failed(plan.endpoint, model, feature, seconds, "failed")
+            if tracer is not None:
+                tracer.failed(plan.span, _CLOSED)
             return
         if metrics is not None and counts is not None:
             metrics.billed(model, feature, counts, cost)
         headers = {TIER_HEADER: "primary", MODE_HEADER: gate.modes.current.mode}
         if ending.response_id is not None:
             headers["x-request-id"] = ending.response_id
-        answer = httpx2.Response(ending.status, headers=headers,
-                                 json={"error": {"code": ending.code}} if ending.status >= 400 else None)
+        answer = httpx2.Response(ending.status, headers=headers, request=self._request(plan.endpoint),
+                                 json={"error": {"code": ending.code}} if ending.status >= 400 else
+                                 {"id": ending.response_id, "model": model, "status": ending.state,
+                                  "usage": ending.usage})
         if metrics is not None:
             metrics.answered(plan.endpoint, model, feature, answer, seconds, max(0.0, seconds - frame.overhead),
                              False)
         log_request(plan.endpoint, _logged_body(plan), plan.scope, answer, seconds, ending.usage, cost,
                     model if ending.usage is not None else None, privacy=gate.privacy)
+        if tracer is not None:
+            tracer.answered(plan.span, answer)
 
     def _release(self, hold: Hold | None) -> None:
         try:
@@ -577,32 +625,23 @@ class SocketMeter:
         plan = self.plan(event)
         if plan is None:
             return None
-        started = time.perf_counter()
-        self.gate.warmed()
-        mode = self.gate.modes.current
-        if mode.mode == "maintenance":
-            mode = self.gate.modes.wait_out(_seconds_left(plan) if wait else 0.0)
-        refused = self.mode_refusal(plan, mode)
-        if refused is not None:
-            self.refused(plan, refused, None, by_limit=False, started=started)
-            raise refused
+        started, hold, stage = time.perf_counter(), None, "mode"
         try:
+            self.gate.warmed()
+            mode = self.gate.modes.current
+            if mode.mode == "maintenance":
+                mode = self.gate.modes.wait_out(_seconds_left(plan) if wait else 0.0)
+            self.check_mode(plan, mode)
+            stage = "budget"
             hold = self.gate.budgets.reserve(plan.estimate, plan.scope)
-        except _REFUSALS as e:
-            self.refused(plan, e, None, by_limit=False, started=started)
+            stage = "limit"
+            model_quota, quotas = self.quotas(plan)
+            asked = time.perf_counter()
+            decision = (self.gate.limiter.acquire(quotas, tokens=plan.estimate.tokens,
+                                                  timeout=_seconds_left(plan) if wait else 0.0) if quotas else None)
+        except BaseException as e:
+            self.not_admitted(plan, e, hold, stage == "limit", started)
             raise
-        model_quota, quotas = self.quotas(plan)
-        decision, asked = None, time.perf_counter()
-        if quotas:
-            try:
-                decision = self.gate.limiter.acquire(quotas, tokens=plan.estimate.tokens,
-                                                     timeout=_seconds_left(plan) if wait else 0.0)
-            except _REFUSALS as e:
-                self.refused(plan, e, hold, by_limit=True, started=started)
-                raise
-            except BaseException:
-                self._release(hold)
-                raise
         return self.admitted(plan, hold, decision, model_quota, started, time.perf_counter() - asked)
 
     async def admit_async(self, event: dict[str, Any]) -> _Frame | None:
@@ -610,32 +649,23 @@ class SocketMeter:
         plan = self.plan(event)
         if plan is None:
             return None
-        started = time.perf_counter()
-        await self.gate.warmed_async()
-        mode = self.gate.modes.current
-        if mode.mode == "maintenance":
-            mode = await self.gate.modes.wait_out_async(_seconds_left(plan))
-        refused = self.mode_refusal(plan, mode)
-        if refused is not None:
-            self.refused(plan, refused, None, by_limit=False, started=started)
-            raise refused
+        started, hold, stage = time.perf_counter(), None, "mode"
         try:
+            await self.gate.warmed_async()
+            mode = self.gate.modes.current
+            if mode.mode == "maintenance":
+                mode = await self.gate.modes.wait_out_async(_seconds_left(plan))
+            self.check_mode(plan, mode)
+            stage = "budget"
             hold = await self.gate.budgets.reserve_async(plan.estimate, plan.scope)
-        except _REFUSALS as e:
-            self.refused(plan, e, None, by_limit=False, started=started)
+            stage = "limit"
+            model_quota, quotas = self.quotas(plan)
+            asked = time.perf_counter()
+            decision = (await self.gate.limiter.acquire_async(quotas, tokens=plan.estimate.tokens,
+                                                              timeout=_seconds_left(plan)) if quotas else None)
+        except BaseException as e:
+            self.not_admitted(plan, e, hold, stage == "limit", started)
             raise
-        model_quota, quotas = self.quotas(plan)
-        decision, asked = None, time.perf_counter()
-        if quotas:
-            try:
-                decision = await self.gate.limiter.acquire_async(quotas, tokens=plan.estimate.tokens,
-                                                                 timeout=_seconds_left(plan))
-            except _REFUSALS as e:
-                self.refused(plan, e, hold, by_limit=True, started=started)
-                raise
-            except BaseException:
-                self._release(hold)
-                raise
         return self.admitted(plan, hold, decision, model_quota, started, time.perf_counter() - asked)
 
 
