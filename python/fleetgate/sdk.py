@@ -21,7 +21,7 @@ import openai
 
 from fleetgate.errors import REFUSAL_CODES, REFUSAL_PREFIX, BudgetExceeded, BypassWarning, FleetgateError
 from fleetgate.path import AsyncGateTransport, GateTransport
-from fleetgate.path.sockets import AsyncGatedRealtime, AsyncGatedResponses, GatedRealtime, GatedResponses
+from fleetgate.path.socket_clients import AsyncGatedRealtime, AsyncGatedResponses, GatedRealtime, GatedResponses
 
 __all__ = ["GatedAsyncOpenAI", "GatedOpenAI", "refusal_error", "sends_through_gateway"]
 
@@ -39,7 +39,7 @@ class GatedOpenAI(openai.OpenAI):
         return refusal_error(super()._make_status_error(err_msg, body=body, response=response))
 
     @cached_property
-    def responses(self) -> GatedResponses:  # connect(): WebSocket frames gated (fleetgate.path.sockets)
+    def responses(self) -> GatedResponses:  # connect(): WebSocket frames gated (fleetgate.path.socket_clients)
         return GatedResponses(self)
 
     @cached_property
@@ -58,7 +58,7 @@ class GatedAsyncOpenAI(openai.AsyncOpenAI):
         return refusal_error(super()._make_status_error(err_msg, body=body, response=response))
 
     @cached_property
-    def responses(self) -> AsyncGatedResponses:  # connect(): WebSocket frames gated (fleetgate.path.sockets)
+    def responses(self) -> AsyncGatedResponses:  # connect(): WebSocket frames gated (fleetgate.path.socket_clients)
         return AsyncGatedResponses(self)
 
     @cached_property
