@@ -463,3 +463,34 @@ def test_each_frame_has_a_client_span(fake_openai: FakeOpenAI) -> None:
     assert refused["fleetgate.refused"] is True and spans[1].status.status_code == StatusCode.ERROR
     assert lost["error.type"] == "ConnectionAbortedError" and spans[2].status.status_code == StatusCode.ERROR
     assert "MARKER" not in repr([dict(s.attributes or {}) for s in spans])
+
+
+# -- reconnected -------------------------------------------------------------------------------
+
+@pytest.mark.fake_openai(config=FakeConfig(faults=[Fault(kind="reset", model="gpt-4.1")]))
+def test_a_socket_cut_mid_response_is_settled_when_the_sdk_reconnects(fake_openai: FakeOpenAI) -> None:
+    """The server cuts the socket after ``response.created``; the SDK reconnects: the lost
+    response is settled from its estimate, and a frame sent while reconnecting goes on the
+    new socket and is settled from its usage."""
+    limits = fg.QuotaLimits(requests_per_minute=6_000, tokens_per_minute=1_000_000)
+    gate = gateway(fake_openai, models={MODEL: limits, "gpt-4.1": limits})
+    client = gate.openai(api_key="sk-fake")
+
+    def reconnecting(event: Any) -> None:
+        connection.response.create(model=MODEL, input="Again, please.", max_output_tokens=20)  # queued
+
+    with gate.scope(feature="reconnect"), client.responses.connect(on_reconnecting=reconnecting,
+                                                                   initial_delay=0.01) as connection:
+        connection.response.create(model="gpt-4.1", input="Cut off", max_output_tokens=100)
+        for event in connection:
+            if event.type == "response.completed":
+                assert event.response.model == MODEL
+                break
+        price = gate.prices.price("gpt-4.1")
+        assert price is not None
+        lost = price.dollars(estimate_request("/responses", {"model": "gpt-4.1", "input": "Cut off"}, 1024)
+                             .prompt_tokens, 100)
+        # Settled when the socket was lost, not only once the connection is closed.
+        until(lambda: spent(gate, "reconnect") == pytest.approx(lost + billed(fake_openai)))
+    assert [c.model for c in fake_openai.bill()] == [MODEL]
+    assert gate.stats["settled_from_estimate"] == 1 and gate.stats["settled_from_usage"] == 1

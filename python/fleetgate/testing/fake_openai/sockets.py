@@ -21,7 +21,9 @@ turn detection does, without a ``response.create``.
 Responses WebSocket frames with the same ``stream_id`` (lane) are answered in order, one
 at a time; different lanes run side by side, and every event echoes its lane. A
 ``latency`` fault holds a response after ``response.created`` (so a test can close the
-socket mid-response); the other faults do not apply here.
+socket mid-response), and a ``reset`` fault closes the socket there (code 1011, which the
+SDK may reconnect after); the other faults do not apply here. Either way the response is
+not billed.
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ class Sockets:
             await _send(ws, _in_lane({"type": kind, "sequence_number": next(seq), **fields}, lane))
 
         await ev("response.created", response=started)
-        await self._held(plan.model)
+        if await self._held(ws, plan.model):
+            return
         await ev("response.in_progress", response=started)
         await ev("response.output_item.added", output_index=0, item=item)
         await ev("response.content_part.added", item_id=mid, output_index=0, content_index=0, part=part)
@@ -224,7 +227,8 @@ class Sockets:
                     "conversation_id": "conv_fake", "output_modalities": ["text"],
                     "max_output_tokens": limit if isinstance(limit, int) else "inf", "usage": None}
         await _send(ws, {"type": "response.created", "event_id": api.new_id("event"), "response": response})
-        await self._held(model)
+        if await self._held(ws, model):
+            return
         item = {"id": iid, "object": "realtime.item", "type": "message", "role": "assistant", "status": "completed",
                 "content": [{"type": "output_text", "text": plan.text}]}
         for delta in content.split_for_stream(plan.text):
@@ -276,13 +280,19 @@ class Sockets:
                           f"tokens per min. Please try again in {math.ceil(wait * 1000)}ms.")
         return plan
 
-    async def _held(self, model: str) -> None:
-        """A ``latency`` fault on `model` holds the response here, mid-way."""
+    async def _held(self, ws: web.WebSocketResponse, model: str) -> bool:
+        """A ``latency`` fault on `model` holds the response here, mid-way; a ``reset``
+        closes the socket (True: the response goes no further)."""
         server = self.server
         for fault in server._active_faults(model):
             if fault.kind == "latency":
                 server._count_fault(model, fault.kind)
                 await asyncio.sleep(server._sample_ms(fault) / 1000)
+            elif fault.kind == "reset":
+                server._count_fault(model, fault.kind)
+                await ws.close(code=1011, message=b"the fake cut the socket")
+                return True
+        return False
 
 
 def _project(request: web.Request) -> str:
