@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from functools import cached_property
 from typing import Any
 
 import httpx2
@@ -20,6 +21,7 @@ import openai
 
 from fleetgate.errors import REFUSAL_CODES, REFUSAL_PREFIX, BudgetExceeded, BypassWarning, FleetgateError
 from fleetgate.path import AsyncGateTransport, GateTransport
+from fleetgate.path.socket_clients import AsyncGatedRealtime, AsyncGatedResponses, GatedRealtime, GatedResponses
 
 __all__ = ["GatedAsyncOpenAI", "GatedOpenAI", "refusal_error", "sends_through_gateway"]
 
@@ -36,6 +38,14 @@ class GatedOpenAI(openai.OpenAI):
     def _make_status_error(self, err_msg: str, *, body: object, response: httpx2.Response) -> openai.APIStatusError:
         return refusal_error(super()._make_status_error(err_msg, body=body, response=response))
 
+    @cached_property
+    def responses(self) -> GatedResponses:  # connect(): WebSocket frames gated (fleetgate.path.socket_clients)
+        return GatedResponses(self)
+
+    @cached_property
+    def realtime(self) -> GatedRealtime:
+        return GatedRealtime(self)
+
 
 class GatedAsyncOpenAI(openai.AsyncOpenAI):
     """``openai.AsyncOpenAI`` whose errors for the gateway's refusals are fleetgate exceptions."""
@@ -46,6 +56,14 @@ class GatedAsyncOpenAI(openai.AsyncOpenAI):
 
     def _make_status_error(self, err_msg: str, *, body: object, response: httpx2.Response) -> openai.APIStatusError:
         return refusal_error(super()._make_status_error(err_msg, body=body, response=response))
+
+    @cached_property
+    def responses(self) -> AsyncGatedResponses:  # connect(): WebSocket frames gated (fleetgate.path.socket_clients)
+        return AsyncGatedResponses(self)
+
+    @cached_property
+    def realtime(self) -> AsyncGatedRealtime:
+        return AsyncGatedRealtime(self)
 
 
 def sends_through_gateway(http_client: object) -> bool:

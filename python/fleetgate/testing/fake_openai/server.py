@@ -21,6 +21,7 @@ from fleetgate.testing.fake_openai import api, content, tiers
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.background import BackgroundStore, Delivery
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
+from fleetgate.testing.fake_openai.sockets import Sockets
 from fleetgate.testing.fake_openai.billing import Bill, Charge
 from fleetgate.testing.fake_openai.catalog import model_list
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
@@ -75,6 +76,7 @@ class _Server:
         app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._errors])
         app.add_routes([
             web.get("/v1/models", self.models),
+            *Sockets(self).routes(),  # GET /v1/responses (WebSocket mode), GET /v1/realtime
             web.post("/v1/chat/completions", self.chat),
             web.post("/v1/responses", self.responses),
             web.post("/v1/responses/input_tokens", self.held.count_input_tokens),
