@@ -312,8 +312,8 @@ def test_cache_writes_are_reserved_and_settled_as_billed(tmp_path: Path) -> None
         reserved: list[float] = []
         reserve = gate.budgets.reserve
 
-        def noted(estimate: Any, sc: Any) -> Any:
-            hold = reserve(estimate, sc)
+        def noted(estimate: Any, sc: Any, **options: Any) -> Any:
+            hold = reserve(estimate, sc, **options)
             reserved.append(gate.budgets.worst_case(estimate)[1])
             return hold
 

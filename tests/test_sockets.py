@@ -70,9 +70,13 @@ def realtime_item(text: str) -> dict[str, Any]:
 
 # -- admitted and settled --------------------------------------------------------------------
 
-def test_responses_frames_are_admitted_and_settled_to_the_bill(fake_openai: FakeOpenAI, redis_url: str) -> None:
+def test_responses_frames_are_admitted_and_settled_to_the_bill(fake_openai: FakeOpenAI, redis_url: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     """Frames on two lanes, at three tiers: each settled from its own response's usage, at
-    the tier it was served (the fleet's ledger on Redis equals the fake's bill)."""
+    the tier it was served (the fleet's ledger on Redis equals the fake's bill), and each
+    leaving a request record (the SDK's resource methods pass markers of parameters left
+    out, which are not part of the frame)."""
+    caplog.set_level(logging.INFO, logger="fleetgate.requests")
     gate = gateway(fake_openai, redis_url=redis_url)
     client = gate.openai(api_key="sk-fake")
     with gate.scope(user="u-42", feature="ws-sync"), client.responses.connect() as connection:
@@ -91,6 +95,8 @@ def test_responses_frames_are_admitted_and_settled_to_the_bill(fake_openai: Fake
     assert sorted(c.tier for c in fake_openai.bill()) == ["default", "flex", "priority"]
     spent_as_billed(gate, fake_openai, "ws-sync", 3)
     assert gate.stats["requests"] == 3 and gate.stats["settled_from_usage"] == 3
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "fleetgate.requests"]
+    assert [r["endpoint"] for r in records] == ["/responses"] * 3
 
 
 def test_async_responses_frames_are_admitted_and_settled_to_the_bill(fake_openai: FakeOpenAI) -> None:

@@ -54,11 +54,21 @@ def gateway_of(client: openai.OpenAI | openai.AsyncOpenAI) -> Services | None:
 
 
 def _event_dict(event: Any) -> dict[str, Any]:
-    """A client event (a dict or the SDK's model) as the JSON object it is sent as."""
+    """A client event (a dict or the SDK's model) as the JSON object it is sent as: the
+    parameters a resource method left out (the SDK's ``omit`` / ``NOT_GIVEN``) left out."""
     if isinstance(event, openai.BaseModel):
         found = json.loads(event.to_json(use_api_names=True, exclude_unset=True))
         return found if isinstance(found, dict) else {}
-    return dict(event) if isinstance(event, dict) else {}
+    return _given(event) if isinstance(event, dict) else {}
+
+
+def _given(value: Any) -> Any:
+    """`value` without the SDK's markers of parameters not given, at any depth."""
+    if isinstance(value, dict):
+        return {k: _given(v) for k, v in value.items() if not isinstance(v, (openai.Omit, openai.NotGiven))}
+    if isinstance(value, list):
+        return [_given(v) for v in value]
+    return value
 
 
 def _raw_dict(data: bytes | str) -> dict[str, Any]:
