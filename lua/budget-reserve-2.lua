@@ -25,7 +25,9 @@ if #lapsed > 0 then
     sum = sum + tonumber(string.match(member, '|(%d+)$'))
   end
   redis.call('ZREM', KEYS[2], unpack(lapsed))
-  redis.call('HINCRBY', KEYS[1], 'reserved', string.format('%.0f', -sum))
+  if sum > 0 then  -- HINCRBY refuses "-0"
+    redis.call('HINCRBY', KEYS[1], 'reserved', string.format('%.0f', -sum))
+  end
 end
 
 local totals = redis.call('HMGET', KEYS[1], 'spent', 'reserved')

@@ -18,7 +18,10 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local held = 0
 if ARGV[1] ~= '' and redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
   held = 1
-  redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. string.match(ARGV[1], '|(%d+)$'))
+  local amount = string.match(ARGV[1], '|(%d+)$')
+  if tonumber(amount) > 0 then  -- HINCRBY refuses "-0": a hold of $0 has nothing to give back
+    redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. amount)
+  end
 end
 
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
@@ -28,7 +31,9 @@ if #lapsed > 0 then
     sum = sum + tonumber(string.match(member, '|(%d+)$'))
   end
   redis.call('ZREM', KEYS[2], unpack(lapsed))
-  redis.call('HINCRBY', KEYS[1], 'reserved', string.format('%.0f', -sum))
+  if sum > 0 then
+    redis.call('HINCRBY', KEYS[1], 'reserved', string.format('%.0f', -sum))
+  end
 end
 
 local reply = {0, 0, held}

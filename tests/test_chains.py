@@ -445,13 +445,8 @@ def test_chains_run_close_to_the_token_limit_without_upstream_429s(fake_openai: 
     most 30 s or 3,000 calls. Upstream counts each call's held context against its tokens
     per minute: reserved for, the pods stay under the limit while using nearly all of it
     (without the ledger, about one call in six is refused upstream)."""
-    # Quota leases are off: a lease is taken from the shared bucket when granted but spent
-    # later, and tokens left idle in it (the next call too big for them goes to Redis) can
-    # be spent on top of a refilled bucket's whole burst, past upstream's one-second slice.
-    # With calls this varied in size that put 1-3 of ~1,500 calls over (measured with
-    # leases on; none in 3 runs with them off): a matter for the limiter's leases.
     pods = [fg.Gateway(base_url=fake_openai.base_url, redis_url=redis_url, max_upstream_retries=0,
-                       quota_lease_seconds=0, models={LIMITED: fg.QuotaLimits(tokens_per_minute=TPM)})
+                       models={LIMITED: fg.QuotaLimits(tokens_per_minute=TPM)})
             for _ in range(2)]
     clients = [pod.openai(api_key="sk-fake", max_retries=0) for pod in pods]
     stop_at, calls = time.monotonic() + 30, threading.Semaphore(3_000)

@@ -117,6 +117,19 @@ def test_a_reservation_is_all_or_nothing_across_budgets(make_ledger: MakeLedger,
     assert ledger.status(tight, now=NOW).reserved == pytest.approx(1.0)
 
 
+def test_a_hold_of_nothing_settles_and_gives_back(make_ledger: MakeLedger, fresh: Callable[[str], str]) -> None:
+    """A hold of $0 (a spend known already, recorded through a reservation) settles with its
+    spend, and gives back nothing when released; lapsed holds of $0 give back nothing too."""
+    ledger, budget = make_ledger(), Budget(fresh("zero"), 1.0)
+    ledger.settle(ledger.reserve([budget], 0.0, now=NOW), 0.25, model="gpt-4.1")
+    ledger.release(ledger.reserve([budget], 0.0, now=NOW))
+    ledger.reserve([budget], 0.0, lease=0.05, now=NOW)
+    time.sleep(0.1)  # the lease lapsed: the next reservation sweeps it
+    ledger.reserve([budget], 0.1, now=NOW)
+    status = ledger.status(budget, now=NOW)
+    assert (status.spent, status.reserved) == (pytest.approx(0.25), pytest.approx(0.1))
+
+
 _DYING_POD = """
 import sys
 from fleetgate._core import Budget, Ledger, Limiter

@@ -32,9 +32,6 @@ __all__ = ["Settler"]
 
 log = logging.getLogger("fleetgate")
 
-#: A nano-dollar: what a taken-over call holds for the moment of its spend (a shared ledger
-#: cannot settle a hold of $0).
-_NANO = 1e-9
 #: What a quota reservation is settled from, by how its call was settled.
 _QUOTA_SOURCE: dict[How, str] = {"usage": "usage", "nothing": "failure", "worst": "estimate"}
 
@@ -111,7 +108,7 @@ class Settler:
                    for name, limit, period in record.budgets]
         ledger = self._budgets.ledger
         try:
-            reservation = ledger.reserve(budgets, _NANO, lease=60.0, now=record.made_at,
+            reservation = ledger.reserve(budgets, 0.0, lease=60.0, now=record.made_at,
                                          timeout=settings.store_timeout_seconds)
         except BudgetExceeded as e:  # over already: spend once the first pod's hold lapses
             self._stats.count("background_settle_waits")

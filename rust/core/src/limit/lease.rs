@@ -11,6 +11,11 @@
 //!   exactly as without leases (so a quota near its limit is shared request by request);
 //! - a lease left unused for `idle` is given back, and a quota upstream reports as fuller
 //!   than the fleet's view (or refuses with a 429) forfeits its lease at once;
+//! - what a lease still holds `2 × seconds` after it was granted, or once the store reports
+//!   less than half the burst left (the quota is near its limit), is given back rather than admitted from: the store counted
+//!   that room when it granted it, so room admitted from later would reach upstream in a
+//!   later slice than the one it was counted in (on top of a bucket that refilled
+//!   meanwhile, when calls too big for the lease went to the store);
 //! - tokens a request did not use go back to the lease they came from; a request that
 //!   used more than its estimate is charged to the lease (and to the store with it when
 //!   the lease is given back).
@@ -31,6 +36,9 @@ use tokio::runtime::Handle;
 const BURST_SHARE: f64 = 0.1;
 /// A lease takes at most this share of the room the store last reported.
 const ROOM_SHARE: f64 = 0.25;
+/// Below this share of a dimension's burst left in the store, the quota is near its limit:
+/// no lease is taken, and what one holds is given back.
+const NEAR_LIMIT: f64 = 0.5;
 /// The smallest lease worth a round trip, in requests (or requests' worth of tokens).
 const MIN_REQUESTS: f64 = 2.0;
 /// After a failed refill, how long before the store is asked again.
@@ -60,6 +68,8 @@ struct Held {
     /// When a refill may be tried again after the store failed.
     retry_at: Option<Instant>,
     last_used: Instant,
+    /// When the store last granted room to the lease.
+    granted_at: Instant,
 }
 
 impl Held {
@@ -79,6 +89,7 @@ impl Held {
             forfeits: 0,
             retry_at: None,
             last_used: now,
+            granted_at: now,
         }
     }
 
@@ -89,6 +100,12 @@ impl Held {
 
     fn holds_anything(&self) -> bool {
         self.requests != 0 || self.tokens != 0
+    }
+
+    /// Whether the lease holds more than the room the store last reported: the quota is
+    /// near its limit, where requests are decided one by one in the store.
+    fn outgrew_room(&self) -> bool {
+        near_limit(self.quota.requests, self.room_requests) || near_limit(self.quota.tokens, self.room_tokens)
     }
 
     /// The lease to ask for now, `(requests, tokens)`; None when no lease is worth it.
@@ -145,8 +162,16 @@ impl Held {
 /// `amount` of one dimension as a lease may hold it: within the burst share and the room
 /// share; None when that leaves less than `MIN_REQUESTS` of `unit`. An unlimited
 /// dimension leases nothing (0).
+/// Whether the store last reported less than [`NEAR_LIMIT`] of the dimension's burst left.
+fn near_limit(dimension: Option<Dimension>, room: Option<u64>) -> bool {
+    matches!((dimension, room), (Some(d), Some(r)) if (r as f64) < d.capacity as f64 * NEAR_LIMIT)
+}
+
 fn bounded(amount: f64, dimension: Option<Dimension>, room: Option<u64>, unit: f64) -> Option<f64> {
     let Some(d) = dimension else { return Some(0.0) };
+    if near_limit(dimension, room) {
+        return None;
+    }
     let room = room.map_or(MIN_REQUESTS * unit, |r| r as f64 * ROOM_SHARE);
     let amount = amount.min(d.capacity as f64 * BURST_SHARE).min(room).floor();
     (amount >= MIN_REQUESTS * unit).then_some(amount)
@@ -158,6 +183,8 @@ pub(crate) struct Leases {
     runtime: Handle,
     seconds: f64,
     idle: Duration,
+    /// How long after its grant a lease may be admitted from.
+    shelf: Duration,
     held: Mutex<FxHashMap<String, Held>>,
     errors: AtomicU64,
     granted: AtomicU64,
@@ -173,6 +200,7 @@ impl Leases {
             runtime: runtime.clone(),
             seconds,
             idle,
+            shelf: Duration::from_secs_f64(seconds * 2.0),
             held: Mutex::default(),
             errors: AtomicU64::new(0),
             granted: AtomicU64::new(0),
@@ -196,11 +224,16 @@ impl Leases {
         let now = Instant::now();
         let mut held = self.lock();
         let mut covered = true;
+        let mut stale = Vec::new();
         for quota in quotas {
             if !held.contains_key(quota.name.as_str()) {
                 held.insert(quota.name.clone(), Held::new(quota, now));
             }
             let h = held.get_mut(quota.name.as_str()).expect("inserted above");
+            if h.holds_anything() && (now.duration_since(h.granted_at) > self.shelf || h.outgrew_room()) {
+                stale.push((Arc::clone(&h.quota), h.requests, h.tokens));
+                (h.requests, h.tokens) = (0, 0);
+            }
             h.taken_requests += requests;
             h.taken_tokens += tokens;
             covered &= h.covers(requests, tokens);
@@ -226,6 +259,10 @@ impl Leases {
         drop(held);
         if decision.is_some() {
             self.served.fetch_add(1, Ordering::Relaxed);
+        }
+        if !stale.is_empty() {
+            let leases = Arc::clone(self);
+            self.runtime.spawn(async move { leases.give_back(stale).await });
         }
         for (quota, forfeits) in refill {
             self.runtime.spawn(Arc::clone(self).refill(quota, forfeits));
@@ -314,6 +351,7 @@ impl Leases {
             Ok(decision) if decision.allowed => {
                 h.requests += wanted.0 as i64;
                 h.tokens += wanted.1 as i64;
+                h.granted_at = Instant::now();
                 (h.room_requests, h.room_tokens) = (decision.remaining_requests, decision.remaining_tokens);
                 self.granted.fetch_add(1, Ordering::Relaxed);
             }
@@ -349,6 +387,11 @@ impl Leases {
             }
             false
         });
+        self.give_back(returns).await;
+    }
+
+    /// Give what leases held back to the store (tokens below zero: what they owe).
+    async fn give_back(&self, returns: Vec<(Arc<QuotaSpec>, i64, i64)>) {
         for (quota, requests, tokens) in returns {
             let part = ReservedPart { quota, mark: WindowMark::None };
             if self.store.adjust(&[part], requests, tokens).await.is_err() {
@@ -413,13 +456,18 @@ mod tests {
         let mut h = busy(&q, 500, 100);
         (h.room_requests, h.room_tokens) = (Some(7), Some(9_000_000));
         assert_eq!(h.wanted(0.1), None, "a quarter of 7 requests is under two");
-        (h.room_requests, h.room_tokens) = (Some(400), Some(9_000_000));
+        (h.room_requests, h.room_tokens) = (Some(60_000), Some(9_000_000));
         assert_eq!(h.wanted(0.1), Some((50, 5_000)));
-        (h.room_requests, h.room_tokens) = (Some(400), Some(700));
-        assert_eq!(h.wanted(0.1), None, "175 tokens cover under two requests of 100");
-        let small = quota(600, 100_000); // burst 10 requests: a tenth is one
+        (h.room_requests, h.room_tokens) = (Some(40_000), Some(9_000_000));
+        assert_eq!(h.wanted(0.1), None, "under half the burst left: near the limit");
+        assert!(h.outgrew_room(), "what a lease holds near the limit is given back");
+        (h.room_requests, h.room_tokens) = (Some(60_000), Some(4_000_000));
+        assert_eq!(h.wanted(0.1), None, "under half the tokens' burst left");
+        (h.room_requests, h.room_tokens) = (Some(60_000), Some(9_000_000));
+        assert!(!h.outgrew_room());
+        let small = quota(600, 1_000_000); // burst 10 requests: a tenth is one
         let mut h = busy(&small, 5, 100);
-        (h.room_requests, h.room_tokens) = (Some(10), Some(1_666));
+        (h.room_requests, h.room_tokens) = (Some(10), Some(16_666));
         assert_eq!(h.wanted(0.1), None);
     }
 
