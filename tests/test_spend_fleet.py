@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import fleetgate as fg
+from fleetgate.estimate import usage_counts
 from fleetgate.prices import PriceTable
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, ModelLimits, TierBehaviour
 
@@ -128,8 +129,8 @@ def test_eight_pods_spend_one_budget_as_openai_bills_it(tmp_path: Path, redis_ur
         billed = sum(c.dollars or 0.0 for c in bill)
     assert {c.tier for c in bill} == {"default", "flex", "priority"}
     assert any(c.usage.get("input_tokens", 0) > 800 for c in bill), "chains carried their context"
-    assert any(c.usage["prompt_tokens_details"].get("cache_write_tokens") for c in bill)
-    assert any(c.usage["prompt_tokens_details"].get("cached_tokens") for c in bill)
+    assert any(usage_counts(c.usage).written for c in bill), "prompts were written to the prompt cache"
+    assert any(usage_counts(c.usage).cached for c in bill), "and read from it"
     table = PriceTable.load(prices)
     worst = max(_worst(table, "gpt-4.1", 20, 400, "priority"), _worst(table, "writer-1", 1400, 60),
                 _worst(table, "gpt-4.1", 200 * 2 * TURNS, 300))
