@@ -216,96 +216,73 @@ def _gated(connection: Any, cls: type[C], meter: SocketMeter, lock: Any) -> C:
 
 # -- the managers: the SDK's, gating frames queued before the socket opens -----------------
 
-class _GatedResponsesManager(ResponsesConnectionManager):
+class _ManagerGate:
+    """What a gated manager adds to the SDK's (mixed in before its class): frames sent
+    before the socket opens are admitted too, and the connection it opens is gated."""
+
+    _fleetgate: SocketMeter
+    #: Whether a frame queued before the socket opens may wait for quota (an async
+    #: manager's ``send`` is not awaited: it admits at once or refuses).
+    _waits = True
+
     def __init__(self, meter: SocketMeter, **options: Any) -> None:
         super().__init__(**options)
         self._fleetgate = meter
 
     def send(self, event: Any) -> None:
-        frame = self._fleetgate.admit(_event_dict(event))
+        frame = self._fleetgate.admit(_event_dict(event), wait=self._waits)
         if frame is None:
-            return super().send(event)
+            return super().send(event)  # type: ignore[misc, no-any-return]
         self._fleetgate.sending(frame)
-        super().send(frame.plan.event)  # type: ignore[arg-type]
+        super().send(frame.plan.event)  # type: ignore[misc]
 
-    def __enter__(self) -> ResponsesConnection:
+    def _gate(self, opened: Any, cls: type, lock: threading.Lock | asyncio.Lock) -> Any:
+        return _gated(opened, cls, self._fleetgate, lock)
+
+
+class _SyncManagerGate(_ManagerGate):
+    _connection: type
+
+    def __enter__(self) -> Any:
         try:
-            connection = super().__enter__()
+            connection = super().__enter__()  # type: ignore[misc]
         except BaseException:
             self._fleetgate.abandon()
             raise
-        return _gated(connection, GatedResponsesConnection, self._fleetgate, threading.Lock())
+        return self._gate(connection, self._connection, threading.Lock())
 
     enter = __enter__
 
 
-class _GatedRealtimeManager(RealtimeConnectionManager):
-    def __init__(self, meter: SocketMeter, **options: Any) -> None:
-        super().__init__(**options)
-        self._fleetgate = meter
+class _AsyncManagerGate(_ManagerGate):
+    _connection: type
+    _waits = False
 
-    def send(self, event: Any) -> None:
-        frame = self._fleetgate.admit(_event_dict(event))
-        if frame is None:
-            return super().send(event)
-        self._fleetgate.sending(frame)
-        super().send(frame.plan.event)  # type: ignore[arg-type]
-
-    def __enter__(self) -> RealtimeConnection:
+    async def __aenter__(self) -> Any:
         try:
-            connection = super().__enter__()
+            connection = await super().__aenter__()  # type: ignore[misc]
         except BaseException:
             self._fleetgate.abandon()
             raise
-        return _gated(connection, GatedRealtimeConnection, self._fleetgate, threading.Lock())
-
-    enter = __enter__
-
-
-class _AsyncGatedResponsesManager(AsyncResponsesConnectionManager):
-    def __init__(self, meter: SocketMeter, **options: Any) -> None:
-        super().__init__(**options)
-        self._fleetgate = meter
-
-    def send(self, event: Any) -> None:
-        frame = self._fleetgate.admit(_event_dict(event), wait=False)
-        if frame is None:
-            return super().send(event)
-        self._fleetgate.sending(frame)
-        super().send(frame.plan.event)  # type: ignore[arg-type]
-
-    async def __aenter__(self) -> AsyncResponsesConnection:
-        try:
-            connection = await super().__aenter__()
-        except BaseException:
-            self._fleetgate.abandon()
-            raise
-        return _gated(connection, AsyncGatedResponsesConnection, self._fleetgate, asyncio.Lock())
+        return self._gate(connection, self._connection, asyncio.Lock())
 
     enter = __aenter__
 
 
-class _AsyncGatedRealtimeManager(AsyncRealtimeConnectionManager):
-    def __init__(self, meter: SocketMeter, **options: Any) -> None:
-        super().__init__(**options)
-        self._fleetgate = meter
+class _GatedResponsesManager(_SyncManagerGate, ResponsesConnectionManager):
+    _connection = GatedResponsesConnection
 
-    def send(self, event: Any) -> None:
-        frame = self._fleetgate.admit(_event_dict(event), wait=False)
-        if frame is None:
-            return super().send(event)
-        self._fleetgate.sending(frame)
-        super().send(frame.plan.event)  # type: ignore[arg-type]
 
-    async def __aenter__(self) -> AsyncRealtimeConnection:
-        try:
-            connection = await super().__aenter__()
-        except BaseException:
-            self._fleetgate.abandon()
-            raise
-        return _gated(connection, AsyncGatedRealtimeConnection, self._fleetgate, asyncio.Lock())
+class _GatedRealtimeManager(_SyncManagerGate, RealtimeConnectionManager):
+    _connection = GatedRealtimeConnection
 
-    enter = __aenter__
+
+class _AsyncGatedResponsesManager(_AsyncManagerGate, AsyncResponsesConnectionManager):
+    _connection = AsyncGatedResponsesConnection
+
+
+class _AsyncGatedRealtimeManager(_AsyncManagerGate, AsyncRealtimeConnectionManager):
+    _connection = AsyncGatedRealtimeConnection
 
 
 # -- the resources ``client.responses`` and ``client.realtime`` ----------------------------
