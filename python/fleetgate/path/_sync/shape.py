@@ -50,7 +50,7 @@ class Shape(Layer):
             refused = self._shape(call)
             if refused is not None:
                 return refused
-        if self.context is not None:
+        if self.context is not None and call.endpoint == "/responses":  # only Responses chains hold context
             return self.context.handle(call, next)
         return next(call)
 
