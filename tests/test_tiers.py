@@ -215,7 +215,8 @@ def test_flex_without_capacity_is_served_on_the_standard_tier_and_opens_no_break
                                                                                     price_file: Path) -> None:
     with fake_with(price_file, flex_unavailable=1.0) as fake:
         name = feature()
-        gate = gateway(fake, price_file, name, breakers={"min_calls": 2, "window": 4, "jitter": 0.0})
+        gate = gateway(fake, price_file, name, breakers={"min_calls": 2, "window": 4, "jitter": 0.0},
+                       modes={"auto": True})
         client = gate.openai(api_key="sk-fake", max_retries=0)
         with gate.scope(feature=name):
             for _ in range(6):
@@ -233,6 +234,8 @@ def test_flex_without_capacity_is_served_on_the_standard_tier_and_opens_no_break
             assert answer.headers[FLEX_FALLBACK_HEADER] == "default" and answer.parse().service_tier == "default"
         breaker = gate.breaker_for("/chat/completions", MODEL)
         assert breaker is not None and breaker.state == "closed", "refusals of every flex attempt: no trip"
+        health = gate.modes._window  # what the degradation modes judge this pod's upstream on
+        assert health is not None and len(health.calls) == 8, "the standard attempts only, not Flex's refusals"
         assert fake.counters(MODEL).requests == 16
         assert [c.tier for c in fake.bill()] == ["default"] * 8, "the refusals were not billed"
         until(lambda: spent(gate)[1] == 0)

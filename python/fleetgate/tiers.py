@@ -39,9 +39,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fleetgate.prices import price_tier
-
-__all__ = ["FLEX_FALLBACK_HEADER", "FLEX_UNAVAILABLE", "FlexFallbackTier", "flex_unavailable", "served_tier_label"]
+__all__ = ["FLEX_FALLBACK_HEADER", "FLEX_UNAVAILABLE", "FlexFallbackTier", "flex_unavailable"]
 
 #: The ``error.code`` of OpenAI's 429 when Flex processing has no capacity for a request.
 FLEX_UNAVAILABLE = "resource_unavailable"
@@ -58,8 +56,3 @@ def flex_unavailable(status: int, code: str | None) -> bool:
     """Whether an answer is Flex's "Resource Unavailable": a 429 with that code."""
     return status == 429 and code == FLEX_UNAVAILABLE
 
-
-def served_tier_label(service_tier: str | None) -> str:
-    """The metric label of a served tier: one of the priced tiers (``default``, ``batch``,
-    ``flex``, ``priority``), so the label's values stay few whatever upstream answers."""
-    return price_tier(service_tier)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import httpx2
 
+from fleetgate._core import health
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.path._sync.layer import Layer, Next
 from fleetgate.path.call import Call
 from fleetgate.path.waits import sleep
 from fleetgate.path.wire import retry_wait
 from fleetgate.stats import GatewayStats
-from fleetgate.tiers import flex_unavailable
 
 __all__ = ["Retry"]
 
@@ -50,7 +50,7 @@ class Retry(Layer):
     def _retry_in(self, call: Call, response: httpx2.Response, attempt: int) -> float | None:
         """Seconds to wait before sending a 429'd call again, or None to hand it back."""
         outcome = call.outcome
-        if outcome is not None and flex_unavailable(429, outcome.code):
+        if outcome is not None and health(429, outcome.code) == "neutral":
             return None  # Flex's capacity, not the quota: not counted as a rate limit
         self.stats.count("upstream_rate_limited")
         if self.metrics is not None:

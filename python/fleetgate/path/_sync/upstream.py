@@ -11,9 +11,10 @@ An answer is priced at the ``service_tier`` it reports (the tier that served it,
 beside its usage; :mod:`fleetgate.tiers`), which the call's :class:`Timing` keeps.
 
 Contract: each upstream call's health verdict (``classify`` in the Rust core: 5xx, 408 and
-no answer are failures; a 429 is quota; Flex's 429 ``resource_unavailable`` is neither and
-is not observed) feeds the fleet's degradation modes, as it feeds the breakers; its time is
-counted as the call's upstream time, apart from the gateway's.
+no answer are failures, 2xx/3xx successes; a 429 is quota; other 4xx and Flex's 429
+``resource_unavailable`` are neutral) feeds the fleet's degradation modes as it feeds the
+breakers: only successes and failures count; its time is counted as the call's upstream
+time, apart from the gateway's.
 """
 
 from __future__ import annotations
@@ -32,14 +33,13 @@ from fleetgate.path._sync.layer import Layer, Next
 from fleetgate.path.call import Call, Handoff, Outcome
 from fleetgate.path.running import background_answer
 from fleetgate.path.wire import UsageScanner, error_code, served_tier, usage_of
-from fleetgate.prices import PriceTable
+from fleetgate.prices import PriceTable, price_tier
 from fleetgate.prompts import LayoutTracker
-from fleetgate.tiers import flex_unavailable, served_tier_label
 
 __all__ = ["SettlingStream", "Upstream"]
 
-#: Verdicts about quota, not health: the modes do not count them either way.
-_QUOTA = frozenset({"rate_limited", "quota_exhausted"})
+#: The verdicts that say something of upstream's health (quota and neutral ones do not).
+_HEALTH = frozenset({"success", "failure"})
 
 
 class Upstream(Layer):
@@ -89,7 +89,7 @@ class Upstream(Layer):
         elapsed = time.perf_counter() - started
         call.timing.upstream += elapsed
         verdict = health(status, code)
-        if verdict not in _QUOTA and not (status is not None and flex_unavailable(status, code)):
+        if verdict in _HEALTH:
             self.modes.observe(verdict == "failure", elapsed)
 
     def _streamed(self, call: Call, scanner: UsageScanner) -> None:
@@ -126,7 +126,7 @@ class Upstream(Layer):
         if call.template is not None and self.layout is not None:
             self.layout.usage(call.template, usage)
         if self.metrics is not None:
-            self.metrics.billed(model, call.scope.feature, counts, cost, service_tier=served_tier_label(served))
+            self.metrics.billed(model, call.scope.feature, counts, cost, service_tier=price_tier(served))
         return usage
 
 
