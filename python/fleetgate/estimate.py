@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from fleetgate._core import chat_prompt_tokens, count_tokens
 
-__all__ = ["Estimate", "GATED_PATHS", "UsageCounts", "estimate_request", "usage_counts", "usage_input", "usage_tokens"]
+__all__ = ["Estimate", "GATED_PATHS", "UsageCounts", "estimate_request", "usage_counts", "usage_tokens"]
 
 #: The endpoints whose calls pass through quotas, by the end of their URL path.
 GATED_PATHS = ("/chat/completions", "/responses", "/embeddings")
@@ -158,11 +158,3 @@ def usage_tokens(usage: Any) -> int | None:
     numbers = [p for p in parts if isinstance(p, int)]
     return sum(numbers) if numbers else None
 
-
-def usage_input(usage: Any) -> int | None:
-    """The input tokens a response's ``usage`` reports (chat's ``prompt_tokens``, the
-    Responses API's ``input_tokens``), or None."""
-    if not isinstance(usage, dict):
-        return None
-    value = usage.get("input_tokens", usage.get("prompt_tokens"))
-    return value if isinstance(value, int) else None

@@ -60,16 +60,22 @@ def error_code(response: httpx2.Response) -> str | None:
 _DECODER = json.JSONDecoder()
 
 
-def response_id_of(body: bytes) -> str | None:
-    """The top-level ``id`` of a JSON answer. OpenAI puts it first, so it is parsed alone
-    from its first occurrence; the whole body is parsed only when that fails."""
-    at = body.find(b'"id"')
+#: How far past a key its value is looked for (a usage object, an id: well under this).
+_VALUE_WINDOW = 4096
+
+
+def _top_level(body: bytes, key: bytes, at: int, kind: type) -> Any:
+    """The top-level `key` of a JSON answer when it is a `kind` (else None): parsed alone
+    from `at`, where the key is expected (its first or last occurrence, by where OpenAI
+    puts it), so the answer, often most of the body, is not parsed; the whole body is
+    parsed only when that fails."""
     if at >= 0:
+        start = at + len(key)
         try:
-            rest = body[at + 4:at + 512].decode(errors="replace").lstrip()
+            rest = body[start:start + _VALUE_WINDOW].decode(errors="replace").lstrip()
             if rest.startswith(":"):
                 value, _ = _DECODER.raw_decode(rest[1:].lstrip())
-                if isinstance(value, str):
+                if isinstance(value, kind):
                     return value
         except ValueError:
             pass  # not where it usually is: parse the whole body below
@@ -77,29 +83,20 @@ def response_id_of(body: bytes) -> str | None:
         whole = json.loads(body)
     except ValueError:
         return None
-    found = whole.get("id") if isinstance(whole, dict) else None
-    return found if isinstance(found, str) else None
+    found = whole.get(key.strip(b'"').decode()) if isinstance(whole, dict) else None
+    return found if isinstance(found, kind) else None
 
 
-def usage_of(body: bytes) -> object:
-    """The top-level ``usage`` of a JSON response. OpenAI puts it last, so it is parsed
-    alone from its key on (the answer, often most of the body, is not parsed twice); the
-    whole body is parsed only when that fails."""
-    at = body.rfind(b'"usage"')
-    if at >= 0:
-        try:
-            rest = body[at + 7:].decode().lstrip()
-            if rest.startswith(":"):
-                value, _ = _DECODER.raw_decode(rest[1:].lstrip())
-                if isinstance(value, dict):
-                    return value
-        except (ValueError, UnicodeDecodeError):
-            pass  # not where it usually is: parse the whole body below
-    try:
-        whole = json.loads(body)
-    except ValueError:
-        return None
-    return whole.get("usage") if isinstance(whole, dict) else None
+def response_id_of(body: bytes) -> str | None:
+    """The top-level ``id`` of a JSON answer (OpenAI puts it first)."""
+    value: str | None = _top_level(body, b'"id"', body.find(b'"id"'), str)
+    return value
+
+
+def usage_of(body: bytes) -> dict[str, Any] | None:
+    """The top-level ``usage`` of a JSON answer (OpenAI puts it last)."""
+    value: dict[str, Any] | None = _top_level(body, b'"usage"', body.rfind(b'"usage"'), dict)
+    return value
 
 
 _TIER_KEY = b'"service_tier"'

@@ -26,7 +26,7 @@ from typing import Any
 import httpx2
 
 from fleetgate._core import health
-from fleetgate.estimate import usage_counts, usage_input, usage_tokens
+from fleetgate.estimate import UsageCounts, usage_counts, usage_tokens
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.modes import Modes
 from fleetgate.path._sync.layer import Layer, Next
@@ -75,10 +75,9 @@ class Upstream(Layer):
         elif status == 200:
             usage = usage_of(response.content)
             tokens = usage_tokens(usage)
-            estimate = call.estimate
-            settled = estimate.settle_with(tokens, usage_input(usage) if estimate.held else None)
-            billed = self._billed(call, usage, served_tier(response.content) if usage is not None else None)
-            call.outcome = Outcome(status, settled, "estimate" if tokens is None else "usage", billed)
+            counts = self._billed(call, usage, served_tier(response.content) if usage is not None else None)
+            call.outcome = Outcome(status, self._settled(call, tokens, counts), "estimate" if tokens is None else "usage",
+                                   usage)
         else:
             call.outcome = Outcome(status, 0, "failure", code=error_code(response) if status == 429 else None)
         call.timing.quota_tokens += call.outcome.tokens
@@ -102,8 +101,9 @@ class Upstream(Layer):
             outcome = Outcome(200, estimate.tokens, "background", later=Handoff(call, scanner.response_id),
                               deltas=scanner.deltas)
         elif scanner.usage is not None:
-            settled = estimate.settle_with(scanner.usage, usage_input(scanner.detail) if estimate.held else None)
-            outcome = Outcome(200, settled, "usage", self._billed(call, scanner.detail, scanner.tier), scanner.deltas,
+            counts = self._billed(call, scanner.detail, scanner.tier)
+            outcome = Outcome(200, self._settled(call, scanner.usage, counts), "usage",
+                              scanner.detail if counts is not None else None, scanner.deltas,
                               response_id=scanner.response_id)
         else:
             outcome = Outcome(200, estimate.settle_with(estimate.input_tokens + scanner.deltas), "estimate", None,
@@ -111,11 +111,18 @@ class Upstream(Layer):
         call.timing.quota_tokens += outcome.tokens
         call.done(outcome)
 
-    def _billed(self, call: Call, usage: object, tier: str | None) -> dict[str, Any] | None:
-        """The answer's ``usage`` priced once, at the `tier` that served it (the answer's
-        ``service_tier``; None: it did not say, priced at the tier asked): kept on the call
-        (for the router, the budget and the log record) and counted in the metrics and the
-        prompt-cache report."""
+    @staticmethod
+    def _settled(call: Call, tokens: int | None, counts: UsageCounts | None) -> int:
+        """What the call's quota reservation settles to: what upstream counted, the input
+        the answer reports standing for the context it held (a continued chain)."""
+        estimate = call.estimate
+        return estimate.settle_with(tokens, counts.prompt if counts is not None and estimate.held else None)
+
+    def _billed(self, call: Call, usage: object, tier: str | None) -> UsageCounts | None:
+        """The answer's ``usage`` read and priced once, at the `tier` that served it (the
+        answer's ``service_tier``; None: it did not say, priced at the tier asked): kept on
+        the call (for the router, the budget and the log record) and counted in the metrics
+        and the prompt-cache report; its counts (None: no usage)."""
         if not isinstance(usage, dict):
             return None
         model, counts = call.model, usage_counts(usage)
@@ -127,7 +134,7 @@ class Upstream(Layer):
             self.layout.usage(call.template, usage)
         if self.metrics is not None:
             self.metrics.billed(model, call.scope.feature, counts, cost, service_tier=price_tier(served))
-        return usage
+        return counts
 
 
 class SettlingStream(httpx2.SyncByteStream):
