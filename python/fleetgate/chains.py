@@ -103,11 +103,6 @@ class Chains:
         self._sent = threading.Condition()
         self._closed = False
 
-    @property
-    def shared(self) -> bool:
-        """Whether chains are shared with the fleet (through Redis)."""
-        return self._url is not None
-
     @staticmethod
     def key(chain: Chain) -> str:
         """The Redis key of `chain`: its id hashed (an OpenAI id is a handle on stored
