@@ -316,7 +316,7 @@ def _line_items(bill: Bill, c: Charge) -> list[tuple[str, float, int]]:
     if price is None or c.dollars is None:
         return []
     counts = usage_counts(c.usage)
-    tier = "batch" if c.tier == "batch" else price_tier(c.tier)
+    tier = price_tier(c.tier)  # "batch" for a batch line
     rates = price.rates(counts.prompt, tier)
     suffix = "" if tier == "default" else f" ({tier})"
     items = [(f"{c.model}, input_tokens{suffix}", rates.dollars(counts.prompt, 0, counts.cached, counts.written),
