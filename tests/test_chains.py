@@ -153,6 +153,15 @@ def replay(pods: list[Pod], fake: FakeOpenAI, turns: int, *, start: str | None =
     return rows
 
 
+def assert_covered(rows: list[tuple[float, float, int, int, str]], sources: list[str]) -> None:
+    """Every turn of `rows` (:func:`replay`) reserved at least what it was billed, in dollars
+    and in tokens, its held context from `sources` (turn by turn)."""
+    assert [row[4] for row in rows] == sources, "where each turn's held context came from"
+    for turn, (reserved, billed, tokens, billed_tokens, _) in enumerate(rows):
+        assert reserved >= billed, f"turn {turn}: the budget held ${reserved:.6f} for a ${billed:.6f} answer"
+        assert tokens >= billed_tokens, f"turn {turn}: {tokens} tokens reserved for {billed_tokens} billed"
+
+
 @pytest.fixture(params=["sync", "async"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -172,10 +181,7 @@ def test_a_replayed_chain_reserves_at_least_what_is_billed_and_settles_to_it(
         pod.close()
     inputs = [fake_openai.bill()[-12:][i].usage["input_tokens"] for i in range(12)]
     assert inputs == sorted(inputs) and inputs[-1] > 10 * inputs[0], "the context grows turn by turn"
-    for turn, (reserved, billed, tokens, billed_tokens, source) in enumerate(rows):
-        assert reserved >= billed, f"turn {turn}: the budget held ${reserved:.6f} for a ${billed:.6f} answer"
-        assert tokens >= billed_tokens, f"turn {turn}: {tokens} tokens reserved for {billed_tokens} billed"
-        assert source == ("" if turn == 0 else "ledger")
+    assert_covered(rows, [""] + ["ledger"] * 11)
     assert spent == pytest.approx(sum(r[1] for r in rows), rel=1e-9), "the budgets settle to the bill"
 
 
@@ -199,9 +205,7 @@ def test_a_chain_started_on_one_pod_is_continued_on_another(fake_openai: FakeOpe
     finally:
         for pod in pods:
             pod.close()
-    for turn, (reserved, billed, tokens, billed_tokens, source) in enumerate(rows):
-        assert reserved >= billed and tokens >= billed_tokens, f"turn {turn}"
-        assert source == ("" if turn == 0 else "ledger"), f"turn {turn}: the other pod's record was read"
+    assert_covered(rows, [""] + ["ledger"] * 9)
     assert reads == [4, 5], "each continuation read its chain from Redis once: it was made on the other pod"
     keys = [k.decode() for k in _redis(store_url).keys("fg:chain:*")] if "cluster" not in store_url else []
     assert all("resp_" not in k for k in keys), "response ids do not reach Redis keys"
@@ -214,12 +218,12 @@ def test_a_conversation_is_read_from_the_fleet_on_each_turn(fake_openai: FakeOpe
         conversation = pods[0].gate.openai(api_key="sk-fake").conversations.create(
             items=[{"type": "message", "role": "user", "content": "We are talking about fleet quotas. " * 20}])
         rows = replay(pods, fake_openai, 10, conversation=conversation.id)
+        reads = [pod.gate.stats["chain_reads"] for pod in pods]
     finally:
         for pod in pods:
             pod.close()
-    for turn, (reserved, billed, tokens, billed_tokens, source) in enumerate(rows):
-        assert reserved >= billed and tokens >= billed_tokens, f"turn {turn}"
-        assert source == ("count" if turn == 0 else "ledger"), f"turn {turn}"
+    assert_covered(rows, ["count"] + ["ledger"] * 9)
+    assert reads == [5, 5], "every turn read the conversation from Redis, though its pod had a record of it"
 
 
 def test_a_streamed_answer_is_learned_too(fake_openai: FakeOpenAI, kind: str) -> None:
@@ -285,10 +289,8 @@ def test_an_unknown_chain_is_counted_by_openai(fake_openai: FakeOpenAI, kind: st
         counts = [s for s in pod.observer.sent if s.path.endswith("/responses/input_tokens")]
     finally:
         pod.close()
-    assert [r[4] for r in rows] == ["count", "ledger", "ledger"]
+    assert_covered(rows, ["count", "ledger", "ledger"])
     assert len(counts) == 1 and counts[0].body["previous_response_id"] == start
-    for reserved, billed, tokens, billed_tokens, _ in rows:
-        assert reserved >= billed and tokens >= billed_tokens
     assert pod.gate.stats["chain_counted"] == 1
 
 

@@ -11,6 +11,7 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from click.testing import CliRunner
@@ -200,9 +201,30 @@ def test_reading_openai_needs_an_admin_key(fake_openai: FakeOpenAI, ledger_url: 
     result = run_cli(fake_openai, ledger_url, "--since", today().isoformat(), admin_key=None)
     assert result.exit_code == 1 and "OPENAI_ADMIN_KEY" in result.output
     assert "sk-proj" not in result.output
+    project_key = run_cli(fake_openai, ledger_url, "--since", today().isoformat(), admin_key="sk-proj-abc")
+    assert project_key.exit_code == 1 and "admin key" in project_key.output
+    assert "sk-proj-abc" not in project_key.output
     with fg.Gateway(base_url=fake_openai.base_url, budgets={"timezone": "Europe/Berlin", "record_spend": True}) as berlin:
         with pytest.raises(fg.ConfigError, match='timezone = "UTC"'):
             berlin.reconcile(today(), client=admin(fake_openai))
+
+
+def test_a_refusal_quoting_the_key_is_said_without_it(gate: fg.Gateway) -> None:
+    """OpenAI quotes a wrong key in its 401 (masked or not): the error passes on neither."""
+    key = "sk-admin-Zq81kT0wPk3"
+
+    def refuse(request: httpx2.Request) -> httpx2.Response:
+        message = f"Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com."
+        return httpx2.Response(401, json={"error": {"message": message, "type": "invalid_request_error",
+                                                    "param": None, "code": "invalid_api_key"}})
+
+    client = openai.OpenAI(base_url="https://openai.invalid/v1", admin_api_key=key, max_retries=0,
+                           http_client=openai.DefaultHttpx2Client(transport=httpx2.MockTransport(refuse)))
+    with pytest.raises(ReconcileError) as raised:
+        gate.reconcile(today(), client=client)
+    said = str(raised.value)
+    assert "401" in said and "Incorrect API key provided: sk-…" in said and "OPENAI_ADMIN_KEY" in said
+    assert "Zq81kT0wPk3" not in said
 
 
 def test_rows_meet_across_snapshot_names_and_share_the_difference() -> None:

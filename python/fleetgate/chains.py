@@ -96,17 +96,13 @@ class Chains:
         self._url = redis_url
         self._redis: redis.Redis | redis.cluster.RedisCluster | None = None
         self._outage = Outage(f"the chains' Redis at {redacted_url(redis_url)}" if redis_url else "the chains' store")
-        self._writes: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
+        self._writes: queue.SimpleQueue[tuple[Chain, int] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
-        #: Records queued and not yet sent, and who waits for them (:meth:`flush`).
+        #: Records queued and not yet sent, and who waits for them (:meth:`flush`); under
+        #: the ledger's one lock, so that learning takes it once.
         self._unsent = 0
-        self._sent = threading.Condition()
+        self._sent = threading.Condition(self._lock)
         self._closed = False
-
-    @property
-    def shared(self) -> bool:
-        """Whether chains are shared with the fleet (through Redis)."""
-        return self._url is not None
 
     @staticmethod
     def key(chain: Chain) -> str:
@@ -147,7 +143,8 @@ class Chains:
         if remote is None:
             return known
         if known is None or remote > known:
-            self._remember(chain, remote)
+            with self._lock:
+                self._remember(chain, remote)
             return remote
         return known
 
@@ -194,25 +191,23 @@ class Chains:
 
     def learn(self, chain: Chain, tokens: int) -> None:
         """A call continuing `chain` carries `tokens`: remembered here at once, and sent to
-        the fleet in the background."""
-        self._remember(chain, tokens)
-        if self._url is None or self._closed:
-            return
-        with self._sent:
+        the fleet in the background (its key is made there, off the answer's thread)."""
+        with self._lock:
+            self._remember(chain, tokens)
+            if self._url is None or self._closed:
+                return
             self._unsent += 1
-        self._writes.put((self.key(chain), tokens))
-        if self._writer is None:
-            with self._lock:
-                if self._writer is None:
-                    self._writer = threading.Thread(target=self._write_loop, name="fleetgate-chains", daemon=True)
-                    self._writer.start()
+            self._writes.put((chain, tokens))
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="fleetgate-chains", daemon=True)
+                self._writer.start()
 
     def _remember(self, chain: Chain, tokens: int) -> None:
-        with self._lock:
-            self._local[chain] = tokens
-            self._local.move_to_end(chain)
-            if len(self._local) > self.settings.local_chains:
-                self._local.popitem(last=False)
+        """Keep `chain`'s record in process; the caller holds ``self._lock``."""
+        self._local[chain] = tokens
+        self._local.move_to_end(chain)
+        if len(self._local) > self.settings.local_chains:
+            self._local.popitem(last=False)
 
     def _write_loop(self) -> None:
         """Send what was learned, in pipelines of what came within `_WRITE_GATHER` of the
@@ -233,7 +228,7 @@ class Chains:
                 batch.append(item)
             self._send(batch)
 
-    def _send(self, batch: list[tuple[str, int]]) -> None:
+    def _send(self, batch: list[tuple[Chain, int]]) -> None:
         try:
             self._write(batch)
         finally:
@@ -241,12 +236,12 @@ class Chains:
                 self._unsent -= len(batch)
                 self._sent.notify_all()
 
-    def _write(self, batch: list[tuple[str, int]]) -> None:
+    def _write(self, batch: list[tuple[Chain, int]]) -> None:
         ttl = self.settings.ttl_seconds
         try:
             pipe = self._client().pipeline(transaction=False)
-            for key, tokens in batch:
-                pipe.set(key, tokens, ex=ttl)
+            for chain, tokens in batch:
+                pipe.set(self.key(chain), tokens, ex=ttl)
             pipe.execute()
         except Exception as e:  # noqa: BLE001 - an outage: logged once, counted, the records stay in process
             self.stats.count("chain_write_failures", len(batch))
@@ -262,9 +257,12 @@ class Chains:
 
     def close(self) -> None:
         """Send what is still queued and stop the writer."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            self._writes.put(None)
-            self._writer.join(timeout=10)
+        with self._lock:  # no record is queued after the writer's stop
+            if self._closed:
+                return
+            self._closed = True
+            writer = self._writer
+            if writer is not None:
+                self._writes.put(None)
+        if writer is not None:
+            writer.join(timeout=10)

@@ -9,8 +9,8 @@ A reconciliation, as :func:`reconcile` does it:
    records no project: a gateway's spend is the spend of the one project its calls bill
    (``openai_project``, else the ``OPENAI_PROJECT_ID`` the SDK sends), and a fleet spread
    over several projects reconciles each with its own gateway config.
-3. OpenAI's Costs API (``GET /v1/organization/costs``, daily buckets grouped by project and
-   line item, every page): a line item ``"<model>, <kind>"`` counts for its model; one that
+3. OpenAI's Costs API (``GET /v1/organization/costs``, daily buckets of the project grouped
+   by line item, every page): a line item ``"<model>, <kind>"`` counts for its model; one that
    names no model counts under ``(other)``. With no project, the organization's whole bill.
 4. OpenAI's Usage API (completions and embeddings, the same days and project, grouped by
    model): how many requests OpenAI counted per day and model, to tell a call the ledger
@@ -186,7 +186,7 @@ def openai_spend(client: openai.OpenAI, since: dt.date, until: dt.date, *, proje
     if project is not None:
         query["project_ids"] = [project]
     dollars: defaultdict[tuple[str, str], float] = defaultdict(float)
-    for day, result in _results(lambda **page: usage.costs(group_by=["project_id", "line_item"], **query, **page)):
+    for day, result in _results(lambda **page: usage.costs(group_by=["line_item"], **query, **page)):
         amount = result.amount
         if amount is None or amount.value is None:
             continue
@@ -197,7 +197,7 @@ def openai_spend(client: openai.OpenAI, since: dt.date, until: dt.date, *, proje
     requests: defaultdict[tuple[str, str], int] = defaultdict(int)
     endpoints: list[Callable[..., Any]] = [usage.completions, usage.embeddings]
     for endpoint in endpoints:
-        for day, result in _results(lambda **page: endpoint(group_by=["project_id", "model"], **query, **page)):
+        for day, result in _results(lambda **page: endpoint(group_by=["model"], **query, **page)):
             requests[(day, snapshot_of(result.model or _OTHER))] += result.num_model_requests
     return OpenAISpend(dict(dollars), dict(requests))
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from fleetgate.cli.shared import call_or_fail, gateway_for
+
 if TYPE_CHECKING:
     from fleetgate.gateway import Gateway
 
@@ -30,13 +32,9 @@ def costs(ctx: click.Context, config_path: str | None, redis_url: str | None, si
     if ctx.invoked_subcommand is not None:
         return
     from fleetgate.budget.report import format_table
-    from fleetgate.errors import FleetgateError
 
     gate = _fleet_gateway(config_path, redis_url)
-    try:
-        rows = gate.costs(since.date() if since else None, until.date() if until else None, by)
-    except FleetgateError as e:
-        raise click.ClickException(str(e)) from e
+    rows = call_or_fail(lambda: gate.costs(since.date() if since else None, until.date() if until else None, by))
     click.echo(format_table(rows, by) if rows else "no spend recorded in those days")
 
 
@@ -55,14 +53,10 @@ def reconcile(ctx: click.Context, config_path: str | None, redis_url: str | None
               project: str | None, tolerance: float) -> None:
     """Compare the ledger with what OpenAI billed, per day, project and model; exit 1 when
     a difference is over the tolerance. Needs an admin key in OPENAI_ADMIN_KEY."""
-    from fleetgate.errors import FleetgateError
-
     group = ctx.obj or {}
     gate = _fleet_gateway(config_path or group.get("config_path"), redis_url or group.get("redis_url"))
-    try:
-        report = gate.reconcile(since.date(), until.date() if until else None, project=project, tolerance=tolerance)
-    except FleetgateError as e:
-        raise click.ClickException(str(e)) from e
+    report = call_or_fail(lambda: gate.reconcile(since.date(), until.date() if until else None, project=project,
+                                                 tolerance=tolerance))
     if not report.rows:
         click.echo(f"no spend from {report.since} to {report.until}, in the ledger or at OpenAI ({report.project})")
         return
@@ -77,10 +71,8 @@ def reconcile(ctx: click.Context, config_path: str | None, redis_url: str | None
 
 
 def _fleet_gateway(config_path: str | None, redis_url: str | None) -> Gateway:
-    from fleetgate.gateway import Gateway
-
-    overrides: dict[str, Any] = {"redis_url": redis_url} if redis_url else {}
-    gate = Gateway.from_config(config_path, **overrides) if config_path else Gateway(**overrides)
+    """The gateway whose ledger the commands read: it must keep it in Redis."""
+    gate: Gateway = call_or_fail(lambda: gateway_for(config_path, redis_url, None))
     if gate.config.redis_url is None:
         raise click.UsageError("the fleet's ledger lives in Redis: pass --redis URL (or a --config with redis_url); "
                                "a gateway without Redis keeps its ledger in its own process (gate.costs())")

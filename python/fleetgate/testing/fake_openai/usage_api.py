@@ -30,9 +30,9 @@ import base64
 import binascii
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -53,6 +53,9 @@ _COMPLETIONS_GROUPS = ("project_id", "model", "batch", "service_tier")
 _EMBEDDINGS_GROUPS = ("project_id", "model")
 _COSTS_GROUPS = ("project_id", "line_item")
 _ADMIN_PREFIX = "sk-admin-"
+
+#: What a bucket's results are summed from: a charge (usage), or one of its line items (costs).
+_Member = TypeVar("_Member")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,21 +102,22 @@ class UsageApi:
         batch = _flag(request, "batch")
         models = frozenset(_values(request, "models"))
 
-        def keep(c: Charge) -> bool:
-            return (_is_completion(c) and (not models or c.model in models)
+        def grouped(c: Charge) -> list[tuple[dict[str, Any], Charge]]:
+            kept = (_is_completion(c) and (not models or c.model in models)
                     and (batch is None or (c.tier == "batch") == batch))
+            return [(_fields(c), c)] if kept else []
 
-        return self._page(query, keep, _completions_result)
+        return self._page(query, grouped, _completions_result)
 
     async def embeddings(self, request: web.Request) -> web.Response:
         _check_admin(request)
         query = self._query(request, _EMBEDDINGS_GROUPS, _USAGE_LIMITS)
         models = frozenset(_values(request, "models"))
 
-        def keep(c: Charge) -> bool:
-            return not _is_completion(c) and (not models or c.model in models)
+        def grouped(c: Charge) -> list[tuple[dict[str, Any], Charge]]:
+            return [(_fields(c), c)] if not _is_completion(c) and (not models or c.model in models) else []
 
-        return self._page(query, keep, _embeddings_result)
+        return self._page(query, grouped, _embeddings_result)
 
     async def costs(self, request: web.Request) -> web.Response:
         _check_admin(request)
@@ -123,38 +127,12 @@ class UsageApi:
                            param="bucket_width", code="invalid_value")
         query = self._query(request, _COSTS_GROUPS, {"1d": _COSTS_LIMITS})
         wanted_items = frozenset(_values(request, "line_items"))
-        data = []
-        starts, following = query.buckets()
-        charges = self._charges(query)
-        for at in starts:
-            amounts: defaultdict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
-            for c in charges:
-                if not at <= c.at < at + query.width:
-                    continue
-                for item, item_dollars, item_tokens in _line_items(self.bill, c):
-                    if wanted_items and item not in wanted_items:
-                        continue
-                    fields = {"project_id": c.project, "line_item": item}
-                    key = tuple(fields[g] for g in query.group_by)
-                    amounts[key][0] += item_dollars
-                    amounts[key][1] += item_tokens
-            results = []
-            for key, (dollars, tokens) in sorted(amounts.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
-                group = dict(zip(query.group_by, key))
-                grouped_items = "line_item" in group
-                results.append({
-                    "object": "organization.costs.result",
-                    "amount": {"value": dollars, "currency": "usd"},
-                    "line_item": group.get("line_item"),
-                    "project_id": group.get("project_id"),
-                    "quantity": tokens if grouped_items else None,
-                    "quantity_unit": "tokens" if grouped_items else None,
-                    "api_key_id": None,
-                    "user_id": None,
-                    "api_source": None,
-                })
-            data.append(_bucket(at, query.width, results))
-        return _page_response(data, following)
+
+        def grouped(c: Charge) -> list[tuple[dict[str, Any], tuple[float, int]]]:
+            return [({"project_id": c.project, "line_item": item}, (dollars, tokens))
+                    for item, dollars, tokens in _line_items(self.bill, c) if not wanted_items or item in wanted_items]
+
+        return self._page(query, grouped, _costs_result)
 
     # -- the shared steps ---------------------------------------------------------------
 
@@ -193,19 +171,21 @@ class UsageApi:
         return [c for c in self.bill.charges()
                 if query.start <= c.at < query.end and (not query.projects or c.project in query.projects)]
 
-    def _page(self, query: _Query, keep: Callable[[Charge], bool],
-              result: Callable[[list[Charge], dict[str, Any]], dict[str, Any]]) -> web.Response:
-        charges = [c for c in self._charges(query) if keep(c)]
+    def _page(self, query: _Query, grouped: Callable[[Charge], Iterable[tuple[dict[str, Any], _Member]]],
+              result: Callable[[list[_Member], dict[str, Any]], dict[str, Any]]) -> web.Response:
+        """This page's buckets: each charge in its bucket, as the members `grouped` makes of
+        it (with the fields they group by), and one `result` per group of members."""
         starts, following = query.buckets()
-        data = []
-        for at in starts:
-            groups: defaultdict[tuple[Any, ...], list[Charge]] = defaultdict(list)
-            for c in charges:
-                if at <= c.at < at + query.width:
-                    groups[tuple(_group_value(c, g) for g in query.group_by)].append(c)
-            results = [result(members, dict(zip(query.group_by, key)))
-                       for key, members in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0]))]
-            data.append(_bucket(at, query.width, results))
+        buckets: dict[int, defaultdict[tuple[Any, ...], list[_Member]]] = {at: defaultdict(list) for at in starts}
+        for c in self._charges(query):
+            groups = buckets.get(int(c.at) - (int(c.at) - query.first) % query.width)
+            if groups is None:  # on another page
+                continue
+            for fields, member in grouped(c):
+                groups[tuple(fields[g] for g in query.group_by)].append(member)
+        data = [_bucket(at, query.width, [result(members, dict(zip(query.group_by, key))) for key, members
+                                          in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0]))])
+                for at, groups in buckets.items()]
         return _page_response(data, following)
 
 
@@ -281,9 +261,9 @@ def _is_completion(c: Charge) -> bool:
     return "completion_tokens" in c.usage or "output_tokens" in c.usage
 
 
-def _group_value(c: Charge, field: str) -> Any:
-    return {"project_id": c.project, "model": c.model, "batch": c.tier == "batch",
-            "service_tier": c.tier}[field]
+def _fields(c: Charge) -> dict[str, Any]:
+    """What the usage endpoints group a charge by."""
+    return {"project_id": c.project, "model": c.model, "batch": c.tier == "batch", "service_tier": c.tier}
 
 
 def _completions_result(charges: list[Charge], group: dict[str, Any]) -> dict[str, Any]:
@@ -315,13 +295,28 @@ def _embeddings_result(charges: list[Charge], group: dict[str, Any]) -> dict[str
     }
 
 
+def _costs_result(items: list[tuple[float, int]], group: dict[str, Any]) -> dict[str, Any]:
+    grouped_items = "line_item" in group
+    return {
+        "object": "organization.costs.result",
+        "amount": {"value": sum(dollars for dollars, _ in items), "currency": "usd"},
+        "line_item": group.get("line_item"),
+        "project_id": group.get("project_id"),
+        "quantity": sum(tokens for _, tokens in items) if grouped_items else None,
+        "quantity_unit": "tokens" if grouped_items else None,
+        "api_key_id": None,
+        "user_id": None,
+        "api_source": None,
+    }
+
+
 def _line_items(bill: Bill, c: Charge) -> list[tuple[str, float, int]]:
     """A charge as line items: (name, dollars, tokens); they add up to what it was billed."""
     price = bill.prices.price(c.model)
     if price is None or c.dollars is None:
         return []
     counts = usage_counts(c.usage)
-    tier = "batch" if c.tier == "batch" else price_tier(c.tier)
+    tier = price_tier(c.tier)  # "batch" for a batch line
     rates = price.rates(counts.prompt, tier)
     suffix = "" if tier == "default" else f" ({tier})"
     items = [(f"{c.model}, input_tokens{suffix}", rates.dollars(counts.prompt, 0, counts.cached, counts.written),
