@@ -2,8 +2,8 @@
 (:class:`~fleetgate.path.call.Handoff`) is polled until its response ends, then
 its quota and budget are settled from what it reports.
 
-1. :meth:`BackgroundCalls.watch`: the call is recorded (in Redis for a fleet, claimed by
-   this pod; in process when embedded) and polled first after ``[background]
+1. :meth:`BackgroundCalls.watch`: the call is watched in this pod (and, with Redis,
+   recorded for the fleet, claimed by this pod) and polled first after ``[background]
    poll_min_seconds``, then at intervals doubling up to ``poll_max_seconds``.
 2. Each poll is turned into one decision (:mod:`fleetgate.background.polling`): poll
    again later, or settle from its usage, for nothing, or at its worst case
@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 
 from fleetgate._core import Limiter
-from fleetgate.background.pending import LocalPending, PendingCall, PendingStore, RedisPending
+from fleetgate.background.pending import PendingCall, RedisPending
 from fleetgate.background.polling import Decision, How, Polled, Poller, decide
 from fleetgate.background.settling import Settler
 from fleetgate.budget.guard import Budgets
@@ -74,8 +74,8 @@ class _Watched:
     feature: str | None = None
     #: Whether a poll that said nothing was logged already.
     warned: bool = False
-    #: Whether it is recorded in the store (claimed by this pod): until then no other pod
-    #: knows it, and this one settles it alone.
+    #: Whether it is recorded in the fleet's store (claimed by this pod): until then no
+    #: other pod knows it, and this one settles it alone.
     stored: bool = False
 
 
@@ -90,9 +90,9 @@ class BackgroundCalls:
         self._budgets, self._prices = budgets, prices
         self._settler = Settler(limiter, budgets, prices, stats, metrics)
         self._poller = Poller(transport)
-        self._store: PendingStore = RedisPending(redis_url) if redis_url else LocalPending()
-        self._outage = Outage(f"the background calls' Redis at {redacted_url(redis_url)}" if redis_url
-                              else "the background calls' record")
+        #: The fleet's record (None: embedded, where `_watched` is all there is).
+        self._store = RedisPending(redis_url) if redis_url else None
+        self._outage = Outage(f"the background calls' Redis at {redacted_url(redis_url or '')}")
         #: This pod, as the holder of claims.
         self.owner = f"{os.getpid()}/{uuid.uuid4().hex[:12]}"
         self._watched: dict[str, _Watched] = {}
@@ -102,7 +102,7 @@ class BackgroundCalls:
         self._pool = ThreadPoolExecutor(max_workers=_POLL_WORKERS, thread_name_prefix="fleetgate-background-poll")
         self._thread: threading.Thread | None = None
         self._next_fleet = 0.0
-        if self._store.shared:
+        if self._store is not None:
             self._start()  # takes over the calls of pods that died, from the start
 
     # -- the request path's side -----------------------------------------------------------
@@ -136,11 +136,12 @@ class BackgroundCalls:
                         record.response_id, self.settings.max_pending, record.worst)
             self._settler.settle(record, handoff, "worst", None, None, watched.feature)
             return
-        try:
-            self._store.add(record, self.owner, self.settings.claim_seconds)
-            watched.stored = True
-        except Exception as e:  # noqa: BLE001 - watched in this pod all the same, recorded later
-            self._store_failed(e)
+        if self._store is not None:
+            try:
+                self._store.add(record, self.owner, self.settings.claim_seconds)
+                watched.stored = True
+            except Exception as e:  # noqa: BLE001 - watched in this pod all the same, recorded later
+                self._store_failed(e)
         self.stats.count("background_watched")
         self._start()
         with self._wake:
@@ -189,6 +190,8 @@ class BackgroundCalls:
         if watched is not None:
             self._poll_one(watched)
             return True
+        if self._store is None:
+            return False
         try:
             return self._store.mark_due(response_id)
         except Exception as e:  # noqa: BLE001 - it is polled all the same
@@ -204,7 +207,7 @@ class BackgroundCalls:
 
     def fleet_pending(self) -> int:
         """Background calls not yet settled in the whole fleet (embedded: this pod's)."""
-        return self._store.count()
+        return self._store.count() if self._store is not None else self.pending()
 
     # -- the watcher ---------------------------------------------------------------------------
 
@@ -228,22 +231,21 @@ class BackgroundCalls:
                 w.busy = True
         for w in due:
             self._pool.submit(self._poll_one, w)
-        if self._store.shared and now >= self._next_fleet:
-            self._fleet()
+        if self._store is not None and now >= self._next_fleet:
+            self._fleet(self._store)
             self._next_fleet = now + (self._busy_tick() if self._watched else self.settings.claim_seconds / 3)
         with self._lock:
             waits = [w.next_poll for w in self._watched.values() if not w.busy]
-        if self._store.shared:
+        if self._store is not None:
             waits.append(self._next_fleet)
         return max(0.01, min(waits, default=now + 60.0) - time.monotonic())
 
     def _busy_tick(self) -> float:
         return min(1.0, self.settings.claim_seconds / 3)
 
-    def _fleet(self) -> None:
+    def _fleet(self, store: RedisPending) -> None:
         """Renew this pod's claims, take the calls whose claim lapsed, and poll at once
         those a webhook said ended."""
-        store = self._store
         try:
             with self._lock:
                 mine = [i for i, w in self._watched.items() if w.stored]
@@ -322,7 +324,7 @@ class BackgroundCalls:
     def _settle(self, watched: _Watched, how: How, polled: Polled | None) -> bool:
         """Settle a call this pod holds the claim on, once; False to try again later."""
         record = watched.record
-        if self._store.shared and watched.stored:
+        if self._store is not None and watched.stored:
             try:
                 held = record.response_id in self._store.renew([record.response_id], self.owner,
                                                                 self.settings.claim_seconds)
@@ -342,10 +344,11 @@ class BackgroundCalls:
         tier = polled.tier if polled is not None else None
         if not self._settler.settle(record, watched.handoff, how, usage, tier, watched.feature):
             return False
-        try:
-            self._store.finish(record.response_id, self.owner)
-        except Exception as e:  # noqa: BLE001 - settled; whoever takes its record next finds it ended
-            self._store_failed(e)
+        if self._store is not None:
+            try:
+                self._store.finish(record.response_id, self.owner)
+            except Exception as e:  # noqa: BLE001 - settled; whoever takes its record next finds it ended
+                self._store_failed(e)
         self._forget(watched)
         return True
 
@@ -379,7 +382,7 @@ class BackgroundCalls:
         with self._lock:
             left = list(self._watched.values())
             self._watched.clear()
-        if left and self._store.shared:
+        if left and self._store is not None:
             try:
                 self._store.release([w.record.response_id for w in left], self.owner)
                 log.info("fleetgate: handed %d background responses still running to the fleet", len(left))
@@ -390,9 +393,9 @@ class BackgroundCalls:
         elif left:
             for watched in left:
                 self._settler.settle(watched.record, watched.handoff, "worst", None, None, watched.feature)
-                self._store.finish(watched.record.response_id, self.owner)
         self._poller.close()
-        self._store.close()
+        if self._store is not None:
+            self._store.close()
 
 
 def _run(ref: weakref.ref[BackgroundCalls], wake: threading.Condition) -> None:
