@@ -45,7 +45,7 @@ from fleetgate.errors import QueueFull
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.outage import Outage
 from fleetgate.path.call import Handoff
-from fleetgate.prices import PriceTable, price_tier
+from fleetgate.prices import PriceTable
 from fleetgate.redis_clients import redacted_url
 from fleetgate.stats import GatewayStats
 
@@ -87,7 +87,7 @@ class BackgroundCalls:
                  metrics: GatewayMetrics | None) -> None:
         self.settings = settings
         self.stats = stats
-        self._budgets, self._prices = budgets, prices
+        self._budgets = budgets
         self._settler = Settler(limiter, budgets, prices, stats, metrics)
         self._poller = Poller(transport)
         #: The fleet's record (None: embedded, where `_watched` is all there is).
@@ -156,22 +156,17 @@ class BackgroundCalls:
         url = urlsplit(str(call.request.url))
         host = f"{url.hostname}:{url.port}" if url.port else url.hostname or ""
         where = urlunsplit((url.scheme, host, url.path, "", ""))  # no credentials, no query
-        tier = call.body.get("service_tier")
-        tier = tier if isinstance(tier, str) else None
-        # The most it may cost at the tier it asked for (its hold may be priced at another).
-        price = self._prices.price(call.model)
-        worst = max(hold.reservation.dollars if hold is not None else 0.0,
-                    price.worst(call.estimate.prompt_tokens, call.estimate.max_output_tokens, tier=price_tier(tier))
-                    if price is not None else 0.0)
         held = set(hold.reservation.budgets) if hold is not None and not hold.local else set()
         budgets: list[tuple[str, float, str]] = [(b.name, b.limit, b.period)
                                                  for b in self._budgets.applicable(call.scope) if b.name in held]
         headers = call.request.headers
         return PendingCall(
             handoff.response_id, where, call.model, now, now + self.settings.lease_seconds,
-            call.estimate.prompt_tokens, call.estimate.max_output_tokens, worst,
+            call.estimate.prompt_tokens, call.estimate.max_output_tokens,
+            # Its hold is its worst case at the tier it asked for (Budgets.worst_case).
+            hold.reservation.dollars if hold is not None else 0.0,
             project=headers.get("openai-project"), organization=headers.get("openai-organization"),
-            tier=tier, budgets=budgets,
+            tier=call.estimate.service_tier, budgets=budgets,
             recorded=hold is not None and not hold.local,
             feature=hold.feature if hold else "", user=hold.user if hold else "", team=hold.team if hold else "")
 
