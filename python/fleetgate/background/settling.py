@@ -22,7 +22,7 @@ from fleetgate.background.pending import PendingCall
 from fleetgate.background.polling import How
 from fleetgate.budget.guard import Budgets
 from fleetgate.errors import BudgetExceeded, FleetgateError
-from fleetgate.estimate import usage_counts, usage_tokens
+from fleetgate.estimate import UsageCounts, usage_counts, usage_tokens
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.path.call import Handoff
 from fleetgate.prices import PriceTable
@@ -55,7 +55,7 @@ class Settler:
                         "case, $%.6g", record.response_id, record.worst)
         try:
             if handoff is not None:
-                self._settle_holds(record, handoff, how, usage, cost)
+                self._settle_holds(record, handoff, how, usage, counts, cost)
             elif not self._spend_taken(record, how, cost):
                 return False
         except FleetgateError as e:
@@ -79,7 +79,7 @@ class Settler:
                         "itself", record.response_id, e)
 
     def _settle_holds(self, record: PendingCall, handoff: Handoff, how: How, usage: dict[str, Any] | None,
-                      cost: float | None) -> None:
+                      counts: UsageCounts | None, cost: float | None) -> None:
         call, hold = handoff.call, handoff.hold
         estimate = call.estimate
         if handoff.quota is not None:
@@ -95,7 +95,7 @@ class Settler:
         elif how == "worst":
             self._budgets.spend(hold, record.worst, estimate.prompt_tokens, estimate.max_output_tokens)
         else:
-            counts = usage_counts(usage or {})
+            assert counts is not None  # settled from its usage
             self._budgets.spend(hold, cost, counts.prompt, counts.output)
 
     def _spend_taken(self, record: PendingCall, how: How, cost: float | None) -> bool:
