@@ -301,18 +301,17 @@ class BackgroundCalls:
             self._wake.notify()
 
     def _poll(self, watched: _Watched) -> Polled:
+        """Poll one call; one that said nothing of the response is counted, and said once
+        per call."""
         polled = self._poller.poll(watched.record, watched.auth)
-        return self._unreachable(watched, polled.reason) if polled.status == "unreachable" else polled
-
-    def _unreachable(self, watched: _Watched, reason: str) -> Polled:
-        """A poll that said nothing of the response: counted, and said once per call."""
-        self.stats.count("background_poll_errors")
-        if not watched.warned:
-            watched.warned = True
-            log.warning("fleetgate: could not poll background response %s (%s); it is polled again (said once), and "
-                        "settled at its worst case if still unknown [background] lease_seconds after it was made",
-                        watched.record.response_id, reason)
-        return Polled("unreachable", reason=reason)
+        if polled.status == "unreachable":
+            self.stats.count("background_poll_errors")
+            if not watched.warned:
+                watched.warned = True
+                log.warning("fleetgate: could not poll background response %s (%s); it is polled again (said once), "
+                            "and settled at its worst case if still unknown [background] lease_seconds after it was "
+                            "made", watched.record.response_id, polled.reason)
+        return polled
 
     # -- settling ------------------------------------------------------------------------------
 
