@@ -279,6 +279,8 @@ def test_a_webhook_with_a_bad_or_stale_signature_is_refused(feature: str, webhoo
         assert fake.webhooks()[0].status == 400  # refused: settled by polling all the same
         until(lambda: gate.background.pending() == 0)
         assert gate.stats["background_webhooks_rejected"] == 1 and gate.stats["background_webhooks"] == 0
+        assert gate.stats["background_settled_usage"] == 1
+        until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
 
         body = b'{"id":"evt_1","object":"event","type":"response.completed","created_at":1,"data":{"id":"resp_x"}}'
         now = int(time.time())
@@ -440,6 +442,8 @@ def test_pending_calls_are_bounded_and_counted_in_stats_and_metrics(feature: str
         text = generate_latest(registry).decode()
         assert 'fleetgate_background_settled_total{how="usage"} 2.0' in text
         assert 'fleetgate_background_pending{scope="fleet"} 0.0' in text
+        assert len(fake.bill()) == 3  # the call not in the background, and the two cancelled mid-run
+        until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
         gate.close()
 
 
