@@ -44,10 +44,9 @@ class Settler:
         self._limiter, self._budgets, self._prices, self._stats, self._metrics = limiter, budgets, prices, stats, metrics
 
     def settle(self, record: PendingCall, handoff: Handoff | None, how: How, usage: dict[str, Any] | None,
-               tier: str | None, feature: str | None) -> bool:
+               tier: str | None) -> bool:
         """Spend what the call cost (or give its holds back); False when its budgets could
-        not take the spend yet (taken over, and a budget already holds more than it may).
-        `feature`: the metrics' label for it."""
+        not take the spend yet (taken over, and a budget already holds more than it may)."""
         counts = usage_counts(usage) if usage is not None else None
         cost = self._prices.counts_cost(record.model, counts, tier=tier or record.tier) if counts is not None else None
         if how == "worst":
@@ -63,6 +62,8 @@ class Settler:
             log.warning("fleetgate: could not settle background response %s (%s)", record.response_id, e)
         self._stats.count(f"background_settled_{how}")
         if counts is not None and self._metrics is not None:
+            # Labelled with its feature as the request path labels it (a call taken over: none).
+            feature = handoff.call.scope.feature if handoff is not None else None
             self._metrics.billed(record.model, feature, counts, cost)
         return True
 

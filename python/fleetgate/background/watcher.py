@@ -70,8 +70,6 @@ class _Watched:
     busy: bool = False
     #: Poll again as soon as the poll under way is over (a webhook came meanwhile).
     again: bool = False
-    #: Feature as the metrics label it (this pod's calls; None otherwise).
-    feature: str | None = None
     #: Whether a poll that said nothing was logged already.
     warned: bool = False
     #: Whether it is recorded in the fleet's store (claimed by this pod): until then no
@@ -124,7 +122,7 @@ class BackgroundCalls:
         headers = call.request.headers
         auth = {"authorization": headers["authorization"]} if "authorization" in headers else {}
         watched = _Watched(record, handoff, auth, time.monotonic() + self.settings.poll_min_seconds,
-                           self.settings.poll_min_seconds, feature=call.scope.feature)
+                           self.settings.poll_min_seconds)
         with self._lock:
             full = len(self._watched) >= self.settings.max_pending or self._stopping
             if not full:
@@ -134,7 +132,7 @@ class BackgroundCalls:
             log.warning("fleetgate: background response %s could not be watched (this pod watches %d, "
                         "[background] max_pending, or is closing): settled at its worst case, $%.6g",
                         record.response_id, self.settings.max_pending, record.worst)
-            self._settler.settle(record, handoff, "worst", None, None, watched.feature)
+            self._settler.settle(record, handoff, "worst", None, None)
             return
         if self._store is not None:
             try:
@@ -336,7 +334,7 @@ class BackgroundCalls:
                 return True
         usage = polled.usage if polled is not None else None
         tier = polled.tier if polled is not None else None
-        if not self._settler.settle(record, watched.handoff, how, usage, tier, watched.feature):
+        if not self._settler.settle(record, watched.handoff, how, usage, tier):
             return False
         if self._store is not None:
             try:
@@ -386,7 +384,7 @@ class BackgroundCalls:
                             "them over once this pod's claims lapse", len(left), e)
         elif left:
             for watched in left:
-                self._settler.settle(watched.record, watched.handoff, "worst", None, None, watched.feature)
+                self._settler.settle(watched.record, watched.handoff, "worst", None, None)
         self._poller.close()
         if self._store is not None:
             self._store.close()
