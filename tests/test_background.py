@@ -19,6 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import httpx2
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 import fleetgate as fg
 from fleetgate.background import BackgroundCollector
@@ -59,6 +60,18 @@ def spent(gate: fg.Gateway) -> tuple[float, float]:
 
 def billed(fake: FakeOpenAI) -> float:
     return sum(c.dollars or 0.0 for c in fake.bill())
+
+
+def cost_by_tier(gate: fg.Gateway, feature: str) -> dict[str, float]:
+    """Dollars the gateway's metrics count for `feature`, by the service tier that served them."""
+    body = b"".join(gate.metrics_app()({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
+                                       lambda *_: None)).decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            if s.name == "fleetgate_cost_dollars_total" and s.labels.get("feature") == feature:
+                found[s.labels["service_tier"]] = found.get(s.labels["service_tier"], 0.0) + s.value
+    return found
 
 
 @pytest.fixture
@@ -151,6 +164,10 @@ def test_sync_background_calls_spend_what_the_fake_billed_once_they_end(store: s
         until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
         assert gate.stats["background_settled_usage"] == 4
         assert gate.background.fleet_pending() == 0
+        by_tier: dict[str, float] = {}
+        for charge in fake.bill():
+            by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + (charge.dollars or 0.0)
+        assert cost_by_tier(gate, feature) == pytest.approx(by_tier)  # each at the tier that served it
         gate.close()
 
 

@@ -27,6 +27,7 @@ from fleetgate.metrics import GatewayMetrics
 from fleetgate.path.call import Handoff
 from fleetgate.prices import PriceTable
 from fleetgate.stats import GatewayStats
+from fleetgate.tiers import served_tier_label
 
 __all__ = ["Settler"]
 
@@ -48,7 +49,8 @@ class Settler:
         """Spend what the call cost (or give its holds back); False when its budgets could
         not take the spend yet (taken over, and a budget already holds more than it may)."""
         counts = usage_counts(usage) if usage is not None else None
-        cost = self._prices.counts_cost(record.model, counts, tier=tier or record.tier) if counts is not None else None
+        served = tier or record.tier  # as the request path prices an answer: the tier that served it, else asked
+        cost = self._prices.counts_cost(record.model, counts, tier=served) if counts is not None else None
         if how == "worst":
             log.warning("fleetgate: background response %s could not be followed to its end: settled at its worst "
                         "case, $%.6g", record.response_id, record.worst)
@@ -64,7 +66,7 @@ class Settler:
         if counts is not None and self._metrics is not None:
             # Labelled with its feature as the request path labels it (a call taken over: none).
             feature = handoff.call.scope.feature if handoff is not None else None
-            self._metrics.billed(record.model, feature, counts, cost)
+            self._metrics.billed(record.model, feature, counts, cost, service_tier=served_tier_label(served))
         return True
 
     def give_back(self, record: PendingCall, handoff: Handoff | None) -> None:
