@@ -19,6 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import httpx2
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 import fleetgate as fg
 from fleetgate.background import BackgroundCollector
@@ -59,6 +60,18 @@ def spent(gate: fg.Gateway) -> tuple[float, float]:
 
 def billed(fake: FakeOpenAI) -> float:
     return sum(c.dollars or 0.0 for c in fake.bill())
+
+
+def cost_by_tier(gate: fg.Gateway, feature: str) -> dict[str, float]:
+    """Dollars the gateway's metrics count for `feature`, by the service tier that served them."""
+    body = b"".join(gate.metrics_app()({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
+                                       lambda *_: None)).decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            if s.name == "fleetgate_cost_dollars_total" and s.labels.get("feature") == feature:
+                found[s.labels["service_tier"]] = found.get(s.labels["service_tier"], 0.0) + s.value
+    return found
 
 
 @pytest.fixture
@@ -151,6 +164,10 @@ def test_sync_background_calls_spend_what_the_fake_billed_once_they_end(store: s
         until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
         assert gate.stats["background_settled_usage"] == 4
         assert gate.background.fleet_pending() == 0
+        by_tier: dict[str, float] = {}
+        for charge in fake.bill():
+            by_tier[charge.tier] = by_tier.get(charge.tier, 0.0) + (charge.dollars or 0.0)
+        assert cost_by_tier(gate, feature) == pytest.approx(by_tier)  # each at the tier that served it
         gate.close()
 
 
@@ -279,6 +296,8 @@ def test_a_webhook_with_a_bad_or_stale_signature_is_refused(feature: str, webhoo
         assert fake.webhooks()[0].status == 400  # refused: settled by polling all the same
         until(lambda: gate.background.pending() == 0)
         assert gate.stats["background_webhooks_rejected"] == 1 and gate.stats["background_webhooks"] == 0
+        assert gate.stats["background_settled_usage"] == 1
+        until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
 
         body = b'{"id":"evt_1","object":"event","type":"response.completed","created_at":1,"data":{"id":"resp_x"}}'
         now = int(time.time())
@@ -440,6 +459,8 @@ def test_pending_calls_are_bounded_and_counted_in_stats_and_metrics(feature: str
         text = generate_latest(registry).decode()
         assert 'fleetgate_background_settled_total{how="usage"} 2.0' in text
         assert 'fleetgate_background_pending{scope="fleet"} 0.0' in text
+        assert len(fake.bill()) == 3  # the call not in the background, and the two cancelled mid-run
+        until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
         gate.close()
 
 

@@ -15,7 +15,6 @@ for the application to act on.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
@@ -35,13 +34,9 @@ if TYPE_CHECKING:
 
     from fleetgate.background import BackgroundCalls
 
-__all__ = ["RESPONSE_ENDED", "Receiver", "WebhookRejected"]
-
-log = logging.getLogger("fleetgate")
+__all__ = ["Receiver", "WebhookRejected"]
 
 #: The events that say a background response ended.
-RESPONSE_ENDED = frozenset({"response.completed", "response.failed", "response.cancelled", "response.incomplete"})
-
 _RESPONSE_EVENTS = (ResponseCompletedWebhookEvent, ResponseFailedWebhookEvent, ResponseCancelledWebhookEvent,
                     ResponseIncompleteWebhookEvent)
 

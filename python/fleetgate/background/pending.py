@@ -1,6 +1,6 @@
-"""The record of background calls not yet settled, kept where another process can finish
-them: in Redis for a fleet (a pod that dies leaves its calls to the others), in this
-process when embedded (its budgets live and die with it).
+"""The fleet's record of background calls not yet settled, kept in Redis where another pod
+can finish them (a pod that dies leaves its calls to the others). Embedded there is no
+record: the watcher's own table is all there is (its budgets live and die with the process).
 
 Each pending call is claimed by one pod at a time, for ``[background] claim_seconds``
 renewed while the pod watches it; a claim that lapses (its pod died, or closed and handed
@@ -19,11 +19,10 @@ Redis server's (``TIME``), so pods' clocks never matter.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-__all__ = ["LocalPending", "PendingCall", "PendingStore", "RedisPending"]
+__all__ = ["PendingCall", "RedisPending"]
 
 
 @dataclass(frozen=True)
@@ -64,88 +63,6 @@ class PendingCall:
         data = json.loads(text)
         data["budgets"] = [tuple(b) for b in data.get("budgets") or []]
         return cls(**data)
-
-
-class PendingStore(Protocol):
-    """Where pending calls are recorded; `owner` names the pod."""
-
-    shared: bool
-
-    def add(self, call: PendingCall, owner: str, claim: float) -> None:
-        """Record `call`, claimed by `owner` for `claim` seconds."""
-
-    def renew(self, ids: list[str], owner: str, claim: float) -> list[str]:
-        """Renew `owner`'s claim on each of `ids`; the ids it still holds."""
-
-    def take(self, owner: str, claim: float, limit: int) -> list[PendingCall]:
-        """Claim up to `limit` calls whose claim lapsed."""
-
-    def finish(self, response_id: str, owner: str) -> bool:
-        """Remove the call if `owner` holds its claim; whether it did."""
-
-    def release(self, ids: list[str], owner: str) -> None:
-        """Give `owner`'s claims on `ids` back, for another pod to take at once."""
-
-    def mark_due(self, response_id: str) -> bool:
-        """Say the call ended (a webhook came); whether it is pending."""
-
-    def due(self, ids: list[str]) -> list[str]:
-        """Of `ids`, those marked due (unmarked as they are returned)."""
-
-    def count(self) -> int:
-        """Pending calls in the whole store."""
-
-    def close(self) -> None: ...
-
-
-class LocalPending:
-    """Pending calls in this process (embedded): one pod, so claims are never contested."""
-
-    shared = False
-
-    def __init__(self) -> None:
-        self._calls: dict[str, PendingCall] = {}
-        self._due: set[str] = set()
-        self._lock = threading.Lock()
-
-    def add(self, call: PendingCall, owner: str, claim: float) -> None:
-        with self._lock:
-            self._calls[call.response_id] = call
-
-    def renew(self, ids: list[str], owner: str, claim: float) -> list[str]:
-        with self._lock:
-            return [i for i in ids if i in self._calls]
-
-    def take(self, owner: str, claim: float, limit: int) -> list[PendingCall]:
-        return []
-
-    def finish(self, response_id: str, owner: str) -> bool:
-        with self._lock:
-            self._due.discard(response_id)
-            return self._calls.pop(response_id, None) is not None
-
-    def release(self, ids: list[str], owner: str) -> None:
-        return None  # nobody else could take them: the watcher settles them as it closes
-
-    def mark_due(self, response_id: str) -> bool:
-        with self._lock:
-            if response_id not in self._calls:
-                return False
-            self._due.add(response_id)
-            return True
-
-    def due(self, ids: list[str]) -> list[str]:
-        with self._lock:
-            found = [i for i in ids if i in self._due]
-            self._due.difference_update(found)
-            return found
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self._calls)
-
-    def close(self) -> None:
-        return None
 
 
 _PREFIX = "fg:{background}:"
@@ -232,9 +149,8 @@ def _text(value: Any) -> str:
 
 
 class RedisPending:
-    """Pending calls in Redis (standalone or cluster), shared by every pod."""
-
-    shared = True
+    """Pending calls in Redis (standalone or cluster), shared by every pod; `owner` names
+    the pod holding a claim, `claim` is how long it lasts (seconds)."""
 
     def __init__(self, url: str) -> None:
         from fleetgate.redis_clients import redis_client  # noqa: PLC0415 - redis-py only with Redis
@@ -246,33 +162,41 @@ class RedisPending:
         self._mark_due, self._due = register(_MARK_DUE), register(_DUE)
 
     def add(self, call: PendingCall, owner: str, claim: float) -> None:
+        """Record `call`, claimed by `owner` for `claim` seconds."""
         self._add(keys=_KEYS, args=[call.response_id, call.to_json(), owner, _ms(claim)])
 
     def renew(self, ids: list[str], owner: str, claim: float) -> list[str]:
+        """Renew `owner`'s claim on each of `ids`; the ids it still holds."""
         if not ids:
             return []
         return [_text(i) for i in self._renew(keys=_KEYS, args=[owner, _ms(claim), *ids])]
 
     def take(self, owner: str, claim: float, limit: int) -> list[PendingCall]:
+        """Claim up to `limit` calls whose claim lapsed."""
         flat = self._take(keys=_KEYS, args=[owner, _ms(claim), max(1, limit)])
         return [PendingCall.from_json(flat[i + 1]) for i in range(0, len(flat), 2)]
 
     def finish(self, response_id: str, owner: str) -> bool:
+        """Remove the call if `owner` holds its claim; whether it did."""
         return bool(self._finish(keys=_KEYS, args=[response_id, owner]))
 
     def release(self, ids: list[str], owner: str) -> None:
+        """Give `owner`'s claims on `ids` back, for another pod to take at once."""
         if ids:
             self._release(keys=_KEYS, args=[owner, *ids])
 
     def mark_due(self, response_id: str) -> bool:
+        """Say the call ended (a webhook came); whether it is pending."""
         return bool(self._mark_due(keys=_KEYS, args=[response_id]))
 
     def due(self, ids: list[str]) -> list[str]:
+        """Of `ids`, those marked due (unmarked as they are returned)."""
         if not ids:
             return []
         return [_text(i) for i in self._due(keys=_KEYS, args=ids)]
 
     def count(self) -> int:
+        """Pending calls in the whole fleet."""
         return int(self._redis.hlen(_KEYS[0]))
 
     def close(self) -> None:

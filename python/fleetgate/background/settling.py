@@ -22,11 +22,12 @@ from fleetgate.background.pending import PendingCall
 from fleetgate.background.polling import How
 from fleetgate.budget.guard import Budgets
 from fleetgate.errors import BudgetExceeded, FleetgateError
-from fleetgate.estimate import usage_counts, usage_tokens
+from fleetgate.estimate import UsageCounts, usage_counts, usage_tokens
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.path.call import Handoff
 from fleetgate.prices import PriceTable
 from fleetgate.stats import GatewayStats
+from fleetgate.tiers import served_tier_label
 
 __all__ = ["Settler"]
 
@@ -44,18 +45,18 @@ class Settler:
         self._limiter, self._budgets, self._prices, self._stats, self._metrics = limiter, budgets, prices, stats, metrics
 
     def settle(self, record: PendingCall, handoff: Handoff | None, how: How, usage: dict[str, Any] | None,
-               tier: str | None, feature: str | None) -> bool:
+               tier: str | None) -> bool:
         """Spend what the call cost (or give its holds back); False when its budgets could
-        not take the spend yet (taken over, and a budget already holds more than it may).
-        `feature`: the metrics' label for it."""
+        not take the spend yet (taken over, and a budget already holds more than it may)."""
         counts = usage_counts(usage) if usage is not None else None
-        cost = self._prices.counts_cost(record.model, counts, tier=tier or record.tier) if counts is not None else None
+        served = tier or record.tier  # as the request path prices an answer: the tier that served it, else asked
+        cost = self._prices.counts_cost(record.model, counts, tier=served) if counts is not None else None
         if how == "worst":
             log.warning("fleetgate: background response %s could not be followed to its end: settled at its worst "
                         "case, $%.6g", record.response_id, record.worst)
         try:
             if handoff is not None:
-                self._settle_holds(record, handoff, how, usage, cost)
+                self._settle_holds(record, handoff, how, usage, counts, cost)
             elif not self._spend_taken(record, how, cost):
                 return False
         except FleetgateError as e:
@@ -63,7 +64,9 @@ class Settler:
             log.warning("fleetgate: could not settle background response %s (%s)", record.response_id, e)
         self._stats.count(f"background_settled_{how}")
         if counts is not None and self._metrics is not None:
-            self._metrics.billed(record.model, feature, counts, cost)
+            # Labelled with its feature as the request path labels it (a call taken over: none).
+            feature = handoff.call.scope.feature if handoff is not None else None
+            self._metrics.billed(record.model, feature, counts, cost, service_tier=served_tier_label(served))
         return True
 
     def give_back(self, record: PendingCall, handoff: Handoff | None) -> None:
@@ -79,7 +82,7 @@ class Settler:
                         "itself", record.response_id, e)
 
     def _settle_holds(self, record: PendingCall, handoff: Handoff, how: How, usage: dict[str, Any] | None,
-                      cost: float | None) -> None:
+                      counts: UsageCounts | None, cost: float | None) -> None:
         call, hold = handoff.call, handoff.hold
         estimate = call.estimate
         if handoff.quota is not None:
@@ -95,7 +98,7 @@ class Settler:
         elif how == "worst":
             self._budgets.spend(hold, record.worst, estimate.prompt_tokens, estimate.max_output_tokens)
         else:
-            counts = usage_counts(usage or {})
+            assert counts is not None  # settled from its usage
             self._budgets.spend(hold, cost, counts.prompt, counts.output)
 
     def _spend_taken(self, record: PendingCall, how: How, cost: float | None) -> bool:

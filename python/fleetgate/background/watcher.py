@@ -2,8 +2,8 @@
 (:class:`~fleetgate.path.call.Handoff`) is polled until its response ends, then
 its quota and budget are settled from what it reports.
 
-1. :meth:`BackgroundCalls.watch`: the call is recorded (in Redis for a fleet, claimed by
-   this pod; in process when embedded) and polled first after ``[background]
+1. :meth:`BackgroundCalls.watch`: the call is watched in this pod (and, with Redis,
+   recorded for the fleet, claimed by this pod) and polled first after ``[background]
    poll_min_seconds``, then at intervals doubling up to ``poll_max_seconds``.
 2. Each poll is turned into one decision (:mod:`fleetgate.background.polling`): poll
    again later, or settle from its usage, for nothing, or at its worst case
@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 
 from fleetgate._core import Limiter
-from fleetgate.background.pending import LocalPending, PendingCall, PendingStore, RedisPending
+from fleetgate.background.pending import PendingCall, RedisPending
 from fleetgate.background.polling import Decision, How, Polled, Poller, decide
 from fleetgate.background.settling import Settler
 from fleetgate.budget.guard import Budgets
@@ -45,7 +45,7 @@ from fleetgate.errors import QueueFull
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.outage import Outage
 from fleetgate.path.call import Handoff
-from fleetgate.prices import PriceTable, price_tier
+from fleetgate.prices import PriceTable
 from fleetgate.redis_clients import redacted_url
 from fleetgate.stats import GatewayStats
 
@@ -70,12 +70,10 @@ class _Watched:
     busy: bool = False
     #: Poll again as soon as the poll under way is over (a webhook came meanwhile).
     again: bool = False
-    #: Feature as the metrics label it (this pod's calls; None otherwise).
-    feature: str | None = None
     #: Whether a poll that said nothing was logged already.
     warned: bool = False
-    #: Whether it is recorded in the store (claimed by this pod): until then no other pod
-    #: knows it, and this one settles it alone.
+    #: Whether it is recorded in the fleet's store (claimed by this pod): until then no
+    #: other pod knows it, and this one settles it alone.
     stored: bool = False
 
 
@@ -87,12 +85,12 @@ class BackgroundCalls:
                  metrics: GatewayMetrics | None) -> None:
         self.settings = settings
         self.stats = stats
-        self._budgets, self._prices = budgets, prices
+        self._budgets = budgets
         self._settler = Settler(limiter, budgets, prices, stats, metrics)
         self._poller = Poller(transport)
-        self._store: PendingStore = RedisPending(redis_url) if redis_url else LocalPending()
-        self._outage = Outage(f"the background calls' Redis at {redacted_url(redis_url)}" if redis_url
-                              else "the background calls' record")
+        #: The fleet's record (None: embedded, where `_watched` is all there is).
+        self._store = RedisPending(redis_url) if redis_url else None
+        self._outage = Outage(f"the background calls' Redis at {redacted_url(redis_url or '')}")
         #: This pod, as the holder of claims.
         self.owner = f"{os.getpid()}/{uuid.uuid4().hex[:12]}"
         self._watched: dict[str, _Watched] = {}
@@ -102,7 +100,7 @@ class BackgroundCalls:
         self._pool = ThreadPoolExecutor(max_workers=_POLL_WORKERS, thread_name_prefix="fleetgate-background-poll")
         self._thread: threading.Thread | None = None
         self._next_fleet = 0.0
-        if self._store.shared:
+        if self._store is not None:
             self._start()  # takes over the calls of pods that died, from the start
 
     # -- the request path's side -----------------------------------------------------------
@@ -124,7 +122,7 @@ class BackgroundCalls:
         headers = call.request.headers
         auth = {"authorization": headers["authorization"]} if "authorization" in headers else {}
         watched = _Watched(record, handoff, auth, time.monotonic() + self.settings.poll_min_seconds,
-                           self.settings.poll_min_seconds, feature=call.scope.feature)
+                           self.settings.poll_min_seconds)
         with self._lock:
             full = len(self._watched) >= self.settings.max_pending or self._stopping
             if not full:
@@ -134,13 +132,14 @@ class BackgroundCalls:
             log.warning("fleetgate: background response %s could not be watched (this pod watches %d, "
                         "[background] max_pending, or is closing): settled at its worst case, $%.6g",
                         record.response_id, self.settings.max_pending, record.worst)
-            self._settler.settle(record, handoff, "worst", None, None, watched.feature)
+            self._settler.settle(record, handoff, "worst", None, None)
             return
-        try:
-            self._store.add(record, self.owner, self.settings.claim_seconds)
-            watched.stored = True
-        except Exception as e:  # noqa: BLE001 - watched in this pod all the same, recorded later
-            self._store_failed(e)
+        if self._store is not None:
+            try:
+                self._store.add(record, self.owner, self.settings.claim_seconds)
+                watched.stored = True
+            except Exception as e:  # noqa: BLE001 - watched in this pod all the same, recorded later
+                self._store_failed(e)
         self.stats.count("background_watched")
         self._start()
         with self._wake:
@@ -155,22 +154,17 @@ class BackgroundCalls:
         url = urlsplit(str(call.request.url))
         host = f"{url.hostname}:{url.port}" if url.port else url.hostname or ""
         where = urlunsplit((url.scheme, host, url.path, "", ""))  # no credentials, no query
-        tier = call.body.get("service_tier")
-        tier = tier if isinstance(tier, str) else None
-        # The most it may cost at the tier it asked for (its hold may be priced at another).
-        price = self._prices.price(call.model)
-        worst = max(hold.reservation.dollars if hold is not None else 0.0,
-                    price.worst(call.estimate.prompt_tokens, call.estimate.max_output_tokens, tier=price_tier(tier))
-                    if price is not None else 0.0)
         held = set(hold.reservation.budgets) if hold is not None and not hold.local else set()
         budgets: list[tuple[str, float, str]] = [(b.name, b.limit, b.period)
                                                  for b in self._budgets.applicable(call.scope) if b.name in held]
         headers = call.request.headers
         return PendingCall(
             handoff.response_id, where, call.model, now, now + self.settings.lease_seconds,
-            call.estimate.prompt_tokens, call.estimate.max_output_tokens, worst,
+            call.estimate.prompt_tokens, call.estimate.max_output_tokens,
+            # Its hold is its worst case at the tier it asked for (Budgets.worst_case).
+            hold.reservation.dollars if hold is not None else 0.0,
             project=headers.get("openai-project"), organization=headers.get("openai-organization"),
-            tier=tier, budgets=budgets,
+            tier=call.estimate.service_tier, budgets=budgets,
             recorded=hold is not None and not hold.local,
             feature=hold.feature if hold else "", user=hold.user if hold else "", team=hold.team if hold else "")
 
@@ -189,6 +183,8 @@ class BackgroundCalls:
         if watched is not None:
             self._poll_one(watched)
             return True
+        if self._store is None:
+            return False
         try:
             return self._store.mark_due(response_id)
         except Exception as e:  # noqa: BLE001 - it is polled all the same
@@ -204,7 +200,7 @@ class BackgroundCalls:
 
     def fleet_pending(self) -> int:
         """Background calls not yet settled in the whole fleet (embedded: this pod's)."""
-        return self._store.count()
+        return self._store.count() if self._store is not None else self.pending()
 
     # -- the watcher ---------------------------------------------------------------------------
 
@@ -228,22 +224,21 @@ class BackgroundCalls:
                 w.busy = True
         for w in due:
             self._pool.submit(self._poll_one, w)
-        if self._store.shared and now >= self._next_fleet:
-            self._fleet()
+        if self._store is not None and now >= self._next_fleet:
+            self._fleet(self._store)
             self._next_fleet = now + (self._busy_tick() if self._watched else self.settings.claim_seconds / 3)
         with self._lock:
             waits = [w.next_poll for w in self._watched.values() if not w.busy]
-        if self._store.shared:
+        if self._store is not None:
             waits.append(self._next_fleet)
         return max(0.01, min(waits, default=now + 60.0) - time.monotonic())
 
     def _busy_tick(self) -> float:
         return min(1.0, self.settings.claim_seconds / 3)
 
-    def _fleet(self) -> None:
+    def _fleet(self, store: RedisPending) -> None:
         """Renew this pod's claims, take the calls whose claim lapsed, and poll at once
         those a webhook said ended."""
-        store = self._store
         try:
             with self._lock:
                 mine = [i for i, w in self._watched.items() if w.stored]
@@ -304,25 +299,24 @@ class BackgroundCalls:
             self._wake.notify()
 
     def _poll(self, watched: _Watched) -> Polled:
+        """Poll one call; one that said nothing of the response is counted, and said once
+        per call."""
         polled = self._poller.poll(watched.record, watched.auth)
-        return self._unreachable(watched, polled.reason) if polled.status == "unreachable" else polled
-
-    def _unreachable(self, watched: _Watched, reason: str) -> Polled:
-        """A poll that said nothing of the response: counted, and said once per call."""
-        self.stats.count("background_poll_errors")
-        if not watched.warned:
-            watched.warned = True
-            log.warning("fleetgate: could not poll background response %s (%s); it is polled again (said once), and "
-                        "settled at its worst case if still unknown [background] lease_seconds after it was made",
-                        watched.record.response_id, reason)
-        return Polled("unreachable", reason=reason)
+        if polled.status == "unreachable":
+            self.stats.count("background_poll_errors")
+            if not watched.warned:
+                watched.warned = True
+                log.warning("fleetgate: could not poll background response %s (%s); it is polled again (said once), "
+                            "and settled at its worst case if still unknown [background] lease_seconds after it was "
+                            "made", watched.record.response_id, polled.reason)
+        return polled
 
     # -- settling ------------------------------------------------------------------------------
 
     def _settle(self, watched: _Watched, how: How, polled: Polled | None) -> bool:
         """Settle a call this pod holds the claim on, once; False to try again later."""
         record = watched.record
-        if self._store.shared and watched.stored:
+        if self._store is not None and watched.stored:
             try:
                 held = record.response_id in self._store.renew([record.response_id], self.owner,
                                                                 self.settings.claim_seconds)
@@ -340,12 +334,13 @@ class BackgroundCalls:
                 return True
         usage = polled.usage if polled is not None else None
         tier = polled.tier if polled is not None else None
-        if not self._settler.settle(record, watched.handoff, how, usage, tier, watched.feature):
+        if not self._settler.settle(record, watched.handoff, how, usage, tier):
             return False
-        try:
-            self._store.finish(record.response_id, self.owner)
-        except Exception as e:  # noqa: BLE001 - settled; whoever takes its record next finds it ended
-            self._store_failed(e)
+        if self._store is not None:
+            try:
+                self._store.finish(record.response_id, self.owner)
+            except Exception as e:  # noqa: BLE001 - settled; whoever takes its record next finds it ended
+                self._store_failed(e)
         self._forget(watched)
         return True
 
@@ -379,7 +374,7 @@ class BackgroundCalls:
         with self._lock:
             left = list(self._watched.values())
             self._watched.clear()
-        if left and self._store.shared:
+        if left and self._store is not None:
             try:
                 self._store.release([w.record.response_id for w in left], self.owner)
                 log.info("fleetgate: handed %d background responses still running to the fleet", len(left))
@@ -389,10 +384,10 @@ class BackgroundCalls:
                             "them over once this pod's claims lapse", len(left), e)
         elif left:
             for watched in left:
-                self._settler.settle(watched.record, watched.handoff, "worst", None, None, watched.feature)
-                self._store.finish(watched.record.response_id, self.owner)
+                self._settler.settle(watched.record, watched.handoff, "worst", None, None)
         self._poller.close()
-        self._store.close()
+        if self._store is not None:
+            self._store.close()
 
 
 def _run(ref: weakref.ref[BackgroundCalls], wake: threading.Condition) -> None:

@@ -14,7 +14,7 @@ class BackgroundSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: Background calls this pod watches at once; a call beyond it is refused before it is
-    #: sent (``BackgroundFull``), since its cost could not be followed.
+    #: sent (``QueueFull``, lane ``background``), since its cost could not be followed.
     max_pending: int = Field(default=10_000, gt=0)
     #: Polling a background response: the first interval, doubled while it runs, up to the last.
     poll_min_seconds: float = Field(default=1.0, gt=0)
