@@ -29,7 +29,7 @@ import httpx2
 import openai
 from tqdm import tqdm
 
-from fleetgate.endpoints import BATCH_ENDPOINTS, body_problem, gated, url_problem
+from fleetgate.endpoints import body_problem, gated, url_problem
 from fleetgate.estimate import usage_counts
 from fleetgate.gateway import Gateway
 from fleetgate.path.call import Spent
@@ -39,8 +39,6 @@ from fleetgate.scope import Priority, scope
 from fleetgate.summary import RequestTimes, RunSummary
 
 __all__ = ["RunSummary", "read_requests", "run_file"]
-
-ENDPOINTS = BATCH_ENDPOINTS
 
 
 @dataclass(frozen=True, slots=True)
