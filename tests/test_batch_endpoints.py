@@ -310,3 +310,15 @@ def test_the_python_splitter_sizes_and_refuses_embeddings_lines_as_the_core_does
         assert (ours.endpoint, ours.model, ours.lines_read) == (core.endpoint, core.model, core.lines_read) == (
             "/v1/embeddings", "text-embedding-3-small", len(lines))
     assert [p[0] for p in core_problems] == [5, 6, 7, 8, 9, 10, 11, 12]  # the model's 40 tokens refuse line 12
+
+
+@pytest.mark.parametrize("tier", ["flex", "priority"])
+def test_fleetgate_run_costs_each_answer_at_the_tier_that_served_it(fake_openai: FakeOpenAI, tmp_path: Path,
+                                                                    tier: str) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    url = "/v1/chat/completions"
+    write(src, [line(url, i, {**body_for(url, i), "model": "gpt-5.5", "service_tier": tier}) for i in range(4)])
+    summary = run_file(src, out, gateway=fg.Gateway(base_url=fake_openai.base_url), progress=False, api_key="sk-fake")
+    bill = fake_openai.bill()
+    assert summary.succeeded == 4 and len(bill) == 4 and {c.tier for c in bill} == {tier}
+    assert summary.cost > 0 and summary.cost == pytest.approx(sum(c.dollars or 0 for c in bill))

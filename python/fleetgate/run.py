@@ -178,7 +178,8 @@ async def _run(gateway: Gateway, lines: list[RequestLine], out: TextIO, summary:
                 counts = usage_counts(usage)
                 summary.tokens["input"] += counts.prompt
                 summary.tokens["output"] += counts.output
-                cost = prices.cost(model, usage)
+                served = body.get("service_tier")  # the tier that served the answer, and billed it
+                cost = prices.cost(model, usage, tier=served if isinstance(served, str) else None)
                 if cost is None:
                     summary.unpriced += 1
                 else:
