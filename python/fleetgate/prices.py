@@ -42,8 +42,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fleetgate.config import PriceFields, PriceSettings
-from fleetgate.config.prices import RateFields, TierFields
+from fleetgate.config import PriceFields, PriceSettings, RateFields, TierFields
 from fleetgate.errors import ConfigError
 from fleetgate.estimate import UsageCounts, usage_counts
 
