@@ -288,7 +288,7 @@ def test_the_python_splitter_sizes_and_refuses_embeddings_lines_as_the_core_does
              "model_tokens": {"text-embedding-3-small": 40}}]  # by the file's model's tokens
     for limits in cuts:
         core = Splitter(endpoint="/v1/embeddings", default_max_output=16, **limits)
-        ours = LineSplitter(endpoint="/v1/embeddings", default_max_output=16, **limits)
+        ours = LineSplitter(endpoint="/v1/embeddings", **limits)
         core_runs: list[tuple[int, int, int, int, int, int]] = []
         ours_runs: list[tuple[int, int, int, int, int, int]] = []
         core_problems: list[tuple[int, str]] = []

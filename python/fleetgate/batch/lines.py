@@ -115,18 +115,20 @@ class BodyChecks:
 
 class LineSplitter:
     """The core ``Splitter`` written again in Python, for the files it cannot split yet
-    (:data:`SIZED_HERE`; see the module's docstring): the same constructor, ``split`` and
-    properties, each line checked and sized, and cut into chunks within lines, bytes,
-    enqueued tokens and, beyond the core, the embedding inputs one batch may hold."""
+    (:data:`SIZED_HERE`; see the module's docstring): the same ``split`` and properties,
+    each line checked and sized, and cut into chunks within lines, bytes, enqueued tokens
+    and, beyond the core, `max_inputs` embedding inputs. Its constructor is the core's
+    without ``default_max_output``: no request sized here has an output maximum to
+    default (embeddings produce none; images as many tokens as their ``n``, quality and
+    size say)."""
 
     def __init__(self, *, max_lines: int, max_bytes: int, max_tokens: int, model_tokens: dict[str, int] | None = None,
-                 endpoint: str, default_max_output: int = 4096, max_inputs: int | None = None) -> None:
+                 endpoint: str, max_inputs: int | None = None) -> None:
         self._limits = [max_lines, max_bytes, max_tokens,
                         max_inputs or (MAX_EMBEDDING_INPUTS if endpoint == "/v1/embeddings" else 1 << 62)]
         self._model_tokens = model_tokens or {}
         self._endpoint = endpoint
         self._model: str | None = None
-        self._default_max_output = default_max_output
         self._seen: set[str] = set()
         self._read = 0
         self._chunk = 0
@@ -212,6 +214,6 @@ class LineSplitter:
         if custom_id in self._seen:
             return f"custom_id {_quoted(custom_id)} appears more than once"
         self._seen.add(custom_id)
-        prompt, output = request_size(self._endpoint, model, body, self._default_max_output)
+        prompt, output = request_size(self._endpoint, model, body)
         inputs = embedding_inputs(body) if self._endpoint == "/v1/embeddings" else 0
         return prompt, output, inputs

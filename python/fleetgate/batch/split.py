@@ -67,8 +67,7 @@ def split_file(input_path: str | Path, directory: str | Path | None, *, max_line
     checks: BodyChecks | None = None
     if endpoint in SIZED_HERE:
         splitter = LineSplitter(max_lines=max_lines, max_bytes=max_bytes, max_tokens=max_tokens,
-                                model_tokens=model_tokens, endpoint=endpoint, default_max_output=default_max_output,
-                                max_inputs=max_inputs)
+                                model_tokens=model_tokens, endpoint=endpoint, max_inputs=max_inputs)
     else:
         splitter = Splitter(max_lines=max_lines, max_bytes=max_bytes, max_tokens=max_tokens,
                             model_tokens=model_tokens, endpoint=endpoint, default_max_output=default_max_output)
