@@ -267,13 +267,58 @@ def test_the_python_splitter_sizes_and_refuses_embeddings_lines_as_the_core_does
                     "body": {"model": "text-embedding-3-small", "input": "s", "stream": True}}),
         "not json", "[1]", emb("i", "Ünïcödé " * 40),
     ]
-    block = ("\n".join(lines) + "\n").encode()
-    limits = {"max_lines": 3, "max_bytes": 1 << 30, "max_tokens": 1 << 40, "default_max_output": 16}
-    core_runs, core_problems = Splitter(endpoint="/v1/embeddings", **limits).split(block)
-    ours_runs, ours_problems = LineSplitter(endpoint="/v1/embeddings", **limits).split(block)
-    assert sum(r[4] for r in ours_runs) == sum(r[4] for r in core_runs) and sum(r[4] for r in ours_runs) > 0
-    assert [r[0] for r in ours_runs] == [0, 0, 0, 1, 1]  # the same lines, cut at 3 lines a chunk
-    assert [p[0] for p in ours_problems] == [p[0] for p in core_problems] == [5, 6, 7, 8, 9, 10, 11]
-    # The same words, but for the JSON parser's own description of a line that is not JSON.
-    assert [p[1] for p in ours_problems][:5] == [p[1] for p in core_problems][:5]
-    assert ours_problems[-1][1] == core_problems[-1][1] == "a line must be a JSON object"
+    text = "\n".join(lines) + "\n"
+    half = len("\n".join(lines[:6])) + 1
+    blocks = [text[:half].encode(), text[half:].encode()]  # what a file carries over from block to block too
+
+    def by_chunk(runs: list[tuple[int, int, int, int, int, int]]) -> dict[int, list[int]]:
+        """Each chunk's bytes, lines, tokens and output tokens (the core joins a chunk's
+        consecutive lines into one run, the Python splitter gives a run per line)."""
+        chunks: dict[int, list[int]] = {}
+        for chunk, start, end, count, tokens, output in runs:
+            totals = chunks.setdefault(chunk, [0, 0, 0, 0])
+            for k, value in enumerate((end - start + 1, count, tokens, output)):
+                totals[k] += value
+        return chunks
+
+    cuts = [{"max_lines": 3, "max_bytes": 1 << 30, "max_tokens": 1 << 40},  # by lines
+            {"max_lines": 50, "max_bytes": 180, "max_tokens": 1 << 40},  # by bytes; two lines too long
+            {"max_lines": 50, "max_bytes": 1 << 30, "max_tokens": 40},  # by tokens; one request too big
+            {"max_lines": 50, "max_bytes": 1 << 30, "max_tokens": 1 << 40,
+             "model_tokens": {"text-embedding-3-small": 40}}]  # by the file's model's tokens
+    for limits in cuts:
+        core = Splitter(endpoint="/v1/embeddings", default_max_output=16, **limits)
+        ours = LineSplitter(endpoint="/v1/embeddings", **limits)
+        core_runs: list[tuple[int, int, int, int, int, int]] = []
+        ours_runs: list[tuple[int, int, int, int, int, int]] = []
+        core_problems: list[tuple[int, str]] = []
+        ours_problems: list[tuple[int, str]] = []
+        for block in blocks:
+            runs, problems = core.split(block)
+            core_runs += runs
+            core_problems += problems
+            runs, problems = ours.split(block)
+            ours_runs += runs
+            ours_problems += problems
+        assert by_chunk(ours_runs) == by_chunk(core_runs) and len(by_chunk(core_runs)) > 1, limits
+        assert [p[0] for p in ours_problems] == [p[0] for p in core_problems], limits
+        for (number, reason), (_, core_reason) in zip(ours_problems, core_problems):
+            if number == 10:  # the same words, but for the JSON parser's own account of a line that is not JSON
+                assert reason.startswith("not valid JSON (") and core_reason.startswith("not valid JSON ("), limits
+            else:
+                assert reason == core_reason, limits
+        assert (ours.endpoint, ours.model, ours.lines_read) == (core.endpoint, core.model, core.lines_read) == (
+            "/v1/embeddings", "text-embedding-3-small", len(lines))
+    assert [p[0] for p in core_problems] == [5, 6, 7, 8, 9, 10, 11, 12]  # the model's 40 tokens refuse line 12
+
+
+@pytest.mark.parametrize("tier", ["flex", "priority"])
+def test_fleetgate_run_costs_each_answer_at_the_tier_that_served_it(fake_openai: FakeOpenAI, tmp_path: Path,
+                                                                    tier: str) -> None:
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    url = "/v1/chat/completions"
+    write(src, [line(url, i, {**body_for(url, i), "model": "gpt-5.5", "service_tier": tier}) for i in range(4)])
+    summary = run_file(src, out, gateway=fg.Gateway(base_url=fake_openai.base_url), progress=False, api_key="sk-fake")
+    bill = fake_openai.bill()
+    assert summary.succeeded == 4 and len(bill) == 4 and {c.tier for c in bill} == {tier}
+    assert summary.cost > 0 and summary.cost == pytest.approx(sum(c.dollars or 0 for c in bill))

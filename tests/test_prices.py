@@ -108,6 +108,18 @@ def test_settings_override_the_shipped_batch_discount_for_every_model() -> None:
     assert shipped.cost(model, usage) == table.cost(model, usage)
 
 
+def test_settings_override_the_batch_discount_of_a_file_of_your_own(table: PriceTable, tmp_path: Path) -> None:
+    path = tmp_path / "prices.toml"  # the fixture's file, whose batch_discount is 0.5
+    usage = {"prompt_tokens": 1000, "completion_tokens": 1000}
+    for models in ({}, {"in-house": {"input": 1.0, "output": 2.0}}):
+        ours = PriceTable.from_settings(PriceSettings.model_validate({"file": str(path), "batch_discount": 0.25,
+                                                                      "models": models}))
+        assert ours.batch_discount == 0.25
+        for model in ("m-plain", *models):
+            assert ours.cost(model, usage, batch=True) == pytest.approx((ours.cost(model, usage) or 0) * 0.25), model
+        assert ours.cost("m-plain", usage) == table.cost("m-plain", usage)
+
+
 # -- the shipped table ---------------------------------------------------------------------
 
 def test_every_shipped_model_has_its_rates_and_a_source() -> None:

@@ -193,19 +193,13 @@ def _inputs_tokens(model: str, value: Any) -> int:
     return 0
 
 
-def request_size(url: str, model: str, body: dict[str, Any], default_max_output: int) -> tuple[int, int]:
+def request_size(url: str, model: str, body: dict[str, Any]) -> tuple[int, int]:
     """(prompt, most output) tokens a request counts against a batch's enqueued-token
-    limit and its budget's worst case, for the endpoints sized here (embeddings and
-    images; the core sizes the others)."""
+    limit and its budget's worst case, for the endpoints sized here: embeddings and images
+    (the core sizes the others)."""
     if url == "/v1/embeddings":
         return _inputs_tokens(model, body.get("input")), 0
-    if url in ("/v1/images/generations", "/v1/images/edits"):
-        images = body.get("images")
-        given = len(images) if isinstance(images, list) else 0
-        prompt = _text_tokens(model, str(body.get("prompt") or "")) + IMAGE_INPUT_TOKENS * given
-        return prompt, image_output_tokens(body)
-    limit = body.get("max_tokens")
-    output = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else default_max_output
-    if url == "/v1/completions":
-        return _inputs_tokens(model, body.get("prompt")), output
-    return _inputs_tokens(model, body.get("input")), 0
+    images = body.get("images")
+    given = len(images) if isinstance(images, list) else 0
+    prompt = _text_tokens(model, str(body.get("prompt") or "")) + IMAGE_INPUT_TOKENS * given
+    return prompt, image_output_tokens(body)

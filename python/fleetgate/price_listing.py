@@ -37,13 +37,14 @@ def price_rows(table: PriceTable, pattern: str | None = None, tiers: Iterable[st
     """The rows of `table` for the models matching `pattern` (a shell-style pattern such as
     ``gpt-5*``, or a name a snapshot or fine-tune of which is priced: ``gpt-4o-2024-08-06``
     shows ``gpt-4o``), at each of `tiers`, models in name order."""
-    wanted = [t for t in TIERS if t in set(tiers)]
+    chosen = set(tiers)
+    wanted = [t for t in TIERS if t in chosen]
     if pattern is None:
         names = sorted(table.models)
     else:
         names = sorted(name for name in table.models if fnmatch.fnmatchcase(name, pattern))
-        if not names and table.priced_as(pattern) is not None:
-            names = [table.priced_as(pattern) or pattern]
+        if not names and (listed := table.priced_as(pattern)) is not None:
+            names = [listed]
     rows = []
     for name in names:
         price = table.models[name]

@@ -42,8 +42,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fleetgate.config import PriceFields, PriceSettings
-from fleetgate.config.prices import RateFields, TierFields
+from fleetgate.config import PriceFields, PriceSettings, RateFields, TierFields
 from fleetgate.errors import ConfigError
 from fleetgate.estimate import UsageCounts, usage_counts
 
@@ -152,6 +151,9 @@ class _PriceFile(BaseModel):
     models: dict[str, PriceFields] = Field(default_factory=dict)
 
 
+#: The table fleetgate ships.
+_SHIPPED = Path(__file__).with_name("prices.toml")
+
 #: What may follow a model's name in a dated snapshot of it: ``-2025-04-14``, ``-0613``, ``-20250414``.
 _SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4}|\d{8})")
 
@@ -188,15 +190,15 @@ class PriceTable:
     @classmethod
     def from_settings(cls, settings: PriceSettings) -> PriceTable:
         """The table a gateway's ``[prices]`` describe."""
-        base = cls.load(settings.file) if settings.file is not None else default_prices()
-        if not settings.models and settings.batch_discount is None:
+        if settings.file is None and settings.batch_discount is None:
+            base = default_prices()
+        else:  # the discount prices every model's batch tier, so the file is read with it
+            base = cls.load(settings.file or _SHIPPED, batch_discount=settings.batch_discount)
+        if not settings.models:
             return base
-        discount = settings.batch_discount if settings.batch_discount is not None else base.batch_discount
-        if settings.file is None and settings.batch_discount is not None:
-            base = cls.load(Path(__file__).with_name("prices.toml"), batch_discount=discount)
-        models = {**base.models, **{name: _price(f, discount, "[prices.models]")
+        models = {**base.models, **{name: _price(f, base.batch_discount, "[prices.models]")
                                     for name, f in settings.models.items()}}
-        return cls(models, discount, base.source, base.read)
+        return cls(models, base.batch_discount, base.source, base.read)
 
     def price(self, model: str) -> ModelPrice | None:
         """The price of `model`, or of the model a snapshot or fine-tune is named after."""
@@ -298,4 +300,4 @@ def _describe(error: ValidationError) -> str:
 @lru_cache(maxsize=1)
 def default_prices() -> PriceTable:
     """The table shipped with fleetgate (see ``prices.toml``)."""
-    return PriceTable.load(Path(__file__).with_name("prices.toml"))
+    return PriceTable.load(_SHIPPED)

@@ -29,7 +29,7 @@ import httpx2
 import openai
 from tqdm import tqdm
 
-from fleetgate.endpoints import BATCH_ENDPOINTS, body_problem, gated, url_problem
+from fleetgate.endpoints import body_problem, gated, url_problem
 from fleetgate.estimate import usage_counts
 from fleetgate.gateway import Gateway
 from fleetgate.path.call import Spent
@@ -39,8 +39,6 @@ from fleetgate.scope import Priority, scope
 from fleetgate.summary import RequestTimes, RunSummary
 
 __all__ = ["RunSummary", "read_requests", "run_file"]
-
-ENDPOINTS = BATCH_ENDPOINTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +178,8 @@ async def _run(gateway: Gateway, lines: list[RequestLine], out: TextIO, summary:
                 counts = usage_counts(usage)
                 summary.tokens["input"] += counts.prompt
                 summary.tokens["output"] += counts.output
-                cost = prices.cost(model, usage)
+                served = body.get("service_tier")  # the tier that served the answer, and billed it
+                cost = prices.cost(model, usage, tier=served if isinstance(served, str) else None)
                 if cost is None:
                     summary.unpriced += 1
                 else:

@@ -125,10 +125,9 @@ class SeenModels:
                 batch = dict(self._pending)
             written = self._write(batch)
             with self._lock:
-                if written:
+                if written:  # a model is queued once per process: what was written is no longer pending
                     for model in batch:
-                        if self._pending.get(model) == batch[model]:
-                            del self._pending[model]
+                        del self._pending[model]
                     self._written += len(batch)
                     self._wake.notify_all()
                 elif self._closed:

@@ -5,48 +5,36 @@ moderations at speed; before it sees a block, :class:`BodyChecks` holds each lin
 ``url`` and ``body`` to what its endpoint needs (:func:`fleetgate.endpoints.body_problem`)
 and blanks the lines that fail (the core skips blank lines, so line numbers hold).
 
-:class:`LineSplitter` does the whole work for the endpoints the core does not size:
-embeddings (a batch holds at most 50,000 embedding inputs across its requests) and images
-(each request sized by its prompt and the images it may produce). It follows the core's
-rules and wording: one endpoint and one model per file, unique ``custom_id``, each chunk
-within its lines, bytes, enqueued tokens (and inputs).
+:class:`LineSplitter` is a Python copy of the core's ``Splitter``
+(``rust/core/src/batch_lines.rs``), kept only because the core cannot split two kinds of
+file yet: images (its endpoint list stops at moderations, so it refuses their lines) and
+embeddings (its chunks have no limit on inputs, and a batch holds at most 50,000
+embedding inputs across its requests). It follows the core's rules and wording (all but
+the JSON parser's own account of a line that is not JSON), and
+``tests/test_batch_endpoints.py`` holds it to the core's chunks and problems on the lines
+both can split. Once the core lists the image endpoints and takes an inputs limit per
+chunk, it goes, and :func:`fleetgate.batch.split.split_file` hands every file to the core.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any
 
 from fleetgate.endpoints import BATCH_ENDPOINTS, MAX_EMBEDDING_INPUTS, body_problem, embedding_inputs, request_size, \
     url_problem
 
-__all__ = ["BodyChecks", "LineSplitter", "Splitting", "first_endpoint", "sized_here"]
+__all__ = ["SIZED_HERE", "BodyChecks", "LineSplitter", "first_endpoint"]
 
-#: Endpoints whose lines :class:`LineSplitter` sizes and cuts (the core sizes the others).
+#: Endpoints whose files :class:`LineSplitter` splits (the core splits the others).
 SIZED_HERE = ("/v1/embeddings", "/v1/images/generations", "/v1/images/edits")
 _MAX_CUSTOM_ID = 64
 #: Lines read, at most, looking for a file's endpoint.
 _PEEK_LINES = 10_000
 
+#: What ``split`` returns for a run of lines, as the core's ``Splitter`` does: (chunk, start,
+#: end, lines, tokens, output tokens).
 Run = tuple[int, int, int, int, int, int]
-
-
-class Splitting(Protocol):
-    """What :func:`fleetgate.batch.split.split_file` asks of a splitter (the core's
-    ``Splitter`` or :class:`LineSplitter`)."""
-
-    def split(self, block: bytes) -> tuple[list[Run], list[tuple[int, str]]]: ...
-    @property
-    def endpoint(self) -> str | None: ...
-    @property
-    def model(self) -> str | None: ...
-    @property
-    def lines_read(self) -> int: ...
-
-
-def sized_here(endpoint: str | None) -> bool:
-    """Whether :class:`LineSplitter` (not the core) splits a file of `endpoint`."""
-    return endpoint in SIZED_HERE
 
 
 def first_endpoint(path: Any) -> str | None:
@@ -126,18 +114,21 @@ class BodyChecks:
 
 
 class LineSplitter:
-    """The core ``Splitter``'s work, for the endpoints it does not size: each line
-    checked and sized, and cut into chunks within lines, bytes, enqueued tokens and (for
-    embeddings) the inputs one batch may hold."""
+    """The core ``Splitter`` written again in Python, for the files it cannot split yet
+    (:data:`SIZED_HERE`; see the module's docstring): the same ``split`` and properties,
+    each line checked and sized, and cut into chunks within lines, bytes, enqueued tokens
+    and, beyond the core, `max_inputs` embedding inputs. Its constructor is the core's
+    without ``default_max_output``: no request sized here has an output maximum to
+    default (embeddings produce none; images as many tokens as their ``n``, quality and
+    size say)."""
 
     def __init__(self, *, max_lines: int, max_bytes: int, max_tokens: int, model_tokens: dict[str, int] | None = None,
-                 endpoint: str, default_max_output: int = 4096, max_inputs: int | None = None) -> None:
+                 endpoint: str, max_inputs: int | None = None) -> None:
         self._limits = [max_lines, max_bytes, max_tokens,
                         max_inputs or (MAX_EMBEDDING_INPUTS if endpoint == "/v1/embeddings" else 1 << 62)]
         self._model_tokens = model_tokens or {}
         self._endpoint = endpoint
         self._model: str | None = None
-        self._default_max_output = default_max_output
         self._seen: set[str] = set()
         self._read = 0
         self._chunk = 0
@@ -223,6 +214,6 @@ class LineSplitter:
         if custom_id in self._seen:
             return f"custom_id {_quoted(custom_id)} appears more than once"
         self._seen.add(custom_id)
-        prompt, output = request_size(self._endpoint, model, body, self._default_max_output)
+        prompt, output = request_size(self._endpoint, model, body)
         inputs = embedding_inputs(body) if self._endpoint == "/v1/embeddings" else 0
         return prompt, output, inputs

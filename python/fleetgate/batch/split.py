@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fleetgate._core import Splitter
-from fleetgate.batch.lines import BodyChecks, LineSplitter, Splitting, first_endpoint, sized_here
+from fleetgate.batch.lines import SIZED_HERE, BodyChecks, LineSplitter, first_endpoint
 
 __all__ = ["ChunkFile", "Problem", "SplitResult", "split_file"]
 
@@ -63,13 +63,11 @@ def split_file(input_path: str | Path, directory: str | Path | None, *, max_line
     `endpoint`, else its first line's. With `directory` None, only check and size
     (nothing is written)."""
     endpoint = endpoint or first_endpoint(input_path)
-    splitter: Splitting
+    splitter: Splitter | LineSplitter
     checks: BodyChecks | None = None
-    if sized_here(endpoint):
-        assert endpoint is not None
+    if endpoint in SIZED_HERE:
         splitter = LineSplitter(max_lines=max_lines, max_bytes=max_bytes, max_tokens=max_tokens,
-                                model_tokens=model_tokens, endpoint=endpoint, default_max_output=default_max_output,
-                                max_inputs=max_inputs)
+                                model_tokens=model_tokens, endpoint=endpoint, max_inputs=max_inputs)
     else:
         splitter = Splitter(max_lines=max_lines, max_bytes=max_bytes, max_tokens=max_tokens,
                             model_tokens=model_tokens, endpoint=endpoint, default_max_output=default_max_output)

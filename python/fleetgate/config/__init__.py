@@ -21,7 +21,7 @@ from fleetgate.config.limits import LaneSettings, QuotaLimits
 from fleetgate.config.modes import MODES, ModeName as ModeName, ModeSettings, ModeTrigger
 from fleetgate.config.observability import LoggingSettings, MetricsSettings as MetricsSettings
 from fleetgate.config.observability import TracingSettings as TracingSettings
-from fleetgate.config.prices import PriceFields, PriceSettings
+from fleetgate.config.prices import LongContextFields, PriceFields, PriceSettings, RateFields, TierFields
 from fleetgate.config.privacy import PrivacySettings
 from fleetgate.config.prompts import PromptSettings
 from fleetgate.config.routing import DeploymentSettings, RolloutSettings, RoutingSettings, TierSettings
@@ -30,6 +30,7 @@ from fleetgate.config.server_context import ServerContextSettings
 __all__ = [
     "ENVIRONMENTS", "BackgroundSettings", "PromptSettings", "BatchSettings", "BreakerSettings", "LoggingSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
     "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "PrivacySettings", "QuotaLimits", "SemanticSettings",
+    "LongContextFields", "RateFields", "TierFields",
     "DeploymentSettings", "MODES", "ModeSettings", "ModeTrigger", "RolloutSettings", "RoutingSettings", "TierSettings",
     "ServerContextSettings",
 ]

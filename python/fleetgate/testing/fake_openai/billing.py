@@ -49,7 +49,7 @@ class Bill:
         """Bill one answer's `usage` (None or empty: nothing billed)."""
         if not usage:
             return None
-        dollars = self.prices.cost(model, usage, batch=tier == "batch", tier=tier)
+        dollars = self.prices.cost(model, usage, tier=tier)
         charge = Charge(self.clock() if at is None else at, project, model, tier, dict(usage), dollars)
         with self._lock:
             self._charges.append(charge)
@@ -58,7 +58,7 @@ class Bill:
     def bills_writes(self, model: str) -> bool:
         """Whether `model` bills prompt-cache writes (and so reports them in its usage)."""
         price = self.prices.price(model)
-        return price is not None and price.rates(0).cache_write is not None
+        return price is not None and price.cache_write is not None
 
     def charges(self) -> list[Charge]:
         """Every charge so far, oldest first (a copy)."""
