@@ -136,11 +136,14 @@ def _count(value: Any) -> int:
 
 def usage_counts(usage: dict[str, Any]) -> UsageCounts:
     """The tokens of a ``usage`` object of any endpoint (chat's ``prompt_tokens``, the
-    Responses API's ``input_tokens``, ...); a count it lacks is 0."""
+    Responses API's ``input_tokens``, Realtime's ``input_token_details``, ...); a count it
+    lacks is 0."""
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     output = usage.get("completion_tokens", usage.get("output_tokens"))
-    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-    out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    details = (usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+               or usage.get("input_token_details"))
+    out_details = (usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+                   or usage.get("output_token_details"))
     if not isinstance(details, dict):
         details = {}
     return UsageCounts(_count(prompt), _count(details.get("cached_tokens")), _count(output),

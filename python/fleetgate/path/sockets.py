@@ -526,7 +526,7 @@ class SocketMeter:
         cost: float | None = None
         counts = None
         if ending.usage is not None and counted is not None:
-            counts = usage_counts(_as_responses_usage(ending.usage))
+            counts = usage_counts(ending.usage)
             cost = gate.prices.counts_cost(model, counts, tier=ending.tier)
             tokens, source = estimate.settle_with(counted), "usage"
         elif billed:
@@ -645,14 +645,6 @@ def _logged_body(plan: _Plan) -> dict[str, Any]:
 
 def _seconds_left(plan: _Plan) -> float:
     return max(0.0, plan.deadline - time.monotonic())
-
-
-def _as_responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
-    """A Realtime usage (``input_token_details``) named as the Responses API's, so that its
-    cached tokens are priced as cached."""
-    if "input_token_details" in usage and "input_tokens_details" not in usage:
-        return {**usage, "input_tokens_details": usage["input_token_details"]}
-    return usage
 
 
 def _item_text(item: dict[str, Any]) -> str:
