@@ -97,6 +97,8 @@ def test_responses_frames_are_admitted_and_settled_to_the_bill(fake_openai: Fake
     assert gate.stats["requests"] == 3 and gate.stats["settled_from_usage"] == 3
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "fleetgate.requests"]
     assert [r["endpoint"] for r in records] == ["/responses"] * 3
+    assert sorted(r["service_tier"] for r in records) == ["default", "flex", "priority"]
+    assert metric(gate, "fleetgate_cost_dollars_total{", 'service_tier="flex"') > 0
 
 
 def test_async_responses_frames_are_admitted_and_settled_to_the_bill(fake_openai: FakeOpenAI) -> None:

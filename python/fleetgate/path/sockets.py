@@ -71,7 +71,7 @@ from fleetgate.errors import (
     ServiceDegraded,
     StoreUnavailable,
 )
-from fleetgate.estimate import Estimate, estimate_request, usage_counts, usage_tokens
+from fleetgate.estimate import Estimate, UsageCounts, estimate_request, usage_counts, usage_tokens
 from fleetgate.fallback import TIER_HEADER
 from fleetgate.modes import MODE_HEADER, ModeState
 from fleetgate.modes.degrade import degraded, optional_off
@@ -79,6 +79,7 @@ from fleetgate.path.refusals import refusal
 from fleetgate.path.services import Services
 from fleetgate.path.settle import settle_failed
 from fleetgate.path.wire import EXHAUSTED
+from fleetgate.prices import price_tier
 from fleetgate.records import log_request
 from fleetgate.scope import Scope, current_scope
 
@@ -525,9 +526,10 @@ class SocketMeter:
         counted = usage_tokens(ending.usage)
         cost: float | None = None
         counts = None
+        served = ending.tier if ending.tier is not None else estimate.service_tier
         if ending.usage is not None and counted is not None:
             counts = usage_counts(ending.usage)
-            cost = gate.prices.counts_cost(model, counts, tier=ending.tier)
+            cost = gate.prices.counts_cost(model, counts, tier=served)
             tokens, source = estimate.settle_with(counted), "usage"
         elif billed:
             tokens, source = estimate.settle_with(None), "estimate"
@@ -546,12 +548,14 @@ class SocketMeter:
         if frame.decision is not None:
             gate.stats.count(f"settled_from_{source}")
         if record:
-            self._record(frame, ending, counts, cost)
+            self._record(frame, ending, counts, cost, served)
         elif plan.span is not None and gate.tracer is not None:
             gate.tracer.failed(plan.span, _NOT_SENT)
 
-    def _record(self, frame: _Frame, ending: _Ending, counts: Any, cost: float | None) -> None:
-        """Its log record and metrics, as an HTTP call's (the user by pseudonym)."""
+    def _record(self, frame: _Frame, ending: _Ending, counts: UsageCounts | None, cost: float | None,
+                served: str | None) -> None:
+        """Its log record and metrics, as an HTTP call's (the user by pseudonym; what it
+        was billed, at the tier that `served` it)."""
         gate, plan = self.gate, frame.plan
         model, feature = plan.estimate.model, plan.scope.feature
         seconds = time.perf_counter() - frame.started
@@ -564,7 +568,7 @@ class SocketMeter:
                 tracer.failed(plan.span, _CLOSED)
             return
         if metrics is not None and counts is not None:
-            metrics.billed(model, feature, counts, cost)
+            metrics.billed(model, feature, counts, cost, service_tier=price_tier(served))
         headers = {TIER_HEADER: "primary", MODE_HEADER: gate.modes.current.mode}
         if ending.response_id is not None:
             headers["x-request-id"] = ending.response_id
@@ -576,7 +580,7 @@ class SocketMeter:
             metrics.answered(plan.endpoint, model, feature, answer, seconds, max(0.0, seconds - frame.overhead),
                              False)
         log_request(plan.endpoint, _logged_body(plan), plan.scope, answer, seconds, ending.usage, cost,
-                    model if ending.usage is not None else None, privacy=gate.privacy)
+                    model if ending.usage is not None else None, privacy=gate.privacy, service_tier=served)
         if tracer is not None:
             tracer.answered(plan.span, answer)
 
