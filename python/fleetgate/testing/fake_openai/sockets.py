@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-import random
-import threading
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
@@ -42,24 +39,20 @@ from fleetgate.testing.fake_openai import api, content
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.billing import Bill
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
-from fleetgate.testing.fake_openai.limits import ModelQuota
 
 __all__ = ["Sockets"]
 
 
 class _Server(Protocol):
-    """What the handlers use of the fake server: its limits, counters, faults and bill."""
+    """What the handlers use of the fake server: its limits, faults and bill."""
 
     config: FakeConfig
-    rng: random.Random
-    counters: Any
-    counters_lock: threading.Lock
     prompt_cache: content.PrefixCache
     bill: Bill
 
     def now(self) -> float: ...
 
-    def quota(self, model: str) -> ModelQuota: ...
+    def admit(self, plan: Completion, now: float) -> tuple[float, ApiError | None]: ...
 
     def _active_faults(self, model: str) -> list[Fault]: ...
 
@@ -94,8 +87,8 @@ class Sockets:
                     continue
                 frame = _frame(message.data)
                 if frame is None or frame.get("type") != "response.create":
-                    await _send(ws, _error(400, "invalid_request_error", "unsupported_event",
-                                           "The fake supports only response.create events on this socket."))
+                    await _send(ws, _error(ApiError(400, "The fake supports only response.create events on this "
+                                                    "socket.", code="unsupported_event")))
                     continue
                 lane = frame.get("stream_id") if isinstance(frame.get("stream_id"), str) else None
                 queue = lanes.get(lane)
@@ -114,7 +107,7 @@ class Sockets:
         while True:
             frame = await queue.get()
             body = {k: v for k, v in frame.items() if k not in ("type", "stream_id")}
-            plan = self._admitted(ws, lambda: api.plan_responses(self.server.config, body))
+            plan = self._admitted(body)
             if isinstance(plan, dict):
                 await _send(ws, _in_lane(plan, lane))
                 continue
@@ -218,7 +211,7 @@ class Sockets:
         limit = options.get("max_output_tokens", session.get("max_output_tokens"))
         body = {"model": model, "input": "\n".join(t for t in texts if t),
                 **({"max_output_tokens": limit} if isinstance(limit, int) else {})}
-        plan = self._admitted(ws, lambda: api.plan_responses(self.server.config, body))
+        plan = self._admitted(body)
         if isinstance(plan, dict):  # a Realtime error names the client event it answers
             await _send(ws, {**plan, "event_id": api.new_id("event"), "error": {**plan["error"], "event_id": event_id}})
             return
@@ -251,34 +244,16 @@ class Sockets:
 
     # -- shared ------------------------------------------------------------------------
 
-    def _admitted(self, ws: web.WebSocketResponse, planner: Any) -> Completion | dict[str, Any]:
-        """The planned answer, or the ``error`` event refusing it (a bad request, or one
-        over the model's limits), counted as the HTTP endpoints count theirs."""
-        server = self.server
+    def _admitted(self, body: dict[str, Any]) -> Completion | dict[str, Any]:
+        """The planned answer to the Responses request `body`, or the ``error`` event
+        refusing it (a bad request, or one over the model's limits), counted as the HTTP
+        endpoints count theirs."""
         try:
-            plan: Completion = planner()
+            plan = api.plan_responses(self.server.config, body)
         except ApiError as e:
-            return _error(e.status, e.type, e.code, e.message, e.param)
-        now = server.now()
-        quota = server.quota(plan.model)
-        tpm = quota.limits.tokens_per_minute
-        wait = math.inf if plan.rate_tokens > tpm else quota.try_take(now, plan.rate_tokens)
-        with server.counters_lock:
-            counters = server.counters[plan.model]
-            counters.requests += 1
-            if wait > 0:
-                counters.rate_limited += 1
-            else:
-                counters.tokens_admitted += plan.rate_tokens
-        if wait == math.inf:
-            return _error(429, "tokens", "rate_limit_exceeded",
-                          f"Request too large for {plan.model} in organization org-fleetgate-fake on tokens per "
-                          f"min (TPM): Limit {tpm}, Requested {plan.rate_tokens}.")
-        if wait > 0:
-            return _error(429, "requests", "rate_limit_exceeded",
-                          f"Rate limit reached for {plan.model} in organization org-fleetgate-fake on requests and "
-                          f"tokens per min. Please try again in {math.ceil(wait * 1000)}ms.")
-        return plan
+            return _error(e)
+        _, refused = self.server.admit(plan, self.server.now())
+        return plan if refused is None else _error(refused)
 
     async def _held(self, ws: web.WebSocketResponse, model: str) -> bool:
         """A ``latency`` fault on `model` holds the response here, mid-way; a ``reset``
@@ -307,9 +282,9 @@ def _frame(data: str) -> dict[str, Any] | None:
     return frame if isinstance(frame, dict) else None
 
 
-def _error(status: int, kind: str, code: str | None, message: str, param: str | None = None) -> dict[str, Any]:
-    return {"type": "error", "status": status,
-            "error": {"type": kind, "code": code, "message": message, "param": param}}
+def _error(error: ApiError) -> dict[str, Any]:
+    """`error` as the ``error`` event that answers a frame (its HTTP status beside it)."""
+    return {"type": "error", "status": error.status, **error.body()}
 
 
 def _in_lane(event: dict[str, Any], lane: str | None) -> dict[str, Any]:
