@@ -71,7 +71,7 @@ from fleetgate.errors import (
     ServiceDegraded,
     StoreUnavailable,
 )
-from fleetgate.estimate import Estimate, UsageCounts, estimate_request, usage_counts, usage_tokens
+from fleetgate.estimate import Estimate, UsageCounts, content_text, estimate_request, usage_counts, usage_tokens
 from fleetgate.fallback import TIER_HEADER
 from fleetgate.modes import MODE_HEADER, ModeState
 from fleetgate.modes.degrade import degraded, optional_off
@@ -229,7 +229,7 @@ class SocketMeter:
                 limit = session["max_output_tokens"]
                 self._max_output = limit if isinstance(limit, int) and limit > 0 else None
         elif kind == "conversation.item.create" and isinstance(event.get("item"), dict):
-            self._said.append(_item_text(event["item"]))
+            self._said.append(content_text(event["item"].get("content")))
 
     def _realtime_estimate(self, event: dict[str, Any], assumed: int, model: str | None = None) -> Estimate | None:
         model = model or self.model
@@ -240,10 +240,9 @@ class SocketMeter:
         texts = [options.get("instructions") or self._instructions]
         if options.get("conversation") != "none":
             texts += self._said
-        texts += [_item_text(i) for i in options.get("input") or [] if isinstance(i, dict)]
-        limit = options.get("max_output_tokens", self._max_output)
+        texts += [content_text(i.get("content")) for i in options.get("input") or [] if isinstance(i, dict)]
         body = {"model": model, "input": "\n".join(t for t in texts if isinstance(t, str) and t),
-                "max_output_tokens": limit if isinstance(limit, int) and limit > 0 else assumed}
+                "max_output_tokens": options.get("max_output_tokens", self._max_output)}
         return dataclasses.replace(estimate_request("/responses", body, assumed), endpoint="/realtime")
 
     def quotas(self, plan: _Plan) -> tuple[Quota | None, list[Quota]]:
@@ -649,12 +648,3 @@ def _logged_body(plan: _Plan) -> dict[str, Any]:
 
 def _seconds_left(plan: _Plan) -> float:
     return max(0.0, plan.deadline - time.monotonic())
-
-
-def _item_text(item: dict[str, Any]) -> str:
-    parts = item.get("content")
-    if isinstance(parts, str):
-        return parts
-    if not isinstance(parts, list):
-        return ""
-    return "\n".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))

@@ -154,7 +154,7 @@ class Sockets:
         session: dict[str, Any] = {"type": "realtime", "object": "realtime.session", "id": api.new_id("sess"),
                                    "model": request.query.get("model", ""), "instructions": "",
                                    "output_modalities": ["text"], "max_output_tokens": "inf"}
-        said: list[str] = []  # the conversation's text so far: every response reads all of it
+        said: list[dict[str, Any]] = []  # the conversation's items so far: every response reads all of them
         await _send(ws, {"type": "session.created", "event_id": api.new_id("event"), "session": session})
         current: asyncio.Task[None] | None = None
         try:
@@ -170,14 +170,14 @@ class Sockets:
                     await _send(ws, {"type": "session.updated", "event_id": api.new_id("event"), "session": session})
                 elif kind == "conversation.item.create" and isinstance(frame.get("item"), dict):
                     item = {"id": api.new_id("item"), **frame["item"]}
-                    said.append(_item_text(item))
+                    said.append(item)
                     await _send(ws, {"type": "conversation.item.created", "event_id": api.new_id("event"),
                                      "previous_item_id": None, "item": item})
                 elif kind == "input_audio_buffer.append":
                     continue  # the audio is not listened to: a commit stands for a turn spoken
                 elif kind == "input_audio_buffer.commit":
                     item_id = api.new_id("item")
-                    said.append("(a spoken turn)")
+                    said.append({"id": item_id, "type": "message", "role": "user", "content": "(a spoken turn)"})
                     await _send(ws, {"type": "input_audio_buffer.committed", "event_id": api.new_id("event"),
                                      "previous_item_id": None, "item_id": item_id})
                     if isinstance(session.get("turn_detection"), dict):  # the server answers the turn itself
@@ -202,15 +202,14 @@ class Sockets:
                 await asyncio.gather(current, return_exceptions=True)
         return ws
 
-    async def _realtime_response(self, ws: web.WebSocketResponse, session: dict[str, Any], said: list[str],
+    async def _realtime_response(self, ws: web.WebSocketResponse, session: dict[str, Any], said: list[dict[str, Any]],
                                  options: dict[str, Any], project: str, event_id: object) -> None:
         model = str(session.get("model") or "")
-        instructions = options.get("instructions") or session.get("instructions") or ""
-        texts = [instructions] + ([] if options.get("conversation") == "none" else said)
-        texts += [_item_text(i) for i in options.get("input") or [] if isinstance(i, dict)]
+        items = ([] if options.get("conversation") == "none" else said) + [
+            i for i in options.get("input") or [] if isinstance(i, dict)]
         limit = options.get("max_output_tokens", session.get("max_output_tokens"))
-        body = {"model": model, "input": "\n".join(t for t in texts if t),
-                **({"max_output_tokens": limit} if isinstance(limit, int) else {})}
+        body = {"model": model, "instructions": options.get("instructions") or session.get("instructions") or "",
+                "input": items, **({"max_output_tokens": limit} if isinstance(limit, int) else {})}
         plan = self._admitted(body)
         if isinstance(plan, dict):  # a Realtime error names the client event it answers
             await _send(ws, {**plan, "event_id": api.new_id("event"), "error": {**plan["error"], "event_id": event_id}})
@@ -234,7 +233,7 @@ class Sockets:
                  "output_tokens": plan.completion_tokens,
                  "input_token_details": {"cached_tokens": 0, "text_tokens": plan.prompt_tokens, "audio_tokens": 0},
                  "output_token_details": {"text_tokens": plan.completion_tokens, "audio_tokens": 0}}
-        said.append(plan.text)
+        said.append(item)
         # Realtime names the input details ``input_token_details``; billed as the Responses API's.
         self.server.bill.charge(model, {"input_tokens": plan.prompt_tokens, "output_tokens": plan.completion_tokens,
                                         "input_tokens_details": {"cached_tokens": 0},
@@ -289,15 +288,6 @@ def _error(error: ApiError) -> dict[str, Any]:
 
 def _in_lane(event: dict[str, Any], lane: str | None) -> dict[str, Any]:
     return event if lane is None else {**event, "stream_id": lane}
-
-
-def _item_text(item: dict[str, Any]) -> str:
-    parts = item.get("content")
-    if isinstance(parts, str):
-        return parts
-    if not isinstance(parts, list):
-        return ""
-    return "\n".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
 
 
 async def _send(ws: web.WebSocketResponse, event: dict[str, Any]) -> None:
