@@ -234,10 +234,7 @@ class Sockets:
                  "input_token_details": {"cached_tokens": 0, "text_tokens": plan.prompt_tokens, "audio_tokens": 0},
                  "output_token_details": {"text_tokens": plan.completion_tokens, "audio_tokens": 0}}
         said.append(item)
-        # Realtime names the input details ``input_token_details``; billed as the Responses API's.
-        self.server.bill.charge(model, {"input_tokens": plan.prompt_tokens, "output_tokens": plan.completion_tokens,
-                                        "input_tokens_details": {"cached_tokens": 0},
-                                        "total_tokens": usage["total_tokens"]}, project=project)
+        self.server.bill.charge(model, usage, project=project)
         await _send(ws, {"type": "response.done", "event_id": api.new_id("event"),
                          "response": {**response, "status": "completed", "output": [item], "usage": usage}})
 
