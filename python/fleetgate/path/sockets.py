@@ -100,7 +100,6 @@ class _Plan:
     traced)."""
 
     event: dict[str, Any]
-    endpoint: str
     estimate: Estimate
     scope: Scope
     deadline: float
@@ -201,20 +200,20 @@ class SocketMeter:
                 return None  # no model to gate it by: let upstream judge it
         sc = self.scope
         lane = event.get("stream_id")
-        return _Plan(event, self.endpoint, estimate, sc, sc.call_deadline(config.default_deadline_seconds),
+        return _Plan(event, estimate, sc, sc.call_deadline(config.default_deadline_seconds),
                      lane if isinstance(lane, str) else None, self._span(event, estimate, sc))
 
-    def _request(self, endpoint: str) -> httpx2.Request:
+    def _request(self) -> httpx2.Request:
         """The request a frame stands for, where records and spans want one."""
         base = (self.gate.config.base_url or "https://api.openai.com/v1").rstrip("/")
-        return httpx2.Request("GET", f"{base}{endpoint}")
+        return httpx2.Request("GET", f"{base}{self.endpoint}")
 
     def _span(self, event: dict[str, Any], estimate: Estimate, sc: Scope) -> Any:
         tracer = self.gate.tracer
         if tracer is None:
             return None
         body = {**event, "model": estimate.model, "max_output_tokens": estimate.max_output_tokens}
-        return tracer.start(self.endpoint, body, self._request(self.endpoint),
+        return tracer.start(self.endpoint, body, self._request(),
                             self.gate.privacy.label("feature", sc.feature))
 
     def _session(self, event: dict[str, Any]) -> None:
@@ -259,11 +258,11 @@ class SocketMeter:
             metrics.limiter_refused(plan.estimate.model, "gateway")
         self._release(hold)
         seconds = time.perf_counter() - started
-        answer = refusal(self._request(plan.endpoint), error)
+        answer = refusal(self._request(), error)
         answer.headers[MODE_HEADER] = self.gate.modes.current.mode
         if metrics is not None:
-            metrics.answered(plan.endpoint, plan.estimate.model, plan.scope.feature, answer, seconds, 0.0, False)
-        log_request(plan.endpoint, _logged_body(plan), plan.scope, answer, seconds, None, None, None,
+            metrics.answered(self.endpoint, plan.estimate.model, plan.scope.feature, answer, seconds, 0.0, False)
+        log_request(self.endpoint, _logged_body(plan), plan.scope, answer, seconds, None, None, None,
                     privacy=self.gate.privacy)
         if plan.span is not None and self.gate.tracer is not None:
             self.gate.tracer.answered(plan.span, answer)
@@ -406,7 +405,7 @@ class SocketMeter:
             return None
         sc = self.scope
         event = {"type": "response.create", "model": estimate.model}
-        plan = _Plan(event, self.endpoint, estimate, sc, sc.call_deadline(self.gate.config.default_deadline_seconds),
+        plan = _Plan(event, estimate, sc, sc.call_deadline(self.gate.config.default_deadline_seconds),
                      None, self._span(event, estimate, sc))
         return _Frame(plan, None, None, self.gate.quotas_for(estimate.model, sc)[0], time.perf_counter(),
                       adopted=True)
@@ -444,7 +443,7 @@ class SocketMeter:
                  error: FleetgateError | None) -> None:
         if error is not None:  # spent all the same: said, counted, and in the records and metrics
             log.warning("fleetgate: a response the server started on its own on a %s connection is not in the "
-                        "budgets (%s); it is in the request records and metrics", frame.plan.endpoint, error)
+                        "budgets (%s); it is in the request records and metrics", self.endpoint, error)
             self.gate.stats.count("budget_overrun")
         frame.hold, frame.decision = hold, decision
         self.gate.stats.count("requests")
@@ -562,7 +561,7 @@ class SocketMeter:
         tracer = gate.tracer if plan.span is not None else None
         if ending is _LOST:
             if metrics is not None:
-                metrics.failed(plan.endpoint, model, feature, seconds, "failed")
+                metrics.failed(self.endpoint, model, feature, seconds, "failed")
             if tracer is not None:
                 tracer.failed(plan.span, _CLOSED)
             return
@@ -571,14 +570,14 @@ class SocketMeter:
         headers = {TIER_HEADER: "primary", MODE_HEADER: gate.modes.current.mode}
         if ending.response_id is not None:
             headers["x-request-id"] = ending.response_id
-        answer = httpx2.Response(ending.status, headers=headers, request=self._request(plan.endpoint),
+        answer = httpx2.Response(ending.status, headers=headers, request=self._request(),
                                  json={"error": {"code": ending.code}} if ending.status >= 400 else
                                  {"id": ending.response_id, "model": model, "status": ending.state,
                                   "usage": ending.usage})
         if metrics is not None:
-            metrics.answered(plan.endpoint, model, feature, answer, seconds, max(0.0, seconds - frame.overhead),
+            metrics.answered(self.endpoint, model, feature, answer, seconds, max(0.0, seconds - frame.overhead),
                              False)
-        log_request(plan.endpoint, _logged_body(plan), plan.scope, answer, seconds, ending.usage, cost,
+        log_request(self.endpoint, _logged_body(plan), plan.scope, answer, seconds, ending.usage, cost,
                     model if ending.usage is not None else None, privacy=gate.privacy, service_tier=served)
         if tracer is not None:
             tracer.answered(plan.span, answer)
