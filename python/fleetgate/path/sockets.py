@@ -71,10 +71,11 @@ from fleetgate.errors import (
     ServiceDegraded,
     StoreUnavailable,
 )
-from fleetgate.estimate import Estimate, UsageCounts, content_text, estimate_request, usage_counts, usage_tokens
+from fleetgate.estimate import Estimate, UsageCounts, estimate_request, usage_counts, usage_tokens
 from fleetgate.fallback import TIER_HEADER
 from fleetgate.modes import MODE_HEADER, ModeState
 from fleetgate.modes.degrade import degraded, optional_off
+from fleetgate.path.realtime_session import RealtimeSession
 from fleetgate.path.refusals import refusal
 from fleetgate.path.services import Services
 from fleetgate.path.settle import settle_failed
@@ -162,13 +163,11 @@ class SocketMeter:
     def __init__(self, gate: Services, endpoint: str, model: str | None = None) -> None:
         """`endpoint`: ``/responses`` or ``/realtime``; `model`: the Realtime session's."""
         self.gate, self.endpoint = gate, endpoint
-        self.model = model
+        #: What a Realtime session said so far (None: a Responses WebSocket).
+        self.session = RealtimeSession(model) if endpoint == "/realtime" else None
         #: Whom the connection's responses are counted for: the scope of its latest frame
         #: (at first, of the ``connect()`` call).
         self.scope = current_scope()
-        self._instructions = ""
-        self._max_output: int | None = None
-        self._said: list[str] = []
         self._waiting: list[_Frame] = []
         self._running: dict[str, _Frame] = {}
         self._lock = threading.Lock()
@@ -179,17 +178,16 @@ class SocketMeter:
         """The ``response.create`` frame `event` as a call to gate, or None for any other
         frame (which a Realtime session's ``session.update`` and ``conversation.item.create``
         still inform: its model, instructions, maximum output and the text said so far)."""
-        kind = event.get("type")
         self.scope = current_scope()
-        if self.endpoint == "/realtime":
-            self._session(event)
-        if kind != "response.create":
+        if self.session is not None:
+            self.session.update(event)
+        if event.get("type") != "response.create":
             return None
         config = self.gate.config
-        if self.endpoint == "/realtime":
-            estimate = self._realtime_estimate(event, config.assumed_max_output_tokens)
+        if self.session is not None:
+            estimate = self.session.estimate(event.get("response"), config.assumed_max_output_tokens)
             if estimate is None:
-                return None
+                return None  # joined a call by its id: the model is not known here
             if not isinstance(event.get("event_id"), str):  # what an error about this frame will name
                 event = {**event, "event_id": f"fg_{uuid.uuid4().hex[:20]}"}
         else:
@@ -215,34 +213,6 @@ class SocketMeter:
         body = {**event, "model": estimate.model, "max_output_tokens": estimate.max_output_tokens}
         return tracer.start(self.endpoint, body, self._request(),
                             self.gate.privacy.label("feature", sc.feature))
-
-    def _session(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "session.update" and isinstance(event.get("session"), dict):
-            session = event["session"]
-            if isinstance(session.get("model"), str) and session["model"]:
-                self.model = session["model"]
-            if isinstance(session.get("instructions"), str):
-                self._instructions = session["instructions"]
-            if "max_output_tokens" in session:
-                limit = session["max_output_tokens"]
-                self._max_output = limit if isinstance(limit, int) and limit > 0 else None
-        elif kind == "conversation.item.create" and isinstance(event.get("item"), dict):
-            self._said.append(content_text(event["item"].get("content")))
-
-    def _realtime_estimate(self, event: dict[str, Any], assumed: int, model: str | None = None) -> Estimate | None:
-        model = model or self.model
-        if not model:
-            return None  # joined a call by its id: the model is not known here
-        found = event.get("response")
-        options: dict[str, Any] = found if isinstance(found, dict) else {}
-        texts = [options.get("instructions") or self._instructions]
-        if options.get("conversation") != "none":
-            texts += self._said
-        texts += [content_text(i.get("content")) for i in options.get("input") or [] if isinstance(i, dict)]
-        body = {"model": model, "input": "\n".join(t for t in texts if isinstance(t, str) and t),
-                "max_output_tokens": options.get("max_output_tokens", self._max_output)}
-        return dataclasses.replace(estimate_request("/responses", body, assumed), endpoint="/realtime")
 
     def quotas(self, plan: _Plan) -> tuple[Quota | None, list[Quota]]:
         return self.gate.quotas_for(plan.estimate.model, plan.scope)
@@ -390,15 +360,14 @@ class SocketMeter:
     def _adopt(self, response: dict[str, Any]) -> _Frame | None:
         """A frame for a response nobody here asked for, in the connection's scope, to
         count when it ends (None: its model is not known)."""
-        model = response.get("model")
-        model = model if isinstance(model, str) and model else self.model
+        found = response.get("model")
+        model = found if isinstance(found, str) and found else None
         assumed = self.gate.config.assumed_max_output_tokens
-        if self.endpoint == "/realtime":
-            estimate = self._realtime_estimate({}, assumed, model)
+        if self.session is not None:
+            estimate = self.session.estimate(None, assumed, model)
         elif model:
-            limit = response.get("max_output_tokens")
-            estimate = estimate_request("/responses", {"model": model, "input": "", "max_output_tokens": limit
-                                                       if isinstance(limit, int) and limit > 0 else assumed}, assumed)
+            estimate = estimate_request("/responses", {"model": model, "input": "",
+                                                       "max_output_tokens": response.get("max_output_tokens")}, assumed)
         else:
             estimate = None
         if estimate is None:
