@@ -126,12 +126,17 @@ class _Gated:
         try:
             super().close(code=code, reason=reason)  # type: ignore[misc]
         finally:
-            self._fleetgate.lost()
+            self._fleetgate_lost()
 
     def _reconnect(self, exc: Exception) -> bool:
-        self._fleetgate.lost()  # what was in flight on the old socket is not answered on the new
+        self._fleetgate_lost()  # what was in flight on the old socket is not answered on the new
         found: bool = super()._reconnect(exc)  # type: ignore[misc]
         return found
+
+    def _fleetgate_lost(self) -> None:
+        meter = self._fleetgate
+        for adopted in meter.lost():
+            meter.count(adopted)
 
 
 class _AsyncGated:
@@ -179,12 +184,18 @@ class _AsyncGated:
         try:
             await super().close(code=code, reason=reason)  # type: ignore[misc]
         finally:
-            self._fleetgate.lost()
+            await self._fleetgate_lost()
 
     async def _reconnect(self, exc: Exception) -> bool:
-        self._fleetgate.lost()
+        await self._fleetgate_lost()
         found: bool = await super()._reconnect(exc)  # type: ignore[misc]
         return found
+
+    async def _fleetgate_lost(self) -> None:
+        """:meth:`SocketMeter.lost`, what the server started counted off the event loop."""
+        meter = self._fleetgate
+        for adopted in meter.lost():
+            await meter.count_async(adopted)
 
 
 class GatedResponsesConnection(_Gated, ResponsesConnection):

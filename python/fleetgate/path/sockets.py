@@ -327,15 +327,19 @@ class SocketMeter:
             self._error(event)
         return None
 
-    def lost(self) -> None:
-        """The connection went: every response in flight is settled from its estimate."""
+    def lost(self) -> list[Adopted]:
+        """The connection went: every response in flight is settled from its estimate;
+        those the server started on its own are returned, for the caller to :meth:`count`
+        (or :meth:`count_async`)."""
         with self._lock:
             frames, self._waiting, self._running = [*self._waiting, *self._running.values()], [], {}
+        adopted: list[Adopted] = []
         for frame in frames:
             if frame.adopted:
-                self.count((frame, _LOST))
+                adopted.append((frame, _LOST))
             else:
                 self._settle(frame, _LOST, billed=True, record=True)
+        return adopted
 
     def abandon(self) -> None:
         """The connection never opened: frames queued for it were never sent."""
