@@ -108,8 +108,8 @@ class Sockets:
             frame = await queue.get()
             body = {k: v for k, v in frame.items() if k not in ("type", "stream_id")}
             plan = self._admitted(body)
-            if isinstance(plan, dict):
-                await _send(ws, _in_lane(plan, lane))
+            if isinstance(plan, ApiError):
+                await _send(ws, _in_lane(_error(plan), lane))
                 continue
             await self._respond(ws, plan, lane, project)
 
@@ -192,10 +192,8 @@ class Sockets:
                     current = asyncio.create_task(self._realtime_response(ws, session, said, options, project,
                                                                           frame.get("event_id")))
                 else:
-                    await _send(ws, {"type": "error", "event_id": api.new_id("event"),
-                                     "error": {"type": "invalid_request_error", "code": "unsupported_event",
-                                               "message": f"The fake does not support {kind!r} events.",
-                                               "param": None, "event_id": frame.get("event_id")}})
+                    await _send(ws, _realtime_error(ApiError(400, f"The fake does not support {kind!r} events.",
+                                                             code="unsupported_event"), frame.get("event_id")))
         finally:
             if current is not None:
                 current.cancel()
@@ -211,8 +209,8 @@ class Sockets:
         body = {"model": model, "instructions": options.get("instructions") or session.get("instructions") or "",
                 "input": items, **({"max_output_tokens": limit} if isinstance(limit, int) else {})}
         plan = self._admitted(body)
-        if isinstance(plan, dict):  # a Realtime error names the client event it answers
-            await _send(ws, {**plan, "event_id": api.new_id("event"), "error": {**plan["error"], "event_id": event_id}})
+        if isinstance(plan, ApiError):
+            await _send(ws, _realtime_error(plan, event_id))
             return
         rid, iid = api.new_id("resp"), api.new_id("item")
         response = {"id": rid, "object": "realtime.response", "status": "in_progress", "output": [],
@@ -240,16 +238,16 @@ class Sockets:
 
     # -- shared ------------------------------------------------------------------------
 
-    def _admitted(self, body: dict[str, Any]) -> Completion | dict[str, Any]:
-        """The planned answer to the Responses request `body`, or the ``error`` event
-        refusing it (a bad request, or one over the model's limits), counted as the HTTP
-        endpoints count theirs."""
+    def _admitted(self, body: dict[str, Any]) -> Completion | ApiError:
+        """The planned answer to the Responses request `body`, or the error refusing it (a
+        bad request, or one over the model's limits), counted as the HTTP endpoints count
+        theirs."""
         try:
             plan = api.plan_responses(self.server.config, body)
         except ApiError as e:
-            return _error(e)
+            return e
         _, refused = self.server.admit(plan, self.server.now())
-        return plan if refused is None else _error(refused)
+        return plan if refused is None else refused
 
     async def _held(self, ws: web.WebSocketResponse, model: str) -> bool:
         """A ``latency`` fault on `model` holds the response here, mid-way; a ``reset``
@@ -281,6 +279,12 @@ def _frame(data: str) -> dict[str, Any] | None:
 def _error(error: ApiError) -> dict[str, Any]:
     """`error` as the ``error`` event that answers a frame (its HTTP status beside it)."""
     return {"type": "error", "status": error.status, **error.body()}
+
+
+def _realtime_error(error: ApiError, event_id: object) -> dict[str, Any]:
+    """`error` as Realtime answers a client event with it: naming that event's id."""
+    event = _error(error)
+    return {**event, "event_id": api.new_id("event"), "error": {**event["error"], "event_id": event_id}}
 
 
 def _in_lane(event: dict[str, Any], lane: str | None) -> dict[str, Any]:
