@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import fleetgate as fg
-from fleetgate.estimate import estimate_request
+from fleetgate.estimate import UsageCounts, estimate_request, usage_counts
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, ModelLimits
 from tests.polling import until
 
@@ -97,6 +97,8 @@ def test_responses_frames_are_admitted_and_settled_to_the_bill(fake_openai: Fake
     assert gate.stats["requests"] == 3 and gate.stats["settled_from_usage"] == 3
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "fleetgate.requests"]
     assert [r["endpoint"] for r in records] == ["/responses"] * 3
+    assert sorted(r["service_tier"] for r in records) == ["default", "flex", "priority"]
+    assert metric(gate, "fleetgate_cost_dollars_total{", 'service_tier="flex"') > 0
 
 
 def test_async_responses_frames_are_admitted_and_settled_to_the_bill(fake_openai: FakeOpenAI) -> None:
@@ -349,6 +351,15 @@ def test_frames_are_recorded_and_counted_as_http_calls(fake_openai: FakeOpenAI,
     assert metric(gate, "fleetgate_requests_total{", 'endpoint="/realtime"', 'outcome="ok"') >= 1
     assert "alice" not in metrics_text(gate)
     assert gate.stats["requests"] == 2 and gate.stats["budget_refused"] == 1
+
+
+def test_a_realtime_usage_is_read_with_its_own_names() -> None:
+    """Realtime names its details ``input_token_details``: its cached tokens are priced
+    (and recorded) as cached, as the Responses API's are."""
+    usage = {"total_tokens": 1_230, "input_tokens": 1_200, "output_tokens": 30,
+             "input_token_details": {"cached_tokens": 1_024, "text_tokens": 1_200, "audio_tokens": 0},
+             "output_token_details": {"text_tokens": 30, "audio_tokens": 0}}
+    assert usage_counts(usage) == UsageCounts(prompt=1_200, cached=1_024, output=30, reasoning=0)
 
 
 # -- responses the server starts on its own ---------------------------------------------------

@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 
 from fleetgate._core import chat_prompt_tokens, count_tokens
 
-__all__ = ["Estimate", "GATED_PATHS", "UsageCounts", "estimate_request", "usage_counts", "usage_tokens"]
+__all__ = ["Estimate", "GATED_PATHS", "UsageCounts", "content_text", "estimate_request", "usage_counts",
+           "usage_tokens"]
 
 #: The endpoints whose calls pass through quotas, by the end of their URL path.
 GATED_PATHS = ("/chat/completions", "/responses", "/embeddings")
@@ -80,7 +81,7 @@ def _texts(value: Any) -> list[str]:
     return []
 
 
-def _text(value: Any) -> str:
+def content_text(value: Any) -> str:
     """A message's content as one text: the string itself (most messages), else the text
     of its parts, one per line."""
     return value if isinstance(value, str) else "\n".join(_texts(value))
@@ -98,7 +99,7 @@ def estimate_request(endpoint: str, body: dict[str, Any], assumed_max_output: in
         return Estimate(endpoint, model, sum(count_tokens(model, i) for i in inputs), chars_estimate(inputs), 0, False)
     if endpoint == "/chat/completions":
         messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-        texts = [_text(m.get("content")) for m in messages]
+        texts = [content_text(m.get("content")) for m in messages]
         prompt = chat_prompt_tokens(model, texts)
         by_chars = chars_estimate(texts, per_message=3 * len(messages))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -136,11 +137,14 @@ def _count(value: Any) -> int:
 
 def usage_counts(usage: dict[str, Any]) -> UsageCounts:
     """The tokens of a ``usage`` object of any endpoint (chat's ``prompt_tokens``, the
-    Responses API's ``input_tokens``, ...); a count it lacks is 0."""
+    Responses API's ``input_tokens``, Realtime's ``input_token_details``, ...); a count it
+    lacks is 0."""
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     output = usage.get("completion_tokens", usage.get("output_tokens"))
-    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-    out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    details = (usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+               or usage.get("input_token_details"))
+    out_details = (usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+                   or usage.get("output_token_details"))
     if not isinstance(details, dict):
         details = {}
     return UsageCounts(_count(prompt), _count(details.get("cached_tokens")), _count(output),

@@ -19,7 +19,7 @@ import inspect
 import json
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import openai
 from openai.resources.realtime.realtime import (
@@ -126,12 +126,17 @@ class _Gated:
         try:
             super().close(code=code, reason=reason)  # type: ignore[misc]
         finally:
-            self._fleetgate.lost()
+            self._fleetgate_lost()
 
     def _reconnect(self, exc: Exception) -> bool:
-        self._fleetgate.lost()  # what was in flight on the old socket is not answered on the new
+        self._fleetgate_lost()  # what was in flight on the old socket is not answered on the new
         found: bool = super()._reconnect(exc)  # type: ignore[misc]
         return found
+
+    def _fleetgate_lost(self) -> None:
+        meter = self._fleetgate
+        for adopted in meter.lost():
+            meter.count(adopted)
 
 
 class _AsyncGated:
@@ -179,12 +184,18 @@ class _AsyncGated:
         try:
             await super().close(code=code, reason=reason)  # type: ignore[misc]
         finally:
-            self._fleetgate.lost()
+            await self._fleetgate_lost()
 
     async def _reconnect(self, exc: Exception) -> bool:
-        self._fleetgate.lost()
+        await self._fleetgate_lost()
         found: bool = await super()._reconnect(exc)  # type: ignore[misc]
         return found
+
+    async def _fleetgate_lost(self) -> None:
+        """:meth:`SocketMeter.lost`, what the server started counted off the event loop."""
+        meter = self._fleetgate
+        for adopted in meter.lost():
+            await meter.count_async(adopted)
 
 
 class GatedResponsesConnection(_Gated, ResponsesConnection):
@@ -203,17 +214,6 @@ class AsyncGatedRealtimeConnection(_AsyncGated, AsyncRealtimeConnection):
     """The async ``client.realtime.connect()``'s connection, gated."""
 
 
-C = TypeVar("C")
-
-
-def _gated(connection: Any, cls: type[C], meter: SocketMeter, lock: Any) -> C:
-    """The SDK's open `connection`, made the gated class of the same layout (its resources,
-    handlers and send queue stay as they are)."""
-    connection.__class__ = cls
-    connection._fleetgate, connection._fleetgate_sending = meter, lock
-    return connection  # type: ignore[no-any-return]
-
-
 # -- the managers: the SDK's, gating frames queued before the socket opens -----------------
 
 class _ManagerGate:
@@ -221,6 +221,8 @@ class _ManagerGate:
     before the socket opens are admitted too, and the connection it opens is gated."""
 
     _fleetgate: SocketMeter
+    #: The gated class of the connection it opens.
+    _connection: type
     #: Whether a frame queued before the socket opens may wait for quota (an async
     #: manager's ``send`` is not awaited: it admits at once or refuses).
     _waits = True
@@ -236,26 +238,27 @@ class _ManagerGate:
         self._fleetgate.sending(frame)
         super().send(frame.plan.event)  # type: ignore[misc]
 
-    def _gate(self, opened: Any, cls: type, lock: threading.Lock | asyncio.Lock) -> Any:
-        return _gated(opened, cls, self._fleetgate, lock)
+    def _gate(self, opened: Any, lock: threading.Lock | asyncio.Lock) -> Any:
+        """The SDK's `opened` connection, made the gated class of the same layout (its
+        resources, handlers and send queue stay as they are)."""
+        opened.__class__ = self._connection
+        opened._fleetgate, opened._fleetgate_sending = self._fleetgate, lock
+        return opened
 
 
 class _SyncManagerGate(_ManagerGate):
-    _connection: type
-
     def __enter__(self) -> Any:
         try:
             connection = super().__enter__()  # type: ignore[misc]
         except BaseException:
             self._fleetgate.abandon()
             raise
-        return self._gate(connection, self._connection, threading.Lock())
+        return self._gate(connection, threading.Lock())
 
     enter = __enter__
 
 
 class _AsyncManagerGate(_ManagerGate):
-    _connection: type
     _waits = False
 
     async def __aenter__(self) -> Any:
@@ -264,7 +267,7 @@ class _AsyncManagerGate(_ManagerGate):
         except BaseException:
             self._fleetgate.abandon()
             raise
-        return self._gate(connection, self._connection, asyncio.Lock())
+        return self._gate(connection, asyncio.Lock())
 
     enter = __aenter__
 

@@ -71,14 +71,16 @@ from fleetgate.errors import (
     ServiceDegraded,
     StoreUnavailable,
 )
-from fleetgate.estimate import Estimate, estimate_request, usage_counts, usage_tokens
+from fleetgate.estimate import Estimate, UsageCounts, estimate_request, usage_counts, usage_tokens
 from fleetgate.fallback import TIER_HEADER
 from fleetgate.modes import MODE_HEADER, ModeState
 from fleetgate.modes.degrade import degraded, optional_off
+from fleetgate.path.realtime_session import RealtimeSession
 from fleetgate.path.refusals import refusal
 from fleetgate.path.services import Services
 from fleetgate.path.settle import settle_failed
 from fleetgate.path.wire import EXHAUSTED
+from fleetgate.prices import price_tier
 from fleetgate.records import log_request
 from fleetgate.scope import Scope, current_scope
 
@@ -99,7 +101,6 @@ class _Plan:
     traced)."""
 
     event: dict[str, Any]
-    endpoint: str
     estimate: Estimate
     scope: Scope
     deadline: float
@@ -162,13 +163,11 @@ class SocketMeter:
     def __init__(self, gate: Services, endpoint: str, model: str | None = None) -> None:
         """`endpoint`: ``/responses`` or ``/realtime``; `model`: the Realtime session's."""
         self.gate, self.endpoint = gate, endpoint
-        self.model = model
+        #: What a Realtime session said so far (None: a Responses WebSocket).
+        self.session = RealtimeSession(model) if endpoint == "/realtime" else None
         #: Whom the connection's responses are counted for: the scope of its latest frame
         #: (at first, of the ``connect()`` call).
         self.scope = current_scope()
-        self._instructions = ""
-        self._max_output: int | None = None
-        self._said: list[str] = []
         self._waiting: list[_Frame] = []
         self._running: dict[str, _Frame] = {}
         self._lock = threading.Lock()
@@ -179,17 +178,16 @@ class SocketMeter:
         """The ``response.create`` frame `event` as a call to gate, or None for any other
         frame (which a Realtime session's ``session.update`` and ``conversation.item.create``
         still inform: its model, instructions, maximum output and the text said so far)."""
-        kind = event.get("type")
         self.scope = current_scope()
-        if self.endpoint == "/realtime":
-            self._session(event)
-        if kind != "response.create":
+        if self.session is not None:
+            self.session.update(event)
+        if event.get("type") != "response.create":
             return None
         config = self.gate.config
-        if self.endpoint == "/realtime":
-            estimate = self._realtime_estimate(event, config.assumed_max_output_tokens)
+        if self.session is not None:
+            estimate = self.session.estimate(event.get("response"), config.assumed_max_output_tokens)
             if estimate is None:
-                return None
+                return None  # joined a call by its id: the model is not known here
             if not isinstance(event.get("event_id"), str):  # what an error about this frame will name
                 event = {**event, "event_id": f"fg_{uuid.uuid4().hex[:20]}"}
         else:
@@ -200,50 +198,21 @@ class SocketMeter:
                 return None  # no model to gate it by: let upstream judge it
         sc = self.scope
         lane = event.get("stream_id")
-        return _Plan(event, self.endpoint, estimate, sc, sc.call_deadline(config.default_deadline_seconds),
+        return _Plan(event, estimate, sc, sc.call_deadline(config.default_deadline_seconds),
                      lane if isinstance(lane, str) else None, self._span(event, estimate, sc))
 
-    def _request(self, endpoint: str) -> httpx2.Request:
+    def _request(self) -> httpx2.Request:
         """The request a frame stands for, where records and spans want one."""
         base = (self.gate.config.base_url or "https://api.openai.com/v1").rstrip("/")
-        return httpx2.Request("GET", f"{base}{endpoint}")
+        return httpx2.Request("GET", f"{base}{self.endpoint}")
 
     def _span(self, event: dict[str, Any], estimate: Estimate, sc: Scope) -> Any:
         tracer = self.gate.tracer
         if tracer is None:
             return None
         body = {**event, "model": estimate.model, "max_output_tokens": estimate.max_output_tokens}
-        return tracer.start(self.endpoint, body, self._request(self.endpoint),
+        return tracer.start(self.endpoint, body, self._request(),
                             self.gate.privacy.label("feature", sc.feature))
-
-    def _session(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "session.update" and isinstance(event.get("session"), dict):
-            session = event["session"]
-            if isinstance(session.get("model"), str) and session["model"]:
-                self.model = session["model"]
-            if isinstance(session.get("instructions"), str):
-                self._instructions = session["instructions"]
-            if "max_output_tokens" in session:
-                limit = session["max_output_tokens"]
-                self._max_output = limit if isinstance(limit, int) and limit > 0 else None
-        elif kind == "conversation.item.create" and isinstance(event.get("item"), dict):
-            self._said.append(_item_text(event["item"]))
-
-    def _realtime_estimate(self, event: dict[str, Any], assumed: int, model: str | None = None) -> Estimate | None:
-        model = model or self.model
-        if not model:
-            return None  # joined a call by its id: the model is not known here
-        found = event.get("response")
-        options: dict[str, Any] = found if isinstance(found, dict) else {}
-        texts = [options.get("instructions") or self._instructions]
-        if options.get("conversation") != "none":
-            texts += self._said
-        texts += [_item_text(i) for i in options.get("input") or [] if isinstance(i, dict)]
-        limit = options.get("max_output_tokens", self._max_output)
-        body = {"model": model, "input": "\n".join(t for t in texts if isinstance(t, str) and t),
-                "max_output_tokens": limit if isinstance(limit, int) and limit > 0 else assumed}
-        return dataclasses.replace(estimate_request("/responses", body, assumed), endpoint="/realtime")
 
     def quotas(self, plan: _Plan) -> tuple[Quota | None, list[Quota]]:
         return self.gate.quotas_for(plan.estimate.model, plan.scope)
@@ -259,11 +228,11 @@ class SocketMeter:
             metrics.limiter_refused(plan.estimate.model, "gateway")
         self._release(hold)
         seconds = time.perf_counter() - started
-        answer = refusal(self._request(plan.endpoint), error)
+        answer = refusal(self._request(), error)
         answer.headers[MODE_HEADER] = self.gate.modes.current.mode
         if metrics is not None:
-            metrics.answered(plan.endpoint, plan.estimate.model, plan.scope.feature, answer, seconds, 0.0, False)
-        log_request(plan.endpoint, _logged_body(plan), plan.scope, answer, seconds, None, None, None,
+            metrics.answered(self.endpoint, plan.estimate.model, plan.scope.feature, answer, seconds, 0.0, False)
+        log_request(self.endpoint, _logged_body(plan), plan.scope, answer, seconds, None, None, None,
                     privacy=self.gate.privacy)
         if plan.span is not None and self.gate.tracer is not None:
             self.gate.tracer.answered(plan.span, answer)
@@ -358,15 +327,19 @@ class SocketMeter:
             self._error(event)
         return None
 
-    def lost(self) -> None:
-        """The connection went: every response in flight is settled from its estimate."""
+    def lost(self) -> list[Adopted]:
+        """The connection went: every response in flight is settled from its estimate;
+        those the server started on its own are returned, for the caller to :meth:`count`
+        (or :meth:`count_async`)."""
         with self._lock:
             frames, self._waiting, self._running = [*self._waiting, *self._running.values()], [], {}
+        adopted: list[Adopted] = []
         for frame in frames:
             if frame.adopted:
-                self.count((frame, _LOST))
+                adopted.append((frame, _LOST))
             else:
                 self._settle(frame, _LOST, billed=True, record=True)
+        return adopted
 
     def abandon(self) -> None:
         """The connection never opened: frames queued for it were never sent."""
@@ -391,22 +364,21 @@ class SocketMeter:
     def _adopt(self, response: dict[str, Any]) -> _Frame | None:
         """A frame for a response nobody here asked for, in the connection's scope, to
         count when it ends (None: its model is not known)."""
-        model = response.get("model")
-        model = model if isinstance(model, str) and model else self.model
+        found = response.get("model")
+        model = found if isinstance(found, str) and found else None
         assumed = self.gate.config.assumed_max_output_tokens
-        if self.endpoint == "/realtime":
-            estimate = self._realtime_estimate({}, assumed, model)
+        if self.session is not None:
+            estimate = self.session.estimate(None, assumed, model)
         elif model:
-            limit = response.get("max_output_tokens")
-            estimate = estimate_request("/responses", {"model": model, "input": "", "max_output_tokens": limit
-                                                       if isinstance(limit, int) and limit > 0 else assumed}, assumed)
+            estimate = estimate_request("/responses", {"model": model, "input": "",
+                                                       "max_output_tokens": response.get("max_output_tokens")}, assumed)
         else:
             estimate = None
         if estimate is None:
             return None
         sc = self.scope
         event = {"type": "response.create", "model": estimate.model}
-        plan = _Plan(event, self.endpoint, estimate, sc, sc.call_deadline(self.gate.config.default_deadline_seconds),
+        plan = _Plan(event, estimate, sc, sc.call_deadline(self.gate.config.default_deadline_seconds),
                      None, self._span(event, estimate, sc))
         return _Frame(plan, None, None, self.gate.quotas_for(estimate.model, sc)[0], time.perf_counter(),
                       adopted=True)
@@ -444,7 +416,7 @@ class SocketMeter:
                  error: FleetgateError | None) -> None:
         if error is not None:  # spent all the same: said, counted, and in the records and metrics
             log.warning("fleetgate: a response the server started on its own on a %s connection is not in the "
-                        "budgets (%s); it is in the request records and metrics", frame.plan.endpoint, error)
+                        "budgets (%s); it is in the request records and metrics", self.endpoint, error)
             self.gate.stats.count("budget_overrun")
         frame.hold, frame.decision = hold, decision
         self.gate.stats.count("requests")
@@ -525,9 +497,10 @@ class SocketMeter:
         counted = usage_tokens(ending.usage)
         cost: float | None = None
         counts = None
+        served = ending.tier if ending.tier is not None else estimate.service_tier
         if ending.usage is not None and counted is not None:
-            counts = usage_counts(_as_responses_usage(ending.usage))
-            cost = gate.prices.counts_cost(model, counts, tier=ending.tier)
+            counts = usage_counts(ending.usage)
+            cost = gate.prices.counts_cost(model, counts, tier=served)
             tokens, source = estimate.settle_with(counted), "usage"
         elif billed:
             tokens, source = estimate.settle_with(None), "estimate"
@@ -546,12 +519,14 @@ class SocketMeter:
         if frame.decision is not None:
             gate.stats.count(f"settled_from_{source}")
         if record:
-            self._record(frame, ending, counts, cost)
+            self._record(frame, ending, counts, cost, served)
         elif plan.span is not None and gate.tracer is not None:
             gate.tracer.failed(plan.span, _NOT_SENT)
 
-    def _record(self, frame: _Frame, ending: _Ending, counts: Any, cost: float | None) -> None:
-        """Its log record and metrics, as an HTTP call's (the user by pseudonym)."""
+    def _record(self, frame: _Frame, ending: _Ending, counts: UsageCounts | None, cost: float | None,
+                served: str | None) -> None:
+        """Its log record and metrics, as an HTTP call's (the user by pseudonym; what it
+        was billed, at the tier that `served` it)."""
         gate, plan = self.gate, frame.plan
         model, feature = plan.estimate.model, plan.scope.feature
         seconds = time.perf_counter() - frame.started
@@ -559,24 +534,24 @@ class SocketMeter:
         tracer = gate.tracer if plan.span is not None else None
         if ending is _LOST:
             if metrics is not None:
-                metrics.failed(plan.endpoint, model, feature, seconds, "failed")
+                metrics.failed(self.endpoint, model, feature, seconds, "failed")
             if tracer is not None:
                 tracer.failed(plan.span, _CLOSED)
             return
         if metrics is not None and counts is not None:
-            metrics.billed(model, feature, counts, cost)
+            metrics.billed(model, feature, counts, cost, service_tier=price_tier(served))
         headers = {TIER_HEADER: "primary", MODE_HEADER: gate.modes.current.mode}
         if ending.response_id is not None:
             headers["x-request-id"] = ending.response_id
-        answer = httpx2.Response(ending.status, headers=headers, request=self._request(plan.endpoint),
+        answer = httpx2.Response(ending.status, headers=headers, request=self._request(),
                                  json={"error": {"code": ending.code}} if ending.status >= 400 else
                                  {"id": ending.response_id, "model": model, "status": ending.state,
                                   "usage": ending.usage})
         if metrics is not None:
-            metrics.answered(plan.endpoint, model, feature, answer, seconds, max(0.0, seconds - frame.overhead),
+            metrics.answered(self.endpoint, model, feature, answer, seconds, max(0.0, seconds - frame.overhead),
                              False)
-        log_request(plan.endpoint, _logged_body(plan), plan.scope, answer, seconds, ending.usage, cost,
-                    model if ending.usage is not None else None, privacy=gate.privacy)
+        log_request(self.endpoint, _logged_body(plan), plan.scope, answer, seconds, ending.usage, cost,
+                    model if ending.usage is not None else None, privacy=gate.privacy, service_tier=served)
         if tracer is not None:
             tracer.answered(plan.span, answer)
 
@@ -645,20 +620,3 @@ def _logged_body(plan: _Plan) -> dict[str, Any]:
 
 def _seconds_left(plan: _Plan) -> float:
     return max(0.0, plan.deadline - time.monotonic())
-
-
-def _as_responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
-    """A Realtime usage (``input_token_details``) named as the Responses API's, so that its
-    cached tokens are priced as cached."""
-    if "input_token_details" in usage and "input_tokens_details" not in usage:
-        return {**usage, "input_tokens_details": usage["input_token_details"]}
-    return usage
-
-
-def _item_text(item: dict[str, Any]) -> str:
-    parts = item.get("content")
-    if isinstance(parts, str):
-        return parts
-    if not isinstance(parts, list):
-        return ""
-    return "\n".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))

@@ -135,41 +135,16 @@ class _Server:
         body = await _read_json(request)
         plan = self.held.plan(planner(self.config, body))
         now = self.now()
-        quota = self.quota(plan.model)
-        tpm = quota.limits.tokens_per_minute
-        if plan.rate_tokens > tpm:
-            with self.counters_lock:
-                self.counters[plan.model].requests += 1
-                self.counters[plan.model].rate_limited += 1
-            error = ApiError(
-                429,
-                f"Request too large for {plan.model} in organization org-fleetgate-fake on tokens per min (TPM): "
-                f"Limit {tpm}, Requested {plan.rate_tokens}. The input or output tokens must be reduced.",
-                type="tokens", code="rate_limit_exceeded",
-            )
-            # Waiting cannot help, so tell the SDK not to retry.
-            return _json(error.body(), status=429, headers={**quota.headers(now), "x-should-retry": "false",
-                                                             "x-request-id": api.new_id("req")})
-        wait = quota.try_take(now, plan.rate_tokens)
-        headers = quota.headers(now)
+        wait, refused = self.admit(plan, now)
+        headers = self.quota(plan.model).headers(now)
         headers["x-request-id"] = api.new_id("req")
-        with self.counters_lock:
-            counters = self.counters[plan.model]
-            counters.requests += 1
-            if wait > 0:
-                counters.rate_limited += 1
+        if refused is not None:
+            if wait == math.inf:  # waiting cannot help, so tell the SDK not to retry
+                headers["x-should-retry"] = "false"
             else:
-                counters.tokens_admitted += plan.rate_tokens
-        if wait > 0:
-            headers["retry-after"] = str(max(1, math.ceil(wait)))
-            headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
-            error = ApiError(
-                429,
-                f"Rate limit reached for {plan.model} in organization org-fleetgate-fake on requests and tokens "
-                f"per min. Please try again in {math.ceil(wait * 1000)}ms.",
-                type="requests", code="rate_limit_exceeded",
-            )
-            return _json(error.body(), status=429, headers=headers)
+                headers["retry-after"] = str(max(1, math.ceil(wait)))
+                headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+            return _json(refused.body(), status=429, headers=headers)
 
         shape: set[str] = set()
         for fault in self._active_faults(plan.model):
@@ -232,6 +207,36 @@ class _Server:
         self.held.answered(plan, api.usage(plan, cached))
         await response.write_eof()
         return response
+
+    def admit(self, plan: Completion, now: float) -> tuple[float, ApiError | None]:
+        """Count `plan` against its model's limits, as OpenAI does at its arrival: the
+        seconds until there is room for it (0: admitted; inf: over the tokens per minute,
+        waiting cannot help) and the 429 that refuses it (None: admitted)."""
+        quota = self.quota(plan.model)
+        tpm = quota.limits.tokens_per_minute
+        wait = math.inf if plan.rate_tokens > tpm else quota.try_take(now, plan.rate_tokens)
+        with self.counters_lock:
+            counters = self.counters[plan.model]
+            counters.requests += 1
+            if wait > 0:
+                counters.rate_limited += 1
+            else:
+                counters.tokens_admitted += plan.rate_tokens
+        if wait == math.inf:
+            return wait, ApiError(
+                429,
+                f"Request too large for {plan.model} in organization org-fleetgate-fake on tokens per min (TPM): "
+                f"Limit {tpm}, Requested {plan.rate_tokens}. The input or output tokens must be reduced.",
+                type="tokens", code="rate_limit_exceeded",
+            )
+        if wait > 0:
+            return wait, ApiError(
+                429,
+                f"Rate limit reached for {plan.model} in organization org-fleetgate-fake on requests and tokens "
+                f"per min. Please try again in {math.ceil(wait * 1000)}ms.",
+                type="requests", code="rate_limit_exceeded",
+            )
+        return wait, None
 
     # -- faults ------------------------------------------------------------------------
 

@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-import random
-import threading
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
@@ -42,24 +39,20 @@ from fleetgate.testing.fake_openai import api, content
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.billing import Bill
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
-from fleetgate.testing.fake_openai.limits import ModelQuota
 
 __all__ = ["Sockets"]
 
 
 class _Server(Protocol):
-    """What the handlers use of the fake server: its limits, counters, faults and bill."""
+    """What the handlers use of the fake server: its limits, faults and bill."""
 
     config: FakeConfig
-    rng: random.Random
-    counters: Any
-    counters_lock: threading.Lock
     prompt_cache: content.PrefixCache
     bill: Bill
 
     def now(self) -> float: ...
 
-    def quota(self, model: str) -> ModelQuota: ...
+    def admit(self, plan: Completion, now: float) -> tuple[float, ApiError | None]: ...
 
     def _active_faults(self, model: str) -> list[Fault]: ...
 
@@ -94,8 +87,8 @@ class Sockets:
                     continue
                 frame = _frame(message.data)
                 if frame is None or frame.get("type") != "response.create":
-                    await _send(ws, _error(400, "invalid_request_error", "unsupported_event",
-                                           "The fake supports only response.create events on this socket."))
+                    await _send(ws, _error(ApiError(400, "The fake supports only response.create events on this "
+                                                    "socket.", code="unsupported_event")))
                     continue
                 lane = frame.get("stream_id") if isinstance(frame.get("stream_id"), str) else None
                 queue = lanes.get(lane)
@@ -114,9 +107,9 @@ class Sockets:
         while True:
             frame = await queue.get()
             body = {k: v for k, v in frame.items() if k not in ("type", "stream_id")}
-            plan = self._admitted(ws, lambda: api.plan_responses(self.server.config, body))
-            if isinstance(plan, dict):
-                await _send(ws, _in_lane(plan, lane))
+            plan = self._admitted(body)
+            if isinstance(plan, ApiError):
+                await _send(ws, _in_lane(_error(plan), lane))
                 continue
             await self._respond(ws, plan, lane, project)
 
@@ -161,7 +154,7 @@ class Sockets:
         session: dict[str, Any] = {"type": "realtime", "object": "realtime.session", "id": api.new_id("sess"),
                                    "model": request.query.get("model", ""), "instructions": "",
                                    "output_modalities": ["text"], "max_output_tokens": "inf"}
-        said: list[str] = []  # the conversation's text so far: every response reads all of it
+        said: list[dict[str, Any]] = []  # the conversation's items so far: every response reads all of them
         await _send(ws, {"type": "session.created", "event_id": api.new_id("event"), "session": session})
         current: asyncio.Task[None] | None = None
         try:
@@ -177,14 +170,14 @@ class Sockets:
                     await _send(ws, {"type": "session.updated", "event_id": api.new_id("event"), "session": session})
                 elif kind == "conversation.item.create" and isinstance(frame.get("item"), dict):
                     item = {"id": api.new_id("item"), **frame["item"]}
-                    said.append(_item_text(item))
+                    said.append(item)
                     await _send(ws, {"type": "conversation.item.created", "event_id": api.new_id("event"),
                                      "previous_item_id": None, "item": item})
                 elif kind == "input_audio_buffer.append":
                     continue  # the audio is not listened to: a commit stands for a turn spoken
                 elif kind == "input_audio_buffer.commit":
                     item_id = api.new_id("item")
-                    said.append("(a spoken turn)")
+                    said.append({"id": item_id, "type": "message", "role": "user", "content": "(a spoken turn)"})
                     await _send(ws, {"type": "input_audio_buffer.committed", "event_id": api.new_id("event"),
                                      "previous_item_id": None, "item_id": item_id})
                     if isinstance(session.get("turn_detection"), dict):  # the server answers the turn itself
@@ -199,28 +192,25 @@ class Sockets:
                     current = asyncio.create_task(self._realtime_response(ws, session, said, options, project,
                                                                           frame.get("event_id")))
                 else:
-                    await _send(ws, {"type": "error", "event_id": api.new_id("event"),
-                                     "error": {"type": "invalid_request_error", "code": "unsupported_event",
-                                               "message": f"The fake does not support {kind!r} events.",
-                                               "param": None, "event_id": frame.get("event_id")}})
+                    await _send(ws, _realtime_error(ApiError(400, f"The fake does not support {kind!r} events.",
+                                                             code="unsupported_event"), frame.get("event_id")))
         finally:
             if current is not None:
                 current.cancel()
                 await asyncio.gather(current, return_exceptions=True)
         return ws
 
-    async def _realtime_response(self, ws: web.WebSocketResponse, session: dict[str, Any], said: list[str],
+    async def _realtime_response(self, ws: web.WebSocketResponse, session: dict[str, Any], said: list[dict[str, Any]],
                                  options: dict[str, Any], project: str, event_id: object) -> None:
         model = str(session.get("model") or "")
-        instructions = options.get("instructions") or session.get("instructions") or ""
-        texts = [instructions] + ([] if options.get("conversation") == "none" else said)
-        texts += [_item_text(i) for i in options.get("input") or [] if isinstance(i, dict)]
+        items = ([] if options.get("conversation") == "none" else said) + [
+            i for i in options.get("input") or [] if isinstance(i, dict)]
         limit = options.get("max_output_tokens", session.get("max_output_tokens"))
-        body = {"model": model, "input": "\n".join(t for t in texts if t),
-                **({"max_output_tokens": limit} if isinstance(limit, int) else {})}
-        plan = self._admitted(ws, lambda: api.plan_responses(self.server.config, body))
-        if isinstance(plan, dict):  # a Realtime error names the client event it answers
-            await _send(ws, {**plan, "event_id": api.new_id("event"), "error": {**plan["error"], "event_id": event_id}})
+        body = {"model": model, "instructions": options.get("instructions") or session.get("instructions") or "",
+                "input": items, **({"max_output_tokens": limit} if isinstance(limit, int) else {})}
+        plan = self._admitted(body)
+        if isinstance(plan, ApiError):
+            await _send(ws, _realtime_error(plan, event_id))
             return
         rid, iid = api.new_id("resp"), api.new_id("item")
         response = {"id": rid, "object": "realtime.response", "status": "in_progress", "output": [],
@@ -241,44 +231,23 @@ class Sockets:
                  "output_tokens": plan.completion_tokens,
                  "input_token_details": {"cached_tokens": 0, "text_tokens": plan.prompt_tokens, "audio_tokens": 0},
                  "output_token_details": {"text_tokens": plan.completion_tokens, "audio_tokens": 0}}
-        said.append(plan.text)
-        # Realtime names the input details ``input_token_details``; billed as the Responses API's.
-        self.server.bill.charge(model, {"input_tokens": plan.prompt_tokens, "output_tokens": plan.completion_tokens,
-                                        "input_tokens_details": {"cached_tokens": 0},
-                                        "total_tokens": usage["total_tokens"]}, project=project)
+        said.append(item)
+        self.server.bill.charge(model, usage, project=project)
         await _send(ws, {"type": "response.done", "event_id": api.new_id("event"),
                          "response": {**response, "status": "completed", "output": [item], "usage": usage}})
 
     # -- shared ------------------------------------------------------------------------
 
-    def _admitted(self, ws: web.WebSocketResponse, planner: Any) -> Completion | dict[str, Any]:
-        """The planned answer, or the ``error`` event refusing it (a bad request, or one
-        over the model's limits), counted as the HTTP endpoints count theirs."""
-        server = self.server
+    def _admitted(self, body: dict[str, Any]) -> Completion | ApiError:
+        """The planned answer to the Responses request `body`, or the error refusing it (a
+        bad request, or one over the model's limits), counted as the HTTP endpoints count
+        theirs."""
         try:
-            plan: Completion = planner()
+            plan = api.plan_responses(self.server.config, body)
         except ApiError as e:
-            return _error(e.status, e.type, e.code, e.message, e.param)
-        now = server.now()
-        quota = server.quota(plan.model)
-        tpm = quota.limits.tokens_per_minute
-        wait = math.inf if plan.rate_tokens > tpm else quota.try_take(now, plan.rate_tokens)
-        with server.counters_lock:
-            counters = server.counters[plan.model]
-            counters.requests += 1
-            if wait > 0:
-                counters.rate_limited += 1
-            else:
-                counters.tokens_admitted += plan.rate_tokens
-        if wait == math.inf:
-            return _error(429, "tokens", "rate_limit_exceeded",
-                          f"Request too large for {plan.model} in organization org-fleetgate-fake on tokens per "
-                          f"min (TPM): Limit {tpm}, Requested {plan.rate_tokens}.")
-        if wait > 0:
-            return _error(429, "requests", "rate_limit_exceeded",
-                          f"Rate limit reached for {plan.model} in organization org-fleetgate-fake on requests and "
-                          f"tokens per min. Please try again in {math.ceil(wait * 1000)}ms.")
-        return plan
+            return e
+        _, refused = self.server.admit(plan, self.server.now())
+        return plan if refused is None else refused
 
     async def _held(self, ws: web.WebSocketResponse, model: str) -> bool:
         """A ``latency`` fault on `model` holds the response here, mid-way; a ``reset``
@@ -307,22 +276,19 @@ def _frame(data: str) -> dict[str, Any] | None:
     return frame if isinstance(frame, dict) else None
 
 
-def _error(status: int, kind: str, code: str | None, message: str, param: str | None = None) -> dict[str, Any]:
-    return {"type": "error", "status": status,
-            "error": {"type": kind, "code": code, "message": message, "param": param}}
+def _error(error: ApiError) -> dict[str, Any]:
+    """`error` as the ``error`` event that answers a frame (its HTTP status beside it)."""
+    return {"type": "error", "status": error.status, **error.body()}
+
+
+def _realtime_error(error: ApiError, event_id: object) -> dict[str, Any]:
+    """`error` as Realtime answers a client event with it: naming that event's id."""
+    event = _error(error)
+    return {**event, "event_id": api.new_id("event"), "error": {**event["error"], "event_id": event_id}}
 
 
 def _in_lane(event: dict[str, Any], lane: str | None) -> dict[str, Any]:
     return event if lane is None else {**event, "stream_id": lane}
-
-
-def _item_text(item: dict[str, Any]) -> str:
-    parts = item.get("content")
-    if isinstance(parts, str):
-        return parts
-    if not isinstance(parts, list):
-        return ""
-    return "\n".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
 
 
 async def _send(ws: web.WebSocketResponse, event: dict[str, Any]) -> None:
