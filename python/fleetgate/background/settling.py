@@ -25,9 +25,8 @@ from fleetgate.errors import BudgetExceeded, FleetgateError
 from fleetgate.estimate import UsageCounts, usage_counts, usage_tokens
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.path.call import Handoff
-from fleetgate.prices import PriceTable
+from fleetgate.prices import PriceTable, price_tier
 from fleetgate.stats import GatewayStats
-from fleetgate.tiers import served_tier_label
 
 __all__ = ["Settler"]
 
@@ -66,7 +65,7 @@ class Settler:
         if counts is not None and self._metrics is not None:
             # Labelled with its feature as the request path labels it (a call taken over: none).
             feature = handoff.call.scope.feature if handoff is not None else None
-            self._metrics.billed(record.model, feature, counts, cost, service_tier=served_tier_label(served))
+            self._metrics.billed(record.model, feature, counts, cost, service_tier=price_tier(served))
         return True
 
     def give_back(self, record: PendingCall, handoff: Handoff | None) -> None:
