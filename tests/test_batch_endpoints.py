@@ -84,7 +84,7 @@ def test_a_job_of_each_endpoint_is_split_sent_collected_and_billed_once_per_line
         # Every line billed once, at the batch tier; the job's cost is the bill's usage at the batch price.
         assert len(bill) == 25 and {c.tier for c in bill} == {"batch"}
         gate_prices = jobs.gateway.prices
-        assert report.cost == pytest.approx(sum(gate_prices.cost(c.model, c.usage, batch=True) or 0 for c in bill))
+        assert report.cost == pytest.approx(sum(gate_prices.cost(c.model, c.usage, tier="batch") or 0 for c in bill))
         assert report.cost > 0
         if url.startswith("/v1/images/"):
             body = answers["r1"]["response"]["body"]

@@ -57,7 +57,7 @@ def test_usage_is_priced_at_the_tier_that_served_it(table: PriceTable) -> None:
     assert table.cost("m-write", usage, tier="flex") == pytest.approx((300 * 2.00 + 200 * 0.20 + 100 * 10.00) / 1e6)
     assert table.cost("m-write", usage, tier="fast") == table.cost("m-write", usage, tier="priority")
     assert table.cost("m-write", usage, tier="priority") == pytest.approx((300 * 8.00 + 200 * 0.80 + 100 * 40.00) / 1e6)
-    assert table.cost("m-write", usage, batch=True) == pytest.approx(standard / 2)
+    assert table.cost("m-write", usage, tier="batch") == pytest.approx(standard / 2)
 
 
 def test_long_prompts_take_the_long_context_rates_of_their_tier(table: PriceTable) -> None:
@@ -75,7 +75,7 @@ def test_tiers_a_model_does_not_list_are_derived(table: PriceTable) -> None:
     standard = (1000 * 1.00 + 1000 * 2.00) / 1e6
     assert table.cost("m-plain", usage, tier="priority") == pytest.approx(standard)  # served at standard
     assert table.cost("m-plain", usage, tier="flex") == pytest.approx(standard / 2)  # flex is priced as batch
-    assert table.cost("m-plain", usage, batch=True) == pytest.approx(standard / 2)
+    assert table.cost("m-plain", usage, tier="batch") == pytest.approx(standard / 2)
     # a model with no cached rate bills cached tokens as input
     assert table.cost("m-plain", {**usage, "prompt_tokens_details": {"cached_tokens": 500}}) == pytest.approx(standard)
 
@@ -104,7 +104,7 @@ def test_settings_override_the_shipped_batch_discount_for_every_model() -> None:
     shipped = default_prices()
     usage = {"prompt_tokens": 1000, "completion_tokens": 1000}
     model = "gpt-4.1-mini"
-    assert table.cost(model, usage, batch=True) == pytest.approx((table.cost(model, usage) or 0) * 0.25)
+    assert table.cost(model, usage, tier="batch") == pytest.approx((table.cost(model, usage) or 0) * 0.25)
     assert shipped.cost(model, usage) == table.cost(model, usage)
 
 
@@ -116,7 +116,7 @@ def test_settings_override_the_batch_discount_of_a_file_of_your_own(table: Price
                                                                       "models": models}))
         assert ours.batch_discount == 0.25
         for model in ("m-plain", *models):
-            assert ours.cost(model, usage, batch=True) == pytest.approx((ours.cost(model, usage) or 0) * 0.25), model
+            assert ours.cost(model, usage, tier="batch") == pytest.approx((ours.cost(model, usage) or 0) * 0.25), model
         assert ours.cost("m-plain", usage) == table.cost("m-plain", usage)
 
 

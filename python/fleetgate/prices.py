@@ -240,25 +240,22 @@ class PriceTable:
             return None
         return self.models[listed].source or self.source
 
-    def cost(self, model: str, usage: dict[str, Any] | None, *, batch: bool = False,
-             tier: str | None = None) -> float | None:
+    def cost(self, model: str, usage: dict[str, Any] | None, *, tier: str | None = None) -> float | None:
         """Dollars for one response's usage (chat, responses or embeddings) at the
-        ``service_tier`` that served it (`tier`; `batch`: a Batch API line), or None when
-        the model has no price or there is no usage."""
+        ``service_tier`` that served it (`tier`; ``"batch"``: a Batch API line), or None
+        when the model has no price or there is no usage."""
         if not isinstance(usage, dict):
             return None
-        return self.counts_cost(model, usage_counts(usage), batch=batch, tier=tier)
+        return self.counts_cost(model, usage_counts(usage), tier=tier)
 
-    def counts_cost(self, model: str, counts: UsageCounts, *, batch: bool = False,
-                    tier: str | None = None) -> float | None:
+    def counts_cost(self, model: str, counts: UsageCounts, *, tier: str | None = None) -> float | None:
         """Dollars for a response's token counts (:func:`~fleetgate.estimate.usage_counts`
-        of its usage) at `tier` (a ``service_tier``; `batch`: a Batch API line), or None
-        when the model has no price."""
+        of its usage) at `tier` (a ``service_tier``; ``"batch"``: a Batch API line), or
+        None when the model has no price."""
         price = self.price(model)
         if price is None:
             return None
-        return price.dollars(counts.prompt, counts.output, counts.cached, counts.written,
-                             tier="batch" if batch else price_tier(tier))
+        return price.dollars(counts.prompt, counts.output, counts.cached, counts.written, tier=price_tier(tier))
 
 
 def _rates(fields: RateFields) -> Rates:

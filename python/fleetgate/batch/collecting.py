@@ -89,7 +89,7 @@ class Collecting(ChunkFiles):
             for line in parse_lines(self._file_lines(file_id)):
                 if tally.add(line, sent) and line is not None and line.outcome == "ok":
                     usage = line.usage
-                    line_cost = prices.cost(job.model, usage, batch=True) if usage else None
+                    line_cost = prices.cost(job.model, usage, tier="batch") if usage else None
                     cost += line_cost or 0.0
                     if metrics is not None and isinstance(usage, dict):
                         metrics.billed(job.model, job.feature or None, usage_counts(usage), line_cost,
