@@ -7,6 +7,13 @@ KEYS  per quota, in ARGV order: a token bucket uses one key (its state hash: r, 
 ARGV  [1] requests  [2] tokens  [3] n, the number of quotas
       then 5 values per quota: algorithm ("tb" | "sw"), requests per minute,
       request capacity, tokens per minute, token capacity (0 = dimension not limited)
+      then [4 + 5n] (optional) the lease shelf in seconds: absent or 0 for an admission, above 0 for a pod's
+      lease on token buckets, which the pod may admit from until that long after the grant
+A token bucket also keeps what leases were granted in the last two shelves (fields ls, lw,
+lr, lt, pr, pt): room a pod holds and has not sent yet. The bucket refills only up to its
+capacity less that room, so the room in the bucket and the room in leases together never
+exceed the burst upstream allows; otherwise a lease granted from a nearly full bucket
+would be spent after the bucket refilled to full, and upstream would see more than a burst.
 Returns {1, remaining_requests, remaining_tokens, mark_1 .. mark_n} when admitted
         (remaining -1 where no quota limits that dimension; mark = the sliding window log
         member, or "" for a token bucket), or {0, retry_after_us, refusing quota index}.
@@ -15,6 +22,7 @@ Time is Redis server time, so pods' clocks never matter. ]]
 local requests = tonumber(ARGV[1])
 local tokens = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
+local shelf = tonumber(ARGV[4 + 5 * n]) or 0
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local WINDOW = 60
@@ -68,6 +76,21 @@ local function window_wait(log, over_r, over_t)
   end
 end
 
+-- What leases of a bucket granted in its current and previous shelf: {requests, tokens},
+-- and the current shelf's own grants {requests, tokens} (s = the bucket's stored fields).
+local function leased(s)
+  local width = tonumber(s[5]) or 0
+  if width <= 0 then return {0, 0}, {0, 0} end
+  local age = math.floor(now / width) - tonumber(s[4])
+  if age == 0 then
+    local cur = {tonumber(s[6]), tonumber(s[7])}
+    return {cur[1] + tonumber(s[8]), cur[2] + tonumber(s[9])}, cur
+  elseif age == 1 then
+    return {tonumber(s[6]), tonumber(s[7])}, {0, 0}
+  end
+  return {0, 0}, {0, 0}
+end
+
 local quotas = {}
 local key = 1
 local rem_r, rem_t = -1, -1
@@ -89,14 +112,18 @@ for i = 1, n do
   if q.alg == 'tb' then
     q.key = KEYS[key]
     key = key + 1
-    local s = redis.call('HMGET', q.key, 'r', 't', 'ts')
+    local s = redis.call('HMGET', q.key, 'r', 't', 'ts', 'ls', 'lw', 'lr', 'lt', 'pr', 'pt')
     local ts = tonumber(s[3])
+    local out
+    out, q.cur = leased(s)
+    q.width = tonumber(s[5]) or 0
     if ts == nil then
       q.r, q.t = q.rcap, q.tcap
     else
       local elapsed = math.max(now - ts, 0)
-      q.r = level(tonumber(s[1]), elapsed, q.rpm, q.rcap)
-      q.t = level(tonumber(s[2]), elapsed, q.tpm, q.tcap)
+      q.r = math.min(level(tonumber(s[1]), elapsed, q.rpm, q.rcap), math.max(q.rcap - out[1], 0))
+      q.t = math.min(level(tonumber(s[2]), elapsed, q.tpm, q.tcap), math.max(q.tcap - out[2], 0))
+      q.prev = {out[1] - q.cur[1], out[2] - q.cur[2]}
     end
     wait = math.max(bucket_wait(q.rpm, q.rcap, q.r, requests), bucket_wait(q.tpm, q.tcap, q.t, tokens))
     if wait == 0 then
@@ -136,8 +163,20 @@ for i = 1, n do
     if q.tcap > 0 then t = t - tokens end
     redis.call('HSET', q.key, 'r', string.format('%.17g', r), 't', string.format('%.17g', t),
       'ts', string.format('%.17g', now))
-    -- Gone once full again: an absent key reads as a full bucket.
-    local full_in = 0
+    local held_for = 2 * q.width
+    if shelf > 0 then
+      -- A grant joins the current shelf's (a bucket leased with another shelf length
+      -- starts its count over, keeping what is outstanding as the previous shelf's).
+      local cur, prev = q.cur, q.prev or {0, 0}
+      if q.width ~= shelf then
+        prev, cur = {prev[1] + cur[1], prev[2] + cur[2]}, {0, 0}
+      end
+      redis.call('HSET', q.key, 'ls', math.floor(now / shelf), 'lw', string.format('%.17g', shelf),
+        'lr', cur[1] + requests, 'lt', cur[2] + tokens, 'pr', prev[1], 'pt', prev[2])
+      held_for = math.max(held_for, 2 * shelf)
+    end
+    -- Gone once full again and no lease counts: an absent key reads as a full bucket.
+    local full_in = held_for
     if q.rcap > 0 then full_in = math.max(full_in, (q.rcap - r) / (q.rpm / 60)) end
     if q.tcap > 0 then full_in = math.max(full_in, (q.tcap - t) / (q.tpm / 60)) end
     redis.call('PEXPIRE', q.key, math.ceil(full_in * 1000) + 1000)

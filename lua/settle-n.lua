@@ -14,6 +14,18 @@ local n = tonumber(ARGV[3])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 
+-- What leases granted in a bucket's current and previous shelf still hold, {requests,
+-- tokens} (s = its fields r, t, ts, ls, lw, lr, lt, pr, pt): the bucket refills only up
+-- to its capacity less that (acquire-n.lua).
+local function leased(s)
+  local width = tonumber(s[5]) or 0
+  if width <= 0 then return {0, 0} end
+  local age = math.floor(now / width) - tonumber(s[4])
+  if age == 0 then return {tonumber(s[6]) + tonumber(s[8]), tonumber(s[7]) + tonumber(s[9])} end
+  if age == 1 then return {tonumber(s[6]), tonumber(s[7])} end
+  return {0, 0}
+end
+
 local adjusted = 0
 local key = 1
 for i = 1, n do
@@ -24,20 +36,22 @@ for i = 1, n do
   if alg == 'tb' then
     local k = KEYS[key]
     key = key + 1
-    local s = redis.call('HMGET', k, 'r', 't', 'ts')
+    local s = redis.call('HMGET', k, 'r', 't', 'ts', 'ls', 'lw', 'lr', 'lt', 'pr', 'pt')
     local ts = tonumber(s[3])
     -- An expired bucket is full: a refund cannot add to it, a charge starts from full.
+    local out = leased(s)
+    local rtop, ttop = math.max(rcap - out[1], 0), math.max(tcap - out[2], 0)
     local r, t = rcap, tcap
     if ts ~= nil then
       local elapsed = math.max(now - ts, 0)
-      if rcap > 0 then r = math.min(rcap, tonumber(s[1]) + elapsed * rpm / 60) end
-      if tcap > 0 then t = math.min(tcap, tonumber(s[2]) + elapsed * tpm / 60) end
+      if rcap > 0 then r = math.min(rtop, tonumber(s[1]) + elapsed * rpm / 60) end
+      if tcap > 0 then t = math.min(ttop, tonumber(s[2]) + elapsed * tpm / 60) end
     end
-    if rcap > 0 then r = math.min(rcap, r + give_r) end
-    if tcap > 0 then t = math.min(tcap, t + give_t) end
+    if rcap > 0 then r = math.min(rtop, r + give_r) end
+    if tcap > 0 then t = math.min(ttop, t + give_t) end
     redis.call('HSET', k, 'r', string.format('%.17g', r), 't', string.format('%.17g', t),
       'ts', string.format('%.17g', math.max(now, ts or now)))
-    local full_in = 0
+    local full_in = 2 * (tonumber(s[5]) or 0)  -- kept while leases count
     if rcap > 0 then full_in = math.max(full_in, (rcap - r) / (rpm / 60)) end
     if tcap > 0 then full_in = math.max(full_in, (tcap - t) / (tpm / 60)) end
     redis.call('PEXPIRE', k, math.ceil(full_in * 1000) + 1000)

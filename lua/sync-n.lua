@@ -20,7 +20,7 @@ local WINDOW = 60
 
 if alg == 'tb' then
   local k = KEYS[1]
-  local s = redis.call('HMGET', k, 'r', 't', 'ts')
+  local s = redis.call('HMGET', k, 'r', 't', 'ts', 'lw')
   local ts = tonumber(s[3])
   local r, t = rcap, tcap
   if ts ~= nil then
@@ -34,7 +34,7 @@ if alg == 'tb' then
   if lowered == 0 then return 0 end
   redis.call('HSET', k, 'r', string.format('%.17g', r), 't', string.format('%.17g', t),
     'ts', string.format('%.17g', math.max(now, ts or now)))
-  local full_in = 0
+  local full_in = 2 * (tonumber(s[4]) or 0)  -- kept while leases count (acquire-n.lua)
   if rcap > 0 then full_in = math.max(full_in, (rcap - r) / (rpm / 60)) end
   if tcap > 0 then full_in = math.max(full_in, (tcap - t) / (tpm / 60)) end
   redis.call('PEXPIRE', k, math.ceil(full_in * 1000) + 1000)

@@ -447,12 +447,9 @@ def test_chains_run_close_to_the_token_limit_without_upstream_429s(fake_openai: 
     most 30 s or 3,000 calls. Upstream counts each call's held context against its tokens
     per minute: reserved for, the pods stay under the limit while using nearly all of it
     (without the ledger, about one call in six is refused upstream)."""
-    # Quota leases are off: a lease's room is counted by the store when granted and spent
-    # later, so near the limit calls this varied in size still put a few in a thousand over
-    # upstream's one-second slice on a busy machine (6 of 1,544 in one run under load), even
-    # with leases given way to the store under half a burst of room: the limiter's to fix.
+    # Quota leases on, as by default: room a lease holds is not refilled in the store.
     pods = [fg.Gateway(base_url=fake_openai.base_url, redis_url=redis_url, max_upstream_retries=0,
-                       quota_lease_seconds=0, models={LIMITED: fg.QuotaLimits(tokens_per_minute=TPM)})
+                       models={LIMITED: fg.QuotaLimits(tokens_per_minute=TPM)})
             for _ in range(2)]
     clients = [pod.openai(api_key="sk-fake", max_retries=0) for pod in pods]
     stop_at, calls = time.monotonic() + 30, threading.Semaphore(3_000)

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import fleetgate as fg
+from tests.polling import until
 from fleetgate.testing import FakeConfig, FakeOpenAI
 from fleetgate.testing.fake_openai.config import ModelLimits
 
@@ -96,6 +97,53 @@ def test_leasing_processes_never_admit_more_than_the_quota(store_url: str, name:
     assert total <= 100 * elapsed + 200
     # What leases still hold when the run stops is at most a tenth of the burst per process.
     assert total >= (100 * seconds + 200) * 0.8, f"only {total} admitted: the quota was wasted"
+
+
+def test_the_room_leases_hold_is_not_refilled_in_the_store(redis_url: str, name: str) -> None:
+    """A pod leases room from a bucket; while the lease may still be admitted from, the
+    bucket refills only up to its burst less what the lease holds, so the room in the
+    store and in the lease together never exceed the burst upstream allows (else another
+    pod could send a full burst just before the lease is spent on top of it)."""
+    pod = fg.Limiter(redis_url, lease_seconds=10.0)  # admitted from for 20 s after the grant
+    quota = fg.Quota(name, requests_per_minute=60_000, request_burst=1_000)  # refills 1,000/s
+    for _ in range(5_000):  # a busy pod, until its lease is big enough to tell
+        held, _ = pod.leased(quota)
+        if held >= 20:
+            break
+        _busy(pod, quota, 1)
+    assert held >= 20, "no lease big enough to tell"
+    time.sleep(2.0)  # Redis's clock refills the bucket meanwhile, however busy this machine
+    room = fg.Limiter(redis_url).try_acquire(quota, requests=0).remaining_requests
+    assert room is not None and room + held <= 1_000, f"room {room} in the store and {held} leased"
+
+
+def test_what_a_lease_cannot_pay_is_charged_to_the_store_at_once(redis_url: str, name: str) -> None:
+    """A call admitted from a lease used 40,000 tokens beyond its estimate: what the lease
+    held pays part, the store is charged the rest now (not when the lease goes back), and
+    the lease never owes."""
+    pod = fg.Limiter(redis_url, lease_seconds=10.0)  # admitted from for 20 s after the grant
+    quota = fg.Quota(name, requests_per_minute=6_000_000, tokens_per_minute=60_000, token_burst=60_000)
+    watcher = fg.Limiter(redis_url)
+
+    def room() -> int:
+        """The room in the store and in the pod's lease (a grant landing in between may
+        count twice: never less than there is)."""
+        store = watcher.try_acquire(quota, requests=0, tokens=0).remaining_tokens
+        assert store is not None
+        return store + pod.leased(quota)[1]
+
+    _holding(pod, quota, tokens=100)
+    d = pod.try_acquire(quota, tokens=100)
+    assert d.source == "lease" and d.reservation is not None
+    before, settled = room(), time.monotonic()
+    pod.settle(d.reservation, 100 + 40_000)
+    assert pod.leased(quota)[1] >= 0, "the lease owes what it could not pay"
+
+    def charged() -> bool:
+        refilled = 1_000 * (time.monotonic() - settled + 1)  # 1,000 tokens/s, and a second's slack
+        return room() <= before - 40_000 + refilled
+    until(charged, seconds=15.0)  # well within the lease's shelf: the give-back did not pay it
+    assert pod.leased(quota)[1] >= 0
 
 
 def test_a_report_of_less_room_forfeits_the_lease(redis_url: str, name: str) -> None:

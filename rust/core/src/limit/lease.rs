@@ -11,14 +11,16 @@
 //!   exactly as without leases (so a quota near its limit is shared request by request);
 //! - a lease left unused for `idle` is given back, and a quota upstream reports as fuller
 //!   than the fleet's view (or refuses with a 429) forfeits its lease at once;
-//! - what a lease still holds `2 × seconds` after it was granted, or once the store reports
-//!   less than half the burst left (the quota is near its limit), is given back rather than admitted from: the store counted
-//!   that room when it granted it, so room admitted from later would reach upstream in a
-//!   later slice than the one it was counted in (on top of a bucket that refilled
-//!   meanwhile, when calls too big for the lease went to the store);
+//! - what a lease still holds `2 × seconds` after it was granted (its shelf), or once the
+//!   store reports less than half the burst left (the quota is near its limit), is given
+//!   back rather than admitted from;
+//! - the store counts a grant as room held and not yet sent for two shelves, and refills
+//!   the bucket only up to its burst less that room (`lua/acquire-n.lua`): room the store
+//!   counted at the grant reaches upstream later, when upstream's bucket may be full again,
+//!   so without this the fleet would send upstream its burst and the leases on top;
 //! - tokens a request did not use go back to the lease they came from; a request that
-//!   used more than its estimate is charged to the lease (and to the store with it when
-//!   the lease is given back).
+//!   used more than its estimate is charged to the lease, and what the lease cannot pay
+//!   to the store at once.
 //!
 //! A pod that dies with a lease loses that room until the bucket refills it: about
 //! `seconds` of its own traffic.
@@ -48,8 +50,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 struct Held {
     quota: Arc<QuotaSpec>,
-    /// Room left to admit from; tokens go below zero when a settlement charged more than
-    /// the lease held (paid from the next grant, or when the lease is given back).
+    /// Room left to admit from (never below zero: what a settlement charges beyond it goes
+    /// to the store at once).
     requests: i64,
     tokens: i64,
     /// Demand on this pod since `since`, and its rate per second, smoothed.
@@ -286,27 +288,32 @@ impl Leases {
         }
     }
 
-    /// Give a lease reservation's unused tokens back to the leases it came from (or charge
-    /// them what it used beyond its estimate). A lease already given back settles with
-    /// the store instead.
+    /// Give a lease reservation's unused tokens back to the leases it came from, or charge
+    /// them what it used beyond its estimate. What a lease cannot pay, and what comes to a
+    /// lease already given back, is settled with the store at once: the store must count
+    /// it before upstream's next slice, not when the lease is given back.
     /// (A forfeited lease keeps what comes back, admitting nothing from it until a refill.)
-    pub(crate) fn settle(&self, reservation: &Reservation, give_back: i64) {
-        let mut orphans = Vec::new();
+    pub(crate) fn settle(self: &Arc<Self>, reservation: &Reservation, give_back: i64) {
+        let mut to_store = Vec::new();
         {
             let mut held = self.lock();
             for part in &reservation.parts {
                 match held.get_mut(part.quota.name.as_str()) {
-                    Some(h) => h.tokens += give_back,
-                    None => orphans.push(part.clone()),
+                    Some(h) => {
+                        h.tokens += give_back;
+                        if h.tokens < 0 {
+                            to_store.push((Arc::clone(&part.quota), 0, h.tokens));
+                            h.tokens = 0;
+                        }
+                    }
+                    None if give_back != 0 => to_store.push((Arc::clone(&part.quota), 0, give_back)),
+                    None => {}
                 }
             }
         }
-        if !orphans.is_empty() && give_back != 0 {
-            let store = Arc::clone(&self.store);
-            self.runtime.spawn(async move {
-                // Unreachable store: the bucket refills by itself within a burst period.
-                let _ = store.adjust(&orphans, 0, give_back).await;
-            });
+        if !to_store.is_empty() {
+            let leases = Arc::clone(self);
+            self.runtime.spawn(async move { leases.give_back(to_store).await });
         }
     }
 
@@ -315,8 +322,7 @@ impl Leases {
     /// until a store decision shows room.
     pub(crate) fn forfeit(&self, quota: &QuotaSpec) {
         if let Some(h) = self.lock().get_mut(quota.name.as_str()) {
-            h.requests = 0;
-            h.tokens = h.tokens.min(0);
+            (h.requests, h.tokens) = (0, 0);
             h.forfeits += 1;
             (h.room_requests, h.room_tokens) = (Some(0), Some(0));
         }
@@ -335,7 +341,7 @@ impl Leases {
                 }
             }
         };
-        let answer = self.store.try_acquire(std::slice::from_ref(&quota), wanted.0, wanted.1).await;
+        let answer = self.store.try_lease(&quota, wanted.0, wanted.1, self.shelf.as_secs_f64()).await;
         let mut held = self.lock();
         let Some(h) = held.get_mut(quota.name.as_str()) else {
             drop(held);
@@ -390,7 +396,7 @@ impl Leases {
         self.give_back(returns).await;
     }
 
-    /// Give what leases held back to the store (tokens below zero: what they owe).
+    /// Give what leases held back to the store (below zero: charge it).
     async fn give_back(&self, returns: Vec<(Arc<QuotaSpec>, i64, i64)>) {
         for (quota, requests, tokens) in returns {
             let part = ReservedPart { quota, mark: WindowMark::None };
@@ -400,7 +406,7 @@ impl Leases {
         }
     }
 
-    /// `(requests, tokens)` this pod holds of a quota's room (tokens below zero: owed).
+    /// `(requests, tokens)` this pod holds of a quota's room.
     pub(crate) fn held(&self, quota: &QuotaSpec) -> (i64, i64) {
         self.lock().get(quota.name.as_str()).map_or((0, 0), |h| (h.requests, h.tokens))
     }

@@ -53,6 +53,15 @@ impl RedisStore {
         parse_acquire(reply, group.len())
     }
 
+    /// Reserve a pod's lease on one token-bucket quota, which the pod admits from until
+    /// `shelf` after the grant: the bucket counts it as room held and not yet sent, and
+    /// refills only up to its capacity less what such leases hold.
+    pub async fn try_lease(&self, quota: &Arc<QuotaSpec>, requests: u64, tokens: u64, shelf: f64) -> Result<Decision> {
+        let (keys, mut args) = acquire_call(&[quota], requests, tokens);
+        args.push(shelf.to_string());
+        Ok(parse_acquire(self.run(&ACQUIRE, &keys, &args).await?, 1)?.decision(&[quota], requests, tokens))
+    }
+
     /// `try_acquire` on the caller's thread, blocking, for a standalone Redis (one script
     /// call decides all quotas there); None on a cluster, where the async path groups
     /// quotas by slot, and while every blocking connection is busy.
@@ -69,16 +78,7 @@ impl RedisStore {
         let (keys, args) = acquire_call(&group, requests, tokens);
         let reply = self.run_blocking(&ACQUIRE, &keys, &args)?;
         let outcome = reply.and_then(|reply| parse_acquire(reply, group.len()));
-        Some(outcome.map(|outcome| match outcome {
-            GroupOutcome::Admitted { remaining_requests, remaining_tokens, marks } => {
-                let parts = group.iter().zip(marks).map(|(q, mark)| ReservedPart { quota: Arc::clone(q), mark });
-                let (r, t) = (tighter(None, remaining_requests), tighter(None, remaining_tokens));
-                Decision::admitted(parts.collect(), r, t, requests, tokens, Source::Redis)
-            }
-            GroupOutcome::Refused { retry_after, index } => {
-                Decision::denied(retry_after, Arc::clone(group[index]), Source::Redis)
-            }
-        }))
+        Some(outcome.map(|outcome| outcome.decision(&group, requests, tokens)))
     }
 
     async fn give_back(&self, parts: &[ReservedPart], requests: u64, tokens: u64) -> Result<()> {
@@ -144,6 +144,22 @@ fn acquire_call(group: &[&Arc<QuotaSpec>], requests: u64, tokens: u64) -> (Vec<S
 enum GroupOutcome {
     Admitted { remaining_requests: Option<f64>, remaining_tokens: Option<f64>, marks: Vec<WindowMark> },
     Refused { retry_after: f64, index: usize },
+}
+
+impl GroupOutcome {
+    /// The decision on `group` (all of a call's quotas) this outcome stands for.
+    fn decision(self, group: &[&Arc<QuotaSpec>], requests: u64, tokens: u64) -> Decision {
+        match self {
+            GroupOutcome::Admitted { remaining_requests, remaining_tokens, marks } => {
+                let parts = group.iter().zip(marks).map(|(q, mark)| ReservedPart { quota: Arc::clone(q), mark });
+                let (r, t) = (tighter(None, remaining_requests), tighter(None, remaining_tokens));
+                Decision::admitted(parts.collect(), r, t, requests, tokens, Source::Redis)
+            }
+            GroupOutcome::Refused { retry_after, index } => {
+                Decision::denied(retry_after, Arc::clone(group[index]), Source::Redis)
+            }
+        }
+    }
 }
 
 fn algorithm_arg(quota: &QuotaSpec) -> &'static str {
