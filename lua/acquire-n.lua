@@ -76,19 +76,20 @@ local function window_wait(log, over_r, over_t)
   end
 end
 
--- What leases of a bucket granted in its current and previous shelf: {requests, tokens},
--- and the current shelf's own grants {requests, tokens} (s = the bucket's stored fields).
-local function leased(s)
-  local width = tonumber(s[5]) or 0
-  if width <= 0 then return {0, 0}, {0, 0} end
-  local age = math.floor(now / width) - tonumber(s[4])
+-- What leases of a bucket granted in its current and previous shelf of `width` seconds
+-- (0: never leased), {requests, tokens}, and the current shelf's own grants.
+local NONE = {0, 0}
+local function leased(k, width)
+  if width <= 0 then return NONE, NONE end
+  local s = redis.call('HMGET', k, 'ls', 'lr', 'lt', 'pr', 'pt')
+  local age = math.floor(now / width) - tonumber(s[1])
   if age == 0 then
-    local cur = {tonumber(s[6]), tonumber(s[7])}
-    return {cur[1] + tonumber(s[8]), cur[2] + tonumber(s[9])}, cur
+    local cur = {tonumber(s[2]), tonumber(s[3])}
+    return {cur[1] + tonumber(s[4]), cur[2] + tonumber(s[5])}, cur
   elseif age == 1 then
-    return {tonumber(s[6]), tonumber(s[7])}, {0, 0}
+    return {tonumber(s[2]), tonumber(s[3])}, NONE
   end
-  return {0, 0}, {0, 0}
+  return NONE, NONE
 end
 
 local quotas = {}
@@ -107,23 +108,24 @@ for i = 1, n do
     alg = ARGV[a + 1],
     rpm = tonumber(ARGV[a + 2]), rcap = tonumber(ARGV[a + 3]),
     tpm = tonumber(ARGV[a + 4]), tcap = tonumber(ARGV[a + 5]),
+    -- filled in below; named here so the table is sized once
+    key = false, r = 0, t = 0, width = 0, out = NONE, cur = NONE,
   }
   local wait = 0
   if q.alg == 'tb' then
     q.key = KEYS[key]
     key = key + 1
-    local s = redis.call('HMGET', q.key, 'r', 't', 'ts', 'ls', 'lw', 'lr', 'lt', 'pr', 'pt')
+    local s = redis.call('HMGET', q.key, 'r', 't', 'ts', 'lw')
     local ts = tonumber(s[3])
-    local out
-    out, q.cur = leased(s)
-    q.width = tonumber(s[5]) or 0
+    q.width = tonumber(s[4]) or 0
+    q.out, q.cur = leased(q.key, q.width)
+    local out = q.out
     if ts == nil then
       q.r, q.t = q.rcap, q.tcap
     else
       local elapsed = math.max(now - ts, 0)
       q.r = math.min(level(tonumber(s[1]), elapsed, q.rpm, q.rcap), math.max(q.rcap - out[1], 0))
       q.t = math.min(level(tonumber(s[2]), elapsed, q.tpm, q.tcap), math.max(q.tcap - out[2], 0))
-      q.prev = {out[1] - q.cur[1], out[2] - q.cur[2]}
     end
     wait = math.max(bucket_wait(q.rpm, q.rcap, q.r, requests), bucket_wait(q.tpm, q.tcap, q.t, tokens))
     if wait == 0 then
@@ -167,7 +169,7 @@ for i = 1, n do
     if shelf > 0 then
       -- A grant joins the current shelf's (a bucket leased with another shelf length
       -- starts its count over, keeping what is outstanding as the previous shelf's).
-      local cur, prev = q.cur, q.prev or {0, 0}
+      local cur, prev = q.cur, {q.out[1] - q.cur[1], q.out[2] - q.cur[2]}
       if q.width ~= shelf then
         prev, cur = {prev[1] + cur[1], prev[2] + cur[2]}, {0, 0}
       end
