@@ -60,7 +60,7 @@ if TYPE_CHECKING:
         parse_duration,
         truncate_tokens,
     )
-    from fleetgate.config import GatewayConfig, QuotaLimits
+    from fleetgate.config import GatewayConfig, ModelDeployment, QuotaLimits
     from fleetgate.gateway import Gateway
     from fleetgate.modes import ModeState, Modes
     from fleetgate.privacy import Privacy
@@ -74,7 +74,7 @@ _LAZY: dict[str, str] = {
                              "Flight", "Flights", "Lanes", "Ledger", "Limiter", "Quota", "Reservation", "Slot",
                              "__version__", "chat_prompt_tokens", "count_tokens", "encoding_for_model", "health",
                              "parse_duration", "truncate_tokens")),
-        ("fleetgate.config", ("GatewayConfig", "QuotaLimits")),
+        ("fleetgate.config", ("GatewayConfig", "ModelDeployment", "QuotaLimits")),
         ("fleetgate.gateway", ("Gateway",)),
         ("fleetgate.modes", ("ModeState", "Modes")),
         ("fleetgate.privacy", ("Privacy",)),
@@ -109,6 +109,7 @@ __all__ = [
     "Ledger",
     "Limiter",
     "ModeState",
+    "ModelDeployment",
     "Modes",
     "Priority",
     "Privacy",

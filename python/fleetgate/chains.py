@@ -2,7 +2,8 @@
 
 A Responses call with ``previous_response_id`` or ``conversation`` is billed, and counted
 against tokens per minute, for input its body does not show: the context OpenAI holds.
-This ledger remembers, per chain, how many input tokens a call continuing it will carry:
+This ledger remembers, per chain, how many input tokens a call continuing it will carry,
+and which deployment holds it (``[deployments]``: the chain's state lives there only):
 
 1. An answer is learned from its ``usage``: a call continuing response R carries R's input
    and R's output (its reasoning included: whether reasoning items are carried depends on
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     import redis
     import redis.cluster
 
-__all__ = ["Chain", "Chains", "carried_by", "continued"]
+__all__ = ["Chain", "Chains", "Held", "carried_by", "continued"]
 
 log = logging.getLogger("fleetgate")
 
@@ -63,6 +64,25 @@ class Chain(NamedTuple):
 
     kind: Literal["response", "conversation"]
     id: str
+
+
+class Held(NamedTuple):
+    """What the ledger knows of a chain: the input tokens a call continuing it carries, and
+    the deployment holding it (None: the gateway's one upstream, or not known)."""
+
+    tokens: int
+    home: str | None = None
+
+    def encoded(self) -> str:
+        """As kept in Redis: ``"1840"``, or ``"1840 sweden"`` (names hold no spaces)."""
+        return str(self.tokens) if self.home is None else f"{self.tokens} {self.home}"
+
+    @classmethod
+    def decoded(cls, raw: bytes | str) -> Held:
+        """Read back what :meth:`encoded` wrote; ValueError when it is not that."""
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        tokens, _, home = text.partition(" ")
+        return cls(int(tokens), home or None)
 
 
 def continued(body: dict[str, Any]) -> Chain | None:
@@ -91,12 +111,12 @@ class Chains:
     def __init__(self, settings: ServerContextSettings, redis_url: str | None, stats: GatewayStats,
                  failure_policy: str) -> None:
         self.settings, self.stats, self.failure_policy = settings, stats, failure_policy
-        self._local: OrderedDict[Chain, int] = OrderedDict()
+        self._local: OrderedDict[Chain, Held] = OrderedDict()
         self._lock = threading.Lock()
         self._url = redis_url
         self._redis: redis.Redis | redis.cluster.RedisCluster | None = None
         self._outage = Outage(f"the chains' Redis at {redacted_url(redis_url)}" if redis_url else "the chains' store")
-        self._writes: queue.SimpleQueue[tuple[Chain, int] | None] = queue.SimpleQueue()
+        self._writes: queue.SimpleQueue[tuple[Chain, Held] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         #: Records queued and not yet sent, and who waits for them (:meth:`flush`); under
         #: the ledger's one lock, so that learning takes it once.
@@ -113,7 +133,7 @@ class Chains:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def local(self, chain: Chain) -> int | None:
+    def local(self, chain: Chain) -> Held | None:
         """What this process knows of `chain` (None: nothing)."""
         with self._lock:
             found = self._local.get(chain)
@@ -121,34 +141,34 @@ class Chains:
                 self._local.move_to_end(chain)
             return found
 
-    def _needs_store(self, chain: Chain, known: int | None) -> bool:
+    def _needs_store(self, chain: Chain, known: Held | None) -> bool:
         return self._url is not None and (known is None or chain.kind == "conversation")
 
-    def lookup(self, chain: Chain) -> int | None:
-        """The input tokens a call continuing `chain` carries, or None when the fleet does
-        not know it. Raises StoreUnavailable when Redis is down under ``fail_closed``."""
+    def lookup(self, chain: Chain) -> Held | None:
+        """The input tokens a call continuing `chain` carries and where it is held, or None
+        when the fleet does not know it. Raises StoreUnavailable when Redis is down under ``fail_closed``."""
         known = self.local(chain)
         if not self._needs_store(chain, known):
             return known
         return self._merged(chain, known, self._remote(chain))
 
-    async def lookup_async(self, chain: Chain) -> int | None:
+    async def lookup_async(self, chain: Chain) -> Held | None:
         """:meth:`lookup` without blocking the event loop (Redis is asked on a worker thread)."""
         known = self.local(chain)
         if not self._needs_store(chain, known):
             return known
         return self._merged(chain, known, await asyncio.to_thread(self._remote, chain))
 
-    def _merged(self, chain: Chain, known: int | None, remote: int | None) -> int | None:
+    def _merged(self, chain: Chain, known: Held | None, remote: Held | None) -> Held | None:
         if remote is None:
             return known
-        if known is None or remote > known:
+        if known is None or remote.tokens > known.tokens:
             with self._lock:
                 self._remember(chain, remote)
             return remote
         return known
 
-    def _remote(self, chain: Chain) -> int | None:
+    def _remote(self, chain: Chain) -> Held | None:
         """`chain`'s record in Redis (None: none, or Redis is down under ``fail_open``)."""
         if self._outage.suspended():
             self._down(None)
@@ -165,9 +185,9 @@ class Chains:
         if raw is None:
             return None
         try:
-            return int(raw)
-        except (TypeError, ValueError):
-            log.warning("fleetgate: %s holds %r, not a token count; the chain is treated as unknown",
+            return Held.decoded(raw)
+        except (TypeError, ValueError, UnicodeDecodeError):
+            log.warning("fleetgate: %s holds %r, not a chain record; the chain is treated as unknown",
                         self.key(chain), raw)
             return None
 
@@ -189,22 +209,24 @@ class Chains:
 
     # -- learning ------------------------------------------------------------------------------
 
-    def learn(self, chain: Chain, tokens: int) -> None:
-        """A call continuing `chain` carries `tokens`: remembered here at once, and sent to
-        the fleet in the background (its key is made there, off the answer's thread)."""
+    def learn(self, chain: Chain, tokens: int, home: str | None = None) -> None:
+        """A call continuing `chain` carries `tokens`, held by deployment `home`: remembered
+        here at once, and sent to the fleet in the background (its key is made there, off
+        the answer's thread)."""
+        held = Held(tokens, home)
         with self._lock:
-            self._remember(chain, tokens)
+            self._remember(chain, held)
             if self._url is None or self._closed:
                 return
             self._unsent += 1
-            self._writes.put((chain, tokens))
+            self._writes.put((chain, held))
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, name="fleetgate-chains", daemon=True)
                 self._writer.start()
 
-    def _remember(self, chain: Chain, tokens: int) -> None:
+    def _remember(self, chain: Chain, held: Held) -> None:
         """Keep `chain`'s record in process; the caller holds ``self._lock``."""
-        self._local[chain] = tokens
+        self._local[chain] = held
         self._local.move_to_end(chain)
         if len(self._local) > self.settings.local_chains:
             self._local.popitem(last=False)
@@ -228,7 +250,7 @@ class Chains:
                 batch.append(item)
             self._send(batch)
 
-    def _send(self, batch: list[tuple[Chain, int]]) -> None:
+    def _send(self, batch: list[tuple[Chain, Held]]) -> None:
         try:
             self._write(batch)
         finally:
@@ -236,12 +258,12 @@ class Chains:
                 self._unsent -= len(batch)
                 self._sent.notify_all()
 
-    def _write(self, batch: list[tuple[Chain, int]]) -> None:
+    def _write(self, batch: list[tuple[Chain, Held]]) -> None:
         ttl = self.settings.ttl_seconds
         try:
             pipe = self._client().pipeline(transaction=False)
-            for chain, tokens in batch:
-                pipe.set(self.key(chain), tokens, ex=ttl)
+            for chain, held in batch:
+                pipe.set(self.key(chain), held.encoded(), ex=ttl)
             pipe.execute()
         except Exception as e:  # noqa: BLE001 - an outage: logged once, counted, the records stay in process
             self.stats.count("chain_write_failures", len(batch))

@@ -41,6 +41,7 @@ from fleetgate.budget.report import By, days_between, spend_by
 from fleetgate.config import GatewayConfig, QuotaLimits, SemanticSettings
 from fleetgate.config.loader import overridden
 from fleetgate.dedup import Collapser
+from fleetgate.deployments import Deployments
 from fleetgate.errors import ConfigError
 from fleetgate.fallback import Ladder
 from fleetgate.metrics import BudgetCollector, GatewayMetrics, metrics_app
@@ -76,15 +77,6 @@ _VECTORS = {"numpy": "numpy", "faiss": "faiss-cpu"}
 
 #: How many (kind, name) quotas a gateway remembers before it starts over.
 _QUOTA_MEMO = 65_536
-
-
-def _with_headroom(limits: QuotaLimits, headroom: float) -> QuotaLimits:
-    """A model's limits less the headroom kept for what no client can count exactly: the
-    jitter between deciding and arriving upstream, and OpenAI's own estimate."""
-    def less(value: int | None) -> int | None:
-        return None if value is None else max(1, int(value * (1 - headroom)))
-    return limits.model_copy(update={"requests_per_minute": less(limits.requests_per_minute),
-                                     "tokens_per_minute": less(limits.tokens_per_minute)})
 
 
 def _weakly(method: Callable[P, None]) -> Callable[P, None]:
@@ -131,6 +123,8 @@ class Gateway:
         #: name that leaves the process (:mod:`fleetgate.privacy`).
         self.privacy = Privacy.from_settings(self.config.privacy, self.config.redis_url)
         self.prices = PriceTable.from_settings(self.config.prices)
+        #: Where each model is served, when not only at ``base_url`` (``[deployments]``).
+        self.deployments = Deployments(self.config.deployments, self.config.models, self.config.model_headroom)
         #: Prometheus metrics (None with ``[metrics] enabled = false``).
         self.metrics = GatewayMetrics(self.config, self.prices, self.privacy) if self.config.metrics.enabled else None
         #: OpenTelemetry spans (None without ``opentelemetry-api`` or with ``[tracing] enabled = false``).
@@ -339,7 +333,7 @@ class Gateway:
         cfg = self.config
         if kind == "model":
             limits = cfg.models.get(name, cfg.default_model_limits)
-            return _with_headroom(limits, cfg.model_headroom) if limits else None
+            return limits.with_headroom(cfg.model_headroom) if limits else None
         if kind == "user":
             return cfg.per_user
         return (cfg.features if kind == "feature" else cfg.teams).get(name)

@@ -14,6 +14,7 @@ from fleetgate.config.breakers import BreakerSettings
 from fleetgate.config.budgets import BudgetLimit, BudgetSettings, PresetSettings
 from fleetgate.config.cache import CacheSettings, SemanticSettings
 from fleetgate.config.dedup import DedupSettings
+from fleetgate.config.deployments import ModelDeployment
 from fleetgate.config.environments import ENVIRONMENTS, Environment as Environment
 from fleetgate.config.fallback import FallbackSettings
 from fleetgate.config.gateway import GatewayConfig
@@ -32,5 +33,5 @@ __all__ = [
     "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "PrivacySettings", "QuotaLimits", "SemanticSettings",
     "LongContextFields", "RateFields", "TierFields",
     "DeploymentSettings", "MODES", "ModeSettings", "ModeTrigger", "RolloutSettings", "RoutingSettings", "TierSettings",
-    "ServerContextSettings",
+    "ServerContextSettings", "ModelDeployment",
 ]

@@ -15,6 +15,7 @@ from fleetgate.config.breakers import BreakerSettings
 from fleetgate.config.budgets import BudgetSettings, PresetSettings
 from fleetgate.config.cache import CacheSettings
 from fleetgate.config.dedup import DedupSettings
+from fleetgate.config.deployments import ModelDeployment
 from fleetgate.config.environments import Environment, _EnvironmentPreset
 from fleetgate.config.fallback import FallbackSettings
 from fleetgate.config.limits import LaneSettings, QuotaLimits
@@ -63,6 +64,10 @@ class GatewayConfig(BaseSettings):
     #: exactly (the jitter between deciding and arriving upstream). 0.01 costs 1% of
     #: throughput and keeps upstream 429s near zero.
     model_headroom: float = Field(default=0.01, ge=0, lt=0.5)
+    #: Where each model is served, when not only at ``base_url``: its deployments (keys,
+    #: projects, Azure deployments, regions), each with its own quota (see
+    #: :mod:`fleetgate.config.deployments`).
+    deployments: dict[str, list[ModelDeployment]] = Field(default_factory=dict)
     #: Limits for models not listed (None: such models are not limited).
     default_model_limits: QuotaLimits | None = None
     #: Limits every user (``scope(user=…)``) gets, per user, across models.

@@ -47,6 +47,15 @@ class QuotaLimits(BaseModel):
                              "its whole limit in any 60 seconds; remove burst_seconds or use token_bucket")
         return self
 
+    def with_headroom(self, headroom: float) -> QuotaLimits:
+        """These limits less `headroom` (a share): the margin a model's quota keeps for what
+        no client can count exactly (the jitter between deciding and arriving upstream,
+        and OpenAI's own estimate)."""
+        def less(value: int | None) -> int | None:
+            return None if value is None else max(1, int(value * (1 - headroom)))
+        return self.model_copy(update={"requests_per_minute": less(self.requests_per_minute),
+                                       "tokens_per_minute": less(self.tokens_per_minute)})
+
     def burst_for(self, kind: str) -> float:
         """The burst in seconds of a quota of `kind` (``model``, ``user``, ``feature`` or
         ``team``) with these limits: ``burst_seconds``, or the kind's default when unset."""

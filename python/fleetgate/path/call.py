@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from fleetgate._core import Reservation
     from fleetgate.budget.guard import Hold
     from fleetgate.cache import CacheAddress
+    from fleetgate.deployments import Deployment
 
 __all__ = ["WAITS", "Call", "Handoff", "Outcome", "Refused", "Spent", "Timing", "gated_call"]
 
@@ -180,6 +181,12 @@ class Call:
     span: Any = None
     #: How the upstream call ended (None: not yet, or a stream still open).
     outcome: Outcome | None = None
+    #: The deployment it is sent to (None: the gateway's one upstream), and whether a
+    #: refusal there spills it to the next (no waiting for that deployment's quota).
+    deployment: Deployment | None = None
+    spill: bool = False
+    #: The deployment holding the Responses chain it continues (None: not known, or none).
+    home: str | None = None
     #: ``x-fleetgate-*`` headers the record layer writes on the answer.
     marks: dict[str, str] = field(default_factory=dict)
     #: ``time.perf_counter()`` when the gateway took it: everything the gateway does counts.

@@ -12,6 +12,7 @@ from fleetgate.cache import AnswerCache
 from fleetgate.chains import Chains
 from fleetgate.config import GatewayConfig
 from fleetgate.dedup import Collapser
+from fleetgate.deployments import Deployments
 from fleetgate.errors import FleetgateError
 from fleetgate.fallback import Ladder
 from fleetgate.metrics import GatewayMetrics
@@ -56,6 +57,7 @@ class Services(Protocol):
     budgets: Budgets
     chains: Chains
     breakers: Breakers | None
+    deployments: Deployments
     limiter: Limiter
     prices: PriceTable
     privacy: Privacy

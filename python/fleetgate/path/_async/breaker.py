@@ -1,4 +1,5 @@
-"""breaker: a circuit breaker per (endpoint, model) asked before any quota is taken. A
+"""breaker: a circuit breaker per (endpoint, model), or per (endpoint, deployment) for a
+call sent to one of its model's deployments, asked before any quota is taken. A
 closed breaker lets the call through with a permit; an open one refuses it at once; a
 half-open one lets the fleet's probes through, one round for the whole fleet. How the call
 went is recorded on the permit: the health verdict of ``classify`` in the Rust core (5xx,
@@ -8,7 +9,8 @@ went is recorded on the permit: the health verdict of ``classify`` in the Rust c
 Contract: an open breaker refuses with ``CircuitOpen`` (the fallback layer decides; the
 router counts it against the side it refused and rolls a canary back); a breaker paused by
 upstream's 429 holds the call until the reset when that comes within the deadline, else
-refuses it as a rate limit. A call refused below (no quota, an expired deadline) or
+refuses it as a rate limit (a call that may spill to another deployment is refused at
+once). A call refused below (no quota, an expired deadline) or
 cancelled gives its permit back: it says nothing of upstream's health.
 """
 
@@ -36,7 +38,8 @@ class Breaker(Layer):
         self.breaker_for, self.stats = breaker_for, stats
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
-        breaker = self.breaker_for(call.endpoint, call.model)
+        deployment = call.deployment
+        breaker = self.breaker_for(call.endpoint, call.model if deployment is None else deployment.key)
         if breaker is None:
             return await next(call)
         while True:
@@ -44,7 +47,8 @@ class Breaker(Layer):
                 permit = breaker.allow()
                 break
             except CircuitOpen as e:
-                if e.reason == "paused" and e.retry_after is not None and e.retry_after < call.seconds_left():
+                if e.reason == "paused" and e.retry_after is not None and e.retry_after < call.seconds_left() \
+                        and not call.spill:
                     await sleep_async(call.waits(e.retry_after, "paused"))
                     continue
                 self.stats.count("breaker_refused")

@@ -6,7 +6,8 @@ context is added to its estimate (:attr:`Estimate.held`): as the chain ledger kn
 counting endpoint counts it (sent through the gateway's upstream, not gated itself), or the
 configured allowance (``[server_context] unknown``, ``unknown_chain_tokens``). Once its
 answer is in, what a call continuing it will carry is learned: its input and its output,
-under its response id (a stored response) and its conversation.
+under its response id (a stored response) and its conversation, with the deployment that
+answered (``[deployments]``): a call continuing the chain is sent there (:attr:`Call.home`).
 
 Contract: calls that continue no chain are passed on untouched and ask nothing; a chain
 the ledger cannot be asked about (Redis down) is unknown under ``fail_open`` and refused
@@ -83,7 +84,8 @@ class Context(Layer):
         known = await self.chains.lookup_async(chain)  # StoreUnavailable: refused by the caller
         if known is not None:
             self.stats.count("chain_known")
-            return known, "ledger"
+            call.home = known.home
+            return known.tokens, "ledger"
         if self.settings.unknown == "count":
             counted = await self._count_async(call)
             if counted is not None:
@@ -139,10 +141,10 @@ class Context(Layer):
         """The answer is in: what a call continuing it (or its conversation) will carry."""
         if outcome.status != 200 or outcome.usage is None:
             return
-        tokens = carried_by(outcome.usage)
+        tokens, home = carried_by(outcome.usage), call.deployment.name if call.deployment is not None else None
         if conversation is not None:
-            self.chains.learn(conversation, tokens)
+            self.chains.learn(conversation, tokens, home)
         if stored:
             found = outcome.response_id if call.stream else response_id_of(response.content)
             if found is not None:
-                self.chains.learn(Chain("response", found), tokens)
+                self.chains.learn(Chain("response", found), tokens, home)

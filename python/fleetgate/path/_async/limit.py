@@ -9,6 +9,10 @@ background (``background: true``) leaves its reservation to be settled when it e
 admitted. Every ``service_tier`` draws on the model's one quota: OpenAI shares rate limits
 across tiers (:mod:`fleetgate.tiers`).
 
+A call sent to one of its model's deployments (:mod:`fleetgate.deployments`) draws on that
+deployment's quota in place of the model's, and tells the deployment the room it left;
+one that may spill to another deployment does not wait for room.
+
 Contract: no room before the deadline refuses with ``RateLimited`` (Redis down under
 ``fail_closed``: ``StoreUnavailable``), a refusal of the call's own configuration; a call
 that no quota could ever admit (its cost over a bucket's size) is refused with the
@@ -46,13 +50,23 @@ class Limit(Layer):
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
         model_quota, quotas = self.quotas_for(call.model, call.scope)
+        deployment = call.deployment
+        if deployment is not None:  # its own quota in place of the model's
+            quotas = ([deployment.quota] if deployment.quota is not None else []) + \
+                (quotas[1:] if model_quota is not None else quotas)
+            model_quota = deployment.quota
         decision = None
         if quotas:
             asked = time.perf_counter()
             try:
                 decision = await self.limiter.acquire_async(quotas, tokens=call.estimate.tokens,
-                                                            timeout=call.seconds_left())
+                                                            timeout=0.0 if call.spill else call.seconds_left())
+                if deployment is not None:
+                    deployment.noted(decision)
             except (RateLimited, StoreUnavailable, ConfigError) as e:
+                if deployment is not None and isinstance(e, RateLimited) and deployment.quota is not None \
+                        and e.quota == deployment.quota.name:
+                    deployment.refused(e.retry_after)
                 self.stats.count("refused")
                 if self.metrics is not None:
                     self.metrics.limiter_refused(call.model, "gateway")

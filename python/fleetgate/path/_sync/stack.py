@@ -4,7 +4,7 @@ in this package (a step switched off is a layer left out), and the chain that ru
 through them.
 
     record → shape → route → modes → cache → dedup → fallback → background → budget
-           → lanes → retry → breaker → limit → upstream
+           → lanes → retry → deploy → breaker → limit → upstream
 
 To add a step: write ``_async/<step>.py`` (a :class:`Layer` with a module docstring that
 states its contract with the others, and a test of that contract), place it in
@@ -22,6 +22,7 @@ from fleetgate.path._sync.budget import Budget
 from fleetgate.path._sync.cache import Cache
 from fleetgate.path._sync.context import Context
 from fleetgate.path._sync.dedup import Dedup
+from fleetgate.path._sync.deploy import Deploy
 from fleetgate.path._sync.fallback import Fallback
 from fleetgate.path._sync.flex import FlexFallback
 from fleetgate.path._sync.lanes import Lanes
@@ -59,6 +60,7 @@ def layers(gateway: Services, inner: httpx2.BaseTransport) -> list[Layer]:
         Budget(g.budgets, stats, cfg.background.lease_seconds) if g.budgets.active else None,
         Lanes(g.lanes_for, stats, metrics) if cfg.lanes.concurrency is not None or cfg.lanes.models else None,
         Retry(cfg.max_upstream_retries, stats, metrics),
+        Deploy(g.deployments, g.breaker_for, stats) if g.deployments else None,
         Breaker(g.breaker_for, stats) if g.breakers is not None else None,
         Limit(g.limiter, g.quotas_for, stats, metrics),
         Upstream(inner, g.modes, g.prices, metrics, g.layout),

@@ -1,0 +1,183 @@
+"""Deployments: the upstreams serving a model (``[deployments]``), and the order a call
+tries them in.
+
+A deployment is where a call is sent (its URL shape, key and project headers) and what it
+draws on (its own quota, shared by the fleet, and its own circuit breaker). The order is
+chosen per call: priorities in turn (provisioned capacity first), and within a priority a
+weighted draw, each deployment's weight times the share of its quota the fleet had left at
+this pod's last decision on it, so a deployment with more room takes more calls and a full
+one is tried last. Knowing that room costs nothing: every decision on a quota reports it.
+
+Keys are read once, at start, from the environment or a secret file; they are never
+logged, and a missing one is a :class:`~fleetgate.ConfigError` naming the variable or the
+file, not its value.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import httpx2
+
+from fleetgate._core import Decision, Quota
+from fleetgate.config.deployments import ModelDeployment
+from fleetgate.config.limits import QuotaLimits
+from fleetgate.errors import ConfigError
+
+__all__ = ["Deployment", "Deployments"]
+
+#: Headers that carry a caller's credentials or project: replaced by a deployment's own.
+_CREDENTIALS = ("authorization", "api-key", "openai-organization", "openai-project")
+
+
+@dataclass(eq=False, slots=True)
+class Deployment:
+    """One upstream of one model."""
+
+    model: str
+    settings: ModelDeployment
+    api_key: str | None
+    quota: Quota | None
+    #: The share of its quota the fleet had left at this pod's last decision on it (1: not
+    #: known yet), and until when it has none (a refusal's retry-after).
+    room: float = 1.0
+    empty_until: float = 0.0
+    _base: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._base = self.settings.base_url.rstrip("/")
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def key(self) -> str:
+        """What its quota and breaker are named by: ``gpt-4.1-mini@sweden``."""
+        return f"{self.model}@{self.settings.name}"
+
+    def request_for(self, request: httpx2.Request, endpoint: str) -> httpx2.Request:
+        """`request` (a call to `endpoint`) as sent to this deployment: its URL, its key and
+        project headers in place of the caller's, the body as it is."""
+        s = self.settings
+        params = request.url.params
+        if s.azure_deployment is not None:
+            url = f"{self._base}/openai/deployments/{s.azure_deployment}{endpoint}"
+            params = params.set("api-version", s.api_version or "")
+        else:
+            url = f"{self._base}{endpoint}"
+        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in _CREDENTIALS]
+        key = self.api_key if self.api_key is not None else _caller_key(request.headers)
+        if key is not None:
+            headers.append(("api-key", key) if s.azure_deployment is not None else ("authorization", f"Bearer {key}"))
+        if s.organization is not None:
+            headers.append(("openai-organization", s.organization))
+        if s.project is not None:
+            headers.append(("openai-project", s.project))
+        return httpx2.Request(request.method, httpx2.URL(url, params=params), headers=headers,
+                              content=request.content, extensions=request.extensions)
+
+    def noted(self, decision: Decision) -> None:
+        """A call was admitted on its quota: the share left is the room the decision
+        reported over the bucket's size (the tighter of requests and tokens; a tighter
+        user or feature quota understates it, which only weighs this pod's draw)."""
+        quota = self.quota
+        if quota is None:
+            return
+        shares = [remaining / capacity for remaining, capacity in
+                  ((decision.remaining_requests, quota.request_capacity),
+                   (decision.remaining_tokens, quota.token_capacity)) if remaining is not None and capacity]
+        if shares:
+            self.room, self.empty_until = max(0.0, min(1.0, *shares)), 0.0
+
+    def refused(self, retry_after: float | None) -> None:
+        """Its quota had no room for a call: none until `retry_after` seconds from now."""
+        self.room, self.empty_until = 0.0, time.monotonic() + (retry_after or 0.0)
+
+
+class Deployments:
+    """Every model's deployments, read from the config."""
+
+    def __init__(self, configured: Mapping[str, list[ModelDeployment]], models: Mapping[str, QuotaLimits],
+                 headroom: float, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+        self._by_model: dict[str, list[Deployment]] = {}
+        for model, settings in configured.items():
+            names = [s.name for s in settings]
+            if len(set(names)) != len(names):
+                problems.append(f"[deployments] {model!r}: deployment names repeat ({', '.join(sorted(names))})")
+            found = []
+            for s in settings:
+                key, problem = _read_key(model, s, env)
+                if problem is not None:
+                    problems.append(problem)
+                found.append(Deployment(model, s, key, _quota(model, s, models.get(model), headroom)))
+            self._by_model[model] = found
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def __bool__(self) -> bool:
+        return bool(self._by_model)
+
+    def of(self, model: str) -> list[Deployment]:
+        """`model`'s deployments, as configured ([] when it has none)."""
+        return self._by_model.get(model, [])
+
+    def order(self, model: str) -> list[Deployment]:
+        """The order a call of `model` tries its deployments in ([] when it has none):
+        priorities in turn; within one, a weighted draw by weight times room left, those
+        known to have none (until their retry-after) last."""
+        found = self._by_model.get(model)
+        if not found:
+            return []
+        if len(found) == 1:
+            return found
+        now = time.monotonic()
+        draw = random.random
+        # Weighted order without replacement: each one's key is u^(1/w) (Efraimidis and
+        # Spirakis), highest first; a deployment with no room left draws after the rest.
+        def rank(d: Deployment) -> tuple[int, bool, float]:
+            weight = d.settings.weight * max(d.room, 0.001)
+            return d.settings.priority, d.empty_until > now, -(draw() ** (1.0 / weight))
+        return sorted(found, key=rank)
+
+
+def _caller_key(headers: httpx2.Headers) -> str | None:
+    """The key the caller's SDK sent (OpenAI's bearer token, or Azure's ``api-key``)."""
+    auth = headers.get("authorization")
+    if auth is not None and auth[:7].lower() == "bearer ":
+        return auth[7:]
+    return headers.get("api-key")
+
+
+def _read_key(model: str, s: ModelDeployment, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """A deployment's key, or the problem reading it (naming where, never what)."""
+    where = f"[deployments] {model!r} {s.name!r}"
+    if s.api_key_env is not None:
+        key = env.get(s.api_key_env, "").strip()
+        return (key, None) if key else (None, f"{where}: the environment variable {s.api_key_env} holding its "
+                                              "API key is not set or empty")
+    if s.api_key_file is not None:
+        try:
+            key = s.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            return None, f"{where}: its API key file {s.api_key_file} cannot be read ({e.strerror or type(e).__name__})"
+        return (key, None) if key else (None, f"{where}: its API key file {s.api_key_file} is empty")
+    return None, None
+
+
+def _quota(model: str, s: ModelDeployment, limits: QuotaLimits | None, headroom: float) -> Quota | None:
+    """A deployment's quota: its own limits, else the model's, less the headroom."""
+    own = QuotaLimits(requests_per_minute=s.requests_per_minute, tokens_per_minute=s.tokens_per_minute)
+    if own.requests_per_minute is None and own.tokens_per_minute is None:
+        if limits is None:
+            return None
+        own = limits
+    own = own.with_headroom(headroom)
+    return Quota(f"deployment:{model}@{s.name}", own.requests_per_minute, own.tokens_per_minute,
+                 algorithm=own.algorithm, burst_seconds=own.burst_for("model"))

@@ -1,0 +1,114 @@
+# Generated from fleetgate/path/_async/deploy.py by scripts/unasync.py: edit that file, then run the script.
+"""deploy: a call of a model served by several deployments (``[deployments]``) is sent to
+one of them, in the order :meth:`fleetgate.deployments.Deployments.order` draws for it
+(priorities in turn, weighted by room left within one). Each try is the call as that
+deployment takes it (its URL shape, key and project headers): the layers below see the
+deployment, so its breaker and its quota decide, and upstream's ``x-ratelimit-*`` headers
+and 429s update only its quota. A call of a model with no deployments passes through.
+
+Contract: a deployment that refuses spills the call to the next at once, without waiting:
+its breaker open or paused (``CircuitOpen``), its quota without room now
+(``RateLimited``), no connection (a region down), upstream's 429 (``rate_limit_exceeded``,
+``insufficient_quota``) or a rejected key (401, 403). The last deployment decides as a
+single upstream would: it waits for room within the deadline, and its refusal or answer is
+the call's (the retry layer above then tries the whole order again after upstream's
+wait). A rejected key isolates its deployment for the fleet (its breaker; without
+breakers, this pod leaves it out for a minute): the model keeps being served by the rest.
+A call continuing a Responses chain goes only to the deployment holding it, as the chain
+ledger knows it (:mod:`fleetgate.chains`); one whose chain's home is not known tries the
+order, a 404 from a deployment that does not hold it spilling it to the next. The answer
+names the deployment that served it in ``x-fleetgate-upstream``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import httpx2
+
+from fleetgate._core import Breaker as CircuitBreaker
+from fleetgate.chains import continued
+from fleetgate.deployments import Deployment, Deployments
+from fleetgate.errors import CircuitOpen, RateLimited
+from fleetgate.path._sync.layer import Layer, Next
+from fleetgate.path.call import Call, Refused
+from fleetgate.path.wire import retry_wait
+from fleetgate.stats import GatewayStats
+
+__all__ = ["Deploy"]
+
+log = logging.getLogger("fleetgate")
+
+#: How long this pod leaves out a deployment whose key was rejected, without breakers.
+_REJECTED_FOR = 60.0
+#: Upstream 429 codes that say a deployment cannot take the call now.
+_SPILL_CODES = frozenset({"rate_limit_exceeded", "insufficient_quota"})
+
+
+class Deploy(Layer):
+    name = "deploy"
+
+    def __init__(self, deployments: Deployments, breaker_for: Callable[[str, str], CircuitBreaker | None],
+                 stats: GatewayStats) -> None:
+        self.deployments, self.breaker_for, self.stats = deployments, breaker_for, stats
+
+    def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
+        order = self.deployments.order(call.model)
+        if not order:
+            return next(call)
+        if call.home is not None:  # the chain it continues is held there, and only there
+            order = [d for d in order if d.name == call.home] or order
+        asked, last = call.request, len(order) - 1
+        try:
+            for i, deployment in enumerate(order):
+                call.deployment, call.spill = deployment, i < last
+                call.request = deployment.request_for(asked, call.endpoint)
+                try:
+                    response = next(call)
+                except Refused as e:
+                    if not call.spill or not isinstance(e.error, (CircuitOpen, RateLimited)):
+                        raise
+                    self.stats.count("deployment_spilled")
+                    continue
+                except httpx2.TransportError:
+                    if not call.spill:
+                        raise
+                    self.stats.count("deployment_spilled")
+                    continue
+                if self._cannot_take(call, deployment, response) and call.spill:
+                    response.close()
+                    self.stats.count("deployment_spilled")
+                    continue
+                call.marks["x-fleetgate-upstream"] = deployment.name
+                return response
+            raise AssertionError("the last deployment neither answered nor refused")  # pragma: no cover
+        finally:
+            call.request, call.spill = asked, False
+
+    def _cannot_take(self, call: Call, deployment: Deployment, response: httpx2.Response) -> bool:
+        """Whether `response` says `deployment` cannot take the call now (a rejected key
+        isolates it)."""
+        status = response.status_code
+        if status in (401, 403):
+            self._isolate(call, deployment, status)
+            return True
+        if status == 404 and call.home is None and continued(call.body) is not None:
+            return True  # a chain the fleet does not know where it is held: not there
+        if status == 429:
+            outcome = call.outcome
+            if outcome is not None and outcome.code in _SPILL_CODES:
+                deployment.refused(retry_wait(response))
+                return True
+        return False
+
+    def _isolate(self, call: Call, deployment: Deployment, status: int) -> None:
+        breaker = self.breaker_for(call.endpoint, deployment.key)
+        self.stats.count("deployment_rejected_key")
+        log.error("fleetgate: deployment %s of %s answered %d (its API key rejected): isolated; the model is served by "
+                  "its other deployments. Fix the key, then reset the breaker %r", deployment.name, deployment.model,
+                  status, f"{call.endpoint}:{deployment.key}")
+        if breaker is not None:
+            breaker.isolate()
+        else:
+            deployment.refused(_REJECTED_FOR)

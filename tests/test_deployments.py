@@ -1,0 +1,202 @@
+"""A model served by several deployments (``[deployments]``), each a FakeOpenAI enforcing
+its own limits, through the real SDK with the gateway's defaults on: provisioned capacity
+first and spill-over, weighted balance, a rejected key isolated while the model keeps
+being served, upstream's 429 spilled at once, and the request each deployment is sent."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+import fleetgate as fg
+from fleetgate.deployments import Deployments
+from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, ModelLimits
+
+MODEL = "gpt-4.1-mini"
+
+
+@contextlib.contextmanager
+def fakes(*configs: FakeConfig) -> Iterator[list[FakeOpenAI]]:
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(FakeOpenAI(c)) for c in configs]
+
+
+def limited(rpm: int) -> FakeConfig:
+    return FakeConfig(answer_words=4, models={MODEL: ModelLimits(requests_per_minute=rpm, tokens_per_minute=10_000_000)})
+
+
+def deployment(name: str, fake: FakeOpenAI, **settings: object) -> fg.ModelDeployment:
+    return fg.ModelDeployment(name=name, base_url=fake.base_url, **settings)  # type: ignore[arg-type]
+
+
+def ask(client: openai.OpenAI) -> str:
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=8)
+    return raw.headers["x-fleetgate-upstream"]
+
+
+def served(fake: FakeOpenAI) -> int:
+    return fake.counters(MODEL).requests
+
+
+def test_provisioned_capacity_first_and_the_rest_spills_to_pay_as_you_go() -> None:
+    """The provisioned deployment (120 RPM: two calls a second) takes what its quota has
+    room for now; the rest spill to pay-as-you-go at once, without waiting, and neither
+    upstream refuses a call."""
+    with fakes(limited(120), limited(100_000)) as (ptu, paygo):
+        gateway = fg.Gateway(deployments={MODEL: [
+            deployment("ptu", ptu, requests_per_minute=120, priority=0),
+            deployment("paygo", paygo, requests_per_minute=100_000, priority=1)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        started = time.monotonic()
+        where = collections.Counter(ask(client) for _ in range(30))
+        elapsed = time.monotonic() - started
+        gateway.close()
+    assert where["ptu"] >= 1, "the provisioned deployment was not tried first"
+    assert where["ptu"] <= 2 * (elapsed + 1), "more than the provisioned quota allows"
+    assert where["ptu"] + where["paygo"] == 30
+    assert served(ptu) == where["ptu"] and served(paygo) == where["paygo"]
+    assert ptu.counters(MODEL).rate_limited == 0 and paygo.counters(MODEL).rate_limited == 0
+    assert gateway.stats.snapshot().get("deployment_spilled", 0) >= where["paygo"]
+
+
+def test_deployments_of_one_priority_share_calls_by_weight() -> None:
+    with fakes(limited(1_000_000), limited(1_000_000)) as (east, west):
+        gateway = fg.Gateway(deployments={MODEL: [
+            deployment("east", east, weight=3, requests_per_minute=1_000_000),
+            deployment("west", west, weight=1, requests_per_minute=1_000_000)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        where = collections.Counter(ask(client) for _ in range(400))
+        gateway.close()
+    share = where["east"] / 400
+    assert 0.65 <= share <= 0.85, f"east took {share:.0%} of the calls at weight 3 to 1"  # ±4.6 sd of 75%
+
+
+def test_a_rejected_key_isolates_its_deployment_and_the_model_keeps_serving() -> None:
+    revoked = FakeConfig(answer_words=4, faults=[Fault(kind="error", status=401)])
+    with fakes(revoked, limited(100_000)) as (dead, alive):
+        gateway = fg.Gateway(deployments={MODEL: [deployment("dead", dead, priority=0),
+                                                  deployment("alive", alive, priority=1)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        where = collections.Counter(ask(client) for _ in range(10))
+        states = gateway.breakers.states() if gateway.breakers is not None else {}
+        gateway.close()
+    assert where == {"alive": 10}
+    assert dead.counters(MODEL).faults.get("error", 0) == 1, "the dead deployment was tried again"
+    assert states[f"/chat/completions:{MODEL}@dead"] == "isolated"
+
+
+def test_an_upstream_429_spills_to_the_next_deployment_at_once() -> None:
+    """The gateway believes the first deployment has room (no limits configured for it);
+    upstream refuses: the call goes to the next deployment, and the SDK never sees a 429."""
+    with fakes(limited(60), limited(100_000)) as (small, big):
+        gateway = fg.Gateway(deployments={MODEL: [deployment("small", small, priority=0),
+                                                  deployment("big", big, priority=1)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        where = collections.Counter(ask(client) for _ in range(10))
+        gateway.close()
+    assert where["small"] >= 1 and where["small"] + where["big"] == 10
+    assert small.counters(MODEL).rate_limited >= 1, "upstream never refused: nothing was spilled"
+
+
+def test_the_last_deployment_decides_as_one_upstream_would() -> None:
+    """Every deployment out of room: the last one waits for its quota within the deadline,
+    and a call that cannot be admitted in time is refused as a rate limit."""
+    with fakes(limited(100_000), limited(100_000)) as (a, b):
+        gateway = fg.Gateway(default_deadline_seconds=0.5, deployments={MODEL: [
+            deployment("a", a, requests_per_minute=60, priority=0),
+            deployment("b", b, requests_per_minute=60, priority=1)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        assert {ask(client), ask(client)} == {"a", "b"}  # one request's burst each
+        with pytest.raises(openai.RateLimitError):
+            ask(client)
+        gateway.close()
+
+
+def test_each_deployment_is_sent_its_own_url_key_and_project(tmp_path: Path) -> None:
+    secret = tmp_path / "key"
+    secret.write_text("sk-from-file\n")
+    deployments = Deployments({MODEL: [
+        fg.ModelDeployment(name="openai", base_url="https://api.openai.com/v1/", api_key_env="KEY_A",
+                           organization="org-a", project="proj_a"),
+        fg.ModelDeployment(name="azure", base_url="https://r.openai.azure.com", api_key_file=secret,
+                           azure_deployment="gpt41mini", api_version="2024-10-21"),
+        fg.ModelDeployment(name="caller", base_url="http://127.0.0.1:9/v1")]}, {}, 0.0, environ={"KEY_A": "sk-a"})
+    asked = httpx2.Request("POST", "http://gateway/v1/chat/completions?x=1", content=b"{}",
+                           headers={"authorization": "Bearer sk-caller", "openai-project": "proj_caller"})
+    sent = {d.name: d.request_for(asked, "/chat/completions") for d in deployments.of(MODEL)}
+    assert str(sent["openai"].url) == "https://api.openai.com/v1/chat/completions?x=1"
+    assert sent["openai"].headers["authorization"] == "Bearer sk-a"
+    assert sent["openai"].headers["openai-project"] == "proj_a"
+    assert sent["openai"].headers["openai-organization"] == "org-a"
+    azure = sent["azure"]
+    assert str(azure.url) == "https://r.openai.azure.com/openai/deployments/gpt41mini/chat/completions?x=1&api-version=2024-10-21"
+    assert azure.headers["api-key"] == "sk-from-file" and "authorization" not in azure.headers
+    assert "openai-project" not in azure.headers, "the caller's project went to another deployment"
+    assert sent["caller"].headers["authorization"] == "Bearer sk-caller"
+    assert sent["caller"].content == b"{}"
+
+
+def test_a_missing_key_is_named_not_shown(tmp_path: Path) -> None:
+    with pytest.raises(fg.ConfigError) as caught:
+        Deployments({MODEL: [
+            fg.ModelDeployment(name="a", base_url="https://x/v1", api_key_env="NOT_SET_ANYWHERE"),
+            fg.ModelDeployment(name="b", base_url="https://x/v1", api_key_file=tmp_path / "absent")]}, {}, 0.0,
+            environ={})
+    message = str(caught.value)
+    assert "NOT_SET_ANYWHERE" in message and str(tmp_path / "absent") in message
+
+
+def test_deployment_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="api_version"):
+        fg.ModelDeployment(name="a", base_url="https://x", azure_deployment="d")
+    with pytest.raises(ValueError, match="not both"):
+        fg.ModelDeployment(name="a", base_url="https://x", api_key_env="A", api_key_file=Path("k"))
+    with pytest.raises(fg.ConfigError, match="repeat"):
+        Deployments({MODEL: [fg.ModelDeployment(name="a", base_url="https://x"),
+                             fg.ModelDeployment(name="a", base_url="https://y")]}, {}, 0.0)
+
+
+def _chain(client: openai.OpenAI, turns: int) -> list[str]:
+    """A Responses chain of `turns`; the deployment that answered each turn."""
+    where, previous = [], None
+    for turn in range(turns):
+        raw = client.responses.with_raw_response.create(
+            model=MODEL, input=f"turn {turn}", max_output_tokens=8,
+            **({"previous_response_id": previous} if previous else {}))
+        where.append(raw.headers["x-fleetgate-upstream"])
+        previous = raw.parse().id
+    return where
+
+
+def test_a_chain_stays_with_the_deployment_holding_it() -> None:
+    """Calls continuing a Responses chain go to the deployment that holds it (each fake
+    knows only its own responses, answering 404 for another's), as the chain ledger says:
+    no call is sent to the wrong one."""
+    with fakes(limited(1_000_000), limited(1_000_000)) as (east, west):
+        gateway = fg.Gateway(deployments={MODEL: [deployment("east", east), deployment("west", west)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        chains = [_chain(client, 4) for _ in range(12)]
+        gateway.close()
+    assert all(len(set(turns)) == 1 for turns in chains), chains
+    assert {turns[0] for turns in chains} == {"east", "west"}, "one deployment took every chain"
+    assert gateway.stats.snapshot().get("deployment_spilled", 0) == 0, "a turn went to the wrong deployment first"
+
+
+def test_a_chain_held_where_the_fleet_does_not_know_is_found_by_its_404s() -> None:
+    """Without the chain ledger (``[server_context]`` off), a call continuing a chain tries
+    the deployments in order; one that does not hold it answers 404 and the next is tried."""
+    with fakes(limited(1_000_000), limited(1_000_000)) as (east, west):
+        gateway = fg.Gateway(server_context={"enabled": False},
+                             deployments={MODEL: [deployment("east", east), deployment("west", west)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        chains = [_chain(client, 3) for _ in range(12)]
+        gateway.close()
+    assert all(len(set(turns)) == 1 for turns in chains), chains
