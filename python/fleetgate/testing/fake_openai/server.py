@@ -1,5 +1,9 @@
 """The fake OpenAI HTTP server (aiohttp), and :class:`FakeOpenAI`, which runs it on a
-loopback port in a background thread."""
+loopback port in a background thread.
+
+With ``FakeConfig.azure`` set it also serves Azure OpenAI's URL shape for its deployments
+(:mod:`.azure`, at :attr:`FakeOpenAI.azure_endpoint`).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from fleetgate.prices import PriceTable
-from fleetgate.testing.fake_openai import api, content, tiers
+from fleetgate.testing.fake_openai import api, azure, content, tiers
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.background import BackgroundStore, Delivery
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
@@ -97,6 +101,8 @@ class _Server:
             web.get("/fleetgate/counters", self.counters_view),
             *UsageApi(self.bill).routes(),
         ])
+        if self.config.azure is not None:
+            app.add_routes(azure.routes(self.config.azure, self._complete))
         app.on_cleanup.append(self.batches.shutdown)
         app.on_cleanup.append(self.background.shutdown)
         return app
@@ -365,6 +371,12 @@ class FakeOpenAI:
     def base_url(self) -> str:
         """The API base URL to give an OpenAI client (``http://127.0.0.1:<port>/v1``)."""
         return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def azure_endpoint(self) -> str:
+        """The endpoint to give an Azure OpenAI client (``http://127.0.0.1:<port>``), whose
+        deployments are ``FakeConfig.azure``'s."""
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> FakeOpenAI:
         if self._thread is not None:
