@@ -1,5 +1,5 @@
 """What the fake OpenAI server is told: per-model limits, injected faults, batch timings,
-and the Azure OpenAI URL shape it also serves.
+and what deployment it stands for (its API key, and the Azure OpenAI URL shape).
 
 Everything is data (pydantic models), loadable from a TOML or JSON file for the
 ``fleetgate fake-openai --config`` command.
@@ -134,6 +134,10 @@ class FakeConfig(_Strict):
     prices_file: Path | None = None
     #: Priority downgrades and Flex capacity refusals (:mod:`fleetgate.testing.fake_openai.tiers`).
     tiers: TierBehaviour = TierBehaviour()
+    #: The one API key this server (one deployment) accepts, as ``Authorization: Bearer <key>``
+    #: or ``api-key: <key>`` (None: any key, or none). Others are answered 401
+    #: (:mod:`fleetgate.testing.fake_openai.keys`).
+    api_key: str | None = Field(default=None, min_length=1)
     #: Also serve Azure OpenAI's URL shape, for these deployments (None: ``/v1/…`` only).
     azure: AzureShape | None = None
 
