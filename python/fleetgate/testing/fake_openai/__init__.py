@@ -13,9 +13,9 @@ if _extras.missing("aiohttp"):
     raise ImportError(f"fleetgate.testing's FakeOpenAI needs aiohttp, which is not installed: {_extras.TESTING}",
                       name="aiohttp")
 
-from fleetgate.testing.fake_openai.config import (BackgroundTimings, BatchTimings, FakeConfig, Fault, Latency,
-                                                  ModelLimits, TierBehaviour, load_config)
+from fleetgate.testing.fake_openai.config import (AzureShape, BackgroundTimings, BatchTimings, FakeConfig, Fault,
+                                                  Latency, ModelLimits, TierBehaviour, load_config)
 from fleetgate.testing.fake_openai.server import FakeOpenAI, ModelCounters
 
-__all__ = ["BackgroundTimings", "BatchTimings", "FakeConfig", "FakeOpenAI", "Fault", "Latency", "ModelCounters",
-           "ModelLimits", "TierBehaviour", "load_config"]
+__all__ = ["AzureShape", "BackgroundTimings", "BatchTimings", "FakeConfig", "FakeOpenAI", "Fault", "Latency",
+           "ModelCounters", "ModelLimits", "TierBehaviour", "load_config"]

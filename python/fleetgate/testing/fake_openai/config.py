@@ -1,4 +1,5 @@
-"""What the fake OpenAI server is told: per-model limits, injected faults, batch timings.
+"""What the fake OpenAI server is told: per-model limits, injected faults, batch timings,
+and what deployment it stands for (its API key, and the Azure OpenAI URL shape).
 
 Everything is data (pydantic models), loadable from a TOML or JSON file for the
 ``fleetgate fake-openai --config`` command.
@@ -13,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["BackgroundTimings", "BatchTimings", "FakeConfig", "Fault", "Latency", "ModelLimits", "TierBehaviour",
+__all__ = ["AzureShape", "BackgroundTimings", "BatchTimings", "FakeConfig", "Fault", "Latency", "ModelLimits", "TierBehaviour",
            "load_config"]
 
 
@@ -108,6 +109,16 @@ class BackgroundTimings(_Strict):
     webhook_secret: str | None = None
 
 
+class AzureShape(_Strict):
+    """Azure OpenAI's classic URL shape (``/openai/deployments/{deployment}/…?api-version=…``),
+    served besides ``/v1/…`` (:mod:`fleetgate.testing.fake_openai.azure`)."""
+
+    #: Azure deployment name -> the model it serves (limits, counters and usage are that model's).
+    deployments: dict[str, str] = Field(default_factory=dict)
+    #: The ``api-version`` values accepted; any other is a 400.
+    api_versions: list[str] = Field(default_factory=lambda: ["2024-10-21", "2025-04-01-preview"], min_length=1)
+
+
 class FakeConfig(_Strict):
     seed: int = 0
     #: Limits per model; models not listed use ``default_limits``.
@@ -123,6 +134,12 @@ class FakeConfig(_Strict):
     prices_file: Path | None = None
     #: Priority downgrades and Flex capacity refusals (:mod:`fleetgate.testing.fake_openai.tiers`).
     tiers: TierBehaviour = TierBehaviour()
+    #: The one API key this server (one deployment) accepts, as ``Authorization: Bearer <key>``
+    #: or ``api-key: <key>`` (None: any key, or none). Others are answered 401
+    #: (:mod:`fleetgate.testing.fake_openai.keys`).
+    api_key: str | None = Field(default=None, min_length=1)
+    #: Also serve Azure OpenAI's URL shape, for these deployments (None: ``/v1/…`` only).
+    azure: AzureShape | None = None
 
     def limits_for(self, model: str) -> ModelLimits:
         return self.models.get(model, self.default_limits)

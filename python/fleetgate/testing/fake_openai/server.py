@@ -1,5 +1,12 @@
 """The fake OpenAI HTTP server (aiohttp), and :class:`FakeOpenAI`, which runs it on a
-loopback port in a background thread."""
+loopback port in a background thread.
+
+One server stands for one deployment of the real thing: with ``FakeConfig.api_key`` set it
+accepts that key only (:mod:`.keys`; :meth:`FakeOpenAI.revoke_key` refuses it from then
+on), and with ``FakeConfig.azure`` set it also serves Azure OpenAI's URL shape for its
+deployments (:mod:`.azure`, at :attr:`FakeOpenAI.azure_endpoint`). Several servers, each
+with its own key and limits, stand for several deployments.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from fleetgate.prices import PriceTable
-from fleetgate.testing.fake_openai import api, content, tiers
+from fleetgate.testing.fake_openai import api, azure, content, tiers
 from fleetgate.testing.fake_openai.api import ApiError, Completion
 from fleetgate.testing.fake_openai.background import BackgroundStore, Delivery
 from fleetgate.testing.fake_openai.batches import BatchStore, FileStore
@@ -25,6 +32,7 @@ from fleetgate.testing.fake_openai.sockets import Sockets
 from fleetgate.testing.fake_openai.billing import Bill, Charge
 from fleetgate.testing.fake_openai.catalog import model_list
 from fleetgate.testing.fake_openai.config import FakeConfig, Fault
+from fleetgate.testing.fake_openai.keys import KeyCheck
 from fleetgate.testing.fake_openai.limits import ModelQuota
 from fleetgate.testing.fake_openai.usage_api import UsageApi
 from fleetgate.testing.fake_openai.stateful import ServerContext
@@ -41,6 +49,8 @@ class ModelCounters:
     requests: int = 0
     tokens_admitted: int = 0
     rate_limited: int = 0
+    #: Refused for their key (401): counted for the model the body (or Azure deployment) names.
+    unauthorized: int = 0
     faults: dict[str, int] = field(default_factory=dict)
 
 
@@ -60,6 +70,7 @@ class _Server:
         self.batches = BatchStore(config, self.files, self.bill)
         self.held = ServerContext()
         self.background = BackgroundStore(config, self.bill)
+        self.keys = KeyCheck(config.api_key)
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -73,7 +84,7 @@ class _Server:
     def app(self) -> web.Application:
         from fleetgate.testing.fake_openai.other_endpoints import routes as other_routes
 
-        app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._errors])
+        app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._errors, self._key_check])
         app.add_routes([
             web.get("/v1/models", self.models),
             *Sockets(self).routes(),  # GET /v1/responses (WebSocket mode), GET /v1/realtime
@@ -97,6 +108,8 @@ class _Server:
             web.get("/fleetgate/counters", self.counters_view),
             *UsageApi(self.bill).routes(),
         ])
+        if self.config.azure is not None:
+            app.add_routes(azure.routes(self.config.azure, self._complete))
         app.on_cleanup.append(self.batches.shutdown)
         app.on_cleanup.append(self.background.shutdown)
         return app
@@ -107,6 +120,17 @@ class _Server:
             return await handler(request)
         except ApiError as e:
             return _json(e.body(), status=e.status, headers={"x-request-id": api.new_id("req")})
+
+    @web.middleware
+    async def _key_check(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        refusal = self.keys.refusal(request)
+        if refusal is None:
+            return await handler(request)
+        model = azure.deployment_model(self.config.azure, request) or await _model_named(request)
+        if model is not None:
+            with self.counters_lock:
+                self.counters[model].unauthorized += 1
+        raise refusal
 
     # -- endpoints ---------------------------------------------------------------------
 
@@ -279,6 +303,18 @@ def _json(body: Any, *, status: int = 200, headers: dict[str, str] | None = None
     return web.Response(text=json.dumps(body), status=status, content_type=_JSON, headers=headers)
 
 
+async def _model_named(request: web.Request) -> str | None:
+    """The ``model`` of a JSON body, if it names one (else None: nothing is raised)."""
+    if request.content_type != _JSON or not request.can_read_body:
+        return None
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else None
+
+
 async def _read_json(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json(loads=json.loads)
@@ -366,6 +402,12 @@ class FakeOpenAI:
         """The API base URL to give an OpenAI client (``http://127.0.0.1:<port>/v1``)."""
         return f"http://{self.host}:{self.port}/v1"
 
+    @property
+    def azure_endpoint(self) -> str:
+        """The endpoint to give an Azure OpenAI client (``http://127.0.0.1:<port>``), whose
+        deployments are ``FakeConfig.azure``'s."""
+        return f"http://{self.host}:{self.port}"
+
     def start(self) -> FakeOpenAI:
         if self._thread is not None:
             raise RuntimeError("this FakeOpenAI is already running")
@@ -428,6 +470,19 @@ class FakeOpenAI:
         if self._server is None:
             raise RuntimeError("the server is not running")
         self._server.config = self._server.config.model_copy(update={"faults": list(faults)})
+
+    def revoke_key(self) -> None:
+        """Refuse every request from now on (401 ``invalid_api_key``), as OpenAI refuses a
+        revoked key; the open routes (counters, Usage APIs) stay open."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        self._server.keys.revoke()
+
+    def restore_key(self) -> None:
+        """Accept the key again (``FakeConfig.api_key``, or any when none is set)."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        self._server.keys.restore()
 
     def counters(self, model: str) -> ModelCounters:
         """What the server has seen for `model` so far (a copy)."""
