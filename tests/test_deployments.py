@@ -17,7 +17,7 @@ import pytest
 
 import fleetgate as fg
 from fleetgate.deployments import Deployments
-from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, ModelLimits
+from fleetgate.testing.fake_openai import AzureShape, FakeConfig, FakeOpenAI, Fault, ModelLimits
 
 MODEL = "gpt-4.1-mini"
 
@@ -200,3 +200,27 @@ def test_a_chain_held_where_the_fleet_does_not_know_is_found_by_its_404s() -> No
         chains = [_chain(client, 3) for _ in range(12)]
         gateway.close()
     assert all(len(set(turns)) == 1 for turns in chains), chains
+
+
+def test_deployments_with_their_own_keys_and_azures_url_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's SDK speaks to the gateway with its own key; each deployment is sent its
+    own (an OpenAI project's bearer key, an Azure resource's ``api-key`` on Azure's URL
+    shape), which each fake checks. A key revoked later isolates its deployment."""
+    monkeypatch.setenv("FG_TEST_KEY_OPENAI", "sk-project-openai-1234")
+    monkeypatch.setenv("FG_TEST_KEY_AZURE", "azure-key-5678")
+    openai_project = FakeConfig(answer_words=4, api_key="sk-project-openai-1234")
+    azure = FakeConfig(answer_words=4, api_key="azure-key-5678", azure=AzureShape(deployments={"mini-se": MODEL}))
+    with fakes(openai_project, azure) as (project, region):
+        gateway = fg.Gateway(deployments={MODEL: [
+            deployment("project", project, api_key_env="FG_TEST_KEY_OPENAI", weight=1),
+            fg.ModelDeployment(name="sweden", base_url=region.azure_endpoint, api_key_env="FG_TEST_KEY_AZURE",
+                               azure_deployment="mini-se", api_version="2024-10-21", weight=1)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        before = collections.Counter(ask(client) for _ in range(40))
+        project.revoke_key()
+        after = collections.Counter(ask(client) for _ in range(10))
+        gateway.close()
+    assert before["project"] > 0 and before["sweden"] > 0 and sum(before.values()) == 40
+    assert region.counters(MODEL).requests == before["sweden"] + after["sweden"]
+    assert after == {"sweden": 10}, "the revoked deployment was still sent calls"
+    assert project.counters(MODEL).unauthorized <= 1
