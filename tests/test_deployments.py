@@ -224,3 +224,44 @@ def test_deployments_with_their_own_keys_and_azures_url_shape(monkeypatch: pytes
     assert region.counters(MODEL).requests == before["sweden"] + after["sweden"]
     assert after == {"sweden": 10}, "the revoked deployment was still sent calls"
     assert project.counters(MODEL).unauthorized <= 1
+
+
+def test_calls_sharing_a_prompt_cache_key_or_a_long_prefix_stay_on_one_deployment() -> None:
+    """Three templates with long system prompts, and calls with three prompt-cache keys,
+    over two deployments of equal weight: each template's (and each key's) calls all go to
+    one deployment, whose prompt cache serves them after the first, and the cached share
+    is reported per deployment."""
+    from prometheus_client import REGISTRY
+
+    def cached_on(name: str) -> float:
+        return REGISTRY.get_sample_value("fleetgate_deployment_tokens_total",
+                                         {"model": MODEL, "deployment": name, "kind": "cached_input"}) or 0.0
+
+    with fakes(limited(1_000_000), limited(1_000_000)) as (east, west):
+        gateway = fg.Gateway(deployments={MODEL: [deployment("east", east), deployment("west", west)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        before = {"east": cached_on("east"), "west": cached_on("west")}
+        homes: dict[str, set[str]] = collections.defaultdict(set)
+        cached = 0
+        for turn in range(8):
+            for t in range(3):
+                system = f"Template {t}. " + "You answer questions about the fleet's quotas. " * 120
+                raw = client.chat.completions.with_raw_response.create(
+                    model=MODEL, max_tokens=8, messages=[{"role": "system", "content": system},
+                                                         {"role": "user", "content": f"question {turn}"}])
+                homes[f"template {t}"].add(raw.headers["x-fleetgate-upstream"])
+                details = raw.parse().usage.prompt_tokens_details  # type: ignore[union-attr]
+                cached += (details.cached_tokens or 0) if details is not None else 0
+                homes[f"key {t}"].add(ask_with_key(client, f"key-{t}"))
+        gateway.close()
+    assert all(len(h) == 1 for h in homes.values()), homes
+    assert {h for hs in homes.values() for h in hs} == {"east", "west"}, "one deployment took every template"
+    assert cached >= 3 * 7 * 1024, "the templates' prompts were not served from their deployment's cache"
+    reported = cached_on("east") - before["east"] + cached_on("west") - before["west"]
+    assert reported == cached
+
+
+def ask_with_key(client: openai.OpenAI, key: str) -> str:
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=8, prompt_cache_key=key)
+    return raw.headers["x-fleetgate-upstream"]

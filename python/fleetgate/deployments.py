@@ -15,10 +15,12 @@ file, not its value.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass, field
 
 import httpx2
@@ -27,9 +29,12 @@ from fleetgate._core import Decision, Quota
 from fleetgate.config.deployments import ModelDeployment
 from fleetgate.config.limits import QuotaLimits
 from fleetgate.errors import ConfigError
+from fleetgate.records import template_hash
 
-__all__ = ["Deployment", "Deployments"]
+__all__ = ["Deployment", "Deployments", "affinity_of"]
 
+#: A prefix shorter than this (about 1,024 tokens) is not cached by OpenAI.
+_CACHED_PREFIX_CHARS = 4_096
 #: Headers that carry a caller's credentials or project: replaced by a deployment's own.
 _CREDENTIALS = ("authorization", "api-key", "openai-organization", "openai-project")
 
@@ -128,23 +133,51 @@ class Deployments:
         """`model`'s deployments, as configured ([] when it has none)."""
         return self._by_model.get(model, [])
 
-    def order(self, model: str) -> list[Deployment]:
+    def order(self, model: str, affinity: str | None = None) -> list[Deployment]:
         """The order a call of `model` tries its deployments in ([] when it has none):
-        priorities in turn; within one, a weighted draw by weight times room left, those
-        known to have none (until their retry-after) last."""
+        priorities in turn; within one, a weighted draw, those known to have no room
+        (until their retry-after) last. Calls with the same `affinity` (a prompt-cache key,
+        a long shared prefix) draw alike, so they go to the same deployment while it has
+        room and its prompt cache stays warm; the others draw by weight times room left."""
         found = self._by_model.get(model)
         if not found:
             return []
         if len(found) == 1:
             return found
         now = time.monotonic()
-        draw = random.random
+
         # Weighted order without replacement: each one's key is u^(1/w) (Efraimidis and
-        # Spirakis), highest first; a deployment with no room left draws after the rest.
+        # Spirakis), highest first; u is drawn at random, or hashed from the affinity.
         def rank(d: Deployment) -> tuple[int, bool, float]:
-            weight = d.settings.weight * max(d.room, 0.001)
-            return d.settings.priority, d.empty_until > now, -(draw() ** (1.0 / weight))
+            if affinity is None:
+                u, weight = random.random(), d.settings.weight * max(d.room, 0.001)
+            else:
+                u, weight = _uniform(affinity, d.name), d.settings.weight
+            return d.settings.priority, d.empty_until > now, -(u ** (1.0 / weight))
         return sorted(found, key=rank)
+
+
+def affinity_of(body: dict[str, Any]) -> str | None:
+    """What calls that share OpenAI's prompt cache have in common: their
+    ``prompt_cache_key``, else a system prompt or instructions long enough to be cached
+    (1,024 tokens, about 4,096 characters); None: nothing worth keeping together."""
+    key = body.get("prompt_cache_key")
+    if isinstance(key, str) and key:
+        return f"key:{key}"
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        fixed = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")]
+    else:
+        fixed = [body.get("instructions")]
+    if sum(len(f) for f in fixed if isinstance(f, str)) < _CACHED_PREFIX_CHARS:
+        return None
+    return "prefix:" + template_hash(body)
+
+
+def _uniform(affinity: str, name: str) -> float:
+    """A number in (0, 1) fixed by `affinity` and a deployment's `name`."""
+    digest = hashlib.blake2b(f"{affinity}\0{name}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") + 1) / (2**64 + 1)
 
 
 def _caller_key(headers: httpx2.Headers) -> str | None:

@@ -34,6 +34,10 @@ multiprocess mode). When a worker exits, call
                                                    ``priority``, ``batch``)
 ``fleetgate_cost_dollars_total``                   dollars billed, at the price table, by
                                                    ``service_tier`` as above
+``fleetgate_deployment_tokens_total``              the same tokens and dollars by the
+``fleetgate_deployment_cost_dollars_total``        deployment that served them
+                                                   (``[deployments]``): its spend, and the
+                                                   share its prompt cache served
 ``fleetgate_cache_hits_total`` / ``_misses_total``  answers served by layer (``exact``,
                                                    ``semantic``), lookups that missed
 ``fleetgate_cache_near_misses_total``              semantic candidates a guard refused
@@ -101,6 +105,15 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+def _by_kind(counts: UsageCounts) -> Iterator[tuple[str, int]]:
+    """An answer's billed tokens by kind (those it has)."""
+    prompt, cached, output, reasoning, written = counts
+    for kind, n in (("input", prompt - cached - written), ("cached_input", cached), ("cache_write", written),
+                    ("output", output), ("reasoning", reasoning)):
+        if n:
+            yield kind, n
+
+
 class _Families(Collector):
     """The metric families, once per process."""
 
@@ -122,6 +135,11 @@ class _Families(Collector):
                               ("model", "feature", "kind", "service_tier"))
         self.cost = counter("fleetgate_cost_dollars", "Dollars billed at the price table, by service tier",
                             ("model", "feature", "service_tier"))
+        self.deployment_tokens = counter("fleetgate_deployment_tokens", "Tokens billed by the deployment that served them",
+                                         ("model", "deployment", "kind"))
+        self.deployment_cost = counter("fleetgate_deployment_cost_dollars",
+                                       "Dollars billed at the price table, by the deployment that served them",
+                                       ("model", "deployment"))
         self.cache_hits = counter("fleetgate_cache_hits", "Answers served from the cache, by layer", ("layer",))
         self.cache_misses = counter("fleetgate_cache_misses", "Cache lookups that found no answer", ())
         self.near_misses = counter("fleetgate_cache_near_misses", "Semantic candidates refused by a guard", ("guard",))
@@ -272,13 +290,19 @@ class GatewayMetrics:
         (read once by the caller, which prices them too), served at `service_tier` (one of
         :data:`fleetgate.prices.TIERS`)."""
         m, feat = self.model(model), self.feature(feature)
-        prompt, cached, output, reasoning, written = counts
-        for kind, n in (("input", prompt - cached - written), ("cached_input", cached), ("cache_write", written),
-                        ("output", output), ("reasoning", reasoning)):
-            if n:
-                self._child(self.f.tokens, m, feat, kind, service_tier).inc(n)
+        for kind, n in _by_kind(counts):
+            self._child(self.f.tokens, m, feat, kind, service_tier).inc(n)
         if cost:
             self._child(self.f.cost, m, feat, service_tier).inc(cost)
+
+    def deployment_billed(self, model: str, deployment: str, counts: UsageCounts, cost: float | None) -> None:
+        """:meth:`billed`, by the deployment that served the answer (``[deployments]``):
+        a project's spend, and how much of its input its prompt cache served."""
+        m = self.model(model)
+        for kind, n in _by_kind(counts):
+            self._child(self.f.deployment_tokens, m, deployment, kind).inc(n)
+        if cost:
+            self._child(self.f.deployment_cost, m, deployment).inc(cost)
 
     def limiter_waited(self, model: str, seconds: float) -> None:
         self._child(self.f.limiter_wait, self.model(model)).observe(seconds)

@@ -1,6 +1,8 @@
 """deploy: a call of a model served by several deployments (``[deployments]``) is sent to
 one of them, in the order :meth:`fleetgate.deployments.Deployments.order` draws for it
-(priorities in turn, weighted by room left within one). Each try is the call as that
+(priorities in turn, weighted by room left within one; calls sharing a prompt-cache key or a
+long system prompt kept on one deployment while it has room, so its prompt cache stays
+warm). Each try is the call as that
 deployment takes it (its URL shape, key and project headers): the layers below see the
 deployment, so its breaker and its quota decide, and upstream's ``x-ratelimit-*`` headers
 and 429s update only its quota. A call of a model with no deployments passes through.
@@ -28,7 +30,7 @@ import httpx2
 
 from fleetgate._core import Breaker as CircuitBreaker
 from fleetgate.chains import continued
-from fleetgate.deployments import Deployment, Deployments
+from fleetgate.deployments import Deployment, Deployments, affinity_of
 from fleetgate.errors import CircuitOpen, RateLimited
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path.call import Call, Refused
@@ -53,7 +55,7 @@ class Deploy(Layer):
         self.deployments, self.breaker_for, self.stats = deployments, breaker_for, stats
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
-        order = self.deployments.order(call.model)
+        order = self.deployments.order(call.model, affinity_of(call.body))
         if not order:
             return await next(call)
         if call.home is not None:  # the chain it continues is held there, and only there

@@ -134,6 +134,8 @@ class Upstream(Layer):
             self.layout.usage(call.template, usage)
         if self.metrics is not None:
             self.metrics.billed(model, call.scope.feature, counts, cost, service_tier=price_tier(served))
+            if call.deployment is not None:
+                self.metrics.deployment_billed(model, call.deployment.name, counts, cost)
         return counts
 
 
