@@ -307,3 +307,24 @@ def test_models_noted_while_redis_is_down_are_kept_and_the_outage_logged_once(
     assert len(warned) == 1 and f"redis://:***@127.0.0.1:{port}" in warned[0] and "hunter2" not in warned[0]
     assert seen.names() == {"gpt-5.4", "gpt-5.4-mini"}
     seen.close()
+
+
+def test_each_deployment_is_reached_with_its_own_key_and_its_room_shown(
+        tmp_path: Path, fleet_redis: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleetgate.testing.fake_openai import FakeConfig
+
+    with FakeOpenAI(FakeConfig(api_key="sk-project-key-0001")) as project:
+        monkeypatch.setenv("FG_CHECK_KEY", "sk-project-key-0001")
+        monkeypatch.setenv("FG_CHECK_WRONG", "sk-wrong-key-0000")
+        path = good_config(tmp_path, fleet_redis, fake_openai.base_url, (
+            '[[deployments."gpt-4.1-mini"]]\nname = "project"\n'
+            f'base_url = "{project.base_url}"\napi_key_env = "FG_CHECK_KEY"\nrequests_per_minute = 600\n'
+            '[[deployments."gpt-4.1-mini"]]\nname = "stale"\npriority = 1\n'
+            f'base_url = "{project.base_url}"\napi_key_env = "FG_CHECK_WRONG"\n'))
+        result = check(path)
+    lines = [line for line in result.output.splitlines() if "deployment " in line]
+    assert lines[0].startswith("ok    deployment gpt-4.1-mini@project: ") and "key $FG_CHECK_KEY" in lines[0]
+    assert "room now 9 of 9 requests" in lines[0], lines[0]  # 600 RPM less the 1% headroom: 9 a second
+    assert lines[1].startswith("FAIL  deployment gpt-4.1-mini@stale: ") and "check $FG_CHECK_WRONG" in lines[1]
+    assert "sk-wrong" not in result.output and "sk-project" not in result.output
+    assert result.exit_code != 0

@@ -1,5 +1,6 @@
 """``fleetgate check``: what a pipeline runs before a deploy. It validates the config,
-reaches Redis and the upstream (``GET /models``: no tokens spent), confirms that budgets
+reaches Redis and the upstream (``GET /models``: no tokens spent) and each deployment with
+its own key (with the room its quota has now), confirms that budgets
 and metrics are on, names the models it names or the fleet gated lately that have no price
 (``WARN`` when a budget would refuse their calls), and looks for secrets written into the
 config file. Every problem is one line; any problem (``FAIL`` or ``WARN``) makes the
@@ -78,6 +79,7 @@ def run_checks(config_path: str | Path | None, *, api_key: str | None = None, ti
         findings.append(reached)
         findings.append(_upstream(config, api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"),
                                   timeout))
+        findings.extend(_deployments(config, gateway, reached.status == "ok", timeout))
         findings.append(_budgets(config))
         findings.extend(_prices(config, gateway, reached.status == "ok", timeout))
         findings.append(_metrics(config))
@@ -148,18 +150,67 @@ def _upstream(config: GatewayConfig, api_key: str | None, timeout: float) -> Fin
     base = (config.base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE_URL).rstrip("/")
     if not api_key:
         return Finding("FAIL", "upstream", "no API key: set OPENAI_API_KEY")
+    return _probe("upstream", f"{base}/models", {"Authorization": f"Bearer {api_key}"}, timeout,
+                  "base_url (or OPENAI_BASE_URL)", "OPENAI_API_KEY")
+
+
+def _probe(area: str, url: str, headers: dict[str, str], timeout: float, where: str, key: str) -> Finding:
+    """GET `url` (a list of models: no tokens spent): whether it answers, and what to
+    check when it does not (`where` the URL comes from, `key` where its key does)."""
     try:
-        response = httpx2.get(f"{base}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
+        response = httpx2.get(url, headers=headers, timeout=timeout)
     except (httpx2.HTTPError, httpx2.InvalidURL) as e:
-        return Finding("FAIL", "upstream", f"cannot reach {base} ({type(e).__name__}: {e}): check base_url "
-                                           f"(or OPENAI_BASE_URL), the network and any proxy")
-    if response.status_code == 401:
-        return Finding("FAIL", "upstream", f"{base} refused the API key (401): check OPENAI_API_KEY")
+        return Finding("FAIL", area, f"cannot reach {url} ({type(e).__name__}: {e}): check {where}, the network "
+                                     f"and any proxy")
+    if response.status_code in (401, 403):
+        return Finding("FAIL", area, f"{url} refused the API key ({response.status_code}): check {key}")
     if response.status_code != 200:
         hint = " (a base_url without /v1?)" if response.status_code == 404 else ""
-        return Finding("FAIL", "upstream", f"{base}/models answered {response.status_code}{hint}: "
-                                           f"{response.text[:200]}")
-    return Finding("ok", "upstream", f"{base} answers (GET /models)")
+        return Finding("FAIL", area, f"{url} answered {response.status_code}{hint}: {response.text[:200]}")
+    return Finding("ok", area, f"{url} answers")
+
+
+def _deployments(config: GatewayConfig, gateway: Any, redis_answers: bool, timeout: float) -> list[Finding]:
+    """Each deployment (``[deployments]``): reached with its own key, and the room its
+    quota has now (with Redis: the fleet's)."""
+    if gateway is None or not config.deployments:
+        return []
+    from fleetgate._core import Limiter
+
+    # A limiter of its own, without leases: a lease's decision does not report the room.
+    rooms = Limiter(config.redis_url) if config.redis_url is not None and redis_answers else gateway.limiter
+    found = []
+    for model in config.deployments:
+        for d in gateway.deployments.of(model):
+            s = d.settings
+            key = (f"${s.api_key_env}" if s.api_key_env else str(s.api_key_file) if s.api_key_file
+                   else "the caller's key")
+            area = f"deployment {d.key}"
+            if d.api_key is None:
+                probe = Finding("ok", area, f"{s.base_url} (the caller's key: not probed)")
+            elif s.azure_deployment is not None:
+                probe = _probe(area, f"{s.base_url.rstrip('/')}/openai/models?api-version={s.api_version}",
+                               {"api-key": d.api_key}, timeout, f"its base_url ({s.base_url})", key)
+            else:
+                probe = _probe(area, f"{s.base_url.rstrip('/')}/models", {"Authorization": f"Bearer {d.api_key}"},
+                               timeout, f"its base_url ({s.base_url})", key)
+            found.append(Finding(probe.status, area, f"{probe.message}; key {key}, priority {s.priority}, weight "
+                                                     f"{s.weight:g}{_room(rooms, d.quota, redis_answers, config)}"))
+    return found
+
+
+def _room(limiter: Any, quota: Any, redis_answers: bool, config: GatewayConfig) -> str:
+    """The room a deployment's quota has now, as this check's text (with Redis: the
+    fleet's view; embedded: this process's, which is the whole bucket)."""
+    if quota is None:
+        return ", no limits"
+    if not redis_answers and config.redis_url is not None:
+        return ""
+    decision = limiter.try_acquire(quota, requests=0, tokens=0)
+    parts = [f"{room:,} of {size:,} {what}" for room, size, what in (
+        (decision.remaining_requests, quota.request_capacity, "requests"),
+        (decision.remaining_tokens, quota.token_capacity, "tokens")) if room is not None and size]
+    return f", room now {' and '.join(parts)}" if parts else ""
 
 
 def _budgets(config: GatewayConfig) -> Finding:

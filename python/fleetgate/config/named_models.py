@@ -14,7 +14,7 @@ __all__ = ["model_places"]
 
 def model_places(config: GatewayConfig) -> dict[str, list[str]]:
     """Every model `config` names, with where: the override, quotas and lanes keyed by
-    model, fallback rungs, presets, routing tiers and routed models, rollouts and their
+    model, deployments, fallback rungs, presets, routing tiers and routed models, rollouts and their
     deployments, batch queue limits, and an ``openai:`` embedder."""
     places: dict[str, list[str]] = {}
 
@@ -25,6 +25,8 @@ def model_places(config: GatewayConfig) -> dict[str, list[str]]:
     named(config.model_override, "model_override")
     for model in config.models:
         named(model, f'[models."{model}"]')
+    for model in config.deployments:
+        named(model, f'[deployments."{model}"]')
     for model in config.lanes.models:
         named(model, "[lanes] models")
     for model, cheaper in config.fallback.models.items():
