@@ -42,12 +42,15 @@ def test_readme_config_files_load(tmp_path: Path) -> None:
     import fleetgate as fg
 
     toml_blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(toml_blocks) == 3
+    assert len(toml_blocks) == 4
     for i, block in enumerate(toml_blocks):
         path = tmp_path / f"block{i}.toml"
         path.write_text(block)
         if "redis_url" in block:
             assert fg.GatewayConfig.from_toml(path).models["gpt-4.1"].tokens_per_minute == 30_000
+        elif "[[deployments." in block:
+            sweden = fg.GatewayConfig.from_toml(path).deployments["gpt-4.1-mini"][1]
+            assert (sweden.azure_deployment, sweden.weight) == ("gpt41mini", 2)
         elif "[routing." in block:
             assert fg.GatewayConfig.from_toml(path).routing.rollouts["support-v2"].canary.version == "v2"
         else:
