@@ -269,20 +269,25 @@ def ask_with_key(client: openai.OpenAI, key: str) -> str:
 
 def test_a_deployment_that_cannot_be_reached_spills_its_calls() -> None:
     """A region down (nothing listens at its address): each call spills to the next
-    deployment; the failures count against the unreachable deployment's breaker only."""
+    deployment; the failures count against the unreachable deployment's breaker only, not
+    the fleet's degradation modes (on here)."""
     import socket
 
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # bound, never listening: connections are refused
         with fakes(limited(100_000)) as (alive,):
-            gateway = fg.Gateway(deployments={MODEL: [
+            gateway = fg.Gateway(modes={"auto": True}, deployments={MODEL: [
                 fg.ModelDeployment(name="down", base_url=f"http://127.0.0.1:{port}/v1", priority=0),
                 deployment("alive", alive, priority=1)]})
             client = gateway.openai(api_key="sk-caller", max_retries=0)
             where = collections.Counter(ask(client) for _ in range(30))
             states = gateway.breakers.states() if gateway.breakers is not None else {}
+            seen = list(gateway.modes._window.calls) if gateway.modes._window is not None else []
+            mode = gateway.modes.current.mode
             gateway.close()
     assert where == {"alive": 30}
+    # The fleet's degradation modes judge the model, which every call found served.
+    assert len(seen) == 30 and not any(failed for _, failed, _ in seen) and mode == "full"
     assert states.get(f"/chat/completions:{MODEL}@alive") == "closed"
     assert states.get(f"/chat/completions:{MODEL}@down") == "open", "the breaker never saw the failures"

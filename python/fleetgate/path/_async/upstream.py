@@ -12,7 +12,8 @@ beside its usage; :mod:`fleetgate.tiers`), which the call's :class:`Timing` keep
 Contract: each upstream call's health verdict (``classify`` in the Rust core: 5xx, 408 and
 no answer are failures, 2xx/3xx successes; a 429 is quota; other 4xx and Flex's 429
 ``resource_unavailable`` are neutral) feeds the fleet's degradation modes as it feeds the
-breakers: only successes and failures count; its time is counted as the call's upstream
+breakers: only successes and failures count (a deployment that cannot be reached while the
+call has another to spill to feeds its own breaker only); its time is counted as the call's upstream
 time, apart from the gateway's.
 """
 
@@ -55,7 +56,8 @@ class Upstream(Layer):
         try:
             response = await self.inner.handle_async_request(call.request)
         except httpx2.TransportError:
-            self._timed(call, started, None, None)
+            # One deployment unreachable, with another to try: not the model's health.
+            self._timed(call, started, None, None, observed=not call.spill)
             raise
         except BaseException:  # cancelled: says nothing about upstream's health
             call.timing.upstream += time.perf_counter() - started
@@ -83,11 +85,11 @@ class Upstream(Layer):
         self._timed(call, started, status, call.outcome.code)
         return response
 
-    def _timed(self, call: Call, started: float, status: int | None, code: str | None) -> None:
+    def _timed(self, call: Call, started: float, status: int | None, code: str | None, observed: bool = True) -> None:
         elapsed = time.perf_counter() - started
         call.timing.upstream += elapsed
         verdict = health(status, code)
-        if verdict in _HEALTH:
+        if observed and verdict in _HEALTH:
             self.modes.observe(verdict == "failure", elapsed)
 
     def _streamed(self, call: Call, scanner: UsageScanner) -> None:
