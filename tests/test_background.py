@@ -512,3 +512,26 @@ def test_each_poll_decides_to_wait_longer_or_to_settle_and_how() -> None:
     assert decide(running, 2.0, settings, overdue=True) == Decision("worst")
     with pytest.raises(fg.ConfigError, match="poll_max_seconds"):
         fg.Gateway(background={"poll_min_seconds": 5, "poll_max_seconds": 1})
+
+
+def test_a_background_call_through_a_deployment_is_polled_there_with_its_key(
+        feature: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model served by a deployment with a key of its own: its background responses are
+    polled at that deployment, with that key (the caller's would be refused), and settled."""
+    monkeypatch.setenv("FG_BG_DEPLOYMENT_KEY", "sk-deployment-key-42")
+    config = FakeConfig(answer_words=120, api_key="sk-deployment-key-42",
+                        background=BackgroundTimings(complete_seconds=0.3))
+    with FakeOpenAI(config) as fake:
+        gate = fg.Gateway(budgets={"limits": [{"scope": "feature", "name": feature, "dollars": 10.0}]},
+                          background=FAST_POLLS, deployments={MODEL: [fg.ModelDeployment(
+                              name="project", base_url=fake.base_url, api_key_env="FG_BG_DEPLOYMENT_KEY")]})
+        client = gate.openai(api_key="sk-caller", max_retries=0)
+        with gate.scope(feature=feature):
+            answers = [client.responses.create(model=MODEL, input=f"Story {i}.", background=True,
+                                               max_output_tokens=MAX_OUTPUT) for i in range(3)]
+        assert [a.status for a in answers] == ["queued"] * 3
+        until(lambda: gate.background.pending() == 0)
+        assert gate.stats["background_settled_usage"] == 3, "not settled from the response's own usage"
+        until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
+        assert fake.counters(MODEL).unauthorized == 0
+        gate.close()

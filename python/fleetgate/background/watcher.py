@@ -117,9 +117,8 @@ class BackgroundCalls:
 
     def watch(self, handoff: Handoff) -> None:
         """Watch a background call until its response ends, holding what `handoff` holds."""
-        call = handoff.call
         record = self._record(handoff)
-        headers = call.request.headers
+        headers = handoff.request.headers
         auth = {"authorization": headers["authorization"]} if "authorization" in headers else {}
         watched = _Watched(record, handoff, auth, time.monotonic() + self.settings.poll_min_seconds,
                            self.settings.poll_min_seconds)
@@ -151,13 +150,13 @@ class BackgroundCalls:
     def _record(self, handoff: Handoff) -> PendingCall:
         call, hold = handoff.call, handoff.hold
         now = time.time()
-        url = urlsplit(str(call.request.url))
+        url = urlsplit(str(handoff.request.url))
         host = f"{url.hostname}:{url.port}" if url.port else url.hostname or ""
         where = urlunsplit((url.scheme, host, url.path, "", ""))  # no credentials, no query
         held = set(hold.reservation.budgets) if hold is not None and not hold.local else set()
         budgets: list[tuple[str, float, str]] = [(b.name, b.limit, b.period)
                                                  for b in self._budgets.applicable(call.scope) if b.name in held]
-        headers = call.request.headers
+        headers = handoff.request.headers
         return PendingCall(
             handoff.response_id, where, call.model, now, now + self.settings.lease_seconds,
             call.estimate.prompt_tokens, call.estimate.max_output_tokens,

@@ -100,6 +100,8 @@ class Handoff:
 
     call: Call
     response_id: str
+    #: The request that made it, as sent (a deployment's URL and key: where it is polled).
+    request: httpx2.Request
     #: The limit layer's reservation on the call's quotas (None: no quota applies).
     quota: Reservation | None = None
     #: The budget layer's hold (None: no budget holds the call).

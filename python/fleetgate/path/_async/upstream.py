@@ -72,7 +72,7 @@ class Upstream(Layer):
         await response.aread()
         later = background_answer(call, response.content) if status == 200 else None
         if later is not None:  # running in the background: settled when it ends
-            call.outcome = Outcome(status, call.estimate.tokens, "background", later=Handoff(call, later))
+            call.outcome = Outcome(status, call.estimate.tokens, "background", later=Handoff(call, later, call.request))
         elif status == 200:
             usage = usage_of(response.content)
             tokens = usage_tokens(usage)
@@ -99,7 +99,7 @@ class Upstream(Layer):
         estimate = call.estimate
         if scanner.usage is None and scanner.response_id is not None and call.body.get("background") is True:
             # Left before its end: the response runs on in the background, settled when it ends.
-            outcome = Outcome(200, estimate.tokens, "background", later=Handoff(call, scanner.response_id),
+            outcome = Outcome(200, estimate.tokens, "background", later=Handoff(call, scanner.response_id, call.request),
                               deltas=scanner.deltas)
         elif scanner.usage is not None:
             counts = self._billed(call, scanner.detail, scanner.tier)
