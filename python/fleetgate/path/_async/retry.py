@@ -4,6 +4,10 @@ after the wait upstream asks for (``retry-after-ms``, ``retry-after``), at most
 carries ``x-should-retry: false`` so the SDK does not retry on top. Connection errors and
 5xx are left to the SDK's own retries.
 
+For a model served by several deployments (``[deployments]``), each attempt tries them in
+turn, spilling over at once to the next one that can take the call (:mod:`.deploy`); the
+wait for upstream's retry-after comes when none could.
+
 Contract: each attempt goes through the breaker and the limiter again (a 429 is quota,
 not health: the breaker pauses, the limiter empties the fleet's view of the model's
 quota); ``insufficient_quota`` is never retried (waiting brings no credit back), nor is
@@ -13,10 +17,13 @@ Flex's ``resource_unavailable`` (not a rate limit: the flex layer decides; see
 
 from __future__ import annotations
 
+from functools import partial
+
 import httpx2
 
 from fleetgate._core import health
 from fleetgate.metrics import GatewayMetrics
+from fleetgate.path._async.deploy import Deploy
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path.call import Call
 from fleetgate.path.waits import sleep_async
@@ -29,10 +36,13 @@ __all__ = ["Retry"]
 class Retry(Layer):
     name = "retry"
 
-    def __init__(self, max_retries: int, stats: GatewayStats, metrics: GatewayMetrics | None) -> None:
-        self.max_retries, self.stats, self.metrics = max_retries, stats, metrics
+    def __init__(self, max_retries: int, stats: GatewayStats, metrics: GatewayMetrics | None,
+                 deploy: Deploy | None = None) -> None:
+        self.max_retries, self.stats, self.metrics, self.deploy = max_retries, stats, metrics, deploy
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
+        if self.deploy is not None:  # each attempt tries the model's deployments in turn
+            next = partial(self.deploy.handle, next=next)  # noqa: A001
         attempt = 0
         while True:
             response = await next(call)

@@ -1,5 +1,6 @@
 # Generated from fleetgate/path/_async/deploy.py by scripts/unasync.py: edit that file, then run the script.
-"""deploy: a call of a model served by several deployments (``[deployments]``) is sent to
+"""deploy, the retry layer's inner step: a call of a model served by several deployments
+(``[deployments]``) is sent to
 one of them, in the order :meth:`fleetgate.deployments.Deployments.order` draws for it
 (priorities in turn, weighted by room left within one; calls sharing a prompt-cache key or a
 long system prompt kept on one deployment while it has room, so its prompt cache stays
@@ -13,8 +14,7 @@ its breaker open or paused (``CircuitOpen``), its quota without room now
 (``RateLimited``), no connection (a region down), upstream's 429 (``rate_limit_exceeded``,
 ``insufficient_quota``) or a rejected key (401, 403). The last deployment decides as a
 single upstream would: it waits for room within the deadline, and its refusal or answer is
-the call's (the retry layer above then tries the whole order again after upstream's
-wait). A rejected key isolates its deployment for the fleet (its breaker; without
+the call's (the retry layer then tries the whole order again after upstream's wait). A rejected key isolates its deployment for the fleet (its breaker; without
 breakers, this pod leaves it out for a minute): the model keeps being served by the rest.
 A call continuing a Responses chain goes only to the deployment holding it, as the chain
 ledger knows it (:mod:`fleetgate.chains`); one whose chain's home is not known tries the

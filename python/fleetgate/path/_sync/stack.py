@@ -4,7 +4,7 @@ in this package (a step switched off is a layer left out), and the chain that ru
 through them.
 
     record → shape → route → modes → cache → dedup → fallback → background → budget
-           → lanes → retry → deploy → breaker → limit → upstream
+           → lanes → retry → breaker → limit → upstream
 
 To add a step: write ``_async/<step>.py`` (a :class:`Layer` with a module docstring that
 states its contract with the others, and a test of that contract), place it in
@@ -59,8 +59,8 @@ def layers(gateway: Services, inner: httpx2.BaseTransport) -> list[Layer]:
                  Background(g.background)),
         Budget(g.budgets, stats, cfg.background.lease_seconds) if g.budgets.active else None,
         Lanes(g.lanes_for, stats, metrics) if cfg.lanes.concurrency is not None or cfg.lanes.models else None,
-        Retry(cfg.max_upstream_retries, stats, metrics),
-        Deploy(g.deployments, g.breaker_for, stats) if g.deployments else None,
+        Retry(cfg.max_upstream_retries, stats, metrics,
+              Deploy(g.deployments, g.breaker_for, stats) if g.deployments else None),
         Breaker(g.breaker_for, stats) if g.breakers is not None else None,
         Limit(g.limiter, g.quotas_for, stats, metrics),
         Upstream(inner, g.modes, g.prices, metrics, g.layout),
