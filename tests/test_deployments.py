@@ -94,16 +94,21 @@ def test_a_rejected_key_isolates_its_deployment_and_the_model_keeps_serving() ->
 
 
 def test_an_upstream_429_spills_to_the_next_deployment_at_once() -> None:
-    """The gateway believes the first deployment has room (no limits configured for it);
-    upstream refuses: the call goes to the next deployment, and the SDK never sees a 429."""
+    """The gateway believes the first deployment has far more room than upstream gives it
+    (6,000 RPM configured, 60 enforced); upstream refuses: the call goes to the next
+    deployment, the SDK never sees a 429, and the other deployment's quota is untouched."""
     with fakes(limited(60), limited(100_000)) as (small, big):
-        gateway = fg.Gateway(deployments={MODEL: [deployment("small", small, priority=0),
-                                                  deployment("big", big, priority=1)]})
+        gateway = fg.Gateway(deployments={MODEL: [
+            deployment("small", small, requests_per_minute=6_000, priority=0),
+            deployment("big", big, requests_per_minute=100_000, priority=1)]})
         client = gateway.openai(api_key="sk-caller", max_retries=0)
         where = collections.Counter(ask(client) for _ in range(10))
+        room = {d.name: gateway.limiter.try_acquire(d.quota, requests=0).remaining_requests
+                for d in gateway.deployments.of(MODEL) if d.quota is not None}
         gateway.close()
     assert where["small"] >= 1 and where["small"] + where["big"] == 10
     assert small.counters(MODEL).rate_limited >= 1, "upstream never refused: nothing was spilled"
+    assert room["big"] is not None and room["big"] >= 1_600, "another deployment's 429 emptied this one's quota"
 
 
 def test_the_last_deployment_decides_as_one_upstream_would() -> None:
