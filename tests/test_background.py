@@ -535,3 +535,30 @@ def test_a_background_call_through_a_deployment_is_polled_there_with_its_key(
         until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
         assert fake.counters(MODEL).unauthorized == 0
         gate.close()
+
+
+def test_a_pod_taking_over_polls_at_the_deployment_with_its_key(feature: str, fleet: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod stops with a background call made at a deployment with a key of its own;
+    the pod that takes it over polls it there with that deployment's key (read from its own
+    environment: the fleet's record never holds a key), not the fleet's OPENAI_API_KEY."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fleet-key-refused-there")
+    monkeypatch.setenv("FG_BG_TAKEOVER_KEY", "sk-deployment-key-77")
+    config = FakeConfig(answer_words=120, api_key="sk-deployment-key-77",
+                        background=BackgroundTimings(complete_seconds=0.5))
+    with FakeOpenAI(config) as fake:
+        def pod() -> fg.Gateway:
+            return fg.Gateway(redis_url=fleet, background={**FAST_POLLS, "claim_seconds": 1.0},
+                              budgets={"limits": [{"scope": "feature", "name": feature, "dollars": 10.0}]},
+                              deployments={MODEL: [fg.ModelDeployment(name="project", base_url=fake.base_url,
+                                                                      api_key_env="FG_BG_TAKEOVER_KEY")]})
+        first = pod()
+        with first.scope(feature=feature):
+            first.openai(api_key="sk-caller").responses.create(model=MODEL, input="Long task.", background=True,
+                                                               max_output_tokens=MAX_OUTPUT)
+        first.close()  # mid-call: handed back to the fleet
+        second = pod()
+        until(lambda: second.background.fleet_pending() == 0)
+        assert second.stats["background_taken_over"] == 1 and second.stats["background_settled_usage"] == 1
+        assert fake.counters(MODEL).unauthorized == 0
+        second.close()

@@ -76,8 +76,10 @@ class Deployment:
         else:
             url = f"{self._base}{endpoint}"
         headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in _CREDENTIALS]
-        key = self.api_key if self.api_key is not None else _caller_key(request.headers)
-        if key is not None:
+        own = self.auth()
+        if own:
+            headers.extend(own.items())
+        elif (key := _caller_key(request.headers)) is not None:
             headers.append(("api-key", key) if s.azure_deployment is not None else ("authorization", f"Bearer {key}"))
         if s.organization is not None:
             headers.append(("openai-organization", s.organization))
@@ -85,6 +87,14 @@ class Deployment:
             headers.append(("openai-project", s.project))
         return httpx2.Request(request.method, httpx2.URL(url, params=params), headers=headers,
                               content=request.content, extensions=request.extensions)
+
+    def auth(self) -> dict[str, str]:
+        """The header carrying its own key ({}: it has none, the caller's is sent)."""
+        if self.api_key is None:
+            return {}
+        if self.settings.azure_deployment is not None:
+            return {"api-key": self.api_key}
+        return {"authorization": f"Bearer {self.api_key}"}
 
     def noted(self, decision: Decision) -> None:
         """A call was admitted on its quota: the share left is the room the decision
@@ -128,6 +138,11 @@ class Deployments:
 
     def __bool__(self) -> bool:
         return bool(self._by_model)
+
+    def named(self, key: str) -> Deployment | None:
+        """The deployment named `key` (``model@name``), or None."""
+        model, _, name = key.rpartition("@")
+        return next((d for d in self._by_model.get(model, []) if d.name == name), None)
 
     def of(self, model: str) -> list[Deployment]:
         """`model`'s deployments, as configured ([] when it has none)."""

@@ -54,6 +54,9 @@ class PendingCall:
     feature: str = ""
     user: str = ""
     team: str = ""
+    #: The deployment it was made at (``model@name``; "": the gateway's one upstream): a
+    #: pod taking it over polls with that deployment's key, never written here.
+    deployment: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

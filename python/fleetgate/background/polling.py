@@ -72,7 +72,7 @@ class Poller:
         """The response of `record` as the API shows it now; `auth`: the headers of the
         request that made it (its API key), when this pod has them."""
         headers = dict(auth)
-        if "authorization" not in headers:
+        if "authorization" not in headers and "api-key" not in headers:
             key = os.environ.get("OPENAI_API_KEY")
             if not key:
                 return Polled("unreachable", reason="no API key to poll it with: set OPENAI_API_KEY")

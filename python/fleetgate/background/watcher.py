@@ -41,6 +41,7 @@ from fleetgate.background.polling import Decision, How, Polled, Poller, decide
 from fleetgate.background.settling import Settler
 from fleetgate.budget.guard import Budgets
 from fleetgate.config.background import BackgroundSettings
+from fleetgate.deployments import Deployments
 from fleetgate.errors import QueueFull
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.outage import Outage
@@ -82,8 +83,9 @@ class BackgroundCalls:
 
     def __init__(self, settings: BackgroundSettings, *, transport: httpx2.BaseTransport, redis_url: str | None,
                  limiter: Limiter, budgets: Budgets, prices: PriceTable, stats: GatewayStats,
-                 metrics: GatewayMetrics | None) -> None:
+                 metrics: GatewayMetrics | None, deployments: Deployments | None = None) -> None:
         self.settings = settings
+        self._deployments = deployments
         self.stats = stats
         self._budgets = budgets
         self._settler = Settler(limiter, budgets, prices, stats, metrics)
@@ -119,7 +121,7 @@ class BackgroundCalls:
         """Watch a background call until its response ends, holding what `handoff` holds."""
         record = self._record(handoff)
         headers = handoff.request.headers
-        auth = {"authorization": headers["authorization"]} if "authorization" in headers else {}
+        auth = {k: headers[k] for k in ("authorization", "api-key") if k in headers}
         watched = _Watched(record, handoff, auth, time.monotonic() + self.settings.poll_min_seconds,
                            self.settings.poll_min_seconds)
         with self._lock:
@@ -147,6 +149,12 @@ class BackgroundCalls:
             self._next_fleet = min(self._next_fleet, time.monotonic() + self._busy_tick())
             self._wake.notify()
 
+    def _auth_of(self, record: PendingCall) -> dict[str, str]:
+        """The key to poll another pod's call with: its deployment's own (None: the
+        fleet's, ``OPENAI_API_KEY``)."""
+        deployment = self._deployments.named(record.deployment) if record.deployment and self._deployments else None
+        return deployment.auth() if deployment is not None else {}
+
     def _record(self, handoff: Handoff) -> PendingCall:
         call, hold = handoff.call, handoff.hold
         now = time.time()
@@ -165,7 +173,8 @@ class BackgroundCalls:
             project=headers.get("openai-project"), organization=headers.get("openai-organization"),
             tier=call.estimate.service_tier, budgets=budgets,
             recorded=hold is not None and not hold.local,
-            feature=hold.feature if hold else "", user=hold.user if hold else "", team=hold.team if hold else "")
+            feature=hold.feature if hold else "", user=hold.user if hold else "", team=hold.team if hold else "",
+            deployment=call.deployment.key if call.deployment is not None else "")
 
     # -- webhooks ------------------------------------------------------------------------------
 
@@ -264,7 +273,7 @@ class BackgroundCalls:
         with self._lock:
             for record in taken:
                 if record.response_id not in self._watched:
-                    self._watched[record.response_id] = _Watched(record, None, next_poll=now,
+                    self._watched[record.response_id] = _Watched(record, None, self._auth_of(record), next_poll=now,
                                                                  interval=self.settings.poll_min_seconds, stored=True)
                     self.stats.count("background_taken_over")
                     log.info("fleetgate: took over background response %s from a pod that stopped watching it",
