@@ -150,10 +150,13 @@ class Deployments:
 
     def order(self, model: str, affinity: str | None = None) -> list[Deployment]:
         """The order a call of `model` tries its deployments in ([] when it has none):
-        priorities in turn; within one, a weighted draw, those known to have no room
-        (until their retry-after) last. Calls with the same `affinity` (a prompt-cache key,
-        a long shared prefix) draw alike, so they go to the same deployment while it has
-        room and its prompt cache stays warm; the others draw by weight times room left."""
+        those with room as far as this pod knows, priorities in turn and within one a
+        weighted draw; then, of those known to have none (until their retry-after), only
+        the one whose room comes back soonest, where the call waits when every other
+        refused it (the others would refuse it too). Calls with the same `affinity` (a
+        prompt-cache key, a long shared prefix) draw alike, so they go to the same
+        deployment while it has room and its prompt cache stays warm; the others draw by
+        weight times room left."""
         found = self._by_model.get(model)
         if not found:
             return []
@@ -163,13 +166,16 @@ class Deployments:
 
         # Weighted order without replacement: each one's key is u^(1/w) (Efraimidis and
         # Spirakis), highest first; u is drawn at random, or hashed from the affinity.
-        def rank(d: Deployment) -> tuple[int, bool, float]:
+        def rank(d: Deployment) -> tuple[int, float]:
             if affinity is None:
                 u, weight = random.random(), d.settings.weight * max(d.room, 0.001)
             else:
                 u, weight = _uniform(affinity, d.name), d.settings.weight
-            return d.settings.priority, d.empty_until > now, -(u ** (1.0 / weight))
-        return sorted(found, key=rank)
+            return d.settings.priority, -(u ** (1.0 / weight))
+        ready = sorted((d for d in found if d.empty_until <= now), key=rank)
+        if len(ready) < len(found):
+            ready.append(min((d for d in found if d.empty_until > now), key=lambda d: d.empty_until))
+        return ready
 
 
 def affinity_of(body: dict[str, Any]) -> str | None:
