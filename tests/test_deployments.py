@@ -312,5 +312,5 @@ def test_a_deployment_known_to_be_full_is_left_out_but_the_one_whose_room_comes_
     assert [x.name for x in deployments.order(MODEL)][-1] == "b" and len(deployments.order(MODEL)) == 3
     assert {x.name for x in deployments.order(MODEL)[:2]} == {"c", "d"}, "the full ones were tried first"
     c.refused(500.0)
-    d.refused(200.0)
+    d.refused(50.0)
     assert [x.name for x in deployments.order(MODEL)] == ["d"], "not the deployment whose room comes back first"
