@@ -12,9 +12,11 @@ and 429s update only its quota. A call of a model with no deployments passes thr
 Contract: a deployment that refuses spills the call to the next at once, without waiting:
 its breaker open or paused (``CircuitOpen``), its quota without room now
 (``RateLimited``), no connection (a region down), upstream's 429 (``rate_limit_exceeded``,
-``insufficient_quota``) or a rejected key (401, 403). The last deployment decides as a
-single upstream would: it waits for room within the deadline, and its refusal or answer is
-the call's (the retry layer then tries the whole order again after upstream's wait). A rejected key isolates its deployment for the fleet (its breaker; without
+``insufficient_quota``) or a rejected key (401, 403). When every one refused, the call is
+sent once more, as to a single upstream, to the deployment whose room comes back first
+(none being full: the last one tried): it waits for room within the deadline, and its
+refusal or answer is the call's (the retry layer then tries them all again after
+upstream's wait). A model with one deployment is sent there as to a single upstream. A rejected key isolates its deployment for the fleet (its breaker; without
 breakers, this pod leaves it out for a minute): the model keeps being served by the rest.
 A call continuing a Responses chain goes only to the deployment holding it, as the chain
 ledger knows it (:mod:`fleetgate.chains`); one whose chain's home is not known tries the
@@ -61,48 +63,69 @@ class Deploy(Layer):
             return next(call)
         if call.home is not None:  # the chain it continues is held there, and only there
             order = [d for d in order if d.name == call.home] or order
-        asked, last = call.request, len(order) - 1
+        asked = call.request
         try:
-            for i, deployment in enumerate(order):
-                call.deployment, call.spill = deployment, i < last
-                call.request = deployment.request_for(asked, call.endpoint)
-                try:
-                    response = next(call)
-                except Refused as e:
-                    if not call.spill or not isinstance(e.error, (CircuitOpen, RateLimited)):
-                        raise
-                    self.stats.count("deployment_spilled")
-                    continue
-                except httpx2.TransportError:
-                    if not call.spill:
-                        raise
-                    self.stats.count("deployment_spilled")
-                    continue
-                if self._cannot_take(call, deployment, response) and call.spill:
-                    response.close()
-                    self.stats.count("deployment_spilled")
-                    continue
-                call.marks["x-fleetgate-upstream"] = deployment.name
-                return response
-            raise AssertionError("the last deployment neither answered nor refused")  # pragma: no cover
+            full: list[Deployment] = []  # those that had no room for it now
+            if len(order) > 1:
+                for deployment in order:
+                    response = self._try(call, next, deployment, asked, full)
+                    if response is not None:
+                        return response
+            # Each one refused: it waits on the one whose room comes back first (or, none
+            # being full, the last one decides), as a single upstream would.
+            last = min(full, key=lambda d: d.empty_until) if full else order[-1]
+            response = self._try(call, next, last, asked, None)
+            assert response is not None  # the last try answers or raises
+            return response
         finally:
             call.request, call.spill = asked, False
 
-    def _cannot_take(self, call: Call, deployment: Deployment, response: httpx2.Response) -> bool:
-        """Whether `response` says `deployment` cannot take the call now (a rejected key
-        isolates it)."""
+    def _try(self, call: Call, next: Next, deployment: Deployment, asked: httpx2.Request,  # noqa: A002
+                   full: list[Deployment] | None) -> httpx2.Response | None:
+        """Send `call` to `deployment`: its answer, or None when the deployment cannot take
+        it now and it may spill (`full` given: those without room now are added there)."""
+        call.deployment, call.spill = deployment, full is not None
+        call.request = deployment.request_for(asked, call.endpoint)
+        try:
+            response = next(call)
+        except Refused as e:
+            if full is None or not isinstance(e.error, (CircuitOpen, RateLimited)):
+                raise
+            if isinstance(e.error, RateLimited):
+                full.append(deployment)
+            self.stats.count("deployment_spilled")
+            return None
+        except httpx2.TransportError:
+            if full is None:
+                raise
+            self.stats.count("deployment_spilled")
+            return None
+        taken = self._cannot_take(call, deployment, response)
+        if taken is not None and full is not None:
+            response.close()
+            if taken == "full":
+                full.append(deployment)
+            self.stats.count("deployment_spilled")
+            return None
+        call.marks["x-fleetgate-upstream"] = deployment.name
+        return response
+
+    def _cannot_take(self, call: Call, deployment: Deployment, response: httpx2.Response) -> str | None:
+        """Why `response` says `deployment` cannot take the call now: ``"full"`` (upstream's
+        429), ``"refused"`` (a rejected key, which isolates it; a chain it does not hold);
+        None: it took it."""
         status = response.status_code
         if status in (401, 403):
             self._isolate(call, deployment, status)
-            return True
+            return "refused"
         if status == 404 and call.home is None and continued(call.body) is not None:
-            return True  # a chain the fleet does not know where it is held: not there
+            return "refused"  # a chain the fleet does not know where it is held: not there
         if status == 429:
             outcome = call.outcome
             if outcome is not None and outcome.code in _SPILL_CODES:
                 deployment.refused(retry_wait(response))
-                return True
-        return False
+                return "full" if outcome.code == "rate_limit_exceeded" else "refused"
+        return None
 
     def _isolate(self, call: Call, deployment: Deployment, status: int) -> None:
         breaker = self.breaker_for(call.endpoint, deployment.key)
