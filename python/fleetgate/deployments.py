@@ -36,7 +36,7 @@ __all__ = ["Deployment", "Deployments", "affinity_of"]
 #: A prefix shorter than this (about 1,024 tokens) is not cached by OpenAI.
 _CACHED_PREFIX_CHARS = 4_096
 #: Headers that carry a caller's credentials or project: replaced by a deployment's own.
-_CREDENTIALS = ("authorization", "api-key", "openai-organization", "openai-project")
+_CREDENTIALS = frozenset({b"authorization", b"api-key", b"openai-organization", b"openai-project"})
 
 
 @dataclass(eq=False, slots=True)
@@ -52,9 +52,19 @@ class Deployment:
     room: float = 1.0
     empty_until: float = 0.0
     _base: str = field(init=False)
+    #: Its URL per endpoint, for requests without a query (made once), and the headers it
+    #: adds to every request (its own key, organisation and project), as bytes.
+    _urls: dict[str, httpx2.URL] = field(init=False, default_factory=dict)
+    _own: list[tuple[bytes, bytes]] = field(init=False)
 
     def __post_init__(self) -> None:
         self._base = self.settings.base_url.rstrip("/")
+        own = [(k.encode(), v.encode()) for k, v in self.auth().items()]
+        for name, value in (("openai-organization", self.settings.organization),
+                            ("openai-project", self.settings.project)):
+            if value is not None:
+                own.append((name.encode(), value.encode()))
+        self._own = own
 
     @property
     def name(self) -> str:
@@ -67,26 +77,32 @@ class Deployment:
 
     def request_for(self, request: httpx2.Request, endpoint: str) -> httpx2.Request:
         """`request` (a call to `endpoint`) as sent to this deployment: its URL, its key and
-        project headers in place of the caller's, the body as it is."""
+        project headers in place of the caller's, the body as it is (the same stream)."""
+        url = self._urls.get(endpoint) if not request.url.query else None
+        if url is None:
+            url = self._url(endpoint, request.url.params)
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() not in _CREDENTIALS]
+        headers += self._own
+        if self.api_key is None and (key := _caller_key(request.headers)) is not None:
+            headers.append((b"api-key", key.encode()) if self.settings.azure_deployment is not None
+                           else (b"authorization", f"Bearer {key}".encode()))
+        sent = httpx2.Request(request.method, url, headers=headers, stream=request.stream,
+                              extensions=request.extensions)
+        sent.read()  # the body is in memory already: readable as `content` below too
+        return sent
+
+    def _url(self, endpoint: str, params: httpx2.QueryParams) -> httpx2.URL:
+        """Its URL for `endpoint` with the request's `params` (kept when there are none)."""
         s = self.settings
-        params = request.url.params
         if s.azure_deployment is not None:
-            url = f"{self._base}/openai/deployments/{s.azure_deployment}{endpoint}"
+            path = f"{self._base}/openai/deployments/{s.azure_deployment}{endpoint}"
             params = params.set("api-version", s.api_version or "")
         else:
-            url = f"{self._base}{endpoint}"
-        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in _CREDENTIALS]
-        own = self.auth()
-        if own:
-            headers.extend(own.items())
-        elif (key := _caller_key(request.headers)) is not None:
-            headers.append(("api-key", key) if s.azure_deployment is not None else ("authorization", f"Bearer {key}"))
-        if s.organization is not None:
-            headers.append(("openai-organization", s.organization))
-        if s.project is not None:
-            headers.append(("openai-project", s.project))
-        return httpx2.Request(request.method, httpx2.URL(url, params=params), headers=headers,
-                              content=request.content, extensions=request.extensions)
+            path = f"{self._base}{endpoint}"
+        url = httpx2.URL(path, params=params)
+        if not params or list(params.keys()) == ["api-version"]:
+            self._urls[endpoint] = url
+        return url
 
     def auth(self) -> dict[str, str]:
         """The header carrying its own key ({}: it has none, the caller's is sent)."""
