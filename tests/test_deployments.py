@@ -18,6 +18,7 @@ import pytest
 import fleetgate as fg
 from fleetgate.deployments import Deployments
 from fleetgate.testing.fake_openai import AzureShape, FakeConfig, FakeOpenAI, Fault, ModelLimits
+from tests.polling import until
 
 MODEL = "gpt-4.1-mini"
 
@@ -314,3 +315,39 @@ def test_a_deployment_known_to_be_full_is_left_out_but_the_one_whose_room_comes_
     c.refused(500.0)
     d.refused(50.0)
     assert [x.name for x in deployments.order(MODEL)] == ["d"], "not the deployment whose room comes back first"
+
+
+def test_a_budget_holds_a_call_once_across_its_spills_and_spends_what_was_billed() -> None:
+    """With a budget on (and the rest of the defaults), calls that spill from a full
+    provisioned deployment to pay-as-you-go are held once each and spend exactly what the
+    two upstreams billed, nothing left reserved."""
+    with fakes(limited(120), limited(100_000)) as (ptu, paygo):
+        gateway = fg.Gateway(budgets={"limits": [{"dollars": 10.0}]}, deployments={MODEL: [
+            deployment("ptu", ptu, requests_per_minute=120, priority=0),
+            deployment("paygo", paygo, requests_per_minute=100_000, priority=1)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        where = collections.Counter(ask(client) for _ in range(20))
+        billed = sum(c.dollars or 0.0 for fake in (ptu, paygo) for c in fake.bill())
+
+        def settled() -> bool:
+            [(_, status)] = gateway.budgets.statuses()
+            return status.reserved == 0.0 and status.spent == pytest.approx(billed, abs=1e-9)
+        until(settled)
+        gateway.close()
+    assert where["ptu"] >= 1 and where["paygo"] >= 1 and len(ptu.bill()) + len(paygo.bill()) == 20
+
+
+def test_when_every_deployment_is_isolated_the_fallback_ladder_serves() -> None:
+    """Both deployments of a model reject their keys: each is isolated, the call is refused
+    as a circuit open, and the fallback ladder's cheaper model (served at base_url) answers."""
+    revoked = FakeConfig(answer_words=4, faults=[Fault(kind="error", status=401)])
+    with fakes(revoked, revoked, limited(100_000)) as (a, b, cheap):
+        gateway = fg.Gateway(base_url=cheap.base_url, fallback={"models": {MODEL: "gpt-4.1-nano"}},
+                             deployments={MODEL: [deployment("a", a), deployment("b", b)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        answers = [client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                  max_tokens=8) for _ in range(5)]
+        gateway.close()
+    assert {answer.model for answer in answers} == {"gpt-4.1-nano"}
+    assert a.counters(MODEL).faults.get("error", 0) <= 2 and b.counters(MODEL).faults.get("error", 0) <= 2
+    assert cheap.counters("gpt-4.1-nano").requests == 5
