@@ -17,12 +17,15 @@ to over the whole run (including the tail, when threads stop one by one).
 Overhead: in one process, the latency the gateway adds (Redis limiter on) with three
 deployments, with one, and with none (plain ``base_url``): the same chat completion sent
 directly with the SDK and through each gateway, interleaved in rounds against FakeOpenAIs
-with limits far above the load (each in its own process, as upstream is). Reports the
-added p50 / p99 per configuration and round, and the median over rounds.
+with limits far above the load (in their own process, as upstream is). By default every
+deployment is served by the direct client's upstream, so the figure is the gateway's own;
+``--upstreams three`` gives each its own (on 2 cores, the three upstream processes' own
+contention then shows in the p99). Reports the added p50 / p99 per configuration and
+round, and the median over rounds.
 
     python benches/deployments.py [--part throughput|overhead|both] [--seconds 40]
                                   [--workers 4] [--threads 8] [--weights 631,111] [--deadline S]
-                                  [--calls 2000] [--rounds 5]
+                                  [--calls 2000] [--rounds 5] [--upstreams one|three]
 
 Loopback only (127.0.0.1): Redis from RedisRig, FakeOpenAI servers.
 """
@@ -296,7 +299,11 @@ def run_overhead(args: argparse.Namespace) -> None:
     big = fg.QuotaLimits(requests_per_minute=BIG, tokens_per_minute=BIG * 1000)
     with RedisRig() as rig, contextlib.ExitStack() as stack:
         url = rig.start_standalone()
-        urls = [stack.enter_context(fake_server()) for _ in range(3)]
+        # One upstream for every deployment (default): the direct client's, so the added
+        # latency is the gateway's alone; three: one each, as in production, which on a
+        # small machine adds the upstreams' own contention to the figure.
+        urls = [stack.enter_context(fake_server()) for _ in range(3 if args.upstreams == "three" else 1)] * (
+            1 if args.upstreams == "three" else 3)
         gates = {
             "no deployments": fg.Gateway(base_url=urls[0], redis_url=url, failure_policy="fail_closed",
                                          models={MODEL: big}),
@@ -348,6 +355,8 @@ def main() -> None:
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between upstream counter samples")
     parser.add_argument("--calls", type=int, default=2000, help="overhead: calls of each client per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--upstreams", choices=["one", "three"], default="one",
+                        help="overhead: the three deployments on the direct client's upstream, or one each")
     args = parser.parse_args()
     if args.part in ("throughput", "both"):
         run_throughput(args)
