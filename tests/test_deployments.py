@@ -47,6 +47,14 @@ def served(fake: FakeOpenAI) -> int:
     return fake.counters(MODEL).requests
 
 
+def spills(deployment: str, reason: str) -> float:
+    """Calls `deployment` passed on for `reason`, as the metrics count them (this process's)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("fleetgate_deployment_spills_total",
+                                     {"model": MODEL, "deployment": deployment, "reason": reason}) or 0.0
+
+
 def test_provisioned_capacity_first_and_the_rest_spills_to_pay_as_you_go() -> None:
     """The provisioned deployment (120 RPM: two calls a second) takes what its quota has
     room for now; the rest go to pay-as-you-go at once, without waiting, and neither
@@ -56,6 +64,7 @@ def test_provisioned_capacity_first_and_the_rest_spills_to_pay_as_you_go() -> No
             deployment("ptu", ptu, requests_per_minute=120, priority=0),
             deployment("paygo", paygo, requests_per_minute=100_000, priority=1)]})
         client = gateway.openai(api_key="sk-caller", max_retries=0)
+        spilled_before = spills("ptu", "quota")
         started = time.monotonic()
         where = collections.Counter(ask(client) for _ in range(30))
         elapsed = time.monotonic() - started
@@ -67,6 +76,7 @@ def test_provisioned_capacity_first_and_the_rest_spills_to_pay_as_you_go() -> No
     assert ptu.counters(MODEL).rate_limited == 0 and paygo.counters(MODEL).rate_limited == 0
     # Refused once, the provisioned deployment is left out until its room comes back.
     assert 1 <= gateway.stats.snapshot().get("deployment_spilled", 0) <= where["paygo"]
+    assert spills("ptu", "quota") - spilled_before >= 1
 
 
 def test_deployments_of_one_priority_share_calls_by_weight() -> None:
@@ -93,6 +103,10 @@ def test_a_rejected_key_isolates_its_deployment_and_the_model_keeps_serving() ->
     assert where == {"alive": 10}
     assert dead.counters(MODEL).faults.get("error", 0) == 1, "the dead deployment was tried again"
     assert states[f"/chat/completions:{MODEL}@dead"] == "isolated"
+    from prometheus_client import REGISTRY
+
+    assert REGISTRY.get_sample_value("fleetgate_breaker_state", {"breaker": f"/chat/completions:{MODEL}@dead"}) == 3
+    assert spills("dead", "rejected_key") >= 1
 
 
 def test_an_upstream_429_spills_to_the_next_deployment_at_once() -> None:
@@ -104,13 +118,16 @@ def test_an_upstream_429_spills_to_the_next_deployment_at_once() -> None:
             deployment("small", small, requests_per_minute=6_000, priority=0),
             deployment("big", big, requests_per_minute=100_000, priority=1)]})
         client = gateway.openai(api_key="sk-caller", max_retries=0)
+        before = spills("small", "upstream_429")
         where = collections.Counter(ask(client) for _ in range(10))
+        counted = spills("small", "upstream_429") - before, gateway.stats["upstream_rate_limited"]
         room = {d.name: gateway.limiter.try_acquire(d.quota, requests=0).remaining_requests
                 for d in gateway.deployments.of(MODEL) if d.quota is not None}
         gateway.close()
     assert where["small"] >= 1 and where["small"] + where["big"] == 10
     assert small.counters(MODEL).rate_limited >= 1, "upstream never refused: nothing was spilled"
     assert room["big"] is not None and room["big"] >= 1_600, "another deployment's 429 emptied this one's quota"
+    assert counted == (small.counters(MODEL).rate_limited,) * 2, "a spilled 429 went uncounted"
 
 
 def test_the_last_deployment_decides_as_one_upstream_would() -> None:

@@ -38,6 +38,11 @@ multiprocess mode). When a worker exits, call
 ``fleetgate_deployment_cost_dollars_total``        deployment that served them
                                                    (``[deployments]``): its spend, and the
                                                    share its prompt cache served
+``fleetgate_deployment_spills_total``              calls a deployment could not take,
+                                                   passed to another, by ``reason``
+                                                   (``quota``, ``breaker``, ``unreachable``,
+                                                   ``upstream_429``, ``no_credit``,
+                                                   ``rejected_key``, ``not_held``)
 ``fleetgate_cache_hits_total`` / ``_misses_total``  answers served by layer (``exact``,
                                                    ``semantic``), lookups that missed
 ``fleetgate_cache_near_misses_total``              semantic candidates a guard refused
@@ -89,13 +94,15 @@ from fleetgate.privacy import Privacy
 if TYPE_CHECKING:
     from fleetgate.budget.guard import Budgets
 
-__all__ = ["BudgetCollector", "GatewayMetrics", "metrics_app", "multiprocess_dir", "registry_for"]
+__all__ = ["SPILL_REASONS", "BudgetCollector", "GatewayMetrics", "metrics_app", "multiprocess_dir", "registry_for"]
 
 _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2, "isolated": 3}
 LANES = ("realtime", "interactive", "batch")
+#: Why a deployment passed a call to another (:mod:`fleetgate.path._async.deploy`).
+SPILL_REASONS = ("quota", "breaker", "unreachable", "upstream_429", "no_credit", "rejected_key", "not_held")
 #: How many distinct model and feature names are remembered with their label.
 _MEMO = 4_096
 
@@ -137,6 +144,9 @@ class _Families(Collector):
                             ("model", "feature", "service_tier"))
         self.deployment_tokens = counter("fleetgate_deployment_tokens", "Tokens billed by the deployment that served them",
                                          ("model", "deployment", "kind"))
+        self.deployment_spills = counter("fleetgate_deployment_spills",
+                                         "Calls a deployment could not take, passed to another, by reason",
+                                         ("model", "deployment", "reason"))
         self.deployment_cost = counter("fleetgate_deployment_cost_dollars",
                                        "Dollars billed at the price table, by the deployment that served them",
                                        ("model", "deployment"))
@@ -310,6 +320,11 @@ class GatewayMetrics:
     def limiter_refused(self, model: str, by: Literal["gateway", "upstream"]) -> None:
         self._child(self.f.limiter_refusals, self.model(model), by).inc()
 
+    def spilled(self, model: str, deployment: str, reason: str) -> None:
+        """A call `deployment` could not take went to another (`reason`: one of
+        :data:`SPILL_REASONS`)."""
+        self._child(self.f.deployment_spills, self.model(model), deployment, reason).inc()
+
     def joined_queue(self, model: str, priority: int) -> None:
         self._child(self.f.queue_depth, self.model(model), _lane(priority)).inc()
 
@@ -338,8 +353,11 @@ class GatewayMetrics:
         self._child(self.f.near_misses, guard).inc()
 
     def breaker(self, name: str, now: str) -> None:
-        endpoint, _, model = name.partition(":")
-        label = f"{endpoint}:{self.model(model)}"
+        """Breaker `name` (``endpoint:model``, or ``endpoint:model@deployment``: deployments
+        are named in the config, so the label stays bounded) moved to state `now`."""
+        endpoint, _, upstream = name.partition(":")
+        model, at, deployment = upstream.partition("@")
+        label = f"{endpoint}:{self.model(model)}{at}{deployment}"
         self._child(self.f.transitions, label, now).inc()
         self._child(self.f.breaker_state, label).set(BREAKER_STATES.get(now, 0))
 

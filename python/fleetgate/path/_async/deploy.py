@@ -34,6 +34,7 @@ from fleetgate._core import Breaker as CircuitBreaker
 from fleetgate.chains import continued
 from fleetgate.deployments import Deployment, Deployments, affinity_of
 from fleetgate.errors import CircuitOpen, RateLimited
+from fleetgate.metrics import GatewayMetrics
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path.call import Call, Refused
 from fleetgate.path.wire import retry_wait
@@ -53,8 +54,8 @@ class Deploy(Layer):
     name = "deploy"
 
     def __init__(self, deployments: Deployments, breaker_for: Callable[[str, str], CircuitBreaker | None],
-                 stats: GatewayStats) -> None:
-        self.deployments, self.breaker_for, self.stats = deployments, breaker_for, stats
+                 stats: GatewayStats, metrics: GatewayMetrics | None) -> None:
+        self.deployments, self.breaker_for, self.stats, self.metrics = deployments, breaker_for, stats, metrics
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
         order = self.deployments.order(call.model, affinity_of(call.body))
@@ -92,38 +93,49 @@ class Deploy(Layer):
                 raise
             if isinstance(e.error, RateLimited):
                 full.append(deployment)
-            self.stats.count("deployment_spilled")
+            self._spilled(call, deployment, "quota" if isinstance(e.error, RateLimited) else "breaker")
             return None
         except httpx2.TransportError:
             if full is None:
                 raise
-            self.stats.count("deployment_spilled")
+            self._spilled(call, deployment, "unreachable")
             return None
-        taken = self._cannot_take(call, deployment, response)
-        if taken is not None and full is not None:
+        reason = self._cannot_take(call, deployment, response)
+        if reason is not None and full is not None:
             await response.aclose()
-            if taken == "full":
+            if reason == "upstream_429":
                 full.append(deployment)
-            self.stats.count("deployment_spilled")
+            self._spilled(call, deployment, reason)
             return None
         call.marks["x-fleetgate-upstream"] = deployment.name
         return response
 
+    def _spilled(self, call: Call, deployment: Deployment, reason: str) -> None:
+        """`deployment` could not take `call` (`reason`: one of
+        :data:`fleetgate.metrics.SPILL_REASONS`): counted; the call goes on to the next."""
+        self.stats.count("deployment_spilled")
+        if self.metrics is not None:
+            self.metrics.spilled(call.model, deployment.name, reason)
+
     def _cannot_take(self, call: Call, deployment: Deployment, response: httpx2.Response) -> str | None:
-        """Why `response` says `deployment` cannot take the call now: ``"full"`` (upstream's
-        429), ``"refused"`` (a rejected key, which isolates it; a chain it does not hold);
-        None: it took it."""
+        """Why `response` says `deployment` cannot take the call now (one of
+        :data:`fleetgate.metrics.SPILL_REASONS`: a rejected key isolates it; upstream's 429 is counted as
+        the retry layer counts those it sees); None: it took it."""
         status = response.status_code
         if status in (401, 403):
             self._isolate(call, deployment, status)
-            return "refused"
+            return "rejected_key"
         if status == 404 and call.home is None and continued(call.body) is not None:
-            return "refused"  # a chain the fleet does not know where it is held: not there
+            return "not_held"  # a chain the fleet does not know where it is held: not there
         if status == 429:
             outcome = call.outcome
             if outcome is not None and outcome.code in _SPILL_CODES:
                 deployment.refused(retry_wait(response))
-                return "full" if outcome.code == "rate_limit_exceeded" else "refused"
+                if call.spill:
+                    self.stats.count("upstream_rate_limited")
+                    if self.metrics is not None:
+                        self.metrics.limiter_refused(call.model, "upstream")
+                return "upstream_429" if outcome.code == "rate_limit_exceeded" else "no_credit"
         return None
 
     def _isolate(self, call: Call, deployment: Deployment, status: int) -> None:
