@@ -37,16 +37,10 @@ import collections
 import contextlib
 import multiprocessing
 import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -54,6 +48,7 @@ import openai
 import fleetgate as fg
 from fleetgate.testing import RedisRig
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, ModelLimits
+from gateway_overhead import fake_server, percentile  # benches/, beside this script
 
 MODEL = "gpt-4.1-mini"
 MSG = [{"role": "user", "content": "How do I reset my password?"}]
@@ -253,30 +248,6 @@ def run_throughput(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------- overhead
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-@contextlib.contextmanager
-def fake_server() -> Iterator[str]:
-    """FakeOpenAI in its own process, as upstream is: it must not share this process's GIL."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "fake.toml"
-        config.write_text(f'[models."{MODEL}"]\nrequests_per_minute = {BIG}\ntokens_per_minute = {BIG * 1000}\n')
-        proc = subprocess.Popen([sys.executable, "-m", "fleetgate.cli", "fake-openai", "--port", "0",
-                                 "--config", str(config)], stdout=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None
-            match = re.search(r"(http://\S+/v1)", proc.stdout.readline())
-            if not match:
-                raise RuntimeError("the fake server did not start")
-            yield match.group(1)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
 
 
 def one_call(client: openai.OpenAI) -> None:
