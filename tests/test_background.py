@@ -147,7 +147,8 @@ def webhooks() -> Iterator[WebhookServer]:
 def test_sync_background_calls_spend_what_the_fake_billed_once_they_end(store: str, feature: str,
                                                                          request: pytest.FixtureRequest) -> None:
     redis_url = request.getfixturevalue("fleet") if store == "redis" else None
-    with FakeOpenAI(fake_config(complete_seconds=0.3)) as fake:
+    # Long enough that none ends before the four are made and counted, on a busy machine too.
+    with FakeOpenAI(fake_config(complete_seconds=3.0)) as fake:
         gate = gateway(fake, feature, redis_url)
         client = gate.openai(api_key="sk-fake", max_retries=0)
         with gate.scope(feature=feature):
