@@ -324,7 +324,8 @@ def test_a_webhook_with_a_bad_or_stale_signature_is_refused(feature: str, webhoo
 def test_a_stopped_gateway_hands_its_calls_to_another_that_settles_them(feature: str, fleet: str,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fake")  # the fleet's key: a pod taking over polls with its own
-    with FakeOpenAI(fake_config(complete_seconds=0.5)) as fake:
+    # It ends well after the first pod stops, on a busy machine too.
+    with FakeOpenAI(fake_config(complete_seconds=3.0)) as fake:
         first = gateway(fake, feature, fleet, claim_seconds=1.0)
         with first.scope(feature=feature):
             first.openai(api_key="sk-fake").responses.create(model=MODEL, input="Long task.", background=True,
@@ -546,7 +547,7 @@ def test_a_pod_taking_over_polls_at_the_deployment_with_its_key(feature: str, fl
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fleet-key-refused-there")
     monkeypatch.setenv("FG_BG_TAKEOVER_KEY", "sk-deployment-key-77")
     config = FakeConfig(answer_words=120, api_key="sk-deployment-key-77",
-                        background=BackgroundTimings(complete_seconds=0.5))
+                        background=BackgroundTimings(complete_seconds=3.0))  # ends after the first pod stops
     with FakeOpenAI(config) as fake:
         def pod() -> fg.Gateway:
             return fg.Gateway(redis_url=fleet, background={**FAST_POLLS, "claim_seconds": 1.0},
