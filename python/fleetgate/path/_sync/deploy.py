@@ -1,11 +1,10 @@
 # Generated from fleetgate/path/_async/deploy.py by scripts/unasync.py: edit that file, then run the script.
 """deploy, the retry layer's inner step: a call of a model served by several deployments
-(``[deployments]``) is sent to
-one of them, in the order :meth:`fleetgate.deployments.Deployments.order` draws for it
-(priorities in turn, weighted by room left within one; calls sharing a prompt-cache key or a
-long system prompt kept on one deployment while it has room, so its prompt cache stays
-warm). Each try is the call as that
-deployment takes it (its URL shape, key and project headers): the layers below see the
+(``[deployments]``) is sent to one of them, in the order
+:meth:`fleetgate.deployments.Deployments.order` draws for it (priorities in turn, weighted
+by room left within one; calls sharing a prompt-cache key or a long system prompt kept on
+one deployment while it has room, so its prompt cache stays warm). Each try is the call as
+that deployment takes it (its URL shape, key and project headers): the layers below see the
 deployment, so its breaker and its quota decide, and upstream's ``x-ratelimit-*`` headers
 and 429s update only its quota. A call of a model with no deployments passes through.
 
@@ -16,12 +15,14 @@ its breaker open or paused (``CircuitOpen``), its quota without room now
 sent once more, as to a single upstream, to the deployment whose room comes back first
 (none being full: the last one tried): it waits for room within the deadline, and its
 refusal or answer is the call's (the retry layer then tries them all again after
-upstream's wait). A model with one deployment is sent there as to a single upstream. A rejected key isolates its deployment for the fleet (its breaker; without
-breakers, this pod leaves it out for a minute): the model keeps being served by the rest.
-A call continuing a Responses chain goes only to the deployment holding it, as the chain
-ledger knows it (:mod:`fleetgate.chains`); one whose chain's home is not known tries the
-order, a 404 from a deployment that does not hold it spilling it to the next. The answer
-names the deployment that served it in ``x-fleetgate-upstream``.
+upstream's wait). A model with one deployment is sent there as to a single upstream. A
+rejected key isolates its deployment for the fleet (its breaker; without breakers, this
+pod leaves it out for a minute): the model keeps being served by the rest. A call
+continuing a Responses chain goes only to the deployment holding it, as the chain ledger
+knows it (:mod:`fleetgate.chains`); one whose chain's home is not known tries the order, a
+404 from a deployment that does not hold it spilling it to the next. The answer names the
+deployment that served it in ``x-fleetgate-upstream``; each call a deployment passes on is
+counted (``fleetgate_deployment_spills_total``).
 """
 
 from __future__ import annotations
