@@ -516,10 +516,13 @@ def test_each_poll_decides_to_wait_longer_or_to_settle_and_how() -> None:
         fg.Gateway(background={"poll_min_seconds": 5, "poll_max_seconds": 1})
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream left early"])
 def test_a_background_call_through_a_deployment_is_polled_there_with_its_key(
-        feature: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model served by a deployment with a key of its own: its background responses are
-    polled at that deployment, with that key (the caller's would be refused), and settled."""
+        stream: bool, feature: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model served by a deployment with a key of its own: its background responses (also
+    one whose stream the caller left after its first event) are polled at that deployment,
+    with that key (the caller's would be refused: they could not be followed and would be
+    settled at their worst), and settled from their usage."""
     monkeypatch.setenv("FG_BG_DEPLOYMENT_KEY", "sk-deployment-key-42")
     config = FakeConfig(answer_words=120, api_key="sk-deployment-key-42",
                         background=BackgroundTimings(complete_seconds=0.3))
@@ -528,15 +531,32 @@ def test_a_background_call_through_a_deployment_is_polled_there_with_its_key(
                           background=FAST_POLLS, deployments={MODEL: [fg.ModelDeployment(
                               name="project", base_url=fake.base_url, api_key_env="FG_BG_DEPLOYMENT_KEY")]})
         client = gate.openai(api_key="sk-caller", max_retries=0)
+        before = deployment_cost("project")
         with gate.scope(feature=feature):
-            answers = [client.responses.create(model=MODEL, input=f"Story {i}.", background=True,
-                                               max_output_tokens=MAX_OUTPUT) for i in range(3)]
-        assert [a.status for a in answers] == ["queued"] * 3
+            for i in range(3):
+                if stream:
+                    events = client.responses.create(model=MODEL, input=f"Story {i}.", background=True, stream=True,
+                                                     max_output_tokens=MAX_OUTPUT)
+                    assert next(iter(events)).type == "response.created"
+                    events.close()  # left early: the response runs on upstream
+                else:
+                    answer = client.responses.create(model=MODEL, input=f"Story {i}.", background=True,
+                                                     max_output_tokens=MAX_OUTPUT)
+                    assert answer.status == "queued"
+        assert gate.stats["background_watched"] == 3
         until(lambda: gate.background.pending() == 0)
         assert gate.stats["background_settled_usage"] == 3, "not settled from the response's own usage"
         until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
-        assert fake.counters(MODEL).unauthorized == 0
+        # Its spend counts for the deployment, as an answer read at once does.
+        assert deployment_cost("project") - before == pytest.approx(billed(fake), abs=1e-9)
         gate.close()
+
+
+def deployment_cost(deployment: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("fleetgate_deployment_cost_dollars_total",
+                                     {"model": MODEL, "deployment": deployment}) or 0.0
 
 
 def test_a_pod_taking_over_polls_at_the_deployment_with_its_key(feature: str, fleet: str,
@@ -562,5 +582,4 @@ def test_a_pod_taking_over_polls_at_the_deployment_with_its_key(feature: str, fl
         second = pod()
         until(lambda: second.background.fleet_pending() == 0)
         assert second.stats["background_taken_over"] == 1 and second.stats["background_settled_usage"] == 1
-        assert fake.counters(MODEL).unauthorized == 0
         second.close()

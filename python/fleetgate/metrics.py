@@ -112,15 +112,6 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def _by_kind(counts: UsageCounts) -> Iterator[tuple[str, int]]:
-    """An answer's billed tokens by kind (those it has)."""
-    prompt, cached, output, reasoning, written = counts
-    for kind, n in (("input", prompt - cached - written), ("cached_input", cached), ("cache_write", written),
-                    ("output", output), ("reasoning", reasoning)):
-        if n:
-            yield kind, n
-
-
 class _Families(Collector):
     """The metric families, once per process."""
 
@@ -295,24 +286,25 @@ class GatewayMetrics:
         self._child(self.f.duration, endpoint, m).observe(seconds)
 
     def billed(self, model: str, feature: str | None, counts: UsageCounts, cost: float | None, *,
-               service_tier: str = "default") -> None:
+               service_tier: str = "default", deployment: str | None = None) -> None:
         """Tokens and dollars of one answer from upstream, from the counts of its ``usage``
         (read once by the caller, which prices them too), served at `service_tier` (one of
-        :data:`fleetgate.prices.TIERS`)."""
+        :data:`fleetgate.prices.TIERS`) by `deployment` (``[deployments]``; None: the
+        gateway's one upstream), whose own counts show a project's spend and how much of
+        its input its prompt cache served."""
         m, feat = self.model(model), self.feature(feature)
-        for kind, n in _by_kind(counts):
+        prompt, cached, output, reasoning, written = counts
+        for kind, n in (("input", prompt - cached - written), ("cached_input", cached), ("cache_write", written),
+                        ("output", output), ("reasoning", reasoning)):
+            if not n:
+                continue
             self._child(self.f.tokens, m, feat, kind, service_tier).inc(n)
+            if deployment is not None:
+                self._child(self.f.deployment_tokens, m, deployment, kind).inc(n)
         if cost:
             self._child(self.f.cost, m, feat, service_tier).inc(cost)
-
-    def deployment_billed(self, model: str, deployment: str, counts: UsageCounts, cost: float | None) -> None:
-        """:meth:`billed`, by the deployment that served the answer (``[deployments]``):
-        a project's spend, and how much of its input its prompt cache served."""
-        m = self.model(model)
-        for kind, n in _by_kind(counts):
-            self._child(self.f.deployment_tokens, m, deployment, kind).inc(n)
-        if cost:
-            self._child(self.f.deployment_cost, m, deployment).inc(cost)
+            if deployment is not None:
+                self._child(self.f.deployment_cost, m, deployment).inc(cost)
 
     def limiter_waited(self, model: str, seconds: float) -> None:
         self._child(self.f.limiter_wait, self.model(model)).observe(seconds)

@@ -65,7 +65,8 @@ class Settler:
         if counts is not None and self._metrics is not None:
             # Labelled with its feature as the request path labels it (a call taken over: none).
             feature = handoff.call.scope.feature if handoff is not None else None
-            self._metrics.billed(record.model, feature, counts, cost, service_tier=price_tier(served))
+            self._metrics.billed(record.model, feature, counts, cost, service_tier=price_tier(served),
+                                 deployment=record.deployment.rpartition("@")[2] or None)
         return True
 
     def give_back(self, record: PendingCall, handoff: Handoff | None) -> None:

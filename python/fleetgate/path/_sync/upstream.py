@@ -53,9 +53,10 @@ class Upstream(Layer):
     def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
         call.outcome = None
         call.timing.sent += 1
+        sent = call.request  # as sent (a deployment's): a stream's end comes after the layers above restore theirs
         started = time.perf_counter()
         try:
-            response = self.inner.handle_request(call.request)
+            response = self.inner.handle_request(sent)
         except httpx2.TransportError:
             # One deployment unreachable, with another to try: not the model's health.
             self._timed(call, started, None, None, observed=not call.spill)
@@ -66,14 +67,14 @@ class Upstream(Layer):
         status = response.status_code
         if call.stream and status == 200:
             self._timed(call, started, status, None)  # time to first byte
-            return httpx2.Response(status, headers=response.headers, request=call.request,
+            return httpx2.Response(status, headers=response.headers, request=sent,
                                    extensions=response.extensions,
                                    stream=SettlingStream(response.stream,  # type: ignore[arg-type]
-                                                         lambda scanner: self._streamed(call, scanner)))
+                                                         lambda scanner: self._streamed(call, scanner, sent)))
         response.read()
         later = background_answer(call, response.content) if status == 200 else None
         if later is not None:  # running in the background: settled when it ends
-            call.outcome = Outcome(status, call.estimate.tokens, "background", later=Handoff(call, later, call.request))
+            call.outcome = Outcome(status, call.estimate.tokens, "background", later=Handoff(call, later, sent))
         elif status == 200:
             usage = usage_of(response.content)
             tokens = usage_tokens(usage)
@@ -93,14 +94,14 @@ class Upstream(Layer):
         if observed and verdict in _HEALTH:
             self.modes.observe(verdict == "failure", elapsed)
 
-    def _streamed(self, call: Call, scanner: UsageScanner) -> None:
+    def _streamed(self, call: Call, scanner: UsageScanner, sent: httpx2.Request) -> None:
         """A stream ended: settle from what it carried (its usage event; else at least the
         prompt and one token per content delta). A background response's stream left before
         its end hands the call over: the response runs on, and is settled when it ends."""
         estimate = call.estimate
         if scanner.usage is None and scanner.response_id is not None and call.body.get("background") is True:
             # Left before its end: the response runs on in the background, settled when it ends.
-            outcome = Outcome(200, estimate.tokens, "background", later=Handoff(call, scanner.response_id, call.request),
+            outcome = Outcome(200, estimate.tokens, "background", later=Handoff(call, scanner.response_id, sent),
                               deltas=scanner.deltas)
         elif scanner.usage is not None:
             counts = self._billed(call, scanner.detail, scanner.tier)
@@ -135,9 +136,8 @@ class Upstream(Layer):
         if call.template is not None and self.layout is not None:
             self.layout.usage(call.template, usage)
         if self.metrics is not None:
-            self.metrics.billed(model, call.scope.feature, counts, cost, service_tier=price_tier(served))
-            if call.deployment is not None:
-                self.metrics.deployment_billed(model, call.deployment.name, counts, cost)
+            self.metrics.billed(model, call.scope.feature, counts, cost, service_tier=price_tier(served),
+                                deployment=call.deployment.name if call.deployment is not None else None)
         return counts
 
 
