@@ -43,6 +43,11 @@ def ask(client: openai.OpenAI) -> str:
     return raw.headers["x-fleetgate-upstream"]
 
 
+def no_limits(model: str) -> None:
+    """No model limits: deployments set their own, or none."""
+    return None
+
+
 def served(fake: FakeOpenAI) -> int:
     return fake.counters(MODEL).requests
 
@@ -133,10 +138,10 @@ def test_an_upstream_429_spills_to_the_next_deployment_at_once() -> None:
 def test_the_last_deployment_decides_as_one_upstream_would() -> None:
     """Every deployment out of room: the last one waits for its quota within the deadline,
     and a call that cannot be admitted in time is refused as a rate limit."""
-    with fakes(limited(100_000), limited(100_000)) as (a, b):
-        gateway = fg.Gateway(default_deadline_seconds=0.5, deployments={MODEL: [
-            deployment("a", a, requests_per_minute=60, priority=0),
-            deployment("b", b, requests_per_minute=60, priority=1)]})
+    with fakes(limited(100_000), limited(100_000)) as (a, b):  # one a minute each: no room within 5 s
+        gateway = fg.Gateway(default_deadline_seconds=5, deployments={MODEL: [
+            deployment("a", a, requests_per_minute=1, priority=0),
+            deployment("b", b, requests_per_minute=1, priority=1)]})
         client = gateway.openai(api_key="sk-caller", max_retries=0)
         assert {ask(client), ask(client)} == {"a", "b"}  # one request's burst each
         with pytest.raises(openai.RateLimitError):
@@ -152,7 +157,7 @@ def test_each_deployment_is_sent_its_own_url_key_and_project(tmp_path: Path) -> 
                            organization="org-a", project="proj_a"),
         fg.ModelDeployment(name="azure", base_url="https://r.openai.azure.com", api_key_file=secret,
                            azure_deployment="gpt41mini", api_version="2024-10-21"),
-        fg.ModelDeployment(name="caller", base_url="http://127.0.0.1:9/v1")]}, {}, 0.0, environ={"KEY_A": "sk-a"})
+        fg.ModelDeployment(name="caller", base_url="http://127.0.0.1:9/v1")]}, no_limits, 0.0, environ={"KEY_A": "sk-a"})
     asked = httpx2.Request("POST", "http://gateway/v1/chat/completions?x=1", content=b"{}",
                            headers={"authorization": "Bearer sk-caller", "openai-project": "proj_caller"})
     sent = {d.name: d.request_for(asked, "/chat/completions") for d in deployments.of(MODEL)}
@@ -172,7 +177,7 @@ def test_a_missing_key_is_named_not_shown(tmp_path: Path) -> None:
     with pytest.raises(fg.ConfigError) as caught:
         Deployments({MODEL: [
             fg.ModelDeployment(name="a", base_url="https://x/v1", api_key_env="NOT_SET_ANYWHERE"),
-            fg.ModelDeployment(name="b", base_url="https://x/v1", api_key_file=tmp_path / "absent")]}, {}, 0.0,
+            fg.ModelDeployment(name="b", base_url="https://x/v1", api_key_file=tmp_path / "absent")]}, no_limits, 0.0,
             environ={})
     message = str(caught.value)
     assert "NOT_SET_ANYWHERE" in message and str(tmp_path / "absent") in message
@@ -185,7 +190,7 @@ def test_deployment_settings_are_checked() -> None:
         fg.ModelDeployment(name="a", base_url="https://x", api_key_env="A", api_key_file=Path("k"))
     with pytest.raises(fg.ConfigError, match="repeat"):
         Deployments({MODEL: [fg.ModelDeployment(name="a", base_url="https://x"),
-                             fg.ModelDeployment(name="a", base_url="https://y")]}, {}, 0.0)
+                             fg.ModelDeployment(name="a", base_url="https://y")]}, no_limits, 0.0)
 
 
 def _chain(client: openai.OpenAI, turns: int) -> list[str]:
@@ -322,16 +327,16 @@ def test_a_deployment_known_to_be_full_is_left_out_but_the_one_whose_room_comes_
     only the full one whose room comes back soonest, where the call will wait; calls no
     longer park on a small deployment while a large one refills many times faster."""
     deployments = Deployments({MODEL: [fg.ModelDeployment(name=n, base_url="https://x/v1", priority=p)
-                                       for n, p in (("a", 0), ("b", 0), ("c", 1), ("d", 1))]}, {}, 0.0)
+                                       for n, p in (("a", 0), ("b", 0), ("c", 1), ("d", 1))]}, no_limits, 0.0)
     a, b, c, d = deployments.of(MODEL)
-    assert {x.name for x in deployments.order(MODEL)[:2]} == {"a", "b"}  # priority 0 first
+    assert {x.name for x in deployments.order(MODEL, {})[:2]} == {"a", "b"}  # priority 0 first
     a.refused(300.0)
     b.refused(100.0)
-    assert [x.name for x in deployments.order(MODEL)][-1] == "b" and len(deployments.order(MODEL)) == 3
-    assert {x.name for x in deployments.order(MODEL)[:2]} == {"c", "d"}, "the full ones were tried first"
+    assert [x.name for x in deployments.order(MODEL, {})][-1] == "b" and len(deployments.order(MODEL, {})) == 3
+    assert {x.name for x in deployments.order(MODEL, {})[:2]} == {"c", "d"}, "the full ones were tried first"
     c.refused(500.0)
     d.refused(50.0)
-    assert [x.name for x in deployments.order(MODEL)] == ["d"], "not the deployment whose room comes back first"
+    assert [x.name for x in deployments.order(MODEL, {})] == ["d"], "not the deployment whose room comes back first"
 
 
 def test_a_budget_holds_a_call_once_across_its_spills_and_spends_what_was_billed() -> None:
@@ -368,3 +373,50 @@ def test_when_every_deployment_is_isolated_the_fallback_ladder_serves() -> None:
     assert {answer.model for answer in answers} == {"gpt-4.1-nano"}
     assert a.counters(MODEL).faults.get("error", 0) <= 2 and b.counters(MODEL).faults.get("error", 0) <= 2
     assert cheap.counters("gpt-4.1-nano").requests == 5
+
+
+def test_a_deployment_without_limits_of_its_own_draws_on_the_models_or_the_default() -> None:
+    with fakes(limited(100_000)) as (fake,):
+        gateway = fg.Gateway(model_headroom=0.25, default_model_limits=fg.QuotaLimits(requests_per_minute=600),
+                             models={"gpt-4.1": fg.QuotaLimits(tokens_per_minute=80_000)},
+                             deployments={MODEL: [deployment("own", fake, requests_per_minute=100),
+                                                  deployment("default", fake)],
+                                          "gpt-4.1": [deployment("model", fake)]})
+        quotas = {d.name: d.quota for m in (MODEL, "gpt-4.1") for d in gateway.deployments.of(m)}
+        gateway.close()
+    assert all(q is not None for q in quotas.values()), "a deployment went unlimited"
+    assert (quotas["own"].requests_per_minute, quotas["own"].tokens_per_minute) == (75, None)  # type: ignore[union-attr]
+    assert quotas["default"].requests_per_minute == 450  # type: ignore[union-attr]
+    assert quotas["model"].tokens_per_minute == 60_000  # type: ignore[union-attr]
+
+
+def test_a_chain_goes_to_its_home_even_when_this_pod_thinks_it_full() -> None:
+    """The deployment holding a chain is the only one that can answer it: a call continuing
+    it goes there (waiting for its room, as to a single upstream) even when this pod last
+    saw it full and another deployment would have its room back sooner."""
+    with fakes(limited(1_000_000), limited(1_000_000)) as (east, west):
+        gateway = fg.Gateway(deployments={MODEL: [deployment("east", east), deployment("west", west)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        first = client.responses.with_raw_response.create(model=MODEL, input="turn 0", max_output_tokens=8)
+        home = first.headers["x-fleetgate-upstream"]
+        for d in gateway.deployments.of(MODEL):
+            d.refused(300.0 if d.name == home else 5.0)  # the other's room comes back first
+        second = client.responses.with_raw_response.create(
+            model=MODEL, input="turn 1", max_output_tokens=8, previous_response_id=first.parse().id)
+        gateway.close()
+    assert second.headers["x-fleetgate-upstream"] == home
+
+
+def test_a_users_quota_has_the_call_wait_where_it_is_not_spill() -> None:
+    """A refusal by the caller's own quota (which every deployment shares) is not a
+    deployment's lack of room: the call waits for it on the deployment it tried, and no
+    deployment is counted as having passed it on."""
+    with fakes(limited(1_000_000), limited(1_000_000)) as (east, west):
+        gateway = fg.Gateway(per_user=fg.QuotaLimits(requests_per_minute=60, burst_seconds=1),
+                             deployments={MODEL: [deployment("east", east), deployment("west", west)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        with gateway.scope(user="someone"):
+            served = [ask(client) for _ in range(3)]  # one a second: the 2nd and 3rd wait for the user
+        spilled = gateway.stats["deployment_spilled"]
+        gateway.close()
+    assert len(served) == 3 and spilled == 0

@@ -19,7 +19,7 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from dataclasses import dataclass, field
 
@@ -29,7 +29,7 @@ from fleetgate._core import Decision, Quota
 from fleetgate.config.deployments import ModelDeployment
 from fleetgate.config.limits import QuotaLimits
 from fleetgate.errors import ConfigError
-from fleetgate.records import template_hash
+from fleetgate.records import fixed_prompt, template_hash
 
 __all__ = ["Deployment", "Deployments", "affinity_of"]
 
@@ -133,8 +133,12 @@ class Deployment:
 class Deployments:
     """Every model's deployments, read from the config."""
 
-    def __init__(self, configured: Mapping[str, list[ModelDeployment]], models: Mapping[str, QuotaLimits],
-                 headroom: float, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, configured: Mapping[str, list[ModelDeployment]],
+                 model_limits: Callable[[str], QuotaLimits | None], headroom: float,
+                 environ: Mapping[str, str] | None = None) -> None:
+        """`model_limits(model)`: a model's limits as its quota holds them (its own or the
+        default, less the headroom), for a deployment that sets none; `headroom`: the share
+        left unused of a deployment's own."""
         env = os.environ if environ is None else environ
         problems: list[str] = []
         self._by_model: dict[str, list[Deployment]] = {}
@@ -147,7 +151,7 @@ class Deployments:
                 key, problem = _read_key(model, s, env)
                 if problem is not None:
                     problems.append(problem)
-                found.append(Deployment(model, s, key, _quota(model, s, models.get(model), headroom)))
+                found.append(Deployment(model, s, key, _quota(model, s, model_limits, headroom)))
             self._by_model[model] = found
         if problems:
             raise ConfigError("; ".join(problems))
@@ -164,21 +168,21 @@ class Deployments:
         """`model`'s deployments, as configured ([] when it has none)."""
         return self._by_model.get(model, [])
 
-    def order(self, model: str, affinity: str | None = None) -> list[Deployment]:
+    def order(self, model: str, body: dict[str, Any]) -> list[Deployment]:
         """The order a call of `model` tries its deployments in ([] when it has none):
         those with room as far as this pod knows, priorities in turn and within one a
         weighted draw; then, of those known to have none (until their retry-after), only
         the one whose room comes back soonest, where the call waits when every other
-        refused it (the others would refuse it too). Calls with the same `affinity` (a
-        prompt-cache key, a long shared prefix) draw alike, so they go to the same
-        deployment while it has room and its prompt cache stays warm; the others draw by
-        weight times room left."""
+        refused it (the others would refuse it too). Calls with the same :func:`affinity_of`
+        their `body` (a prompt-cache key, a long shared prefix) draw alike, so they go to
+        the same deployment while it has room and its prompt cache stays warm; the others
+        draw by weight times room left."""
         found = self._by_model.get(model)
         if not found:
             return []
         if len(found) == 1:
             return found
-        now = time.monotonic()
+        now, affinity = time.monotonic(), affinity_of(body)
 
         # Weighted order without replacement: each one's key is u^(1/w) (Efraimidis and
         # Spirakis), highest first; u is drawn at random, or hashed from the affinity.
@@ -201,14 +205,10 @@ def affinity_of(body: dict[str, Any]) -> str | None:
     key = body.get("prompt_cache_key")
     if isinstance(key, str) and key:
         return f"key:{key}"
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        fixed = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")]
-    else:
-        fixed = [body.get("instructions")]
+    fixed = fixed_prompt(body)
     if sum(len(f) for f in fixed if isinstance(f, str)) < _CACHED_PREFIX_CHARS:
         return None
-    return "prefix:" + template_hash(body)
+    return "prefix:" + template_hash(body, fixed)
 
 
 def _uniform(affinity: str, name: str) -> float:
@@ -241,13 +241,9 @@ def _read_key(model: str, s: ModelDeployment, env: Mapping[str, str]) -> tuple[s
     return None, None
 
 
-def _quota(model: str, s: ModelDeployment, limits: QuotaLimits | None, headroom: float) -> Quota | None:
-    """A deployment's quota: its own limits, else the model's, less the headroom."""
-    own = QuotaLimits(requests_per_minute=s.requests_per_minute, tokens_per_minute=s.tokens_per_minute)
-    if own.requests_per_minute is None and own.tokens_per_minute is None:
-        if limits is None:
-            return None
-        own = limits
-    own = own.with_headroom(headroom)
-    return Quota(f"deployment:{model}@{s.name}", own.requests_per_minute, own.tokens_per_minute,
-                 algorithm=own.algorithm, burst_seconds=own.burst_for("model"))
+def _quota(model: str, s: ModelDeployment, model_limits: Callable[[str], QuotaLimits | None],
+           headroom: float) -> Quota | None:
+    """A deployment's quota: its own limits less the headroom, else the model's."""
+    limits = (QuotaLimits(requests_per_minute=s.requests_per_minute, tokens_per_minute=s.tokens_per_minute)
+              .with_headroom(headroom) if s.requests_per_minute or s.tokens_per_minute else model_limits(model))
+    return limits.quota(f"deployment:{model}@{s.name}", "model") if limits is not None else None

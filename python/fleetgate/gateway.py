@@ -21,6 +21,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
+from functools import partial
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
@@ -124,7 +125,8 @@ class Gateway:
         self.privacy = Privacy.from_settings(self.config.privacy, self.config.redis_url)
         self.prices = PriceTable.from_settings(self.config.prices)
         #: Where each model is served, when not only at ``base_url`` (``[deployments]``).
-        self.deployments = Deployments(self.config.deployments, self.config.models, self.config.model_headroom)
+        self.deployments = Deployments(self.config.deployments, partial(self._limits, "model"),
+                                       self.config.model_headroom)
         #: Prometheus metrics (None with ``[metrics] enabled = false``).
         self.metrics = GatewayMetrics(self.config, self.prices, self.privacy) if self.config.metrics.enabled else None
         #: OpenTelemetry spans (None without ``opentelemetry-api`` or with ``[tracing] enabled = false``).
@@ -314,9 +316,7 @@ class Gateway:
             self.seen_models.note(name)
         limits = self._limits(kind, name)
         label = name if kind == "model" else self.privacy.label(kind, name)
-        found = (Quota(f"{kind}:{label}", limits.requests_per_minute, limits.tokens_per_minute,
-                       algorithm=limits.algorithm, burst_seconds=limits.burst_for(kind))
-                 if limits is not None and (limits.requests_per_minute or limits.tokens_per_minute) else None)
+        found = limits.quota(f"{kind}:{label}", kind) if limits is not None else None
         if len(memo) >= _QUOTA_MEMO:
             memo.clear()
         memo[key] = found

@@ -32,14 +32,18 @@ __all__ = ["log_request", "template_hash"]
 log = logging.getLogger("fleetgate.requests")
 
 
-def template_hash(body: dict[str, Any]) -> str:
-    """A short hash of what stays the same across a template's requests: the system (or
-    developer) messages of a chat, the instructions of a response."""
+def fixed_prompt(body: dict[str, Any]) -> list[Any]:
+    """What stays the same across a template's requests: the system (or developer)
+    messages of a chat, the instructions of a response."""
     if isinstance(body.get("messages"), list):
-        fixed = [m.get("content") for m in body["messages"] if isinstance(m, dict)
-                 and m.get("role") in ("system", "developer")]
-    else:
-        fixed = [body.get("instructions")]
+        return [m.get("content") for m in body["messages"] if isinstance(m, dict)
+                and m.get("role") in ("system", "developer")]
+    return [body.get("instructions")]
+
+
+def template_hash(body: dict[str, Any], fixed: list[Any] | None = None) -> str:
+    """A short hash of a template: its :func:`fixed_prompt` (given, or read from `body`)."""
+    fixed = fixed_prompt(body) if fixed is None else fixed
     return hashlib.blake2b(json.dumps(fixed, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 

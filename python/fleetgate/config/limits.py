@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleetgate._core import Quota
+
 __all__ = ["LaneSettings", "MODEL_BURST_SECONDS", "QuotaLimits", "SCOPE_BURST_SECONDS"]
 
 
@@ -55,6 +57,14 @@ class QuotaLimits(BaseModel):
             return None if value is None else max(1, int(value * (1 - headroom)))
         return self.model_copy(update={"requests_per_minute": less(self.requests_per_minute),
                                        "tokens_per_minute": less(self.tokens_per_minute)})
+
+    def quota(self, name: str, kind: str) -> Quota | None:
+        """The quota `name` of `kind` (``model``, ``user``, ``feature`` or ``team``: its
+        burst, see :meth:`burst_for`) with these limits; None when they limit nothing."""
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            return None
+        return Quota(name, self.requests_per_minute, self.tokens_per_minute, algorithm=self.algorithm,
+                     burst_seconds=self.burst_for(kind))
 
     def burst_for(self, kind: str) -> float:
         """The burst in seconds of a quota of `kind` (``model``, ``user``, ``feature`` or

@@ -11,11 +11,12 @@ and 429s update only its quota. A call of a model with no deployments passes thr
 Contract: a deployment that refuses spills the call to the next at once, without waiting:
 its breaker open or paused (``CircuitOpen``), its quota without room now
 (``RateLimited``), no connection (a region down), upstream's 429 (``rate_limit_exceeded``,
-``insufficient_quota``) or a rejected key (401, 403). When every one refused, the call is
-sent once more, as to a single upstream, to the deployment whose room comes back first
-(none being full: the last one tried): it waits for room within the deadline, and its
-refusal or answer is the call's (the retry layer then tries them all again after
-upstream's wait). A model with one deployment is sent there as to a single upstream. A
+``insufficient_quota``) or a rejected key (401, 403); a refusal by a quota every
+deployment shares (its user's, feature's or team's) has the call wait where it is. When
+every one refused, the call is sent once more, as to a single upstream, to the deployment
+whose room comes back first (none being full: the last one tried): it waits for room
+within the deadline, and its refusal or answer is the call's (the retry layer then tries
+them all again after upstream's wait). A model with one deployment is sent there as to a single upstream. A
 rejected key isolates its deployment for the fleet (its breaker; without breakers, this
 pod leaves it out for a minute): the model keeps being served by the rest. A call
 continuing a Responses chain goes only to the deployment holding it, as the chain ledger
@@ -34,7 +35,7 @@ import httpx2
 
 from fleetgate._core import Breaker as CircuitBreaker
 from fleetgate.chains import continued
-from fleetgate.deployments import Deployment, Deployments, affinity_of
+from fleetgate.deployments import Deployment, Deployments
 from fleetgate.errors import CircuitOpen, RateLimited
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.path._sync.layer import Layer, Next
@@ -48,6 +49,9 @@ log = logging.getLogger("fleetgate")
 
 #: How long this pod leaves out a deployment whose key was rejected, without breakers.
 _REJECTED_FOR = 60.0
+#: A quota every deployment shares (its user's, feature's, team's) refused the call: it
+#: waits where it is, as on a single upstream.
+_SHARED = "shared"
 #: Upstream 429 codes that say a deployment cannot take the call now.
 _SPILL_CODES = frozenset({"rate_limit_exceeded", "insufficient_quota"})
 
@@ -60,32 +64,38 @@ class Deploy(Layer):
         self.deployments, self.breaker_for, self.stats, self.metrics = deployments, breaker_for, stats, metrics
 
     def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
-        order = self.deployments.order(call.model, affinity_of(call.body))
+        # The chain it continues is held at its home, and only there.
+        home = self.deployments.named(f"{call.model}@{call.home}") if call.home is not None else None
+        order = [home] if home is not None else self.deployments.order(call.model, call.body)
         if not order:
             return next(call)
-        if call.home is not None:  # the chain it continues is held there, and only there
-            order = [d for d in order if d.name == call.home] or order
         asked = call.request
         try:
             full: list[Deployment] = []  # those that had no room for it now
+            last: Deployment | None = None
             if len(order) > 1:
                 for deployment in order:
-                    response = self._try(call, next, deployment, asked, full)
-                    if response is not None:
-                        return response
+                    answer = self._try(call, next, deployment, asked, full)
+                    if isinstance(answer, httpx2.Response):
+                        return answer
+                    if answer == _SHARED:  # a quota every deployment shares refused it: wait here
+                        last = deployment
+                        break
             # Each one refused: it waits on the one whose room comes back first (or, none
             # being full, the last one decides), as a single upstream would.
-            last = min(full, key=lambda d: d.empty_until) if full else order[-1]
-            response = self._try(call, next, last, asked, None)
-            assert response is not None  # the last try answers or raises
-            return response
+            if last is None:
+                last = min(full, key=lambda d: d.empty_until) if full else order[-1]
+            answer = self._try(call, next, last, asked, None)
+            assert isinstance(answer, httpx2.Response)  # the last try answers or raises
+            return answer
         finally:
             call.request, call.spill = asked, False
 
     def _try(self, call: Call, next: Next, deployment: Deployment, asked: httpx2.Request,  # noqa: A002
-                   full: list[Deployment] | None) -> httpx2.Response | None:
-        """Send `call` to `deployment`: its answer, or None when the deployment cannot take
-        it now and it may spill (`full` given: those without room now are added there)."""
+                   full: list[Deployment] | None) -> httpx2.Response | str:
+        """Send `call` to `deployment`: its answer, or (`full` given: it may spill) why it
+        went no further: a spill's reason (those without room now added to `full`), or
+        :data:`_SHARED`."""
         call.deployment, call.spill = deployment, full is not None
         call.request = deployment.request_for(asked, call.endpoint)
         try:
@@ -94,30 +104,30 @@ class Deploy(Layer):
             if full is None or not isinstance(e.error, (CircuitOpen, RateLimited)):
                 raise
             if isinstance(e.error, RateLimited):
+                if deployment.quota is None or e.error.quota != deployment.quota.name:
+                    return _SHARED  # its user's, feature's or team's: no other deployment has more room
                 full.append(deployment)
-            self._spilled(call, deployment, "quota" if isinstance(e.error, RateLimited) else "breaker")
-            return None
+            return self._spilled(call, deployment, "quota" if isinstance(e.error, RateLimited) else "breaker")
         except httpx2.TransportError:
             if full is None:
                 raise
-            self._spilled(call, deployment, "unreachable")
-            return None
+            return self._spilled(call, deployment, "unreachable")
         reason = self._cannot_take(call, deployment, response)
         if reason is not None and full is not None:
             response.close()
             if reason == "upstream_429":
                 full.append(deployment)
-            self._spilled(call, deployment, reason)
-            return None
+            return self._spilled(call, deployment, reason)
         call.marks["x-fleetgate-upstream"] = deployment.name
         return response
 
-    def _spilled(self, call: Call, deployment: Deployment, reason: str) -> None:
+    def _spilled(self, call: Call, deployment: Deployment, reason: str) -> str:
         """`deployment` could not take `call` (`reason`: one of
         :data:`fleetgate.metrics.SPILL_REASONS`): counted; the call goes on to the next."""
         self.stats.count("deployment_spilled")
         if self.metrics is not None:
             self.metrics.spilled(call.model, deployment.name, reason)
+        return reason
 
     def _cannot_take(self, call: Call, deployment: Deployment, response: httpx2.Response) -> str | None:
         """Why `response` says `deployment` cannot take the call now (one of
