@@ -177,8 +177,9 @@ def _deployments(config: GatewayConfig, gateway: Any, redis_answers: bool, timeo
         return []
     from fleetgate._core import Limiter
 
-    # A limiter of its own, without leases: a lease's decision does not report the room.
-    rooms = Limiter(config.redis_url) if config.redis_url is not None and redis_answers else gateway.limiter
+    # With Redis, a limiter of its own without leases (a lease's decision does not report
+    # the room); Redis not answering: no room to show.
+    rooms = gateway.limiter if config.redis_url is None else Limiter(config.redis_url) if redis_answers else None
     found = []
     for model in config.deployments:
         for d in gateway.deployments.of(model):
@@ -188,23 +189,23 @@ def _deployments(config: GatewayConfig, gateway: Any, redis_answers: bool, timeo
             area = f"deployment {d.key}"
             if d.api_key is None:
                 probe = Finding("ok", area, f"{s.base_url} (the caller's key: not probed)")
-            elif s.azure_deployment is not None:
-                probe = _probe(area, f"{s.base_url.rstrip('/')}/openai/models?api-version={s.api_version}",
-                               {"api-key": d.api_key}, timeout, f"its base_url ({s.base_url})", key)
             else:
-                probe = _probe(area, f"{s.base_url.rstrip('/')}/models", {"Authorization": f"Bearer {d.api_key}"},
-                               timeout, f"its base_url ({s.base_url})", key)
+                models = ("/openai/models?api-version=" + (s.api_version or "") if s.azure_deployment is not None
+                          else "/models")
+                probe = _probe(area, s.base_url.rstrip("/") + models, d.auth(), timeout, f"its base_url ({s.base_url})",
+                               key)
             found.append(Finding(probe.status, area, f"{probe.message}; key {key}, priority {s.priority}, weight "
-                                                     f"{s.weight:g}{_room(rooms, d.quota, redis_answers, config)}"))
+                                                     f"{s.weight:g}{_room(rooms, d.quota)}"))
     return found
 
 
-def _room(limiter: Any, quota: Any, redis_answers: bool, config: GatewayConfig) -> str:
+def _room(limiter: Any, quota: Any) -> str:
     """The room a deployment's quota has now, as this check's text (with Redis: the
-    fleet's view; embedded: this process's, which is the whole bucket)."""
+    fleet's view; embedded: this process's, which is the whole bucket; no `limiter`:
+    Redis does not answer)."""
     if quota is None:
         return ", no limits"
-    if not redis_answers and config.redis_url is not None:
+    if limiter is None:
         return ""
     decision = limiter.try_acquire(quota, requests=0, tokens=0)
     parts = [f"{room:,} of {size:,} {what}" for room, size, what in (
