@@ -19,7 +19,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import httpx2
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 import fleetgate as fg
 from fleetgate.background import BackgroundCollector
@@ -32,6 +31,7 @@ from fleetgate.testing.fake_openai import BackgroundTimings, FakeConfig, FakeOpe
 from fleetgate.testing.fake_openai.background import sign
 from fleetgate.webhooks import Receiver, WebhookRejected
 from tests.polling import until
+from tests.scrape import by_label, scrape_wsgi
 
 MODEL = "gpt-4.1-mini"
 MAX_OUTPUT = 300
@@ -64,14 +64,7 @@ def billed(fake: FakeOpenAI) -> float:
 
 def cost_by_tier(gate: fg.Gateway, feature: str) -> dict[str, float]:
     """Dollars the gateway's metrics count for `feature`, by the service tier that served them."""
-    body = b"".join(gate.metrics_app()({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
-                                       lambda *_: None)).decode()
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(body):
-        for s in family.samples:
-            if s.name == "fleetgate_cost_dollars_total" and s.labels.get("feature") == feature:
-                found[s.labels["service_tier"]] = found.get(s.labels["service_tier"], 0.0) + s.value
-    return found
+    return by_label(scrape_wsgi(gate.metrics_app()), "fleetgate_cost_dollars_total", "service_tier", feature=feature)
 
 
 @pytest.fixture

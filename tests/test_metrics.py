@@ -19,30 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import fleetgate as fg
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, ModelLimits
+from tests.scrape import Samples, parse, scrape_wsgi, total
 
 MODEL = "gpt-4.1-mini"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of `name`'s samples whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
-
-
-def scrape_wsgi(app: Any) -> Samples:
-    status: list[str] = []
-    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
-                        lambda s, h: status.append(s)))
-    assert status == ["200 OK"]
-    return parse(body.decode())
-
-
 def delta(after: Samples, before: Samples) -> Samples:
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
 

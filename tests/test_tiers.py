@@ -18,7 +18,6 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client.parser import text_string_to_metric_families
 
 import fleetgate as fg
 from fleetgate.estimate import estimate_request
@@ -28,6 +27,7 @@ from fleetgate.prices import PriceTable, price_tier
 from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI, Fault, Latency, TierBehaviour
 from fleetgate.tiers import FLEX_FALLBACK_HEADER
 from tests.polling import until
+from tests.scrape import by_label, scrape_wsgi
 
 MODEL = "gpt-4.1"
 MAX_OUTPUT = 1_000
@@ -313,15 +313,7 @@ def test_the_served_tier_is_in_the_log_record_and_the_metrics(prices: PriceTable
         app = gate.metrics_app()
 
         def cost_by_tier() -> dict[str, float]:
-            status: list[str] = []
-            body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": ""},
-                                lambda s, h: status.append(s)))
-            found: dict[str, float] = {}
-            for family in text_string_to_metric_families(body.decode()):
-                for s in family.samples:
-                    if s.name == "fleetgate_cost_dollars_total" and s.labels.get("model") == MODEL:
-                        found[s.labels["service_tier"]] = found.get(s.labels["service_tier"], 0.0) + s.value
-            return found
+            return by_label(scrape_wsgi(app), "fleetgate_cost_dollars_total", "service_tier", model=MODEL)
 
         before = cost_by_tier()
         client = gate.openai(api_key="sk-fake", max_retries=0)
