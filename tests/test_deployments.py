@@ -219,6 +219,26 @@ def test_a_chain_stays_with_the_deployment_holding_it() -> None:
     assert gateway.stats.snapshot().get("deployment_spilled", 0) == 0, "a turn went to the wrong deployment first"
 
 
+def test_a_chain_continued_with_another_model_goes_to_its_deployment_in_the_same_project() -> None:
+    """A chain begun with one model and continued with another is held by the project
+    that answered it: the second model's deployment there takes the call, though the
+    second model puts another deployment first."""
+    other = "gpt-4.1"
+    config = FakeConfig(answer_words=4)
+    with fakes(config, config) as (east, west):
+        gateway = fg.Gateway(deployments={
+            MODEL: [deployment("east", east, priority=0), deployment("west", west, priority=1)],
+            other: [deployment("w", west, priority=0), deployment("e", east, priority=1)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        begun = client.responses.with_raw_response.create(model=MODEL, input="turn 0", max_output_tokens=8)
+        continued = client.responses.with_raw_response.create(
+            model=other, input="turn 1", max_output_tokens=8, previous_response_id=begun.parse().id)
+        spilled = gateway.stats.snapshot().get("deployment_spilled", 0)
+        gateway.close()
+    assert begun.headers["x-fleetgate-upstream"] == "east"
+    assert continued.headers["x-fleetgate-upstream"] == "e" and spilled == 0
+
+
 def test_a_chain_held_where_the_fleet_does_not_know_is_found_by_its_404s() -> None:
     """Without the chain ledger (``[server_context]`` off), a call continuing a chain tries
     the deployments in order; one that does not hold it answers 404 and the next is tried."""

@@ -3,7 +3,8 @@
 A Responses call with ``previous_response_id`` or ``conversation`` is billed, and counted
 against tokens per minute, for input its body does not show: the context OpenAI holds.
 This ledger remembers, per chain, how many input tokens a call continuing it will carry,
-and which deployment holds it (``[deployments]``: the chain's state lives there only):
+and which deployment holds it (``[deployments]``: the chain's state lives there only; the
+ledger keeps where files and batches are held alike, :mod:`fleetgate.path._async.holders`):
 
 1. An answer is learned from its ``usage``: a call continuing response R carries R's input
    and R's output (its reasoning included: whether reasoning items are carried depends on
@@ -52,6 +53,9 @@ __all__ = ["Chain", "Chains", "Held", "carried_by", "continued"]
 
 log = logging.getLogger("fleetgate")
 
+#: How long the fleet remembers where a file or a batch is held: as long as OpenAI keeps a
+#: batch's output files by default (30 days).
+HELD_OBJECT_SECONDS = 30 * 86_400
 #: Records a background write sends in one pipeline at most, and how long it gathers them
 #: (a pipeline per answer would cost the answers' own thread time on a busy pod).
 _WRITE_BATCH = 256
@@ -60,21 +64,23 @@ _WRITE_GATHER = 0.005
 
 class Chain(NamedTuple):
     """A chain a Responses call may continue: a stored response (``previous_response_id``)
-    or a conversation, by its OpenAI id."""
+    or a conversation, by its OpenAI id; or another object a deployment holds, a file or a
+    batch (:mod:`fleetgate.path._async.holders`)."""
 
-    kind: Literal["response", "conversation"]
+    kind: Literal["response", "conversation", "file", "batch"]
     id: str
 
 
 class Held(NamedTuple):
     """What the ledger knows of a chain: the input tokens a call continuing it carries, and
-    the deployment holding it (None: the gateway's one upstream, or not known)."""
+    the deployment holding it, by its key (``gpt-4.1@sweden``; None: the gateway's one
+    upstream, or not known). A file or a batch carries no tokens: 0."""
 
     tokens: int
     home: str | None = None
 
     def encoded(self) -> str:
-        """As kept in Redis: ``"1840"``, or ``"1840 sweden"`` (names hold no spaces)."""
+        """As kept in Redis: ``"1840"``, or ``"1840 gpt-4.1@sweden"`` (keys hold no spaces)."""
         return str(self.tokens) if self.home is None else f"{self.tokens} {self.home}"
 
     @classmethod
@@ -263,7 +269,8 @@ class Chains:
         try:
             pipe = self._client().pipeline(transaction=False)
             for chain, held in batch:
-                pipe.set(self.key(chain), held.encoded(), ex=ttl)
+                pipe.set(self.key(chain), held.encoded(),
+                         ex=HELD_OBJECT_SECONDS if chain.kind in ("file", "batch") else ttl)
             pipe.execute()
         except Exception as e:  # noqa: BLE001 - an outage: logged once, counted, the records stay in process
             self.stats.count("chain_write_failures", len(batch))

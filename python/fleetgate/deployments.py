@@ -31,12 +31,20 @@ from fleetgate.config.limits import QuotaLimits
 from fleetgate.errors import ConfigError
 from fleetgate.records import fixed_prompt, template_hash
 
-__all__ = ["Deployment", "Deployments", "affinity_of"]
+__all__ = ["MODEL_HEADER", "UPSTREAM_HEADER", "Deployment", "Deployments", "affinity_of"]
 
 #: A prefix shorter than this (about 1,024 tokens) is not cached by OpenAI.
 _CACHED_PREFIX_CHARS = 4_096
-#: Headers that carry a caller's credentials or project: replaced by a deployment's own.
-_CREDENTIALS = frozenset({b"authorization", b"api-key", b"openai-organization", b"openai-project"})
+#: Headers not sent on: a caller's credentials or project (replaced by a deployment's
+#: own), and what told the gateway where to send a request (:data:`MODEL_HEADER`, :data:`UPSTREAM_HEADER`).
+_NOT_SENT = frozenset({b"authorization", b"api-key", b"openai-organization", b"openai-project",
+                       b"x-fleetgate-model", b"x-fleetgate-upstream"})
+#: Azure endpoints of the resource, not of one of its deployments (``/openai/files``).
+_RESOURCE_ENDPOINTS = ("/files", "/batches")
+#: A request that names no model (a file upload, a listing) names the model it is for, so
+#: that the gateway sends it to one of its deployments; or the deployment, by name (with the model).
+MODEL_HEADER = "x-fleetgate-model"
+UPSTREAM_HEADER = "x-fleetgate-upstream"
 
 
 @dataclass(eq=False, slots=True)
@@ -75,13 +83,22 @@ class Deployment:
         """What its quota and breaker are named by: ``gpt-4.1-mini@sweden``."""
         return f"{self.model}@{self.settings.name}"
 
-    def request_for(self, request: httpx2.Request, endpoint: str) -> httpx2.Request:
+    @property
+    def place(self) -> tuple[str, str | None, str | None, str | None]:
+        """Where what it creates is held (an OpenAI project, an Azure resource): the
+        deployments of one place share their files, batches and stored responses."""
+        s = self.settings
+        return self._base, s.organization, s.project, self.api_key
+
+    def request_for(self, request: httpx2.Request, endpoint: str, *, kept: bool = True) -> httpx2.Request:
         """`request` (a call to `endpoint`) as sent to this deployment: its URL, its key and
-        project headers in place of the caller's, the body as it is (the same stream)."""
+        project headers in place of the caller's, the body as it is (the same stream).
+        `kept`: its URL is kept for the next call to `endpoint` (False: an endpoint naming
+        one object, ``/files/file-abc``)."""
         url = self._urls.get(endpoint) if not request.url.query else None
         if url is None:
-            url = self._url(endpoint, request.url.params)
-        headers = [(k, v) for k, v in request.headers.raw if k.lower() not in _CREDENTIALS]
+            url = self._url(endpoint, request.url.params, kept)
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() not in _NOT_SENT]
         headers += self._own
         if self.api_key is None and (key := _caller_key(request.headers)) is not None:
             headers.append((b"api-key", key.encode()) if self.settings.azure_deployment is not None
@@ -91,16 +108,18 @@ class Deployment:
         sent.read()  # the body is in memory already: readable as `content` below too
         return sent
 
-    def _url(self, endpoint: str, params: httpx2.QueryParams) -> httpx2.URL:
+    def _url(self, endpoint: str, params: httpx2.QueryParams, kept: bool) -> httpx2.URL:
         """Its URL for `endpoint` with the request's `params` (kept when there are none)."""
         s = self.settings
-        if s.azure_deployment is not None:
-            path = f"{self._base}/openai/deployments/{s.azure_deployment}{endpoint}"
-            params = params.set("api-version", s.api_version or "")
-        else:
+        if s.azure_deployment is None:
             path = f"{self._base}{endpoint}"
+        else:  # files and batches belong to the Azure resource, calls to one of its deployments
+            held = endpoint.startswith(_RESOURCE_ENDPOINTS)
+            path = f"{self._base}/openai{endpoint}" if held else \
+                f"{self._base}/openai/deployments/{s.azure_deployment}{endpoint}"
+            params = params.set("api-version", s.api_version or "")
         url = httpx2.URL(path, params=params)
-        if not params or list(params.keys()) == ["api-version"]:
+        if kept and (not params or list(params.keys()) == ["api-version"]):
             self._urls[endpoint] = url
         return url
 
@@ -163,6 +182,25 @@ class Deployments:
         """The deployment named `key` (``model@name``), or None."""
         model, _, name = key.rpartition("@")
         return next((d for d in self._by_model.get(model, []) if d.name == name), None)
+
+    def home(self, model: str, where: str) -> Deployment | None:
+        """The deployment of `model` that can reach what the ledger says `where` holds (a
+        deployment's key, ``model@name``; a name alone: `model`'s deployment of that
+        name): that one, or `model`'s deployment at the same :attr:`~Deployment.place`
+        (a chain continued with another model); None: `model` has none there."""
+        held = self.named(where if "@" in where else f"{model}@{where}")
+        if held is None or held.model == model:
+            return held
+        return next((d for d in self.of(model) if d.place == held.place), None)
+
+    def places(self) -> list[Deployment]:
+        """One deployment of each place deployments are (where an object whose home the
+        fleet does not know may be)."""
+        found: dict[tuple[str, str | None, str | None, str | None], Deployment] = {}
+        for deployments in self._by_model.values():
+            for d in deployments:
+                found.setdefault(d.place, d)
+        return list(found.values())
 
     def of(self, model: str) -> list[Deployment]:
         """`model`'s deployments, as configured ([] when it has none)."""

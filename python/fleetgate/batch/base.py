@@ -3,6 +3,7 @@ record, the API client, the budget holds and the pace of uploads and creations."
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from fleetgate.batch.report import JobReport
 from fleetgate.batch.state import Job, JobStore, new_owner, store_for
 from fleetgate.budget.guard import Budgets
 from fleetgate.config import GatewayConfig
+from fleetgate.deployments import MODEL_HEADER, UPSTREAM_HEADER, Deployments
 from fleetgate.errors import FleetgateError
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.prices import PriceTable
@@ -34,6 +36,7 @@ class BatchGateway(Protocol):
     prices: PriceTable
     metrics: GatewayMetrics | None
     privacy: Privacy
+    deployments: Deployments
 
     def openai(self, **kwargs: Any) -> openai.OpenAI: ...
 
@@ -62,7 +65,8 @@ class JobsBase:
                               algorithm="sliding_window")
         self._creations = Quota("batch-creations", requests_per_minute=self.settings.creations_per_minute,
                                 algorithm="sliding_window")
-        self._found: dict[tuple[str, str, str], str] | None = None
+        #: Batches found at each upstream (by its deployment, "" for the client's base URL).
+        self._found: dict[str, dict[tuple[str, str, str], str]] = {}
         #: Unix seconds (replaceable, for tests).
         self.clock: Callable[[], float] = time.time
         #: Called with a :class:`JobReport` after each pass of :meth:`watch`.
@@ -78,6 +82,20 @@ class JobsBase:
         if self._client is not None:
             self._client.close()
         self.store.close()
+
+    def _upstream(self, job: Job) -> dict[str, str]:
+        """The headers that send `job`'s files and batches to one deployment of its model
+        (``[deployments]``), the same one from every process: of those of its first
+        priority, one drawn by the job's id. {}: its model has no deployments; they go to
+        the client's base URL. Once made, a file or batch is found where it is held
+        (:mod:`fleetgate.path._async.holders`)."""
+        found = self.gateway.deployments.of(job.model)
+        if not found:
+            return {}
+        first = min(d.settings.priority for d in found)
+        eligible = sorted((d.name for d in found if d.settings.priority == first))
+        drawn = int.from_bytes(hashlib.blake2b(job.id.encode(), digest_size=8).digest(), "big")
+        return {MODEL_HEADER: job.model, UPSTREAM_HEADER: eligible[drawn % len(eligible)]}
 
     def _folder(self, job_id: str) -> Path:
         return self.directory / job_id

@@ -133,7 +133,7 @@ class BatchJobs(Sending, Collecting):
                               f"{self.settings.lease_seconds:.0f} s of its last renewal; leave the job to it, or "
                               "watch with wait_for_lease=<seconds> to take over once the lease lapses")
             time.sleep(min(1.0, self.settings.lease_seconds / 4))
-        self._found = None
+        self._found = {}
         try:
             while True:
                 report = self._pass(job.id)

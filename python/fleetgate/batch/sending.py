@@ -27,7 +27,8 @@ class Sending(ChunkFiles):
         chunk.state = "uploading"
         self.store.save_chunks(job.id, [chunk])
         with path.open("rb") as data:
-            uploaded = self.client.files.create(file=(self._filename(job, chunk), data), purpose="batch")
+            uploaded = self.client.files.create(file=(self._filename(job, chunk), data), purpose="batch",
+                                                extra_headers=self._upstream(job))
         chunk.file_id, chunk.state = uploaded.id, "uploaded"
         self.store.save_chunks(job.id, [chunk])
         log.info("fleetgate: job %s: %s uploaded as %s", job.id, chunk.id, uploaded.id)
@@ -35,7 +36,8 @@ class Sending(ChunkFiles):
     def _reconcile_upload(self, job: Job, chunk: Chunk) -> None:
         """After a crash during an upload: the file, if it arrived, else upload again."""
         name = self._filename(job, chunk)
-        found = [f for f in self.client.files.list(purpose="batch") if f.filename == name and f.bytes == chunk.bytes]
+        found = [f for f in self.client.files.list(purpose="batch", extra_headers=self._upstream(job))
+                 if f.filename == name and f.bytes == chunk.bytes]
         for extra in found[1:]:
             self._delete_file(extra.id)
         chunk.state, chunk.file_id = ("uploaded", found[0].id) if found else ("intent", None)
@@ -65,6 +67,7 @@ class Sending(ChunkFiles):
             completion_window="24h",
             metadata={"fleetgate_job": job.id, "fleetgate_chunk": chunk.id, "fleetgate_try": str(chunk.tries)},
             output_expires_after={"anchor": "created_at", "seconds": self.settings.output_expires_seconds},
+            extra_headers=self._upstream(job),
         )
         self._created(job, chunk, batch.id, batch.status)
 
@@ -87,17 +90,20 @@ class Sending(ChunkFiles):
 
     def _batches_of(self, job: Job) -> dict[tuple[str, str, str], str]:
         """Batches created since the job was, by their fleetgate metadata (listed once per
-        watch)."""
-        if self._found is None:
-            found: dict[tuple[str, str, str], str] = {}
-            for batch in self.client.batches.list(limit=100):
+        watch, at the job's upstream)."""
+        upstream = self._upstream(job)
+        where = "@".join(upstream.values())  # model@deployment, "" for the client's base URL
+        found = self._found.get(where)
+        if found is None:
+            found = {}
+            for batch in self.client.batches.list(limit=100, extra_headers=upstream):
                 if batch.created_at < job.created_at - 300:
                     break  # newest first: the rest are older than the job
                 meta = batch.metadata or {}
                 if "fleetgate_job" in meta:
                     found[(meta["fleetgate_job"], meta.get("fleetgate_chunk", ""), meta.get("fleetgate_try", ""))] = batch.id
-            self._found = found
-        return self._found
+            self._found[where] = found
+        return found
 
     def _reserve(self, job: Job, chunk: Chunk) -> bool:
         """Hold the chunk's worst case at the batch price on its budgets; False (the chunk

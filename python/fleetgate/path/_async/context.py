@@ -141,7 +141,7 @@ class Context(Layer):
         """The answer is in: what a call continuing it (or its conversation) will carry."""
         if outcome.status != 200 or outcome.usage is None:
             return
-        tokens, home = carried_by(outcome.usage), call.deployment.name if call.deployment is not None else None
+        tokens, home = carried_by(outcome.usage), call.deployment.key if call.deployment is not None else None
         if conversation is not None:
             self.chains.learn(conversation, tokens, home)
         if stored:

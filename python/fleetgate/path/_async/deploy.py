@@ -64,7 +64,7 @@ class Deploy(Layer):
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
         # The chain it continues is held at its home, and only there.
-        home = self.deployments.named(f"{call.model}@{call.home}") if call.home is not None else None
+        home = self.deployments.home(call.model, call.home) if call.home is not None else None
         order = [home] if home is not None else self.deployments.order(call.model, call.body)
         if not order:
             return await next(call)

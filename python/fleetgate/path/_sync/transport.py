@@ -1,13 +1,16 @@
 # Generated from fleetgate/path/_async/transport.py by scripts/unasync.py: edit that file, then run the script.
 """The openai SDK's sync HTTP transport (``gate.openai()`` installs it): a thin
 adapter that runs every chat, responses and embeddings call through the gateway's path
-(:mod:`fleetgate.path._sync.stack`); every other request goes straight through.
+(:mod:`fleetgate.path._sync.stack`); every other request goes straight through, or, with
+``[deployments]``, to the deployment holding the file, batch or response it names
+(:mod:`fleetgate.path._sync.holders`).
 """
 
 from __future__ import annotations
 
 import httpx2
 
+from fleetgate.path._sync.holders import Holders
 from fleetgate.path._sync.layer import Layer, Next
 from fleetgate.path._sync.stack import chain, layers
 from fleetgate.path.call import gated_call
@@ -26,6 +29,7 @@ class GateTransport(httpx2.BaseTransport):
         self.inner = inner or httpx2.HTTPTransport(limits=httpx2.Limits(max_connections=1000,
                                                                                max_keepalive_connections=100))
         self._path: Next | None = None  # built at the first call: the gateway may still be assembling
+        self._holders: Holders | None = None
         self._warm = False
         config = gateway.config
         self._assumed, self._deadline = config.assumed_max_output_tokens, config.default_deadline_seconds
@@ -36,7 +40,13 @@ class GateTransport(httpx2.BaseTransport):
             self._warm = True  # the warm-up is over (loaded or failed) for good
         call = gated_call(request, self._assumed, self._deadline)
         if call is None:
-            return self.inner.handle_request(request)
+            if not self.gateway.deployments:
+                return self.inner.handle_request(request)
+            holders = self._holders
+            if holders is None:
+                g = self.gateway
+                holders = self._holders = Holders(g.deployments, g.chains, self.inner, g.stats)
+            return holders.send(request)
         path = self._path
         if path is None:
             path = self._path = chain(self.layers)
