@@ -52,9 +52,9 @@ def gateway(fake: FakeOpenAI, feature: str, redis_url: str | None = None, **back
                       background={**FAST_POLLS, **background})
 
 
-def spent(gate: fg.Gateway) -> tuple[float, float]:
-    """(spent, reserved) of the test's one budget."""
-    [(_, status)] = gate.budgets.statuses()
+def spent(gate: fg.Gateway, prefix: str = "") -> tuple[float, float]:
+    """(spent, reserved) of the test's one budget (whose name starts with `prefix`)."""
+    [status] = [status for budget, status in gate.budgets.statuses() if budget.name.startswith(prefix)]
     return status.spent, status.reserved
 
 
@@ -520,7 +520,8 @@ def test_a_background_call_through_a_deployment_is_polled_there_with_its_key(
     config = FakeConfig(answer_words=120, api_key="sk-deployment-key-42",
                         background=BackgroundTimings(complete_seconds=0.3))
     with FakeOpenAI(config) as fake:
-        gate = fg.Gateway(budgets={"limits": [{"scope": "feature", "name": feature, "dollars": 10.0}]},
+        gate = fg.Gateway(budgets={"limits": [{"scope": "feature", "name": feature, "dollars": 10.0},
+                                              {"scope": "deployment", "name": "project", "dollars": 10.0}]},
                           background=FAST_POLLS, deployments={MODEL: [fg.ModelDeployment(
                               name="project", base_url=fake.base_url, api_key_env="FG_BG_DEPLOYMENT_KEY")]})
         client = gate.openai(api_key="sk-caller", max_retries=0)
@@ -539,8 +540,9 @@ def test_a_background_call_through_a_deployment_is_polled_there_with_its_key(
         assert gate.stats["background_watched"] == 3
         until(lambda: gate.background.pending() == 0)
         assert gate.stats["background_settled_usage"] == 3, "not settled from the response's own usage"
-        until(lambda: spent(gate) == pytest.approx((billed(fake), 0.0), abs=1e-8))
-        # Its spend counts for the deployment, as an answer read at once does.
+        until(lambda: spent(gate, "feature") == pytest.approx((billed(fake), 0.0), abs=1e-8))
+        # Its spend counts for the deployment, as an answer read at once does: on its budget too.
+        until(lambda: spent(gate, "deployment") == pytest.approx((billed(fake), 0.0), abs=1e-8))
         assert deployment_cost("project") - before == pytest.approx(billed(fake), abs=1e-9)
         gate.close()
 
@@ -564,7 +566,8 @@ def test_a_pod_taking_over_polls_at_the_deployment_with_its_key(feature: str, fl
     with FakeOpenAI(config) as fake:
         def pod() -> fg.Gateway:
             return fg.Gateway(redis_url=fleet, background={**FAST_POLLS, "claim_seconds": 1.0},
-                              budgets={"limits": [{"scope": "feature", "name": feature, "dollars": 10.0}]},
+                              budgets={"limits": [{"scope": "feature", "name": feature, "dollars": 10.0},
+                                                  {"scope": "deployment", "name": "project", "dollars": 10.0}]},
                               deployments={MODEL: [fg.ModelDeployment(name="project", base_url=fake.base_url,
                                                                       api_key_env="FG_BG_TAKEOVER_KEY")]})
         first = pod()
@@ -575,4 +578,9 @@ def test_a_pod_taking_over_polls_at_the_deployment_with_its_key(feature: str, fl
         second = pod()
         until(lambda: second.background.fleet_pending() == 0)
         assert second.stats["background_taken_over"] == 1 and second.stats["background_settled_usage"] == 1
+        # The pod taking it over spends its cost on the deployment's budget too, recorded once.
+        assert spent(second, "deployment")[0] == pytest.approx(billed(fake), abs=1e-8)
+        assert spent(second, "feature")[0] == pytest.approx(billed(fake), abs=1e-8)
+        recorded = second.budgets.ledger.report([time.strftime("%Y-%m-%d", time.gmtime())])
+        assert sum(row[-1] for row in recorded if row[2] == feature) == pytest.approx(billed(fake), abs=1e-8)
         second.close()

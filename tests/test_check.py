@@ -320,11 +320,13 @@ def test_each_deployment_is_reached_with_its_own_key_and_its_room_shown(
             '[[deployments."gpt-4.1-mini"]]\nname = "project"\n'
             f'base_url = "{project.base_url}"\napi_key_env = "FG_CHECK_KEY"\nrequests_per_minute = 600\n'
             '[[deployments."gpt-4.1-mini"]]\nname = "stale"\npriority = 1\n'
-            f'base_url = "{project.base_url}"\napi_key_env = "FG_CHECK_WRONG"\n'))
+            f'base_url = "{project.base_url}"\napi_key_env = "FG_CHECK_WRONG"\n'
+            '[[budgets.limits]]\nscope = "deployment"\nname = "project"\ndollars = 25\n'))
         result = check(path)
     lines = [line for line in result.output.splitlines() if "deployment " in line]
     assert lines[0].startswith("ok    deployment gpt-4.1-mini@project: ") and "key $FG_CHECK_KEY" in lines[0]
     assert "room now 9 of 9 requests" in lines[0], lines[0]  # 600 RPM less the 1% headroom: 9 a second
+    assert lines[0].endswith(", budget $25.00/day, $0.00 spent"), lines[0]
     assert lines[1].startswith("FAIL  deployment gpt-4.1-mini@stale: ") and "check $FG_CHECK_WRONG" in lines[1]
     assert "sk-wrong" not in result.output and "sk-project" not in result.output
     assert result.exit_code != 0

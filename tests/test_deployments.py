@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import openai
 import pytest
 
 import fleetgate as fg
+from fleetgate._core import BudgetStatus
 from fleetgate.deployments import Deployments
 from fleetgate.testing.fake_openai import AzureShape, FakeConfig, FakeOpenAI, Fault, ModelLimits
 from tests.polling import until
@@ -191,6 +193,9 @@ def test_deployment_settings_are_checked() -> None:
     with pytest.raises(fg.ConfigError, match="repeat"):
         Deployments({MODEL: [fg.ModelDeployment(name="a", base_url="https://x"),
                              fg.ModelDeployment(name="a", base_url="https://y")]}, no_limits, 0.0)
+    with pytest.raises(fg.ConfigError, match="name = 'projekt': no deployment has that name \\(theirs: project\\)"):
+        fg.Gateway(budgets={"limits": [{"scope": "deployment", "name": "projekt", "dollars": 5.0}]},
+                   deployments={MODEL: [fg.ModelDeployment(name="project", base_url="https://x")]})
 
 
 def _chain(client: openai.OpenAI, turns: int) -> list[str]:
@@ -377,6 +382,59 @@ def test_a_budget_holds_a_call_once_across_its_spills_and_spends_what_was_billed
         until(settled)
         gateway.close()
     assert where["ptu"] >= 1 and where["paygo"] >= 1 and len(ptu.bill()) + len(paygo.bill()) == 20
+
+
+def _budget(gateway: fg.Gateway, prefix: str) -> BudgetStatus:
+    [status] = [status for budget, status in gateway.budgets.statuses() if budget.name.startswith(prefix)]
+    return status
+
+
+@pytest.mark.parametrize("redis", [False, True], ids=["embedded", "redis"])
+def test_a_deployment_that_spent_its_budget_spills_and_each_call_is_recorded_once(
+        redis: bool, request: pytest.FixtureRequest) -> None:
+    """A project's budget (``scope = "deployment"``) caps what its deployment spends: once
+    spent, calls go to the next deployment, which has none. The calls it took are spent on
+    it, every call on the feature's budget, and each call is recorded once in the spend
+    records (``fleetgate costs``)."""
+    store = {"redis_url": request.getfixturevalue("redis_url")} if redis else {}
+    run = uuid.uuid4().hex[:8]  # budgets and spend records of this run alone in the shared Redis
+    feature, ptu_name = f"feature-{run}", f"ptu-{run}"
+    with fakes(limited(100_000), limited(100_000)) as (ptu, paygo):
+        gateway = fg.Gateway(**store, budgets={"limits": [  # type: ignore[arg-type]
+            {"scope": "feature", "name": feature, "dollars": 10.0},
+            {"scope": "deployment", "name": ptu_name, "dollars": 0.0001}]},
+            deployments={MODEL: [deployment(ptu_name, ptu, priority=0), deployment("paygo", paygo, priority=1)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        with gateway.scope(feature=feature):
+            where = collections.Counter(ask(client) for _ in range(30))
+        ptu_billed = sum(c.dollars or 0.0 for c in ptu.bill())
+        billed = ptu_billed + sum(c.dollars or 0.0 for c in paygo.bill())
+
+        def settled() -> bool:
+            total, project = _budget(gateway, "feature"), _budget(gateway, "deployment")
+            return total.reserved == 0.0 and project.reserved == 0.0 and \
+                total.spent == pytest.approx(billed, abs=1e-9) and project.spent == pytest.approx(ptu_billed, abs=1e-9)
+        until(settled)
+        recorded = sum(row[-1] for row in gateway.budgets.ledger.report([time.strftime("%Y-%m-%d", time.gmtime())])
+                       if row[2] == feature)
+        gateway.close()
+    assert 1 <= where[ptu_name] < 30 and where[ptu_name] + where["paygo"] == 30
+    assert ptu_billed <= 0.0001
+    assert recorded == pytest.approx(billed, abs=1e-9), "a call's cost was recorded twice (or not at all)"
+    assert spills(ptu_name, "budget") >= 1
+
+
+def test_when_every_deployment_has_spent_its_budget_the_call_is_refused_by_it() -> None:
+    with fakes(limited(100_000)) as (only,):
+        gateway = fg.Gateway(budgets={"limits": [{"scope": "deployment", "dollars": 0.00005}]},
+                             deployments={MODEL: [deployment("only", only)]})
+        client = gateway.openai(api_key="sk-caller", max_retries=0)
+        with pytest.raises(openai.RateLimitError) as refused:
+            for _ in range(10):
+                ask(client)
+        gateway.close()
+    assert "deployment:only:day" in str(refused.value)
+    assert 1 <= len(only.bill()) < 10
 
 
 def test_when_every_deployment_is_isolated_the_fallback_ladder_serves() -> None:

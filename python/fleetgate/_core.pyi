@@ -368,9 +368,11 @@ class Ledger:
         feature: str = "",
         user: str = "",
         team: str = "",
+        record: bool = True,
     ) -> list[_Alert]:
-        """End the reservation and spend `dollars` on each of its budgets; returns the
-        alerts this crossed (also given to ``on_alert``)."""
+        """End the reservation and spend `dollars` on each of its budgets, recorded under
+        the labels (`record` false: not recorded, a second hold on a call whose cost another
+        settlement records); returns the alerts this crossed (also given to ``on_alert``)."""
     def settle_later(
         self,
         reservation: BudgetReservation,
@@ -380,6 +382,7 @@ class Ledger:
         feature: str = "",
         user: str = "",
         team: str = "",
+        record: bool = True,
     ) -> None:
         """settle without waiting (in the background on Redis; a failure is logged on the
         "fleetgate" logger)."""

@@ -195,8 +195,20 @@ def _deployments(config: GatewayConfig, gateway: Any, redis_answers: bool, timeo
                 probe = _probe(area, s.base_url.rstrip("/") + models, d.auth(), timeout, f"its base_url ({s.base_url})",
                                key)
             found.append(Finding(probe.status, area, f"{probe.message}; key {key}, priority {s.priority}, weight "
-                                                     f"{s.weight:g}{_room(rooms, d.quota)}"))
+                                                     f"{s.weight:g}{_room(rooms, d.quota)}"
+                                                     f"{_spent(gateway, d.name, rooms is not None)}"))
     return found
+
+
+def _spent(gateway: Any, name: str, answers: bool) -> str:
+    """What the budgets of the deployments named `name` have spent in their period, as
+    this check's text ("": none; the store not answering: their limits alone)."""
+    shown = []
+    for budget in gateway.budgets.of_deployment(name):
+        status = gateway.budgets.ledger.status(budget) if answers else None
+        spent = f", ${status.spent:,.2f} spent" if status is not None else ""
+        shown.append(f"budget ${budget.limit:,.2f}/{budget.period}{spent}")
+    return "".join(f", {s}" for s in shown)
 
 
 def _room(limiter: Any, quota: Any) -> str:

@@ -19,7 +19,7 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from dataclasses import dataclass, field
 
@@ -154,12 +154,18 @@ class Deployments:
 
     def __init__(self, configured: Mapping[str, list[ModelDeployment]],
                  model_limits: Callable[[str], QuotaLimits | None], headroom: float,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, budgeted: Iterable[str] = ()) -> None:
         """`model_limits(model)`: a model's limits as its quota holds them (its own or the
         default, less the headroom), for a deployment that sets none; `headroom`: the share
-        left unused of a deployment's own."""
+        left unused of a deployment's own; `budgeted`: the deployment names budgets are set
+        for (``scope = "deployment"``), each of which must name one."""
         env = os.environ if environ is None else environ
         problems: list[str] = []
+        known = {s.name for settings in configured.values() for s in settings}
+        for name in sorted(set(budgeted) - known):
+            problems.append(f'[[budgets.limits]] scope = "deployment", name = {name!r}: no deployment has that name '
+                            f"(theirs: {', '.join(sorted(known)) or 'none, [deployments] is empty'}); name one of "
+                            "them, or remove the budget")
         self._by_model: dict[str, list[Deployment]] = {}
         for model, settings in configured.items():
             names = [s.name for s in settings]

@@ -126,7 +126,9 @@ class Gateway:
         self.prices = PriceTable.from_settings(self.config.prices)
         #: Where each model is served, when not only at ``base_url`` (``[deployments]``).
         self.deployments = Deployments(self.config.deployments, partial(self._limits, "model"),
-                                       self.config.model_headroom)
+                                       self.config.model_headroom,
+                                       budgeted=[r.name for r in self.config.budgets.limits
+                                                 if r.scope == "deployment" and r.name is not None])
         #: Prometheus metrics (None with ``[metrics] enabled = false``).
         self.metrics = GatewayMetrics(self.config, self.prices, self.privacy) if self.config.metrics.enabled else None
         #: OpenTelemetry spans (None without ``opentelemetry-api`` or with ``[tracing] enabled = false``).

@@ -102,7 +102,7 @@ _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2, "isolated": 3}
 LANES = ("realtime", "interactive", "batch")
 #: Why a deployment passed a call to another (:mod:`fleetgate.path._async.deploy`).
-SPILL_REASONS = ("quota", "breaker", "unreachable", "upstream_429", "no_credit", "rejected_key", "not_held")
+SPILL_REASONS = ("quota", "budget", "breaker", "unreachable", "upstream_429", "no_credit", "rejected_key", "not_held")
 #: How many distinct model and feature names are remembered with their label.
 _MEMO = 4_096
 

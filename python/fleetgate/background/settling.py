@@ -72,34 +72,35 @@ class Settler:
     def give_back(self, record: PendingCall, handoff: Handoff | None) -> None:
         """Another pod settles a call this pod held: its quota stays as counted, its budget
         hold is given back (the other pod spends the cost directly)."""
-        if handoff is None or handoff.hold is None:
-            return
-        try:
-            self._budgets.release(handoff.hold)
-        except FleetgateError as e:
-            self._stats.count("settle_failures")
-            log.warning("fleetgate: could not give back the hold of background response %s (%s); it lapses by "
-                        "itself", record.response_id, e)
+        for hold in (handoff.hold, handoff.deployment_hold) if handoff is not None else ():
+            if hold is None:
+                continue
+            try:
+                self._budgets.release(hold)
+            except FleetgateError as e:
+                self._stats.count("settle_failures")
+                log.warning("fleetgate: could not give back a hold of background response %s (%s); it lapses by "
+                            "itself", record.response_id, e)
 
     def _settle_holds(self, record: PendingCall, handoff: Handoff, how: How, usage: dict[str, Any] | None,
                       counts: UsageCounts | None, cost: float | None) -> None:
-        call, hold = handoff.call, handoff.hold
-        estimate = call.estimate
+        estimate = handoff.call.estimate
         if handoff.quota is not None:
             tokens = (estimate.settle_with(usage_tokens(usage)) if how == "usage"
                       else 0 if how == "nothing" else estimate.upstream_tokens)
             self._limiter.settle_later(handoff.quota, tokens)
             # Counted as the limit layer counts what it settles at once.
             self._stats.count(f"settled_from_{_QUOTA_SOURCE[how]}")
-        if hold is None:
-            return
-        if how == "nothing":
-            self._budgets.release(hold)
-        elif how == "worst":
-            self._budgets.spend(hold, record.worst, estimate.prompt_tokens, estimate.max_output_tokens)
-        else:
-            assert counts is not None  # settled from its usage
-            self._budgets.spend(hold, cost, counts.prompt, counts.output)
+        for hold in (handoff.hold, handoff.deployment_hold):  # the call's budgets', its deployment's
+            if hold is None:
+                continue
+            if how == "nothing":
+                self._budgets.release(hold)
+            elif how == "worst":
+                self._budgets.spend(hold, record.worst, estimate.prompt_tokens, estimate.max_output_tokens)
+            else:
+                assert counts is not None  # settled from its usage
+                self._budgets.spend(hold, cost, counts.prompt, counts.output)
 
     def _spend_taken(self, record: PendingCall, how: How, cost: float | None) -> bool:
         """Spend a taken-over call's cost on its budgets (and the spend records) directly."""

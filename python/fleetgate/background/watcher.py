@@ -161,9 +161,14 @@ class BackgroundCalls:
         url = urlsplit(str(handoff.request.url))
         host = f"{url.hostname}:{url.port}" if url.port else url.hostname or ""
         where = urlunsplit((url.scheme, host, url.path, "", ""))  # no credentials, no query
-        held = set(hold.reservation.budgets) if hold is not None and not hold.local else set()
-        budgets: list[tuple[str, float, str]] = [(b.name, b.limit, b.period)
-                                                 for b in self._budgets.applicable(call.scope) if b.name in held]
+        # The budgets held across the fleet, the call's and its deployment's: a pod taking it
+        # over spends on them.
+        held = {name for h in (hold, handoff.deployment_hold) if h is not None and not h.local
+                for name in h.reservation.budgets}
+        applicable = self._budgets.applicable(call.scope)
+        if call.deployment is not None:
+            applicable += self._budgets.of_deployment(call.deployment.name)
+        budgets: list[tuple[str, float, str]] = [(b.name, b.limit, b.period) for b in applicable if b.name in held]
         headers = handoff.request.headers
         return PendingCall(
             handoff.response_id, where, call.model, now, now + self.settings.lease_seconds,

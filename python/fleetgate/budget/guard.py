@@ -88,6 +88,9 @@ class Hold:
     local: bool = False
     #: The priced tier the call asked for (:func:`~fleetgate.prices.price_tier`).
     tier: str = "default"
+    #: Its spend is recorded when settled (False: a deployment's hold on a call whose
+    #: spend the call's own hold records).
+    records: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,8 @@ class _Plan:
     budgets: list[Budget]
     price: ModelPrice
     worst: float
+    #: Its spend is recorded (not a deployment's hold).
+    records: bool = True
 
 
 class Budgets:
@@ -146,11 +151,21 @@ class Budgets:
         """The budgets a call in scope `sc` spends from."""
         found = []
         for rule in self.settings.limits:
-            value = {"global": "", "team": sc.team, "feature": sc.feature, "user": sc.user}[rule.scope]
+            value = {"global": "", "team": sc.team, "feature": sc.feature, "user": sc.user}.get(rule.scope)
             if value is None or (rule.name is not None and value != rule.name):
                 continue
             found.append(self._budget(rule, value))
         return found
+
+    @property
+    def of_deployments(self) -> bool:
+        """Whether some budgets are of deployments (``scope = "deployment"``)."""
+        return any(rule.scope == "deployment" for rule in self.settings.limits)
+
+    def of_deployment(self, name: str) -> list[Budget]:
+        """The budgets a call sent to the deployments named `name` spends from."""
+        return [self._budget(rule, name) for rule in self.settings.limits
+                if rule.scope == "deployment" and rule.name in (None, name)]
 
     def named(self) -> list[Budget]:
         """The budgets whose number is bounded: the global ones and those of a named team,
@@ -196,24 +211,27 @@ class Budgets:
         return price, price.worst(prompt, estimate.max_output_tokens, tier=price_tier(estimate.service_tier))
 
     def hold(self, estimate: Estimate, sc: Scope, reservation: BudgetReservation, price: ModelPrice,
-             local: bool = False) -> Hold:
+             local: bool = False, records: bool = True) -> Hold:
         label = self.privacy.label
         return Hold(reservation, price, estimate.model, label("feature", sc.feature) or "",
                     label("user", sc.user) or "", label("team", sc.team) or "", local,
-                    price_tier(estimate.service_tier))
+                    price_tier(estimate.service_tier), records)
 
     # -- reserving ---------------------------------------------------------------------------
 
-    def reserve(self, estimate: Estimate, sc: Scope, *, lease: float | None = None) -> Hold | None:
+    def reserve(self, estimate: Estimate, sc: Scope, *, lease: float | None = None,
+                deployment: str | None = None) -> Hold | None:
         """Hold the call's worst-case cost on every budget of scope `sc`, or on none. None
         when no budget is configured, or the model has no price and ``unpriced = "allow"``.
+        `deployment`: on the budgets of the deployments of that name instead (None when it
+        has none), a hold whose spend is not recorded (the call's own hold records it).
         Raises BudgetExceeded (a budget has no room: see :meth:`when_refused`), ConfigError
         (no price, ``unpriced = "refuse"``) or StoreUnavailable (the store is down and
         ``failure_policy = "fail_closed"``); with ``fail_open`` a call made while the store
         is down is held on this pod's share of each budget (counted in ``budget_fail_open``;
         refusals are the caller's to count). `lease`: how long the hold lasts unsettled
         (default ``[budgets] reservation_seconds``; a background call's is its life)."""
-        plan = self._plan(estimate, sc)
+        plan = self._plan(estimate, sc, deployment)
         if plan is None:
             return None
         if self._goes_without_store(plan):
@@ -226,9 +244,10 @@ class Budgets:
             return self._without_store(plan, estimate, sc, e, lease)
         return self._held(plan, estimate, sc, reservation)
 
-    async def reserve_async(self, estimate: Estimate, sc: Scope, *, lease: float | None = None) -> Hold | None:
+    async def reserve_async(self, estimate: Estimate, sc: Scope, *, lease: float | None = None,
+                            deployment: str | None = None) -> Hold | None:
         """:meth:`reserve`, waiting for the store off the event loop."""
-        plan = self._plan(estimate, sc)
+        plan = self._plan(estimate, sc, deployment)
         if plan is None:
             return None
         if self._goes_without_store(plan):
@@ -255,11 +274,17 @@ class Budgets:
             return "refuse", 0.0
         return action, 0.0
 
-    def _plan(self, estimate: Estimate, sc: Scope) -> _Plan | None:
-        if not self.active:
+    def _plan(self, estimate: Estimate, sc: Scope, deployment: str | None) -> _Plan | None:
+        if deployment is not None:
+            budgets = self.of_deployment(deployment)
+            if not budgets:
+                return None
+        elif not self.active:
             return None
         price, worst = self.worst_case(estimate)
-        return None if price is None else _Plan(self.applicable(sc), price, worst)
+        if price is None:
+            return None
+        return _Plan(self.applicable(sc) if deployment is None else budgets, price, worst, deployment is None)
 
     def _goes_without_store(self, plan: _Plan) -> bool:
         """Whether the call skips the store: it is down (within its recheck interval), or
@@ -269,7 +294,7 @@ class Budgets:
     def _held(self, plan: _Plan, estimate: Estimate, sc: Scope, reservation: BudgetReservation) -> Hold:
         if plan.budgets:
             self._outage.answered("budgets are held across the fleet again")
-        return self.hold(estimate, sc, reservation, plan.price)
+        return self.hold(estimate, sc, reservation, plan.price, records=plan.records)
 
     def _without_store(self, plan: _Plan, estimate: Estimate, sc: Scope, error: StoreUnavailable | None,
                        lease: float | None = None) -> Hold:
@@ -289,7 +314,7 @@ class Budgets:
             raise BudgetExceeded(f"{e} (this pod's share, {self.local_share:g} of the budget, while "
                                  f"{self.store_name} is unavailable)", e.budget, e.resets_at, e.limit, e.spent) from e
         self._count("budget_fail_open")
-        return self.hold(estimate, sc, reservation, plan.price, local=True)
+        return self.hold(estimate, sc, reservation, plan.price, local=True, records=plan.records)
 
     def _store_failed(self, error: StoreUnavailable) -> None:
         meanwhile = (f"calls are held on this pod's share ({self.local_share:g}) of each budget until it answers"
@@ -318,7 +343,7 @@ class Budgets:
             self._count("budget_settled_from_estimate")
         ledger = self._local if hold.local else self.ledger
         ledger.settle_later(hold.reservation, cost, model=hold.model, feature=hold.feature, user=hold.user,
-                            team=hold.team)
+                            team=hold.team, record=hold.records)
 
     def release(self, hold: Hold | None) -> None:
         """Nothing was spent (the call never reached upstream, or upstream refused it)."""

@@ -12,11 +12,14 @@ __all__ = ["BudgetLimit", "BudgetSettings", "PresetSettings"]
 
 class BudgetLimit(BaseModel):
     """One dollar budget. ``scope = "feature"`` with ``name`` is that feature's budget;
-    without ``name`` every feature gets a budget of this size (likewise users and teams)."""
+    without ``name`` every feature gets a budget of this size (likewise users and teams).
+    ``scope = "deployment"``: the spend of the deployments of that name (``[deployments]``;
+    a project's, whatever model it serves); one that has spent it passes its calls on to the
+    model's next deployment, and the last one's refusal is the call's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    scope: Literal["global", "team", "feature", "user"] = "global"
+    scope: Literal["global", "team", "feature", "user", "deployment"] = "global"
     name: str | None = Field(default=None, min_length=1)
     dollars: float = Field(gt=0)
     period: Literal["day", "month"] = "day"

@@ -106,6 +106,8 @@ class Handoff:
     quota: Reservation | None = None
     #: The budget layer's hold (None: no budget holds the call).
     hold: Hold | None = None
+    #: The hold on the budgets of the deployment that took it (``scope = "deployment"``).
+    deployment_hold: Hold | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -286,13 +286,14 @@ async fn reserve_within(
     }
 }
 
-fn labels(model: &str, feature: &str, user: &str, team: &str) -> fg::SpendLabels {
-    fg::SpendLabels {
+/// The labels a cost is recorded under; `None` when it is not recorded.
+fn labels(record: bool, model: &str, feature: &str, user: &str, team: &str) -> Option<fg::SpendLabels> {
+    record.then(|| fg::SpendLabels {
         model: model.to_owned(),
         feature: feature.to_owned(),
         user: user.to_owned(),
         team: team.to_owned(),
-    }
+    })
 }
 
 impl Ledger {
@@ -368,9 +369,9 @@ impl Ledger {
     }
 
     /// Settle with what the call really cost: the reservation ends, the cost is added to each
-    /// budget and to the spend records. Returns the alerts it crossed (also given to
-    /// `on_alert`) as `(budget, threshold, spent, limit, period)`.
-    #[pyo3(signature = (reservation, dollars, *, model="", feature="", user="", team=""))]
+    /// budget and (`record`) to the spend records. Returns the alerts it crossed (also given
+    /// to `on_alert`) as `(budget, threshold, spent, limit, period)`.
+    #[pyo3(signature = (reservation, dollars, *, model="", feature="", user="", team="", record=true))]
     #[allow(clippy::too_many_arguments)]
     fn settle(
         &self,
@@ -381,13 +382,14 @@ impl Ledger {
         feature: &str,
         user: &str,
         team: &str,
+        record: bool,
     ) -> PyResult<Vec<AlertTuple>> {
-        let labels = labels(model, feature, user, team);
-        let alerts = match self.inner.settle_embedded(&reservation.inner, dollars, &labels) {
+        let labels = labels(record, model, feature, user, team);
+        let alerts = match self.inner.settle_embedded(&reservation.inner, dollars, labels.as_ref()) {
             Some(done) => done.py_err()?,
             None => {
                 let (ledger, reservation) = (&self.inner, &reservation.inner);
-                block_on(py, ledger.settle(reservation, dollars, &labels)).py_err()?
+                block_on(py, ledger.settle(reservation, dollars, labels.as_ref())).py_err()?
             }
         };
         Ok(self.alerts(py, alerts))
@@ -396,7 +398,7 @@ impl Ledger {
     /// `settle` without waiting: in place when embedded, else in the background, alerts
     /// going to `on_alert`. A second settle raises here; a Redis failure is logged on the
     /// `fleetgate` logger (the hold then lapses after its lease, and the cost is not counted).
-    #[pyo3(signature = (reservation, dollars, *, model="", feature="", user="", team=""))]
+    #[pyo3(signature = (reservation, dollars, *, model="", feature="", user="", team="", record=true))]
     #[allow(clippy::too_many_arguments)]
     fn settle_later(
         &self,
@@ -407,13 +409,14 @@ impl Ledger {
         feature: &str,
         user: &str,
         team: &str,
+        record: bool,
     ) -> PyResult<()> {
-        let labels = labels(model, feature, user, team);
-        if let Some(done) = self.inner.settle_embedded(&reservation.inner, dollars, &labels) {
+        let labels = labels(record, model, feature, user, team);
+        if let Some(done) = self.inner.settle_embedded(&reservation.inner, dollars, labels.as_ref()) {
             deliver(py, self.callback(), &done.py_err()?);
             return Ok(());
         }
-        let settlement = self.inner.claim_settlement(&reservation.inner, dollars, &labels).py_err()?;
+        let settlement = self.inner.claim_settlement(&reservation.inner, dollars, labels.as_ref()).py_err()?;
         let (ledger, reservation, on_alert) =
             (Arc::clone(&self.inner), Arc::clone(&reservation.inner), self.on_alert.clone());
         runtime().spawn(async move {

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import httpx2
 
-from fleetgate.budget.guard import Budgets, Hold
-from fleetgate.errors import BudgetExceeded, ConfigError, FleetgateError, StoreUnavailable
+from fleetgate.budget.guard import Budgets
+from fleetgate.errors import BudgetExceeded, ConfigError, StoreUnavailable
 from fleetgate.path._async.layer import Layer, Next
-from fleetgate.path.call import Call, Outcome, Refused
-from fleetgate.path.settle import settle_failed
+from fleetgate.path.call import Call, Refused
+from fleetgate.path.settle import release_hold, settle_hold
 from fleetgate.stats import GatewayStats
 
 __all__ = ["Budget"]
@@ -44,31 +44,7 @@ class Budget(Layer):
         try:
             response = await next(call)
         except BaseException:
-            self._release(hold)
+            release_hold(self.budgets, self.stats, hold)
             raise
-        call.when_done(lambda outcome: self._settle(call, hold, outcome))
+        call.when_done(lambda outcome: settle_hold(self.budgets, self.stats, call, hold, outcome))
         return response
-
-    def _settle(self, call: Call, hold: Hold, outcome: Outcome) -> None:
-        """Spend what the call cost: its usage priced, else the prompt and what it wrote (a
-        stream's deltas; the most it could write when that is unknown); a background
-        response's hold is left to be settled when it ends."""
-        if outcome.later is not None:
-            outcome.later.hold = hold
-            return
-        if not outcome.billed:
-            self._release(hold)
-            return
-        cost = call.timing.cost if outcome.usage is not None else None
-        output = outcome.deltas if call.stream else call.estimate.max_output_tokens
-        try:
-            self.budgets.spend(hold, cost, call.estimate.input_tokens, output)
-        except FleetgateError as e:
-            settle_failed(self.stats, e)
-
-    def _release(self, hold: Hold) -> None:
-        try:
-            self.budgets.release(hold)
-        except FleetgateError as e:
-            settle_failed(self.stats, e)
-

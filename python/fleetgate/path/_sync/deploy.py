@@ -34,12 +34,14 @@ from collections.abc import Callable
 import httpx2
 
 from fleetgate._core import Breaker as CircuitBreaker
+from fleetgate.budget.guard import Budgets, Hold
 from fleetgate.chains import continued
 from fleetgate.deployments import Deployment, Deployments
-from fleetgate.errors import CircuitOpen, RateLimited
+from fleetgate.errors import BudgetExceeded, CircuitOpen, ConfigError, RateLimited, StoreUnavailable
 from fleetgate.metrics import GatewayMetrics
 from fleetgate.path._sync.layer import Layer, Next
 from fleetgate.path.call import Call, Refused
+from fleetgate.path.settle import release_hold, settle_hold
 from fleetgate.path.wire import retry_wait
 from fleetgate.stats import GatewayStats
 
@@ -60,8 +62,11 @@ class Deploy(Layer):
     name = "deploy"
 
     def __init__(self, deployments: Deployments, breaker_for: Callable[[str, str], CircuitBreaker | None],
-                 stats: GatewayStats, metrics: GatewayMetrics | None) -> None:
+                 stats: GatewayStats, metrics: GatewayMetrics | None, budgets: Budgets | None = None,
+                 background_lease: float = 0.0) -> None:
+        """`budgets`: the gateway's, when some are of deployments (``scope = "deployment"``)."""
         self.deployments, self.breaker_for, self.stats, self.metrics = deployments, breaker_for, stats, metrics
+        self.budgets, self.background_lease = budgets, background_lease
 
     def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
         # The chain it continues is held at its home, and only there.
@@ -97,10 +102,19 @@ class Deploy(Layer):
         went no further: a spill's reason (those without room now added to `full`), or
         :data:`_SHARED`."""
         call.deployment, call.spill = deployment, full is not None
+        hold = None
+        if self.budgets is not None:
+            try:
+                hold = self._hold(call, deployment)
+            except Refused as e:
+                if full is None or not isinstance(e.error, BudgetExceeded):
+                    raise
+                return self._spilled(call, deployment, "budget")
         call.request = deployment.request_for(asked, call.endpoint)
         try:
             response = next(call)
         except Refused as e:
+            self._release(hold)
             if full is None or not isinstance(e.error, (CircuitOpen, RateLimited)):
                 raise
             if isinstance(e.error, RateLimited):
@@ -109,9 +123,17 @@ class Deploy(Layer):
                 full.append(deployment)
             return self._spilled(call, deployment, "quota" if isinstance(e.error, RateLimited) else "breaker")
         except httpx2.TransportError:
+            self._release(hold)
             if full is None:
                 raise
             return self._spilled(call, deployment, "unreachable")
+        except BaseException:
+            self._release(hold)
+            raise
+        if hold is not None:
+            budgets = self.budgets
+            assert budgets is not None
+            call.when_done(lambda outcome: settle_hold(budgets, self.stats, call, hold, outcome))
         reason = self._cannot_take(call, deployment, response)
         if reason is not None and full is not None:
             response.close()
@@ -120,6 +142,22 @@ class Deploy(Layer):
             return self._spilled(call, deployment, reason)
         call.marks["x-fleetgate-upstream"] = deployment.name
         return response
+
+    def _hold(self, call: Call, deployment: Deployment) -> Hold | None:
+        """The call's worst case held on `deployment`'s budgets (None: it has none). Refused:
+        one of them is spent (``BudgetExceeded``), or the store is down under ``fail_closed``."""
+        assert self.budgets is not None
+        lease = self.background_lease if call.body.get("background") is True else None
+        try:
+            return self.budgets.reserve(call.estimate, call.scope, lease=lease,
+                                                    deployment=deployment.name)
+        except (BudgetExceeded, ConfigError, StoreUnavailable) as e:
+            self.stats.count("budget_refused" if isinstance(e, BudgetExceeded) else "refused")
+            raise Refused(e, self.name) from e
+
+    def _release(self, hold: Hold | None) -> None:
+        if hold is not None and self.budgets is not None:
+            release_hold(self.budgets, self.stats, hold)
 
     def _spilled(self, call: Call, deployment: Deployment, reason: str) -> str:
         """`deployment` could not take `call` (`reason`: one of

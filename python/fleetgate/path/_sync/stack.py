@@ -60,7 +60,9 @@ def layers(gateway: Services, inner: httpx2.BaseTransport) -> list[Layer]:
         Budget(g.budgets, stats, cfg.background.lease_seconds) if g.budgets.active else None,
         Lanes(g.lanes_for, stats, metrics) if cfg.lanes.concurrency is not None or cfg.lanes.models else None,
         Retry(cfg.max_upstream_retries, stats, metrics,
-              Deploy(g.deployments, g.breaker_for, stats, metrics) if g.deployments else None),
+              Deploy(g.deployments, g.breaker_for, stats, metrics,
+                     g.budgets if g.budgets.of_deployments else None, cfg.background.lease_seconds)
+              if g.deployments else None),
         Breaker(g.breaker_for, stats) if g.breakers is not None else None,
         Limit(g.limiter, g.quotas_for, stats, metrics),
         Upstream(inner, g.modes, g.prices, metrics, g.layout),

@@ -210,7 +210,7 @@ impl Ledger {
         &self,
         reservation: &BudgetReservation,
         actual_dollars: f64,
-        labels: &SpendLabels,
+        labels: Option<&SpendLabels>,
     ) -> Option<Result<Vec<Alert>>> {
         let Backend::Local(local) = &self.backend else { return None };
         Some(
@@ -221,12 +221,13 @@ impl Ledger {
 
     /// End the reservation and add `actual_dollars` to each budget's period (the one it was
     /// made in), also when the reservation had lapsed; returns the alerts this crossed for
-    /// the first time, fleet-wide.
+    /// the first time, fleet-wide. The cost is recorded under `labels`; `None`: not recorded
+    /// (a second hold on the same call, whose cost another settlement records).
     pub async fn settle(
         &self,
         reservation: &BudgetReservation,
         actual_dollars: f64,
-        labels: &SpendLabels,
+        labels: Option<&SpendLabels>,
     ) -> Result<Vec<Alert>> {
         let settlement = self.claim_settlement(reservation, actual_dollars, labels)?;
         self.apply(reservation, settlement).await
@@ -238,11 +239,13 @@ impl Ledger {
         &self,
         reservation: &BudgetReservation,
         actual_dollars: f64,
-        labels: &SpendLabels,
+        labels: Option<&SpendLabels>,
     ) -> Result<Settlement> {
         let nanos = settle_nanos(actual_dollars)?;
-        let record =
-            if nanos > 0 { Some((local_day(self.report_tz, reservation.made_at)?, labels.joined()?)) } else { None };
+        let record = match labels {
+            Some(labels) if nanos > 0 => Some((local_day(self.report_tz, reservation.made_at)?, labels.joined()?)),
+            _ => None,
+        };
         self.claim(reservation)?;
         Ok(Settlement { nanos, record })
     }
@@ -425,7 +428,7 @@ mod tests {
     }
 
     fn settle(ledger: &Ledger, r: &BudgetReservation, dollars: f64) -> Vec<u16> {
-        let alerts = ledger.settle_embedded(r, dollars, &SpendLabels::default()).expect("embedded").unwrap();
+        let alerts = ledger.settle_embedded(r, dollars, Some(&SpendLabels::default())).expect("embedded").unwrap();
         alerts.iter().map(|a| (a.threshold * 100.0).round() as u16).collect()
     }
 
@@ -516,7 +519,7 @@ mod tests {
 
         let other = budget("leaping", 1.0, &[0.5, 0.9, 1.0]);
         let r = reserve(&ledger, &[Arc::clone(&other)], 1.0).unwrap();
-        let alerts = ledger.settle_embedded(&r, 0.95, &SpendLabels::default()).unwrap().unwrap();
+        let alerts = ledger.settle_embedded(&r, 0.95, Some(&SpendLabels::default())).unwrap().unwrap();
         assert_eq!(alerts.len(), 2, "one settle crossing two thresholds fires both");
         assert_eq!(
             alerts[1],
@@ -543,11 +546,11 @@ mod tests {
         let (ledger, other) = (ledger(), Ledger::new(None, Tz::UTC));
         let b = budget("once", 1.0, &[]);
         let r = reserve(&ledger, &[Arc::clone(&b)], 0.5).unwrap();
-        let foreign = other.settle_embedded(&r, 0.1, &SpendLabels::default()).unwrap().unwrap_err();
+        let foreign = other.settle_embedded(&r, 0.1, Some(&SpendLabels::default())).unwrap().unwrap_err();
         assert!(foreign.to_string().contains("another ledger"), "{foreign}");
         settle(&ledger, &r, 0.25);
         assert!(r.is_ended());
-        let again = ledger.settle_embedded(&r, 0.25, &SpendLabels::default()).unwrap().unwrap_err();
+        let again = ledger.settle_embedded(&r, 0.25, Some(&SpendLabels::default())).unwrap().unwrap_err();
         assert!(matches!(again, Error::InvalidArgument(_)) && again.to_string().contains("already settled"), "{again}");
         assert!(ledger.release_embedded(&r).unwrap().is_err());
         let s = status(&ledger, &b);
@@ -577,7 +580,7 @@ mod tests {
         };
         for (model, user, cost) in [("gpt-4.1", "u1", 0.5), ("gpt-4.1", "u1", 0.25), ("gpt-4.1-mini", "u2", 0.01)] {
             let r = reserve(&ledger, &[Arc::clone(&b)], 1.0).unwrap();
-            ledger.settle_embedded(&r, cost, &labels(model, user)).unwrap().unwrap();
+            ledger.settle_embedded(&r, cost, Some(&labels(model, user))).unwrap().unwrap();
         }
         let released = reserve(&ledger, &[Arc::clone(&b)], 1.0).unwrap();
         ledger.release_embedded(&released).unwrap().unwrap();
@@ -589,9 +592,19 @@ mod tests {
         let bad = ledger.report_embedded(&["29/03/2026".into()]).unwrap().unwrap_err();
         assert!(bad.to_string().contains("YYYY-MM-DD"), "{bad}");
         let r = reserve(&ledger, &[b], 1.0).unwrap();
-        let sep = ledger.settle_embedded(&r, 0.1, &labels("a\x1fb", "u")).unwrap().unwrap_err();
+        let sep = ledger.settle_embedded(&r, 0.1, Some(&labels("a\x1fb", "u"))).unwrap().unwrap_err();
         assert!(sep.to_string().contains("model label"), "{sep}");
         assert!(!r.is_ended(), "a refused settlement leaves the reservation to settle again");
+    }
+
+    #[test]
+    fn a_settlement_without_labels_spends_on_its_budgets_and_records_nothing() {
+        let ledger = ledger();
+        let b = budget("project", 10.0, &[]);
+        let r = reserve(&ledger, &[Arc::clone(&b)], 1.0).unwrap();
+        assert!(ledger.settle_embedded(&r, 0.4, None).unwrap().unwrap().is_empty());
+        assert_eq!(status(&ledger, &b).spent, 0.4);
+        assert!(ledger.report_embedded(&["2026-03-29".into()]).unwrap().unwrap().is_empty());
     }
 
     #[test]
@@ -600,7 +613,7 @@ mod tests {
         let r = reserve(&ledger, &[], 5.0).unwrap();
         assert!(r.parts.is_empty());
         let labels = SpendLabels { model: "gpt-4.1".into(), ..Default::default() };
-        assert!(ledger.settle_embedded(&r, 0.5, &labels).unwrap().unwrap().is_empty());
+        assert!(ledger.settle_embedded(&r, 0.5, Some(&labels)).unwrap().unwrap().is_empty());
         let rows = ledger.report_embedded(&["2026-03-29".into()]).unwrap().unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].model.as_str(), rows[0].dollars), ("gpt-4.1", 0.5));
