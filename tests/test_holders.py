@@ -16,7 +16,7 @@ import openai
 import pytest
 
 import fleetgate as fg
-from fleetgate.testing.fake_openai import FakeConfig, FakeOpenAI
+from fleetgate.testing.fake_openai import AzureShape, FakeConfig, FakeOpenAI
 from fleetgate.testing.fake_openai.config import BatchTimings
 from tests.polling import until
 
@@ -164,3 +164,26 @@ def test_a_batch_job_keeps_to_one_deployment_of_its_model(tmp_path: Path) -> Non
     assert report.done and report.succeeded == 40 and len(answers) == 40
     assert len(held_at(first)[1]) == 3, "the job's batches were not all made at its model's first deployment"
     assert held_at(base)[1] == set() and held_at(second)[1] == set()
+
+
+def test_files_and_batches_of_an_azure_deployment_are_the_resources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Azure deployment's files and batches are its resource's (``/openai/files``,
+    ``/openai/batches``, with its ``api-version`` and ``api-key``), not under the
+    deployment's path: a batch job on it runs there from upload to collection."""
+    monkeypatch.setenv("FG_HOLDERS_AZURE_KEY", "azure-key-2468")
+    region_config = FakeConfig(batch=QUICK, api_key="azure-key-2468", azure=AzureShape(deployments={"mini-se": MODEL}))
+    with FakeOpenAI(FakeConfig(batch=QUICK)) as base, FakeOpenAI(region_config) as region:
+        gate = fg.Gateway(base_url=base.base_url, batch={"poll_min_seconds": 0.02, "poll_max_seconds": 0.2},
+                          deployments={MODEL: [fg.ModelDeployment(
+                              name="sweden", base_url=region.azure_endpoint, api_key_env="FG_HOLDERS_AZURE_KEY",
+                              azure_deployment="mini-se", api_version="2024-10-21")]})
+        client = gate.openai(api_key="sk-caller", max_retries=0)
+        file_id, where = upload(client, batch_input(2), **FOR_MODEL)
+        batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+        until(lambda: client.batches.retrieve(batch.id).status == "completed")
+        output = client.batches.retrieve(batch.id).output_file_id
+        assert output is not None
+        lines = client.files.content(output).text.splitlines()
+        gate.close()
+    assert where == "sweden" and len(lines) == 2
+    assert held_at(base) == (set(), set()) and held_at(region)[1] == {batch.id}

@@ -4,6 +4,7 @@ for one Azure OpenAI resource, whose deployments each serve one model.
     POST /openai/deployments/{deployment}/chat/completions?api-version=…
     POST /openai/deployments/{deployment}/completions?api-version=…
     POST /openai/deployments/{deployment}/embeddings?api-version=…
+    /openai/files…, /openai/batches…?api-version=…   (the resource's, not a deployment's)
 
 (the paths ``openai.AzureOpenAI(azure_endpoint=fake.azure_endpoint, …)`` calls; Azure's
 classic shape has no Responses API). A request is answered in three steps:
@@ -29,7 +30,7 @@ from fleetgate.testing.fake_openai.api import ApiError, Completion, plan_chat, p
 from fleetgate.testing.fake_openai.config import AzureShape, FakeConfig
 from fleetgate.testing.fake_openai.other_endpoints import plan_completions
 
-__all__ = ["AZURE_PREFIX", "AzureError", "deployment_model", "routes"]
+__all__ = ["AZURE_PREFIX", "AzureError", "deployment_model", "resource_routes", "routes"]
 
 AZURE_PREFIX = "/openai/"
 
@@ -95,3 +96,17 @@ def routes(shape: AzureShape, complete: Complete) -> list[web.RouteDef]:
 
     return [web.post(f"{AZURE_PREFIX}deployments/{{deployment}}{path}", handler(planner))
             for path, planner in _PLANNERS.items()]
+
+
+def resource_routes(shape: AzureShape, held: list[web.RouteDef]) -> list[web.RouteDef]:
+    """The resource's files and batches (``/openai/files…``, ``/openai/batches…``): the
+    ``/v1/…`` routes `held`, each behind the ``api-version`` check."""
+    def versioned(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            _check_version(shape, request)
+            return await handler(request)
+        return handle
+
+    return [web.route(route.method, AZURE_PREFIX + route.path.removeprefix("/v1/"), versioned(route.handler))
+            for route in held]

@@ -85,6 +85,17 @@ class _Server:
         from fleetgate.testing.fake_openai.other_endpoints import routes as other_routes
 
         app = web.Application(client_max_size=256 * 1024 * 1024, middlewares=[self._errors, self._key_check])
+        held = [  # files and batches: the project's (Azure: the resource's)
+            web.post("/v1/files", self.files.upload),
+            web.get("/v1/files", self.files.list_all),
+            web.get("/v1/files/{id}", self.files.retrieve),
+            web.get("/v1/files/{id}/content", self.files.content),
+            web.delete("/v1/files/{id}", self.files.delete),
+            web.post("/v1/batches", self.batches.create),
+            web.get("/v1/batches", self.batches.list_all),
+            web.get("/v1/batches/{id}", self.batches.retrieve),
+            web.post("/v1/batches/{id}/cancel", self.batches.cancel),
+        ]
         app.add_routes([
             web.get("/v1/models", self.models),
             *Sockets(self).routes(),  # GET /v1/responses (WebSocket mode), GET /v1/realtime
@@ -96,20 +107,13 @@ class _Server:
             web.post("/v1/responses/{id}/cancel", self.background.cancel),
             web.post("/v1/embeddings", self.embeddings),
             *other_routes(self._complete),
-            web.post("/v1/files", self.files.upload),
-            web.get("/v1/files", self.files.list_all),
-            web.get("/v1/files/{id}", self.files.retrieve),
-            web.get("/v1/files/{id}/content", self.files.content),
-            web.delete("/v1/files/{id}", self.files.delete),
-            web.post("/v1/batches", self.batches.create),
-            web.get("/v1/batches", self.batches.list_all),
-            web.get("/v1/batches/{id}", self.batches.retrieve),
-            web.post("/v1/batches/{id}/cancel", self.batches.cancel),
+            *held,
             web.get("/fleetgate/counters", self.counters_view),
             *UsageApi(self.bill).routes(),
         ])
         if self.config.azure is not None:
             app.add_routes(azure.routes(self.config.azure, self._complete))
+            app.add_routes(azure.resource_routes(self.config.azure, held))
         app.on_cleanup.append(self.batches.shutdown)
         app.on_cleanup.append(self.background.shutdown)
         return app
