@@ -189,6 +189,8 @@ class Call:
     #: refusal there spills it to the next (no waiting for that deployment's quota).
     deployment: Deployment | None = None
     spill: bool = False
+    #: The longest the limit layer waits for room in its quotas (None: until the deadline).
+    quota_wait: float | None = None
     #: The deployment holding the Responses chain it continues (None: not known, or none).
     home: str | None = None
     #: ``x-fleetgate-*`` headers the record layer writes on the answer.

@@ -12,10 +12,13 @@ its breaker open or paused (``CircuitOpen``), its quota without room now
 (``RateLimited``), no connection (a region down), upstream's 429 (``rate_limit_exceeded``,
 ``insufficient_quota``) or a rejected key (401, 403); a refusal by a quota every
 deployment shares (its user's, feature's or team's) has the call wait where it is. When
-every one refused, the call is sent once more, as to a single upstream, to the deployment
-whose room comes back first (none being full: the last one tried): it waits for room
-within the deadline, and its refusal or answer is the call's (the retry layer then tries
-them all again after upstream's wait). A model with one deployment is sent there as to a single upstream. A
+every one refused it for want of room, it waits for room at the one whose room comes back
+first, for about a second beyond when it should, then the deployments are drawn again
+(so that waiting calls go where room is, not where it was); within the last such wait
+the deadline allows, and when none was out of room (breakers, keys, regions down) at the
+last one tried, the call is sent as to a single upstream: its refusal or answer is the
+call's (the retry layer then tries them all again after upstream's wait). A model with
+one deployment is sent there as to a single upstream. A
 rejected key isolates its deployment for the fleet (its breaker; without breakers, this
 pod leaves it out for a minute): the model keeps being served by the rest. A call
 continuing a Responses chain goes only to the deployment holding it, as the chain ledger
@@ -28,6 +31,7 @@ counted (``fleetgate_deployment_spills_total``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import httpx2
@@ -50,6 +54,9 @@ log = logging.getLogger("fleetgate")
 
 #: How long this pod leaves out a deployment whose key was rejected, without breakers.
 _REJECTED_FOR = 60.0
+#: How long a call every deployment refused for now waits for room at the one whose room
+#: comes back first, beyond when it should, before the deployments are drawn again.
+_WAIT_ON_ONE = 1.0
 #: A quota every deployment shares (its user's, feature's, team's) refused the call: it
 #: waits where it is, as on a single upstream.
 _SHARED = "shared"
@@ -75,32 +82,45 @@ class Deploy(Layer):
             return await next(call)
         asked = call.request
         try:
-            full: list[Deployment] = []  # those that had no room for it now
-            last: Deployment | None = None
-            if len(order) > 1:
+            while len(order) > 1:
+                full: list[Deployment] = []  # those that had no room for it now
                 for deployment in order:
                     answer = await self._try(call, next, deployment, asked, full)
                     if isinstance(answer, httpx2.Response):
                         return answer
                     if answer == _SHARED:  # a quota every deployment shares refused it: wait here
-                        last = deployment
-                        break
-            # Each one refused: it waits on the one whose room comes back first (or, none
-            # being full, the last one decides), as a single upstream would.
-            if last is None:
-                last = min(full, key=lambda d: d.empty_until) if full else order[-1]
-            answer = await self._try(call, next, last, asked, None)
-            assert isinstance(answer, httpx2.Response)  # the last try answers or raises
-            return answer
+                        return await self._last(call, next, deployment, asked)
+                if not full:  # none was out of room (breakers, keys, regions): the last one decides
+                    break
+                # Every one with room to come is out of it now: the call waits for the one
+                # whose room comes back first, a while (waiting longer there while another
+                # has room again would leave that one idle), then they are drawn again.
+                soonest = min(full, key=lambda d: d.empty_until)
+                wait = max(0.0, soonest.empty_until - time.monotonic()) + _WAIT_ON_ONE
+                if wait >= call.seconds_left():
+                    return await self._last(call, next, soonest, asked)
+                answer = await self._try(call, next, soonest, asked, [], wait)
+                if isinstance(answer, httpx2.Response):
+                    return answer
+                order = self.deployments.order(call.model, call.body)
+            return await self._last(call, next, order[-1], asked)
         finally:
-            call.request, call.spill = asked, False
+            call.request, call.spill, call.quota_wait = asked, False, None
+
+    async def _last(self, call: Call, next: Next, deployment: Deployment,  # noqa: A002
+                    asked: httpx2.Request) -> httpx2.Response:
+        """`call` sent to `deployment` as to a single upstream: its answer or its refusal is the call's."""
+        answer = await self._try(call, next, deployment, asked, None)
+        assert isinstance(answer, httpx2.Response)  # a try that may not spill answers or raises
+        return answer
 
     async def _try(self, call: Call, next: Next, deployment: Deployment, asked: httpx2.Request,  # noqa: A002
-                   full: list[Deployment] | None) -> httpx2.Response | str:
-        """Send `call` to `deployment`: its answer, or (`full` given: it may spill) why it
-        went no further: a spill's reason (those without room now added to `full`), or
-        :data:`_SHARED`."""
+                   full: list[Deployment] | None, wait: float = 0.0) -> httpx2.Response | str:
+        """Send `call` to `deployment`: its answer, or (`full` given: it may spill, after
+        waiting up to `wait` seconds for room in its quota) why it went no further: a
+        spill's reason (those without room now added to `full`), or :data:`_SHARED`."""
         call.deployment, call.spill = deployment, full is not None
+        call.quota_wait = wait if full is not None else None
         hold = None
         if self.budgets is not None:
             try:

@@ -58,9 +58,11 @@ class Limit(Layer):
         decision = None
         if quotas:
             asked = time.perf_counter()
+            timeout = call.seconds_left()
+            if call.quota_wait is not None:  # a deployment's try that spills after a while
+                timeout = min(timeout, call.quota_wait)
             try:
-                decision = await self.limiter.acquire_async(quotas, tokens=call.estimate.tokens,
-                                                            timeout=0.0 if call.spill else call.seconds_left())
+                decision = await self.limiter.acquire_async(quotas, tokens=call.estimate.tokens, timeout=timeout)
                 if deployment is not None:
                     deployment.noted(decision)
             except (RateLimited, StoreUnavailable, ConfigError) as e:
