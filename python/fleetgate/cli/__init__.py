@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("fleetgate.cli.check", "check"),
     "prompts": ("fleetgate.cli.prompts", "prompts"),
     "mode": ("fleetgate.cli.mode", "mode"),
+    "serve": ("fleetgate.cli.serve", "serve"),
+    "keys": ("fleetgate.cli.keys", "keys"),
 }
 
 

@@ -27,11 +27,12 @@ from fleetgate.config.privacy import PrivacySettings
 from fleetgate.config.prompts import PromptSettings
 from fleetgate.config.routing import DeploymentSettings, RolloutSettings, RoutingSettings, TierSettings
 from fleetgate.config.server_context import ServerContextSettings
+from fleetgate.config.serve import ServeKey, ServeSettings
 
 __all__ = [
     "ENVIRONMENTS", "BackgroundSettings", "PromptSettings", "BatchSettings", "BreakerSettings", "LoggingSettings", "BudgetLimit", "BudgetSettings", "CacheSettings", "DedupSettings", "FallbackSettings", "GatewayConfig",
     "LaneSettings", "PresetSettings", "PriceFields", "PriceSettings", "PrivacySettings", "QuotaLimits", "SemanticSettings",
     "LongContextFields", "RateFields", "TierFields",
     "DeploymentSettings", "MODES", "ModeSettings", "ModeTrigger", "RolloutSettings", "RoutingSettings", "TierSettings",
-    "ServerContextSettings", "ModelDeployment",
+    "ServerContextSettings", "ModelDeployment", "ServeKey", "ServeSettings",
 ]

@@ -16,6 +16,7 @@ from fleetgate.config.budgets import BudgetSettings, PresetSettings
 from fleetgate.config.cache import CacheSettings
 from fleetgate.config.dedup import DedupSettings
 from fleetgate.config.deployments import ModelDeployment
+from fleetgate.config.serve import ServeSettings
 from fleetgate.config.environments import Environment, _EnvironmentPreset
 from fleetgate.config.fallback import FallbackSettings
 from fleetgate.config.limits import LaneSettings, QuotaLimits
@@ -68,6 +69,8 @@ class GatewayConfig(BaseSettings):
     #: projects, Azure deployments, regions), each with its own quota (see
     #: :mod:`fleetgate.config.deployments`).
     deployments: dict[str, list[ModelDeployment]] = Field(default_factory=dict)
+    #: ``fleetgate serve``: the gateway as an OpenAI-compatible server (:mod:`fleetgate.config.serve`).
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     #: Limits for models not listed (None: such models are not limited).
     default_model_limits: QuotaLimits | None = None
     #: Limits every user (``scope(user=…)``) gets, per user, across models.
