@@ -272,3 +272,36 @@ def test_curl_calls_the_server(server: tuple[str, str]) -> None:
                           "-d", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert json.loads(out)["choices"][0]["message"]["content"]
+
+
+def test_several_workers_share_one_quota_through_redis(tmp_path: Path, upstream: FakeOpenAI, redis_url: str) -> None:
+    """Two worker processes, one user quota of 5 requests a minute kept in Redis: the
+    calls they let through together are the five that one quota allows (a quota each
+    would let ten through), and their metrics are gathered on one page."""
+    key = new_key()
+    user = f"u-workers-{time.monotonic_ns()}"  # a quota of its own in the shared Redis
+    config = (f'redis_url = "{redis_url}"\ndefault_deadline_seconds = 0.2\n'
+              + keyed(upstream, key, user=f'"{user}"') + "[per_user]\nrequests_per_minute = 5\n")
+    with served(tmp_path, config, "--workers", "2") as url:
+
+        async def main() -> list[int]:
+            async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
+                async def one() -> int:
+                    try:
+                        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+                    except openai.RateLimitError:
+                        return 429
+                    return 200
+                return list(await asyncio.gather(*(one() for _ in range(24))))
+        statuses = asyncio.run(main())
+        metrics = httpx2.get(f"{url}/metrics").text
+    assert statuses.count(200) == 5 and statuses.count(429) == 19, statuses
+    assert "fleetgate_requests_total" in metrics
+
+
+def test_several_workers_without_redis_are_refused(tmp_path: Path, upstream: FakeOpenAI) -> None:
+    path = tmp_path / "no-redis.toml"
+    path.write_text(keyed(upstream, new_key()))
+    done = subprocess.run([FLEETGATE, "serve", "--config", str(path), "--workers", "2", "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "set redis_url" in done.stderr
