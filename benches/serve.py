@@ -1,17 +1,22 @@
 """``fleetgate serve`` under load: the latency it adds over calling upstream directly, at
-fixed request rates, with the Redis limiter and a dollar budget on.
+fixed request rates, with the Redis limiter and a dollar budget on, beside LiteLLM's proxy
+with its Redis rate limits on.
 
 One FakeOpenAI (its own process, limits far above the load) is upstream. ``fleetgate
 serve`` runs in its own process (one uvicorn worker unless ``--workers``), with Redis
 (from RedisRig, on loopback), the model's quota and a global budget on, and a key. A load
 generator (this process, aiohttp, open loop: requests start on schedule whether or not
 earlier ones have answered) sends the same small chat completion at each rate for
-``--seconds``, first straight to upstream, then through the server, then again, rate
-after rate. Reports per rate and target: the rate achieved, p50 and p99 latency, errors,
-and the latency the server adds (its p50 and p99 less upstream's, in the same round); the
-highest rate held with p99 added at most 5 ms; and the server's memory (RSS) after the run.
+``--seconds``, straight to upstream, through the server and through LiteLLM's proxy (its
+own virtualenv, ``.bench-venvs/litellm``, made on first use; one worker, the model's rpm
+and tpm tracked in the same Redis, ``usage-based-routing-v2``), then again, rate after
+rate. Reports per rate and target: the rate achieved, p50 and p99 latency, errors, and the
+latency each proxy adds (its p50 and p99 less upstream's, in the same round); the highest
+rate each holds with p99 added at most 5 ms; and each one's memory (RSS) after the run. A
+proxy that falls below 80% of the offered rate is not offered higher rates.
 
-    python benches/serve.py [--rates 100,500,1000,2000] [--seconds 10] [--rounds 2] [--workers 1]
+    python benches/serve.py [--rates 100,250,500,1000,2000] [--seconds 10] [--rounds 2]
+                            [--workers 1] [--no-litellm]
 
 On a 2-core machine the load generator, the server, Redis and upstream share the cores:
 the rates past what the cores can carry show queueing, not the server's own cost.
@@ -46,6 +51,8 @@ MODEL = "gpt-4.1-mini"
 BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "How do I reset my password?"}],
                    "max_tokens": 16}).encode()
 TARGET_ADDED_P99_MS = 5.0
+LITELLM = "litellm[proxy]==1.108.7"
+LITELLM_VENV = Path(__file__).resolve().parent.parent / ".bench-venvs" / "litellm"
 
 
 def free_port() -> int:
@@ -69,18 +76,51 @@ def served(upstream: str, redis_url: str, key: str, workers: int) -> Iterator[tu
                                  "--port", str(port)], env={**os.environ, "OPENAI_API_KEY": "sk-bench"})
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                with contextlib.suppress(OSError):
-                    with socket.create_connection(("127.0.0.1", port), timeout=1):
-                        break
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("fleetgate serve did not start")
-                time.sleep(0.1)
+            _listening(port, proc)
             yield f"{url}/v1", proc.pid
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def litellm_proxy(upstream: str, redis_url: str) -> Iterator[tuple[str, int]]:
+    """LiteLLM's proxy in its own virtualenv (made on first use), with the model's rpm and
+    tpm tracked in Redis: its /v1 URL and process id."""
+    litellm = LITELLM_VENV / "bin" / "litellm"
+    if not litellm.exists():
+        print(f"installing {LITELLM} into {LITELLM_VENV} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", LITELLM], check=True)
+    host, port = redis_url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    own = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "litellm.yaml"
+        config.write_text(
+            f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/{MODEL}\n"
+            f"      api_base: {upstream}\n      api_key: sk-bench\n      rpm: 100000000\n      tpm: 100000000000\n"
+            f"router_settings:\n  routing_strategy: usage-based-routing-v2\n  redis_host: {host}\n"
+            f"  redis_port: {port}\ngeneral_settings:\n  master_key: sk-litellm-bench\n")
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+        proc = subprocess.Popen([str(litellm), "--config", str(config), "--host", "127.0.0.1", "--port", str(own),
+                                 "--num_workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _listening(own, proc)
+            yield f"http://127.0.0.1:{own}/v1", proc.pid
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def _listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        with contextlib.suppress(OSError):
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"the server on port {port} did not start")
+        time.sleep(0.1)
 
 
 def rss_mb(pid: int) -> float:
@@ -140,38 +180,60 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="100,500,1000,2000")
+    parser.add_argument("--rates", default="100,250,500,1000,2000")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--no-litellm", dest="litellm", action="store_false")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     key = new_key()
     rig = RedisRig()
     try:
         redis_url = rig.start_standalone()
-        with fake_server() as upstream, served(upstream, redis_url, key, args.workers) as (url, pid):
-            print(f"fleetgate serve: {args.workers} worker(s), Redis limiter and a global budget on; "
-                  f"{args.seconds:g} s per rate and target, {args.rounds} rounds, open loop")
-            held: dict[int, bool] = {}
+        with contextlib.ExitStack() as stack:
+            upstream = stack.enter_context(fake_server())
+            url, pid = stack.enter_context(served(upstream, redis_url, key, args.workers))
+            targets = {"direct": (upstream, "sk-bench", 0), "serve": (url, key, pid)}
+            if args.litellm:
+                ll_url, ll_pid = stack.enter_context(litellm_proxy(upstream, redis_url))
+                targets["litellm"] = (ll_url, "sk-litellm-bench", ll_pid)
+            print(f"fleetgate serve: {args.workers} worker(s), Redis limiter and a global budget on"
+                  + ("; LiteLLM proxy: 1 worker, rpm/tpm in Redis" if args.litellm else "")
+                  + f"; {args.seconds:g} s per rate and target, {args.rounds} rounds, open loop", flush=True)
+            proxies = [name for name in targets if name != "direct"]
+            held: dict[str, list[int]] = {name: [] for name in proxies}
+            saturated: set[str] = set()  # fell behind the offered rate: not offered more
             for rate in rates:
-                added50, added99 = [], []
+                added: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in proxies}
                 for round_ in range(1, args.rounds + 1):
                     seen = {}
-                    for name, target, auth in (("direct", upstream, "sk-bench"), ("serve", url, key)):
+                    for name, (target, auth, _) in targets.items():
+                        if name in saturated:
+                            continue
                         latencies, errors, elapsed = asyncio.run(load(target, auth, rate, args.seconds))
                         seen[name] = (pct(latencies, 0.5), pct(latencies, 0.99))
-                        print(f"  {rate:>5}/s round {round_} {name:<6} achieved {len(latencies) / elapsed:7.0f}/s  "
-                              f"p50 {seen[name][0]:7.2f} ms  p99 {seen[name][1]:8.2f} ms  errors {errors}")
-                    added50.append(seen["serve"][0] - seen["direct"][0])
-                    added99.append(seen["serve"][1] - seen["direct"][1])
-                median99 = statistics.median(added99)
-                held[rate] = median99 <= TARGET_ADDED_P99_MS
-                print(f"  {rate:>5}/s added by fleetgate serve: p50 {statistics.median(added50):.2f} ms, "
-                      f"p99 {median99:.2f} ms (median over rounds)")
-            passing = [r for r in rates if held[r]]
-            print(f"highest rate with p99 added <= {TARGET_ADDED_P99_MS:g} ms: "
-                  f"{max(passing) if passing else 'none'}/s; server RSS after the run: {rss_mb(pid):.0f} MB")
+                        achieved = len(latencies) / elapsed
+                        print(f"  {rate:>5}/s round {round_} {name:<7} achieved {achieved:7.0f}/s  "
+                              f"p50 {seen[name][0]:8.2f} ms  p99 {seen[name][1]:9.2f} ms  errors {errors}", flush=True)
+                        if name != "direct" and achieved < 0.8 * rate:
+                            saturated.add(name)
+                            print(f"  {name} fell behind at {rate}/s: not offered more", flush=True)
+                    for name in proxies:
+                        if name in seen:
+                            added[name][0].append(seen[name][0] - seen["direct"][0])
+                            added[name][1].append(seen[name][1] - seen["direct"][1])
+                for name in proxies:
+                    if not added[name][0]:
+                        continue
+                    p50, p99 = statistics.median(added[name][0]), statistics.median(added[name][1])
+                    if p99 <= TARGET_ADDED_P99_MS:
+                        held[name].append(rate)
+                    print(f"  {rate:>5}/s added by {name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms (median over rounds)")
+            for name in proxies:
+                print(f"{name}: highest rate with p99 added <= {TARGET_ADDED_P99_MS:g} ms: "
+                      f"{max(held[name]) if held[name] else 'none'}/s; RSS after the run "
+                      f"{rss_mb(targets[name][2]):.0f} MB")
     finally:
         rig.stop()
 
