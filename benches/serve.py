@@ -72,15 +72,9 @@ def served(upstream: str, redis_url: str, key: str, workers: int) -> Iterator[tu
             f'[models."{MODEL}"]\nrequests_per_minute = 100000000\ntokens_per_minute = 100000000000\n'
             "[[budgets.limits]]\nscope = \"global\"\ndollars = 1000000\n"
             f'[serve]\nworkers = {workers}\n[[serve.keys]]\nname = "bench"\nhash = "{key_hash(key)}"\n')
-        proc = subprocess.Popen([sys.executable, "-m", "fleetgate.cli", "serve", "--config", str(config),
-                                 "--port", str(port)], env={**os.environ, "OPENAI_API_KEY": "sk-bench"})
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _listening(port, proc)
-            yield f"{url}/v1", proc.pid
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+        with listening([sys.executable, "-m", "fleetgate.cli", "serve", "--config", str(config), "--port", str(port)],
+                       {**os.environ, "OPENAI_API_KEY": "sk-bench"}, port) as pid:
+            yield f"http://127.0.0.1:{port}/v1", pid
 
 
 @contextlib.contextmanager
@@ -102,25 +96,28 @@ def litellm_proxy(upstream: str, redis_url: str) -> Iterator[tuple[str, int]]:
             f"router_settings:\n  routing_strategy: usage-based-routing-v2\n  redis_host: {host}\n"
             f"  redis_port: {port}\ngeneral_settings:\n  master_key: sk-litellm-bench\n")
         env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-        proc = subprocess.Popen([str(litellm), "--config", str(config), "--host", "127.0.0.1", "--port", str(own),
-                                 "--num_workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _listening(own, proc)
-            yield f"http://127.0.0.1:{own}/v1", proc.pid
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+        with listening([str(litellm), "--config", str(config), "--host", "127.0.0.1", "--port", str(own),
+                        "--num_workers", "1"], env, own) as pid:
+            yield f"http://127.0.0.1:{own}/v1", pid
 
 
-def _listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        with contextlib.suppress(OSError):
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError(f"the server on port {port} did not start")
-        time.sleep(0.1)
+@contextlib.contextmanager
+def listening(command: list[str], env: dict[str, str], port: int) -> Iterator[int]:
+    """`command` running until it listens on `port`: its process id; stopped with SIGTERM after."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{command[0]} did not start listening on port {port}")
+            time.sleep(0.1)
+        yield proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
 
 
 def rss_mb(pid: int) -> float:
