@@ -12,7 +12,7 @@ def test_all_names_exist_and_are_public() -> None:
     public = {n for n in dir(fleetgate) if n.isidentifier() and not n.startswith("_")}
     # Submodules are reachable as attributes once imported; everything else must be exported.
     submodules = {"errors", "testing", "cli", "demo", "config", "estimate", "gateway", "scope", "path", "stats", "run", "prices", "fallback", "dedup", "budget", "rewrite", "sdk", "cache", "sharing", "router", "validate", "records", "metrics", "tracing", "batch", "modes", "prompts", "check", "outage", "redis_clients", "warm", "privacy", "summary", "tiers", "endpoints",
-                  "seen_models", "price_listing", "chains", "background", "webhooks", "deployments"}
+                  "seen_models", "price_listing", "chains", "background", "webhooks", "deployments", "serve"}
     assert public - submodules <= set(fleetgate.__all__)
 
 

@@ -133,7 +133,8 @@ def test_without_a_model_header_files_go_to_the_clients_base_url_and_a_wrong_nam
 
 def test_a_background_response_is_read_and_cancelled_where_it_runs() -> None:
     """Made at the second deployment (the first refuses every call), a background response
-    is polled and cancelled there, though the client's base URL is elsewhere."""
+    is read and cancelled there, though the client's base URL is elsewhere: known where it
+    runs while this pod watches it, then to the ledger once it ended."""
     with three_fakes() as (base, first, second):
         first.revoke_key()
         gate = gateway(base, first, second)
@@ -141,12 +142,16 @@ def test_a_background_response_is_read_and_cancelled_where_it_runs() -> None:
         answer = client.responses.with_raw_response.create(model=MODEL, input="hello", max_output_tokens=16,
                                                            background=True)
         made = answer.parse()
-        raw = client.responses.with_raw_response.retrieve(made.id)
+        raw = client.responses.with_raw_response.retrieve(made.id)  # while this pod watches it
         cancelled = client.responses.cancel(made.id)
+        until(lambda: gate.background.pending() == 0)  # ended and settled: the ledger knows it
+        after = client.responses.with_raw_response.retrieve(made.id)
+        searches = gate.stats.snapshot().get("held_searches", 0)
         gate.close()
     assert answer.headers["x-fleetgate-upstream"] == "second"
     assert raw.headers["x-fleetgate-upstream"] == "second" and raw.parse().id == made.id
-    assert cancelled.id == made.id
+    assert cancelled.id == made.id and after.headers["x-fleetgate-upstream"] == "second"
+    assert searches == 0, "a background response made here was looked for"
 
 
 def test_a_batch_job_keeps_to_one_deployment_of_its_model(tmp_path: Path) -> None:

@@ -159,7 +159,7 @@ class Gateway:
         self.background = BackgroundCalls(self.config.background, transport=GateTransport(self),
                                           redis_url=self.config.redis_url, limiter=self.limiter, budgets=self.budgets,
                                           prices=self.prices, stats=self.stats, metrics=self.metrics,
-                                          deployments=self.deployments)
+                                          deployments=self.deployments, chains=self.chains)
         # One embedder (one model loaded) for the semantic layer and the nearest classifier.
         semantic = self.config.cache.semantic.enabled
         nearest = self.config.routing.classifier == "nearest" and bool(self.config.routing.tiers)

@@ -40,6 +40,7 @@ from fleetgate.background.pending import PendingCall, RedisPending
 from fleetgate.background.polling import Decision, How, Polled, Poller, decide
 from fleetgate.background.settling import Settler
 from fleetgate.budget.guard import Budgets
+from fleetgate.chains import Chain, Chains, carried_by
 from fleetgate.config.background import BackgroundSettings
 from fleetgate.deployments import Deployments
 from fleetgate.errors import QueueFull
@@ -83,9 +84,13 @@ class BackgroundCalls:
 
     def __init__(self, settings: BackgroundSettings, *, transport: httpx2.BaseTransport, redis_url: str | None,
                  limiter: Limiter, budgets: Budgets, prices: PriceTable, stats: GatewayStats,
-                 metrics: GatewayMetrics | None, deployments: Deployments | None = None) -> None:
+                 metrics: GatewayMetrics | None, deployments: Deployments | None = None,
+                 chains: Chains | None = None) -> None:
+        """`chains`: the ledger that learns, once a response ends, what a call continuing it
+        carries and where it is held."""
         self.settings = settings
         self._deployments = deployments
+        self._chains = chains
         self.stats = stats
         self._budgets = budgets
         self._settler = Settler(limiter, budgets, prices, stats, metrics)
@@ -205,6 +210,13 @@ class BackgroundCalls:
             return False
 
     # -- reading -------------------------------------------------------------------------------
+
+    def deployment_of(self, response_id: str) -> str | None:
+        """The deployment (its key) a response this pod watches runs at (None: not watched
+        here, or sent to the gateway's one upstream)."""
+        with self._lock:
+            watched = self._watched.get(response_id)
+        return (watched.record.deployment or None) if watched is not None else None
 
     def pending(self) -> int:
         """Background calls this pod watches now."""
@@ -349,6 +361,8 @@ class BackgroundCalls:
         tier = polled.tier if polled is not None else None
         if not self._settler.settle(record, watched.handoff, how, usage, tier):
             return False
+        if self._chains is not None and usage is not None:  # a call continuing it is sent there
+            self._chains.learn(Chain("response", record.response_id), carried_by(usage), record.deployment or None)
         if self._store is not None:
             try:
                 self._store.finish(record.response_id, self.owner)

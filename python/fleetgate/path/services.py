@@ -39,6 +39,9 @@ class BackgroundWatcher(Protocol):
     def watch(self, handoff: Handoff) -> None:
         """Settle what `handoff` holds when its response ends."""
 
+    def deployment_of(self, response_id: str) -> str | None:
+        """The deployment (its key) a response this pod watches runs at (None: not watched here)."""
+
 
 class Services(Protocol):
     config: GatewayConfig

@@ -11,7 +11,9 @@ to the deployment that holds it, and a request making one is sent where its call
   holding it, as the fleet's ledger knows it (:mod:`fleetgate.chains`: in process, and in
   Redis for 30 days). An id the ledger does not know (made before the fleet kept it, or
   Redis down) is looked for at the client's base URL, then at each place deployments are
-  (one per project or resource), a 404 passing it on; where it is found is learned.
+  (one per project or resource), a 404 passing it on; where it is found is learned. A
+  background response is known where it runs while this pod watches it, and to the fleet's
+  ledger once it ends.
 - What an answer makes is learned: an uploaded file's id, a batch's, and the output and
   error files a finished batch names.
 
@@ -31,6 +33,7 @@ from fleetgate.chains import Chain, Chains
 from fleetgate.deployments import MODEL_HEADER, UPSTREAM_HEADER, Deployment, Deployments
 from fleetgate.errors import ConfigError, StoreUnavailable
 from fleetgate.path.refusals import refusal
+from fleetgate.path.services import BackgroundWatcher
 from fleetgate.stats import GatewayStats
 
 __all__ = ["Holders"]
@@ -50,9 +53,10 @@ _BATCH_FILES = ("output_file_id", "error_file_id")
 class Holders:
     """Sends the requests of `deployments`' objects where they are held, through `inner`."""
 
-    def __init__(self, deployments: Deployments, chains: Chains, inner: httpx2.AsyncBaseTransport,
-                 stats: GatewayStats) -> None:
-        self.deployments, self.chains, self.inner, self.stats = deployments, chains, inner, stats
+    def __init__(self, deployments: Deployments, chains: Chains, background: BackgroundWatcher,
+                 inner: httpx2.AsyncBaseTransport, stats: GatewayStats) -> None:
+        self.deployments, self.chains, self.background, self.inner, self.stats = \
+            deployments, chains, background, inner, stats
 
     async def send(self, request: httpx2.Request) -> httpx2.Response:
         """`request`'s answer, from where what it names is held."""
@@ -113,8 +117,11 @@ class Holders:
         try:
             known = await self.chains.lookup_async(held)
         except StoreUnavailable:  # said and counted by the ledger; looking for it finds it anyway
-            return None
-        return self.deployments.named(known.home) if known is not None and known.home is not None else None
+            known = None
+        home = known.home if known is not None else None
+        if home is None and held.kind == "response":  # a background response still running here
+            home = self.background.deployment_of(held.id)
+        return self.deployments.named(home) if home is not None else None
 
     async def _answered_async(self, request: httpx2.Request, endpoint: str, held: Chain,
                               home: Deployment) -> httpx2.Response:

@@ -45,7 +45,7 @@ class GateTransport(httpx2.BaseTransport):
             holders = self._holders
             if holders is None:
                 g = self.gateway
-                holders = self._holders = Holders(g.deployments, g.chains, self.inner, g.stats)
+                holders = self._holders = Holders(g.deployments, g.chains, g.background, self.inner, g.stats)
             return holders.send(request)
         path = self._path
         if path is None:
