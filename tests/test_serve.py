@@ -134,6 +134,8 @@ def test_keys_are_checked_and_scope_their_calls(server: tuple[str, str]) -> None
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
     with pytest.raises(openai.PermissionDeniedError, match="may not call 'gpt-4.1'"):
         client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.PermissionDeniedError, match="makes no batches|make batches with a key"):
+        client.batches.create(input_file_id="file-any", endpoint="/v1/chat/completions", completion_window="24h")
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     metrics = httpx2.get(f"{url}/metrics").text
     assert 'feature="support"' in metrics, "the key's feature does not scope its calls"
@@ -305,3 +307,29 @@ def test_several_workers_without_redis_are_refused(tmp_path: Path, upstream: Fak
     done = subprocess.run([FLEETGATE, "serve", "--config", str(path), "--workers", "2", "--port", "0"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "set redis_url" in done.stderr
+
+
+def test_a_caller_that_leaves_mid_body_sends_nothing_upstream() -> None:
+    """The ASGI application itself: a request whose caller disconnects before its body is
+    whole is not sent upstream, and nothing is answered."""
+    import fleetgate as fg
+    from fleetgate.serve import ServeApp
+
+    key = new_key()
+    with FakeOpenAI(FakeConfig(answer_words=4, api_key=UPSTREAM_KEY)) as fake:
+        gate = fg.Gateway(base_url=fake.base_url, serve={"keys": [{"name": "svc", "hash": key_hash(key)}]})
+        app = ServeApp(gate)
+        messages = [{"type": "http.request", "body": b'{"model": "gpt-4.1-mini", "mess', "more_body": True},
+                    {"type": "http.disconnect"}]
+        sent: list[dict[str, object]] = []
+
+        async def receive() -> dict[str, object]:
+            return messages.pop(0)
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
+                 "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]}
+        asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+        gate.close()
+    assert sent == [] and fake.counters(MODEL).requests == 0

@@ -5,7 +5,8 @@ client gets the same quotas, budgets, cache, breakers and answers, ``x-fleetgate
 headers and OpenAI-shaped refusals included.
 
 - A caller presents a key fleetgate issued (:mod:`fleetgate.serve.keys`); the call is
-  scoped to its user, team and feature, and refused (403) for a model it may not call;
+  scoped to its user, team and feature, and refused (403) for a model it may not call (a
+  key limited to some models makes no batches: their lines name models unread here);
   upstream is called with the server's key, which no answer carries. With ``[serve] auth
   = "pass_through"`` the caller's own key goes upstream and its ``x-fleetgate-user``,
   ``-team`` and ``-feature`` headers scope the call.
@@ -127,12 +128,20 @@ class ServeApp:
         if refused is not None:
             await _error(send, *refused)
             return
-        body = await _body(receive, self.settings.max_request_bytes)
+        try:
+            body = await _body(receive, self.settings.max_request_bytes)
+        except _Disconnected:
+            return  # the caller left before its request was whole: nothing is sent upstream
         if body is None:
             await _error(send, 413, "request_too_large", f"the request body is over [serve] max_request_bytes "
                                                          f"({self.settings.max_request_bytes:,} bytes)")
             return
         if caller is not None and caller.models:
+            if scope["method"] == "POST" and scope["path"] == "/v1/batches":
+                await _error(send, 403, "model_not_allowed", f"key {caller.name!r} may call only some models, and a "
+                             "batch's lines name theirs where this server does not read them: make batches with a "
+                             "key that may call any model")
+                return
             model = _model_of(body)
             if model is not None and not caller.may_call(model):
                 await _error(send, 403, "model_not_allowed", f"key {caller.name!r} may not call {model!r} (it may "
@@ -217,14 +226,19 @@ def _model_of(body: bytes) -> str | None:
     return model if isinstance(model, str) else None
 
 
+class _Disconnected(Exception):
+    """The caller left before its request's body was whole."""
+
+
 async def _body(receive: Receive, limit: int) -> bytes | None:
-    """The request's body, or None once it is over `limit` bytes."""
+    """The request's body, or None once it is over `limit` bytes; _Disconnected when the
+    caller leaves before it is whole."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b"".join(chunks)
+            raise _Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
