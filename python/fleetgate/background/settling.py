@@ -72,9 +72,7 @@ class Settler:
     def give_back(self, record: PendingCall, handoff: Handoff | None) -> None:
         """Another pod settles a call this pod held: its quota stays as counted, its budget
         hold is given back (the other pod spends the cost directly)."""
-        for hold in (handoff.hold, handoff.deployment_hold) if handoff is not None else ():
-            if hold is None:
-                continue
+        for hold in handoff.holds if handoff is not None else ():
             try:
                 self._budgets.release(hold)
             except FleetgateError as e:
@@ -91,9 +89,7 @@ class Settler:
             self._limiter.settle_later(handoff.quota, tokens)
             # Counted as the limit layer counts what it settles at once.
             self._stats.count(f"settled_from_{_QUOTA_SOURCE[how]}")
-        for hold in (handoff.hold, handoff.deployment_hold):  # the call's budgets', its deployment's
-            if hold is None:
-                continue
+        for hold in handoff.holds:  # the call's budgets', its deployment's
             if how == "nothing":
                 self._budgets.release(hold)
             elif how == "worst":

@@ -161,15 +161,14 @@ class BackgroundCalls:
         return deployment.auth() if deployment is not None else {}
 
     def _record(self, handoff: Handoff) -> PendingCall:
-        call, hold = handoff.call, handoff.hold
+        call, hold = handoff.call, handoff.recorded
         now = time.time()
         url = urlsplit(str(handoff.request.url))
         host = f"{url.hostname}:{url.port}" if url.port else url.hostname or ""
         where = urlunsplit((url.scheme, host, url.path, "", ""))  # no credentials, no query
         # The budgets held across the fleet, the call's and its deployment's: a pod taking it
         # over spends on them.
-        held = {name for h in (hold, handoff.deployment_hold) if h is not None and not h.local
-                for name in h.reservation.budgets}
+        held = {name for h in handoff.holds if not h.local for name in h.reservation.budgets}
         applicable = self._budgets.applicable(call.scope)
         if call.deployment is not None:
             applicable += self._budgets.of_deployment(call.deployment.name)

@@ -104,10 +104,14 @@ class Handoff:
     request: httpx2.Request
     #: The limit layer's reservation on the call's quotas (None: no quota applies).
     quota: Reservation | None = None
-    #: The budget layer's hold (None: no budget holds the call).
-    hold: Hold | None = None
-    #: The hold on the budgets of the deployment that took it (``scope = "deployment"``).
-    deployment_hold: Hold | None = None
+    #: The budget holds on it: the budget layer's (which records its spend), and that of the
+    #: deployment that took it (``scope = "deployment"``).
+    holds: list[Hold] = field(default_factory=list)
+
+    @property
+    def recorded(self) -> Hold | None:
+        """The hold whose settlement records the call's spend (None: no budget holds it)."""
+        return next((h for h in self.holds if h.records), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,12 +29,8 @@ def settle_hold(budgets: Budgets, stats: GatewayStats, call: Call, hold: Hold, o
     it wrote (a stream's deltas; the most it could write when that is unknown); nothing
     billed: the hold given back; a background response's hold is left on its handoff, to
     be settled when it ends."""
-    later = outcome.later
-    if later is not None:
-        if hold.records:
-            later.hold = hold
-        else:
-            later.deployment_hold = hold
+    if outcome.later is not None:
+        outcome.later.holds.append(hold)
         return
     if not outcome.billed:
         release_hold(budgets, stats, hold)
