@@ -189,11 +189,10 @@ class Call:
     span: Any = None
     #: How the upstream call ended (None: not yet, or a stream still open).
     outcome: Outcome | None = None
-    #: The deployment it is sent to (None: the gateway's one upstream), and whether a
-    #: refusal there spills it to the next (no waiting for that deployment's quota).
+    #: The deployment it is sent to (None: the gateway's one upstream).
     deployment: Deployment | None = None
-    spill: bool = False
-    #: The longest the limit layer waits for room in its quotas (None: until the deadline).
+    #: The longest the limit layer waits for room in its quotas (None: until the deadline),
+    #: set when a refusal at the deployment spills the call to the next (:attr:`spill`).
     quota_wait: float | None = None
     #: The deployment holding the Responses chain it continues (None: not known, or none).
     home: str | None = None
@@ -270,6 +269,12 @@ class Call:
         timing.waited += seconds
         timing.waited_for[what] = timing.waited_for.get(what, 0.0) + seconds
         return seconds
+
+    @property
+    def spill(self) -> bool:
+        """A refusal at its deployment spills it to the next (it waits for room there at
+        most :attr:`quota_wait`)."""
+        return self.quota_wait is not None
 
     def when_done(self, then: Callable[[Outcome], None]) -> None:
         """Call `then` with the outcome once the answer is in: now for an answer read whole

@@ -17,14 +17,29 @@ from __future__ import annotations
 
 import httpx2
 
-from fleetgate.budget.guard import Budgets
+from fleetgate.budget.guard import Budgets, Hold
 from fleetgate.errors import BudgetExceeded, ConfigError, StoreUnavailable
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path.call import Call, Refused
 from fleetgate.path.settle import release_hold, settle_hold
 from fleetgate.stats import GatewayStats
 
-__all__ = ["Budget"]
+__all__ = ["Budget", "reserve_hold_async"]
+
+
+async def reserve_hold_async(budgets: Budgets, stats: GatewayStats, call: Call, background_lease: float,
+                             by: str, deployment: str | None = None) -> Hold | None:
+    """`call`'s worst case held on the budgets of its scope (`deployment`: on those of the
+    deployments of that name), for a background call its life long; None when none holds
+    it. Refused (by the layer `by`): a budget has no room, the model has no price under
+    ``unpriced = "refuse"``, or the store is down under ``fail_closed``."""
+    lease = background_lease if call.body.get("background") is True else None
+    try:
+        return await budgets.reserve_async(call.estimate, call.scope, lease=lease, deployment=deployment)
+    except (BudgetExceeded, ConfigError, StoreUnavailable) as e:
+        stats.count("budget_refused" if isinstance(e, BudgetExceeded) else "refused")
+        raise Refused(e, by) from e
+
 
 class Budget(Layer):
     name = "budget"
@@ -33,12 +48,7 @@ class Budget(Layer):
         self.budgets, self.stats, self.background_lease = budgets, stats, background_lease
 
     async def handle(self, call: Call, next: Next) -> httpx2.Response:  # noqa: A002
-        lease = self.background_lease if call.body.get("background") is True else None
-        try:
-            hold = await self.budgets.reserve_async(call.estimate, call.scope, lease=lease)
-        except (BudgetExceeded, ConfigError, StoreUnavailable) as e:
-            self.stats.count("budget_refused" if isinstance(e, BudgetExceeded) else "refused")
-            raise Refused(e, self.name) from e
+        hold = await reserve_hold_async(self.budgets, self.stats, call, self.background_lease, self.name)
         if hold is None:
             return await next(call)
         try:

@@ -37,11 +37,12 @@ from collections.abc import Callable
 import httpx2
 
 from fleetgate._core import Breaker as CircuitBreaker
-from fleetgate.budget.guard import Budgets, Hold
+from fleetgate.budget.guard import Budgets
 from fleetgate.chains import continued
-from fleetgate.deployments import Deployment, Deployments
-from fleetgate.errors import BudgetExceeded, CircuitOpen, ConfigError, RateLimited, StoreUnavailable
+from fleetgate.deployments import UPSTREAM_HEADER, Deployment, Deployments
+from fleetgate.errors import BudgetExceeded, CircuitOpen, RateLimited
 from fleetgate.metrics import GatewayMetrics
+from fleetgate.path._async.budget import reserve_hold_async
 from fleetgate.path._async.layer import Layer, Next
 from fleetgate.path.call import Call, Refused
 from fleetgate.path.settle import release_hold, settle_hold
@@ -105,7 +106,7 @@ class Deploy(Layer):
                 order = self.deployments.order(call.model, call.body)
             return await self._last(call, next, order[-1], asked)
         finally:
-            call.request, call.spill, call.quota_wait = asked, False, None
+            call.request, call.quota_wait = asked, None
 
     async def _last(self, call: Call, next: Next, deployment: Deployment,  # noqa: A002
                     asked: httpx2.Request) -> httpx2.Response:
@@ -119,12 +120,13 @@ class Deploy(Layer):
         """Send `call` to `deployment`: its answer, or (`full` given: it may spill, after
         waiting up to `wait` seconds for room in its quota) why it went no further: a
         spill's reason (those without room now added to `full`), or :data:`_SHARED`."""
-        call.deployment, call.spill = deployment, full is not None
-        call.quota_wait = wait if full is not None else None
+        call.deployment, call.quota_wait = deployment, wait if full is not None else None
+        budgets = self.budgets
         hold = None
-        if self.budgets is not None:
+        if budgets is not None:
             try:
-                hold = await self._hold_async(call, deployment)
+                hold = await reserve_hold_async(budgets, self.stats, call, self.background_lease, self.name,
+                                                deployment.name)
             except Refused as e:
                 if full is None or not isinstance(e.error, BudgetExceeded):
                     raise
@@ -132,26 +134,21 @@ class Deploy(Layer):
         call.request = deployment.request_for(asked, call.endpoint)
         try:
             response = await next(call)
-        except Refused as e:
-            self._release(hold)
-            if full is None or not isinstance(e.error, (CircuitOpen, RateLimited)):
+        except BaseException as e:
+            if budgets is not None and hold is not None:
+                release_hold(budgets, self.stats, hold)
+            if full is None:
+                raise
+            if isinstance(e, httpx2.TransportError):
+                return self._spilled(call, deployment, "unreachable")
+            if not isinstance(e, Refused) or not isinstance(e.error, (CircuitOpen, RateLimited)):
                 raise
             if isinstance(e.error, RateLimited):
                 if deployment.quota is None or e.error.quota != deployment.quota.name:
                     return _SHARED  # its user's, feature's or team's: no other deployment has more room
                 full.append(deployment)
             return self._spilled(call, deployment, "quota" if isinstance(e.error, RateLimited) else "breaker")
-        except httpx2.TransportError:
-            self._release(hold)
-            if full is None:
-                raise
-            return self._spilled(call, deployment, "unreachable")
-        except BaseException:
-            self._release(hold)
-            raise
-        if hold is not None:
-            budgets = self.budgets
-            assert budgets is not None
+        if budgets is not None and hold is not None:
             call.when_done(lambda outcome: settle_hold(budgets, self.stats, call, hold, outcome))
         reason = self._cannot_take(call, deployment, response)
         if reason is not None and full is not None:
@@ -159,24 +156,8 @@ class Deploy(Layer):
             if reason == "upstream_429":
                 full.append(deployment)
             return self._spilled(call, deployment, reason)
-        call.marks["x-fleetgate-upstream"] = deployment.name
+        call.marks[UPSTREAM_HEADER] = deployment.name
         return response
-
-    async def _hold_async(self, call: Call, deployment: Deployment) -> Hold | None:
-        """The call's worst case held on `deployment`'s budgets (None: it has none). Refused:
-        one of them is spent (``BudgetExceeded``), or the store is down under ``fail_closed``."""
-        assert self.budgets is not None
-        lease = self.background_lease if call.body.get("background") is True else None
-        try:
-            return await self.budgets.reserve_async(call.estimate, call.scope, lease=lease,
-                                                    deployment=deployment.name)
-        except (BudgetExceeded, ConfigError, StoreUnavailable) as e:
-            self.stats.count("budget_refused" if isinstance(e, BudgetExceeded) else "refused")
-            raise Refused(e, self.name) from e
-
-    def _release(self, hold: Hold | None) -> None:
-        if hold is not None and self.budgets is not None:
-            release_hold(self.budgets, self.stats, hold)
 
     def _spilled(self, call: Call, deployment: Deployment, reason: str) -> str:
         """`deployment` could not take `call` (`reason`: one of
