@@ -333,3 +333,23 @@ def test_a_caller_that_leaves_mid_body_sends_nothing_upstream() -> None:
         asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
         gate.close()
     assert sent == [] and fake.counters(MODEL).requests == 0
+
+
+def test_a_key_printed_for_a_config_loads_as_one() -> None:
+    """``fleetgate keys create --print``: the key, and a ``[[serve.keys]]`` entry the config
+    takes as it is, listing the key by its hash and nothing else."""
+    import tomllib
+
+    from click.testing import CliRunner
+
+    from fleetgate.cli import main
+    from fleetgate.config import GatewayConfig
+
+    printed = CliRunner().invoke(main, ["keys", "create", "svc-print", "--user", 'u "7"', "--model", MODEL,
+                                        "--model", "gpt-4.1", "--print"])
+    assert printed.exit_code == 0, printed.output
+    first, _, entry = printed.output.partition("\n\n")
+    key = first.removeprefix("key: ")
+    [listed] = GatewayConfig(serve=tomllib.loads(entry)["serve"]).serve.keys
+    assert key.startswith("fgk-") and key not in entry and listed.hash == key_hash(key)
+    assert (listed.name, listed.user, listed.team, listed.models) == ("svc-print", 'u "7"', None, [MODEL, "gpt-4.1"])

@@ -31,20 +31,20 @@ from fleetgate.config.limits import QuotaLimits
 from fleetgate.errors import ConfigError
 from fleetgate.records import fixed_prompt, template_hash
 
-__all__ = ["MODEL_HEADER", "UPSTREAM_HEADER", "Deployment", "Deployments", "affinity_of"]
+__all__ = ["CREDENTIALS", "MODEL_HEADER", "UPSTREAM_HEADER", "Deployment", "Deployments", "affinity_of"]
 
 #: A prefix shorter than this (about 1,024 tokens) is not cached by OpenAI.
 _CACHED_PREFIX_CHARS = 4_096
-#: Headers not sent on: a caller's credentials or project (replaced by a deployment's
-#: own), and what told the gateway where to send a request (:data:`MODEL_HEADER`, :data:`UPSTREAM_HEADER`).
-_NOT_SENT = frozenset({b"authorization", b"api-key", b"openai-organization", b"openai-project",
-                       b"x-fleetgate-model", b"x-fleetgate-upstream"})
+#: Headers that carry a caller's credentials or project (a deployment sends its own).
+CREDENTIALS = frozenset({b"authorization", b"api-key", b"openai-organization", b"openai-project"})
 #: Azure endpoints of the resource, not of one of its deployments (``/openai/files``).
 _RESOURCE_ENDPOINTS = ("/files", "/batches")
 #: A request that names no model (a file upload, a listing) names the model it is for, so
 #: that the gateway sends it to one of its deployments; or the deployment, by name (with the model).
 MODEL_HEADER = "x-fleetgate-model"
 UPSTREAM_HEADER = "x-fleetgate-upstream"
+#: Headers not sent on: the caller's credentials, and what told the gateway where to send it.
+_NOT_SENT = CREDENTIALS | {MODEL_HEADER.encode(), UPSTREAM_HEADER.encode()}
 
 
 @dataclass(eq=False, slots=True)

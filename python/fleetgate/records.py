@@ -27,7 +27,7 @@ from fleetgate.estimate import usage_counts
 from fleetgate.privacy import Privacy
 from fleetgate.scope import Scope
 
-__all__ = ["log_request", "template_hash"]
+__all__ = ["fixed_prompt", "log_request", "template_hash"]
 
 log = logging.getLogger("fleetgate.requests")
 

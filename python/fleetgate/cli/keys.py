@@ -3,6 +3,7 @@ revoked for the whole fleet (in Redis), or printed for a config (:mod:`fleetgate
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -45,12 +46,13 @@ def keys_create(name: str, user: str | None, team: str | None, feature: str | No
 
     if for_config:
         key = new_key()
-        click.echo(f"key: {key}\n\n[[serve.keys]]\nname = {_toml(name)}\nhash = {_toml(key_hash(key))}")
-        for field, value in (("user", user), ("team", team), ("feature", feature)):
+        # A JSON string or array is a TOML basic string or array.
+        entry = {"name": name, "hash": key_hash(key), "user": user, "team": team, "feature": feature,
+                 "models": list(models) or None}
+        click.echo(f"key: {key}\n\n[[serve.keys]]")
+        for field, value in entry.items():
             if value:
-                click.echo(f"{field} = {_toml(value)}")
-        if models:
-            click.echo(f"models = [{', '.join(_toml(m) for m in models)}]")
+                click.echo(f"{field} = {json.dumps(value)}")
         return
     store = _keys(config_path, redis_url)
     key = call_or_fail(lambda: store.create(name, user=user, team=team, feature=feature, models=list(models)))
@@ -83,7 +85,3 @@ def keys_revoke(name: str, config_path: str | None, redis_url: str | None) -> No
                                    "from the config)")
     click.echo(f"key {name!r} revoked")
 
-
-def _toml(value: str) -> str:
-    """`value` as a TOML basic string."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx2
 
+from fleetgate.deployments import CREDENTIALS
 from fleetgate.errors import FleetgateError, StoreUnavailable
 from fleetgate.path._async.transport import AsyncGateTransport
 from fleetgate.scope import scope
@@ -47,7 +48,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 #: server's own key is sent; pass-through keeps the caller's authorization).
 _NOT_FORWARDED = frozenset({b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding",
                             b"upgrade", b"te", b"trailer", b"proxy-authorization"})
-_CREDENTIALS = frozenset({b"authorization", b"api-key", b"openai-organization", b"openai-project"})
 #: Headers of an answer not passed on (the server frames the body itself).
 _NOT_RETURNED = frozenset({b"content-length", b"connection", b"keep-alive", b"transfer-encoding"})
 _SCOPE_HEADERS = {b"x-fleetgate-user": "user", b"x-fleetgate-team": "team", b"x-fleetgate-feature": "feature"}
@@ -181,7 +181,7 @@ class ServeApp:
     def _request(self, scope: Scope, headers: list[tuple[bytes, bytes]], body: bytes) -> httpx2.Request:
         """The caller's request as sent upstream: the gateway's base URL, the server's key."""
         pass_through = self.settings.auth == "pass_through"
-        sent = [(k, v) for k, v in headers if k not in _NOT_FORWARDED and (pass_through or k not in _CREDENTIALS)]
+        sent = [(k, v) for k, v in headers if k not in _NOT_FORWARDED and (pass_through or k not in CREDENTIALS)]
         if not pass_through:
             sent += self._upstream_auth
         url = self.base.copy_with(path=self.base.path + scope["path"][3:],
