@@ -39,27 +39,29 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(tmp_path: Path, config: str, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+def serving(tmp_path: Path, config: str, *args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`fleetgate serve` with `config` (TOML) on a free loopback port, until it is ready:
-    its base URL (``http://127.0.0.1:PORT``); stopped with SIGTERM afterwards."""
+    its base URL (``http://127.0.0.1:PORT``) and its process; stopped with SIGTERM
+    afterwards (its output in ``serve-PORT.log``, shown if it exits early)."""
     port = free_port()
-    path = tmp_path / f"serve-{port}.toml"
+    path, log = tmp_path / f"serve-{port}.toml", tmp_path / f"serve-{port}.log"
     path.write_text(config)
-    process = subprocess.Popen([FLEETGATE, "serve", "--config", str(path), "--port", str(port), *args],
-                               env={**os.environ, "OPENAI_API_KEY": UPSTREAM_KEY, **(env or {})},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with log.open("wb") as out:
+        process = subprocess.Popen([FLEETGATE, "serve", "--config", str(path), "--port", str(port), *args],
+                                   env={**os.environ, "OPENAI_API_KEY": UPSTREAM_KEY}, stdout=out,
+                                   stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
         if process.poll() is not None:
-            raise AssertionError(f"fleetgate serve exited {process.returncode}: {process.stdout.read()}")  # type: ignore[union-attr]
+            raise AssertionError(f"fleetgate serve exited {process.returncode}: {log.read_text()}")
         try:
             return httpx2.get(f"{url}/readyz", timeout=5).status_code == 200
         except httpx2.TransportError:
             return False
     try:
         until(ready)
-        yield url
+        yield url, process
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -67,6 +69,13 @@ def served(tmp_path: Path, config: str, *args: str, env: dict[str, str] | None =
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+@contextlib.contextmanager
+def served(tmp_path: Path, config: str, *args: str) -> Iterator[str]:
+    """:func:`serving`'s base URL."""
+    with serving(tmp_path, config, *args) as (url, _):
+        yield url
 
 
 def keyed(fake: FakeOpenAI, key: str, **lines: str) -> str:
@@ -215,26 +224,15 @@ def test_sigterm_lets_the_calls_in_flight_finish(tmp_path: Path) -> None:
     slow = FakeConfig(answer_words=4, api_key=UPSTREAM_KEY,
                       faults=[Fault(kind="latency", latency=Latency(ms=1500))])
     key = new_key()
-    with FakeOpenAI(slow) as fake:
-        port = free_port()
-        path = tmp_path / "drain.toml"
-        path.write_text(keyed(fake, key) + "[serve]\ndrain_seconds = 30\n")
-        process = subprocess.Popen([FLEETGATE, "serve", "--config", str(path), "--port", str(port)],
-                                   env={**os.environ, "OPENAI_API_KEY": UPSTREAM_KEY})
-        url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            try:
-                return httpx2.get(f"{url}/readyz", timeout=5).status_code == 200
-            except httpx2.TransportError:
-                return False
-        until(ready)
+    with FakeOpenAI(slow) as fake, \
+            serving(tmp_path, keyed(fake, key) + "[serve]\ndrain_seconds = 30\n") as (url, process):
         answers: list[str] = []
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
         caller = threading.Thread(target=lambda: answers.append(client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "slow"}]).choices[0].message.content or ""))
         caller.start()
-        until(lambda: fake.counters(MODEL).requests >= 1 or bool(answers))
+        until(lambda: fake.counters(MODEL).requests >= 1)  # upstream has it, and holds it 1.5 s
+        assert not answers, "answered before the shutdown: nothing was in flight"
         process.send_signal(signal.SIGTERM)
         caller.join(timeout=60)
         process.wait(timeout=60)
@@ -284,7 +282,8 @@ def test_several_workers_share_one_quota_through_redis(tmp_path: Path, upstream:
     user = f"u-workers-{time.monotonic_ns()}"  # a quota of its own in the shared Redis
     config = (f'redis_url = "{redis_url}"\ndefault_deadline_seconds = 0.2\n'
               + keyed(upstream, key, user=f'"{user}"') + "[per_user]\nrequests_per_minute = 5\n")
-    with served(tmp_path, config, "--workers", "2") as url:
+    with serving(tmp_path, config, "--workers", "2") as (url, process):
+        until(lambda: len(workers_of(process.pid)) == 2)
 
         async def main() -> list[int]:
             async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
@@ -299,6 +298,12 @@ def test_several_workers_share_one_quota_through_redis(tmp_path: Path, upstream:
         metrics = httpx2.get(f"{url}/metrics").text
     assert statuses.count(200) == 5 and statuses.count(429) == 19, statuses
     assert "fleetgate_requests_total" in metrics
+
+
+def workers_of(pid: int) -> list[int]:
+    """The worker processes uvicorn's supervisor `pid` runs (spawned by multiprocessing)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def test_several_workers_without_redis_are_refused(tmp_path: Path, upstream: FakeOpenAI) -> None:
