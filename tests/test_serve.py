@@ -324,8 +324,9 @@ def test_a_caller_that_leaves_mid_body_sends_nothing_upstream() -> None:
     with FakeOpenAI(FakeConfig(answer_words=4, api_key=UPSTREAM_KEY)) as fake:
         gate = fg.Gateway(base_url=fake.base_url, serve={"keys": [{"name": "svc", "hash": key_hash(key)}]})
         app = ServeApp(gate)
-        messages = [{"type": "http.request", "body": b'{"model": "gpt-4.1-mini", "mess', "more_body": True},
-                    {"type": "http.disconnect"}]
+        messages: list[dict[str, object]] = [
+            {"type": "http.request", "body": b'{"model": "gpt-4.1-mini", "mess', "more_body": True},
+            {"type": "http.disconnect"}]
         sent: list[dict[str, object]] = []
 
         async def receive() -> dict[str, object]:
