@@ -180,6 +180,10 @@ class Deployments:
             self._by_model[model] = found
         if problems:
             raise ConfigError("; ".join(problems))
+        by_place: dict[tuple[str, str | None, str | None, str | None], Deployment] = {}
+        for d in (d for found in self._by_model.values() for d in found):
+            by_place.setdefault(d.place, d)
+        self._places = list(by_place.values())
 
     def __bool__(self) -> bool:
         return bool(self._by_model)
@@ -202,11 +206,7 @@ class Deployments:
     def places(self) -> list[Deployment]:
         """One deployment of each place deployments are (where an object whose home the
         fleet does not know may be)."""
-        found: dict[tuple[str, str | None, str | None, str | None], Deployment] = {}
-        for deployments in self._by_model.values():
-            for d in deployments:
-                found.setdefault(d.place, d)
-        return list(found.values())
+        return self._places
 
     def of(self, model: str) -> list[Deployment]:
         """`model`'s deployments, as configured ([] when it has none)."""

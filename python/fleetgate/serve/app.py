@@ -150,7 +150,7 @@ class ServeApp:
         request = self._request(scope, headers, body)
         who = caller or _declared(headers)
         try:
-            with scope_of(who):
+            with _scope_of(who):
                 response = await self.transport.handle_async_request(request)
         except httpx2.TransportError as e:
             await _error(send, _UPSTREAM_FAILED, "upstream_unreachable",
@@ -206,7 +206,7 @@ class ServeApp:
         await send({"type": "http.response.body", "body": body})
 
 
-def scope_of(caller: Caller) -> scope:
+def _scope_of(caller: Caller) -> scope:
     """The scope a caller's calls run in."""
     return scope(user=caller.user, team=caller.team, feature=caller.feature)
 
